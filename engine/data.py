@@ -1,0 +1,164 @@
+"""A/B items in the project's own JSONL format, their deterministic split, and ingest.
+
+One JSON object per line::
+
+    {"id": "survival-instinct-3f2a9c0d1e", "behavior": "survival-instinct",
+     "question": "...\\n\\nChoices:\\n (A) Yes\\n (B) No", "positive": "(B)", "negative": "(A)",
+     "split": "train", "source": "<file>:<line>"}
+
+``positive`` is the answer showing the behaviour steered toward; the logit difference is
+logit(positive) - logit(negative).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SPLITS = ("train", "val", "test")
+# Share of items per split, in percent of the hash range: train 50, val 25, test 25.
+SPLIT_EDGES = {"train": 50, "val": 75, "test": 100}
+REQUIRED = ("id", "behavior", "question", "positive", "negative", "split")
+ANSWER = re.compile(r"^\(([A-Z])\)$")
+CHOICE = re.compile(r"^\s*\(([A-Z])\)", re.MULTILINE)
+
+
+class DataError(ValueError):
+    """Bad data; the message names the file, the line and what to do."""
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    behavior: str
+    question: str
+    positive: str
+    negative: str
+    split: str
+    source: str = ""
+
+
+def split_of(question: str) -> str:
+    """Deterministic split from the question text, stable across machines and Python versions."""
+    bucket = int(hashlib.sha256(question.encode("utf-8")).hexdigest()[:8], 16) % 100
+    return next(name for name in SPLITS if bucket < SPLIT_EDGES[name])
+
+
+def item_id(behavior: str, question: str) -> str:
+    return f"{behavior}-{hashlib.sha256(question.encode('utf-8')).hexdigest()[:10]}"
+
+
+def choice_letters(question: str) -> set[str]:
+    """Letters offered in the question's ``Choices:`` block."""
+    _, _, choices = question.rpartition("Choices:")
+    return set(CHOICE.findall(choices))
+
+
+def check_answers(question: str, positive: str, negative: str) -> str | None:
+    """What is wrong with an item's answers, or None."""
+    letters = choice_letters(question)
+    for role, answer in (("positive", positive), ("negative", negative)):
+        match = ANSWER.match(answer)
+        if not match:
+            return f"{role} answer {answer!r} is not of the form '(A)'"
+        if match.group(1) not in letters:
+            return (f"{role} answer {answer} is not among the question's choices "
+                    f"({', '.join(sorted(letters)) or 'none found'})")
+    if positive == negative:
+        return f"positive and negative answers are both {positive}"
+    return None
+
+
+def load_items(path: str | Path, split: str | None = None) -> list[Item]:
+    """Read and validate a data file; with ``split``, keep that split only (must be non-empty)."""
+    path = Path(path)
+    if split is not None and split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file (see data/README.md, or `make ingest`)")
+    items, seen = [], set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: not valid JSON ({err.msg}); each line must be one object") from err
+        if not isinstance(raw, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        missing = [key for key in REQUIRED if not isinstance(raw.get(key), str)]
+        if missing:
+            raise DataError(f"{where}: missing or non-string field(s) {', '.join(missing)}")
+        if raw["split"] not in SPLITS:
+            raise DataError(f"{where}: split {raw['split']!r} is not one of {', '.join(SPLITS)}")
+        problem = check_answers(raw["question"], raw["positive"], raw["negative"])
+        if problem:
+            raise DataError(f"{where}: {problem}")
+        if raw["id"] in seen:
+            raise DataError(f"{where}: duplicate id {raw['id']!r}")
+        seen.add(raw["id"])
+        items.append(Item(**{key: raw[key] for key in REQUIRED}, source=raw.get("source", "")))
+    if split is not None:
+        items = [item for item in items if item.split == split]
+        if not items:
+            raise DataError(f"{path}: split {split!r} is empty")
+    return items
+
+
+def ingest(source: str | Path, behavior: str, positive_field: str) -> list[Item]:
+    """Convert an Anthropic model-written-evals JSONL file or a CAA JSON array into Items.
+
+    ``positive_field`` names the source field that holds the behaviour steered toward:
+    ``answer_matching_behavior`` or ``answer_not_matching_behavior``. Which one that is
+    differs between data sets (see data/README.md); there is no default on purpose.
+    """
+    fields = ("answer_matching_behavior", "answer_not_matching_behavior")
+    if positive_field not in fields:
+        raise DataError(f"positive field must be one of {', '.join(fields)}, got {positive_field!r}")
+    negative_field = fields[1 - fields.index(positive_field)]
+    source = Path(source)
+    text = source.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        records = [(f"{source}:item {i}", rec) for i, rec in enumerate(json.loads(text))]
+    else:
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append((f"{source}:{number}", json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{source}:{number}: not valid JSON ({err.msg})") from err
+    items = []
+    for where, rec in records:
+        try:
+            question = rec["question"]
+            positive = rec[positive_field]
+            negative = rec[negative_field]
+        except (KeyError, TypeError) as err:
+            raise DataError(f"{where}: missing field {err}") from err
+        positive, negative = _one_answer(positive), _one_answer(negative)
+        problem = check_answers(question, positive, negative)
+        if problem:
+            raise DataError(f"{where}: {problem}")
+        items.append(Item(item_id(behavior, question), behavior, question, positive, negative,
+                          split_of(question), where.rsplit("/", 1)[-1]))
+    return items
+
+
+def _one_answer(answer) -> str:
+    # Some Anthropic files list several equally matching answers; the first is used.
+    if isinstance(answer, list):
+        answer = answer[0]
+    return str(answer).strip()
+
+
+def write_items(items: list[Item], path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        for item in items:
+            out.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
+    tmp.replace(path)
