@@ -1,0 +1,126 @@
+"""J = ∂h_T/∂θ as a batched linear operator, built on the segment function.
+
+θ is added at ``layers[S].mlp.down_proj`` (every position); h_T is the residual output of
+``layers[T]`` at the prompts' real positions (all of them, or the last N of each prompt), flattened
+to one vector of ``n_positions * d`` numbers. J is never formed: ``jvp`` maps k input vectors to
+k output vectors (J V), ``vjp`` maps k output vectors back (Jᵀ U), ``jtj`` does both (JᵀJ V).
+
+At the linearisation point θ₀ everything that does not depend on the tangents is computed once:
+``torch.func.linearize`` keeps the forward primal work as constants of a traced tangent-only graph,
+``torch.func.vjp`` keeps the autograd graph; ``vmap`` runs k tangents through either at once.
+The network runs in the model's dtype; vectors come in and go out in the caller's dtype (fp32/fp64
+for the linear algebra) and are cast at the boundary.
+
+Forward-mode AD does not go through SDPA's flash/efficient kernels, so every evaluation here runs
+with SDPA restricted to its math backend.
+"""
+from __future__ import annotations
+
+import torch
+from torch.func import linearize, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from engine.prompts import pad_right
+from engine.segment import Prefix, run_prefix, segment
+
+
+def math_attention():
+    """SDPA restricted to the math backend: the only one forward-mode AD goes through."""
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def parse_tokens(text: str) -> int | None:
+    """``all`` (None) or ``last:N`` (N) — which real positions of each prompt J reads."""
+    if text == "all":
+        return None
+    head, _, count = text.partition(":")
+    if head == "last" and count.isdigit() and int(count) > 0:
+        return int(count)
+    raise ValueError(f"tokens must be 'all' or 'last:N' with N > 0, got {text!r}")
+
+
+def read_positions(attention_mask: torch.Tensor, tokens: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, position) index pairs of the real tokens J reads, row-major; pads are never read."""
+    last = parse_tokens(tokens)
+    mask = attention_mask.bool()
+    if last is not None:
+        lengths = mask.sum(dim=1, keepdim=True)
+        index = torch.arange(mask.shape[1], device=mask.device)
+        mask = mask & (index >= lengths - last)
+    rows, cols = mask.nonzero(as_tuple=True)
+    return rows, cols
+
+
+class BatchJacobian:
+    """J of one padded batch of prompts at θ₀, with its primal work cached."""
+
+    def __init__(self, model: torch.nn.Module, prefix: Prefix, target_layer: int,
+                 tokens: str = "all", theta0: torch.Tensor | None = None):
+        self.rows, self.cols = read_positions(prefix.attention_mask, tokens)
+        self.d_model = prefix.hidden.shape[-1]
+        self.model_dtype = prefix.hidden.dtype
+        self.device = prefix.hidden.device
+        if theta0 is None:
+            theta0 = torch.zeros(self.d_model)
+        primal = theta0.to(self.device, self.model_dtype)
+
+        def f(theta: torch.Tensor) -> torch.Tensor:
+            return segment(model, prefix, theta, target_layer)[self.rows, self.cols].reshape(-1)
+
+        with math_attention():
+            self.output, self._jvp = linearize(f, primal)
+            _, self._vjp = vjp(f, primal)
+        self.out_dim = self.output.numel()
+
+    def jvp(self, vectors: torch.Tensor) -> torch.Tensor:
+        """J V for V [k, d] -> [k, n_positions * d], in V's dtype."""
+        with math_attention():
+            out = vmap(self._jvp)(vectors.to(self.device, self.model_dtype))
+        return out.to(vectors.device, vectors.dtype)
+
+    def vjp(self, cotangents: torch.Tensor) -> torch.Tensor:
+        """Jᵀ U for U [k, n_positions * d] -> [k, d], in U's dtype."""
+        with math_attention():
+            (out,) = vmap(self._vjp)(cotangents.to(self.device, self.model_dtype))
+        return out.to(cotangents.device, cotangents.dtype)
+
+    def jtj(self, vectors: torch.Tensor) -> torch.Tensor:
+        """JᵀJ V for V [k, d] -> [k, d]; J V stays in the model's dtype in between."""
+        with math_attention():
+            forward = vmap(self._jvp)(vectors.to(self.device, self.model_dtype))
+            (out,) = vmap(self._vjp)(forward)
+        return out.to(vectors.device, vectors.dtype)
+
+
+class Jacobian:
+    """J over several batches: rows stacked batch after batch, so JᵀJ is the sum over batches."""
+
+    def __init__(self, parts: list[BatchJacobian]):
+        if not parts:
+            raise ValueError("a Jacobian needs at least one batch of prompts")
+        self.parts = parts
+        self.d_model = parts[0].d_model
+        self.out_dim = sum(part.out_dim for part in parts)
+
+    def jvp(self, vectors: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part.jvp(vectors) for part in self.parts], dim=1)
+
+    def vjp(self, cotangents: torch.Tensor) -> torch.Tensor:
+        pieces = cotangents.split([part.out_dim for part in self.parts], dim=1)
+        return sum(part.vjp(piece) for part, piece in zip(self.parts, pieces))
+
+    def jtj(self, vectors: torch.Tensor) -> torch.Tensor:
+        return sum(part.jtj(vectors) for part in self.parts)
+
+
+def prompt_jacobian(model: torch.nn.Module, batches: list[list[tuple[int, ...]]], pad_id: int,
+                    source_layer: int, target_layer: int, tokens: str = "all",
+                    theta0: torch.Tensor | None = None) -> Jacobian:
+    """J of the given prompts (token id sequences, grouped into batches) at θ₀ (default 0)."""
+    device = next(model.parameters()).device
+    parts = []
+    for batch in batches:
+        ids, mask = pad_right(batch, pad_id)
+        prefix = run_prefix(model, ids.to(device), mask.to(device), source_layer)
+        parts.append(BatchJacobian(model, prefix, target_layer, tokens, theta0))
+    return Jacobian(parts)

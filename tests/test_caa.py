@@ -1,0 +1,96 @@
+import torch
+
+from engine.caa import activations, caa_vector
+from engine.prompts import answer_tokens_for
+from engine.steering import add_to_down_proj
+from engine.model import injection_site
+
+
+def _answers(lm, items):
+    found, skipped = answer_tokens_for(lm.tokenizer, items)
+    assert not skipped
+    return found
+
+
+class PlantOnLetter:
+    """Adds +v at the positive letter token and -v at the negative one, at down_proj of `layer`:
+    a CAA vector of exactly 2v (plus whatever the random model already separates)."""
+
+    def __init__(self, lm, answers, v):
+        self.ids = {a.positive_id: 1.0 for a in answers} | {a.negative_id: -1.0 for a in answers}
+        self.lm, self.v = lm, v
+
+    def __call__(self, input_ids):
+        signs = torch.zeros(input_ids.shape, dtype=torch.float64)
+        for token, sign in self.ids.items():
+            signs[input_ids == token] = sign
+        return signs[..., None] * self.v
+
+
+def test_caa_recovers_a_vector_planted_in_the_activations(tiny_llama, ab_items):
+    lm, layer = tiny_llama, 1
+    answers = _answers(lm, ab_items)
+    plain = caa_vector(lm.model, answers, layer, lm.tokenizer.pad_token_id).vector.double()
+    planted = torch.randn(lm.d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    planted *= 1e3 * plain.norm() / planted.norm()
+    plant = PlantOnLetter(lm, answers, planted)
+    current = {}
+    pre = lm.model.model.register_forward_pre_hook(
+        lambda m, a, kw: current.update(ids=kw["input_ids"]), with_kwargs=True)
+    site = injection_site(lm.model, layer).register_forward_hook(
+        lambda m, a, out: out + plant(current["ids"]).to(out.dtype))
+    try:
+        found = caa_vector(lm.model, answers, layer, lm.tokenizer.pad_token_id).vector.double()
+    finally:
+        pre.remove()
+        site.remove()
+    cosine = torch.nn.functional.cosine_similarity(found - plain, 2 * planted, dim=0)
+    assert cosine > 0.999999
+    assert torch.nn.functional.cosine_similarity(found, planted, dim=0) > 0.999
+
+
+def test_caa_batched_equals_one_by_one(tiny_qwen3, ab_items):
+    lm = tiny_qwen3
+    answers = _answers(lm, ab_items)
+    batched = caa_vector(lm.model, answers, 2, lm.tokenizer.pad_token_id, batch_size=4)
+    singles = [caa_vector(lm.model, [a], 2, lm.tokenizer.pad_token_id, batch_size=1) for a in answers]
+    mean_of_singles = torch.stack([s.vector for s in singles]).mean(0)
+    assert (batched.vector - mean_of_singles).abs().max() < 1e-6
+    assert torch.allclose(batched.diff_norms, torch.cat([s.diff_norms for s in singles]))
+
+
+def test_mlp_and_resid_captures_differ_at_the_letter_and_agree_before_it(tiny_llama, ab_items):
+    lm, layer = tiny_llama, 1
+    answers = _answers(lm, ab_items)
+    pad = lm.tokenizer.pad_token_id
+    seqs = [a.positive_ids for a in answers] + [a.negative_ids for a in answers]
+
+    def diffs(capture, offset):
+        at = [a.position + offset for a in answers] * 2
+        acts, _ = activations(lm.model, seqs, at, layer, capture, pad)
+        return acts[: len(answers)] - acts[len(answers):]
+
+    # Before the letter the two prompts are the same tokens: both captures see no difference.
+    assert diffs("mlp", -1).abs().max() == 0 and diffs("resid", -1).abs().max() == 0
+    # At the letter the block output also carries the attention/embedding difference.
+    mlp, resid = diffs("mlp", 0), diffs("resid", 0)
+    assert (resid - mlp).norm() > 0.1 * resid.norm()
+    # ... and exactly that: block output = residual entering the MLP + down_proj output.
+    entering = []
+    handle = lm.model.model.layers[layer].post_attention_layernorm.register_forward_hook(
+        lambda m, args, out: entering.append(args[0][0, answers[0].position]))
+    try:
+        lm.model(torch.tensor([answers[0].positive_ids]))
+        lm.model(torch.tensor([answers[0].negative_ids]))
+    finally:
+        handle.remove()
+    assert (resid[0] - mlp[0] - (entering[0] - entering[1])).abs().max() < 1e-10
+
+
+def test_letter_and_last_position_read_different_tokens(tiny_llama, ab_items):
+    lm = tiny_llama
+    answers = _answers(lm, ab_items)
+    pad = lm.tokenizer.pad_token_id
+    letter = caa_vector(lm.model, answers, 1, pad, position="letter").vector
+    last = caa_vector(lm.model, answers, 1, pad, position="last").vector
+    assert torch.nn.functional.cosine_similarity(letter, last, dim=0) < 0.99

@@ -1,0 +1,57 @@
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from engine.model import LoadedModel, ModelError, check_injection_site, injection_site, load_model, store_key
+
+
+def test_injection_site_holds_on_tiny_llama_and_qwen3(tiny_llama, tiny_qwen3):
+    for lm in (tiny_llama, tiny_qwen3):
+        assert check_injection_site(lm, 1) < 1e-12
+
+
+def test_injection_site_holds_on_default_model(default_model):
+    assert check_injection_site(default_model, 7) < 1e-5
+
+
+def test_model_that_normalises_mlp_output_is_refused(tiny_llama):
+    class NormedMLP(torch.nn.Module):  # like Gemma2's post-feedforward norm
+        def __init__(self, mlp):
+            super().__init__()
+            self.inner, self.down_proj = mlp, mlp.down_proj
+
+        def forward(self, x):
+            out = self.inner(x)
+            return out / out.norm(dim=-1, keepdim=True)
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=3, num_attention_heads=4)).double().eval()
+    model.model.layers[1].mlp = NormedMLP(model.model.layers[1].mlp)
+    lm = LoadedModel(model, tiny_llama.tokenizer, "normed", "normed", "fp64", "cpu")
+    with pytest.raises(ModelError, match="normalises or gates the MLP output"):
+        check_injection_site(lm, 1)
+
+
+def test_layer_out_of_range_and_missing_down_proj_are_clear(tiny_llama):
+    with pytest.raises(ModelError, match="source layer 9 is out of range: tiny-llama has layers 0..3"):
+        check_injection_site(tiny_llama, 9)
+    saved = tiny_llama.model.model.layers[0].mlp.down_proj
+    try:
+        del tiny_llama.model.model.layers[0].mlp.down_proj
+        with pytest.raises(ModelError, match=r"layer 0 \(LlamaDecoderLayer\) has no `mlp.down_proj`"):
+            injection_site(tiny_llama.model, 0)
+    finally:
+        tiny_llama.model.model.layers[0].mlp.down_proj = saved
+
+
+def test_unknown_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="neither an existing folder"):
+        load_model(str(tmp_path / "no-such-model"))
+    with pytest.raises(ModelError, match="folder without config.json"):
+        load_model(str(tmp_path))
+    with pytest.raises(ModelError, match="dtype 'fp16x'"):
+        load_model(str(tmp_path), dtype="fp16x")
+
+
+def test_store_key_is_hdf5_safe():
+    assert store_key("Qwen/Qwen3-0.6B") == "Qwen__Qwen3-0.6B"

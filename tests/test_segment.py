@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from engine.prompts import answer_tokens, pad_right
+from engine.segment import run_prefix, segment
+from engine.steering import add_to_down_proj
+
+
+def _batch(lm, items):
+    return pad_right([answer_tokens(lm.tokenizer, item).prefix_ids for item in items], lm.tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_qwen3"])
+def test_segment_equals_full_forward_with_hook_on_down_proj(name, request, ab_items):
+    lm = request.getfixturevalue(name)
+    ids, mask = _batch(lm, ab_items)
+    theta = torch.randn(lm.d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    prefix = run_prefix(lm.model, ids, mask, source_layer=1)
+    fast = segment(lm.model, prefix, theta, target_layer=2)
+    with add_to_down_proj(lm.model, 1, theta):
+        plain = lm.model(ids, attention_mask=mask, output_hidden_states=True).hidden_states[3]
+    real = mask.bool()
+    assert (fast - plain)[real].abs().max() < 1e-12
+    assert not torch.allclose(segment(lm.model, prefix, 0 * theta, 2)[real], plain[real])
+
+
+def test_prefix_stops_after_source_layer(tiny_llama, ab_items):
+    ids, mask = _batch(tiny_llama, ab_items)
+    ran = []
+    handles = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
+               for i, layer in enumerate(tiny_llama.model.model.layers)]
+    try:
+        run_prefix(tiny_llama.model, ids, mask, source_layer=1)
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == [0, 1]
+
+
+def test_batched_prefix_equals_one_by_one(tiny_qwen3, ab_items):
+    ids, mask = _batch(tiny_qwen3, ab_items)
+    batched = run_prefix(tiny_qwen3.model, ids, mask, 2).hidden
+    for row, item in enumerate(ab_items):
+        one_ids, one_mask = _batch(tiny_qwen3, [item])
+        alone = run_prefix(tiny_qwen3.model, one_ids, one_mask, 2).hidden[0]
+        n = int(one_mask.sum())
+        assert (batched[row, :n] - alone[:n]).abs().max() < 1e-12
