@@ -1,0 +1,99 @@
+"""A/B logit difference of steered models: the fast path and the plain path it is tested against.
+
+Fast path (design section 4): questions sorted by length into batches; per batch, layers 0..S run
+once (``run_prefix``); then several θ settings are stacked along the batch and only layers
+S+1..end run from the cached residual; the final norm and the unembedding are applied at the
+answer position only. The full vocabulary row is computed there (one position per question) because
+the answer mass, p(positive) + p(negative), needs the softmax normaliser.
+
+Plain path: one full HF forward per setting with a hook adding θ at ``down_proj``, all questions in
+one padded batch in the order given, full logits: what a first script would do.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from engine.model import decoder_layers
+from engine.prompts import AnswerTokens, length_batches, pad_right
+from engine.segment import run_layers, run_prefix
+from engine.steering import add_to_down_proj
+
+
+@dataclass
+class EvalResult:
+    logit_diff: torch.Tensor  # [n_settings, n_q] fp32: logit(positive) - logit(negative)
+    answer_mass: torch.Tensor  # [n_settings, n_q] fp32: p(positive) + p(negative)
+
+
+def _answer_scores(logits: torch.Tensor, answers: list[AnswerTokens]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logit difference and answer mass from [n, vocab] logits, row i for ``answers[i]``."""
+    logits = logits.float()
+    pos = torch.tensor([a.positive_id for a in answers], device=logits.device)
+    neg = torch.tensor([a.negative_id for a in answers], device=logits.device)
+    rows = torch.arange(len(answers), device=logits.device)
+    log_probs = logits.log_softmax(-1)
+    diff = logits[rows, pos] - logits[rows, neg]
+    mass = log_probs[rows, pos].exp() + log_probs[rows, neg].exp()
+    return diff.cpu(), mass.cpu()
+
+
+def head(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Final norm and unembedding of [n, d] residuals."""
+    return model.lm_head(model.model.norm(hidden))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: int,
+             thetas: torch.Tensor, pad_id: int, batch_size: int = 16, settings_per_pass: int = 4,
+             progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """Logit difference and answer mass for every θ row of ``thetas`` [m, d] (already scaled; a zero
+    row is the unsteered model) on every question: the fast path."""
+    n_settings, n_q = thetas.shape[0], len(answers)
+    last_layer = len(decoder_layers(model)) - 1
+    device = next(model.parameters()).device
+    logit_diff = torch.empty(n_settings, n_q)
+    answer_mass = torch.empty(n_settings, n_q)
+    batches = length_batches([len(a.prefix_ids) for a in answers], batch_size)
+    for done, batch in enumerate(batches):
+        batch_answers = [answers[i] for i in batch]
+        ids, mask = pad_right([a.prefix_ids for a in batch_answers], pad_id)
+        prefix = run_prefix(model, ids.to(device), mask.to(device), source_layer)
+        answer_at = (mask.sum(1) - 1).to(device)  # last real token: its logits predict the answer
+        index = torch.tensor(batch)
+        for first in range(0, n_settings, settings_per_pass):
+            chunk = thetas[first:first + settings_per_pass]
+            stacked = prefix.repeat(len(chunk))
+            # Prefix.repeat tiles the whole batch per setting, so θ repeats per question row.
+            theta_rows = chunk.repeat_interleave(len(batch), dim=0)[:, None, :]
+            hidden = stacked.hidden + theta_rows.to(device=device, dtype=stacked.hidden.dtype)
+            hidden = run_layers(model, hidden, stacked.layer_kwargs, source_layer + 1, last_layer)
+            rows = torch.arange(hidden.shape[0], device=device)
+            logits = head(model, hidden[rows, answer_at.repeat(len(chunk))])
+            diff, mass = _answer_scores(logits, batch_answers * len(chunk))
+            logit_diff[first:first + len(chunk), index] = diff.view(len(chunk), len(batch))
+            answer_mass[first:first + len(chunk), index] = mass.view(len(chunk), len(batch))
+        if progress:
+            progress(done + 1, len(batches))
+    return EvalResult(logit_diff, answer_mass)
+
+
+@torch.no_grad()
+def evaluate_plain(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: int,
+                   thetas: torch.Tensor, pad_id: int) -> EvalResult:
+    """The same numbers the plain way: per setting, one full forward with a hook on down_proj."""
+    ids, mask = pad_right([a.prefix_ids for a in answers], pad_id)
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
+    answer_at = mask.sum(1) - 1
+    rows = torch.arange(len(answers), device=device)
+    diffs, masses = [], []
+    for theta in thetas:
+        with add_to_down_proj(model, source_layer, theta):
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        diff, mass = _answer_scores(logits[rows, answer_at], answers)
+        diffs.append(diff)
+        masses.append(mass)
+    return EvalResult(torch.stack(diffs), torch.stack(masses))
