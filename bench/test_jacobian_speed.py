@@ -1,0 +1,99 @@
+"""Speed of the Jacobian engine on a random-weight model of Qwen3-0.6B's width, in bf16.
+
+A 4-layer segment (layers 2..5 of a 6-layer model, S=1, T=5), 2 prompts of 64 tokens. The floor
+is the segment's forward pass: one JᵀJV step for k vectors needs about 2k of them. The plain way
+is what a first script does: per vector, a full model forward with a hook on down_proj and fresh
+autograd (double-backward trick for J v, then Jᵀ(J v)). The vocabulary is cut to 8192 so the
+plain path's unembedding does not dominate it.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from engine.jacobian import BatchJacobian, math_attention
+from engine.model import decoder_layers
+from engine.segment import run_prefix, segment
+from engine.steering import add_to_down_proj
+
+RATIOS = {
+    "jtjv_step_over_floor": ("test_jtjv_step_k8", "test_segment_forward", 1 / 16),
+    "jtjv_speedup_vs_plain": ("test_jtjv_plain_k8", "test_jtjv_step_k8", 1.0),
+}
+S, T, PROMPTS, TOKENS = 1, 5, 2, 64
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=8192, hidden_size=1024, intermediate_size=3072,
+                         num_hidden_layers=T + 1, num_attention_heads=16, num_key_value_heads=8,
+                         head_dim=128, attn_implementation="sdpa")
+    model = Qwen3ForCausalLM(config).to(torch.bfloat16).eval().requires_grad_(False)
+    ids = torch.randint(0, config.vocab_size, (PROMPTS, TOKENS))
+    mask = torch.ones_like(ids)
+    prefix = run_prefix(model, ids, mask, S)
+    op = BatchJacobian(model, prefix, T, jvp="linearize")
+    gen = torch.Generator().manual_seed(1)
+    vectors = torch.randn(8, config.hidden_size, generator=gen)
+    cotangents = torch.randn(8, op.out_dim, generator=gen)
+    return model, ids, mask, prefix, op, vectors, cotangents
+
+
+def test_segment_forward(benchmark, setup):
+    model, _, _, prefix, _, vectors, _ = setup
+
+    def forward():
+        with torch.no_grad(), math_attention():
+            return segment(model, prefix, vectors[0], T)
+
+    benchmark.pedantic(forward, rounds=5, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("k", [1, 8])
+def test_jvp(benchmark, setup, k):
+    op, vectors = setup[4], setup[5]
+    benchmark.pedantic(op.jvp, args=(vectors[:k],), rounds=3, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("k", [1, 8])
+def test_vjp(benchmark, setup, k):
+    op, cotangents = setup[4], setup[6]
+    benchmark.pedantic(op.vjp, args=(cotangents[:k],), rounds=3, warmup_rounds=1)
+
+
+def test_jtjv_step_k8(benchmark, setup):
+    op, vectors = setup[4], setup[5]
+    benchmark.pedantic(op.jtj, args=(vectors,), rounds=3, warmup_rounds=1)
+
+
+def plain_jtjv(model, ids, mask, vectors):
+    """Per vector: full forward with θ (requiring grad) hooked into down_proj, h_T read by a hook
+    on layers[T], J v by the double-backward trick, then Jᵀ(J v)."""
+    out = []
+    for v in vectors:
+        theta = torch.zeros(v.shape[0], dtype=torch.bfloat16, requires_grad=True)
+        captured = {}
+        handle = decoder_layers(model)[T].register_forward_hook(
+            lambda _m, _a, o: captured.__setitem__("h", o[0] if isinstance(o, tuple) else o))
+        try:
+            with add_to_down_proj(model, S, theta), math_attention():
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+        finally:
+            handle.remove()
+        h = captured["h"][mask.bool()]
+        u = torch.zeros_like(h, requires_grad=True)
+        (g,) = torch.autograd.grad(h, theta, u, create_graph=True)
+        (jv,) = torch.autograd.grad(g, u, v.to(g.dtype))
+        (jtjv,) = torch.autograd.grad(h, theta, jv)
+        out.append(jtjv)
+    return torch.stack(out)
+
+
+def test_jtjv_plain_k8(benchmark, setup):
+    model, ids, mask, _, op, vectors, _ = setup
+    fast = op.jtj(vectors[:2]).double()
+    plain = plain_jtjv(model, ids, mask, vectors[:2]).double()
+    assert (fast - plain).norm() / plain.norm() < 5e-2  # same quantity, bf16 noise
+    benchmark.pedantic(plain_jtjv, args=(model, ids, mask, vectors), rounds=2, warmup_rounds=0)

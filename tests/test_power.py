@@ -1,0 +1,140 @@
+"""Power iteration against the exact SVD of the dense Jacobian, on tiny models with a planted
+spectral gap (an MLP in the segment that reads θ through 3 amplified directions only)."""
+from __future__ import annotations
+
+import copy
+import math
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.func import jacfwd
+
+from engine.jacobian import math_attention, prompt_jacobian
+from engine.model import decoder_layers
+from engine.power import power_iteration
+from engine.prompts import pad_right
+from engine.segment import run_prefix, segment
+from tests.conftest import tiny_model
+
+S, T, K = 0, 2, 3
+PROMPTS = [(5, 9, 14, 21, 30, 41, 52), (7, 11, 18, 25, 33, 40, 48, 56, 61)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from a thread pool, and on a shared CPU its spin-waits made this
+    module ~50x slower; restore the setting for the modules after this one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def plant_gap(lm, strengths=(8.0, 6.0, 4.0)):
+    """gate_proj and up_proj of layer S+1 := A diag(strengths) Bᵀ with one shared B [d, 3]: that
+    MLP sees θ only through 3 directions, amplified, so J's top 3 singular values stand ~2.5x
+    above the rest (which come from the residual stream's identity path and attention)."""
+    gen = torch.Generator().manual_seed(7)
+    mlp = decoder_layers(lm.model)[S + 1].mlp
+    inner, d = mlp.up_proj.weight.shape
+    b, _ = torch.linalg.qr(torch.randn(d, len(strengths), generator=gen, dtype=torch.float64))
+    for proj in (mlp.up_proj, mlp.gate_proj):
+        a, _ = torch.linalg.qr(torch.randn(inner, len(strengths), generator=gen, dtype=torch.float64))
+        weight = a @ torch.diag(torch.tensor(strengths, dtype=torch.float64)) @ b.T
+        proj.weight.copy_(weight.to(proj.weight.dtype))
+    return lm
+
+
+@pytest.fixture(scope="module")
+def gap_model(smol_tokenizer):
+    return plant_gap(tiny_model("llama", smol_tokenizer, layers=3))
+
+
+def dense_svd(lm):
+    """Exact SVD of the dense fp64 Jacobian, computed without the operator under test."""
+    model = lm.model if lm.model.dtype == torch.float64 else copy.deepcopy(lm.model).double()
+    ids, mask = pad_right(PROMPTS, lm.tokenizer.pad_token_id)
+    prefix = run_prefix(model, ids, mask, S)
+
+    def f(theta):
+        return segment(model, prefix, theta, T)[mask.bool()].reshape(-1)
+
+    with math_attention():
+        dense = jacfwd(f)(torch.zeros(lm.d_model, dtype=torch.float64))
+    _, sigmas, vh = torch.linalg.svd(dense, full_matrices=False)
+    return sigmas, vh
+
+
+def largest_angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest principal angle between the row spans of a and b (orthonormal rows)."""
+    cosines = torch.linalg.svdvals(a.double() @ b.double().T)
+    return math.degrees(math.acos(min(1.0, float(cosines.min()))))
+
+
+def test_planted_gap_is_there(gap_model):
+    sigmas, _ = dense_svd(gap_model)
+    assert sigmas[K - 1] > 2 * sigmas[K]
+
+
+def test_power_iteration_matches_dense_svd_in_fp64(gap_model):
+    sigmas, vh = dense_svd(gap_model)
+    op = prompt_jacobian(gap_model.model, [PROMPTS], gap_model.tokenizer.pad_token_id, S, T)
+    result = power_iteration(op, K, iters=40, oversample=8, tol=1e-11, seed=0)
+    assert result.converged and result.steps < 40
+    assert torch.allclose(result.sigmas, sigmas[:K], rtol=1e-6, atol=0)
+    assert largest_angle_degrees(result.vectors, vh[:K]) < 0.01
+    for i in range(K):  # each vector, not only the span, up to sign
+        assert abs(float(result.vectors[i] @ vh[i])) > 1 - 1e-8
+    assert torch.allclose(result.vectors.norm(dim=1), torch.ones(K, dtype=torch.float64))
+    assert result.trace.shape == (result.steps, K)
+    assert result.trace[-1].max() < 1e-6 < result.trace[0].max()
+
+
+def test_power_iteration_stops_at_step_budget_when_not_converged(gap_model):
+    op = prompt_jacobian(gap_model.model, [PROMPTS], gap_model.tokenizer.pad_token_id, S, T)
+    result = power_iteration(op, K, iters=2, oversample=0, tol=1e-12, seed=1)
+    assert result.steps == 2 and not result.converged
+    assert result.trace.shape == (2, K)
+
+
+def test_power_iteration_in_bf16_within_one_percent_and_one_degree(smol_tokenizer):
+    lm = plant_gap(tiny_model("llama", smol_tokenizer, dtype=torch.bfloat16, layers=3))
+    sigmas, vh = dense_svd(lm)  # of the same bf16 weights, in fp64 arithmetic
+    op = prompt_jacobian(lm.model, [PROMPTS], lm.tokenizer.pad_token_id, S, T)
+    result = power_iteration(op, K, iters=20, oversample=8, tol=1e-3, seed=0)
+    assert torch.allclose(result.sigmas, sigmas[:K], rtol=1e-2, atol=0)
+    assert largest_angle_degrees(result.vectors, vh[:K]) < 1.0
+
+
+def test_pi_at_zero_caa_vector_equals_pi_at_zero(tmp_path, smol_tokenizer, monkeypatch):
+    """End to end through runners.pi: --at caa with a stored CAA vector of zeros writes the same
+    vectors and sigmas as --at zero, under method names pi_caa and pi."""
+    from runners import pi as runner
+
+    folder = tmp_path / "tiny"
+    lm = plant_gap(tiny_model("llama", smol_tokenizer, dtype=torch.float32, layers=3))
+    lm.model.save_pretrained(folder)
+    smol_tokenizer.save_pretrained(folder)
+    store = tmp_path / "store.h5"
+    common = ["--model", str(folder), "--store", str(store), "--dtype", "fp32", "--layer", "0",
+              "--target", "2", "--k", "2", "--iters", "6", "--n-prompts", "2", "--tol", "1e-6"]
+
+    def run(*extra):
+        monkeypatch.setattr("sys.argv", ["pi", *common, *extra])
+        runner.run()
+
+    with pytest.raises(ValueError, match="no CAA vector"):
+        run("--at", "caa")
+    with h5py.File(store, "a") as h5:
+        h5.create_dataset("tiny/vectors/caa/L0/vectors", data=np.zeros((1, lm.d_model), np.float32))
+    run("--at", "zero")
+    run("--at", "caa")
+    with h5py.File(store, "r") as h5:
+        zero, caa = h5["tiny/vectors/pi/L0-T2"], h5["tiny/vectors/pi_caa/L0-T2"]
+        assert caa.attrs["theta0_source"].startswith("/tiny/vectors/caa/L0")
+        assert zero.attrs["sign_free"] == 1 and zero.attrs["target_layer"] == 2
+        assert np.allclose(zero["sigmas"][:], caa["sigmas"][:], rtol=1e-6)
+        assert np.allclose(zero["vectors"][:], caa["vectors"][:], atol=1e-6)
+        assert zero["vectors"].shape == (2, lm.d_model) and zero["prompt_ids"].shape == (2,)
