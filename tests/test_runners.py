@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import h5py
+import numpy as np
 import pytest
 
 from engine.model import store_key
@@ -62,3 +63,17 @@ def test_caa_runner_reports_unknown_model_and_bad_data_file(tmp_path):
     bad_data = run("runners.caa", "--data", data, "--store", tmp_path / "s.h5")
     assert bad_data.returncode == 2 and "d.jsonl:1: missing or non-string field" in bad_data.stderr
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_eval_with_no_vectors_runs_baseline_and_random_control_and_says_so(tiny_dir, tmp_path):
+    store = tmp_path / "store.h5"
+    done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 2,
+               "--scales", "1 4", "--splits", "val", "--layer", 1)
+    assert done.returncode == 0, done.stderr
+    assert "no vectors for" in done.stderr and "baseline and random controls only" in done.stderr
+    with h5py.File(store, "r") as h5:
+        split = h5[f"{store_key(str(tiny_dir))}/evals/val"]
+        assert split["baseline_logit_diff"].shape == (3,)
+        random = split["random/L1"]
+        assert random["logit_diff"].shape == (2, 4, 3) and list(random["scales"][()]) == [-4, -1, 1, 4]
+        assert np.isfinite(random["answer_mass"][()]).all()
