@@ -42,19 +42,22 @@ def now() -> str:
 
 
 def code_version() -> str:
-    """Hash of the engine and runner sources (plus the git commit when there is one): a group
-    computed by other code is recomputed, a group computed by the same code is skipped."""
+    """Hash of the engine and runner sources: a group computed by other code is recomputed, a
+    group computed by the same code is skipped (a commit that changes no source keeps them)."""
     digest = hashlib.sha256()
     for folder in ("engine", "runners"):
         for path in sorted((REPO_ROOT / folder).glob("*.py")):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    version = "src-" + digest.hexdigest()[:12]
+    return "src-" + digest.hexdigest()[:12]
+
+
+def git_commit() -> str:
+    """The checkout's commit, recorded for provenance ("" outside a git checkout)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=5).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{version} git-{commit}" if commit else version
+        return ""
 
 
 def file_checksum(path: str | Path) -> str:
@@ -171,4 +174,4 @@ def replace_group(parent: h5py.Group, name: str, datasets: dict[str, np.ndarray]
 def run_attrs(settings: dict, started: str, seconds: float, **extra) -> dict:
     """The attributes every computed group carries."""
     return {"settings": settings_json(settings), "code_version": code_version(),
-            "started": started, "seconds": round(seconds, 3), **extra}
+            "git_commit": git_commit(), "started": started, "seconds": round(seconds, 3), **extra}
