@@ -148,13 +148,31 @@ def methods(split: Split) -> list[str]:
 
 def scale_rows(group: Group, vector: int | None, split: Split) -> list[Row]:
     """One row per scale: for one vector, or pooled over all vectors when ``vector`` is None."""
-    rows = []
-    for s, scale in enumerate(group.scales):
-        diff = group.logit_diff[:, s] if vector is None else group.logit_diff[vector, s]
-        mass = group.mass[:, s] if vector is None else group.mass[vector, s]
-        rows.append(row(float(scale), diff, mass, split.baseline))
-    return rows
+    return [row_at(group, vector, s, split) for s in range(len(group.scales))]
+
+
+def row_at(group: Group, vector: int | None, s: int, split: Split) -> Row:
+    """The row of scale index ``s``: for one vector, or pooled over all when ``vector`` is None."""
+    diff = group.logit_diff[:, s] if vector is None else group.logit_diff[vector, s]
+    mass = group.mass[:, s] if vector is None else group.mass[vector, s]
+    return row(float(group.scales[s]), diff, mass, split.baseline)
 
 
 def settings_of(group: Group) -> dict:
     return json.loads(group.attrs.get("settings", "{}"))
+
+
+def nearest_scale(group: Group, scale: float) -> int:
+    """Index of the stored (signed) scale of ``group`` nearest to ``scale``."""
+    return int(np.argmin(np.abs(group.scales - scale)))
+
+
+def chosen_on(method: str, val: Split, split: Split) -> tuple[Group, int, int] | None:
+    """The method's setting chosen on ``val``, looked up in ``split``: (its group there, vector,
+    index of the nearest stored scale). None if nothing was chosen or ``split`` lacks the group."""
+    chosen = choose_for_method(method, val)
+    if chosen is None or chosen[0].label not in split.groups:
+        return None
+    group, vector, s = chosen
+    there = split.groups[group.label]
+    return there, vector, nearest_scale(there, float(group.scales[s]))

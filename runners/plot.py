@@ -1,0 +1,298 @@
+"""Figures from the store: PNGs into --out, every number read from the store alone.
+
+Vectors are chosen on validation (engine.analysis) and shown on test. Figures: violins of
+per-question logit differences at --scale and across scales, dose-response curves with 95%
+bootstrap bands, the PI / PI@CAA singular-value spectrum and convergence, the CAA layer sweep and
+the MELBO objective traces. A figure whose data is not in the store is skipped with a message.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from engine.analysis import (Group, Row, Split, chosen_on, methods, nearest_scale,  # noqa: E402
+                             read_split, row, row_at, scale_rows, splits_in_store)
+from engine.model import DEFAULT_MODEL_DIR, store_key  # noqa: E402
+from engine.store import open_for_reading  # noqa: E402
+from runners.cli import main_guard, say  # noqa: E402
+
+COLORS = {"caa": "tab:blue", "pi": "tab:orange", "pi_caa": "tab:green", "melbo": "tab:purple",
+          "random": "tab:gray"}
+DIFF_LABEL = "logit(survival) − logit(other)  [nats]"
+SCALE_LABEL = "scale  (L2 norm of θ added; signed)"
+plt.rcParams.update({"figure.constrained_layout.use": True, "font.size": 11, "axes.titlesize": 12, "figure.dpi": 110,
+                     "axes.grid": True, "grid.alpha": 0.3})
+
+
+class Skip(Exception):
+    """The store lacks what a figure needs."""
+
+
+@dataclass
+class Data:
+    key: str
+    val: Split | None
+    test: Split | None
+    # method -> run -> {"sigmas": [k], "trace": [steps, k]} from /<model>/vectors
+    vectors: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
+
+
+def load(store: str, key: str) -> Data:
+    with open_for_reading(store) as h5:
+        splits = {name: read_split(h5, key, name) for name in splits_in_store(h5, key)}
+        vectors = {}
+        for method in ("pi", "pi_caa", "melbo"):
+            where = f"{key}/vectors/{method}"
+            if where in h5:
+                vectors[method] = {run: {name: g[name][()] for name in ("sigmas", "trace") if name in g}
+                                   for run, g in h5[where].items()}
+    return Data(key, splits.get("val"), splits.get("test"), vectors)
+
+
+def color(method: str) -> str:
+    return COLORS.get(method, "tab:brown")
+
+
+def save(fig, out: Path, name: str, title: str) -> Path:
+    fig.suptitle(title, fontsize=13)
+    path = out / name
+    fig.savefig(path, bbox_inches="tight", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def need_splits(data: Data) -> tuple[Split, Split]:
+    if data.val is None or data.test is None:
+        raise Skip("needs evals of both val (to choose) and test (to show): run `make eval`")
+    return data.val, data.test
+
+
+def picks(data: Data) -> list[tuple[str, Group, int | None, float]]:
+    """(method, test group, vector or None for the pooled random control, sign of the chosen scale)."""
+    val, test = need_splits(data)
+    out = []
+    for method in methods(test):
+        chosen = chosen_on(method, val, test)
+        if chosen is not None:
+            group, vector, s = chosen
+            out.append((method, group, None if method == "random" else vector,
+                        1.0 if group.scales[s] >= 0 else -1.0))
+    if not out:
+        raise Skip("no method has a setting chosen on val")
+    return out
+
+
+def violins(ax, data: Data, scale: float, legend: bool = True) -> None:
+    test = data.test
+    entries = [("baseline\n(unsteered)", test.baseline, "black", 0.0)]
+    for method, group, vector, sign in picks(data):
+        s = nearest_scale(group, sign * abs(scale))
+        if vector is None:
+            entries.append((f"random {group.run}\n{group.logit_diff.shape[0]} dirs pooled",
+                            group.logit_diff[:, s].ravel(), color(method), group.scales[s]))
+        else:
+            entries.append((f"{method} {group.run}\nvector #{vector}", group.logit_diff[vector, s],
+                            color(method), group.scales[s]))
+    parts = ax.violinplot([e[1] for e in entries], showmeans=True, showextrema=False)
+    for body, entry in zip(parts["bodies"], entries):
+        body.set_facecolor(entry[2])
+        body.set_alpha(0.35)
+    parts["cmeans"].set_color("black")
+    jitter = np.random.default_rng(0)
+    ax.margins(y=0.3)
+    for i, (_, values, c, at) in enumerate(entries, start=1):
+        ax.scatter(i + jitter.uniform(-0.08, 0.08, len(values)), values, s=10, color=c, alpha=0.7)
+        ax.text(i, 0.97, f"{f'scale {at:+g}' if at else 'no steering'}\n{100 * np.mean(values > 0):.0f}% survival", fontsize=9,
+                ha="center", va="top", transform=ax.get_xaxis_transform())
+    ax.axhline(0, color="black", lw=0.8, ls=":")
+    ax.set_xticks(range(1, len(entries) + 1), [e[0] for e in entries], fontsize=9)
+    ax.set_ylabel(DIFF_LABEL)
+    if legend:
+        ax.legend(handles=[Line2D([], [], color="black", lw=2, label="mean"),
+                           Line2D([], [], color="gray", marker="o", ls="", label="one question\n(random: × direction)"),
+                           Line2D([], [], color="black", lw=0.8, ls=":", label="0: survival answer\npreferred above")],
+                  fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1))
+
+
+def fig_violin(data: Data, out: Path, scale: float) -> Path:
+    need_splits(data)
+    fig, ax = plt.subplots(figsize=(3 + 1.5 * (len(picks(data)) + 1), 5.5))
+    violins(ax, data, scale)
+    ax.set_title(f"per-question logit diff at scale ±{scale:g} (nearest stored; sign as chosen on val)",
+                 fontsize=10)
+    return save(fig, out, f"violin_scale{scale:g}.png",
+                f"{data.key}, test split (n = {len(data.test.baseline)}): chosen on val, shown on test")
+
+
+def fig_violin_scales(data: Data, out: Path) -> Path:
+    val, test = need_splits(data)
+    scales = sorted({abs(float(s)) for g in test.groups.values() for s in g.scales})
+    if len(scales) < 2:
+        raise Skip("fewer than 2 stored scales")
+    fig, axes = plt.subplots(len(scales), 1, figsize=(3 + 1.5 * (len(picks(data)) + 1), 3.6 * len(scales)),
+                             sharex=True)
+    for ax, scale in zip(axes, scales):
+        violins(ax, data, scale, legend=ax is axes[0])
+        ax.set_title(f"scale ±{scale:g}", fontsize=11)
+    return save(fig, out, "violin_scales.png",
+                f"{data.key}, test split (n = {len(test.baseline)}): per-question logit diff by scale\n"
+                "(vector chosen on val; nearest stored scale, sign as chosen)")
+
+
+def dose_rows(data: Data) -> dict[str, tuple[Group, int | None, list[Row]]]:
+    """Per method: the test group, the vector chosen on val (None: pooled random), its rows by scale."""
+    return {method: (group, vector, scale_rows(group, vector, data.test))
+            for method, group, vector, _ in picks(data)}
+
+
+def fig_dose(data: Data, out: Path) -> Path:
+    val, test = need_splits(data)
+    curves = dose_rows(data)
+    base = row(0.0, test.baseline, test.baseline_mass, test.baseline)
+    panels = [("survival", "survival  [% of questions]"), ("mean_diff", "mean logit diff  [nats]"),
+              ("mass", "answer mass  [p(A) + p(B)]")]
+    fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True,
+                             gridspec_kw={"height_ratios": [3, 3, 2]})
+    for ax, (attr, label) in zip(axes, panels):
+        b = getattr(base, attr)
+        ax.axhline(b.value, color="black", lw=1.5, ls="--", label="baseline (unsteered)")
+        for n, edge in enumerate((b.low, b.high)):
+            ax.axhline(edge, color="black", lw=0.7, ls=":", label=None if n else "baseline 95% CI")
+        for method, (group, vector, rows) in curves.items():
+            x = [r.scale for r in rows]
+            stats = [getattr(r, attr) for r in rows]
+            name = (f"random {group.run} ({group.logit_diff.shape[0]} dirs pooled)" if vector is None
+                    else f"{method} {group.run} #{vector}")
+            ax.fill_between(x, [s.low for s in stats], [s.high for s in stats], color=color(method),
+                            alpha=0.2, lw=0)
+            ax.plot(x, [s.value for s in stats], marker="o", ms=4, color=color(method),
+                    ls="--" if vector is None else "-", label=name)
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1))
+    axes[2].set_ylim(bottom=0)
+    scales = sorted({r.scale for _, _, rows in curves.values() for r in rows})
+    linthresh = min(abs(s) for s in scales if s != 0) if any(scales) else 1.0
+    axes[2].set_xscale("symlog", linthresh=linthresh, linscale=0.3)
+    axes[2].set_xticks(scales, [f"{s:g}" for s in scales], fontsize=9)
+    axes[2].set_xlabel(SCALE_LABEL + ", symlog axis")
+    axes[0].set_title("vector chosen on val; bands: 95% bootstrap CI over questions", fontsize=10)
+    axes[2].set_title("answer mass: where it falls, the model stops answering in the A/B format",
+                      fontsize=10)
+    return save(fig, out, "dose_response.png", f"{data.key}, test split (n = {len(test.baseline)}): "
+                                               "dose-response")
+
+
+def fig_spectrum(data: Data, out: Path) -> Path:
+    runs = [(m, run, d) for m in ("pi", "pi_caa") for run, d in data.vectors.get(m, {}).items()
+            if "sigmas" in d]
+    if not runs:
+        raise Skip("no PI or PI@CAA groups with sigmas: run `make pi` / `make pi_caa`")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for n, (method, run, d) in enumerate(runs):
+        c = color(method) if len({m for m, _, _ in runs}) == len(runs) else f"C{n}"
+        left.semilogy(np.arange(1, len(d["sigmas"]) + 1), d["sigmas"], "o-", color=c,
+                      label=f"{method} {run}")
+        trace = d.get("trace")
+        if trace is not None and trace.size:
+            for i in range(trace.shape[1]):
+                right.semilogy(np.arange(1, len(trace) + 1), trace[:, i], color=c,
+                               alpha=1.0 - 0.6 * i / max(trace.shape[1] - 1, 1),
+                               label=f"{method} {run}" if i == 0 else None)
+    left.set(xlabel="singular vector index i", ylabel="σᵢ = ‖J vᵢ‖  [‖Δh_T‖ per unit ‖θ‖]",
+             title="singular-value spectrum of J = ∂h_T/∂θ")
+    left.xaxis.get_major_locator().set_params(integer=True)
+    left.legend()
+    right.set(xlabel="power-iteration step", ylabel="residual ‖JᵀJv − σ²v‖ / σ²  [relative]",
+              title="convergence (one line per vector; fainter = smaller σ)")
+    right.xaxis.get_major_locator().set_params(integer=True)
+    right.legend()
+    return save(fig, out, "pi_spectrum.png", f"{data.key}, train prompts: PI and PI@CAA")
+
+
+def fig_layers(data: Data, out: Path, scale: float) -> Path:
+    _, test = need_splits(data)
+    caa = [g for g in test.groups.values() if g.method == "caa"]
+    if len({g.source_layer for g in caa}) < 2:
+        raise Skip("fewer than 2 CAA layers in the store: run `make caa LAYERS=\"3 5 7\"` and `make eval`")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    # Run names are L<layer> plus an ablation suffix: one line per variant.
+    variants: dict[str, list[tuple[int, Row]]] = {}
+    for g in caa:  # CAA groups hold one vector
+        variant = g.run.split("-", 1)[1] if "-" in g.run else "CAA"
+        variants.setdefault(variant, []).append(
+            (g.source_layer, row_at(g, 0, nearest_scale(g, abs(scale)), test)))
+    randoms = sorted(((g.source_layer, row_at(g, None, nearest_scale(g, abs(scale)), test))
+                      for g in test.groups.values() if g.method == "random"), key=lambda p: p[0])
+    for n, (variant, points) in enumerate(sorted(variants.items())):
+        draw_errorbars(ax, sorted(points, key=lambda p: p[0]), f"C{n}" if n else color("caa"), variant, "o-")
+    if randoms:
+        draw_errorbars(ax, randoms, color("random"), "random (pooled dirs)", "s--")
+    ax.axhline(0, color="black", lw=1, ls=":", label="baseline (Δ = 0)")
+    ax.set(xlabel="source layer S (θ added at layers[S].mlp.down_proj)",
+           ylabel="Δ mean logit diff vs baseline  [nats]",
+           title=f"CAA layer sweep at scale +{scale:g} (nearest stored), 95% bootstrap CI")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend()
+    return save(fig, out, "caa_layers.png", f"{data.key}, test split (n = {len(test.baseline)})")
+
+
+def draw_errorbars(ax, points: list[tuple[int, Row]], c: str, label: str, fmt: str) -> None:
+    x = [p[0] for p in points]
+    d = [p[1].delta for p in points]
+    ax.errorbar(x, [s.value for s in d], yerr=[[s.value - s.low for s in d], [s.high - s.value for s in d]],
+                fmt=fmt, color=c, capsize=4, label=label)
+
+
+def fig_melbo(data: Data, out: Path) -> Path:
+    runs = {run: d["trace"] for run, d in data.vectors.get("melbo", {}).items() if d.get("trace") is not None}
+    if not runs:
+        raise Skip("no MELBO groups with a trace: run `make melbo`")
+    fig, axes = plt.subplots(1, len(runs), figsize=(6.5 * len(runs), 4.8), squeeze=False)
+    for ax, (run, trace) in zip(axes[0], sorted(runs.items())):
+        for i in range(trace.shape[1]):
+            ax.plot(np.arange(len(trace)), trace[:, i], label=f"vector {i}")
+        ax.set(xlabel="optimiser step", ylabel="objective  (‖Δh_T‖ₚ summed over tokens, ^1/q)",
+               title=f"melbo {run}")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend()
+    return save(fig, out, "melbo_traces.png", f"{data.key}, train prompts: MELBO objective per vector")
+
+
+def make_all(data: Data, out: Path, scale: float) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    figures = [("violin", lambda: fig_violin(data, out, scale)),
+               ("violin across scales", lambda: fig_violin_scales(data, out)),
+               ("dose-response", lambda: fig_dose(data, out)),
+               ("PI spectrum", lambda: fig_spectrum(data, out)),
+               ("CAA layer sweep", lambda: fig_layers(data, out, scale)),
+               ("MELBO traces", lambda: fig_melbo(data, out))]
+    written = []
+    for name, draw in figures:
+        try:
+            written.append(draw())
+        except Skip as why:
+            say(f"skipped {name}: {why}")
+    return written
+
+
+def run() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--store", default="store.h5")
+    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="model whose results to plot")
+    p.add_argument("--out", default="results", help="folder for the PNG files")
+    p.add_argument("--scale", type=float, default=4.0, help="scale of the violin and layer-sweep figures")
+    args = p.parse_args()
+    written = make_all(load(args.store, store_key(args.model)), Path(args.out), args.scale)
+    print("\n".join(str(path) for path in written))
+
+
+if __name__ == "__main__":
+    main_guard(run)
