@@ -6,7 +6,8 @@ vector θ the objective is
     (Σ over prompts and real positions ‖h_T(θ) − h_T(0)‖₂^p)^(1/q),
 
 the norm taken over the hidden dimension at each token. (The public code takes it over the token
-axis, which is the same thing only for p = 2.) θ lives on the sphere ‖θ‖ = R and vector i is kept
+axis, which is the same thing only for p = 2, and takes the 1/q root per prompt before summing
+over prompts, which is the same thing only for q = 1.) θ lives on the sphere ‖θ‖ = R and vector i is kept
 orthogonal to vectors 0..i−1: the gradient is projected off the earlier vectors and onto the
 sphere's tangent before each AdamW step, and θ is projected off the earlier vectors and rescaled
 to R after it.
@@ -14,8 +15,8 @@ to R after it.
 Two modes give the same constraint order:
 
 - ``batched``: all k vectors take their steps together, each on its own copy of the prompt batch
-  (one forward/backward of k·B rows from the cached h_S), vector i projected against the
-  *current* vectors 0..i−1 at every step.
+  (one forward/backward of k·B rows per prompt batch, from the cached h_S), vector i projected
+  against the *current* vectors 0..i−1 at every step.
 - ``sequential``: the reference procedure; vector 0 is trained to the end, then vector 1
   against it, and so on.
 
@@ -47,9 +48,10 @@ class MelboResult:
     mode: str
 
 
-def objective(displacement: torch.Tensor, mask: torch.Tensor, copies: int, p: float,
-              q: float) -> torch.Tensor:
-    """[copies] objective of each copy of the batch from ``displacement`` [copies·B, L, d].
+def displacement_sum(displacement: torch.Tensor, mask: torch.Tensor, copies: int,
+                     p: float) -> torch.Tensor:
+    """[copies] Σ over real positions of ‖displacement‖₂^p, for ``displacement`` [copies·B, L, d]
+    holding ``copies`` stacked copies of a batch of B prompts.
 
     Pad positions (mask 0) are replaced by a constant before the power, so they contribute
     neither to the value nor (as 0·∞) to the gradient.
@@ -57,7 +59,7 @@ def objective(displacement: torch.Tensor, mask: torch.Tensor, copies: int, p: fl
     real = mask.bool()
     squared = displacement.pow(2).sum(-1)
     per_token = torch.where(real, squared, torch.ones_like(squared)).pow(p / 2) * real
-    return per_token.reshape(copies, -1).sum(1).pow(1.0 / q)
+    return per_token.reshape(copies, -1).sum(1)
 
 
 def orthonormal_after(earlier: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
@@ -80,30 +82,38 @@ def _project_gradient(grad: torch.Tensor, unit: torch.Tensor, earlier: torch.Ten
     return g - torch.tril(g @ unit.T) @ unit
 
 
-def _ascend(model: torch.nn.Module, prefix: Prefix, base: torch.Tensor, target_layer: int,
-            start: torch.Tensor, earlier: torch.Tensor, radius: float, p: float, q: float,
-            steps: int, lr: float, progress: Progress | None, first: int
+def _ascend(model: torch.nn.Module, prefixes: list[Prefix], bases: list[torch.Tensor],
+            target_layer: int, start: torch.Tensor, earlier: torch.Tensor, radius: float, p: float,
+            q: float, steps: int, lr: float, progress: Progress | None, first: int
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Train the rows of ``start`` together against the fixed orthonormal rows of ``earlier``.
-    Returns the final vectors [m, d] fp32 and the trace [steps, m] fp32."""
-    copies, batch = start.shape[0], prefix.batch_size
-    stacked = prefix.repeat(copies) if copies > 1 else prefix
-    mask = stacked.attention_mask
-    base = base.repeat(copies, 1, 1)
+    Returns the final vectors [m, d] fp32 and the trace [steps, m] fp32.
+
+    The prompt batches are run one after another and their gradients added up: the sum S inside
+    the root is additive over batches, and ∇(S^(1/q)) = (1/q)·S^(1/q−1)·∇S is applied per vector
+    once S is complete, so batching the prompts changes nothing but the memory held.
+    """
+    copies = start.shape[0]
+    stacked = [prefix.repeat(copies) if copies > 1 else prefix for prefix in prefixes]
+    bases = [base.repeat(copies, 1, 1) for base in bases]
     theta = torch.nn.Parameter((radius * orthonormal_after(earlier, start)).float())
     optimiser = torch.optim.AdamW([theta], lr=lr, betas=BETAS, weight_decay=WEIGHT_DECAY,
                                   amsgrad=AMSGRAD)
     trace = torch.empty(steps, copies)
     for t in range(steps):
         optimiser.zero_grad(set_to_none=True)
-        rows = theta.repeat_interleave(batch, dim=0)[:, None, :]  # copy c on rows c·B..(c+1)·B
-        displacement = segment(model, stacked, rows, target_layer).to(base.dtype) - base
-        values = objective(displacement, mask, copies, p, q)
-        (-values.sum()).backward()
-        trace[t] = values.detach().float().cpu()
+        total = torch.zeros(copies, dtype=torch.float64, device=theta.device)
+        for prefix, batch, base in zip(stacked, prefixes, bases):
+            rows = theta.repeat_interleave(batch.batch_size, dim=0)[:, None, :]  # copy c: rows c·B..
+            displacement = segment(model, prefix, rows, target_layer).to(base.dtype) - base
+            sums = displacement_sum(displacement, prefix.attention_mask, copies, p)
+            (-sums.sum()).backward()
+            total += sums.detach().double()
         with torch.no_grad():
+            trace[t] = total.pow(1.0 / q).float().cpu()
+            chain = (total.pow(1.0 / q - 1.0) / q)[:, None]
             unit = theta.double() / radius
-            theta.grad = _project_gradient(theta.grad, unit, earlier).to(theta.dtype)
+            theta.grad = _project_gradient(chain * theta.grad.double(), unit, earlier).float()
             optimiser.step()
             theta.copy_(radius * orthonormal_after(earlier, theta))
         if progress is not None:
@@ -112,52 +122,58 @@ def _ascend(model: torch.nn.Module, prefix: Prefix, base: torch.Tensor, target_l
 
 
 @torch.no_grad()
-def displacement_objective(model: torch.nn.Module, prefix: Prefix, vectors: torch.Tensor,
+def displacement_objective(model: torch.nn.Module, prefixes: list[Prefix], vectors: torch.Tensor,
                            target_layer: int, p: float = 2.0, q: float = 1.0) -> torch.Tensor:
-    """[k] objective of each row of ``vectors`` [k, d] (one forward per vector, no gradients)."""
-    device = prefix.hidden.device
-    base = segment(model, prefix, torch.zeros(prefix.hidden.shape[-1], device=device), target_layer)
-    acc = torch.promote_types(base.dtype, torch.float32)
-    out = [objective(segment(model, prefix, v.to(device), target_layer).to(acc) - base.to(acc),
-                     prefix.attention_mask, 1, p, q) for v in vectors]
-    return torch.cat(out).float().cpu()
+    """[k] objective of each row of ``vectors`` [k, d] over all the prompt batches (no gradients)."""
+    total = torch.zeros(len(vectors), dtype=torch.float64)
+    for prefix in prefixes:
+        device = prefix.hidden.device
+        base = segment(model, prefix, torch.zeros(vectors.shape[-1], device=device), target_layer)
+        acc = torch.promote_types(base.dtype, torch.float32)
+        for i, vector in enumerate(vectors):
+            moved = segment(model, prefix, vector.to(device), target_layer).to(acc) - base.to(acc)
+            total[i] += displacement_sum(moved, prefix.attention_mask, 1, p).double().cpu()[0]
+    return total.pow(1.0 / q).float()
 
 
-def melbo(model: torch.nn.Module, prefix: Prefix, target_layer: int, k: int, radius: float,
-          p: float = 2.0, q: float = 1.0, steps: int = 300, lr: float = 1e-3, seed: int = 0,
-          mode: str = "batched", progress: Progress | None = None) -> MelboResult:
-    """k MELBO vectors from the cached prefix (``run_prefix`` at the source layer).
+def melbo(model: torch.nn.Module, prefixes: Prefix | list[Prefix], target_layer: int, k: int,
+          radius: float, p: float = 2.0, q: float = 1.0, steps: int = 300, lr: float = 1e-3,
+          seed: int = 0, mode: str = "batched", progress: Progress | None = None) -> MelboResult:
+    """k MELBO vectors from the cached prefix of each prompt batch (``run_prefix`` at the source
+    layer); the objective runs over the prompts of all batches together.
 
     The k random starting directions are drawn at once from ``seed``, so both modes start vector
     i from the same draw (projected off the vectors before it).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if k < 1 or steps < 1 or radius <= 0:
-        raise ValueError(f"need k ≥ 1, steps ≥ 1 and radius > 0 (got k={k}, steps={steps}, "
-                         f"radius={radius})")
-    d = prefix.hidden.shape[-1]
+    if k < 1 or steps < 1 or radius <= 0 or p <= 0 or q <= 0:
+        raise ValueError(f"need k ≥ 1, steps ≥ 1 and radius, p, q > 0 (got k={k}, steps={steps}, "
+                         f"radius={radius}, p={p}, q={q})")
+    prefixes = [prefixes] if isinstance(prefixes, Prefix) else list(prefixes)
+    d = prefixes[0].hidden.shape[-1]
     if k > d:
         raise ValueError(f"cannot have {k} orthogonal vectors in width {d}")
-    device = prefix.hidden.device
+    device = prefixes[0].hidden.device
     draws = torch.randn(k, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     draws = draws.to(device)
     with torch.no_grad():
-        base = segment(model, prefix, torch.zeros(d, device=device), target_layer)
-    base = base.to(torch.promote_types(base.dtype, torch.float32))
+        bases = [segment(model, prefix, torch.zeros(d, device=device), target_layer)
+                 for prefix in prefixes]
+    bases = [base.to(torch.promote_types(base.dtype, torch.float32)) for base in bases]
     none = torch.zeros(0, d, dtype=torch.float64, device=device)
     run = dict(radius=radius, p=p, q=q, steps=steps, lr=lr, progress=progress)
     if mode == "batched":
-        vectors, trace = _ascend(model, prefix, base, target_layer, draws, none, first=0, **run)
+        vectors, trace = _ascend(model, prefixes, bases, target_layer, draws, none, first=0, **run)
     else:
         found, traces = [], []
         for i in range(k):
-            earlier = torch.stack(found).double() / radius if found else none
-            vector, trace = _ascend(model, prefix, base, target_layer, draws[i:i + 1], earlier,
+            earlier = orthonormal_after(none, torch.stack(found)) if found else none
+            vector, trace = _ascend(model, prefixes, bases, target_layer, draws[i:i + 1], earlier,
                                     first=i, **run)
             found.append(vector[0])
             traces.append(trace)
         vectors, trace = torch.stack(found), torch.cat(traces, dim=1)
     vectors = vectors.float().cpu()
-    return MelboResult(vectors, trace, displacement_objective(model, prefix, vectors, target_layer,
-                                                              p, q), mode)
+    final = displacement_objective(model, prefixes, vectors, target_layer, p, q)
+    return MelboResult(vectors, trace, final, mode)
