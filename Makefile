@@ -25,12 +25,13 @@ Q          ?= 1## melbo: outer root of the objective
 STEPS      ?= 8## melbo: optimiser steps
 LR         ?= 0.05## melbo: AdamW learning rate
 SEED       ?= 0## pi, pi_caa, melbo, random controls
-SCALES     ?= 0.5 1 2 4 8## eval: scales (L2 norm added); sign-free vectors also get the negatives
+SCALES     ?= 8 24 64## eval: scales (L2 norm of θ; mean ‖h_S‖ is ~116 at layer 7); sign-free vectors also get the negatives
 RAW        ?= 0## eval: 1 scales raw vectors instead of unit-normalised ones
-N_EVAL     ?= 64## eval: questions per split (or all)
+N_EVAL     ?= 16## eval: questions per split (or all); small so `make` fits 15 min on 2 CPU cores
+EVAL_K     ?= 2## eval: first EVAL_K vectors of each group (PI: largest σ), or all
 N_RANDOM   ?= 8## eval: norm-matched random directions per source layer
 SPLITS     ?= val test## eval: splits to evaluate
-REPORT_SCALE ?= 4## plot: scale of the violin plot
+REPORT_SCALE ?= 24## plot: scale of the violin plot
 RESULTS    ?= results## plot: folder the figures go to
 FORCE      ?= 0## 1 recomputes groups whose settings and code are unchanged
 
@@ -90,7 +91,8 @@ melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (
 
 eval: $(VENV)/.installed $(MODEL_DEP) ## logit differences of every stored vector, baseline and random controls
 	$(RUN) runners.eval $(COMMON) --scales "$(SCALES)" --n-eval $(N_EVAL) --n-random $(N_RANDOM) \
-	    --splits "$(SPLITS)" --seed $(SEED) $(if $(filter 1,$(RAW)),--raw)
+	    --splits "$(SPLITS)" --seed $(SEED) --layer $(LAYER) $(if $(filter 1,$(RAW)),--raw) \
+	    $(if $(filter-out all,$(EVAL_K)),--max-vectors $(EVAL_K))
 
 report: $(VENV)/.installed ## markdown tables with bootstrap intervals, vector chosen on val, shown on test
 	@$(PY) -m runners.report --store "$(STORE)" --model "$(MODEL)"

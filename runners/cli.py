@@ -70,3 +70,26 @@ def main_guard(run) -> None:
     except (DataError, ModelError, StoreError, ValueError) as err:
         say(f"error: {err}")
         sys.exit(2)
+
+
+def load_checked(args, dtype: str, items, source_layers: list[int], target_layer: int | None = None):
+    """Load the model, check the layers and the injection site, and find every item's answer
+    tokens; returns (model, answers, skipped messages). Raises if no item is usable."""
+    from engine.model import check_injection_site, load_model
+    from engine.prompts import answer_tokens_for
+
+    with step(f"loading {args.model} ({dtype})"):
+        lm = load_model(args.model, dtype, args.device)
+    for layer in source_layers:
+        lm.check_layer(layer, "source layer")
+        check_injection_site(lm, layer)
+    if target_layer is not None:
+        lm.check_layer(target_layer, "target layer")
+        if any(target_layer <= layer for layer in source_layers):
+            raise ValueError(f"target layer {target_layer} must be above the source layer {source_layers}")
+    answers, skipped = answer_tokens_for(lm.tokenizer, items)
+    for message in skipped:
+        say(f"skipped (no answer token found): {message}")
+    if not answers:
+        raise ValueError("no usable prompts: every item was skipped")
+    return lm, answers, skipped

@@ -12,12 +12,12 @@ import torch
 
 from engine.data import load_items
 from engine.melbo import AMSGRAD, BETAS, MODES, WEIGHT_DECAY, melbo
-from engine.model import check_injection_site, load_model, resolve_dtype, store_key
-from engine.prompts import answer_tokens_for, length_batches, pad_right
+from engine.model import resolve_dtype, store_key
+from engine.prompts import length_batches, pad_right
 from engine.segment import run_prefix
 from engine.store import (file_checksum, is_current, model_group, now, replace_group, run_attrs,
                           writing)
-from runners.cli import main_guard, parser, say, step
+from runners.cli import load_checked, main_guard, parser, say, step
 
 DEFAULT_LAYER = 7
 DEFAULT_TARGET = 20
@@ -75,16 +75,7 @@ def run() -> None:
         say(f"{group} is up to date (FORCE=1 recomputes it)")
         return
 
-    with step(f"loading {args.model} ({dtype})"):
-        lm = load_model(args.model, dtype, args.device)
-    lm.check_layer(args.layer, "source layer")
-    lm.check_layer(args.target, "target layer")
-    check_injection_site(lm, args.layer)
-    answers, skipped = answer_tokens_for(lm.tokenizer, items)
-    for message in skipped:
-        say(f"skipped (no answer token found): {message}")
-    if not answers:
-        raise ValueError("no usable prompts: every item was skipped")
+    lm, answers, skipped = load_checked(args, dtype, items, [args.layer], args.target)
 
     started, t0 = now(), time.perf_counter()
     sequences = [a.prefix_ids for a in answers]

@@ -15,12 +15,12 @@ import torch
 
 from engine.data import load_items
 from engine.jacobian import parse_tokens, prompt_jacobian
-from engine.model import check_injection_site, load_model, resolve_dtype, store_key
+from engine.model import resolve_dtype, store_key
 from engine.power import power_iteration
-from engine.prompts import answer_tokens_for, length_batches
+from engine.prompts import length_batches
 from engine.store import (file_checksum, is_current, model_group, now, replace_group, run_attrs,
                           writing)
-from runners.cli import count_or_all, main_guard, parser, say, step
+from runners.cli import count_or_all, load_checked, main_guard, parser, say, step
 
 DEFAULT_LAYER = 7
 DEFAULT_TARGET = 20
@@ -92,16 +92,7 @@ def run() -> None:
         say(f"{group_path} is up to date (FORCE=1 recomputes it)")
         return
 
-    with step(f"loading {args.model} ({dtype})"):
-        lm = load_model(args.model, dtype, args.device)
-    lm.check_layer(args.layer, "source layer")
-    lm.check_layer(args.target, "target layer")
-    check_injection_site(lm, args.layer)
-    answers, skipped = answer_tokens_for(lm.tokenizer, items)
-    for message in skipped:
-        say(f"skipped (no answer token found): {message}")
-    if not answers:
-        raise ValueError("no usable train prompts")
+    lm, answers, skipped = load_checked(args, dtype, items, [args.layer], args.target)
     prompts = [a.prefix_ids for a in answers]
     groups = length_batches([len(s) for s in prompts], args.batch_size)
     batches = [[prompts[i] for i in group] for group in groups]
