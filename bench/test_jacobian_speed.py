@@ -1,14 +1,17 @@
-"""Speed of the Jacobian engine on a random-weight model of Qwen3-0.6B's width, in bf16.
+"""Speed of the Jacobian engine on a random-weight model of Qwen3-0.6B's width.
 
-A 2-layer segment (layers 2..3 of a 4-layer model, S=1, T=3), 1 prompt of 64 tokens: bf16 matmuls
-run at ~10 GFLOP/s per core on the 2-core dev CPU, and a 4-layer segment over 2 prompts did not
-fit the suite's 3-minute budget (its JᵀJV step alone took ~30 s). The floor
-is the segment's forward pass: one JᵀJV step for k vectors needs about 2k of them. The plain way
-is what a first script does: per vector, a full model forward with a hook on down_proj and fresh
-autograd (double-backward trick for J v, then Jᵀ(J v)). The vocabulary is cut to 8192 so the
-plain path's unembedding does not dominate it.
+A 4-layer segment (layers 1..4, S=0, T=4) over 2 prompts of 64 tokens, in fp32 by default: what
+DTYPE=auto runs on a CPU. BENCH_DTYPE=bf16 runs it in bf16 (on the 2-core dev CPU bf16 matmuls
+are ~7x slower than fp32, and the backward's bf16 matmuls slower still, so expect far worse
+ratios there). The JVP mode is the runner's default. The floor is the segment's forward pass: one
+JᵀJV step for k vectors needs about 2k of them. The plain way is what a first script does: per
+vector, a full model forward with a hook on down_proj and fresh autograd (double-backward trick
+for J v, then Jᵀ(J v)). The vocabulary is cut to 8192 so the plain path's unembedding does not
+dominate it.
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -23,7 +26,8 @@ RATIOS = {
     "jtjv_step_over_floor": ("test_jtjv_step_k8", "test_segment_forward", 1 / 16),
     "jtjv_speedup_vs_plain": ("test_jtjv_plain_k8", "test_jtjv_step_k8", 1.0),
 }
-S, T, PROMPTS, TOKENS = 1, 3, 1, 64
+S, T, PROMPTS, TOKENS = 0, 4, 2, 64
+DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}[os.environ.get("BENCH_DTYPE", "fp32")]
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +36,11 @@ def setup():
     config = Qwen3Config(vocab_size=8192, hidden_size=1024, intermediate_size=3072,
                          num_hidden_layers=T + 1, num_attention_heads=16, num_key_value_heads=8,
                          head_dim=128, attn_implementation="sdpa")
-    model = Qwen3ForCausalLM(config).to(torch.bfloat16).eval().requires_grad_(False)
+    model = Qwen3ForCausalLM(config).to(DTYPE).eval().requires_grad_(False)
     ids = torch.randint(0, config.vocab_size, (PROMPTS, TOKENS))
     mask = torch.ones_like(ids)
     prefix = run_prefix(model, ids, mask, S)
-    op = BatchJacobian(model, prefix, T, jvp="linearize")
+    op = BatchJacobian(model, prefix, T)  # the runner's JVP mode
     gen = torch.Generator().manual_seed(1)
     vectors = torch.randn(8, config.hidden_size, generator=gen)
     cotangents = torch.randn(8, op.out_dim, generator=gen)
@@ -50,6 +54,7 @@ def test_segment_forward(benchmark, setup):
         with torch.no_grad(), math_attention():
             return segment(model, prefix, vectors[0], T)
 
+    benchmark.extra_info["dtype"] = str(DTYPE)
     benchmark.pedantic(forward, rounds=5, warmup_rounds=1)
 
 
@@ -75,7 +80,7 @@ def plain_jtjv(model, ids, mask, vectors):
     on layers[T], J v by the double-backward trick, then Jᵀ(J v)."""
     out = []
     for v in vectors:
-        theta = torch.zeros(v.shape[0], dtype=torch.bfloat16, requires_grad=True)
+        theta = torch.zeros(v.shape[0], dtype=DTYPE, requires_grad=True)
         captured = {}
         handle = decoder_layers(model)[T].register_forward_hook(
             lambda _m, _a, o: captured.__setitem__("h", o[0] if isinstance(o, tuple) else o))
@@ -97,5 +102,5 @@ def test_jtjv_plain_k8(benchmark, setup):
     model, ids, mask, _, op, vectors, _ = setup
     fast = op.jtj(vectors[:2]).double()
     plain = plain_jtjv(model, ids, mask, vectors[:2]).double()
-    assert (fast - plain).norm() / plain.norm() < 5e-2  # same quantity, bf16 noise
+    assert (fast - plain).norm() / plain.norm() < 5e-2  # the same quantity (bf16 noise allowed)
     benchmark.pedantic(plain_jtjv, args=(model, ids, mask, vectors), rounds=1, warmup_rounds=0)

@@ -77,3 +77,15 @@ def test_eval_with_no_vectors_runs_baseline_and_random_control_and_says_so(tiny_
         random = split["random/L1"]
         assert random["logit_diff"].shape == (2, 4, 3) and list(random["scales"][()]) == [-4, -1, 1, 4]
         assert np.isfinite(random["answer_mass"][()]).all()
+
+
+def test_eval_max_vectors_trims_method_groups_but_not_the_random_control(tiny_dir, tmp_path):
+    store = tmp_path / "store.h5"
+    assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 2).returncode == 0
+    done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 3,
+               "--scales", "2", "--splits", "val", "--max-vectors", 1)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(store, "r") as h5:
+        split = h5[f"{store_key(str(tiny_dir))}/evals/val"]
+        assert split["caa/L1/logit_diff"].shape == (1, 1, 2)
+        assert split["random/L1/logit_diff"].shape == (3, 2, 2)
