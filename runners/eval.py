@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from engine.data import SPLITS, load_items
-from engine.evaluate import evaluate
+from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS, evaluate
 from engine.model import check_injection_site, load_model, resolve_dtype, store_key
 from engine.prompts import answer_tokens_for
 from engine.store import (file_checksum, is_current, model_group, now, open_for_reading,
@@ -97,11 +97,9 @@ def run() -> None:
     p.add_argument("--layer", type=int, default=7,
                    help="source layer for the random control when the store holds no vectors")
     p.add_argument("--seed", type=int, default=0, help="seed of the random directions")
-    p.add_argument("--settings-per-pass", type=int, default=2,
+    p.add_argument("--settings-per-pass", type=int, default=SETTINGS_PER_PASS,
                    help="θ settings stacked in one batch (memory vs speed)")
-    # About 8 sequences per pass is fastest on the dev CPU: 162 ms per question×setting against
-    # 272 ms for 16 questions × 4 settings (bigger passes fall out of cache).
-    p.set_defaults(batch_size=4)
+    p.set_defaults(batch_size=QUESTIONS_PER_PASS)
     args = p.parse_args()
     scales = parse_scales(args.scales)
     splits = parse_splits(args.splits)
