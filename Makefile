@@ -101,7 +101,7 @@ plot: $(VENV)/.installed ## figures from the store into RESULTS/
 	$(RUN) runners.plot --store "$(STORE)" --model "$(MODEL)" --out "$(RESULTS)" --scale $(REPORT_SCALE)
 
 bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to bench/results/latest.json
-	$(PY) -m pytest -q bench -p no:cacheprovider --benchmark-only --benchmark-json=bench/results/pytest-benchmark.json
+	$(PY) -m pytest -q bench -p no:cacheprovider --benchmark-only --benchmark-json=bench/results/latest.json
 
 ingest: $(VENV)/.installed ## convert SRC (Anthropic/CAA file) to data/BEHAVIOR.jsonl; POSITIVE names the field
 	$(RUN) runners.ingest "$(SRC)" --behavior "$(BEHAVIOR)" --positive "$(POSITIVE)" \

@@ -2,15 +2,12 @@
 
 A benchmark module declares ``RATIOS = {name: (numerator_test, denominator_test, factor)}``;
 the ratio is factor × median(numerator) / median(denominator), from pytest-benchmark's own
-statistics of this run. ``make bench`` writes pytest-benchmark's JSON to latest.json with the
-ratios added as one flat object under "ratios".
+statistics of this run. ``make bench`` has pytest-benchmark write its JSON to
+bench/results/latest.json, with the ratios added as one flat object under "ratios".
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
-RESULTS = Path(__file__).resolve().parent / "results"
 _SPECS: dict[str, tuple[str, str, float]] = {}
 
 
@@ -30,11 +27,6 @@ def _ratios(benchmarks) -> dict[str, float]:
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    ratios = _ratios(output_json["benchmarks"])
-    output_json["ratios"] = ratios
-    RESULTS.mkdir(exist_ok=True)
-    latest = RESULTS / "latest.json"
-    tmp = latest.with_suffix(".tmp")
-    tmp.write_text(json.dumps(output_json, indent=1))
-    tmp.replace(latest)
-    print("\nratios:", json.dumps(ratios, indent=1))
+    """pytest-benchmark saves ``output_json`` after this hook: the ratios go into the same file."""
+    output_json["ratios"] = _ratios(output_json["benchmarks"])
+    print("\nratios:", json.dumps(output_json["ratios"], indent=1))

@@ -6,7 +6,6 @@ questions for steered and baseline).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import h5py
@@ -156,10 +155,6 @@ def row_at(group: Group, vector: int | None, s: int, split: Split) -> Row:
     diff = group.logit_diff[:, s] if vector is None else group.logit_diff[vector, s]
     mass = group.mass[:, s] if vector is None else group.mass[vector, s]
     return row(float(group.scales[s]), diff, mass, split.baseline)
-
-
-def settings_of(group: Group) -> dict:
-    return json.loads(group.attrs.get("settings", "{}"))
 
 
 def nearest_scale(group: Group, scale: float) -> int:

@@ -7,7 +7,7 @@ layers (attention mask, rotary embeddings, position ids). ``segment`` then evalu
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -25,7 +25,6 @@ class Prefix:
     layer_kwargs: dict  # what the model passes to every decoder layer
     source_layer: int
     down_proj: torch.Tensor | None = None  # [B, L, d] output of layers[S].mlp.down_proj
-    extra: dict = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
