@@ -63,6 +63,16 @@ def tiny_model(kind: str, tokenizer, dtype=torch.float64, layers: int = 4, width
     return LoadedModel(model, tokenizer, f"tiny-{kind}", f"tiny-{kind}", DTYPE_NAMES[dtype], "cpu")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls gain nothing from a thread pool, and on a shared CPU its spin-waits made the
+    Jacobian modules ~50x slower; the setting is restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(smol_tokenizer) -> LoadedModel:
     return tiny_model("llama", smol_tokenizer)

@@ -47,14 +47,7 @@ def dense_jacobian(lm, sequences, theta0, mode):
         return (jacfwd if mode == "fwd" else jacrev)(f)(theta0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from a thread pool, and on a shared CPU its spin-waits made this
-    module ~50x slower; restore the setting for the modules after this one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

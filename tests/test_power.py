@@ -22,14 +22,7 @@ S, T, K = 0, 2, 3
 PROMPTS = [(5, 9, 14, 21, 30, 41, 52), (7, 11, 18, 25, 33, 40, 48, 56, 61)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from a thread pool, and on a shared CPU its spin-waits made this
-    module ~50x slower; restore the setting for the modules after this one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def plant_gap(lm, strengths=(8.0, 6.0, 4.0)):
