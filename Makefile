@@ -92,7 +92,7 @@ melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (
 eval: $(VENV)/.installed $(MODEL_DEP) ## logit differences of every stored vector, baseline and random controls
 	$(RUN) runners.eval $(COMMON) --scales "$(SCALES)" --n-eval $(N_EVAL) --n-random $(N_RANDOM) \
 	    --splits "$(SPLITS)" --seed $(SEED) --layer $(LAYER) $(if $(filter 1,$(RAW)),--raw) \
-	    $(if $(filter-out all,$(EVAL_K)),--max-vectors $(EVAL_K))
+	    --max-vectors $(EVAL_K)
 
 report: $(VENV)/.installed ## markdown tables with bootstrap intervals, vector chosen on val, shown on test
 	@$(PY) -m runners.report --store "$(STORE)" --model "$(MODEL)"

@@ -21,7 +21,10 @@ from engine.store import (file_checksum, is_current, model_group, now, open_for_
                           replace_group, run_attrs, writing)
 from runners.cli import count_or_all, main_guard, parser, say
 
-DEFAULT_SCALES = "2 4 8"
+# The same defaults as the Makefile's (sized for the 15-minute main job; README: scaling up).
+DEFAULT_SCALES = "8 24 64"
+DEFAULT_N_EVAL = 16
+DEFAULT_MAX_VECTORS = 1
 
 
 def parse_scales(text: str) -> list[float]:
@@ -86,12 +89,12 @@ def signed_scales(scales: list[float], sign_free: bool) -> list[float]:
 
 def run() -> None:
     p = parser(__doc__)
-    p.add_argument("--scales", default=DEFAULT_SCALES, help="L2 norms of what is added, e.g. '2 4 8'")
+    p.add_argument("--scales", default=DEFAULT_SCALES, help="L2 norms of what is added, e.g. '8 24 64'")
     p.add_argument("--raw", action="store_true", help="scale raw vectors instead of unit ones")
-    p.add_argument("--n-eval", type=count_or_all, default=64, metavar="N|all",
+    p.add_argument("--n-eval", type=count_or_all, default=DEFAULT_N_EVAL, metavar="N|all",
                    help="questions per split")
     p.add_argument("--n-random", type=int, default=8, help="random directions per source layer")
-    p.add_argument("--max-vectors", type=int, default=None,
+    p.add_argument("--max-vectors", type=count_or_all, default=DEFAULT_MAX_VECTORS, metavar="N|all",
                    help="evaluate only the first N vectors of each group (PI: the largest σ)")
     p.add_argument("--splits", default="val test", help="splits to evaluate")
     p.add_argument("--layer", type=int, default=7,

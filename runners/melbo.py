@@ -25,9 +25,9 @@ DEFAULT_K = 4
 DEFAULT_RADIUS = 16.0
 DEFAULT_P = 2.0
 DEFAULT_Q = 1.0
-DEFAULT_STEPS = 8
+DEFAULT_STEPS = 12
 DEFAULT_LR = 0.05
-DEFAULT_N_PROMPTS = 8
+DEFAULT_N_PROMPTS = 2
 # Every forward carries k copies of a prompt batch, so prompt batches are smaller than elsewhere;
 # batching by length also keeps padding (computed, then masked out) low.
 DEFAULT_BATCH_SIZE = 4

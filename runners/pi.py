@@ -25,10 +25,10 @@ from runners.cli import count_or_all, load_checked, main_guard, parser, say, ste
 DEFAULT_LAYER = 7
 DEFAULT_TARGET = 20
 DEFAULT_K = 4
-DEFAULT_ITERS = 12
+DEFAULT_ITERS = 6
 DEFAULT_OVERSAMPLE = 8
-DEFAULT_TOL = 1e-3
-DEFAULT_N_PROMPTS = 8
+DEFAULT_TOL = 1e-2
+DEFAULT_N_PROMPTS = 2
 DEFAULT_TOKENS = "all"
 DEFAULT_SEED = 0
 
