@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.prompts import AnswerTokens, length_batches, pad_right
-from engine.segment import run_prefix
+from engine.prompts import AnswerTokens
+from engine.segment import batched_prefixes
 
 CAPTURES = ("mlp", "resid")
 POSITIONS = ("letter", "last")
@@ -46,22 +46,17 @@ def activations(model, sequences: list[tuple[int, ...]], read_at: list[int], lay
     after ``layer`` over all real tokens; one forward per batch that stops after ``layer``."""
     if capture not in CAPTURES:
         raise ValueError(f"capture must be one of {CAPTURES}, got {capture!r}")
-    out, norm_sum, n_tokens = None, 0.0, 0
-    for batch in length_batches([len(s) for s in sequences], batch_size):
-        ids, mask = pad_right([sequences[i] for i in batch], pad_id)
-        device = next(model.parameters()).device
-        prefix = run_prefix(model, ids.to(device), mask.to(device), layer,
-                            keep_down_proj=capture == "mlp")
+    out, norms = None, []
+    for batch, prefix in batched_prefixes(model, sequences, layer, pad_id, batch_size,
+                                          keep_down_proj=capture == "mlp"):
         acts = prefix.down_proj if capture == "mlp" else prefix.hidden
         rows = torch.arange(len(batch), device=acts.device)
         picked = acts[rows, torch.tensor([read_at[i] for i in batch], device=acts.device)].double()
         if out is None:
             out = torch.empty(len(sequences), acts.shape[-1], dtype=torch.float64)
         out[torch.tensor(batch)] = picked.cpu()
-        real = mask.to(acts.device).bool()
-        norm_sum += prefix.hidden[real].double().norm(dim=-1).sum().item()
-        n_tokens += int(real.sum())
-    return out, norm_sum / n_tokens
+        norms.append(prefix.residual_norms().cpu())
+    return out, float(torch.cat(norms).mean())
 
 
 def caa_vector(model, answers: list[AnswerTokens], layer: int, pad_id: int,

@@ -17,8 +17,8 @@ from typing import Callable
 import torch
 
 from engine.model import decoder_layers
-from engine.prompts import AnswerTokens, length_batches, pad_right
-from engine.segment import run_layers, run_prefix
+from engine.prompts import AnswerTokens, pad_right
+from engine.segment import batched_prefixes, run_layers
 from engine.steering import add_to_down_proj
 
 
@@ -63,12 +63,12 @@ def evaluate(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: 
     device = next(model.parameters()).device
     logit_diff = torch.empty(n_settings, n_q)
     answer_mass = torch.empty(n_settings, n_q)
-    batches = length_batches([len(a.prefix_ids) for a in answers], batch_size)
-    for done, batch in enumerate(batches):
+    n_batches = -(-n_q // batch_size)
+    sequences = [a.prefix_ids for a in answers]
+    for done, (batch, prefix) in enumerate(
+            batched_prefixes(model, sequences, source_layer, pad_id, batch_size)):
         batch_answers = [answers[i] for i in batch]
-        ids, mask = pad_right([a.prefix_ids for a in batch_answers], pad_id)
-        prefix = run_prefix(model, ids.to(device), mask.to(device), source_layer)
-        answer_at = (mask.sum(1) - 1).to(device)  # last real token: its logits predict the answer
+        answer_at = prefix.attention_mask.sum(1) - 1  # last real token: its logits predict the answer
         index = torch.tensor(batch)
         for first in range(0, n_settings, settings_per_pass):
             chunk = thetas[first:first + settings_per_pass]
@@ -83,7 +83,7 @@ def evaluate(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: 
             logit_diff[first:first + len(chunk), index] = diff.view(len(chunk), len(batch))
             answer_mass[first:first + len(chunk), index] = mass.view(len(chunk), len(batch))
         if progress:
-            progress(done + 1, len(batches))
+            progress(done + 1, n_batches)
     return EvalResult(logit_diff, answer_mass)
 
 

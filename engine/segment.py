@@ -8,10 +8,12 @@ layers (attention mask, rotary embeddings, position ids). ``segment`` then evalu
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Iterator
 
 import torch
 
 from engine.model import decoder_layers, injection_site, uniform_attention_from
+from engine.prompts import length_batches, pad_right
 
 
 class _PrefixDone(Exception):
@@ -29,6 +31,10 @@ class Prefix:
     @property
     def batch_size(self) -> int:
         return self.hidden.shape[0]
+
+    def residual_norms(self) -> torch.Tensor:
+        """‖h_S‖ of every real token, fp64: the yardstick scales are read against."""
+        return self.hidden[self.attention_mask.bool()].double().norm(dim=-1)
 
     def repeat(self, times: int) -> "Prefix":
         """The same prefix stacked ``times`` along the batch, for several settings in one batch."""
@@ -81,6 +87,17 @@ def run_prefix(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: 
         raise RuntimeError(f"layer {source_layer} was never reached in the forward pass")
     return Prefix(captured["hidden"], attention_mask, captured["kwargs"], source_layer,
                   captured.get("down_proj"))
+
+
+def batched_prefixes(model: torch.nn.Module, sequences: list[tuple[int, ...]], source_layer: int,
+                     pad_id: int, batch_size: int, keep_down_proj: bool = False
+                     ) -> Iterator[tuple[list[int], Prefix]]:
+    """``sequences`` in length-sorted, right-padded batches, each with its prefix:
+    (indices into ``sequences``, Prefix), one batch at a time."""
+    device = next(model.parameters()).device
+    for batch in length_batches([len(seq) for seq in sequences], batch_size):
+        ids, mask = pad_right([sequences[i] for i in batch], pad_id)
+        yield batch, run_prefix(model, ids.to(device), mask.to(device), source_layer, keep_down_proj)
 
 
 def run_layers(model: torch.nn.Module, hidden: torch.Tensor, layer_kwargs: dict,

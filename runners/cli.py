@@ -83,10 +83,8 @@ def load_checked(args, dtype: str, items, source_layers: list[int], target_layer
     for layer in source_layers:
         lm.check_layer(layer, "source layer")
         check_injection_site(lm, layer)
-    if target_layer is not None:
+    if target_layer is not None:  # above the source layer: checked by the runner before loading
         lm.check_layer(target_layer, "target layer")
-        if any(target_layer <= layer for layer in source_layers):
-            raise ValueError(f"target layer {target_layer} must be above the source layer {source_layers}")
     answers, skipped = answer_tokens_for(lm.tokenizer, items)
     for message in skipped:
         say(f"skipped (no answer token found): {message}")

@@ -13,8 +13,7 @@ import torch
 from engine.data import load_items
 from engine.melbo import AMSGRAD, BETAS, MODES, WEIGHT_DECAY, melbo
 from engine.model import resolve_dtype, store_key
-from engine.prompts import length_batches, pad_right
-from engine.segment import run_prefix
+from engine.segment import batched_prefixes
 from engine.store import (file_checksum, is_current, model_group, now, replace_group, run_attrs,
                           writing)
 from runners.cli import load_checked, main_guard, parser, say, step
@@ -78,16 +77,10 @@ def run() -> None:
     lm, answers, skipped = load_checked(args, dtype, items, [args.layer], args.target)
 
     started, t0 = now(), time.perf_counter()
-    sequences = [a.prefix_ids for a in answers]
-    prefixes, norm_sum, n_tokens = [], 0.0, 0
-    for batch in length_batches([len(s) for s in sequences], args.batch_size):
-        ids, mask = pad_right([sequences[i] for i in batch], lm.tokenizer.pad_token_id)
-        prefix = run_prefix(lm.model, ids.to(args.device), mask.to(args.device), args.layer)
-        prefixes.append(prefix)
-        real = prefix.attention_mask.bool()
-        norm_sum += prefix.hidden[real].double().norm(dim=-1).sum().item()
-        n_tokens += int(real.sum())
-    resid_norm = norm_sum / n_tokens
+    prefixes = [prefix for _, prefix in batched_prefixes(
+        lm.model, [a.prefix_ids for a in answers], args.layer, lm.tokenizer.pad_token_id,
+        args.batch_size)]
+    resid_norm = float(torch.cat([prefix.residual_norms() for prefix in prefixes]).mean())
 
     def progress(first: int, t: int, values: torch.Tensor) -> None:
         if t % PROGRESS_EVERY == 0 or t == args.steps - 1:
