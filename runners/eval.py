@@ -9,6 +9,7 @@ directions per source layer, at every scale. Vectors are unit-normalised before 
 """
 import hashlib
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,11 +49,9 @@ def parse_splits(text: str) -> list[str]:
 def stored_vector_groups(store: str, key: str, d_model: int) -> list[dict]:
     """Every /<key>/vectors/<method>/<run> group, checked for width and finiteness."""
     found = []
-    try:
-        h5 = open_for_reading(store)
-    except Exception:
+    if not Path(store).exists():
         return found
-    with h5:
+    with open_for_reading(store) as h5:  # refuses a file that is not HDF5, before any work
         if f"{key}/vectors" not in h5:
             return found
         for method, runs in h5[f"{key}/vectors"].items():

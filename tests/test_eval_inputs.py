@@ -2,7 +2,7 @@ import h5py
 import numpy as np
 import pytest
 
-from engine.store import replace_group, writing
+from engine.store import StoreError, replace_group, writing
 from runners.eval import parse_scales, parse_splits, signed_scales, stored_vector_groups
 
 
@@ -46,3 +46,11 @@ def test_unknown_split_is_refused():
 def test_sign_free_vectors_get_negative_scales_too():
     assert signed_scales([2.0, 4.0], sign_free=True) == [-4.0, -2.0, 2.0, 4.0]
     assert signed_scales([2.0, 4.0], sign_free=False) == [2.0, 4.0]
+
+
+def test_store_that_is_not_hdf5_is_refused_before_any_work(tmp_path):
+    store = tmp_path / "store.h5"
+    store.write_text("not a store")
+    with pytest.raises(StoreError, match="is not an HDF5 file"):
+        stored_vector_groups(str(store), "m", 64)
+    assert stored_vector_groups(str(tmp_path / "missing.h5"), "m", 64) == []
