@@ -7,7 +7,7 @@ setting (the optimistic selection that picks on the same questions it scores).
 """
 import argparse
 
-from engine.analysis import (MIN_MASS_SHARE, Row, choose, choose_for_method, methods, read_split,
+from engine.analysis import (MIN_MASS_SHARE, Row, chosen_on, choose_for_method, methods, read_split,
                              row, scale_rows, splits_in_store)
 from engine.model import DEFAULT_MODEL_DIR, store_key
 from engine.store import open_for_reading
@@ -26,11 +26,10 @@ def method_tables(split, val) -> list[str]:
     out = []
     base = row(0.0, split.baseline, split.baseline_mass, split.baseline)
     for method in methods(split):
-        chosen = choose_for_method(method, val) if val else None
+        chosen = chosen_on(method, val, split)
         if chosen is None:
             continue
         group, vector, _ = chosen
-        group = split.groups[group.label]
         if method == "random":
             title = f"random control ({group.logit_diff.shape[0]} directions pooled, {group.run})"
             rows = scale_rows(group, None, split)
@@ -49,16 +48,15 @@ def summary(val, test) -> list[str]:
     base = row(0.0, test.baseline, test.baseline_mass, test.baseline)
     out.append(f"| baseline | – | 0 | {base.survival.fmt()} | – | {base.mass.fmt(2)} | – |")
     for method in methods(test):
-        chosen = choose_for_method(method, val)
+        chosen = chosen_on(method, val, test)
         if chosen is None:
             out.append(f"| {method} | no setting keeps answer mass ≥ {MIN_MASS_SHARE:.0%} of baseline on val | | | | | |")
             continue
-        group, vector, scale = chosen
-        on_test = test.groups[group.label]
+        on_test, vector, scale = chosen
         r = row(float(on_test.scales[scale]), on_test.logit_diff[vector, scale],
                 on_test.mass[vector, scale], test.baseline)
         best = best_on_test(method, test)
-        out.append(f"| {method} | {group.run} #{vector} | {r.scale:+g} | {r.survival.fmt()} | "
+        out.append(f"| {method} | {on_test.run} #{vector} | {r.scale:+g} | {r.survival.fmt()} | "
                    f"{r.delta.fmt(2, True)} | {r.mass.fmt(2)} | {best} |")
     return out + ["", f"Chosen: the largest mean logit difference on validation among settings whose "
                       f"answer mass stays ≥ {MIN_MASS_SHARE:.0%} of the baseline's. Intervals: 95% "
