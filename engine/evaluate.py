@@ -3,7 +3,8 @@
 Fast path (design section 4): questions sorted by length into batches; per batch, layers 0..S run
 once (``run_prefix``); then several θ settings are stacked along the batch and only layers
 S+1..end run from the cached residual; the final norm and the unembedding are applied at the
-answer position only. The full vocabulary row is computed there (one position per question) because
+answer position only. The opening every question shares (the chat template's system turn) runs
+through layers S+1.. once per setting, and each batch attends to its cached keys and values. The full vocabulary row is computed there (one position per question) because
 the answer mass, p(positive) + p(negative), needs the softmax normaliser.
 
 Plain path: one full HF forward per setting with a hook adding θ at ``down_proj``, all questions in
@@ -17,8 +18,9 @@ from typing import Callable
 import torch
 
 from engine.model import decoder_layers
-from engine.prompts import AnswerTokens, pad_right
-from engine.segment import batched_prefixes, run_layers
+from engine.prompts import AnswerTokens, common_opening, pad_right
+from engine.segment import (OpeningCache, batched_prefixes, repeat_rows, run_layers, run_prefix,
+                            suffix_layer_kwargs)
 from engine.steering import add_to_down_proj
 
 
@@ -54,10 +56,12 @@ def head(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: int,
              thetas: torch.Tensor, pad_id: int, batch_size: int = QUESTIONS_PER_PASS,
-             settings_per_pass: int = SETTINGS_PER_PASS,
+             settings_per_pass: int = SETTINGS_PER_PASS, share_opening: bool = True,
              progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """Logit difference and answer mass for every θ row of ``thetas`` [m, d] (already scaled; a zero
-    row is the unsteered model) on every question: the fast path."""
+    row is the unsteered model) on every question: the fast path. ``share_opening`` runs the
+    tokens every question opens with through layers S+1.. once per setting instead of once per
+    question (same numbers; off only to test that)."""
     n_settings, n_q = thetas.shape[0], len(answers)
     last_layer = len(decoder_layers(model)) - 1
     device = next(model.parameters()).device
@@ -65,20 +69,32 @@ def evaluate(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: 
     answer_mass = torch.empty(n_settings, n_q)
     n_batches = -(-n_q // batch_size)
     sequences = [a.prefix_ids for a in answers]
+    opening = common_opening(sequences) if share_opening else 0
+    if opening:
+        ids = torch.tensor([sequences[0][:opening]], device=device)
+        opening_prefix = run_prefix(model, ids, torch.ones_like(ids), source_layer)
+        opening_cache = OpeningCache.record(model, opening_prefix, thetas.to(device), last_layer)
     for done, (batch, prefix) in enumerate(
             batched_prefixes(model, sequences, source_layer, pad_id, batch_size)):
         batch_answers = [answers[i] for i in batch]
-        answer_at = prefix.attention_mask.sum(1) - 1  # last real token: its logits predict the answer
+        # the last real token's logits predict the answer; counted from the end of the opening
+        answer_at = prefix.attention_mask.sum(1) - 1 - opening
         index = torch.tensor(batch)
+        hidden = prefix.hidden[:, opening:]
+        kwargs = (suffix_layer_kwargs(prefix.layer_kwargs, prefix.attention_mask, opening)
+                  if opening else prefix.layer_kwargs)
         for first in range(0, n_settings, settings_per_pass):
             chunk = thetas[first:first + settings_per_pass]
-            stacked = prefix.repeat(len(chunk))
-            # Prefix.repeat tiles the whole batch per setting, so θ repeats per question row.
+            stacked_kwargs = repeat_rows(kwargs, len(batch), len(chunk))
+            if opening:
+                stacked_kwargs["past_key_values"] = opening_cache.for_pass(
+                    slice(first, first + len(chunk)), len(batch))
+            # settings are stacked setting-major: θ repeats per question row
             theta_rows = chunk.repeat_interleave(len(batch), dim=0)[:, None, :]
-            hidden = stacked.hidden + theta_rows.to(device=device, dtype=stacked.hidden.dtype)
-            hidden = run_layers(model, hidden, stacked.layer_kwargs, source_layer + 1, last_layer)
-            rows = torch.arange(hidden.shape[0], device=device)
-            logits = head(model, hidden[rows, answer_at.repeat(len(chunk))])
+            stacked = hidden.repeat(len(chunk), 1, 1) + theta_rows.to(device=device, dtype=hidden.dtype)
+            stacked = run_layers(model, stacked, stacked_kwargs, source_layer + 1, last_layer)
+            rows = torch.arange(stacked.shape[0], device=device)
+            logits = head(model, stacked[rows, answer_at.repeat(len(chunk))])
             diff, mass = _answer_scores(logits, batch_answers * len(chunk))
             logit_diff[first:first + len(chunk), index] = diff.view(len(chunk), len(batch))
             answer_mass[first:first + len(chunk), index] = mass.view(len(chunk), len(batch))

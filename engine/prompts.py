@@ -93,3 +93,14 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length, so batches carry little padding."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def common_opening(sequences: list[tuple[int, ...]]) -> int:
+    """Length of the token prefix every sequence starts with (the chat template's system turn, say),
+    capped one short of the shortest sequence so that every sequence keeps a token of its own."""
+    shortest = min(len(seq) for seq in sequences)
+    first = sequences[0]
+    for length in range(shortest - 1):
+        if any(seq[length] != first[length] for seq in sequences):
+            return length
+    return max(shortest - 1, 0)

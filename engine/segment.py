@@ -4,6 +4,11 @@
 above S never run), keeping the residual h_S and the arguments the model passes to its decoder
 layers (attention mask, rotary embeddings, position ids). ``segment`` then evaluates
 ``layers[S+1..T](h_S + θ)``: the function every θ-dependent computation is built on.
+
+When all sequences open with the same tokens (the chat template's system turn: 24 of ~100 tokens
+per survival question on SmolLM2), those tokens need layers S+1.. only once per θ, not once per
+question: ``OpeningCache`` holds their keys and values and each layer's attention prepends them to
+the batch's own (``suffix_layer_kwargs`` gives the arguments for the rest of each sequence).
 """
 from __future__ import annotations
 
@@ -38,22 +43,26 @@ class Prefix:
 
     def repeat(self, times: int) -> "Prefix":
         """The same prefix stacked ``times`` along the batch, for several settings in one batch."""
-        batch = self.batch_size
-
-        def rep(value):
-            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch > 1:
-                return value.repeat(times, *([1] * (value.dim() - 1)))
-            if isinstance(value, tuple):
-                return tuple(rep(v) for v in value)
-            return value  # batch-1 tensors broadcast; scalars and None stay
-
         return replace(
             self,
             hidden=self.hidden.repeat(times, 1, 1),
             attention_mask=self.attention_mask.repeat(times, 1),
-            layer_kwargs={key: rep(value) for key, value in self.layer_kwargs.items()},
+            layer_kwargs=repeat_rows(self.layer_kwargs, self.batch_size, times),
             down_proj=None,
         )
+
+
+def repeat_rows(layer_kwargs: dict, batch: int, times: int) -> dict:
+    """Decoder-layer arguments of a batch of ``batch`` rows for that batch stacked ``times``."""
+
+    def rep(value):
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch > 1:
+            return value.repeat(times, *([1] * (value.dim() - 1)))
+        if isinstance(value, tuple):
+            return tuple(rep(v) for v in value)
+        return value  # batch-1 tensors broadcast; scalars and None stay
+
+    return {key: rep(value) for key, value in layer_kwargs.items()}
 
 
 @torch.no_grad()
@@ -98,6 +107,67 @@ def batched_prefixes(model: torch.nn.Module, sequences: list[tuple[int, ...]], s
     for batch in length_batches([len(seq) for seq in sequences], batch_size):
         ids, mask = pad_right([sequences[i] for i in batch], pad_id)
         yield batch, run_prefix(model, ids.to(device), mask.to(device), source_layer, keep_down_proj)
+
+
+class OpeningCache:
+    """Keys and values of the shared opening tokens in layers S+1.., one row per θ setting.
+
+    It is passed to HF decoder layers as ``past_key_values``: their attention calls
+    ``update(key, value, layer_idx)`` and attends over what comes back. Recording (``record``) keeps
+    each layer's keys and values as they are; replaying (``for_pass``) returns the opening's,
+    one copy per batch row, followed by the batch's own. Nothing is stored while replaying, so one
+    cache serves every batch.
+    """
+
+    def __init__(self):
+        self.keys: dict[int, torch.Tensor] = {}  # layer -> [n_settings, kv_heads, P, head_dim]
+        self.values: dict[int, torch.Tensor] = {}
+        self._rows: tuple[slice, int] | None = None  # (settings, rows per setting) while replaying
+
+    @classmethod
+    def record(cls, model: torch.nn.Module, opening: Prefix, thetas: torch.Tensor,
+               last_layer: int) -> "OpeningCache":
+        """Run the opening ([1, P] prefix) through layers S+1..last once per θ row of ``thetas``."""
+        cache = cls()
+        hidden = opening.hidden + thetas[:, None, :].to(opening.hidden)
+        run_layers(model, hidden, {**opening.layer_kwargs, "past_key_values": cache},
+                   opening.source_layer + 1, last_layer)
+        return cache
+
+    def for_pass(self, settings: slice, rows_per_setting: int) -> "OpeningCache":
+        """The view a pass of ``settings`` (setting-major, ``rows_per_setting`` rows each) uses."""
+        view = OpeningCache()
+        view.keys, view.values, view._rows = self.keys, self.values, (settings, rows_per_setting)
+        return view
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *_args, **_kwargs):
+        if self._rows is None:
+            self.keys[layer_idx], self.values[layer_idx] = key, value
+            return key, value
+        settings, rows = self._rows
+
+        def joined(opening: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+            return torch.cat([opening[settings].repeat_interleave(rows, dim=0), own], dim=-2)
+
+        return joined(self.keys[layer_idx], key), joined(self.values[layer_idx], value)
+
+
+def suffix_layer_kwargs(layer_kwargs: dict, attention_mask: torch.Tensor, start: int) -> dict:
+    """Decoder-layer arguments for positions ``start..`` of a right-padded batch whose positions
+    before ``start`` come from an ``OpeningCache``: rotary embeddings and position ids of those
+    positions, and an SDPA mask [B, 1, L - start, L] (True = attend) that is causal over the whole
+    sequence and hides pad keys, as the model's own mask does."""
+    length = attention_mask.shape[1]
+    query_at = torch.arange(start, length, device=attention_mask.device)
+    key_at = torch.arange(length, device=attention_mask.device)
+    causal = key_at[None, :] <= query_at[:, None]
+    mask = causal[None, None] & attention_mask.bool()[:, None, None, :]
+    kwargs = dict(layer_kwargs, attention_mask=mask)
+    cos, sin = layer_kwargs["position_embeddings"]
+    kwargs["position_embeddings"] = (cos[..., start:, :], sin[..., start:, :])
+    if layer_kwargs.get("position_ids") is not None:
+        kwargs["position_ids"] = layer_kwargs["position_ids"][..., start:]
+    return kwargs
 
 
 def run_layers(model: torch.nn.Module, hidden: torch.Tensor, layer_kwargs: dict,
