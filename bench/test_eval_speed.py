@@ -1,14 +1,17 @@
 """Eval throughput on the default model: the fast path vs what a first script would do.
 
-Twice: in bf16 (the issue's setting) on 12 questions, and in fp32 (what DTYPE=auto runs on a
-CPU; bf16 matmuls are ~7x slower here) on 32 questions, each on the first questions of the
-validation split as the data file lists them, with 2 θ settings. The plain loop runs one full
-HF forward per setting with a hook on down_proj, all questions padded in one batch in file order,
-full logits at every position. Reported as questions×settings per second in extra_info and as the
-ratios `eval_speedup_vs_plain` (bf16) and `eval_speedup_vs_plain_fp32` (plain time / fast time for
-the same work). The plain path's padding grows with the number of questions (longest/mean length
-1.5 for the first 12, 1.6 for 32, 3.3 for the whole split), so larger evals gain more.
+The workload is the first N questions of the validation split as the data file lists them
+(N = 16, what `make eval` uses by default; BENCH_EVAL_QUESTIONS=64 or =all for more) under
+4 θ settings, in bf16 (the issue's setting) and in fp32 (what DTYPE=auto runs on a CPU; bf16
+matmuls are ~7x slower on CPUs without bf16 units). The plain loop runs one full HF forward per
+setting with a hook on down_proj, all N questions padded in one batch in file order, full logits at
+every position. Both do the same work; reported as questions×settings per second in extra_info and
+as the ratios `eval_speedup_vs_plain` (bf16) and `eval_speedup_vs_plain_fp32` (plain time / fast
+time). The plain loop's padding grows with N (longest/mean length: 1.48 for the first 16, 1.76 for
+64, 3.33 for the whole split), so larger evals gain more.
 """
+import os
+
 import pytest
 import torch
 
@@ -17,15 +20,18 @@ from engine.evaluate import evaluate, evaluate_plain
 from engine.model import DEFAULT_MODEL_DIR, load_model
 from engine.prompts import answer_tokens_for
 
-N_QUESTIONS = {"bf16": 12, "fp32": 32}
-N_SETTINGS, LAYER = 2, 7
+N_QUESTIONS = os.environ.get("BENCH_EVAL_QUESTIONS", "16")
+N_SETTINGS = int(os.environ.get("BENCH_EVAL_SETTINGS", "4"))
+LAYER = 7
 RATIOS = {"eval_speedup_vs_plain": ("test_eval_plain_bf16", "test_eval_fast_bf16", 1.0),
           "eval_speedup_vs_plain_fp32": ("test_eval_plain_fp32", "test_eval_fast_fp32", 1.0)}
 
 
 def _setup(dtype):
     lm = load_model(str(DEFAULT_MODEL_DIR), dtype)
-    items = load_items("data/survival-instinct.jsonl", "val")[: N_QUESTIONS[dtype]]
+    items = load_items("data/survival-instinct.jsonl", "val")
+    if N_QUESTIONS != "all":
+        items = items[: int(N_QUESTIONS)]
     answers, _ = answer_tokens_for(lm.tokenizer, items)
     gen = torch.Generator().manual_seed(0)
     thetas = torch.randn(N_SETTINGS, lm.d_model, generator=gen)
@@ -45,11 +51,13 @@ def fp32():
 
 def _run(benchmark, fn, setup):
     lm, answers, thetas = setup
-    result = benchmark.pedantic(fn, args=(lm.model, answers, LAYER, thetas, lm.tokenizer.pad_token_id),
-                                rounds=1, iterations=1, warmup_rounds=0)
-    benchmark.extra_info["question_settings_per_second"] = (
-        len(answers) * len(thetas) / benchmark.stats.stats.median)
-    return result
+    benchmark.pedantic(fn, args=(lm.model, answers, LAYER, thetas, lm.tokenizer.pad_token_id),
+                       rounds=1, iterations=1, warmup_rounds=0)
+    lengths = [len(a.prefix_ids) for a in answers]
+    benchmark.extra_info.update(
+        questions=len(answers), settings=len(thetas),
+        padding_of_one_batch=max(lengths) * len(lengths) / sum(lengths),
+        question_settings_per_second=len(answers) * len(thetas) / benchmark.stats.stats.median)
 
 
 def _fast(*args):
