@@ -34,6 +34,8 @@ SPLITS     ?= val test## eval: splits to evaluate
 REPORT_SCALE ?= 24## plot: scale of the violin plot
 RESULTS    ?= results## plot: folder the figures go to
 FORCE      ?= 0## 1 recomputes groups whose settings and code are unchanged
+BENCH_EVAL_QUESTIONS ?= 16## bench: first val questions of the eval benchmark, or all (bf16 plain loop: ~25 min per setting here)
+BENCH_EVAL_SETTINGS  ?= 4## bench: θ settings of the eval benchmark
 
 # ---- plumbing ------------------------------------------------------------------------------------
 PYTHON  ?= python3
@@ -101,7 +103,8 @@ plot: $(VENV)/.installed ## figures from the store into RESULTS/
 	$(RUN) runners.plot --store "$(STORE)" --model "$(MODEL)" --out "$(RESULTS)" --scale $(REPORT_SCALE)
 
 bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to bench/results/latest.json
-	$(PY) -m pytest -q bench -p no:cacheprovider --benchmark-only --benchmark-json=bench/results/latest.json
+	BENCH_EVAL_QUESTIONS=$(BENCH_EVAL_QUESTIONS) BENCH_EVAL_SETTINGS=$(BENCH_EVAL_SETTINGS) \
+	    $(PY) -m pytest -q bench -p no:cacheprovider --benchmark-only --benchmark-json=bench/results/latest.json
 
 ingest: $(VENV)/.installed ## convert SRC (Anthropic/CAA file) to data/BEHAVIOR.jsonl; POSITIVE names the field
 	$(RUN) runners.ingest "$(SRC)" --behavior "$(BEHAVIOR)" --positive "$(POSITIVE)" \

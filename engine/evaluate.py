@@ -3,9 +3,10 @@
 Fast path (design section 4): questions sorted by length into batches; per batch, layers 0..S run
 once (``run_prefix``); then several θ settings are stacked along the batch and only layers
 S+1..end run from the cached residual; the final norm and the unembedding are applied at the
-answer position only. The opening every question shares (the chat template's system turn) runs
-through layers S+1.. once per setting, and each batch attends to its cached keys and values. The full vocabulary row is computed there (one position per question) because
-the answer mass, p(positive) + p(negative), needs the softmax normaliser.
+answer position only. The full vocabulary row is computed there (one position per question)
+because the answer mass, p(positive) + p(negative), needs the softmax normaliser. The opening every
+question shares (the chat template's system turn) runs through layers S+1.. once per setting, and
+each batch attends to its cached keys and values.
 
 Plain path: one full HF forward per setting with a hook adding θ at ``down_proj``, all questions in
 one padded batch in the order given, full logits: what a first script would do.

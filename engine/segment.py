@@ -156,7 +156,8 @@ def suffix_layer_kwargs(layer_kwargs: dict, attention_mask: torch.Tensor, start:
     """Decoder-layer arguments for positions ``start..`` of a right-padded batch whose positions
     before ``start`` come from an ``OpeningCache``: rotary embeddings and position ids of those
     positions, and an SDPA mask [B, 1, L - start, L] (True = attend) that is causal over the whole
-    sequence and hides pad keys, as the model's own mask does."""
+    sequence and hides pad keys, as the model's own mask does (load_model always picks SDPA
+    attention, which takes a boolean mask)."""
     length = attention_mask.shape[1]
     query_at = torch.arange(start, length, device=attention_mask.device)
     key_at = torch.arange(length, device=attention_mask.device)
