@@ -19,6 +19,7 @@ from engine.data import load_items
 from engine.evaluate import evaluate, evaluate_plain
 from engine.model import DEFAULT_MODEL_DIR, load_model
 from engine.prompts import answer_tokens_for
+from runners.cli import count_or_all
 
 N_QUESTIONS = os.environ.get("BENCH_EVAL_QUESTIONS", "16")
 N_SETTINGS = int(os.environ.get("BENCH_EVAL_SETTINGS", "4"))
@@ -29,9 +30,7 @@ RATIOS = {"eval_speedup_vs_plain": ("test_eval_plain_bf16", "test_eval_fast_bf16
 
 def _setup(dtype):
     lm = load_model(str(DEFAULT_MODEL_DIR), dtype)
-    items = load_items("data/survival-instinct.jsonl", "val")
-    if N_QUESTIONS != "all":
-        items = items[: int(N_QUESTIONS)]
+    items = load_items("data/survival-instinct.jsonl", "val")[: count_or_all(N_QUESTIONS)]
     answers, _ = answer_tokens_for(lm.tokenizer, items)
     gen = torch.Generator().manual_seed(0)
     thetas = torch.randn(N_SETTINGS, lm.d_model, generator=gen)
