@@ -8,6 +8,7 @@ bench/results/latest.json, with the ratios added as one flat object under "ratio
 from __future__ import annotations
 
 import json
+
 _SPECS: dict[str, tuple[str, str, float]] = {}
 
 

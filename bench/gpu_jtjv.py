@@ -86,7 +86,6 @@ def measure(name: str, args) -> None:
     if args.device.startswith("cuda"):
         print(f"  peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
         torch.cuda.reset_peak_memory_stats()
-    del model, op, prefix
 
 
 def main() -> None:

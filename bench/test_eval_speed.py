@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from engine.data import load_items
-from engine.evaluate import evaluate, evaluate_plain
+from engine.evaluate import evaluate
 from engine.model import DEFAULT_MODEL_DIR, load_model
 from engine.prompts import answer_tokens_for
+from engine.reference import evaluate_plain
 from runners.cli import count_or_all
 
 N_QUESTIONS = os.environ.get("BENCH_EVAL_QUESTIONS", "16")

@@ -18,9 +18,8 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from engine.jacobian import BatchJacobian, math_attention
-from engine.model import decoder_layers
+from engine.reference import jtj_plain
 from engine.segment import run_prefix, segment
-from engine.steering import add_to_down_proj
 
 RATIOS = {
     "jtjv_step_over_floor": ("test_jtjv_step_k8", "test_segment_forward", 1 / 16),
@@ -75,32 +74,9 @@ def test_jtjv_step_k8(benchmark, setup):
     benchmark.pedantic(op.jtj, args=(vectors,), rounds=2, warmup_rounds=1)
 
 
-def plain_jtjv(model, ids, mask, vectors):
-    """Per vector: full forward with θ (requiring grad) hooked into down_proj, h_T read by a hook
-    on layers[T], J v by the double-backward trick, then Jᵀ(J v)."""
-    out = []
-    for v in vectors:
-        theta = torch.zeros(v.shape[0], dtype=DTYPE, requires_grad=True)
-        captured = {}
-        handle = decoder_layers(model)[T].register_forward_hook(
-            lambda _m, _a, o: captured.__setitem__("h", o[0] if isinstance(o, tuple) else o))
-        try:
-            with add_to_down_proj(model, S, theta), math_attention():
-                model(input_ids=ids, attention_mask=mask, use_cache=False)
-        finally:
-            handle.remove()
-        h = captured["h"][mask.bool()]
-        u = torch.zeros_like(h, requires_grad=True)
-        (g,) = torch.autograd.grad(h, theta, u, create_graph=True)
-        (jv,) = torch.autograd.grad(g, u, v.to(g.dtype))
-        (jtjv,) = torch.autograd.grad(h, theta, jv)
-        out.append(jtjv)
-    return torch.stack(out)
-
-
 def test_jtjv_plain_k8(benchmark, setup):
     model, ids, mask, _, op, vectors, _ = setup
     fast = op.jtj(vectors[:2]).double()
-    plain = plain_jtjv(model, ids, mask, vectors[:2]).double()
+    plain = jtj_plain(model, ids, mask, S, T, vectors[:2]).double()
     assert (fast - plain).norm() / plain.norm() < 5e-2  # the same quantity (bf16 noise allowed)
-    benchmark.pedantic(plain_jtjv, args=(model, ids, mask, vectors), rounds=1, warmup_rounds=0)
+    benchmark.pedantic(jtj_plain, args=(model, ids, mask, S, T, vectors), rounds=1, warmup_rounds=0)

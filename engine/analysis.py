@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from engine.store import evals_path
+
 N_BOOT = 2000
 # A setting is eligible for "best" only if the model still answers in format: its mean answer mass
 # is at least this share of the unsteered model's. Otherwise a broken model whose logit difference
@@ -88,7 +90,7 @@ class Split:
 
 
 def read_split(h5: h5py.File, model_key: str, split: str) -> Split:
-    where = f"{model_key}/evals/{split}"
+    where = evals_path(model_key, split)
     if where not in h5:
         raise KeyError(f"no eval of split {split!r} for {model_key} in the store: run `make eval`")
     node = h5[where]
@@ -106,7 +108,7 @@ def read_split(h5: h5py.File, model_key: str, split: str) -> Split:
 
 
 def splits_in_store(h5: h5py.File, model_key: str) -> list[str]:
-    where = f"{model_key}/evals"
+    where = evals_path(model_key)
     return [name for name in ("val", "test") if where in h5 and name in h5[where]]
 
 

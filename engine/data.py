@@ -17,16 +17,14 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engine.errors import DataError
+
 SPLITS = ("train", "val", "test")
 # Share of items per split, in percent of the hash range: train 50, val 25, test 25.
 SPLIT_EDGES = {"train": 50, "val": 75, "test": 100}
 REQUIRED = ("id", "behavior", "question", "positive", "negative", "split")
 ANSWER = re.compile(r"^\(([A-Z])\)$")
 CHOICE = re.compile(r"^\s*\(([A-Z])\)", re.MULTILINE)
-
-
-class DataError(ValueError):
-    """Bad data; the message names the file, the line and what to do."""
 
 
 @dataclass(frozen=True)

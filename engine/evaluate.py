@@ -1,4 +1,4 @@
-"""A/B logit difference of steered models: the fast path and the plain path it is tested against.
+"""A/B logit difference of steered models: the fast path.
 
 Fast path (design section 4): questions sorted by length into batches; per batch, layers 0..S run
 once (``run_prefix``); then several θ settings are stacked along the batch and only layers
@@ -8,8 +8,8 @@ because the answer mass, p(positive) + p(negative), needs the softmax normaliser
 question shares (the chat template's system turn) runs through layers S+1.. once per setting, and
 each batch attends to its cached keys and values.
 
-Plain path: one full HF forward per setting with a hook adding θ at ``down_proj``, all questions in
-one padded batch in the order given, full logits: what a first script would do.
+Its plain twin, ``engine.reference.evaluate_plain``, runs one full HF forward per setting with a
+hook adding θ at ``down_proj``.
 """
 from __future__ import annotations
 
@@ -18,12 +18,16 @@ from typing import Callable
 
 import torch
 
-from engine.model import decoder_layers
-from engine.prompts import AnswerTokens, common_opening, pad_right
-from engine.segment import (OpeningCache, batched_prefixes, repeat_rows, run_layers, run_prefix,
-                            suffix_layer_kwargs)
-from engine.steering import add_to_down_proj
-
+from engine.prompts import AnswerTokens, common_opening
+from engine.segment import (
+    OpeningCache,
+    batched_prefixes,
+    repeat_rows,
+    run_layers,
+    run_prefix,
+    suffix_layer_kwargs,
+)
+from engine.site import decoder_layers, head
 
 # About 8 sequences per pass is fastest on the 2-core dev CPU: 162 ms per question×setting against
 # 272 ms for 16 questions × 4 settings (bigger passes fall out of cache). GPUs want far more.
@@ -37,7 +41,7 @@ class EvalResult:
     answer_mass: torch.Tensor  # [n_settings, n_q] fp32: p(positive) + p(negative)
 
 
-def _answer_scores(logits: torch.Tensor, answers: list[AnswerTokens]) -> tuple[torch.Tensor, torch.Tensor]:
+def answer_scores(logits: torch.Tensor, answers: list[AnswerTokens]) -> tuple[torch.Tensor, torch.Tensor]:
     """Logit difference and answer mass from [n, vocab] logits, row i for ``answers[i]``."""
     logits = logits.float()
     pos = torch.tensor([a.positive_id for a in answers], device=logits.device)
@@ -47,11 +51,6 @@ def _answer_scores(logits: torch.Tensor, answers: list[AnswerTokens]) -> tuple[t
     diff = logits[rows, pos] - logits[rows, neg]
     mass = log_probs[rows, pos].exp() + log_probs[rows, neg].exp()
     return diff.cpu(), mass.cpu()
-
-
-def head(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Final norm and unembedding of [n, d] residuals."""
-    return model.lm_head(model.model.norm(hidden))
 
 
 @torch.no_grad()
@@ -96,28 +95,9 @@ def evaluate(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: 
             stacked = run_layers(model, stacked, stacked_kwargs, source_layer + 1, last_layer)
             rows = torch.arange(stacked.shape[0], device=device)
             logits = head(model, stacked[rows, answer_at.repeat(len(chunk))])
-            diff, mass = _answer_scores(logits, batch_answers * len(chunk))
+            diff, mass = answer_scores(logits, batch_answers * len(chunk))
             logit_diff[first:first + len(chunk), index] = diff.view(len(chunk), len(batch))
             answer_mass[first:first + len(chunk), index] = mass.view(len(chunk), len(batch))
         if progress:
             progress(done + 1, n_batches)
     return EvalResult(logit_diff, answer_mass)
-
-
-@torch.no_grad()
-def evaluate_plain(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: int,
-                   thetas: torch.Tensor, pad_id: int) -> EvalResult:
-    """The same numbers the plain way: per setting, one full forward with a hook on down_proj."""
-    ids, mask = pad_right([a.prefix_ids for a in answers], pad_id)
-    device = next(model.parameters()).device
-    ids, mask = ids.to(device), mask.to(device)
-    answer_at = mask.sum(1) - 1
-    rows = torch.arange(len(answers), device=device)
-    diffs, masses = [], []
-    for theta in thetas:
-        with add_to_down_proj(model, source_layer, theta):
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        diff, mass = _answer_scores(logits[rows, answer_at], answers)
-        diffs.append(diff)
-        masses.append(mass)
-    return EvalResult(torch.stack(diffs), torch.stack(masses))

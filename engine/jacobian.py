@@ -27,6 +27,7 @@ import torch
 from torch.func import linearize, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from engine.errors import UserError
 from engine.prompts import pad_right
 from engine.segment import Prefix, run_prefix, segment
 
@@ -43,7 +44,7 @@ def parse_tokens(text: str) -> int | None:
     head, _, count = text.partition(":")
     if head == "last" and count.isdigit() and int(count) > 0:
         return int(count)
-    raise ValueError(f"tokens must be 'all' or 'last:N' with N > 0, got {text!r}")
+    raise UserError(f"TOKENS must be 'all' or 'last:N' with N > 0, got {text!r}")
 
 
 def read_positions(attention_mask: torch.Tensor, tokens: str = "all") -> tuple[torch.Tensor, torch.Tensor]:

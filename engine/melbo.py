@@ -29,6 +29,7 @@ from typing import Callable
 
 import torch
 
+from engine.errors import UserError
 from engine.segment import Prefix, segment
 
 MODES = ("batched", "sequential")
@@ -153,7 +154,7 @@ def melbo(model: torch.nn.Module, prefixes: Prefix | list[Prefix], target_layer:
     prefixes = [prefixes] if isinstance(prefixes, Prefix) else list(prefixes)
     d = prefixes[0].hidden.shape[-1]
     if k > d:
-        raise ValueError(f"cannot have {k} orthogonal vectors in width {d}")
+        raise UserError(f"cannot have K={k} orthogonal vectors in width {d}")
     device = prefixes[0].hidden.device
     draws = torch.randn(k, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     draws = draws.to(device)

@@ -1,19 +1,20 @@
-"""Model loading, the injection site, and the check that the site means what the design says.
+"""Loading models: a HF id, a local folder or a GGUF file, frozen, in the dtype asked for.
 
-θ is added to the output of ``model.model.layers[S].mlp.down_proj``. For pre-norm decoders whose
-MLP output enters the residual stream directly this equals adding θ to the residual stream after
-layer S; everything downstream (the cached prefix, the segment function) relies on that, so
-``check_injection_site`` verifies it numerically and refuses models where it does not hold.
+Where θ goes inside a loaded model is ``engine.site``'s business; the store's name for a model
+is ``engine.store.store_key``.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from engine.errors import ModelError
+from engine.site import decoder_layers
+from engine.store import store_key
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "SmolLM2-135M-Instruct"
@@ -31,10 +32,6 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if dtype not in DTYPES:
         raise ModelError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
     return dtype
-
-
-class ModelError(ValueError):
-    """The model cannot be used here; the message says what was expected."""
 
 
 @dataclass
@@ -63,39 +60,6 @@ class LoadedModel:
             raise ModelError(
                 f"{name} {layer} is out of range: {self.key} has layers 0..{self.n_layers - 1}"
             )
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise ModelError(
-            f"{type(model).__name__} has no `model.layers` list: expected a HF decoder-only model "
-            "(LlamaForCausalLM, Qwen3ForCausalLM, MistralForCausalLM, ...)"
-        )
-    return layers
-
-
-def injection_site(model: torch.nn.Module, layer: int) -> torch.nn.Module:
-    """The module whose output θ is added to: ``model.layers[layer].mlp.down_proj``."""
-    block = decoder_layers(model)[layer]
-    down_proj = getattr(getattr(block, "mlp", None), "down_proj", None)
-    if not isinstance(down_proj, torch.nn.Module):
-        raise ModelError(
-            f"layer {layer} ({type(block).__name__}) has no `mlp.down_proj`: expected a gated-MLP "
-            "decoder block such as Llama's or Qwen's"
-        )
-    return down_proj
-
-
-def store_key(source: str) -> str:
-    """A readable, HDF5-safe group name for a model: the folder or file name, or the HF id."""
-    path = Path(source)
-    if path.exists():
-        name = path.stem if path.is_file() else path.absolute().name
-    else:
-        name = source.replace("/", "__")
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
 
 
 def default_model_gguf() -> Path:
@@ -166,50 +130,3 @@ def load_model(source: str, dtype: str = "auto", device: str = "cpu") -> LoadedM
         tokenizer.pad_token = tokenizer.eos_token
     decoder_layers(model)
     return LoadedModel(model, tokenizer, source, store_key(source), dtype, device)
-
-
-def uniform_attention_from(model: torch.nn.Module, layer: int) -> None:
-    """Layers above ``layer`` must share one attention mask (no sliding-window mix):
-    the segment function reuses the mask the model built for the first of them."""
-    kinds = getattr(model.config, "layer_types", None)
-    if kinds and len(set(kinds[layer:])) > 1:
-        raise ModelError(
-            f"layers {layer}.. mix attention types {sorted(set(kinds[layer:]))}; "
-            "only models with one attention type above the source layer are supported"
-        )
-
-
-@torch.no_grad()
-def check_injection_site(lm: LoadedModel, layer: int, rtol: float = 1e-3) -> float:
-    """Adding θ at ``down_proj`` of ``layer`` must equal adding θ to the residual after ``layer``.
-
-    Runs a short random input twice, once per site, and compares the last hidden states; returns
-    the relative difference and raises ModelError above ``rtol`` (5e-2 in bf16, whose rounding
-    differs between the two sites; a post-MLP norm or gate gives differences of order 1).
-    """
-    from engine.steering import add_to_block_output, add_to_down_proj
-
-    lm.check_layer(layer, "source layer")
-    uniform_attention_from(lm.model, layer)
-    injection_site(lm.model, layer)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, lm.model.config.vocab_size, (1, 8), generator=gen).to(lm.device)
-    theta = torch.randn(lm.d_model, generator=gen, dtype=torch.float64)
-    theta *= 4.0 / theta.norm()
-
-    def last_hidden(context) -> torch.Tensor:
-        with context:
-            out = lm.model(ids, output_hidden_states=True, use_cache=False)
-        return out.hidden_states[-1].double()
-
-    via_mlp = last_hidden(add_to_down_proj(lm.model, layer, theta))
-    via_resid = last_hidden(add_to_block_output(lm.model, layer, theta))
-    rel = ((via_mlp - via_resid).norm() / via_resid.norm()).item()
-    tolerance = rtol if lm.torch_dtype != torch.bfloat16 else max(rtol, 5e-2)
-    if not rel <= tolerance:
-        raise ModelError(
-            f"adding θ at layers[{layer}].mlp.down_proj differs from adding it to the residual after "
-            f"layer {layer} (relative difference {rel:.2e}): this architecture normalises or gates "
-            "the MLP output before the residual add, which the engine does not support"
-        )
-    return rel

@@ -14,6 +14,8 @@ from typing import Callable, Protocol
 
 import torch
 
+from engine.errors import UserError
+
 
 class LinearOperator(Protocol):
     d_model: int
@@ -57,7 +59,7 @@ def power_iteration(op: LinearOperator, k: int, iters: int = 12, oversample: int
     """
     d = op.d_model
     if not 0 < k <= d:
-        raise ValueError(f"k must be in 1..{d}, got {k}")
+        raise UserError(f"K must be in 1..{d} (the model's width), got {k}")
     if iters < 1:
         raise ValueError(f"iters must be at least 1, got {iters}")
     width = min(k + max(oversample, 0), d)

@@ -17,8 +17,8 @@ from typing import Iterator
 
 import torch
 
-from engine.model import decoder_layers, injection_site, uniform_attention_from
 from engine.prompts import length_batches, pad_right
+from engine.site import decoder_layers, injection_site, uniform_attention_from
 
 
 class _PrefixDone(Exception):

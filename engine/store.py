@@ -1,6 +1,6 @@
-"""The HDF5 store: one file, all-or-nothing writes, one writer at a time.
+"""The HDF5 store: its layout, one reader and one writer per kind of group, all-or-nothing writes.
 
-Layout (design section 5)::
+Layout (design section 5); this module alone builds these paths::
 
     /                                       attrs: schema_version, created, updated
     /<model>/                               attrs: source, n_layers, d_model, dtype
@@ -14,14 +14,17 @@ intact. A lock file (``flock``) keeps a second writer out.
 """
 from __future__ import annotations
 
+import ast
 import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -29,26 +32,86 @@ from typing import Iterator
 import h5py
 import numpy as np
 
+from engine.errors import StoreError
+
 SCHEMA_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_PACKAGES = ("engine", "runners")
 
 
-class StoreError(RuntimeError):
-    pass
+# ---- names and paths ----------------------------------------------------------------------------
+
+def store_key(source: str) -> str:
+    """A readable, HDF5-safe group name for a model: the folder or file name, or the HF id."""
+    path = Path(source)
+    if path.exists():
+        name = path.stem if path.is_file() else path.absolute().name
+    else:
+        name = source.replace("/", "__")
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+
+
+def caa_run(layer: int, capture: str = "mlp", position: str = "letter") -> str:
+    """CAA's run name: ``L7``, with the ablations as suffixes (``L7-resid-last``)."""
+    name = f"L{layer}"
+    if capture != "mlp":
+        name += f"-{capture}"
+    if position != "letter":
+        name += f"-{position}"
+    return name
+
+
+def segment_run(layer: int, target: int) -> str:
+    """Run name of a method defined on the segment S..T (PI, PI@CAA, MELBO): ``L7-T20``."""
+    return f"L{layer}-T{target}"
+
+
+def random_run(layer: int) -> str:
+    """Run name of the random control at a source layer: ``L7``."""
+    return f"L{layer}"
+
+
+def vectors_path(key: str, method: str | None = None, run: str | None = None) -> str:
+    parts = [key, "vectors", method, run]
+    return "/".join(part for part in parts if part is not None)
+
+
+def evals_path(key: str, split: str | None = None, method: str | None = None,
+               run: str | None = None) -> str:
+    parts = [key, "evals", split, method, run]
+    return "/".join(part for part in parts if part is not None)
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def code_version() -> str:
-    """Hash of the engine and runner sources: a group computed by other code is recomputed, a
-    group computed by the same code is skipped (a commit that changes no source keeps them)."""
+def code_version(module: str) -> str:
+    """Hash of the sources that compute a group: ``module`` (e.g. ``"runners.caa"``) and every
+    project module it imports, transitively, found by reading import statements. A change to the
+    report or the plots leaves stored vectors current; a change to anything they are computed by
+    does not."""
     digest = hashlib.sha256()
-    for folder in ("engine", "runners"):
-        for path in sorted((REPO_ROOT / folder).glob("*.py")):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted(_project_sources(module)):
+        digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     return "src-" + digest.hexdigest()[:12]
+
+
+def _project_sources(module: str) -> set[Path]:
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        path = REPO_ROOT / (todo.pop().replace(".", "/") + ".py")
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                todo.append(node.module)
+                todo += [f"{node.module}.{alias.name}" for alias in node.names]
+    return {path for path in seen if path.relative_to(REPO_ROOT).parts[0] in PROJECT_PACKAGES}
 
 
 def git_commit() -> str:
@@ -142,7 +205,7 @@ def model_group(h5: h5py.File, lm) -> h5py.Group:
     return group
 
 
-def is_current(path: str | Path, group_path: str, settings: dict) -> bool:
+def is_current(path: str | Path, group_path: str, settings: dict, version: str) -> bool:
     """True when ``group_path`` exists with the same settings and code version (skip the work)."""
     path = Path(path)
     if not path.exists() or not h5py.is_hdf5(path):
@@ -152,12 +215,12 @@ def is_current(path: str | Path, group_path: str, settings: dict) -> bool:
             return False
         attrs = h5[group_path].attrs
         return (attrs.get("settings") == settings_json(settings)
-                and attrs.get("code_version") == code_version())
+                and attrs.get("code_version") == version)
 
 
 def replace_group(parent: h5py.Group, name: str, datasets: dict[str, np.ndarray],
                   attrs: dict) -> h5py.Group:
-    """Write ``parent/name`` afresh: the datasets, then the attributes (settings as JSON)."""
+    """Write ``parent/name`` afresh: the datasets, then the attributes (non-scalars as JSON)."""
     if name in parent:
         del parent[name]
     group = parent.create_group(name)
@@ -171,7 +234,103 @@ def replace_group(parent: h5py.Group, name: str, datasets: dict[str, np.ndarray]
     return group
 
 
-def run_attrs(settings: dict, started: str, seconds: float, **extra) -> dict:
+def run_attrs(settings: dict, version: str, started: str, seconds: float, **extra) -> dict:
     """The attributes every computed group carries."""
-    return {"settings": settings_json(settings), "code_version": code_version(),
+    return {"settings": settings_json(settings), "code_version": version,
             "git_commit": git_commit(), "started": started, "seconds": round(seconds, 3), **extra}
+
+
+# ---- vector groups ------------------------------------------------------------------------------
+
+@dataclass
+class VectorGroup:
+    """One stored group of steering vectors: /<model>/vectors/<method>/<run>."""
+    method: str
+    run: str
+    vectors: np.ndarray  # [k, d] f32, one row per vector (PI: sorted by σ)
+    source_layer: int
+    sign_free: bool  # no preferred sign: evaluated at negative and positive scales
+    settings: dict = field(default_factory=dict)
+    target_layer: int | None = None
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # sigmas, trace, item ids, ...
+    attrs: dict = field(default_factory=dict)  # provenance and what the method reports
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}/{self.run}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the vectors may have: what an eval of them depends on."""
+        return str(self.attrs.get("code_version", "")) + settings_json(self.settings)
+
+
+def write_vector_group(h5: h5py.File, lm, group: VectorGroup) -> h5py.Group:
+    """Write ``group`` (settings, provenance and all) under the model's node, replacing any old one."""
+    parent = model_group(h5, lm).require_group(f"vectors/{group.method}")
+    attrs = {**group.attrs, "source_layer": group.source_layer, "sign_free": int(group.sign_free),
+             "settings": settings_json(group.settings)}
+    if group.target_layer is not None:
+        attrs["target_layer"] = group.target_layer
+    datasets = {"vectors": np.asarray(group.vectors, dtype=np.float32), **group.arrays}
+    return replace_group(parent, group.run, datasets, attrs)
+
+
+def _vector_group(node: h5py.Group, method: str, run: str, d_model: int | None) -> VectorGroup:
+    where = node.name.lstrip("/")
+    vectors = node["vectors"][()].astype(np.float32)
+    if d_model is not None and (vectors.ndim != 2 or vectors.shape[1] != d_model):
+        raise StoreError(f"{where}: vectors have shape {vectors.shape}, but the model's width is "
+                         f"{d_model}; was it computed for another model?")
+    if not np.isfinite(vectors).all():
+        raise StoreError(f"{where}: vectors contain NaN or inf; recompute with FORCE=1")
+    attrs = {key: node.attrs[key] for key in node.attrs}
+    settings = json.loads(attrs.pop("settings", "{}"))
+    target = attrs.pop("target_layer", None)
+    return VectorGroup(method, run, vectors, int(attrs.pop("source_layer")),
+                       bool(attrs.pop("sign_free", 0)), settings,
+                       None if target is None else int(target),
+                       {name: node[name][()] for name in node if name != "vectors"}, attrs)
+
+
+def read_vector_groups(store: str | Path, key: str, d_model: int | None = None,
+                       method: str | None = None) -> list[VectorGroup]:
+    """Every vector group of model ``key`` (of one method, if given); with ``d_model``, each is
+    checked to have that width. A missing store or model has none."""
+    if not Path(store).exists():
+        return []
+    with open_for_reading(store) as h5:  # refuses a file that is not HDF5, before any work
+        root = vectors_path(key, method)
+        if root not in h5:
+            return []
+        methods = [(method, h5[root])] if method else list(h5[root].items())
+        return [_vector_group(node, name, run, d_model)
+                for name, runs in methods for run, node in runs.items()]
+
+
+def read_vector_group(store: str | Path, key: str, method: str, run: str,
+                      d_model: int | None = None, make: str | None = None) -> VectorGroup:
+    """One vector group; when it is missing, a StoreError that names the command that makes it
+    (``make``, default ``make <method>``)."""
+    where = vectors_path(key, method, run)
+    missing = StoreError(f"no {method} vectors at {where} in {store}: run `{make or 'make ' + method}`"
+                         " (same MODEL and STORE) first")
+    if not Path(store).exists():
+        raise missing
+    with open_for_reading(store) as h5:
+        if f"{where}/vectors" not in h5:
+            raise missing
+        return _vector_group(h5[where], method, run, d_model)
+
+
+# ---- evals --------------------------------------------------------------------------------------
+
+def write_eval_split(h5: h5py.File, lm, split: str, datasets: dict, attrs: dict) -> h5py.Group:
+    """/<model>/evals/<split>: question ids and the baseline, replacing the split's groups too."""
+    return replace_group(model_group(h5, lm).require_group("evals"), split, datasets, attrs)
+
+
+def write_eval_group(h5: h5py.File, lm, split: str, method: str, run: str, datasets: dict,
+                     attrs: dict) -> h5py.Group:
+    """/<model>/evals/<split>/<method>/<run>: one group's scores on the split."""
+    return replace_group(h5.require_group(evals_path(lm.key, split, method)), run, datasets, attrs)

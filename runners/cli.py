@@ -1,30 +1,79 @@
-"""Command-line pieces every runner shares: model/data/store options, progress, error exit."""
+"""What every runner shares: the common options, argument types, messages, the error exit, and
+the skeleton of a runner that computes vector groups (skip what is current, load and check the
+model once, compute, write each group with its provenance)."""
 from __future__ import annotations
 
 import argparse
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Callable
 
-from engine.model import DEFAULT_MODEL_DIR, DTYPES
+import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "survival-instinct.jsonl"
+from engine.data import Item
+from engine.errors import UserError
+from engine.model import DTYPES, REPO_ROOT, LoadedModel, load_model, resolve_dtype
+from engine.prompts import AnswerTokens, answer_tokens_for
+from engine.site import check_injection_site
+from engine.store import (
+    VectorGroup,
+    code_version,
+    file_checksum,
+    is_current,
+    now,
+    run_attrs,
+    store_key,
+    vectors_path,
+    write_vector_group,
+    writing,
+)
+from runners import defaults
+
+# Arguments that say where to read and write or whether to redo work, not what is computed.
+NOT_SETTINGS = ("store", "force", "check_args")
 
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
+    p.add_argument("--model", default=str(REPO_ROOT / defaults.MODEL),
                    help="HF id, local HF folder, or .gguf file")
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+    p.add_argument("--dtype", default=defaults.DTYPE, choices=["auto", *DTYPES],
                    help="dtype the network runs in; auto: bf16 on GPU, fp32 on CPU")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--store", default="store.h5", help="HDF5 store to read and write")
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="A/B items (project JSONL format)")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
+    p.add_argument("--device", default=defaults.DEVICE, help="torch device, e.g. cpu or cuda")
+    p.add_argument("--store", default=defaults.STORE, help="HDF5 store to read and write")
+    p.add_argument("--data", default=str(REPO_ROOT / defaults.DATA),
+                   help="A/B items (project JSONL format)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass")
     p.add_argument("--force", action="store_true", help="recompute groups that are up to date")
+    p.add_argument("--check-args", action="store_true",
+                   help="check the arguments and exit, loading nothing")
     return p
+
+
+def parse(p: argparse.ArgumentParser, validate: Callable[[argparse.Namespace], None] | None = None
+          ) -> argparse.Namespace:
+    """Parse, resolve the dtype, and run ``validate`` before anything slow; with --check-args,
+    exit there."""
+    args = p.parse_args()
+    args.dtype = resolve_dtype(args.dtype, args.device)
+    if validate is not None:
+        validate(args)
+    if args.check_args:
+        sys.exit(0)
+    return args
+
+
+def settings_of(args: argparse.Namespace, drop: tuple[str, ...] = (), **extra) -> dict:
+    """What a group records and is skipped on: every parsed argument (so a new flag cannot be
+    forgotten) except those in NOT_SETTINGS and ``drop``, the data file's checksum, and ``extra``."""
+    settings = {name: value for name, value in vars(args).items()
+                if name not in NOT_SETTINGS and name not in drop}
+    if "data" in settings:
+        settings["data_checksum"] = file_checksum(args.data)
+    return {**settings, **extra}
 
 
 def layer_list(text: str) -> list[int]:
@@ -38,13 +87,32 @@ def count_or_all(text: str) -> int | None:
     """`all` (None) or a positive count."""
     if text == "all":
         return None
+    return positive_int(text, "a positive count or 'all'")
+
+
+def positive_int(text: str, expected: str = "a positive integer") -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive count or 'all', got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def above_source(layer: int, target: int) -> None:
+    if target <= layer:
+        raise UserError(f"target layer {target} must be above source layer {layer}")
 
 
 def say(message: str) -> None:
@@ -60,26 +128,21 @@ def step(message: str):
 
 
 def main_guard(run) -> None:
-    """Run ``run()``; turn the project's own errors into one clear line and exit status 2."""
-    from engine.data import DataError
-    from engine.model import ModelError
-    from engine.store import StoreError
-
+    """Run ``run()``; turn the project's own user-facing errors into one clear line and exit
+    status 2. Anything else is a bug and keeps its traceback."""
     try:
         run()
-    except (DataError, ModelError, StoreError, ValueError) as err:
+    except UserError as err:
         say(f"error: {err}")
         sys.exit(2)
 
 
-def load_checked(args, dtype: str, items, source_layers: list[int], target_layer: int | None = None):
+def load_checked(args, items: list[Item], source_layers: list[int], target_layer: int | None = None
+                 ) -> tuple[LoadedModel, list[AnswerTokens], list[str]]:
     """Load the model, check the layers and the injection site, and find every item's answer
     tokens; returns (model, answers, skipped messages). Raises if no item is usable."""
-    from engine.model import check_injection_site, load_model
-    from engine.prompts import answer_tokens_for
-
-    with step(f"loading {args.model} ({dtype})"):
-        lm = load_model(args.model, dtype, args.device)
+    with step(f"loading {args.model} ({args.dtype})"):
+        lm = load_model(args.model, args.dtype, args.device)
     for layer in source_layers:
         lm.check_layer(layer, "source layer")
         check_injection_site(lm, layer)
@@ -89,5 +152,47 @@ def load_checked(args, dtype: str, items, source_layers: list[int], target_layer
     for message in skipped:
         say(f"skipped (no answer token found): {message}")
     if not answers:
-        raise ValueError("no usable prompts: every item was skipped")
+        raise UserError("no usable prompts: every item was skipped")
     return lm, answers, skipped
+
+
+@dataclass
+class Job:
+    """One vector group a runner is asked for."""
+    run: str
+    source_layer: int
+    settings: dict
+
+
+Compute = Callable[[LoadedModel, list[AnswerTokens], Job], VectorGroup]
+
+
+def compute_groups(args, module: str, method: str, jobs: list[Job], items: list[Item],
+                   compute: Compute, target_layer: int | None = None) -> None:
+    """The runner skeleton: skip the groups that are current (same settings, same code), load and
+    check the model once for the rest, compute each and write it with its provenance."""
+    key, version = store_key(args.model), code_version(module)
+    todo = []
+    for job in jobs:
+        if not args.force and is_current(args.store, vectors_path(key, method, job.run),
+                                         job.settings, version):
+            say(f"{vectors_path(key, method, job.run)} is up to date (FORCE=1 recomputes it)")
+        else:
+            todo.append(job)
+    if not todo:
+        return
+    lm, answers, skipped = load_checked(args, items, sorted({j.source_layer for j in todo}),
+                                        target_layer)
+    for job in todo:
+        started, t0 = now(), time.perf_counter()
+        group = compute(lm, answers, job)
+        seconds = time.perf_counter() - t0
+        if not np.isfinite(group.vectors).all():
+            raise UserError(f"{method} vectors of {job.run} are not finite; nothing written")
+        group.settings = job.settings
+        provenance = run_attrs(job.settings, version, started, seconds, skipped=skipped)
+        del provenance["settings"]  # written from group.settings
+        group.attrs.update(provenance)
+        with writing(args.store) as h5:
+            write_vector_group(h5, lm, group)
+        say(f"  wrote {vectors_path(lm.key, method, job.run)} ({seconds:.1f}s)")

@@ -18,10 +18,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from engine.analysis import (Group, Row, Split, chosen_on, methods, nearest_scale,  # noqa: E402
-                             read_split, row, row_at, scale_rows, splits_in_store)
-from engine.model import DEFAULT_MODEL_DIR, store_key  # noqa: E402
-from engine.store import open_for_reading  # noqa: E402
+from engine.analysis import (  # noqa: E402
+    Group,
+    Row,
+    Split,
+    chosen_on,
+    methods,
+    nearest_scale,
+    read_split,
+    row,
+    row_at,
+    scale_rows,
+    splits_in_store,
+)
+from engine.model import REPO_ROOT  # noqa: E402
+from engine.store import open_for_reading, read_vector_groups, store_key  # noqa: E402
+from runners import defaults  # noqa: E402
 from runners.cli import main_guard, say  # noqa: E402
 
 COLORS = {"caa": "tab:blue", "pi": "tab:orange", "pi_caa": "tab:green", "melbo": "tab:purple",
@@ -48,12 +60,11 @@ class Data:
 def load(store: str, key: str) -> Data:
     with open_for_reading(store) as h5:
         splits = {name: read_split(h5, key, name) for name in splits_in_store(h5, key)}
-        vectors = {}
-        for method in ("pi", "pi_caa", "melbo"):
-            where = f"{key}/vectors/{method}"
-            if where in h5:
-                vectors[method] = {run: {name: g[name][()] for name in ("sigmas", "trace") if name in g}
-                                   for run, g in h5[where].items()}
+    vectors: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for group in read_vector_groups(store, key):
+        if group.method in ("pi", "pi_caa", "melbo"):
+            vectors.setdefault(group.method, {})[group.run] = {
+                name: group.arrays[name] for name in ("sigmas", "trace") if name in group.arrays}
     return Data(key, splits.get("val"), splits.get("test"), vectors)
 
 
@@ -284,11 +295,13 @@ def make_all(data: Data, out: Path, scale: float) -> list[Path]:
 
 
 def run() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--store", default="store.h5")
-    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="model whose results to plot")
-    p.add_argument("--out", default="results", help="folder for the PNG files")
-    p.add_argument("--scale", type=float, default=4.0, help="scale of the violin and layer-sweep figures")
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--store", default=defaults.STORE, help="the HDF5 store to read")
+    p.add_argument("--model", default=str(REPO_ROOT / defaults.MODEL), help="model whose results to plot")
+    p.add_argument("--out", default=defaults.RESULTS, help="folder for the PNG files")
+    p.add_argument("--scale", type=float, default=defaults.REPORT_SCALE,
+                   help="scale of the violin and layer-sweep figures")
     args = p.parse_args()
     written = make_all(load(args.store, store_key(args.model)), Path(args.out), args.scale)
     print("\n".join(str(path) for path in written))

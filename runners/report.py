@@ -7,10 +7,21 @@ setting (the optimistic selection that picks on the same questions it scores).
 """
 import argparse
 
-from engine.analysis import (MIN_MASS_SHARE, Row, chosen_on, choose_for_method, methods, read_split,
-                             row, scale_rows, splits_in_store)
-from engine.model import DEFAULT_MODEL_DIR, store_key
-from engine.store import open_for_reading
+from engine.analysis import (
+    MIN_MASS_SHARE,
+    Row,
+    choose_for_method,
+    chosen_on,
+    methods,
+    read_split,
+    row,
+    scale_rows,
+    splits_in_store,
+)
+from engine.errors import UserError
+from engine.model import REPO_ROOT
+from engine.store import open_for_reading, store_key
+from runners import defaults
 from runners.cli import main_guard
 
 HEADER = "| Scale | Survival % | Avg logit diff | Δ from baseline | answer mass |\n|---|---|---|---|---|"
@@ -74,19 +85,20 @@ def best_on_test(method, test) -> str:
 
 
 def run() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--store", default="store.h5")
-    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="model whose evals to report")
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--store", default=defaults.STORE, help="the HDF5 store to read")
+    p.add_argument("--model", default=str(REPO_ROOT / defaults.MODEL), help="model whose evals to report")
     args = p.parse_args()
     key = store_key(args.model)
     with open_for_reading(args.store) as h5:
         names = splits_in_store(h5, key)
         if not names:
-            raise ValueError(f"no evals for {key} in {args.store}: run `make eval` first")
+            raise UserError(f"no evals for {key} in {args.store}: run `make eval` first")
         splits = {name: read_split(h5, key, name) for name in names}
     val = splits.get("val")
     if val is None:
-        raise ValueError("the report chooses vectors on the validation split: run `make eval SPLITS=\"val test\"`")
+        raise UserError("the report chooses vectors on the validation split: run `make eval SPLITS=\"val test\"`")
     lines = [f"# Steering report: {key}", ""]
     for name, split in splits.items():
         lines += [f"## Split: {name} (n = {len(split.baseline)} questions)", ""]

@@ -2,8 +2,7 @@ import torch
 
 from engine.caa import activations, caa_vector
 from engine.prompts import answer_tokens_for
-from engine.steering import add_to_down_proj
-from engine.model import injection_site
+from engine.site import forward_hook, injection_site
 
 
 def _answers(lm, items):
@@ -37,13 +36,12 @@ def test_caa_recovers_a_vector_planted_in_the_activations(tiny_llama, ab_items):
     current = {}
     pre = lm.model.model.register_forward_pre_hook(
         lambda m, a, kw: current.update(ids=kw["input_ids"]), with_kwargs=True)
-    site = injection_site(lm.model, layer).register_forward_hook(
-        lambda m, a, out: out + plant(current["ids"]).to(out.dtype))
     try:
-        found = caa_vector(lm.model, answers, layer, lm.tokenizer.pad_token_id).vector.double()
+        with forward_hook(injection_site(lm.model, layer),
+                          lambda m, a, out: out + plant(current["ids"]).to(out.dtype)):
+            found = caa_vector(lm.model, answers, layer, lm.tokenizer.pad_token_id).vector.double()
     finally:
         pre.remove()
-        site.remove()
     cosine = torch.nn.functional.cosine_similarity(found - plain, 2 * planted, dim=0)
     assert cosine > 0.999999
     assert torch.nn.functional.cosine_similarity(found, planted, dim=0) > 0.999
@@ -77,13 +75,10 @@ def test_mlp_and_resid_captures_differ_at_the_letter_and_agree_before_it(tiny_ll
     assert (resid - mlp).norm() > 0.1 * resid.norm()
     # ... and exactly that: block output = residual entering the MLP + down_proj output.
     entering = []
-    handle = lm.model.model.layers[layer].post_attention_layernorm.register_forward_hook(
-        lambda m, args, out: entering.append(args[0][0, answers[0].position]))
-    try:
+    with forward_hook(lm.model.model.layers[layer].post_attention_layernorm,
+                      lambda m, args, out: entering.append(args[0][0, answers[0].position])):
         lm.model(torch.tensor([answers[0].positive_ids]))
         lm.model(torch.tensor([answers[0].negative_ids]))
-    finally:
-        handle.remove()
     assert (resid[0] - mlp[0] - (entering[0] - entering[1])).abs().max() < 1e-10
 
 

@@ -1,9 +1,9 @@
-import h5py
 import numpy as np
 import pytest
 
-from engine.store import StoreError, replace_group, writing
-from runners.eval import parse_scales, parse_splits, signed_scales, stored_vector_groups
+from engine.errors import UserError
+from engine.store import StoreError, read_vector_groups, replace_group, writing
+from runners.eval import parse_scales, parse_splits
 
 
 def _store_with(tmp_path, vectors):
@@ -16,8 +16,8 @@ def _store_with(tmp_path, vectors):
 
 def test_vector_of_wrong_width_is_refused_naming_the_group(tmp_path):
     store = _store_with(tmp_path, np.ones((1, 32), np.float32))
-    with pytest.raises(ValueError, match=r"m/vectors/caa/L1: vectors have shape \(1, 32\), but the model's width is 64"):
-        stored_vector_groups(str(store), "m", 64)
+    with pytest.raises(StoreError, match=r"m/vectors/caa/L1: vectors have shape \(1, 32\), but the model's width is 64"):
+        read_vector_groups(str(store), "m", 64)
 
 
 def test_nan_in_a_vector_is_refused(tmp_path):
@@ -25,32 +25,27 @@ def test_nan_in_a_vector_is_refused(tmp_path):
     vectors[0, 3] = np.nan
     store = _store_with(tmp_path, vectors)
     before = store.read_bytes()
-    with pytest.raises(ValueError, match="m/vectors/caa/L1: vectors contain NaN"):
-        stored_vector_groups(str(store), "m", 64)
+    with pytest.raises(StoreError, match="m/vectors/caa/L1: vectors contain NaN"):
+        read_vector_groups(str(store), "m", 64)
     assert store.read_bytes() == before
 
 
 def test_scales_that_do_not_parse_are_refused():
     assert parse_scales("4, 2 8 2") == [2.0, 4.0, 8.0]
     for bad in ("2 x", "", "0 2", "-1", "nan"):
-        with pytest.raises(ValueError, match="SCALES must be positive numbers"):
+        with pytest.raises(UserError, match="SCALES must be positive numbers"):
             parse_scales(bad)
 
 
 def test_unknown_split_is_refused():
     assert parse_splits("val test") == ["val", "test"]
-    with pytest.raises(ValueError, match=r"unknown split\(s\) \['dev'\]"):
+    with pytest.raises(UserError, match=r"unknown split\(s\) \['dev'\]"):
         parse_splits("val dev")
-
-
-def test_sign_free_vectors_get_negative_scales_too():
-    assert signed_scales([2.0, 4.0], sign_free=True) == [-4.0, -2.0, 2.0, 4.0]
-    assert signed_scales([2.0, 4.0], sign_free=False) == [2.0, 4.0]
 
 
 def test_store_that_is_not_hdf5_is_refused_before_any_work(tmp_path):
     store = tmp_path / "store.h5"
     store.write_text("not a store")
     with pytest.raises(StoreError, match="is not an HDF5 file"):
-        stored_vector_groups(str(store), "m", 64)
-    assert stored_vector_groups(str(tmp_path / "missing.h5"), "m", 64) == []
+        read_vector_groups(str(store), "m", 64)
+    assert read_vector_groups(str(tmp_path / "missing.h5"), "m", 64) == []

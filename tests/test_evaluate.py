@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from engine.data import load_items
-from engine.evaluate import evaluate, evaluate_plain
+from engine.evaluate import evaluate
 from engine.prompts import answer_tokens_for, common_opening
+from engine.reference import evaluate_plain
 
 
 def _thetas(d, dtype=torch.float64, seed=0):

@@ -7,10 +7,9 @@ import torch
 from torch.func import jacfwd, jacrev
 
 from engine.jacobian import BatchJacobian, math_attention, prompt_jacobian, read_positions
-from engine.model import decoder_layers
 from engine.prompts import pad_right
+from engine.reference import hidden_plain
 from engine.segment import run_prefix, segment
-from engine.steering import add_to_down_proj
 
 S, T = 0, 3  # tiny models have 4 layers: T is the last one, where HF's hidden_states differ
 SHORT = (5, 9, 14, 21, 30, 41, 52)
@@ -21,18 +20,7 @@ def hook_path(lm, sequences, theta, target=T):
     """The plain path: full HF forward, θ added by a hook on down_proj, h_T read by a hook on
     layers[T] (not hidden_states, which carry the final norm at the last layer). [n_real, d]."""
     ids, mask = pad_right(sequences, lm.tokenizer.pad_token_id)
-    captured = {}
-
-    def keep(_module, _args, out):
-        captured["h"] = out[0] if isinstance(out, tuple) else out
-
-    handle = decoder_layers(lm.model)[target].register_forward_hook(keep)
-    try:
-        with add_to_down_proj(lm.model, S, theta), math_attention():
-            lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
-    finally:
-        handle.remove()
-    return captured["h"][mask.bool()].reshape(-1)
+    return hidden_plain(lm.model, ids, mask, S, target, theta).reshape(-1)
 
 
 def dense_jacobian(lm, sequences, theta0, mode):

@@ -2,7 +2,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from engine.model import LoadedModel, ModelError, check_injection_site, injection_site, load_model, store_key
+from engine.errors import ModelError
+from engine.model import LoadedModel, load_model
+from engine.site import check_injection_site, injection_site
+from engine.store import store_key
 
 
 def test_injection_site_holds_on_tiny_llama_and_qwen3(tiny_llama, tiny_qwen3):

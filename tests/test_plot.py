@@ -46,11 +46,16 @@ def write_store(path, with_pi=True, caa_layers=(3, 5, 7)):
         vectors = h5.create_group(f"{KEY}/vectors")
         for method in (["pi", "pi_caa"] if with_pi else []):
             group = vectors.create_group(f"{method}/L7-T20")
+            group["vectors"] = rng.normal(size=(3, 8)).astype(np.float32)
+            group.attrs.update(source_layer=7, target_layer=20, sign_free=1)
             group["sigmas"] = np.array([9.0, 3.0, 1.0], dtype=np.float32)
             rate = 3.0 if method == "pi" else 1.5
             group["sigmas"][...] *= rate / 3
             group["trace"] = np.logspace(0, -rate, 10)[:, None] ** np.array([1.0, 0.7, 0.4])
-        vectors.create_group("melbo/L7-T20")["trace"] = np.cumsum(rng.random((20, 3)), 0).astype(np.float32)
+        melbo = vectors.create_group("melbo/L7-T20")
+        melbo["vectors"] = rng.normal(size=(3, 8)).astype(np.float32)
+        melbo.attrs.update(source_layer=7, target_layer=20, sign_free=0)
+        melbo["trace"] = np.cumsum(rng.random((20, 3)), 0).astype(np.float32)
     return path
 
 

@@ -12,10 +12,10 @@ import torch
 from torch.func import jacfwd
 
 from engine.jacobian import math_attention, prompt_jacobian
-from engine.model import decoder_layers
 from engine.power import power_iteration
 from engine.prompts import pad_right
 from engine.segment import run_prefix, segment
+from engine.site import decoder_layers
 from tests.conftest import tiny_model
 
 S, T, K = 0, 2, 3
@@ -118,10 +118,11 @@ def test_pi_at_zero_caa_vector_equals_pi_at_zero(tmp_path, smol_tokenizer, monke
         monkeypatch.setattr("sys.argv", ["pi", *common, *extra])
         runner.run()
 
-    with pytest.raises(ValueError, match="no CAA vector"):
+    with pytest.raises(ValueError, match="no caa vectors at .* run `make caa LAYERS=0`"):
         run("--at", "caa")
     with h5py.File(store, "a") as h5:
         h5.create_dataset("tiny/vectors/caa/L0/vectors", data=np.zeros((1, lm.d_model), np.float32))
+        h5["tiny/vectors/caa/L0"].attrs.update(source_layer=0, sign_free=0)
     run("--at", "zero")
     run("--at", "caa")
     with h5py.File(store, "r") as h5:

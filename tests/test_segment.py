@@ -1,9 +1,11 @@
+from contextlib import ExitStack
+
 import pytest
 import torch
 
 from engine.prompts import answer_tokens, pad_right
 from engine.segment import run_prefix, segment
-from engine.steering import add_to_down_proj
+from engine.site import add_to_down_proj, reading_output
 
 
 def _batch(lm, items):
@@ -26,15 +28,10 @@ def test_segment_equals_full_forward_with_hook_on_down_proj(name, request, ab_it
 
 def test_prefix_stops_after_source_layer(tiny_llama, ab_items):
     ids, mask = _batch(tiny_llama, ab_items)
-    ran = []
-    handles = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
-               for i, layer in enumerate(tiny_llama.model.model.layers)]
-    try:
+    with ExitStack() as stack:
+        seen = [stack.enter_context(reading_output(layer)) for layer in tiny_llama.model.model.layers]
         run_prefix(tiny_llama.model, ids, mask, source_layer=1)
-    finally:
-        for h in handles:
-            h.remove()
-    assert ran == [0, 1]
+    assert [len(outputs) for outputs in seen] == [1, 1, 0, 0]
 
 
 def test_batched_prefix_equals_one_by_one(tiny_qwen3, ab_items):

@@ -3,19 +3,30 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import h5py
 import numpy as np
 import pytest
 
-from engine.store import StoreError, is_current, replace_group, run_attrs, writing
+from engine.store import (
+    StoreError,
+    VectorGroup,
+    _project_sources,
+    code_version,
+    is_current,
+    read_vector_group,
+    read_vector_groups,
+    replace_group,
+    run_attrs,
+    write_vector_group,
+    writing,
+)
 
 
 def _write_vectors(path, name="L7", value=1.0):
     with writing(path, wait_seconds=0) as h5:
         replace_group(h5.require_group("m/vectors/caa"), name, {"vectors": np.full((1, 4), value)},
-                      run_attrs({"layer": 7}, "now", 0.1))
+                      run_attrs({"layer": 7}, "src-test", "now", 0.1))
 
 
 def _read(path):
@@ -89,6 +100,40 @@ def test_file_that_is_not_hdf5_is_refused_and_left_alone(tmp_path):
 def test_group_with_same_settings_and_code_is_current(tmp_path):
     store = tmp_path / "store.h5"
     _write_vectors(store)
-    assert is_current(store, "m/vectors/caa/L7", {"layer": 7})
-    assert not is_current(store, "m/vectors/caa/L7", {"layer": 8})
-    assert not is_current(store, "m/vectors/caa/L9", {"layer": 7})
+    assert is_current(store, "m/vectors/caa/L7", {"layer": 7}, "src-test")
+    assert not is_current(store, "m/vectors/caa/L7", {"layer": 8}, "src-test")
+    assert not is_current(store, "m/vectors/caa/L9", {"layer": 7}, "src-test")
+    assert not is_current(store, "m/vectors/caa/L7", {"layer": 7}, "src-other")
+
+
+def test_code_version_covers_what_computes_a_group_and_not_the_report():
+    caa = {path.as_posix().split("/work/main/")[-1] for path in _project_sources("runners.caa")}
+    sources = {"/".join(p.rsplit("/", 2)[-2:]) for p in caa}
+    assert {"runners/caa.py", "runners/cli.py", "engine/caa.py", "engine/segment.py",
+            "engine/site.py", "engine/store.py"} <= sources
+    assert not sources & {"runners/plot.py", "runners/report.py", "engine/analysis.py",
+                          "engine/melbo.py", "engine/jacobian.py"}
+    assert code_version("runners.caa") != code_version("runners.melbo")
+    assert code_version("runners.caa") == code_version("runners.caa")
+
+
+class _Model:
+    key, source, n_layers, d_model, dtype = "m", "m", 2, 4, "fp32"
+
+
+def test_vector_group_reads_back_as_written(tmp_path):
+    store = tmp_path / "store.h5"
+    written = VectorGroup("pi", "L1-T2", np.arange(8, dtype=np.float32).reshape(2, 4), 1, True,
+                          {"k": 2, "tol": 0.01}, 2, {"sigmas": np.array([2.0, 1.0])},
+                          {"code_version": "src-x", "steps": 3})
+    with writing(store, wait_seconds=0) as h5:
+        write_vector_group(h5, _Model(), written)
+    got = read_vector_group(store, "m", "pi", "L1-T2", d_model=4)
+    assert (got.vectors == written.vectors).all() and got.settings == written.settings
+    assert (got.source_layer, got.target_layer, got.sign_free) == (1, 2, True)
+    assert (got.arrays["sigmas"] == [2.0, 1.0]).all() and got.attrs["steps"] == 3
+    assert got.fingerprint == written.fingerprint
+    assert [g.label for g in read_vector_groups(store, "m")] == ["pi/L1-T2"]
+    assert read_vector_groups(store, "other") == [] and read_vector_groups(tmp_path / "no.h5", "m") == []
+    with pytest.raises(StoreError, match="no caa vectors at m/vectors/caa/L1 .* run `make caa`"):
+        read_vector_group(store, "m", "caa", "L1")

@@ -1,0 +1,63 @@
+"""The plain paths every fast path is tested against: full HF forwards with θ added by a hook.
+
+Nothing here is cached or stacked; this is what a first script would do. ``evaluate_plain`` is
+eval's twin (all questions in one padded batch, full logits), ``hidden_plain`` reads h_T with θ
+hooked in, and ``jtj_plain`` is one JᵀJ v per vector by a fresh autograd graph each time.
+"""
+from __future__ import annotations
+
+import torch
+
+from engine.evaluate import EvalResult, answer_scores
+from engine.jacobian import math_attention
+from engine.prompts import AnswerTokens, pad_right
+from engine.site import add_to_down_proj, decoder_layers, reading_output
+
+
+@torch.no_grad()
+def evaluate_plain(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: int,
+                   thetas: torch.Tensor, pad_id: int) -> EvalResult:
+    """Eval's numbers the plain way: per setting, one full forward with a hook on down_proj."""
+    ids, mask = pad_right([a.prefix_ids for a in answers], pad_id)
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
+    answer_at = mask.sum(1) - 1
+    rows = torch.arange(len(answers), device=device)
+    diffs, masses = [], []
+    for theta in thetas:
+        with add_to_down_proj(model, source_layer, theta):
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        diff, mass = answer_scores(logits[rows, answer_at], answers)
+        diffs.append(diff)
+        masses.append(mass)
+    return EvalResult(torch.stack(diffs), torch.stack(masses))
+
+
+def hidden_plain(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, source_layer: int,
+                 target_layer: int, theta: torch.Tensor) -> torch.Tensor:
+    """h_T at the real positions, [n_real, d], with θ hooked into ``layers[S].mlp.down_proj``:
+    a full HF forward, h_T read from ``layers[T]``'s output (not ``hidden_states``, which carry
+    the final norm at the last layer). Differentiable in θ."""
+    with reading_output(decoder_layers(model)[target_layer]) as seen, \
+            add_to_down_proj(model, source_layer, theta), math_attention():
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    return seen[-1][mask.bool()]
+
+
+def jtj_plain(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, source_layer: int,
+              target_layer: int, vectors: torch.Tensor, theta0: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """JᵀJ v for each row v of ``vectors`` at θ₀ (default 0), one vector at a time: a full forward
+    with θ requiring grad, J v by the double-backward trick, then Jᵀ(J v)."""
+    dtype = next(model.parameters()).dtype
+    out = []
+    for v in vectors:
+        theta = (torch.zeros(v.shape[0], dtype=dtype) if theta0 is None
+                 else theta0.to(dtype).clone()).requires_grad_(True)
+        h = hidden_plain(model, ids, mask, source_layer, target_layer, theta)
+        u = torch.zeros_like(h, requires_grad=True)
+        (g,) = torch.autograd.grad(h, theta, u, create_graph=True)
+        (jv,) = torch.autograd.grad(g, u, v.to(g.dtype))
+        (jtjv,) = torch.autograd.grad(h, theta, jv)
+        out.append(jtjv)
+    return torch.stack(out)
