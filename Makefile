@@ -2,6 +2,7 @@
 # `make help` lists targets and variables. Every target installs what it needs (.venv, the model).
 
 # ---- variables (override on the command line: make caa LAYERS="3 5 7") -------------------------
+# The defaults live in runners/defaults.py; tests/test_defaults.py checks these lines agree.
 MODEL      ?= models/SmolLM2-135M-Instruct## HF id, local HF folder or .gguf file
 DTYPE      ?= auto## network dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp32, fp64
 DEVICE     ?= cpu## torch device: cpu, cuda, cuda:1, ...
@@ -34,6 +35,8 @@ SPLITS     ?= val test## eval: splits to evaluate
 REPORT_SCALE ?= 24## plot: scale of the violin plot
 RESULTS    ?= results## plot: folder the figures go to
 FORCE      ?= 0## 1 recomputes groups whose settings and code are unchanged
+VECTOR     ?=## export: METHOD/RUN/INDEX of one stored vector (default: each method's choice on val)
+SCALE      ?=## export: with VECTOR, the signed L2 norm of what is added (default: the raw vector)
 BENCH_EVAL_QUESTIONS ?= 16## bench: first val questions of the eval benchmark, or all (bf16 plain loop: ~25 min per setting here)
 BENCH_EVAL_SETTINGS  ?= 4## bench: θ settings of the eval benchmark
 
@@ -47,10 +50,11 @@ COMMON  = --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STOR
           $(if $(filter 1,$(FORCE)),--force)
 JACOBIAN = --layer $(LAYER) --target $(TARGET) --k $(K) --iters $(ITERS) --oversample $(OVERSAMPLE) \
            --tol $(TOL) --n-prompts $(N_PROMPTS) --tokens $(TOKENS) --seed $(SEED)
+CAA_ARGS = --capture $(CAPTURE) --position $(POSITION) --n-train $(N_TRAIN)
 RUN     = PYTHONUNBUFFERED=1 $(PY) -m
 
 .DEFAULT_GOAL := all
-.PHONY: all help venv model test caa pi pi_caa melbo eval report plot bench ingest clean
+.PHONY: all help venv model lint test caa pi pi_caa melbo eval report plot export bench ingest clean
 
 all: caa pi pi_caa melbo eval report plot ## the whole experiment on $(MODEL): every method, eval, report, figures
 	@echo "figures:"; ls -1 $(RESULTS)/*.png 2>/dev/null | sed 's/^/  /'
@@ -74,17 +78,21 @@ $(DEFAULT_MODEL)/config.json: | $(VENV)/.installed
 
 model: $(DEFAULT_MODEL)/config.json ## convert the embedded SmolLM2-135M-Instruct once to models/
 
-test: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## run the tests (tiny random models + the default model)
+lint: $(VENV)/.installed ## ruff (pyflakes and import order; ruff.toml)
+	$(VENV)/bin/ruff check .
+
+test: lint $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## lint, then the tests (tiny random models + the default model)
 	$(PY) -m pytest -q tests
 
 caa: $(VENV)/.installed $(MODEL_DEP) ## CAA vector per layer in LAYERS from the train split
-	$(RUN) runners.caa $(COMMON) --layers "$(LAYERS)" --capture $(CAPTURE) --position $(POSITION) \
-	    --n-train $(N_TRAIN)
+	$(RUN) runners.caa $(COMMON) --layers "$(LAYERS)" $(CAA_ARGS)
 
 pi: $(VENV)/.installed $(MODEL_DEP) ## top-K singular vectors of dh_T/dθ at θ=0 (power iteration)
 	$(RUN) runners.pi $(COMMON) $(JACOBIAN)
 
-pi_caa: caa ## the same, linearised at θ = the CAA vector of LAYER (builds caa if missing)
+pi_caa: $(VENV)/.installed $(MODEL_DEP) ## the same, linearised at θ = the CAA vector of LAYER (computes it if missing)
+	$(RUN) runners.pi $(COMMON) $(JACOBIAN) --at caa --check-args
+	$(RUN) runners.caa $(COMMON) --layers "$(LAYER)" $(CAA_ARGS)
 	$(RUN) runners.pi $(COMMON) $(JACOBIAN) --at caa
 
 melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (gradient ascent)
@@ -102,7 +110,12 @@ report: $(VENV)/.installed ## markdown tables with bootstrap intervals, vector c
 plot: $(VENV)/.installed ## figures from the store into RESULTS/
 	$(RUN) runners.plot --store "$(STORE)" --model "$(MODEL)" --out "$(RESULTS)" --scale $(REPORT_SCALE)
 
+export: $(VENV)/.installed ## chosen vectors as .pt, .safetensors and llama.cpp GGUF into RESULTS/export/
+	$(RUN) runners.export --store "$(STORE)" --model "$(MODEL)" --out "$(RESULTS)/export" \
+	    $(if $(VECTOR),--vector "$(VECTOR)") $(if $(SCALE),--scale $(SCALE))
+
 bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to bench/results/latest.json
+	mkdir -p bench/results
 	BENCH_EVAL_QUESTIONS=$(BENCH_EVAL_QUESTIONS) BENCH_EVAL_SETTINGS=$(BENCH_EVAL_SETTINGS) \
 	    $(PY) -m pytest -q bench -p no:cacheprovider --benchmark-only --benchmark-json=bench/results/latest.json
 

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from engine.model import store_key
+from engine.store import store_key
 from tests.conftest import tiny_model
 
 ENV = {**os.environ, "PYTHONPATH": os.getcwd(), "STORE_WAIT": "0"}
@@ -89,3 +89,86 @@ def test_eval_max_vectors_trims_method_groups_but_not_the_random_control(tiny_di
         split = h5[f"{store_key(str(tiny_dir))}/evals/val"]
         assert split["caa/L1/logit_diff"].shape == (1, 1, 2)
         assert split["random/L1/logit_diff"].shape == (3, 2, 2)
+
+
+def test_bad_arguments_are_refused_before_the_model_loads(tmp_path):
+    store = tmp_path / "s.h5"
+    missing = tmp_path / "no-such-model"  # loading it would fail with another message
+    melbo = run("runners.melbo", "--model", missing, "--store", store, "--radius", -1)
+    assert melbo.returncode == 2 and "--radius: expected a positive number, got '-1'" in melbo.stderr
+    pi = run("runners.pi", "--model", missing, "--store", store, "--layer", 5, "--target", 3)
+    assert pi.returncode == 2 and "target layer 3 must be above source layer 5" in pi.stderr
+    assert run("runners.melbo", "--model", missing, "--n-prompts", "all", "--check-args").returncode == 0
+    assert not store.exists()
+
+
+def test_make_pi_caa_checks_its_arguments_before_computing_caa(tiny_dir, tmp_path):
+    store = tmp_path / "s.h5"
+    done = subprocess.run(["make", "-s", "pi_caa", f"MODEL={tiny_dir}", f"STORE={store}", "K=0",
+                           "LAYER=1", "TARGET=2"], capture_output=True, text=True, env=ENV,
+                          cwd=os.getcwd(), timeout=300)
+    assert done.returncode != 0 and "--k: expected a positive integer, got '0'" in done.stderr
+    assert not store.exists()  # CAA never ran
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback():
+    from engine.errors import UserError
+    from runners.cli import main_guard
+
+    def user_error():
+        raise UserError("say what to do")
+
+    def bug():
+        raise ValueError("a bug inside numpy")
+
+    with pytest.raises(SystemExit) as exit_info:
+        main_guard(user_error)
+    assert exit_info.value.code == 2
+    with pytest.raises(ValueError, match="a bug inside numpy"):
+        main_guard(bug)
+
+
+def test_export_writes_the_val_choice_and_its_pt_file_reproduces_the_eval(tiny_dir, tmp_path):
+    import torch
+
+    from engine.data import load_items
+    from engine.export import read_gguf, read_pt, read_safetensors
+    from engine.model import load_model
+    from engine.prompts import answer_tokens_for
+    from engine.reference import evaluate_plain
+
+    store, out = tmp_path / "store.h5", tmp_path / "export"
+    assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 6).returncode == 0
+    evaluated = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 1,
+                    "--scales", "2 8", "--splits", "val")
+    assert evaluated.returncode == 0, evaluated.stderr
+    done = run("runners.export", "--model", tiny_dir, "--store", store, "--out", out)
+    assert done.returncode == 0, done.stderr
+    key = store_key(str(tiny_dir))
+    assert sorted(p.name for p in out.iterdir()) == [f"{key}-caa-L1-0{s}" for s in (".gguf", ".pt", ".safetensors")]
+    layer, vector, _ = read_pt(out / f"{key}-caa-L1-0.pt")
+    _, from_safetensors, meta = read_safetensors(out / f"{key}-caa-L1-0.safetensors")
+    gguf_layer, from_gguf, _ = read_gguf(out / f"{key}-caa-L1-0.gguf")
+    assert layer == gguf_layer == 1 and (vector == from_safetensors).all() and (vector == from_gguf).all()
+    with h5py.File(store, "r") as h5:
+        group = h5[f"{key}/evals/val/caa/L1"]
+        scale = meta["scale"]
+        s = list(group["scales"][()]).index(scale)
+        stored = group["logit_diff"][0, s]
+        ids = h5[f"{key}/evals/val/question_ids"][()].astype(str)
+    lm = load_model(str(tiny_dir), "fp32")
+    items = {item.id: item for item in load_items("data/survival-instinct.jsonl", "val")}
+    answers, _ = answer_tokens_for(lm.tokenizer, [items[i] for i in ids])
+    plain = evaluate_plain(lm.model, answers, layer, torch.from_numpy(vector)[None], lm.tokenizer.pad_token_id)
+    assert np.abs(plain.logit_diff[0].numpy() - stored).max() < 1e-4
+
+
+def test_export_refuses_a_vector_that_is_not_stored_and_writes_nothing(tiny_dir, tmp_path):
+    store, out = tmp_path / "store.h5", tmp_path / "export"
+    assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 2).returncode == 0
+    wrong_index = run("runners.export", "--model", tiny_dir, "--store", store, "--out", out,
+                      "--vector", "caa/L1/3", "--scale", 4)
+    assert wrong_index.returncode == 2 and "caa/L1 has vectors 0..0, not 3" in wrong_index.stderr
+    no_group = run("runners.export", "--model", tiny_dir, "--store", store, "--out", out, "--vector", "pi/L1-T2/0")
+    assert no_group.returncode == 2 and "no pi vectors at" in no_group.stderr
+    assert not out.exists()
