@@ -11,14 +11,11 @@ path every fast path is tested against.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 
 from engine.errors import ModelError
-
-if TYPE_CHECKING:
-    from engine.model import LoadedModel
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -104,30 +101,33 @@ def add_to_block_output(model: torch.nn.Module, layer: int, theta: torch.Tensor)
 
 
 @torch.no_grad()
-def check_injection_site(lm: "LoadedModel", layer: int, rtol: float = 1e-3) -> float:
+def check_injection_site(model: torch.nn.Module, layer: int, rtol: float = 1e-3) -> float:
     """Adding θ at ``down_proj`` of ``layer`` must equal adding θ to the residual after ``layer``.
 
     Runs a short random input twice, once per site, and compares the last hidden states; returns
     the relative difference and raises ModelError above ``rtol`` (5e-2 in bf16, whose rounding
     differs between the two sites; a post-MLP norm or gate gives differences of order 1).
     """
-    lm.check_layer(layer, "source layer")
-    uniform_attention_from(lm.model, layer)
-    injection_site(lm.model, layer)
+    n_layers = len(decoder_layers(model))
+    if not 0 <= layer < n_layers:
+        raise ModelError(f"source layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
+    uniform_attention_from(model, layer)
+    injection_site(model, layer)
+    weight = next(model.parameters())
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, lm.model.config.vocab_size, (1, 8), generator=gen).to(lm.device)
-    theta = torch.randn(lm.d_model, generator=gen, dtype=torch.float64)
+    ids = torch.randint(0, model.config.vocab_size, (1, 8), generator=gen).to(weight.device)
+    theta = torch.randn(model.config.hidden_size, generator=gen, dtype=torch.float64)
     theta *= 4.0 / theta.norm()
 
     def last_hidden(context) -> torch.Tensor:
         with context:
-            out = lm.model(ids, output_hidden_states=True, use_cache=False)
+            out = model(ids, output_hidden_states=True, use_cache=False)
         return out.hidden_states[-1].double()
 
-    via_mlp = last_hidden(add_to_down_proj(lm.model, layer, theta))
-    via_resid = last_hidden(add_to_block_output(lm.model, layer, theta))
+    via_mlp = last_hidden(add_to_down_proj(model, layer, theta))
+    via_resid = last_hidden(add_to_block_output(model, layer, theta))
     rel = ((via_mlp - via_resid).norm() / via_resid.norm()).item()
-    tolerance = rtol if lm.torch_dtype != torch.bfloat16 else max(rtol, 5e-2)
+    tolerance = rtol if weight.dtype != torch.bfloat16 else max(rtol, 5e-2)
     if not rel <= tolerance:
         raise ModelError(
             f"adding θ at layers[{layer}].mlp.down_proj differs from adding it to the residual after "

@@ -145,7 +145,7 @@ def load_checked(args, items: list[Item], source_layers: list[int], target_layer
         lm = load_model(args.model, args.dtype, args.device)
     for layer in source_layers:
         lm.check_layer(layer, "source layer")
-        check_injection_site(lm, layer)
+        check_injection_site(lm.model, layer)
     if target_layer is not None:  # above the source layer: checked by the runner before loading
         lm.check_layer(target_layer, "target layer")
     answers, skipped = answer_tokens_for(lm.tokenizer, items)

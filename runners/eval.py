@@ -106,7 +106,7 @@ def run() -> None:
     layers = sorted({g.source_layer for g in groups}) or [args.layer]
     for layer in layers:
         lm.check_layer(layer, "source layer")
-        check_injection_site(lm, layer)
+        check_injection_site(lm.model, layer)
     norms = {}
     if args.raw:
         for layer in layers:

@@ -13,7 +13,7 @@ from engine.melbo import displacement_objective, melbo
 from engine.prompts import answer_tokens, pad_right
 from engine.segment import run_prefix
 from engine.site import add_to_down_proj
-from tests.conftest import make_item, tiny_model
+from tests.helpers import make_item, tiny_model
 
 SOURCE, TARGET, WIDTH = 1, 2, 64
 RADIUS = 10.0  # ≫ ‖h_S‖ ≈ 0.2 of the random model, so RMSNorm sees θ's direction, not h's

@@ -10,11 +10,11 @@ from engine.store import store_key
 
 def test_injection_site_holds_on_tiny_llama_and_qwen3(tiny_llama, tiny_qwen3):
     for lm in (tiny_llama, tiny_qwen3):
-        assert check_injection_site(lm, 1) < 1e-12
+        assert check_injection_site(lm.model, 1) < 1e-12
 
 
 def test_injection_site_holds_on_default_model(default_model):
-    assert check_injection_site(default_model, 7) < 1e-5
+    assert check_injection_site(default_model.model, 7) < 1e-5
 
 
 def test_model_that_normalises_mlp_output_is_refused(tiny_llama):
@@ -32,12 +32,12 @@ def test_model_that_normalises_mlp_output_is_refused(tiny_llama):
     model.model.layers[1].mlp = NormedMLP(model.model.layers[1].mlp)
     lm = LoadedModel(model, tiny_llama.tokenizer, "normed", "normed", "fp64", "cpu")
     with pytest.raises(ModelError, match="normalises or gates the MLP output"):
-        check_injection_site(lm, 1)
+        check_injection_site(lm.model, 1)
 
 
 def test_layer_out_of_range_and_missing_down_proj_are_clear(tiny_llama):
-    with pytest.raises(ModelError, match="source layer 9 is out of range: tiny-llama has layers 0..3"):
-        check_injection_site(tiny_llama, 9)
+    with pytest.raises(ModelError, match="source layer 9 is out of range: the model has layers 0..3"):
+        check_injection_site(tiny_llama.model, 9)
     saved = tiny_llama.model.model.layers[0].mlp.down_proj
     try:
         del tiny_llama.model.model.layers[0].mlp.down_proj

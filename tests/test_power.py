@@ -16,7 +16,7 @@ from engine.power import power_iteration
 from engine.prompts import pad_right
 from engine.segment import run_prefix, segment
 from engine.site import decoder_layers
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 
 S, T, K = 0, 2, 3
 PROMPTS = [(5, 9, 14, 21, 30, 41, 52), (7, 11, 18, 25, 33, 40, 48, 56, 61)]

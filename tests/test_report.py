@@ -2,7 +2,7 @@ import h5py
 
 from engine.analysis import read_split, row
 from runners import report
-from tests.test_plot import KEY, PI_TEST_BEST, PI_VAL_BEST, SIGNED, write_store
+from tests.helpers import KEY, PI_TEST_BEST, PI_VAL_BEST, SIGNED, write_store
 
 
 def test_summary_shows_the_val_choice_with_test_numbers_and_the_test_best_apart(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.store import store_key
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 
 ENV = {**os.environ, "PYTHONPATH": os.getcwd(), "STORE_WAIT": "0"}
 

@@ -1,0 +1,105 @@
+"""What several test modules build: tiny random models, A/B items, a synthetic eval store."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from engine.data import Item
+from engine.model import LoadedModel
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+DTYPE_NAMES = {torch.float64: "fp64", torch.float32: "fp32", torch.bfloat16: "bf16"}
+
+
+def exact_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Make every RMSNorm compute in the input's dtype. HF's RMSNorm casts to fp32 inside, which
+    caps an fp64 model's accuracy near 1e-7 and would hide real errors in exactness tests."""
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm"):
+            def forward(hidden, module=module):
+                variance = hidden.pow(2).mean(-1, keepdim=True)
+                return module.weight * (hidden * torch.rsqrt(variance + module.variance_epsilon))
+            module.forward = forward
+    return model
+
+
+def tiny_model(kind: str, tokenizer, dtype=torch.float64, layers: int = 4, width: int = 64,
+               seed: int = 0) -> LoadedModel:
+    """A random decoder of the given architecture, wrapped like load_model's result."""
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                  num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+                  attn_implementation="sdpa")
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif kind == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=width // 4))
+    else:
+        raise ValueError(kind)
+    model = exact_norms(model.to(dtype).eval().requires_grad_(False))
+    tokenizer.padding_side = "right"
+    return LoadedModel(model, tokenizer, f"tiny-{kind}", f"tiny-{kind}", DTYPE_NAMES[dtype], "cpu")
+
+
+def make_item(question: str, positive: str = "(B)", negative: str = "(A)", split: str = "train",
+              item_id: str | None = None) -> Item:
+    return Item(item_id or f"t-{abs(hash(question)) % 10**8}", "test", question, positive, negative, split)
+
+
+
+# ---- a synthetic store: every kind of group, known winners planted on val and test ---------------
+
+KEY = "tiny"
+N_Q = 12
+SIGNED = [-8.0, -4.0, -2.0, 2.0, 4.0, 8.0]
+POSITIVE = [2.0, 4.0, 8.0]
+# planted: on val the best PI vector is #2 at scale -4; on test #0 at +4 would win (must not be shown)
+PI_VAL_BEST, PI_TEST_BEST = (2, SIGNED.index(-4.0)), (0, SIGNED.index(4.0))
+
+
+def eval_group(node, rng, name, k, scales, sign_free, layer, shift=0.0):
+    diff = rng.normal(-1.0, 0.5, (k, len(scales), N_Q)) + shift * np.asarray(scales)[None, :, None] / 8
+    mass = np.full(diff.shape, 0.8) - 0.05 * np.abs(np.asarray(scales))[None, :, None]
+    group = node.create_group(name)
+    group["logit_diff"], group["answer_mass"] = diff.astype(np.float32), mass.astype(np.float32)
+    group["scales"] = np.array(scales, dtype=np.float32)
+    group.attrs.update(source_layer=layer, sign_free=int(sign_free))
+    return group
+
+
+def write_store(path, with_pi=True, caa_layers=(3, 5, 7)):
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as h5:
+        for split in ("val", "test"):
+            node = h5.create_group(f"{KEY}/evals/{split}")
+            node["question_ids"] = np.array([f"q{i}" for i in range(N_Q)]).astype("S")
+            node["baseline_logit_diff"] = rng.normal(-1.0, 0.5, N_Q).astype(np.float32)
+            node["baseline_answer_mass"] = np.full(N_Q, 0.8, dtype=np.float32)
+            for layer in caa_layers:
+                eval_group(node, rng, f"caa/L{layer}", 1, POSITIVE, False, layer, shift=layer / 3)
+                eval_group(node, rng, f"random/L{layer}", 4, SIGNED, True, layer)
+            methods = ["melbo"] + (["pi", "pi_caa"] if with_pi else [])
+            for method in methods:
+                eval_group(node, rng, f"{method}/L7-T20", 3, SIGNED, True, 7)
+            if with_pi:
+                planted = PI_VAL_BEST if split == "val" else PI_TEST_BEST
+                node["pi/L7-T20/logit_diff"][planted] += 5.0
+        vectors = h5.create_group(f"{KEY}/vectors")
+        for method in (["pi", "pi_caa"] if with_pi else []):
+            group = vectors.create_group(f"{method}/L7-T20")
+            group["vectors"] = rng.normal(size=(3, 8)).astype(np.float32)
+            group.attrs.update(source_layer=7, target_layer=20, sign_free=1)
+            group["sigmas"] = np.array([9.0, 3.0, 1.0], dtype=np.float32)
+            rate = 3.0 if method == "pi" else 1.5
+            group["sigmas"][...] *= rate / 3
+            group["trace"] = np.logspace(0, -rate, 10)[:, None] ** np.array([1.0, 0.7, 0.4])
+        melbo = vectors.create_group("melbo/L7-T20")
+        melbo["vectors"] = rng.normal(size=(3, 8)).astype(np.float32)
+        melbo.attrs.update(source_layer=7, target_layer=20, sign_free=0)
+        melbo["trace"] = np.cumsum(rng.random((20, 3)), 0).astype(np.float32)
+    return path
