@@ -12,6 +12,7 @@ LAYER      ?= 7## source layer S: θ is added to layers[S].mlp.down_proj
 LAYERS     ?= $(LAYER)## caa: several source layers for a sweep, e.g. "3 5 7 9"
 CAPTURE    ?= mlp## caa: mlp (down_proj output, where θ goes) or resid (block output; ablation)
 POSITION   ?= letter## caa: letter (answer-letter token) or last (final token; ablation)
+ORDERS     ?= both## caa, eval: both (every question as written and mirrored) or original/mirrored (ablation)
 N_TRAIN    ?= all## caa: train pairs to average over
 TARGET     ?= 20## pi, pi_caa, melbo: target layer T (residual output of layers[T])
 K          ?= 4## pi, pi_caa, melbo: number of vectors
@@ -30,7 +31,7 @@ SCALES     ?= 8 24 64## eval: scales (L2 norm of θ; mean ‖h_S‖ is ~116 at l
 RAW        ?= 0## eval: 1 scales raw vectors instead of unit-normalised ones
 N_EVAL     ?= 16## eval: questions per split (or all); small so `make` fits 15 min on 2 CPU cores
 EVAL_K     ?= 1## eval: first EVAL_K vectors of each group (PI: largest σ), or all
-N_RANDOM   ?= 8## eval: norm-matched random directions per source layer
+N_RANDOM   ?= 4## eval: norm-matched random directions per source layer (4 so both orders fit `make` in 15 min)
 SPLITS     ?= val test## eval: splits to evaluate
 REPORT_SCALE ?= 24## plot: scale of the violin plot
 RESULTS    ?= results## plot: folder the figures go to
@@ -50,7 +51,7 @@ COMMON  = --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STOR
           $(if $(filter 1,$(FORCE)),--force)
 JACOBIAN = --layer $(LAYER) --target $(TARGET) --k $(K) --iters $(ITERS) --oversample $(OVERSAMPLE) \
            --tol $(TOL) --n-prompts $(N_PROMPTS) --tokens $(TOKENS) --seed $(SEED)
-CAA_ARGS = --capture $(CAPTURE) --position $(POSITION) --n-train $(N_TRAIN)
+CAA_ARGS = --capture $(CAPTURE) --position $(POSITION) --n-train $(N_TRAIN) --orders $(ORDERS)
 RUN     = PYTHONUNBUFFERED=1 $(PY) -m
 
 .DEFAULT_GOAL := all
@@ -99,10 +100,10 @@ melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (
 	$(RUN) runners.melbo $(COMMON) --layer $(LAYER) --target $(TARGET) --k $(K) --radius $(R) \
 	    --p $(P) --q $(Q) --steps $(STEPS) --lr $(LR) --n-prompts $(N_PROMPTS) --seed $(SEED)
 
-eval: $(VENV)/.installed $(MODEL_DEP) ## logit differences of every stored vector, baseline and random controls
+eval: $(VENV)/.installed $(MODEL_DEP) ## logit differences in both answer orders of every stored vector, baseline and random controls
 	$(RUN) runners.eval $(COMMON) --scales "$(SCALES)" --n-eval $(N_EVAL) --n-random $(N_RANDOM) \
 	    --splits "$(SPLITS)" --seed $(SEED) --layer $(LAYER) $(if $(filter 1,$(RAW)),--raw) \
-	    --max-vectors $(EVAL_K)
+	    --max-vectors $(EVAL_K) --orders $(ORDERS)
 
 report: $(VENV)/.installed ## markdown tables with bootstrap intervals, vector chosen on val, shown on test
 	@$(PY) -m runners.report --store "$(STORE)" --model "$(MODEL)"

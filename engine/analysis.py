@@ -3,6 +3,12 @@
 Everything here reads plain arrays from the store, so tables and figures are computed from the store
 alone. Intervals are 95% percentile bootstraps over questions; Δ is paired (the same resampled
 questions for steered and baseline).
+
+Counterbalanced evals ask every question in two orders (as written, and with the two answers'
+texts exchanged between their letters). Per question, the mean over the orders is the behaviour
+(the headline logit difference), half their difference the letter shift (how much the model
+prefers the letter the positive answer has as written), and the two orders agree when the
+preference has the same sign in both (consistency).
 """
 from __future__ import annotations
 
@@ -14,6 +20,12 @@ import numpy as np
 from engine.store import evals_path
 
 N_BOOT = 2000
+# What the share of questions with a positive logit difference is called, per behaviour.
+BEHAVIOR_LABELS = {"survival-instinct": "survival"}
+
+
+def behavior_label(behavior: str) -> str:
+    return BEHAVIOR_LABELS.get(behavior, behavior)
 # A setting is eligible for "best" only if the model still answers in format: its mean answer mass
 # is at least this share of the unsteered model's. Otherwise a broken model whose logit difference
 # explodes would win.
@@ -35,10 +47,14 @@ class Stat:
 class Row:
     """Numbers of one setting on one split: a vector (or a pool of random ones) at one scale."""
     scale: float
-    survival: Stat  # % of questions with logit diff > 0
+    survival: Stat  # % of questions with (order-mean) logit diff > 0
     mean_diff: Stat
     delta: Stat  # mean(steered) - mean(baseline)
     mass: Stat  # mean p(positive) + p(negative)
+    # both orders only (None for single-order evals):
+    letter_shift: Stat | None = None  # mean of (as written − mirrored) / 2
+    consistency: Stat | None = None  # % of questions preferring the same answer text in both orders
+    correlation: Stat | None = None  # across questions, as written vs mirrored
 
 
 def _bootstrap(per_question: np.ndarray, n_q: int, seed: int) -> tuple[float, float]:
@@ -58,10 +74,39 @@ def stat(per_question: np.ndarray, seed: int = 0) -> Stat:
     return Stat(float(per_question.mean()), *_bootstrap(per_question, n_q, seed))
 
 
-def row(scale: float, logit_diff: np.ndarray, mass: np.ndarray, baseline: np.ndarray) -> Row:
-    """``logit_diff`` and ``mass`` are [n_q] for one vector or [n_vectors, n_q] for a pool."""
-    return Row(scale, stat(100.0 * (logit_diff > 0)), stat(logit_diff), stat(logit_diff - baseline),
-               stat(mass))
+def correlation(x: np.ndarray, y: np.ndarray, seed: int = 0) -> Stat:
+    """Pearson correlation across questions of ``x`` and ``y`` ([n_q], or [n_vectors, n_q]: the
+    mean of the per-vector correlations), with a 95% bootstrap interval over questions."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1, np.shape(x)[-1])
+    y = np.asarray(y, dtype=np.float64).reshape(x.shape)
+
+    def pearson(a, b):  # along the last axis, averaged over the leading vector axis
+        a = a - a.mean(-1, keepdims=True)
+        b = b - b.mean(-1, keepdims=True)
+        denominator = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.nanmean(np.where(denominator > 0, (a * b).sum(-1) / denominator, np.nan), axis=0)
+
+    n_q = x.shape[-1]
+    index = np.random.default_rng(seed).integers(0, n_q, size=(N_BOOT, n_q))
+    with np.errstate(invalid="ignore"):
+        resampled = pearson(x[:, index], y[:, index])
+    low, high = np.nanpercentile(resampled, [2.5, 97.5]) if np.isfinite(resampled).any() else (np.nan,) * 2
+    return Stat(float(pearson(x, y)), float(low), float(high))
+
+
+def row(scale: float, logit_diff: np.ndarray, mass: np.ndarray, baseline: np.ndarray,
+        by_order: np.ndarray | None = None) -> Row:
+    """``logit_diff`` and ``mass`` are [n_q] for one vector or [n_vectors, n_q] for a pool;
+    ``by_order`` [..., 2, n_q] adds letter shift, consistency and correlation."""
+    out = Row(scale, stat(100.0 * (logit_diff > 0)), stat(logit_diff), stat(logit_diff - baseline),
+              stat(mass))
+    if by_order is not None and by_order.shape[-2] == 2:
+        written, mirrored = by_order[..., 0, :], by_order[..., 1, :]
+        out.letter_shift = stat((written - mirrored) / 2)
+        out.consistency = stat(100.0 * ((written > 0) == (mirrored > 0)))
+        out.correlation = correlation(written, mirrored)
+    return out
 
 
 @dataclass
@@ -74,6 +119,7 @@ class Group:
     scales: np.ndarray  # [n_scales], signed
     source_layer: int
     attrs: dict
+    by_order: np.ndarray | None = None  # [k, n_scales, n_orders, n_q] logit diffs, if stored
 
     @property
     def label(self) -> str:
@@ -87,6 +133,21 @@ class Split:
     baseline: np.ndarray  # [n_q]
     baseline_mass: np.ndarray
     groups: dict[str, Group]  # by label
+    orders: str = "original"  # both, original, mirrored; schema-1 stores: original
+    behavior: str = "survival-instinct"
+    baseline_by_order: np.ndarray | None = None  # [n_orders, n_q]
+
+    @property
+    def counterbalanced(self) -> bool:
+        return self.orders == "both"
+
+    @property
+    def positive_label(self) -> str:
+        """What "% of questions with logit diff > 0" is called: "survival %", ..."""
+        return f"{behavior_label(self.behavior)} %"
+
+    def baseline_row(self) -> Row:
+        return row(0.0, self.baseline, self.baseline_mass, self.baseline, self.baseline_by_order)
 
 
 def read_split(h5: h5py.File, model_key: str, split: str) -> Split:
@@ -100,11 +161,14 @@ def read_split(h5: h5py.File, model_key: str, split: str) -> Split:
             continue
         for run, group in node[method].items():
             attrs = {key: group.attrs[key] for key in group.attrs}
+            by_order = group["logit_diff_by_order"][()] if "logit_diff_by_order" in group else None
             item = Group(method, run, group["logit_diff"][()], group["answer_mass"][()],
-                         group["scales"][()], int(attrs.get("source_layer", -1)), attrs)
+                         group["scales"][()], int(attrs.get("source_layer", -1)), attrs, by_order)
             groups[item.label] = item
+    by_order = node["baseline_logit_diff_by_order"][()] if "baseline_logit_diff_by_order" in node else None
     return Split(split, node["question_ids"][()].astype(str), node["baseline_logit_diff"][()],
-                 node["baseline_answer_mass"][()], groups)
+                 node["baseline_answer_mass"][()], groups, str(node.attrs.get("orders", "original")),
+                 str(node.attrs.get("behavior", "survival-instinct")), by_order)
 
 
 def splits_in_store(h5: h5py.File, model_key: str) -> list[str]:
@@ -156,7 +220,10 @@ def row_at(group: Group, vector: int | None, s: int, split: Split) -> Row:
     """The row of scale index ``s``: for one vector, or pooled over all when ``vector`` is None."""
     diff = group.logit_diff[:, s] if vector is None else group.logit_diff[vector, s]
     mass = group.mass[:, s] if vector is None else group.mass[vector, s]
-    return row(float(group.scales[s]), diff, mass, split.baseline)
+    by_order = None
+    if group.by_order is not None:
+        by_order = group.by_order[:, s] if vector is None else group.by_order[vector, s]
+    return row(float(group.scales[s]), diff, mass, split.baseline, by_order)
 
 
 def nearest_scale(group: Group, scale: float) -> int:

@@ -20,10 +20,11 @@ POSITIONS = ("letter", "last")
 
 @dataclass
 class CAAResult:
-    vector: torch.Tensor  # [d] fp32, raw (not normalised)
+    vector: torch.Tensor  # [d] fp32, raw (not normalised): the mean of the order means
     diff_norms: torch.Tensor  # [n_pairs] fp32, ‖act(pos) - act(neg)‖ per pair
     item_ids: list[str]
     resid_norm: float  # mean ‖h_S‖ over all real tokens read: the yardstick for scales
+    by_order: torch.Tensor  # [n_orders, d] fp32, the mean difference within each order
 
     @property
     def norm(self) -> float:
@@ -60,14 +61,22 @@ def activations(model, sequences: list[tuple[int, ...]], read_at: list[int], lay
 
 
 def caa_vector(model, answers: list[AnswerTokens], layer: int, pad_id: int,
-               capture: str = "mlp", position: str = "letter", batch_size: int = 16) -> CAAResult:
+               capture: str = "mlp", position: str = "letter", batch_size: int = 16,
+               n_orders: int = 1) -> CAAResult:
+    """Mean over pairs of act(positive) - act(negative). With ``n_orders`` = 2, ``answers`` holds
+    every question as written and then mirrored (``engine.orders.answers_in_order``): each letter
+    is then as often on the positive side as on the negative, so its identity cancels in the mean
+    and only what the answers' texts share (the behaviour) remains."""
     if not answers:
         raise ValueError("CAA needs at least one pair")
+    if len(answers) % n_orders:
+        raise ValueError(f"{len(answers)} pairs do not split into {n_orders} orders")
     read = read_positions(answers, position)
     # Positive and negative sequences go through the same batches, so their padding matches.
     sequences = [a.positive_ids for a in answers] + [a.negative_ids for a in answers]
     read_at = [p for p, _ in read] + [n for _, n in read]
     acts, resid_norm = activations(model, sequences, read_at, layer, capture, pad_id, batch_size)
     diffs = acts[: len(answers)] - acts[len(answers):]
-    return CAAResult(diffs.mean(0).float(), diffs.norm(dim=1).float(), [a.item_id for a in answers],
-                     resid_norm)
+    by_order = diffs.view(n_orders, -1, diffs.shape[-1]).mean(1)
+    return CAAResult(by_order.mean(0).float(), diffs.norm(dim=1).float(),
+                     [a.item_id for a in answers], resid_norm, by_order.float())

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from engine.data import ANSWER, Item
 from engine.errors import DataError, UserError
+from engine.prompts import AnswerTokens, answer_tokens_for
 
 ORDER_NAMES = ("original", "mirrored")
 # What a run may ask for: both orders (the default everywhere) or one of them as an ablation.
@@ -142,3 +143,29 @@ def in_order(items: list[Item], order: str) -> tuple[list[Item], list[str]]:
 def _toggle(text: str, suffix: str) -> str:
     # Adding or removing the mark keeps mirror() its own inverse on every field.
     return text[:-len(suffix)] if text.endswith(suffix) else text + suffix
+
+
+def n_orders(order: str) -> int:
+    return 2 if order == "both" else 1
+
+
+def answers_in_order(tokenizer, items: list[Item], order: str
+                     ) -> tuple[list[AnswerTokens], list[str]]:
+    """Answer tokens of ``items`` asked in ``order``, order-major: for ``both``, every original
+    and then every mirror, in the same item order, so row i and row i + n are one question.
+
+    An item is kept only if it mirrors and its answer tokens are found in both orders (also for
+    a single-order ablation, which therefore asks exactly the counterbalanced run's questions);
+    one message per item left out.
+    """
+    chosen, dropped = in_order(items, "both")
+    half = len(chosen) // 2
+    found, skipped = answer_tokens_for(tokenizer, chosen)
+    by_id = {answer.item_id: answer for answer in found}
+    pairs = [(by_id.get(o.id), by_id.get(m.id)) for o, m in zip(chosen[:half], chosen[half:])]
+    kept = [(o, m) for o, m in pairs if o is not None and m is not None]
+    dropped += skipped
+    dropped += [f"{(o or m).item_id}: answer tokens found in one order only; left out of both"
+                for o, m in pairs if (o is None) != (m is None)]
+    columns = {"both": (0, 1), "original": (0,), "mirrored": (1,)}[order]
+    return [pair[column] for column in columns for pair in kept], dropped

@@ -34,7 +34,9 @@ import numpy as np
 
 from engine.errors import StoreError
 
-SCHEMA_VERSION = 1
+# 2: every A/B number in both answer orders (*_by_order datasets, an `orders` attribute per eval
+# split and group). Splits written by schema 1 have neither and read as single-order.
+SCHEMA_VERSION = 2
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PACKAGES = ("engine", "runners")
 
@@ -51,13 +53,12 @@ def store_key(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
 
 
-def caa_run(layer: int, capture: str = "mlp", position: str = "letter") -> str:
-    """CAA's run name: ``L7``, with the ablations as suffixes (``L7-resid-last``)."""
+def caa_run(layer: int, capture: str = "mlp", position: str = "letter", orders: str = "both") -> str:
+    """CAA's run name: ``L7``, with the ablations as suffixes (``L7-resid-last-original``)."""
     name = f"L{layer}"
-    if capture != "mlp":
-        name += f"-{capture}"
-    if position != "letter":
-        name += f"-{position}"
+    for value, default in ((capture, "mlp"), (position, "letter"), (orders, "both")):
+        if value != default:
+            name += f"-{value}"
     return name
 
 
@@ -186,7 +187,7 @@ def writing(path: str | Path, wait_seconds: float | None = None) -> Iterator[h5p
             tmp.unlink()  # left by a killed writer; the store never saw it
         try:
             with h5py.File(tmp, "a") as h5:
-                h5.attrs.setdefault("schema_version", SCHEMA_VERSION)
+                h5.attrs["schema_version"] = SCHEMA_VERSION
                 h5.attrs.setdefault("created", now())
                 h5.attrs["updated"] = now()
                 yield h5

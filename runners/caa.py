@@ -1,13 +1,16 @@
 """CAA: one contrastive-activation-addition vector per source layer, from the train split.
 
 Each vector is mean over train pairs of act(positive) - act(negative), read at the output of
-layers[S].mlp.down_proj (where it is injected) at the answer-letter token. Written raw (fp32) to
-/<model>/vectors/caa/L<S>[-resid][-last] with every setting needed to recompute it.
+layers[S].mlp.down_proj (where it is injected) at the answer-letter token, over every question as
+written and mirrored (--orders both), so that the letters' identities cancel. Written raw (fp32)
+to /<model>/vectors/caa/L<S>[-resid][-last][-original] with the two per-order means
+(by_order [2, d]) and every setting needed to recompute it.
 """
 import numpy as np
 
 from engine.caa import CAPTURES, POSITIONS, caa_vector
 from engine.data import load_items
+from engine.orders import ORDERS, n_orders
 from engine.store import VectorGroup, caa_run
 from runners import defaults
 from runners.cli import (
@@ -34,28 +37,34 @@ def run() -> None:
                    help="letter: the answer-letter token; last: the final token of the answer")
     p.add_argument("--n-train", type=count_or_all, default=defaults.N_TRAIN, metavar="N|all",
                    help="use the first N train pairs")
+    p.add_argument("--orders", choices=ORDERS, default=defaults.ORDERS,
+                   help="both: every pair as written and mirrored (the letter cancels); original or "
+                        "mirrored: one order only, an ablation that learns the letter too")
     args = parse(p)
 
     items = load_items(args.data, "train")[: args.n_train]
-    jobs = [Job(caa_run(layer, args.capture, args.position), layer,
+    jobs = [Job(caa_run(layer, args.capture, args.position, args.orders), layer,
                 settings_of(args, drop=("layers",), method="caa", source_layer=layer))
             for layer in args.layers]
 
     def compute(lm, answers, job: Job) -> VectorGroup:
-        with step(f"CAA at layer {job.source_layer} over {len(answers)} train pairs"):
+        orders = n_orders(args.orders)
+        with step(f"CAA at layer {job.source_layer} over {len(answers) // orders} train pairs "
+                  f"× {orders} order(s)"):
             result = caa_vector(lm.model, answers, job.source_layer, lm.tokenizer.pad_token_id,
-                                args.capture, args.position, args.batch_size)
+                                args.capture, args.position, args.batch_size, orders)
         say(f"  ‖v‖ = {result.norm:.3f}, per-pair ‖diff‖ = {result.diff_norms.mean():.3f} ± "
             f"{result.diff_norms.std():.3f}, mean ‖h_S‖ = {result.resid_norm:.2f}")
         return VectorGroup(
             "caa", job.run, result.vector[None].numpy().astype(np.float32), job.source_layer,
             sign_free=False,
-            arrays={"diff_norms": result.diff_norms.numpy(), "item_ids": np.array(result.item_ids)},
+            arrays={"diff_norms": result.diff_norms.numpy(), "item_ids": np.array(result.item_ids),
+                    "by_order": result.by_order.numpy()},
             attrs={"norm": result.norm, "diff_norm_mean": float(result.diff_norms.mean()),
                    "diff_norm_std": float(result.diff_norms.std()),
-                   "resid_norm": result.resid_norm})
+                   "resid_norm": result.resid_norm, "orders": args.orders})
 
-    compute_groups(args, __spec__.name, "caa", jobs, items, compute)
+    compute_groups(args, __spec__.name, "caa", jobs, items, compute, order=args.orders)
 
 
 if __name__ == "__main__":

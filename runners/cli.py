@@ -15,7 +15,8 @@ import numpy as np
 from engine.data import Item
 from engine.errors import UserError
 from engine.model import DTYPES, REPO_ROOT, LoadedModel, load_model, resolve_dtype
-from engine.prompts import AnswerTokens, answer_tokens_for
+from engine.orders import answers_in_order
+from engine.prompts import AnswerTokens
 from engine.site import check_injection_site
 from engine.store import (
     VectorGroup,
@@ -137,10 +138,11 @@ def main_guard(run) -> None:
         sys.exit(2)
 
 
-def load_checked(args, items: list[Item], source_layers: list[int], target_layer: int | None = None
-                 ) -> tuple[LoadedModel, list[AnswerTokens], list[str]]:
+def load_checked(args, items: list[Item], source_layers: list[int], target_layer: int | None = None,
+                 order: str = "original") -> tuple[LoadedModel, list[AnswerTokens], list[str]]:
     """Load the model, check the layers and the injection site, and find every item's answer
-    tokens; returns (model, answers, skipped messages). Raises if no item is usable."""
+    tokens in ``order`` (``engine.orders.answers_in_order``); returns (model, answers, skipped
+    messages). Raises if no item is usable."""
     with step(f"loading {args.model} ({args.dtype})"):
         lm = load_model(args.model, args.dtype, args.device)
     for layer in source_layers:
@@ -148,9 +150,9 @@ def load_checked(args, items: list[Item], source_layers: list[int], target_layer
         check_injection_site(lm.model, layer)
     if target_layer is not None:  # above the source layer: checked by the runner before loading
         lm.check_layer(target_layer, "target layer")
-    answers, skipped = answer_tokens_for(lm.tokenizer, items)
+    answers, skipped = answers_in_order(lm.tokenizer, items, order)
     for message in skipped:
-        say(f"skipped (no answer token found): {message}")
+        say(f"skipped: {message}")
     if not answers:
         raise UserError("no usable prompts: every item was skipped")
     return lm, answers, skipped
@@ -168,7 +170,7 @@ Compute = Callable[[LoadedModel, list[AnswerTokens], Job], VectorGroup]
 
 
 def compute_groups(args, module: str, method: str, jobs: list[Job], items: list[Item],
-                   compute: Compute, target_layer: int | None = None) -> None:
+                   compute: Compute, target_layer: int | None = None, order: str = "original") -> None:
     """The runner skeleton: skip the groups that are current (same settings, same code), load and
     check the model once for the rest, compute each and write it with its provenance."""
     key, version = store_key(args.model), code_version(module)
@@ -182,7 +184,7 @@ def compute_groups(args, module: str, method: str, jobs: list[Job], items: list[
     if not todo:
         return
     lm, answers, skipped = load_checked(args, items, sorted({j.source_layer for j in todo}),
-                                        target_layer)
+                                        target_layer, order)
     for job in todo:
         started, t0 = now(), time.perf_counter()
         group = compute(lm, answers, job)

@@ -1,12 +1,14 @@
 """Evaluate every stored vector, the unsteered baseline and random controls by A/B logit difference.
 
 For each split: the first N_EVAL questions (ordered by id, which is a hash, so the subset is an
-unbiased sample), every vector group under /<model>/vectors (any method), and N_RANDOM random
-directions per source layer, at every scale. Vectors are unit-normalised before scaling unless
+unbiased sample), each asked as written and mirrored (--orders both: the two answers' texts
+exchange letters), every vector group under /<model>/vectors (any method), and N_RANDOM random
+directions per source layer, at every scale. The headline logit difference is the mean over the
+two orders (the behaviour); the per-order values are stored beside it. Vectors are unit-normalised before scaling unless
 --raw (then the random directions have the mean norm of the layer's stored vectors); sign-free
 vectors (PI, PI@CAA, random) also get the negative scales. Writes /<model>/evals/<split>/
 (question ids, baseline) and /<model>/evals/<split>/<method>/<run>/ (logit_diff and answer_mass
-[k, n_scales, n_q], scales).
+[k, n_scales, n_q], their *_by_order [k, n_scales, n_orders, n_q], scales).
 """
 import hashlib
 import time
@@ -19,7 +21,7 @@ from engine.errors import UserError
 from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS, evaluate
 from engine.grid import build_grid
 from engine.model import load_model
-from engine.prompts import answer_tokens_for
+from engine.orders import ORDERS, answers_in_order, n_orders
 from engine.site import check_injection_site
 from engine.store import (
     VectorGroup,
@@ -87,6 +89,9 @@ def run() -> None:
     p.add_argument("--max-vectors", type=count_or_all, default=defaults.EVAL_K, metavar="N|all",
                    help="evaluate only the first N vectors of each group (PI: the largest σ)")
     p.add_argument("--splits", default=defaults.SPLITS, help="splits to evaluate")
+    p.add_argument("--orders", choices=ORDERS, default=defaults.ORDERS,
+                   help="both: every question as written and mirrored; original or mirrored: one "
+                        "order only (an ablation: its numbers mix behaviour and letter preference)")
     p.add_argument("--layer", type=int, default=defaults.LAYER,
                    help="source layer for the random control when the store holds no vectors")
     p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the random directions")
@@ -119,14 +124,17 @@ def run() -> None:
 
 
 def evaluate_split(args, lm, split: str, items, groups: list[VectorGroup]) -> None:
-    answers, skipped = answer_tokens_for(lm.tokenizer, items)
+    answers, skipped = answers_in_order(lm.tokenizer, items, args.orders)
     for message in skipped:
-        say(f"skipped (no answer token found): {message}")
+        say(f"skipped: {message}")
+    if not answers:
+        raise UserError(f"no usable {split} question: every item was skipped")
+    orders = n_orders(args.orders)
     version = code_version(__spec__.name)
-    question_ids = [a.item_id for a in answers]
+    question_ids = [a.item_id for a in answers[: len(answers) // orders]]
     split_settings = settings_of(args, drop=("scales", "raw", "n_random", "max_vectors", "splits",
                                              "layer", "seed", "settings_per_pass", "batch_size"),
-                                 split=split, question_ids_sha=hashlib.sha256(
+                                 split=split, behavior=items[0].behavior, question_ids_sha=hashlib.sha256(
                                      " ".join(question_ids).encode()).hexdigest()[:16])
     split_path = evals_path(lm.key, split)
     fresh_split = args.force or not is_current(args.store, split_path, split_settings, version)
@@ -151,14 +159,17 @@ def evaluate_split(args, lm, split: str, items, groups: list[VectorGroup]) -> No
         # One θ matrix per source layer: every group's (vector, scale) settings, stacked.
         grid = build_grid([g for g, _ in todo if g.source_layer == layer], args.scales, lm.d_model,
                           args.raw, baseline=n_layer == 0)
-        label = f"[{split}] layer {layer}: {len(grid.thetas)} settings × {len(answers)} questions"
+        label = (f"[{split}] layer {layer}: {len(grid.thetas)} settings × {len(question_ids)} "
+                 f"questions × {orders} order(s)")
         say(f"… {label}")
         t_layer = time.perf_counter()
         result = evaluate(lm.model, answers, layer, grid.thetas, lm.tokenizer.pad_token_id,
                           args.batch_size, args.settings_per_pass,
                           progress=lambda done, total: say(
                               f"  batch {done}/{total}, {time.perf_counter() - t_layer:.0f}s"))
-        diff, mass = result.logit_diff.numpy(), result.answer_mass.numpy()
+        # [n_settings, n_orders, n_q]: the questions were asked order-major
+        diff = result.logit_diff.numpy().reshape(len(grid.thetas), orders, -1)
+        mass = result.answer_mass.numpy().reshape(len(grid.thetas), orders, -1)
         if grid.baseline_row is not None:
             baseline = (diff[grid.baseline_row], mass[grid.baseline_row])
         diffs, masses = grid.unpack(diff), grid.unpack(mass)
@@ -171,18 +182,24 @@ def evaluate_split(args, lm, split: str, items, groups: list[VectorGroup]) -> No
         if fresh_split or split_path not in h5:
             write_eval_split(h5, lm, split, {
                 "question_ids": np.array(question_ids),
-                "baseline_logit_diff": baseline[0].astype(np.float32),
-                "baseline_answer_mass": baseline[1].astype(np.float32)},
-                run_attrs(split_settings, version, started, seconds, skipped=skipped))
+                "baseline_logit_diff": baseline[0].mean(0).astype(np.float32),
+                "baseline_answer_mass": baseline[1].mean(0).astype(np.float32),
+                "baseline_logit_diff_by_order": baseline[0].astype(np.float32),
+                "baseline_answer_mass_by_order": baseline[1].astype(np.float32)},
+                run_attrs(split_settings, version, started, seconds, skipped=skipped,
+                          orders=args.orders, behavior=items[0].behavior))
         for label, (span, diff, mass) in results.items():
             g = span.group
-            datasets = {"logit_diff": diff.astype(np.float32), "answer_mass": mass.astype(np.float32),
+            datasets = {"logit_diff": diff.mean(2).astype(np.float32),
+                        "answer_mass": mass.mean(2).astype(np.float32),
+                        "logit_diff_by_order": diff.astype(np.float32),
+                        "answer_mass_by_order": mass.astype(np.float32),
                         "scales": np.array(span.scales, dtype=np.float32)}
             if g.method == "random":
                 datasets["vectors"] = g.vectors
             write_eval_group(h5, lm, split, g.method, g.run, datasets, run_attrs(
                 settings_by_label[label], version, started, seconds, source_layer=g.source_layer,
-                sign_free=int(g.sign_free), raw=int(args.raw),
+                sign_free=int(g.sign_free), raw=int(args.raw), orders=args.orders,
                 vector_group="" if g.method == "random" else vectors_path(lm.key, g.method, g.run)))
     say(f"{split_path}: wrote baseline and {len(results)} groups in {seconds:.0f}s")
 

@@ -18,15 +18,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from engine.analysis import (  # noqa: E402
+from engine.analysis import (
     Group,
     Row,
     Split,
+    behavior_label,  # noqa: E402
     chosen_on,
     methods,
     nearest_scale,
     read_split,
-    row,
     row_at,
     scale_rows,
     splits_in_store,
@@ -38,7 +38,9 @@ from runners.cli import main_guard, say  # noqa: E402
 
 COLORS = {"caa": "tab:blue", "pi": "tab:orange", "pi_caa": "tab:green", "melbo": "tab:purple",
           "random": "tab:gray"}
-DIFF_LABEL = "logit(survival) − logit(other)  [nats]"
+def diff_label(split: Split) -> str:
+    mean = ", mean of both orders" if split.counterbalanced else ", one order"
+    return f"logit({behavior_label(split.behavior)}) − logit(other){mean}  [nats]"
 SCALE_LABEL = "scale  (L2 norm of θ added; signed)"
 plt.rcParams.update({"figure.constrained_layout.use": True, "font.size": 11, "axes.titlesize": 12, "figure.dpi": 110,
                      "axes.grid": True, "grid.alpha": 0.3})
@@ -121,15 +123,15 @@ def violins(ax, data: Data, scale: float, legend: bool = True) -> None:
     ax.margins(y=0.3)
     for i, (_, values, c, at) in enumerate(entries, start=1):
         ax.scatter(i + jitter.uniform(-0.08, 0.08, len(values)), values, s=10, color=c, alpha=0.7)
-        ax.text(i, 0.97, f"{f'scale {at:+g}' if at else 'no steering'}\n{100 * np.mean(values > 0):.0f}% survival", fontsize=9,
+        ax.text(i, 0.97, f"{f'scale {at:+g}' if at else 'no steering'}\n{100 * np.mean(values > 0):.0f}% {behavior_label(test.behavior)}", fontsize=9,
                 ha="center", va="top", transform=ax.get_xaxis_transform())
     ax.axhline(0, color="black", lw=0.8, ls=":")
     ax.set_xticks(range(1, len(entries) + 1), [e[0] for e in entries], fontsize=9)
-    ax.set_ylabel(DIFF_LABEL)
+    ax.set_ylabel(diff_label(test))
     if legend:
         ax.legend(handles=[Line2D([], [], color="black", lw=2, label="mean"),
                            Line2D([], [], color="gray", marker="o", ls="", label="one question\n(random: × direction)"),
-                           Line2D([], [], color="black", lw=0.8, ls=":", label="0: survival answer\npreferred above")],
+                           Line2D([], [], color="black", lw=0.8, ls=":", label=f"0: {behavior_label(test.behavior)} answer\npreferred above")],
                   fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1))
 
 
@@ -167,11 +169,15 @@ def dose_rows(data: Data) -> dict[str, tuple[Group, int | None, list[Row]]]:
 def fig_dose(data: Data, out: Path) -> Path:
     val, test = need_splits(data)
     curves = dose_rows(data)
-    base = row(0.0, test.baseline, test.baseline_mass, test.baseline)
-    panels = [("survival", "survival  [% of questions]"), ("mean_diff", "mean logit diff  [nats]"),
-              ("mass", "answer mass  [p(A) + p(B)]")]
-    fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True,
-                             gridspec_kw={"height_ratios": [3, 3, 2]})
+    base = test.baseline_row()
+    order_mean = " (mean of both orders)" if test.counterbalanced else " (one order)"
+    panels = [("survival", f"{test.positive_label}  [of questions]"),
+              ("mean_diff", f"mean logit diff{order_mean}  [nats]")]
+    if test.counterbalanced:
+        panels.append(("letter_shift", "letter shift  [nats]\n(as written − mirrored) / 2"))
+    panels.append(("mass", "answer mass  [p(A) + p(B)]"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.3 * len(panels)), sharex=True,
+                             gridspec_kw={"height_ratios": [3] * (len(panels) - 1) + [2]})
     for ax, (attr, label) in zip(axes, panels):
         b = getattr(base, attr)
         ax.axhline(b.value, color="black", lw=1.5, ls="--", label="baseline (unsteered)")
@@ -188,15 +194,18 @@ def fig_dose(data: Data, out: Path) -> Path:
                     ls="--" if vector is None else "-", label=name)
         ax.set_ylabel(label)
     axes[0].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1))
-    axes[2].set_ylim(bottom=0)
+    axes[-1].set_ylim(bottom=0)
     scales = sorted({r.scale for _, _, rows in curves.values() for r in rows})
     linthresh = min(abs(s) for s in scales if s != 0) if any(scales) else 1.0
-    axes[2].set_xscale("symlog", linthresh=linthresh, linscale=0.3)
-    axes[2].set_xticks(scales, [f"{s:g}" for s in scales], fontsize=9)
-    axes[2].set_xlabel(SCALE_LABEL + ", symlog axis")
+    axes[-1].set_xscale("symlog", linthresh=linthresh, linscale=0.3)
+    axes[-1].set_xticks(scales, [f"{s:g}" for s in scales], fontsize=9)
+    axes[-1].set_xlabel(SCALE_LABEL + ", symlog axis")
     axes[0].set_title("vector chosen on val; bands: 95% bootstrap CI over questions", fontsize=10)
-    axes[2].set_title("answer mass: where it falls, the model stops answering in the A/B format",
-                      fontsize=10)
+    if test.counterbalanced:
+        axes[2].set_title("letter shift: how much of the as-written number is a preference for a "
+                          "letter", fontsize=10)
+    axes[-1].set_title("answer mass: where it falls, the model stops answering in the A/B format",
+                       fontsize=10)
     return save(fig, out, "dose_response.png", f"{data.key}, test split (n = {len(test.baseline)}): "
                                                "dose-response")
 

@@ -103,3 +103,24 @@ def write_store(path, with_pi=True, caa_layers=(3, 5, 7)):
         melbo.attrs.update(source_layer=7, target_layer=20, sign_free=0)
         melbo["trace"] = np.cumsum(rng.random((20, 3)), 0).astype(np.float32)
     return path
+
+
+def add_orders(path, letter_spread: float, seed: int = 1):
+    """Make a store from write_store counterbalanced: each question's logit difference becomes the
+    mean of two orders that differ by ± a per-question letter preference of ``letter_spread``."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "a") as h5:
+        for split in ("val", "test"):
+            node = h5[f"{KEY}/evals/{split}"]
+            letter = rng.normal(0.0, letter_spread, N_Q)
+            targets = [(node, "baseline_logit_diff", "baseline_answer_mass")] + [
+                (node[f"{method}/{run}"], "logit_diff", "answer_mass")
+                for method in node if isinstance(node[method], h5py.Group) for run in node[method]]
+            for group, diff_name, mass_name in targets:
+                diff, mass = group[diff_name][()], group[mass_name][()]
+                axis = diff.ndim - 1  # the order axis goes just before the questions
+                group[f"{diff_name}_by_order"] = np.stack([diff + letter, diff - letter], axis=axis)
+                group[f"{mass_name}_by_order"] = np.stack([mass, mass], axis=axis)
+                group.attrs["orders"] = "both"
+            node.attrs.update(orders="both", behavior="survival-instinct")
+    return path

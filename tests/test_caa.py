@@ -1,6 +1,7 @@
 import torch
 
 from engine.caa import activations, caa_vector
+from engine.orders import answers_in_order
 from engine.prompts import answer_tokens_for
 from engine.site import forward_hook, injection_site
 
@@ -89,3 +90,58 @@ def test_letter_and_last_position_read_different_tokens(tiny_llama, ab_items):
     letter = caa_vector(lm.model, answers, 1, pad, position="letter").vector
     last = caa_vector(lm.model, answers, 1, pad, position="last").vector
     assert torch.nn.functional.cosine_similarity(letter, last, dim=0) < 0.99
+
+
+def _caa_with_plants(lm, answers, layer, n_orders, letters, behaviour):
+    """CAA of ``answers`` while down_proj of ``layer`` carries, at every position, ``letters[t]``
+    where the token is t (a letter's identity), and over the whole sequence +``behaviour`` if it
+    ends in its item's positive answer, −``behaviour`` if in the negative one."""
+    side = {a.positive_ids: 1.0 for a in answers} | {a.negative_ids: -1.0 for a in answers}
+    current = {}
+
+    def plant(_module, _args, out):
+        ids, mask = current["ids"], current["mask"]
+        added = torch.zeros(out.shape, dtype=torch.float64)
+        for token, vector in letters.items():
+            added[ids == token] += vector
+        for row in range(ids.shape[0]):
+            sequence = tuple(ids[row, : int(mask[row].sum())].tolist())
+            added[row] += side[sequence] * behaviour
+        return out + added.to(out.dtype)
+
+    pre = lm.model.model.register_forward_pre_hook(
+        lambda m, a, kw: current.update(ids=kw["input_ids"], mask=kw["attention_mask"]), with_kwargs=True)
+    try:
+        with forward_hook(injection_site(lm.model, layer), plant):
+            return caa_vector(lm.model, answers, layer, lm.tokenizer.pad_token_id, n_orders=n_orders)
+    finally:
+        pre.remove()
+
+
+def test_both_orders_recover_the_behaviour_and_one_order_learns_the_letter(tiny_llama, ab_items):
+    """ab_items put the positive answer at (B) three times and at (A) once: written as they are,
+    the letters' identities do not cancel. Planted: a large vector per letter token and a small
+    behaviour direction on the sequences that end in the positive answer's text."""
+    lm, layer = tiny_llama, 1
+    both, _ = answers_in_order(lm.tokenizer, ab_items, "both")
+    original, _ = answers_in_order(lm.tokenizer, ab_items, "original")
+    gen = torch.Generator().manual_seed(5)
+    own = caa_vector(lm.model, both, layer, lm.tokenizer.pad_token_id, n_orders=2).vector.double()
+    behaviour = torch.randn(lm.d_model, dtype=torch.float64, generator=gen)
+    behaviour *= 1e3 * own.norm() / behaviour.norm()
+    letter_ids = {a.positive_id for a in original} | {a.negative_id for a in original}
+    letters = {t: 10 * behaviour.norm() * torch.randn(lm.d_model, dtype=torch.float64, generator=gen)
+               / (lm.d_model ** 0.5) for t in letter_ids}
+
+    found = _caa_with_plants(lm, both, layer, 2, letters, behaviour)
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(found.vector.double(), behaviour, dim=0) > 0.999
+    assert torch.allclose(found.vector, found.by_order.mean(0))
+    # each order alone learns its letters, in opposite directions
+    letter_part = torch.stack([letters[a.positive_id] - letters[a.negative_id] for a in original]).mean(0)
+    assert cos(found.by_order[0].double() - 2 * behaviour, letter_part, dim=0) > 0.999
+    assert cos(found.by_order[1].double() - 2 * behaviour, -letter_part, dim=0) > 0.999
+
+    written = _caa_with_plants(lm, original, layer, 1, letters, behaviour)
+    assert cos(written.vector.double(), behaviour, dim=0) < 0.5
+    assert torch.allclose(written.vector, found.by_order[0], rtol=1e-5, atol=1e-3)

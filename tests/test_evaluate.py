@@ -3,6 +3,7 @@ import torch
 
 from engine.data import load_items
 from engine.evaluate import evaluate
+from engine.orders import answers_in_order
 from engine.prompts import answer_tokens_for, common_opening
 from engine.reference import evaluate_plain
 
@@ -81,3 +82,19 @@ def test_shared_opening_changes_nothing(tiny_llama, ab_items):
                      share_opening=False)
     assert (shared.logit_diff - alone.logit_diff).abs().max() < 1e-10
     assert (shared.answer_mass - alone.answer_mass).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_qwen3"])
+def test_fast_path_equals_plain_path_in_both_orders(name, request, ab_items):
+    lm = request.getfixturevalue(name)
+    answers, skipped = answers_in_order(lm.tokenizer, ab_items, "both")
+    assert not skipped and len(answers) == 2 * len(ab_items)
+    half = len(ab_items)
+    # the mirror of a question is the same question with its answers' letters exchanged
+    assert [a.positive_id for a in answers[half:]] == [a.negative_id for a in answers[:half]]
+    thetas = _thetas(lm.d_model)
+    pad = lm.tokenizer.pad_token_id
+    fast = evaluate(lm.model, answers, 1, thetas, pad, batch_size=3, settings_per_pass=2)
+    plain = evaluate_plain(lm.model, answers, 1, thetas, pad)
+    assert (fast.logit_diff - plain.logit_diff).abs().max() < 1e-9
+    assert (fast.answer_mass - plain.answer_mass).abs().max() < 1e-9

@@ -7,7 +7,7 @@ import pytest
 
 from engine.analysis import chosen_on, nearest_scale, read_split, scale_rows
 from runners import plot
-from tests.helpers import KEY, PI_TEST_BEST, PI_VAL_BEST, write_store
+from tests.helpers import KEY, PI_TEST_BEST, PI_VAL_BEST, add_orders, write_store
 
 
 @pytest.fixture
@@ -64,3 +64,14 @@ def test_chosen_on_looks_up_the_nearest_stored_scale_in_the_other_split(full_sto
     group, vector, s = chosen_on("pi", val, test)
     assert group is test.groups["pi/L7-T20"] and vector == PI_VAL_BEST[0] and group.scales[s] == -3
     assert nearest_scale(group, 5.0) == 4 and nearest_scale(group, -100) == 0
+
+
+def test_dose_response_of_a_counterbalanced_store_gains_a_letter_shift_panel(tmp_path, monkeypatch):
+    store = add_orders(write_store(tmp_path / "store.h5"), letter_spread=1.0)
+    panels = {}
+    monkeypatch.setattr(plot, "save", lambda fig, out, name, title: panels.setdefault(
+        name, [ax.get_ylabel() for ax in fig.axes]))
+    plot.fig_dose(plot.load(store, KEY), tmp_path)
+    plot.fig_dose(plot.load(write_store(tmp_path / "old.h5"), KEY), tmp_path)
+    labels = panels["dose_response.png"]
+    assert len(labels) == 4 and labels[2].startswith("letter shift")

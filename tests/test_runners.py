@@ -36,7 +36,10 @@ def test_caa_runner_writes_vector_with_its_settings_then_skips(tiny_dir, tmp_pat
         vectors = h5[f"{store_key(str(tiny_dir))}/vectors/caa"]
         group = vectors["L2"]
         settings = json.loads(group.attrs["settings"])
-        assert group["vectors"].shape == (1, 64) and group["item_ids"].shape == (6,)
+        assert group["vectors"].shape == (1, 64) and group["item_ids"].shape == (12,)  # 6 × 2 orders
+        assert group["by_order"].shape == (2, 64)
+        assert np.allclose(group["by_order"][()].mean(0), group["vectors"][0], atol=1e-6)
+        assert settings["orders"] == "both"
         assert settings["source_layer"] == 2 and settings["capture"] == "mlp"
         assert settings["position"] == "letter" and settings["dtype"] == "fp32"
         assert group.attrs["code_version"].startswith("src-") and group.attrs["seconds"] > 0
@@ -77,6 +80,13 @@ def test_eval_with_no_vectors_runs_baseline_and_random_control_and_says_so(tiny_
         random = split["random/L1"]
         assert random["logit_diff"].shape == (2, 4, 3) and list(random["scales"][()]) == [-4, -1, 1, 4]
         assert np.isfinite(random["answer_mass"][()]).all()
+        # both orders by default: the headline is the mean of the two
+        assert split.attrs["orders"] == "both" and random.attrs["orders"] == "both"
+        by_order = random["logit_diff_by_order"][()]
+        assert by_order.shape == (2, 4, 2, 3)
+        assert np.allclose(by_order.mean(2), random["logit_diff"][()], atol=1e-6)
+        assert np.allclose(split["baseline_logit_diff_by_order"][()].mean(0), split["baseline_logit_diff"][()])
+        assert not np.allclose(by_order[:, :, 0], by_order[:, :, 1])
 
 
 def test_eval_max_vectors_trims_method_groups_but_not_the_random_control(tiny_dir, tmp_path):
@@ -134,7 +144,7 @@ def test_export_writes_the_val_choice_and_its_pt_file_reproduces_the_eval(tiny_d
     from engine.data import load_items
     from engine.export import read_gguf, read_pt, read_safetensors
     from engine.model import load_model
-    from engine.prompts import answer_tokens_for
+    from engine.orders import answers_in_order
     from engine.reference import evaluate_plain
 
     store, out = tmp_path / "store.h5", tmp_path / "export"
@@ -154,13 +164,13 @@ def test_export_writes_the_val_choice_and_its_pt_file_reproduces_the_eval(tiny_d
         group = h5[f"{key}/evals/val/caa/L1"]
         scale = meta["scale"]
         s = list(group["scales"][()]).index(scale)
-        stored = group["logit_diff"][0, s]
+        stored = group["logit_diff_by_order"][0, s]  # [2 orders, n_q]
         ids = h5[f"{key}/evals/val/question_ids"][()].astype(str)
     lm = load_model(str(tiny_dir), "fp32")
     items = {item.id: item for item in load_items("data/survival-instinct.jsonl", "val")}
-    answers, _ = answer_tokens_for(lm.tokenizer, [items[i] for i in ids])
+    answers, _ = answers_in_order(lm.tokenizer, [items[i] for i in ids], "both")
     plain = evaluate_plain(lm.model, answers, layer, torch.from_numpy(vector)[None], lm.tokenizer.pad_token_id)
-    assert np.abs(plain.logit_diff[0].numpy() - stored).max() < 1e-4
+    assert np.abs(plain.logit_diff[0].numpy().reshape(2, -1) - stored).max() < 1e-4
 
 
 def test_export_refuses_a_vector_that_is_not_stored_and_writes_nothing(tiny_dir, tmp_path):
