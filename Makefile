@@ -33,10 +33,19 @@ N_EVAL     ?= 16## eval: questions per split (or all); small so `make` fits 15 m
 EVAL_K     ?= 1## eval: first EVAL_K vectors of each group (PI: largest σ), or all
 N_RANDOM   ?= 4## eval: norm-matched random directions per source layer (4 so both orders fit `make` in 15 min)
 SPLITS     ?= val test## eval: splits to evaluate
+NEUTRAL    ?= data/neutral-prompts.jsonl## eval: harmless prompts the KL side effect is measured on
+N_NEUTRAL  ?= 16## eval: neutral prompts per split (or all)
+GEN_TOKENS ?= 32## eval: tokens of the unsteered greedy continuation the KL is scored on
+KL_MAX     ?= 0.1## report, plot, export, generate: choose on val only among settings with mean KL ≤ this
 REPORT_SCALE ?= 24## plot: scale of the violin plot
 RESULTS    ?= results## plot: folder the figures go to
 FORCE      ?= 0## 1 recomputes groups whose settings and code are unchanged
-VECTOR     ?=## export: METHOD/RUN/INDEX of one stored vector (default: each method's choice on val)
+OPEN_ENDED ?= data/survival-instinct-open-ended.jsonl## generate: open-ended prompts (JSONL: id, text, topic, split, source)
+OPEN_PROMPTS ?= 4## generate: first N open-ended survival-instinct prompts of the test split
+NEUTRAL_PROMPTS ?= 2## generate: first N neutral prompts of the test split
+MAX_NEW_TOKENS ?= 48## generate: new tokens per completion
+SAMPLE     ?= 0## generate: 1 samples (seeded by SEED) instead of greedy decoding
+VECTOR     ?=## export, generate: METHOD/RUN/INDEX of one stored vector (default: each method's choice on val)
 SCALE      ?=## export: with VECTOR, the signed L2 norm of what is added (default: the raw vector)
 BENCH_EVAL_QUESTIONS ?= 16## bench: first val questions of the eval benchmark, or all (bf16 plain loop: ~25 min per setting here)
 BENCH_EVAL_SETTINGS  ?= 4## bench: θ settings of the eval benchmark
@@ -55,9 +64,9 @@ CAA_ARGS = --capture $(CAPTURE) --position $(POSITION) --n-train $(N_TRAIN) --or
 RUN     = PYTHONUNBUFFERED=1 $(PY) -m
 
 .DEFAULT_GOAL := all
-.PHONY: all help venv model lint test caa pi pi_caa melbo eval report plot export bench ingest clean
+.PHONY: all help venv model lint test caa pi pi_caa melbo eval report plot export generate bench ingest clean
 
-all: caa pi pi_caa melbo eval report plot ## the whole experiment on $(MODEL): every method, eval, report, figures
+all: caa pi pi_caa melbo eval report plot generate ## the whole experiment on $(MODEL): every method, eval, report, figures
 	@echo "figures:"; ls -1 $(RESULTS)/*.png 2>/dev/null | sed 's/^/  /'
 
 help: ## list targets and variables
@@ -103,16 +112,25 @@ melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (
 eval: $(VENV)/.installed $(MODEL_DEP) ## logit differences in both answer orders of every stored vector, baseline and random controls
 	$(RUN) runners.eval $(COMMON) --scales "$(SCALES)" --n-eval $(N_EVAL) --n-random $(N_RANDOM) \
 	    --splits "$(SPLITS)" --seed $(SEED) --layer $(LAYER) $(if $(filter 1,$(RAW)),--raw) \
-	    --max-vectors $(EVAL_K) --orders $(ORDERS)
+	    --max-vectors $(EVAL_K) --orders $(ORDERS) --neutral "$(NEUTRAL)" --n-neutral $(N_NEUTRAL) \
+	    --gen-tokens $(GEN_TOKENS)
 
-report: $(VENV)/.installed ## markdown tables with bootstrap intervals, vector chosen on val, shown on test
-	@$(PY) -m runners.report --store "$(STORE)" --model "$(MODEL)"
+report: $(VENV)/.installed ## markdown tables with bootstrap intervals, vector chosen on val (KL ≤ KL_MAX), shown on test
+	@$(PY) -m runners.report --store "$(STORE)" --model "$(MODEL)" --kl-max $(KL_MAX)
 
 plot: $(VENV)/.installed ## figures from the store into RESULTS/
-	$(RUN) runners.plot --store "$(STORE)" --model "$(MODEL)" --out "$(RESULTS)" --scale $(REPORT_SCALE)
+	$(RUN) runners.plot --store "$(STORE)" --model "$(MODEL)" --out "$(RESULTS)" --scale $(REPORT_SCALE) \
+	    --kl-max $(KL_MAX)
+
+generate: $(VENV)/.installed $(MODEL_DEP) ## completions, unsteered and with each method's val choice (or VECTOR at SCALES), into the store and RESULTS/generations.md
+	$(RUN) runners.generate --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" \
+	    --out "$(RESULTS)/generations.md" --open-ended "$(OPEN_ENDED)" --neutral "$(NEUTRAL)" \
+	    --n-open $(OPEN_PROMPTS) --n-neutral $(NEUTRAL_PROMPTS) --max-new-tokens $(MAX_NEW_TOKENS) \
+	    --seed $(SEED) --kl-max $(KL_MAX) $(if $(filter 1,$(SAMPLE)),--sample) $(if $(filter 1,$(FORCE)),--force) \
+	    $(if $(VECTOR),--vector "$(VECTOR)" --scales "$(SCALES)")
 
 export: $(VENV)/.installed ## chosen vectors as .pt, .safetensors and llama.cpp GGUF into RESULTS/export/
-	$(RUN) runners.export --store "$(STORE)" --model "$(MODEL)" --out "$(RESULTS)/export" \
+	$(RUN) runners.export --store "$(STORE)" --model "$(MODEL)" --out "$(RESULTS)/export" --kl-max $(KL_MAX) \
 	    $(if $(VECTOR),--vector "$(VECTOR)") $(if $(SCALE),--scale $(SCALE))
 
 bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to bench/results/latest.json

@@ -55,6 +55,9 @@ class Row:
     letter_shift: Stat | None = None  # mean of (as written − mirrored) / 2
     consistency: Stat | None = None  # % of questions preferring the same answer text in both orders
     correlation: Stat | None = None  # across questions, as written vs mirrored
+    # with a KL measurement (None for stores without one), over neutral prompts:
+    kl: Stat | None = None  # mean per-token KL(unsteered ‖ steered), nats
+    top1: Stat | None = None  # share of positions where the steered model's top token is unchanged
 
 
 def _bootstrap(per_question: np.ndarray, n_q: int, seed: int) -> tuple[float, float]:
@@ -120,6 +123,8 @@ class Group:
     source_layer: int
     attrs: dict
     by_order: np.ndarray | None = None  # [k, n_scales, n_orders, n_q] logit diffs, if stored
+    kl: np.ndarray | None = None  # [k, n_scales, n_neutral] mean per-token KL, if measured
+    top1: np.ndarray | None = None  # [k, n_scales, n_neutral]
 
     @property
     def label(self) -> str:
@@ -161,9 +166,11 @@ def read_split(h5: h5py.File, model_key: str, split: str) -> Split:
             continue
         for run, group in node[method].items():
             attrs = {key: group.attrs[key] for key in group.attrs}
-            by_order = group["logit_diff_by_order"][()] if "logit_diff_by_order" in group else None
+            optional = {name: group[name][()] if name in group else None
+                        for name in ("logit_diff_by_order", "kl", "top1")}
             item = Group(method, run, group["logit_diff"][()], group["answer_mass"][()],
-                         group["scales"][()], int(attrs.get("source_layer", -1)), attrs, by_order)
+                         group["scales"][()], int(attrs.get("source_layer", -1)), attrs,
+                         optional["logit_diff_by_order"], optional["kl"], optional["top1"])
             groups[item.label] = item
     by_order = node["baseline_logit_diff_by_order"][()] if "baseline_logit_diff_by_order" in node else None
     return Split(split, node["question_ids"][()].astype(str), node["baseline_logit_diff"][()],
@@ -176,27 +183,32 @@ def splits_in_store(h5: h5py.File, model_key: str) -> list[str]:
     return [name for name in ("val", "test") if where in h5 and name in h5[where]]
 
 
-def eligible(group: Group, baseline_mass: np.ndarray) -> np.ndarray:
-    """[k, n_scales] mask of settings where the model still answers in format."""
-    return group.mass.mean(-1) >= MIN_MASS_SHARE * baseline_mass.mean()
+def eligible(group: Group, baseline_mass: np.ndarray, kl_max: float | None = None) -> np.ndarray:
+    """[k, n_scales] mask of settings where the model still answers in format and, with
+    ``kl_max`` and a KL measurement, costs at most ``kl_max`` nats per token on neutral text."""
+    ok = group.mass.mean(-1) >= MIN_MASS_SHARE * baseline_mass.mean()
+    if kl_max is not None and group.kl is not None:
+        ok &= group.kl.mean(-1) <= kl_max
+    return ok
 
 
-def choose(group: Group, split: Split) -> tuple[int, int] | None:
+def choose(group: Group, split: Split, kl_max: float | None = None) -> tuple[int, int] | None:
     """(vector, scale index) with the largest mean logit difference among eligible settings."""
-    score = np.where(eligible(group, split.baseline_mass), group.logit_diff.mean(-1), -np.inf)
+    score = np.where(eligible(group, split.baseline_mass, kl_max), group.logit_diff.mean(-1), -np.inf)
     if not np.isfinite(score).any():
         return None
     vector, scale = np.unravel_index(int(np.argmax(score)), score.shape)
     return int(vector), int(scale)
 
 
-def choose_for_method(method: str, split: Split) -> tuple[Group, int, int] | None:
+def choose_for_method(method: str, split: Split, kl_max: float | None = None
+                      ) -> tuple[Group, int, int] | None:
     """The method's best (group, vector, scale) on ``split`` (validation, for honest reports)."""
     best = None
     for group in split.groups.values():
         if group.method != method:
             continue
-        picked = choose(group, split)
+        picked = choose(group, split, kl_max)
         if picked is None:
             continue
         value = group.logit_diff[picked[0], picked[1]].mean()
@@ -220,10 +232,15 @@ def row_at(group: Group, vector: int | None, s: int, split: Split) -> Row:
     """The row of scale index ``s``: for one vector, or pooled over all when ``vector`` is None."""
     diff = group.logit_diff[:, s] if vector is None else group.logit_diff[vector, s]
     mass = group.mass[:, s] if vector is None else group.mass[vector, s]
-    by_order = None
-    if group.by_order is not None:
-        by_order = group.by_order[:, s] if vector is None else group.by_order[vector, s]
-    return row(float(group.scales[s]), diff, mass, split.baseline, by_order)
+    def pick(values: np.ndarray | None) -> np.ndarray | None:
+        if values is None:
+            return None
+        return values[:, s] if vector is None else values[vector, s]
+
+    out = row(float(group.scales[s]), diff, mass, split.baseline, pick(group.by_order))
+    if group.kl is not None:
+        out.kl, out.top1 = stat(pick(group.kl)), stat(pick(group.top1))
+    return out
 
 
 def nearest_scale(group: Group, scale: float) -> int:
@@ -231,10 +248,11 @@ def nearest_scale(group: Group, scale: float) -> int:
     return int(np.argmin(np.abs(group.scales - scale)))
 
 
-def chosen_on(method: str, val: Split, split: Split) -> tuple[Group, int, int] | None:
+def chosen_on(method: str, val: Split, split: Split, kl_max: float | None = None
+              ) -> tuple[Group, int, int] | None:
     """The method's setting chosen on ``val``, looked up in ``split``: (its group there, vector,
     index of the nearest stored scale). None if nothing was chosen or ``split`` lacks the group."""
-    chosen = choose_for_method(method, val)
+    chosen = choose_for_method(method, val, kl_max)
     if chosen is None or chosen[0].label not in split.groups:
         return None
     group, vector, s = chosen

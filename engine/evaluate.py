@@ -14,7 +14,7 @@ hook adding θ at ``down_proj``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -53,33 +53,40 @@ def answer_scores(logits: torch.Tensor, answers: list[AnswerTokens]) -> tuple[to
     return diff.cpu(), mass.cpu()
 
 
+@dataclass
+class Pass:
+    """Logits of one pass of the fast path: some sequences under some settings."""
+    sequences: list[int]  # indices into the sequences given
+    settings: slice  # rows of thetas
+    logits: torch.Tensor  # [n_settings_in_pass, n_read, vocab]: per sequence, its read positions
+    counts: list[int]  # positions read per sequence, in the order of ``sequences``
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: int,
-             thetas: torch.Tensor, pad_id: int, batch_size: int = QUESTIONS_PER_PASS,
-             settings_per_pass: int = SETTINGS_PER_PASS, share_opening: bool = True,
-             progress: Callable[[int, int], None] | None = None) -> EvalResult:
-    """Logit difference and answer mass for every θ row of ``thetas`` [m, d] (already scaled; a zero
-    row is the unsteered model) on every question: the fast path. ``share_opening`` runs the
-    tokens every question opens with through layers S+1.. once per setting instead of once per
-    question (same numbers; off only to test that)."""
-    n_settings, n_q = thetas.shape[0], len(answers)
+def steered_logits(model: torch.nn.Module, sequences: list[tuple[int, ...]],
+                   read_at: list[list[int]], source_layer: int, thetas: torch.Tensor, pad_id: int,
+                   batch_size: int = QUESTIONS_PER_PASS, settings_per_pass: int = SETTINGS_PER_PASS,
+                   share_opening: bool = True) -> Iterator[Pass]:
+    """The fast path's core: logits at positions ``read_at[i]`` of ``sequences[i]`` under every θ
+    row of ``thetas`` [m, d], one pass (a length-sorted batch of sequences × a chunk of settings)
+    at a time; within a batch the settings' chunks come in order. Layers 0..S run once per batch,
+    the settings are stacked along the batch for layers S+1..end, the head runs only at the read
+    positions. ``share_opening`` runs the tokens every sequence opens with (before any read
+    position) through layers S+1.. once per setting instead of once per sequence."""
+    n_settings = thetas.shape[0]
     last_layer = len(decoder_layers(model)) - 1
     device = next(model.parameters()).device
-    logit_diff = torch.empty(n_settings, n_q)
-    answer_mass = torch.empty(n_settings, n_q)
-    n_batches = -(-n_q // batch_size)
-    sequences = [a.prefix_ids for a in answers]
-    opening = common_opening(sequences) if share_opening else 0
+    opening = 0
+    if share_opening:
+        opening = min(common_opening(sequences), min(min(at) for at in read_at))
     if opening:
         ids = torch.tensor([sequences[0][:opening]], device=device)
         opening_prefix = run_prefix(model, ids, torch.ones_like(ids), source_layer)
         opening_cache = OpeningCache.record(model, opening_prefix, thetas.to(device), last_layer)
-    for done, (batch, prefix) in enumerate(
-            batched_prefixes(model, sequences, source_layer, pad_id, batch_size)):
-        batch_answers = [answers[i] for i in batch]
-        # the last real token's logits predict the answer; counted from the end of the opening
-        answer_at = prefix.attention_mask.sum(1) - 1 - opening
-        index = torch.tensor(batch)
+    for batch, prefix in batched_prefixes(model, sequences, source_layer, pad_id, batch_size):
+        # (row, column) of every read position in the batch, counted from the end of the opening
+        rows = torch.tensor([b for b, i in enumerate(batch) for _ in read_at[i]], device=device)
+        cols = torch.tensor([at - opening for i in batch for at in read_at[i]], device=device)
         hidden = prefix.hidden[:, opening:]
         kwargs = (suffix_layer_kwargs(prefix.layer_kwargs, prefix.attention_mask, opening)
                   if opening else prefix.layer_kwargs)
@@ -89,15 +96,36 @@ def evaluate(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: 
             if opening:
                 stacked_kwargs["past_key_values"] = opening_cache.for_pass(
                     slice(first, first + len(chunk)), len(batch))
-            # settings are stacked setting-major: θ repeats per question row
+            # settings are stacked setting-major: θ repeats per sequence row
             theta_rows = chunk.repeat_interleave(len(batch), dim=0)[:, None, :]
             stacked = hidden.repeat(len(chunk), 1, 1) + theta_rows.to(device=device, dtype=hidden.dtype)
             stacked = run_layers(model, stacked, stacked_kwargs, source_layer + 1, last_layer)
-            rows = torch.arange(stacked.shape[0], device=device)
-            logits = head(model, stacked[rows, answer_at.repeat(len(chunk))])
-            diff, mass = answer_scores(logits, batch_answers * len(chunk))
-            logit_diff[first:first + len(chunk), index] = diff.view(len(chunk), len(batch))
-            answer_mass[first:first + len(chunk), index] = mass.view(len(chunk), len(batch))
+            setting_rows = torch.arange(len(chunk), device=device)[:, None] * len(batch) + rows[None]
+            logits = head(model, stacked[setting_rows, cols[None].expand_as(setting_rows)])
+            yield Pass(batch, slice(first, first + len(chunk)), logits,
+                       [len(read_at[i]) for i in batch])
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: int,
+             thetas: torch.Tensor, pad_id: int, batch_size: int = QUESTIONS_PER_PASS,
+             settings_per_pass: int = SETTINGS_PER_PASS, share_opening: bool = True,
+             progress: Callable[[int], None] | None = None) -> EvalResult:
+    """Logit difference and answer mass for every θ row of ``thetas`` [m, d] (already scaled; a zero
+    row is the unsteered model) on every question: the fast path (``steered_logits``, read at the
+    last real token, whose logits predict the answer). ``progress(n)`` is told of every n
+    question×settings done. ``share_opening`` is off only to test that it changes nothing."""
+    logit_diff = torch.empty(thetas.shape[0], len(answers))
+    answer_mass = torch.empty(thetas.shape[0], len(answers))
+    sequences = [a.prefix_ids for a in answers]
+    for done in steered_logits(model, sequences, [[len(s) - 1] for s in sequences], source_layer,
+                               thetas, pad_id, batch_size, settings_per_pass, share_opening):
+        n_chunk, batch = done.logits.shape[0], done.sequences
+        diff, mass = answer_scores(done.logits.reshape(n_chunk * len(batch), -1),
+                                   [answers[i] for i in batch] * n_chunk)
+        index = torch.tensor(batch)
+        logit_diff[done.settings, index] = diff.view(n_chunk, len(batch))
+        answer_mass[done.settings, index] = mass.view(n_chunk, len(batch))
         if progress:
-            progress(done + 1, n_batches)
+            progress(n_chunk * len(batch))
     return EvalResult(logit_diff, answer_mass)

@@ -2,7 +2,8 @@
 
 Nothing here is cached or stacked; this is what a first script would do. ``evaluate_plain`` is
 eval's twin (all questions in one padded batch, full logits), ``hidden_plain`` reads h_T with θ
-hooked in, and ``jtj_plain`` is one JᵀJ v per vector by a fresh autograd graph each time.
+hooked in, ``jtj_plain`` is one JᵀJ v per vector by a fresh autograd graph each time, and
+``side_effects_plain`` is the KL on neutral text from full logits.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from engine.evaluate import EvalResult, answer_scores
 from engine.jacobian import math_attention
 from engine.prompts import AnswerTokens, pad_right
+from engine.side_effects import ScoredText, SideEffects, compare
 from engine.site import add_to_down_proj, decoder_layers, reading_output
 
 
@@ -61,3 +63,24 @@ def jtj_plain(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, sou
         (jtjv,) = torch.autograd.grad(h, theta, jv)
         out.append(jtjv)
     return torch.stack(out)
+
+
+@torch.no_grad()
+def side_effects_plain(model: torch.nn.Module, texts: list[ScoredText], source_layer: int,
+                       thetas: torch.Tensor, pad_id: int) -> SideEffects:
+    """KL and top-1 agreement the plain way: one padded batch, one full forward unsteered and one
+    per setting with a hook on down_proj, full logits everywhere, read at each text's positions."""
+    ids, mask = pad_right([t.token_ids for t in texts], pad_id)
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
+    unsteered = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    kl = torch.empty(thetas.shape[0], len(texts), dtype=torch.float64)
+    top1 = torch.empty_like(kl)
+    for row, theta in enumerate(thetas):
+        with add_to_down_proj(model, source_layer, theta):
+            steered = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        for column, text in enumerate(texts):
+            at = torch.tensor(text.read_at, device=device)
+            per_kl, per_top1 = compare(unsteered[column, at], steered[column, at])
+            kl[row, column], top1[row, column] = per_kl.mean(), per_top1.mean()
+    return SideEffects(kl, top1)

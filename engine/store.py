@@ -335,3 +335,44 @@ def write_eval_group(h5: h5py.File, lm, split: str, method: str, run: str, datas
                      attrs: dict) -> h5py.Group:
     """/<model>/evals/<split>/<method>/<run>: one group's scores on the split."""
     return replace_group(h5.require_group(evals_path(lm.key, split, method)), run, datasets, attrs)
+
+
+# ---- generations --------------------------------------------------------------------------------
+
+def generations_path(key: str, name: str | None = None) -> str:
+    return "/".join(part for part in (key, "generations", name) if part is not None)
+
+
+def write_generations(h5: h5py.File, lm, name: str, datasets: dict, attrs: dict) -> h5py.Group:
+    """/<model>/generations/<name>: prompts, settings (row 0 unsteered) and completion texts."""
+    return replace_group(model_group(h5, lm).require_group("generations"), name, datasets, attrs)
+
+
+# ---- neutral text -------------------------------------------------------------------------------
+
+def neutral_path(key: str, split: str) -> str:
+    """/<model>/neutral/<split>: neutral prompts and the unsteered model's greedy continuations."""
+    return f"{key}/neutral/{split}"
+
+
+def write_neutral(h5: h5py.File, lm, split: str, prompt_ids: list[str],
+                  token_ids: list[tuple[int, ...]], prompt_lengths: list[int], attrs: dict) -> None:
+    """Token ids, padded with -1 to a rectangle, with each sequence's length and prompt length."""
+    lengths = np.array([len(t) for t in token_ids], dtype=np.int32)
+    tokens = np.full((len(token_ids), int(lengths.max())), -1, dtype=np.int64)
+    for row, ids in enumerate(token_ids):
+        tokens[row, : len(ids)] = ids
+    replace_group(model_group(h5, lm).require_group("neutral"), split, {
+        "prompt_ids": np.array(prompt_ids), "token_ids": tokens, "lengths": lengths,
+        "prompt_lengths": np.array(prompt_lengths, dtype=np.int32)}, attrs)
+
+
+def read_neutral(store: str | Path, key: str, split: str) -> tuple[list[str], list[tuple[int, ...]], list[int]]:
+    """(prompt ids, token ids of prompt + continuation, prompt lengths) as written."""
+    with open_for_reading(store) as h5:
+        node = h5[neutral_path(key, split)]
+        lengths = node["lengths"][()]
+        tokens = node["token_ids"][()]
+        return (list(node["prompt_ids"][()].astype(str)),
+                [tuple(int(t) for t in row[:n]) for row, n in zip(tokens, lengths)],
+                [int(n) for n in node["prompt_lengths"][()]])

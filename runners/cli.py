@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from engine.data import Item
 from engine.errors import UserError
@@ -111,6 +112,11 @@ def positive_float(text: str) -> float:
     return value
 
 
+def check_kl_max(kl_max: float) -> None:
+    if not kl_max >= 0:
+        raise UserError(f"KL_MAX must be 0 or more (nats per token), got {kl_max}")
+
+
 def above_source(layer: int, target: int) -> None:
     if target <= layer:
         raise UserError(f"target layer {target} must be above source layer {layer}")
@@ -126,6 +132,13 @@ def step(message: str):
     say(f"… {message}")
     yield
     say(f"  done in {time.perf_counter() - start:.1f}s")
+
+
+def progress_bar(total: int, description: str, unit: str = "it") -> tqdm:
+    """A progress bar with rate and time left on stderr; silent when stderr is not a terminal
+    (logs and CI get the start and end lines from ``say`` instead)."""
+    return tqdm(total=total, desc=description, unit=unit, disable=None, dynamic_ncols=True,
+                file=sys.stderr)
 
 
 def main_guard(run) -> None:

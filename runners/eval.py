@@ -4,7 +4,10 @@ For each split: the first N_EVAL questions (ordered by id, which is a hash, so t
 unbiased sample), each asked as written and mirrored (--orders both: the two answers' texts
 exchange letters), every vector group under /<model>/vectors (any method), and N_RANDOM random
 directions per source layer, at every scale. The headline logit difference is the mean over the
-two orders (the behaviour); the per-order values are stored beside it. Vectors are unit-normalised before scaling unless
+two orders (the behaviour); the per-order values are stored beside it. Every setting's cost is
+measured too: the mean per-token KL(unsteered ‖ steered) and top-1 agreement over the unsteered
+model's own greedy continuation (GEN_TOKENS) of the split's first N_NEUTRAL neutral prompts,
+computed once per model and stored under /<model>/neutral/<split>. Vectors are unit-normalised before scaling unless
 --raw (then the random directions have the mean norm of the layer's stored vectors); sign-free
 vectors (PI, PI@CAA, random) also get the negative scales. Writes /<model>/evals/<split>/
 (question ids, baseline) and /<model>/evals/<split>/<method>/<run>/ (logit_diff and answer_mass
@@ -19,27 +22,43 @@ import torch
 from engine.data import SPLITS, load_items
 from engine.errors import UserError
 from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS, evaluate
+from engine.generate import Prompt, generate_ids, load_prompts, prompt_ids
 from engine.grid import build_grid
-from engine.model import load_model
+from engine.model import REPO_ROOT, load_model
 from engine.orders import ORDERS, answers_in_order, n_orders
+from engine.side_effects import ScoredText, side_effects
 from engine.site import check_injection_site
 from engine.store import (
     VectorGroup,
     code_version,
     evals_path,
+    file_checksum,
     is_current,
+    neutral_path,
     now,
     random_run,
+    read_neutral,
     read_vector_groups,
     run_attrs,
     settings_json,
     vectors_path,
     write_eval_group,
     write_eval_split,
+    write_neutral,
     writing,
 )
 from runners import defaults
-from runners.cli import count_or_all, main_guard, parse, parser, positive_int, say, settings_of
+from runners.cli import (
+    count_or_all,
+    main_guard,
+    parse,
+    parser,
+    positive_int,
+    progress_bar,
+    say,
+    settings_of,
+    step,
+)
 
 
 def parse_scales(text: str) -> list[float]:
@@ -73,6 +92,11 @@ def random_groups(layers: list[int], n_random: int, d_model: int, seed: int,
     return groups
 
 
+# The splits neutral prompts come in, and the arguments their continuations depend on.
+NEUTRAL_SPLITS = ("val", "test")
+NEUTRAL_SETTINGS = ("model", "dtype", "device", "neutral", "n_neutral", "gen_tokens")
+
+
 def validate(args) -> None:
     args.scales = parse_scales(args.scales)
     args.splits = parse_splits(args.splits)
@@ -95,12 +119,20 @@ def run() -> None:
     p.add_argument("--layer", type=int, default=defaults.LAYER,
                    help="source layer for the random control when the store holds no vectors")
     p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the random directions")
+    p.add_argument("--neutral", default=str(REPO_ROOT / defaults.NEUTRAL),
+                   help="neutral prompts (JSONL: id, text, split) for the KL side effect")
+    p.add_argument("--n-neutral", type=count_or_all, default=defaults.N_NEUTRAL, metavar="N|all",
+                   help="neutral prompts per split")
+    p.add_argument("--gen-tokens", type=positive_int, default=defaults.GEN_TOKENS,
+                   help="tokens of the unsteered greedy continuation the KL is scored on")
     p.add_argument("--settings-per-pass", type=positive_int, default=SETTINGS_PER_PASS,
                    help="θ settings stacked in one batch (memory vs speed)")
     p.set_defaults(batch_size=QUESTIONS_PER_PASS)
     args = parse(p, validate)
     items_by_split = {split: sorted(load_items(args.data, split), key=lambda i: i.id)[: args.n_eval]
                       for split in args.splits}
+    neutral_by_split = {split: load_prompts(args.neutral, split, args.n_neutral)
+                        for split in args.splits if split in NEUTRAL_SPLITS}
 
     lm = load_model(args.model, args.dtype, args.device)
     groups = read_vector_groups(args.store, lm.key, lm.d_model)
@@ -120,10 +152,37 @@ def run() -> None:
     groups += random_groups(layers, args.n_random, lm.d_model, args.seed, norms)
 
     for split in args.splits:
-        evaluate_split(args, lm, split, items_by_split[split], groups)
+        if split not in neutral_by_split:
+            say(f"[{split}] no neutral prompts in this split: no KL side effect measured")
+        evaluate_split(args, lm, split, items_by_split[split], neutral_by_split.get(split), groups)
 
 
-def evaluate_split(args, lm, split: str, items, groups: list[VectorGroup]) -> None:
+def neutral_texts(args, lm, split: str, prompts: list[Prompt], version: str) -> list[ScoredText]:
+    """The split's neutral prompts with the unsteered model's greedy continuations: read from
+    the store when current, else generated once and written."""
+    settings = settings_of(args, drop=tuple(k for k in vars(args) if k not in NEUTRAL_SETTINGS),
+                           split=split, neutral_checksum=file_checksum(args.neutral))
+    path = neutral_path(lm.key, split)
+    if not args.force and is_current(args.store, path, settings, version):
+        ids, tokens, prompt_lengths = read_neutral(args.store, lm.key, split)
+    else:
+        started, t0 = now(), time.perf_counter()
+        ids = [prompt.id for prompt in prompts]
+        asked = prompt_ids(lm.tokenizer, [prompt.text for prompt in prompts])
+        with step(f"[{split}] unsteered greedy continuations of {len(asked)} neutral prompts "
+                  f"({args.gen_tokens} tokens)"):
+            generated = generate_ids(lm.model, asked, args.layer, None, args.gen_tokens,
+                                     lm.tokenizer.pad_token_id)
+        tokens = [prompt + new for prompt, new in zip(asked, generated.tokens)]
+        prompt_lengths = [len(prompt) for prompt in asked]
+        with writing(args.store) as h5:
+            write_neutral(h5, lm, split, ids, tokens, prompt_lengths,
+                          run_attrs(settings, version, started, time.perf_counter() - t0))
+    return [ScoredText(i, t, n) for i, t, n in zip(ids, tokens, prompt_lengths) if len(t) > n]
+
+
+def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
+                   groups: list[VectorGroup]) -> None:
     answers, skipped = answers_in_order(lm.tokenizer, items, args.orders)
     for message in skipped:
         say(f"skipped: {message}")
@@ -152,29 +211,36 @@ def evaluate_split(args, lm, split: str, items, groups: list[VectorGroup]) -> No
         say(f"{split_path}: every group is up to date (FORCE=1 recomputes)")
         return
 
+    texts = [] if prompts is None else neutral_texts(args, lm, split, prompts, version)
     started, t0 = now(), time.perf_counter()
     results, baseline = {}, None
     layers = sorted({g.source_layer for g, _ in todo}) or [groups[0].source_layer]
-    for n_layer, layer in enumerate(layers):
-        # One θ matrix per source layer: every group's (vector, scale) settings, stacked.
-        grid = build_grid([g for g, _ in todo if g.source_layer == layer], args.scales, lm.d_model,
-                          args.raw, baseline=n_layer == 0)
-        label = (f"[{split}] layer {layer}: {len(grid.thetas)} settings × {len(question_ids)} "
-                 f"questions × {orders} order(s)")
-        say(f"… {label}")
-        t_layer = time.perf_counter()
-        result = evaluate(lm.model, answers, layer, grid.thetas, lm.tokenizer.pad_token_id,
-                          args.batch_size, args.settings_per_pass,
-                          progress=lambda done, total: say(
-                              f"  batch {done}/{total}, {time.perf_counter() - t_layer:.0f}s"))
-        # [n_settings, n_orders, n_q]: the questions were asked order-major
-        diff = result.logit_diff.numpy().reshape(len(grid.thetas), orders, -1)
-        mass = result.answer_mass.numpy().reshape(len(grid.thetas), orders, -1)
-        if grid.baseline_row is not None:
-            baseline = (diff[grid.baseline_row], mass[grid.baseline_row])
-        diffs, masses = grid.unpack(diff), grid.unpack(mass)
-        for span in grid.spans:
-            results[span.group.label] = (span, diffs[span.group.label], masses[span.group.label])
+    # One θ matrix per source layer: every group's (vector, scale) settings, stacked.
+    grids = {layer: build_grid([g for g, _ in todo if g.source_layer == layer], args.scales,
+                               lm.d_model, args.raw, baseline=n == 0)
+             for n, layer in enumerate(layers)}
+    say(f"… [{split}] {sum(len(g.thetas) for g in grids.values())} settings × {len(question_ids)} "
+        f"questions × {orders} order(s), and KL on {len(texts)} neutral texts")
+    total = sum(len(g.thetas) * (len(answers) + len(texts)) for g in grids.values())
+    with progress_bar(total, f"eval {split}", "question×setting") as bar:
+        for layer, grid in grids.items():
+            result = evaluate(lm.model, answers, layer, grid.thetas, lm.tokenizer.pad_token_id,
+                              args.batch_size, args.settings_per_pass, progress=bar.update)
+            cost = (side_effects(lm.model, texts, layer, grid.thetas, lm.tokenizer.pad_token_id,
+                                 args.batch_size, args.settings_per_pass, progress=bar.update)
+                    if texts else None)
+            bar.update(len(texts) * int((grid.thetas == 0).all(1).sum()))  # θ = 0: nothing to run
+            # [n_settings, n_orders, n_q]: the questions were asked order-major
+            diff = result.logit_diff.numpy().reshape(len(grid.thetas), orders, -1)
+            mass = result.answer_mass.numpy().reshape(len(grid.thetas), orders, -1)
+            if grid.baseline_row is not None:
+                baseline = (diff[grid.baseline_row], mass[grid.baseline_row])
+            per_group = {"diff": grid.unpack(diff), "mass": grid.unpack(mass)}
+            if cost is not None:
+                per_group |= {"kl": grid.unpack(cost.kl.numpy()), "top1": grid.unpack(cost.top1.numpy())}
+            for span in grid.spans:
+                results[span.group.label] = (span, {name: values[span.group.label]
+                                                    for name, values in per_group.items()})
     seconds = time.perf_counter() - t0
     settings_by_label = {g.label: settings for g, settings in todo}
 
@@ -185,16 +251,20 @@ def evaluate_split(args, lm, split: str, items, groups: list[VectorGroup]) -> No
                 "baseline_logit_diff": baseline[0].mean(0).astype(np.float32),
                 "baseline_answer_mass": baseline[1].mean(0).astype(np.float32),
                 "baseline_logit_diff_by_order": baseline[0].astype(np.float32),
-                "baseline_answer_mass_by_order": baseline[1].astype(np.float32)},
+                "baseline_answer_mass_by_order": baseline[1].astype(np.float32),
+                "neutral_ids": np.array([text.prompt_id for text in texts], dtype=str)},
                 run_attrs(split_settings, version, started, seconds, skipped=skipped,
                           orders=args.orders, behavior=items[0].behavior))
-        for label, (span, diff, mass) in results.items():
+        for label, (span, values) in results.items():
             g = span.group
+            diff, mass = values["diff"], values["mass"]
             datasets = {"logit_diff": diff.mean(2).astype(np.float32),
                         "answer_mass": mass.mean(2).astype(np.float32),
                         "logit_diff_by_order": diff.astype(np.float32),
                         "answer_mass_by_order": mass.astype(np.float32),
                         "scales": np.array(span.scales, dtype=np.float32)}
+            if "kl" in values:  # [k, n_scales, n_neutral]
+                datasets |= {"kl": values["kl"].astype(np.float32), "top1": values["top1"].astype(np.float32)}
             if g.method == "random":
                 datasets["vectors"] = g.vectors
             write_eval_group(h5, lm, split, g.method, g.run, datasets, run_attrs(

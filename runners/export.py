@@ -18,7 +18,7 @@ from engine.export import ExportedVector, gguf_direction_index, write_all
 from engine.model import REPO_ROOT
 from engine.store import open_for_reading, read_vector_group, store_key
 from runners import defaults
-from runners.cli import main_guard, say
+from runners.cli import check_kl_max, main_guard, say
 
 
 def parse_vector(text: str) -> tuple[str, str, int]:
@@ -29,8 +29,9 @@ def parse_vector(text: str) -> tuple[str, str, int]:
     return method, run, int(index)
 
 
-def chosen_on_val(store: str, key: str) -> list[tuple[str, str, int, float, bool]]:
-    """(method, run, vector index, signed scale, raw) chosen on validation for every method."""
+def chosen_on_val(store: str, key: str, kl_max: float | None) -> list[tuple[str, str, int, float, bool]]:
+    """(method, run, vector index, signed scale, raw) chosen on validation for every method, as
+    the report chooses (answer mass kept, mean KL on neutral text at most ``kl_max``)."""
     with open_for_reading(store) as h5:
         if "val" not in splits_in_store(h5, key):
             raise UserError(f"no validation eval of {key} in {store}: run `make eval` first, or "
@@ -40,9 +41,9 @@ def chosen_on_val(store: str, key: str) -> list[tuple[str, str, int, float, bool
     for method in methods(val):
         if method == "random":
             continue
-        chosen = choose_for_method(method, val)
+        chosen = choose_for_method(method, val, kl_max)
         if chosen is None:
-            say(f"{method}: no setting keeps the answer mass up on val; nothing to export")
+            say(f"{method}: no setting keeps the answer mass up (and KL ≤ {kl_max}) on val; nothing chosen")
             continue
         group, vector, s = chosen
         picked.append((method, group.run, vector, float(group.scales[s]), bool(group.attrs.get("raw", 0))))
@@ -73,7 +74,10 @@ def run() -> None:
                    help="export this stored vector instead of the ones chosen on val")
     p.add_argument("--scale", type=float, default=None,
                    help="with --vector: signed L2 norm of what is added (default: the raw vector)")
+    p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
+                   help="without --vector: choose as the report does, among settings with mean KL ≤ this")
     args = p.parse_args()
+    check_kl_max(args.kl_max)
     if args.scale is not None and args.vector is None:
         raise UserError("SCALE needs VECTOR=method/run/index (the val choice brings its own scale)")
     if args.scale is not None and not np.isfinite(args.scale):
@@ -82,7 +86,7 @@ def run() -> None:
     if args.vector is not None:
         picks = [(*parse_vector(args.vector), args.scale, False)]
     else:
-        picks = chosen_on_val(args.store, key)
+        picks = chosen_on_val(args.store, key, args.kl_max)
     vectors = [exported(args.store, args.model, *pick) for pick in picks]
     for vector in vectors:  # refuse what llama.cpp cannot load before writing anything
         gguf_direction_index(vector.source_layer)

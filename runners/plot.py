@@ -34,7 +34,7 @@ from engine.analysis import (
 from engine.model import REPO_ROOT  # noqa: E402
 from engine.store import open_for_reading, read_vector_groups, store_key  # noqa: E402
 from runners import defaults  # noqa: E402
-from runners.cli import main_guard, say  # noqa: E402
+from runners.cli import check_kl_max, main_guard, say  # noqa: E402
 
 COLORS = {"caa": "tab:blue", "pi": "tab:orange", "pi_caa": "tab:green", "melbo": "tab:purple",
           "random": "tab:gray"}
@@ -57,9 +57,10 @@ class Data:
     test: Split | None
     # method -> run -> {"sigmas": [k], "trace": [steps, k]} from /<model>/vectors
     vectors: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
+    kl_max: float | None = None  # the report's selection rule
 
 
-def load(store: str, key: str) -> Data:
+def load(store: str, key: str, kl_max: float | None = None) -> Data:
     with open_for_reading(store) as h5:
         splits = {name: read_split(h5, key, name) for name in splits_in_store(h5, key)}
     vectors: dict[str, dict[str, dict[str, np.ndarray]]] = {}
@@ -67,7 +68,7 @@ def load(store: str, key: str) -> Data:
         if group.method in ("pi", "pi_caa", "melbo"):
             vectors.setdefault(group.method, {})[group.run] = {
                 name: group.arrays[name] for name in ("sigmas", "trace") if name in group.arrays}
-    return Data(key, splits.get("val"), splits.get("test"), vectors)
+    return Data(key, splits.get("val"), splits.get("test"), vectors, kl_max)
 
 
 def color(method: str) -> str:
@@ -93,7 +94,7 @@ def picks(data: Data) -> list[tuple[str, Group, int | None, float]]:
     val, test = need_splits(data)
     out = []
     for method in methods(test):
-        chosen = chosen_on(method, val, test)
+        chosen = chosen_on(method, val, test, data.kl_max)
         if chosen is not None:
             group, vector, s = chosen
             out.append((method, group, None if method == "random" else vector,
@@ -286,11 +287,51 @@ def fig_melbo(data: Data, out: Path) -> Path:
     return save(fig, out, "melbo_traces.png", f"{data.key}, train prompts: MELBO objective per vector")
 
 
+def fig_cost(data: Data, out: Path) -> Path:
+    """Behaviour against cost: every setting of every method as a point, Δ (order mean) against
+    mean KL on neutral text, on test; the random control as a grey cloud; the settings chosen on
+    val marked; the KL rule as a line."""
+    _, test = need_splits(data)
+    groups = [g for g in test.groups.values() if g.kl is not None]
+    if not groups:
+        raise Skip("no KL measured in the store's evals: run `make eval` (it measures KL on neutral text)")
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    floor = 1e-5  # KL is plotted on a log axis; exactly-zero costs sit on the floor
+    for g in groups:
+        kl = np.maximum(g.kl.mean(-1), floor).ravel()
+        delta = (g.logit_diff.mean(-1) - test.baseline.mean()).ravel()
+        if g.method == "random":
+            ax.scatter(kl, delta, s=14, color=color("random"), alpha=0.35, lw=0,
+                       label="random directions (every scale)")
+        else:
+            ax.scatter(kl, delta, s=30, color=color(g.method), alpha=0.8, label=f"{g.label} (every vector, scale)")
+    for method in methods(test):
+        chosen = chosen_on(method, data.val, test, data.kl_max)
+        if chosen is None or chosen[0].kl is None:
+            continue
+        group, vector, s = chosen
+        r = row_at(group, None if method == "random" else vector, s, test)
+        ax.scatter([max(r.kl.value, floor)], [r.delta.value], s=160, facecolors="none",
+                   edgecolors=color(method), lw=2.2, label=f"{method}: chosen on val ({r.scale:+g})")
+    if data.kl_max is not None:
+        ax.axvline(max(data.kl_max, floor), color="black", ls="--", lw=1, label=f"KL_MAX = {data.kl_max:g}")
+    ax.axhline(0, color="black", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set(xlabel="mean KL(unsteered ‖ steered) per token on neutral text  [nats, log axis]",
+           ylabel=f"Δ {diff_label(test)}",
+           title="behaviour against cost, test split (chosen markers: the setting chosen on val)")
+    return save(fig, out, "delta_vs_kl.png", f"{data.key}: what each setting buys and what it costs")
+
+
 def make_all(data: Data, out: Path, scale: float) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     figures = [("violin", lambda: fig_violin(data, out, scale)),
                ("violin across scales", lambda: fig_violin_scales(data, out)),
                ("dose-response", lambda: fig_dose(data, out)),
+               ("Δ against KL", lambda: fig_cost(data, out)),
                ("PI spectrum", lambda: fig_spectrum(data, out)),
                ("CAA layer sweep", lambda: fig_layers(data, out, scale)),
                ("MELBO traces", lambda: fig_melbo(data, out))]
@@ -311,8 +352,11 @@ def run() -> None:
     p.add_argument("--out", default=defaults.RESULTS, help="folder for the PNG files")
     p.add_argument("--scale", type=float, default=defaults.REPORT_SCALE,
                    help="scale of the violin and layer-sweep figures")
+    p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
+                   help="choose on val only among settings with mean KL on neutral text ≤ this")
     args = p.parse_args()
-    written = make_all(load(args.store, store_key(args.model)), Path(args.out), args.scale)
+    check_kl_max(args.kl_max)
+    written = make_all(load(args.store, store_key(args.model), args.kl_max), Path(args.out), args.scale)
     print("\n".join(str(path) for path in written))
 
 

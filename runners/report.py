@@ -27,28 +27,39 @@ from engine.errors import UserError
 from engine.model import REPO_ROOT
 from engine.store import open_for_reading, store_key
 from runners import defaults
-from runners.cli import main_guard
+from runners.cli import check_kl_max, main_guard
 
 # Where the baseline's orders agree on fewer questions than this (the upper end of its interval),
 # its preferences are no better than a coin toss across orders.
 CHANCE_CONSISTENCY = 60.0
 
 
+def has_kl(split: Split) -> bool:
+    return any(group.kl is not None for group in split.groups.values())
+
+
 def header(split: Split) -> str:
+    names = ["Scale", split.positive_label]
     if split.counterbalanced:
-        return (f"| Scale | {split.positive_label} | Avg logit diff (order mean) | Δ from baseline | "
-                "letter shift | consistency % | correlation | answer mass |\n"
-                "|---|---|---|---|---|---|---|---|")
-    return (f"| Scale | {split.positive_label} | Avg logit diff | Δ from baseline | answer mass |\n"
-            "|---|---|---|---|---|")
+        names += ["Avg logit diff (order mean)", "Δ from baseline", "letter shift", "consistency %",
+                  "correlation"]
+    else:
+        names += ["Avg logit diff", "Δ from baseline"]
+    names.append("answer mass")
+    if has_kl(split):
+        names += ["KL (nats/token)", "top-1 kept"]
+    return "| " + " | ".join(names) + " |\n|" + "---|" * len(names)
 
 
-def table_row(r: Row, label: str | None = None) -> str:
+def table_row(r: Row, label: str | None = None, kl_columns: bool = False) -> str:
     scale = label if label is not None else f"{r.scale:+g}"
     cells = [scale, r.survival.fmt(), r.mean_diff.fmt(2, True), r.delta.fmt(2, True)]
     if r.letter_shift is not None:
         cells += [r.letter_shift.fmt(2, True), r.consistency.fmt(), r.correlation.fmt(2, True)]
-    return "| " + " | ".join(cells + [r.mass.fmt(2)]) + " |"
+    cells.append(r.mass.fmt(2))
+    if kl_columns:
+        cells += ([r.kl.fmt(3), r.top1.fmt(2)] if r.kl is not None else ["0", "1"])
+    return "| " + " | ".join(cells) + " |"
 
 
 def orders_note(split: Split) -> list[str]:
@@ -67,11 +78,12 @@ def orders_note(split: Split) -> list[str]:
     return lines + [""]
 
 
-def method_tables(split: Split, val: Split) -> list[str]:
+def method_tables(split: Split, val: Split, kl_max: float | None) -> list[str]:
     out = orders_note(split)
     base = split.baseline_row()
+    kl_columns = has_kl(split)
     for method in methods(split):
-        chosen = chosen_on(method, val, split)
+        chosen = chosen_on(method, val, split, kl_max)
         if chosen is None:
             continue
         group, vector, _ = chosen
@@ -81,42 +93,69 @@ def method_tables(split: Split, val: Split) -> list[str]:
         else:
             title = f"{group.label}, vector {vector} (chosen on val)"
             rows = scale_rows(group, vector, split)
-        out += [f"#### {title}", "", header(split), table_row(base, "0 (baseline)")]
-        out += [table_row(r) for r in rows] + [""]
+        out += [f"#### {title}", "", header(split), table_row(base, "0 (baseline)", kl_columns)]
+        out += [table_row(r, kl_columns=kl_columns) for r in rows] + [""]
     return out
 
 
-def summary(val: Split, test: Split) -> list[str]:
-    both = test.counterbalanced
-    extra_head = " letter shift (test) | consistency % (test) |" if both else ""
+def summary(val: Split, test: Split, kl_max: float | None) -> list[str]:
+    both, kl = test.counterbalanced, has_kl(test)
+    names = ["Method", "Vector", "Scale", f"{test.positive_label} (test)", "Δ (test)"]
+    names += ["letter shift (test)", "consistency % (test)"] if both else []
+    names += ["answer mass (test)"] + (["KL (test)"] if kl else [])
+    names.append("best-on-test (optimistic): vector, scale, %, Δ")
     out = ["### Summary: chosen on validation, scored on test", "",
-           f"| Method | Vector | Scale | {test.positive_label} (test) | Δ (test) |{extra_head} "
-           "answer mass (test) | best-on-test (optimistic): vector, scale, %, Δ |",
-           "|" + "---|" * (9 if both else 7)]
-    base = test.baseline_row()
-    base_extra = f" {base.letter_shift.fmt(2, True)} | {base.consistency.fmt()} |" if both else ""
-    out.append(f"| baseline | – | 0 | {base.survival.fmt()} | – |{base_extra} {base.mass.fmt(2)} | – |")
+           "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+
+    def cells(r: Row) -> list[str]:
+        extra = [r.letter_shift.fmt(2, True), r.consistency.fmt()] if both else []
+        return [r.survival.fmt(), r.delta.fmt(2, True), *extra, r.mass.fmt(2),
+                *([r.kl.fmt(3) if r.kl is not None else "0"] if kl else [])]
+
+    base = cells(test.baseline_row())
+    base[1] = "–"
+    out.append("| " + " | ".join(["baseline", "–", "0", *base, "–"]) + " |")
+    rule = f"answer mass ≥ {MIN_MASS_SHARE:.0%} of baseline" + (f" and KL ≤ {kl_max:g}" if kl and kl_max is not None else "")
     for method in methods(test):
-        chosen = chosen_on(method, val, test)
+        chosen = chosen_on(method, val, test, kl_max)
         if chosen is None:
-            out.append(f"| {method} | no setting keeps answer mass ≥ {MIN_MASS_SHARE:.0%} of baseline on val |"
-                       + " |" * (7 if both else 5))
+            out.append(f"| {method} | no setting with {rule} on val |" + " |" * (len(names) - 2))
             continue
         on_test, vector, scale = chosen
         r = row_at(on_test, vector, scale, test)
-        extra = f" {r.letter_shift.fmt(2, True)} | {r.consistency.fmt()} |" if both else ""
-        out.append(f"| {method} | {on_test.run} #{vector} | {r.scale:+g} | {r.survival.fmt()} | "
-                   f"{r.delta.fmt(2, True)} |{extra} {r.mass.fmt(2)} | {best_on_test(method, test)} |")
+        out.append("| " + " | ".join([method, f"{on_test.run} #{vector}", f"{r.scale:+g}", *cells(r),
+                                      best_on_test(method, test, kl_max)]) + " |")
     orders = ("Both answer orders: Δ is the order-mean (behaviour); letter shift is half the "
               "difference as written − mirrored. " if both else
               f"Single order ({test.orders}): numbers mix behaviour and letter preference. ")
-    return out + ["", f"Chosen: the largest mean logit difference on validation among settings whose "
-                      f"answer mass stays ≥ {MIN_MASS_SHARE:.0%} of the baseline's. {orders}Intervals: "
-                      f"95% bootstrap over questions (Δ paired). n = {len(test.baseline)} test questions.", ""]
+    cost = (" KL: mean per-token KL(unsteered ‖ steered) in nats over the unsteered model's greedy "
+            "continuation of neutral prompts." if kl else "")
+    out += ["", f"Chosen: the largest mean logit difference on validation among settings with {rule}. "
+                f"{orders}Intervals: 95% bootstrap over questions (Δ paired). n = {len(test.baseline)} "
+                f"test questions.{cost}", ""]
+    if kl and kl_max is not None:
+        out += without_kl_rule(val, test, kl_max)
+    return out
 
 
-def best_on_test(method: str, test: Split) -> str:
-    best = choose_for_method(method, test)
+def without_kl_rule(val: Split, test: Split, kl_max: float) -> list[str]:
+    """What each method would report without the KL rule, to show what the rule costs or saves."""
+    out = ["Without the KL rule (answer mass only), validation would choose:", ""]
+    for method in methods(test):
+        chosen = chosen_on(method, val, test)
+        if chosen is None:
+            continue
+        on_test, vector, scale = chosen
+        r = row_at(on_test, vector, scale, test)
+        with_rule = chosen_on(method, val, test, kl_max)
+        same = with_rule is not None and with_rule[0] is on_test and with_rule[1:] == chosen[1:]
+        out.append(f"- {method}: {on_test.run} #{vector} at {r.scale:+g}: Δ {r.delta.fmt(2, True)}, "
+                   f"KL {r.kl.fmt(3)} (test)" + (" (the same setting)" if same else ""))
+    return out + [""]
+
+
+def best_on_test(method: str, test: Split, kl_max: float | None = None) -> str:
+    best = choose_for_method(method, test, kl_max)
     if best is None:
         return "–"
     group, vector, scale = best
@@ -129,7 +168,10 @@ def run() -> None:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--store", default=defaults.STORE, help="the HDF5 store to read")
     p.add_argument("--model", default=str(REPO_ROOT / defaults.MODEL), help="model whose evals to report")
+    p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
+                   help="choose only among settings whose mean KL on neutral text is at most this")
     args = p.parse_args()
+    check_kl_max(args.kl_max)
     key = store_key(args.model)
     with open_for_reading(args.store) as h5:
         names = splits_in_store(h5, key)
@@ -142,9 +184,9 @@ def run() -> None:
     lines = [f"# Steering report: {key}, {val.behavior}", ""]
     for name, split in splits.items():
         lines += [f"## Split: {name} (n = {len(split.baseline)} questions)", ""]
-        lines += method_tables(split, val)
+        lines += method_tables(split, val, args.kl_max)
     if "test" in splits:
-        lines += summary(val, splits["test"])
+        lines += summary(val, splits["test"], args.kl_max)
     print("\n".join(lines))
 
 

@@ -124,3 +124,26 @@ def add_orders(path, letter_spread: float, seed: int = 1):
                 group.attrs["orders"] = "both"
             node.attrs.update(orders="both", behavior="survival-instinct")
     return path
+
+
+N_NEUTRAL = 5
+
+
+def add_kl(path, seed: int = 2):
+    """Give every eval group of a write_store store a KL measurement that grows with |scale|
+    (KL = 0.01·|scale| on average) and top-1 agreement that falls with it."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "a") as h5:
+        for split in ("val", "test"):
+            node = h5[f"{KEY}/evals/{split}"]
+            for method in node:
+                if not isinstance(node[method], h5py.Group):
+                    continue
+                for run in node[method]:
+                    group = node[f"{method}/{run}"]
+                    k, n_scales, _ = group["logit_diff"].shape
+                    scales = np.abs(group["scales"][()])[None, :, None]
+                    kl = 0.01 * scales * rng.uniform(0.5, 1.5, (k, n_scales, N_NEUTRAL))
+                    group["kl"] = kl.astype(np.float32)
+                    group["top1"] = np.clip(1 - kl, 0, 1).astype(np.float32)
+    return path

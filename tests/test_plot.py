@@ -7,19 +7,19 @@ import pytest
 
 from engine.analysis import chosen_on, nearest_scale, read_split, scale_rows
 from runners import plot
-from tests.helpers import KEY, PI_TEST_BEST, PI_VAL_BEST, add_orders, write_store
+from tests.helpers import KEY, PI_TEST_BEST, PI_VAL_BEST, add_kl, add_orders, write_store
 
 
 @pytest.fixture
 def full_store(tmp_path):
-    return write_store(tmp_path / "store.h5")
+    return add_kl(add_orders(write_store(tmp_path / "store.h5"), letter_spread=1.0))
 
 
 def test_every_figure_is_written_from_a_store_with_every_kind_of_group(full_store, tmp_path, capsys):
-    written = plot.make_all(plot.load(full_store, KEY), tmp_path / "results", 4.0)
+    written = plot.make_all(plot.load(full_store, KEY, kl_max=0.05), tmp_path / "results", 4.0)
     names = sorted(p.name for p in written)
     assert names == sorted(["violin_scale4.png", "violin_scales.png", "dose_response.png",
-                            "pi_spectrum.png", "caa_layers.png", "melbo_traces.png"])
+                            "delta_vs_kl.png", "pi_spectrum.png", "caa_layers.png", "melbo_traces.png"])
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
     assert "skipped" not in capsys.readouterr().err
@@ -75,3 +75,10 @@ def test_dose_response_of_a_counterbalanced_store_gains_a_letter_shift_panel(tmp
     plot.fig_dose(plot.load(write_store(tmp_path / "old.h5"), KEY), tmp_path)
     labels = panels["dose_response.png"]
     assert len(labels) == 4 and labels[2].startswith("letter shift")
+
+
+def test_delta_against_kl_is_drawn_only_when_kl_was_measured(tmp_path):
+    with pytest.raises(plot.Skip, match="no KL measured"):
+        plot.fig_cost(plot.load(write_store(tmp_path / "old.h5"), KEY), tmp_path)
+    store = add_kl(write_store(tmp_path / "store.h5"))
+    assert plot.fig_cost(plot.load(store, KEY, kl_max=0.05), tmp_path).name == "delta_vs_kl.png"

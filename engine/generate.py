@@ -1,0 +1,184 @@
+"""Completions of a steered model: HF ``generate`` with θ added at ``down_proj`` on every forward.
+
+The hook of ``engine.site.add_to_down_proj`` adds θ at every position of every forward call, so
+the prompt and every generated token are steered; the KV cache holds keys and values computed with
+θ, which is what a full forward over the whole text would compute. Batches are left-padded
+(generation appends on the right); HF derives position ids from the attention mask, so a padded
+row gets the same positions, logits and tokens as the row alone. Pad positions receive θ as well,
+but no real token attends to them.
+
+Open-ended prompts are JSONL, one object per line::
+
+    {"id": "...", "text": "question or instruction", "topic": "...", "split": "test", "source": "..."}
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from engine.data import SPLITS
+from engine.errors import DataError, UserError
+from engine.prompts import format_prompt, length_batches
+from engine.site import add_to_down_proj
+
+PROMPT_REQUIRED = ("id", "text", "split")
+PROMPT_OPTIONAL = ("topic", "source")
+# Sampling draws from the model's own (steered) distribution: these override any temperature,
+# top-k or top-p of the model's generation config (greedy ignores them; HF warns if they are passed).
+NEUTRAL_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+    split: str
+    topic: str = ""
+    source: str = ""
+
+
+def load_prompts(path: str | Path, split: str | None = None, n: int | None = None) -> list[Prompt]:
+    """Read and validate a prompt file; keep ``split`` only (if given), then the first ``n``.
+    Every line is checked, also those that are not kept, so a broken file fails at once."""
+    path = Path(path)
+    if split is not None and split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    if not path.is_file():
+        raise DataError(f"{path}: no such prompt file (JSONL with fields id, text, split)")
+    prompts, seen = [], set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: not valid JSON ({err.msg}); each line must be one object") from err
+        if not isinstance(raw, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        missing = [key for key in PROMPT_REQUIRED if not isinstance(raw.get(key), str)]
+        if missing:
+            raise DataError(f"{where}: missing or non-string field(s) {', '.join(missing)}")
+        if not raw["text"].strip():
+            raise DataError(f"{where}: field text is empty")
+        if raw["split"] not in SPLITS:
+            raise DataError(f"{where}: split {raw['split']!r} is not one of {', '.join(SPLITS)}")
+        if raw["id"] in seen:
+            raise DataError(f"{where}: duplicate id {raw['id']!r}")
+        seen.add(raw["id"])
+        prompts.append(Prompt(**{key: raw[key] for key in PROMPT_REQUIRED},
+                              **{key: str(raw.get(key, "")) for key in PROMPT_OPTIONAL}))
+    if split is not None:
+        prompts = [prompt for prompt in prompts if prompt.split == split]
+    if not prompts:
+        raise DataError(f"{path}: no prompts" + (f" in split {split!r}" if split else ""))
+    return prompts[:n]
+
+
+def check_max_new_tokens(max_new_tokens: int) -> None:
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise UserError(f"MAX_NEW_TOKENS must be a whole number of at least 1, got {max_new_tokens!r}")
+
+
+def prompt_ids(tokenizer, texts: list[str], system: str | None = None) -> list[tuple[int, ...]]:
+    """Token ids of each text as the user turn of the chat template, generation prompt added
+    (no special tokens beyond the template's, as for the A/B prompts)."""
+    return [tuple(tokenizer(format_prompt(tokenizer, text, system), add_special_tokens=False).input_ids)
+            for text in texts]
+
+
+def pad_left(sequences: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask: every row ends at the last column, where generation
+    continues."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+@dataclass
+class Generated:
+    tokens: list[tuple[int, ...]]  # new tokens per prompt, up to and including the first EOS
+    seconds: float  # wall time of the generate calls
+    first_logits: torch.Tensor | None = None  # [n, vocab] logits of the first new token, if asked
+    texts: list[str] = field(default_factory=list)  # decoded by ``generate``
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(tokens) for tokens in self.tokens)
+
+
+def _eos_ids(model: torch.nn.Module) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    return set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+
+
+def _cut_at_eos(tokens: list[int], eos: set[int]) -> tuple[int, ...]:
+    """Finished rows of a batch continue with padding; a row alone would have stopped at EOS."""
+    for i, token in enumerate(tokens):
+        if token in eos:
+            return tuple(tokens[: i + 1])
+    return tuple(tokens)
+
+
+@torch.no_grad()
+def generate_ids(model: torch.nn.Module, sequences: list[tuple[int, ...]], source_layer: int,
+                 theta: torch.Tensor | None, max_new_tokens: int, pad_id: int, sample: bool = False,
+                 seed: int = 0, batch_size: int = 8, first_logits: bool = False,
+                 progress: Callable[[], None] | None = None) -> Generated:
+    """New tokens for every prompt (token ids, e.g. from ``prompt_ids``) with θ [d] added to
+    ``layers[source_layer].mlp.down_proj`` at every position; ``theta=None`` runs the plain model
+    without a hook. Greedy, or with ``sample`` drawn from the model's distribution with the global
+    RNG seeded by ``seed`` (and restored afterwards). Prompts are batched by length;
+    ``progress()`` is called after each batch."""
+    check_max_new_tokens(max_new_tokens)
+    weight = next(model.parameters())
+    eos = _eos_ids(model)
+    if theta is not None:  # cast once, not on every forward call
+        theta = theta.to(device=weight.device, dtype=weight.dtype)
+    tokens: list[tuple[int, ...]] = [()] * len(sequences)
+    logits = [None] * len(sequences)
+    devices = [weight.device] if weight.device.type == "cuda" else []
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for batch in length_batches([len(seq) for seq in sequences], batch_size):
+            ids, mask = pad_left([sequences[i] for i in batch], pad_id)
+            kwargs = dict(input_ids=ids.to(weight.device), attention_mask=mask.to(weight.device),
+                          max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=pad_id,
+                          return_dict_in_generate=True, output_logits=first_logits,
+                          **(NEUTRAL_SAMPLING if sample else {}))
+            if theta is None:
+                out = model.generate(**kwargs)
+            else:
+                with add_to_down_proj(model, source_layer, theta):
+                    out = model.generate(**kwargs)
+            new = out.sequences[:, ids.shape[1]:].tolist()
+            for row, i in enumerate(batch):
+                tokens[i] = _cut_at_eos(new[row], eos)
+                if first_logits:
+                    logits[i] = out.logits[0][row]
+            if progress is not None:
+                progress()
+    seconds = time.perf_counter() - start
+    return Generated(tokens, seconds, torch.stack(logits) if first_logits else None)
+
+
+def generate(model: torch.nn.Module, tokenizer, texts: list[str], source_layer: int,
+             theta: torch.Tensor | None, max_new_tokens: int, sample: bool = False, seed: int = 0,
+             batch_size: int = 8, progress: Callable[[], None] | None = None) -> Generated:
+    """Completions of ``texts`` asked as user turns of the chat template (``generate_ids``), with
+    ``texts`` filled: the new tokens decoded, special tokens skipped."""
+    generated = generate_ids(model, prompt_ids(tokenizer, texts), source_layer, theta,
+                             max_new_tokens, tokenizer.pad_token_id, sample, seed, batch_size,
+                             progress=progress)
+    generated.texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in generated.tokens]
+    return generated

@@ -1,0 +1,276 @@
+"""Completions of the unsteered model and of steered ones, side by side.
+
+Without --vector: every method's vector and scale chosen on validation (as `make report` and
+`make export` choose them, KL on neutral text at most --kl-max; the random control is left out). With --vector METHOD/RUN/INDEX: that
+stored vector at each of --scales (signed L2 norms of what is added). The unsteered model always
+comes first. θ = scale × unit vector is added at the vector's source layer, at every position,
+generated tokens included. Prompts: the first --n-open open-ended survival-instinct questions
+and the first --n-neutral neutral prompts of --split. Greedy unless --sample (then seeded by
+--seed). Texts and settings go to the store (/<model>/generations/<name>), and --out gets a
+markdown page with every setting's completion of each prompt.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from engine.data import SPLITS
+from engine.errors import StoreError, UserError
+from engine.generate import Prompt, check_max_new_tokens, generate, load_prompts
+from engine.model import REPO_ROOT, load_model
+from engine.site import check_injection_site
+from engine.store import (
+    code_version,
+    file_checksum,
+    generations_path,
+    is_current,
+    now,
+    open_for_reading,
+    run_attrs,
+    store_key,
+    write_generations,
+    writing,
+)
+from runners import defaults
+from runners.cli import (
+    check_kl_max,
+    main_guard,
+    parse,
+    positive_int,
+    progress_bar,
+    say,
+    settings_of,
+    step,
+)
+from runners.export import chosen_on_val, exported, parse_vector
+
+
+def generations_name(vector: str | None, sample: bool, seed: int) -> str:
+    """``val`` (each method's val choice) or ``caa-L7-0`` (--vector), ``-sample-s<seed>`` if sampled."""
+    name = "val" if vector is None else "-".join(map(str, parse_vector(vector)))
+    return name + (f"-sample-s{seed}" if sample else "")
+
+
+@dataclass
+class Setting:
+    """One row of the comparison: the unsteered model, or a stored vector at a scale."""
+    method: str  # "unsteered" for the plain model
+    run: str = ""
+    index: int = -1
+    scale: float = 0.0
+    source_layer: int = -1
+    theta: np.ndarray | None = None  # [d] f32, exactly what is added
+
+    @property
+    def label(self) -> str:
+        if self.theta is None:
+            return "unsteered"
+        return f"{self.method}/{self.run} #{self.index} at scale {self.scale:+g}"
+
+    def record(self) -> dict:
+        """What the group's settings say about this row (θ by checksum: a recomputed vector changes it)."""
+        digest = "" if self.theta is None else hashlib.sha256(self.theta.tobytes()).hexdigest()[:16]
+        return {"method": self.method, "run": self.run, "index": self.index, "scale": self.scale,
+                "source_layer": self.source_layer, "theta_sha256": digest}
+
+
+def scale_list(text: str) -> list[float]:
+    try:
+        scales = [float(tok) for tok in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"scales must be numbers separated by spaces, got {text!r}")
+    if not scales or not all(math.isfinite(s) for s in scales):
+        raise argparse.ArgumentTypeError(f"scales must be one or more finite numbers, got {text!r}")
+    return scales
+
+
+def validate(args: argparse.Namespace) -> None:
+    check_max_new_tokens(args.max_new_tokens)
+    check_kl_max(args.kl_max)
+    if args.scales is not None and args.vector is None:
+        raise UserError("SCALES needs VECTOR=method/run/index (the val choice brings its own scale)")
+    if args.vector is not None:
+        parse_vector(args.vector)
+
+
+def steered_settings(args: argparse.Namespace) -> list[Setting]:
+    """The stored vectors and scales to compare with the unsteered model; every lookup and index
+    is checked here, before the model loads."""
+    if args.vector is not None:
+        method, run, index = parse_vector(args.vector)
+        picks = [(method, run, index, scale, False) for scale in args.scales or scale_list(defaults.SCALES)]
+    else:
+        picks = chosen_on_val(args.store, store_key(args.model), args.kl_max)
+        if not picks:
+            raise UserError("no method has a setting chosen on val; name one with VECTOR=method/run/index")
+    settings = []
+    for method, run, index, scale, raw in picks:
+        vector = exported(args.store, args.model, method, run, index, scale, raw)
+        if not np.isfinite(vector.vector).all():  # a zero vector cannot be unit-normalised
+            raise StoreError(f"{method}/{run} #{index} cannot be scaled to {scale:+g}: its norm is 0")
+        settings.append(Setting(method, run, index, scale, vector.source_layer, vector.vector))
+    return settings
+
+
+def store_generations(args, lm, name: str, prompts: list[tuple[str, Prompt]], rows: list[Setting],
+                      texts: list[list[str]], new_tokens: list[list[int]], seconds: list[float],
+                      settings: dict, started: str, total: float) -> None:
+    d = lm.d_model
+    datasets = {
+        "prompt_ids": np.array([p.id for _, p in prompts]),
+        "prompts": np.array([p.text for _, p in prompts]),
+        "prompt_sets": np.array([kind for kind, _ in prompts]),
+        "method": np.array([r.method for r in rows]),
+        "run": np.array([r.run for r in rows]),
+        "vector_index": np.array([r.index for r in rows], dtype=np.int64),
+        "scale": np.array([r.scale for r in rows], dtype=np.float32),
+        "source_layer": np.array([r.source_layer for r in rows], dtype=np.int64),
+        "thetas": np.stack([np.zeros(d, np.float32) if r.theta is None else r.theta for r in rows]),
+        "texts": np.array(texts),  # [n_settings, n_prompts]
+        "new_tokens": np.array(new_tokens, dtype=np.int64),
+        "seconds": np.array(seconds, dtype=np.float32),
+    }
+    with writing(args.store) as h5:
+        write_generations(h5, lm, name, datasets,
+                          run_attrs(settings, code_version("runners.generate"), started, total))
+
+
+def cell(text: str) -> str:
+    """A markdown table cell: one line, no table syntax, no raw HTML."""
+    text = text.strip().replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("|", "\\|").replace("\n", "<br>") or "*(nothing)*"
+
+
+def markdown(node: h5py.Group, key: str, store: str) -> str:
+    """The page for one stored generations group: a summary of the settings, then per prompt
+    every setting's completion."""
+    settings = json.loads(node.attrs["settings"])
+
+    def text(name: str) -> np.ndarray:
+        return node[name].asstr()[()]
+
+    methods, runs, prompts = text("method"), text("run"), text("prompts")
+    index, scale, layer = node["vector_index"][()], node["scale"][()], node["source_layer"][()]
+    labels = ["unsteered" if m == "unsteered" else f"{m}/{r} #{i} at scale {s:+g}"
+              for m, r, i, s in zip(methods, runs, index, scale)]
+    texts, tokens, seconds = text("texts"), node["new_tokens"][()], node["seconds"][()]
+    mode = f"sampled (seed {settings['seed']})" if settings["sample"] else "greedy"
+    chosen = (f"`{settings['vector']}` at the scales asked for" if settings["vector"] else
+              "each method's vector and scale chosen on validation (largest mean logit difference "
+              "whose answer mass stays at half the baseline's or more; random controls left out)")
+    lines = [f"# Generations of {key}", "",
+             f"Completions of {len(prompts)} prompts, {mode}, up to {settings['max_new_tokens']} new "
+             f"tokens. Steered: {chosen}. θ = scale × unit vector is added to "
+             "`layers[S].mlp.down_proj` at every position, generated tokens included. "
+             f"Stored in `{store}` at `{node.name.lstrip('/')}`.", "",
+             "| setting | source layer | new tokens | tokens/s |", "|---|---|---|---|"]
+    for label, lay, toks, secs in zip(labels, layer, tokens, seconds):
+        where = "–" if lay < 0 else str(lay)
+        lines.append(f"| {label} | {where} | {toks.sum()} | {toks.sum() / max(secs, 1e-9):.1f} |")
+    kinds, ids = text("prompt_sets"), text("prompt_ids")
+    for p, prompt in enumerate(prompts):
+        lines += ["", f"## {p + 1}. {ids[p]} ({kinds[p]})", "",
+                  *[f"> {line}" if line else ">" for line in prompt.strip().splitlines()], "",
+                  "| setting | completion |", "|---|---|"]
+        lines += [f"| {label} | {cell(texts[s, p])} |" for s, label in enumerate(labels)]
+    return "\n".join(lines) + "\n"
+
+
+def run() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=str(REPO_ROOT / defaults.MODEL),
+                   help="HF id, local HF folder, or .gguf file")
+    p.add_argument("--dtype", default=defaults.DTYPE, help="auto (bf16 on GPU, fp32 on CPU), bf16, fp32, fp64")
+    p.add_argument("--device", default=defaults.DEVICE, help="torch device, e.g. cpu or cuda")
+    p.add_argument("--store", default=defaults.STORE, help="HDF5 store to read and write")
+    p.add_argument("--out", default=str(Path(defaults.RESULTS) / "generations.md"), help="markdown page")
+    p.add_argument("--open-ended", default=str(REPO_ROOT / defaults.OPEN_ENDED),
+                   help="open-ended survival-instinct prompts (JSONL: id, text, split, ...)")
+    p.add_argument("--neutral", default=str(REPO_ROOT / defaults.NEUTRAL), help="neutral prompts (same format)")
+    p.add_argument("--n-open", type=int, default=defaults.OPEN_PROMPTS, help="first N open-ended prompts of the split")
+    p.add_argument("--n-neutral", type=int, default=defaults.NEUTRAL_PROMPTS, help="first N neutral prompts of the split")
+    p.add_argument("--split", default="test", choices=SPLITS, help="split the prompts are taken from")
+    p.add_argument("--vector", default=None, metavar="METHOD/RUN/INDEX",
+                   help="this stored vector instead of each method's choice on val")
+    p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
+                   help="without --vector: choose as the report does, among settings with mean KL ≤ this")
+    p.add_argument("--scales", type=scale_list, default=None,
+                   help=f"with --vector: signed scales (L2 norm of θ); default {defaults.SCALES!r}")
+    p.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS, help="length of each completion")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--seed", type=int, default=defaults.SEED, help="with --sample: the RNG seed")
+    p.add_argument("--batch-size", type=positive_int, default="8", help="prompts per generate call")
+    p.add_argument("--force", action="store_true", help="generate again even if the store has it")
+    p.add_argument("--check-args", action="store_true", help="check the arguments and exit, loading nothing")
+    args = parse(p, validate)
+
+    # Everything that can be wrong with the input is found before the model loads.
+    prompts = []
+    for path, n in ((args.open_ended, args.n_open), (args.neutral, args.n_neutral)):
+        if n < 0:
+            raise UserError(f"prompt counts must be 0 or more, got {n}")
+        if n:
+            prompts += [(Path(path).stem, prompt) for prompt in load_prompts(path, args.split, n)]
+    if not prompts:
+        raise UserError("no prompts: N_OPEN and N_NEUTRAL are both 0")
+    rows = [Setting("unsteered"), *steered_settings(args)]
+    key = store_key(args.model)
+    name = generations_name(args.vector, args.sample, args.seed)
+    version = code_version("runners.generate")
+    checksums = {path: file_checksum(path) for path, n in
+                 ((args.open_ended, args.n_open), (args.neutral, args.n_neutral)) if n}
+    settings = settings_of(args, drop=("out",), prompt_checksums=checksums,
+                           rows=[row.record() for row in rows])
+
+    if not args.force and is_current(args.store, generations_path(key, name), settings, version):
+        say(f"{generations_path(key, name)} is up to date (FORCE=1 generates again)")
+    else:
+        with step(f"loading {args.model} ({args.dtype})"):
+            lm = load_model(args.model, args.dtype, args.device)
+        for layer in sorted({row.source_layer for row in rows[1:]}):
+            lm.check_layer(layer, "source layer")
+            check_injection_site(lm.model, layer)
+        for row in rows[1:]:
+            if row.theta.shape != (lm.d_model,):
+                raise StoreError(f"{row.method}/{row.run} has width {row.theta.shape[0]}, but "
+                                 f"{lm.key} has {lm.d_model}: was it computed for another model?")
+        started, t0 = now(), time.perf_counter()
+        texts, new_tokens, seconds = [], [], []
+        n_batches = -(-len(prompts) // args.batch_size)
+        with progress_bar(len(rows) * n_batches, "generating", "batch") as bar:
+            for row in rows:
+                out = generate(lm.model, lm.tokenizer, [prompt.text for _, prompt in prompts],
+                               row.source_layer,
+                               None if row.theta is None else torch.tensor(row.theta),
+                               args.max_new_tokens, args.sample, args.seed, args.batch_size,
+                               progress=bar.update)
+                texts.append(out.texts)
+                new_tokens.append([len(tokens) for tokens in out.tokens])
+                seconds.append(out.seconds)
+                bar.write(f"{row.label}: {out.n_tokens} tokens in {out.seconds:.1f}s "
+                          f"({out.n_tokens / out.seconds:.1f} tokens/s)", file=sys.stderr)
+        store_generations(args, lm, name, prompts, rows, texts, new_tokens, seconds, settings,
+                          started, time.perf_counter() - t0)
+        say(f"wrote {generations_path(key, name)}")
+
+    with open_for_reading(args.store) as h5:
+        page = markdown(h5[generations_path(key, name)], key, args.store)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    say(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main_guard(run)
