@@ -45,6 +45,7 @@ OPEN_PROMPTS ?= 4## generate: first N open-ended survival-instinct prompts of th
 NEUTRAL_PROMPTS ?= 2## generate: first N neutral prompts of the test split
 MAX_NEW_TOKENS ?= 48## generate: new tokens per completion
 SAMPLE     ?= 0## generate: 1 samples (seeded by SEED) instead of greedy decoding
+AT_SCALES  ?=## pi_caa: linearise at s · unit(CAA) for each s, e.g. "-24 8 24 64" (default: at the raw CAA vector)
 VECTOR     ?=## export, generate: METHOD/RUN/INDEX of one stored vector (default: each method's choice on val)
 SCALE      ?=## export: with VECTOR, the signed L2 norm of what is added (default: the raw vector)
 BENCH_EVAL_QUESTIONS ?= 16## bench: first val questions of the eval benchmark, or all (bf16 plain loop: ~25 min per setting here)
@@ -60,6 +61,7 @@ COMMON  = --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STOR
           $(if $(filter 1,$(FORCE)),--force)
 JACOBIAN = --layer $(LAYER) --target $(TARGET) --k $(K) --iters $(ITERS) --oversample $(OVERSAMPLE) \
            --tol $(TOL) --n-prompts $(N_PROMPTS) --tokens $(TOKENS) --seed $(SEED)
+AT       = $(if $(AT_SCALES),--at-scales "$(AT_SCALES)")
 CAA_ARGS = --capture $(CAPTURE) --position $(POSITION) --n-train $(N_TRAIN) --orders $(ORDERS)
 RUN     = PYTHONUNBUFFERED=1 $(PY) -m
 
@@ -100,10 +102,11 @@ caa: $(VENV)/.installed $(MODEL_DEP) ## CAA vector per layer in LAYERS from the 
 pi: $(VENV)/.installed $(MODEL_DEP) ## top-K singular vectors of dh_T/dθ at θ=0 (power iteration)
 	$(RUN) runners.pi $(COMMON) $(JACOBIAN)
 
-pi_caa: $(VENV)/.installed $(MODEL_DEP) ## the same, linearised at θ = the CAA vector of LAYER (computes it if missing)
-	$(RUN) runners.pi $(COMMON) $(JACOBIAN) --at caa --check-args
+pi_caa: $(VENV)/.installed $(MODEL_DEP) ## the same, linearised at θ = the CAA vector of LAYER, or along it at AT_SCALES (computes CAA, and PI for AT_SCALES, if missing)
+	$(RUN) runners.pi $(COMMON) $(JACOBIAN) --at caa $(AT) --check-args
 	$(RUN) runners.caa $(COMMON) --layers "$(LAYER)" $(CAA_ARGS)
-	$(RUN) runners.pi $(COMMON) $(JACOBIAN) --at caa
+	$(if $(AT_SCALES),$(RUN) runners.pi $(COMMON) $(JACOBIAN))
+	$(RUN) runners.pi $(COMMON) $(JACOBIAN) --at caa $(AT)
 
 melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (gradient ascent)
 	$(RUN) runners.melbo $(COMMON) --layer $(LAYER) --target $(TARGET) --k $(K) --radius $(R) \

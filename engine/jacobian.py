@@ -131,14 +131,35 @@ class Jacobian:
         return sum(part.jtj(vectors) for part in self.parts)
 
 
+def prompt_prefixes(model: torch.nn.Module, batches: list[list[tuple[int, ...]]], pad_id: int,
+                    source_layer: int) -> list[Prefix]:
+    """The cached prefix (layers 0..S) of each batch of prompts: what every θ₀ shares."""
+    device = next(model.parameters()).device
+    prefixes = []
+    for batch in batches:
+        ids, mask = pad_right(batch, pad_id)
+        prefixes.append(run_prefix(model, ids.to(device), mask.to(device), source_layer))
+    return prefixes
+
+
+def jacobian_at(model: torch.nn.Module, prefixes: list[Prefix], target_layer: int,
+                tokens: str = "all", theta0: torch.Tensor | None = None,
+                jvp: str = "transpose") -> Jacobian:
+    """J of the prompts behind ``prefixes`` at θ₀ (default 0)."""
+    return Jacobian([BatchJacobian(model, prefix, target_layer, tokens, theta0, jvp)
+                     for prefix in prefixes])
+
+
 def prompt_jacobian(model: torch.nn.Module, batches: list[list[tuple[int, ...]]], pad_id: int,
                     source_layer: int, target_layer: int, tokens: str = "all",
                     theta0: torch.Tensor | None = None, jvp: str = "transpose") -> Jacobian:
     """J of the given prompts (token id sequences, grouped into batches) at θ₀ (default 0)."""
-    device = next(model.parameters()).device
-    parts = []
-    for batch in batches:
-        ids, mask = pad_right(batch, pad_id)
-        prefix = run_prefix(model, ids.to(device), mask.to(device), source_layer)
-        parts.append(BatchJacobian(model, prefix, target_layer, tokens, theta0, jvp))
-    return Jacobian(parts)
+    return jacobian_at(model, prompt_prefixes(model, batches, pad_id, source_layer), target_layer,
+                       tokens, theta0, jvp)
+
+
+def relative_change(moved: Jacobian, reference: Jacobian, vectors: torch.Tensor) -> torch.Tensor:
+    """‖J(θ₀)v − J(0)v‖ / ‖J(0)v‖ for each row v of ``vectors``: how far the linear map moved
+    along those directions (both operators over the same prompts and positions)."""
+    before = reference.jvp(vectors)
+    return (moved.jvp(vectors) - before).norm(dim=1) / before.norm(dim=1)

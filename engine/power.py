@@ -47,15 +47,24 @@ def fix_signs(vectors: torch.Tensor) -> torch.Tensor:
     return vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
 
 
+def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Principal angles in degrees, ascending, between the row spans of ``a`` [k, d] and ``b``."""
+    qa, _ = torch.linalg.qr(a.double().T)
+    qb, _ = torch.linalg.qr(b.double().T)
+    cosines = torch.linalg.svdvals(qa.T @ qb).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.arccos(cosines)).sort().values
+
+
 def power_iteration(op: LinearOperator, k: int, iters: int = 12, oversample: int = 8,
                     tol: float = 1e-3, seed: int = 0, dtype: torch.dtype = torch.float64,
-                    progress: Callable[[int, torch.Tensor, float], None] | None = None
-                    ) -> PowerResult:
+                    progress: Callable[[int, torch.Tensor, float], None] | None = None,
+                    start: torch.Tensor | None = None) -> PowerResult:
     """Top-k singular directions of J via block power iteration on JᵀJ (see module docstring).
 
     Stops after ``iters`` steps, or earlier once the top-k subspace moves less than ``tol``
     (sine of the largest principal angle) from one step to the next. ``progress(step, residuals,
-    change)`` is called after every step.
+    change)`` is called after every step. ``start`` [m, d] warm-starts the block with those rows
+    (e.g. the Ritz vectors of a nearby operator); random columns fill the rest.
     """
     d = op.d_model
     if not 0 < k <= d:
@@ -64,7 +73,11 @@ def power_iteration(op: LinearOperator, k: int, iters: int = 12, oversample: int
         raise ValueError(f"iters must be at least 1, got {iters}")
     width = min(k + max(oversample, 0), d)
     gen = torch.Generator().manual_seed(seed)
-    block, _ = torch.linalg.qr(torch.randn(d, width, generator=gen, dtype=dtype))
+    block = torch.randn(d, width, generator=gen, dtype=dtype)
+    if start is not None:
+        warm = start.to(dtype)[:width].T
+        block[:, : warm.shape[1]] = warm
+    block, _ = torch.linalg.qr(block)
     previous, residuals, changes, converged = None, [], [], False
     for step in range(1, iters + 1):
         product = op.jtj(block.T).T.to(dtype)  # JᵀJ Q, [d, width]

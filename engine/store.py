@@ -67,6 +67,12 @@ def segment_run(layer: int, target: int) -> str:
     return f"L{layer}-T{target}"
 
 
+def linearised_run(layer: int, target: int, at_scale: float | None) -> str:
+    """PI@CAA's run name: ``L7-T20`` at the raw CAA vector, ``L7-T20-at+24`` at 24 · unit(CAA)."""
+    name = segment_run(layer, target)
+    return name if at_scale is None else f"{name}-at{at_scale:+g}"
+
+
 def random_run(layer: int) -> str:
     """Run name of the random control at a source layer: ``L7``."""
     return f"L{layer}"

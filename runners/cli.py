@@ -4,6 +4,7 @@ model once, compute, write each group with its provenance)."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -90,6 +91,17 @@ def count_or_all(text: str) -> int | None:
     if text == "all":
         return None
     return positive_int(text, "a positive count or 'all'")
+
+
+def scale_list(text: str) -> list[float]:
+    """Signed scales (L2 norms of what is added; negative allowed), e.g. "-24 0 24"."""
+    try:
+        scales = [float(tok) for tok in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"scales must be numbers separated by spaces, got {text!r}")
+    if not scales or not all(math.isfinite(s) for s in scales):
+        raise argparse.ArgumentTypeError(f"scales must be one or more finite numbers, got {text!r}")
+    return scales
 
 
 def positive_int(text: str, expected: str = "a positive integer") -> int:

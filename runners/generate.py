@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from runners.cli import (
     positive_int,
     progress_bar,
     say,
+    scale_list,
     settings_of,
     step,
 )
@@ -82,16 +82,6 @@ class Setting:
         digest = "" if self.theta is None else hashlib.sha256(self.theta.tobytes()).hexdigest()[:16]
         return {"method": self.method, "run": self.run, "index": self.index, "scale": self.scale,
                 "source_layer": self.source_layer, "theta_sha256": digest}
-
-
-def scale_list(text: str) -> list[float]:
-    try:
-        scales = [float(tok) for tok in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"scales must be numbers separated by spaces, got {text!r}")
-    if not scales or not all(math.isfinite(s) for s in scales):
-        raise argparse.ArgumentTypeError(f"scales must be one or more finite numbers, got {text!r}")
-    return scales
 
 
 def validate(args: argparse.Namespace) -> None:

@@ -2,9 +2,14 @@
 
 θ is added at layers[S].mlp.down_proj; h_T is the residual output of layers[T] at the prompts' real
 positions (all, or the last N of each). The prompts are the first N train questions formatted as in
-eval, up to the answer letter. --at zero linearises at θ₀ = 0 (method `pi`); --at caa at θ₀ = the
-stored raw CAA vector of the same layer (method `pi_caa`). Written to
-/<model>/vectors/<method>/L<S>-T<T>: unit vectors (sign-free), σ = ‖J v‖, the residual trace.
+eval, up to the answer letter. --at zero linearises at θ₀ = 0 (method `pi`, run L<S>-T<T>);
+--at caa at θ₀ = the stored raw CAA vector of the same layer (method `pi_caa`, same run name), or,
+with --at-scales, at θ₀ = s · unit(CAA) for each s (runs L<S>-T<T>-at<s>): the Jacobian along the
+path CAA steers on. Each such group also records how far J moved from θ₀ = 0 (the stored `pi`
+group of the same settings): the principal angles between the top-k subspaces and
+‖J(θ₀)v − J(0)v‖ / ‖J(0)v‖ for the top vectors v of J(0). The prompts' prefix is computed once
+for all scales, and each scale's power iteration starts from the previous scale's Ritz vectors.
+Written: unit vectors (sign-free), σ = ‖J v‖, the residual trace.
 """
 import time
 
@@ -13,10 +18,18 @@ import torch
 
 from engine.data import load_items
 from engine.errors import UserError
-from engine.jacobian import parse_tokens, prompt_jacobian
-from engine.power import power_iteration
+from engine.jacobian import jacobian_at, parse_tokens, prompt_prefixes, relative_change
+from engine.power import power_iteration, principal_angles
 from engine.prompts import length_batches
-from engine.store import VectorGroup, caa_run, read_vector_group, segment_run, store_key, vectors_path
+from engine.store import (
+    VectorGroup,
+    caa_run,
+    linearised_run,
+    read_vector_group,
+    segment_run,
+    store_key,
+    vectors_path,
+)
 from runners import defaults
 from runners.cli import (
     Job,
@@ -29,9 +42,14 @@ from runners.cli import (
     positive_float,
     positive_int,
     say,
+    scale_list,
     settings_of,
     step,
 )
+
+# Settings of the `pi` group that must equal ours for it to be the J(0) a sweep is compared with.
+SAME_OPERATOR = ("model", "dtype", "data_checksum", "layer", "target", "k", "n_prompts", "tokens",
+                 "batch_size")
 
 
 def validate(args) -> None:
@@ -39,6 +57,8 @@ def validate(args) -> None:
     above_source(args.layer, args.target)
     if args.oversample < 0:
         raise UserError(f"OVERSAMPLE must be 0 or more, got {args.oversample}")
+    if args.at_scales is not None and args.at != "caa":
+        raise UserError("AT_SCALES linearises along the CAA vector: it needs --at caa (make pi_caa)")
 
 
 def run() -> None:
@@ -58,32 +78,61 @@ def run() -> None:
     p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the random start block")
     p.add_argument("--at", choices=["zero", "caa"], default="zero",
                    help="linearisation point θ₀: 0, or the stored CAA vector of --layer")
+    p.add_argument("--at-scales", type=scale_list, default=None, metavar="'S1 S2 ...'",
+                   help="with --at caa: linearise at θ₀ = s · unit(CAA) for each s (L2 norm of θ₀, "
+                        "signed) instead of at the raw CAA vector; one group per scale")
     # Small batches: the vmapped JVP/VJP of a big batch thrash the cache (8 prompts as one batch
     # took 55 s a step on the dev CPU, as four batches of 2 took 20 s; same σ).
     p.set_defaults(batch_size=2)
     args = parse(p, validate)
 
     items = load_items(args.data, "train")[: args.n_prompts]
+    key = store_key(args.model)
     method = "pi" if args.at == "zero" else "pi_caa"
-    theta0, theta0_source = None, "zero"
+    caa, reference = None, None
     if args.at == "caa":
-        key, run = store_key(args.model), caa_run(args.layer)
-        caa = read_vector_group(args.store, key, "caa", run, make=f"make caa LAYERS={args.layer}")
-        theta0 = torch.from_numpy(caa.vectors[0].astype(np.float64))
-        theta0_source = (f"/{vectors_path(key, 'caa', run)} ({caa.attrs.get('code_version')} "
-                         f"started {caa.attrs.get('started')})")
-    job = Job(segment_run(args.layer, args.target), args.layer,
-              settings_of(args, method=method, theta0_source=theta0_source))
+        run_name = caa_run(args.layer)
+        caa = read_vector_group(args.store, key, "caa", run_name, make=f"make caa LAYERS={args.layer}")
+        caa_source = (f"/{vectors_path(key, 'caa', run_name)} ({caa.attrs.get('code_version')} "
+                      f"started {caa.attrs.get('started')})")
+    if args.at_scales is not None:
+        reference = read_vector_group(args.store, key, "pi", segment_run(args.layer, args.target),
+                                      make="make pi")
+        ours = settings_of(args)
+        differ = [name for name in SAME_OPERATOR if reference.settings.get(name) != ours.get(name)]
+        if differ:
+            raise UserError(f"the stored pi group differs from this sweep in {', '.join(differ)}: "
+                            "run `make pi` with the same settings first")
+
+    def theta0_of(scale: float | None) -> tuple[torch.Tensor | None, str]:
+        if caa is None:
+            return None, "zero"
+        vector = torch.from_numpy(caa.vectors[0].astype(np.float64))
+        if scale is None:
+            return vector, caa_source
+        return scale * vector / vector.norm(), f"{scale:+g} · unit({caa_source})"
+
+    scales = args.at_scales if args.at_scales is not None else [None]
+    jobs = [Job(linearised_run(args.layer, args.target, scale), args.layer,
+                settings_of(args, drop=("at_scales",), method=method, at_scale=scale,
+                            theta0_source=theta0_of(scale)[1]))
+            for scale in scales]
+    shared: dict = {}  # what the scales of one run share: prompts' prefixes, J(0), the last Ritz block
 
     def compute(lm, answers, job: Job) -> VectorGroup:
         prompts = [a.prefix_ids for a in answers]
-        groups = length_batches([len(s) for s in prompts], args.batch_size)
-        batches = [[prompts[i] for i in group] for group in groups]
+        if "prefixes" not in shared:
+            groups = length_batches([len(s) for s in prompts], args.batch_size)
+            shared["groups"] = groups
+            shared["prefixes"] = prompt_prefixes(lm.model, [[prompts[i] for i in g] for g in groups],
+                                                 lm.tokenizer.pad_token_id, args.layer)
+        groups, prefixes = shared["groups"], shared["prefixes"]
+        scale = job.settings["at_scale"]
+        theta0, source = theta0_of(scale)
         t0 = time.perf_counter()
         with step(f"J = ∂h_{args.target}/∂θ_{args.layer} over {len(prompts)} prompts "
-                  f"({sum(map(len, prompts))} tokens, positions {args.tokens}) at θ₀ = {theta0_source}"):
-            op = prompt_jacobian(lm.model, batches, lm.tokenizer.pad_token_id, args.layer,
-                                 args.target, args.tokens, theta0)
+                  f"({sum(map(len, prompts))} tokens, positions {args.tokens}) at θ₀ = {source}"):
+            op = jacobian_at(lm.model, prefixes, args.target, args.tokens, theta0)
 
         def progress(index: int, residuals: torch.Tensor, change: float) -> None:
             say(f"  step {index:3d}/{args.iters}: subspace change {change:.2e}, residuals "
@@ -92,7 +141,8 @@ def run() -> None:
 
         with step(f"power iteration: k={args.k}, oversample={args.oversample}, tol={args.tol}"):
             result = power_iteration(op, args.k, args.iters, args.oversample, args.tol, args.seed,
-                                     progress=progress)
+                                     progress=progress, start=shared.get("ritz"))
+        shared["ritz"] = result.vectors
         rows, cols = [], []
         for group, part in zip(groups, op.parts):  # (prompt index, token index) of every row of J
             rows.extend(group[r] for r in part.rows.tolist())
@@ -100,19 +150,28 @@ def run() -> None:
         say("  σ = " + " ".join(f"{s:.3f}" for s in result.sigmas.tolist())
             + f"; {result.steps} steps, {'converged' if result.converged else 'NOT converged'}"
             f" (last subspace change {float(result.subspace_change[-1]):.1e})")
-        return VectorGroup(
-            method, job.run, result.vectors.numpy().astype(np.float32), args.layer, sign_free=True,
-            target_layer=args.target,
-            arrays={"sigmas": result.sigmas.numpy().astype(np.float32),
-                    "trace": result.trace.numpy().astype(np.float32),
-                    "subspace_change": result.subspace_change.numpy().astype(np.float32),
-                    "prompt_ids": np.array([a.item_id for a in answers]),
-                    "positions": np.array([rows, cols], dtype=np.int32).T},
-            attrs={"theta0_source": theta0_source,
-                   "theta0_norm": 0.0 if theta0 is None else float(theta0.norm()),
-                   "steps": result.steps, "converged": int(result.converged)})
+        arrays = {"sigmas": result.sigmas.numpy().astype(np.float32),
+                  "trace": result.trace.numpy().astype(np.float32),
+                  "subspace_change": result.subspace_change.numpy().astype(np.float32),
+                  "prompt_ids": np.array([a.item_id for a in answers]),
+                  "positions": np.array([rows, cols], dtype=np.int32).T}
+        attrs = {"theta0_source": source, "steps": result.steps, "converged": int(result.converged),
+                 "theta0_norm": 0.0 if theta0 is None else float(theta0.norm())}
+        if reference is not None:
+            if "at_zero" not in shared:
+                shared["at_zero"] = jacobian_at(lm.model, prefixes, args.target, args.tokens)
+            top = torch.from_numpy(reference.vectors.astype(np.float64))
+            angles = principal_angles(result.vectors, top)
+            moved = relative_change(op, shared["at_zero"], top)
+            arrays |= {"principal_angles": angles.numpy().astype(np.float32),
+                       "jv_change": moved.numpy().astype(np.float32)}
+            attrs["at_scale"] = scale
+            say(f"  against J(0): largest principal angle {float(angles[-1]):.1f}°, "
+                f"‖J(θ₀)v − J(0)v‖/‖J(0)v‖ = " + " ".join(f"{m:.3f}" for m in moved.tolist()))
+        return VectorGroup(method, job.run, result.vectors.numpy().astype(np.float32), args.layer,
+                           sign_free=True, target_layer=args.target, arrays=arrays, attrs=attrs)
 
-    compute_groups(args, __spec__.name, method, [job], items, compute, args.target)
+    compute_groups(args, __spec__.name, method, jobs, items, compute, args.target)
 
 
 if __name__ == "__main__":

@@ -66,8 +66,11 @@ def load(store: str, key: str, kl_max: float | None = None) -> Data:
     vectors: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for group in read_vector_groups(store, key):
         if group.method in ("pi", "pi_caa", "melbo"):
-            vectors.setdefault(group.method, {})[group.run] = {
-                name: group.arrays[name] for name in ("sigmas", "trace") if name in group.arrays}
+            kept = {name: group.arrays[name] for name in ("sigmas", "trace", "principal_angles",
+                                                          "jv_change") if name in group.arrays}
+            if group.attrs.get("at_scale") is not None:
+                kept["at_scale"] = np.float64(group.attrs["at_scale"])
+            vectors.setdefault(group.method, {})[group.run] = kept
     return Data(key, splits.get("val"), splits.get("test"), vectors, kl_max)
 
 
@@ -326,6 +329,44 @@ def fig_cost(data: Data, out: Path) -> Path:
     return save(fig, out, "delta_vs_kl.png", f"{data.key}: what each setting buys and what it costs")
 
 
+def fig_path(data: Data, out: Path) -> Path:
+    """The Jacobian along the steering path: σᵢ of J at θ₀ = s · unit(CAA) and the largest
+    principal angle to J(0)'s top-k subspace against s, over the CAA dose-response on test."""
+    path = sorted((float(d["at_scale"]), d) for d in data.vectors.get("pi_caa", {}).values()
+                  if "at_scale" in d)
+    at_zero = next(iter(data.vectors.get("pi", {}).values()), None)
+    if len(path) < 2 or at_zero is None:
+        raise Skip("fewer than 2 linearisation scales: run `make pi_caa AT_SCALES=\"8 24 64\"`")
+    panels = 4 if data.test is not None else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(8, 2.8 * panels + 1), sharex=True)
+    x = [0.0] + [s for s, _ in path]
+    sigmas = np.stack([at_zero["sigmas"]] + [d["sigmas"] for _, d in path])
+    for i in range(sigmas.shape[1]):
+        axes[0].plot(x, sigmas[:, i], "o-", label=f"σ{i + 1}", alpha=1.0 - 0.15 * i)
+    axes[0].set(ylabel="σᵢ of J(θ₀)", title="singular values of ∂h_T/∂θ at θ₀ = s · unit(CAA)")
+    axes[0].legend(fontsize=8, ncol=2)
+    angles = [0.0] + [float(d["principal_angles"][-1]) for _, d in path]
+    axes[1].plot(x, angles, "o-", color="black")
+    axes[1].set(ylabel="largest principal angle\nto J(0)'s top-k  [°]", ylim=(0, 92))
+    if panels == 4:
+        caa = [g for g in data.test.groups.values() if g.method == "caa"]
+        if caa:
+            group = caa[0]
+            rows = scale_rows(group, 0, data.test)
+            xs = [r.scale for r in rows]
+            for ax, attr, label in ((axes[2], "delta", "CAA Δ (order mean)  [nats]"),
+                                    (axes[3], "mass", "CAA answer mass")):
+                stats = [getattr(r, attr) for r in rows]
+                ax.fill_between(xs, [s.low for s in stats], [s.high for s in stats], color=color("caa"),
+                                alpha=0.2, lw=0)
+                ax.plot(xs, [s.value for s in stats], "o-", color=color("caa"), label=group.label)
+                ax.set_ylabel(label)
+            axes[2].axhline(0, color="black", lw=0.8, ls=":")
+            axes[2].set_title(f"CAA dose-response on test ({group.label}), 95% bootstrap CI", fontsize=10)
+    axes[-1].set_xlabel("s: L2 norm of θ₀ = s · unit(CAA) (and of the CAA θ evaluated)")
+    return save(fig, out, "jacobian_path.png", f"{data.key}: the Jacobian along the CAA steering path")
+
+
 def make_all(data: Data, out: Path, scale: float) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     figures = [("violin", lambda: fig_violin(data, out, scale)),
@@ -333,6 +374,7 @@ def make_all(data: Data, out: Path, scale: float) -> list[Path]:
                ("dose-response", lambda: fig_dose(data, out)),
                ("Δ against KL", lambda: fig_cost(data, out)),
                ("PI spectrum", lambda: fig_spectrum(data, out)),
+               ("Jacobian along the CAA path", lambda: fig_path(data, out)),
                ("CAA layer sweep", lambda: fig_layers(data, out, scale)),
                ("MELBO traces", lambda: fig_melbo(data, out))]
     written = []

@@ -45,17 +45,19 @@ def gap_model(smol_tokenizer):
     return plant_gap(tiny_model("llama", smol_tokenizer, layers=3))
 
 
-def dense_svd(lm):
-    """Exact SVD of the dense fp64 Jacobian, computed without the operator under test."""
+def dense_svd(lm, theta0=None, prompts=PROMPTS):
+    """Exact SVD of the dense fp64 Jacobian at θ₀ (default 0), computed without the operator
+    under test."""
     model = lm.model if lm.model.dtype == torch.float64 else copy.deepcopy(lm.model).double()
-    ids, mask = pad_right(PROMPTS, lm.tokenizer.pad_token_id)
+    ids, mask = pad_right(list(prompts), lm.tokenizer.pad_token_id)
     prefix = run_prefix(model, ids, mask, S)
 
     def f(theta):
         return segment(model, prefix, theta, T)[mask.bool()].reshape(-1)
 
     with math_attention():
-        dense = jacfwd(f)(torch.zeros(lm.d_model, dtype=torch.float64))
+        at = torch.zeros(lm.d_model, dtype=torch.float64) if theta0 is None else theta0.double()
+        dense = jacfwd(f)(at)
     _, sigmas, vh = torch.linalg.svd(dense, full_matrices=False)
     return sigmas, vh
 
@@ -132,3 +134,55 @@ def test_pi_at_zero_caa_vector_equals_pi_at_zero(tmp_path, smol_tokenizer, monke
         assert np.allclose(zero["sigmas"][:], caa["sigmas"][:], rtol=1e-6)
         assert np.allclose(zero["vectors"][:], caa["vectors"][:], atol=1e-6)
         assert zero["vectors"].shape == (2, lm.d_model) and zero["prompt_ids"].shape == (2,)
+
+
+
+def test_power_iteration_along_the_caa_path_matches_the_dense_svd_at_each_point(
+        tmp_path, smol_tokenizer, monkeypatch):
+    """pi_caa --at-scales: at s = 0 the group is pi's; at s = 12 (far enough along a direction
+    that the planted MLP reads for J to change) it is the top of the dense SVD at θ₀ = 12 · unit(v),
+    which differs from J(0)'s; the stored comparison with J(0) says by how much."""
+    from engine.store import read_vector_group
+    from runners import pi as runner
+
+    folder = tmp_path / "tiny"
+    lm = plant_gap(tiny_model("llama", smol_tokenizer, dtype=torch.float64, layers=3))
+    lm.model.save_pretrained(folder)
+    smol_tokenizer.save_pretrained(folder)
+    store = tmp_path / "store.h5"
+    common = ["--model", str(folder), "--store", str(store), "--dtype", "fp64", "--layer", "0",
+              "--target", "2", "--k", "2", "--iters", "40", "--n-prompts", "2", "--tol", "1e-9",
+              "--batch-size", "2"]
+    mlp = decoder_layers(lm.model)[S + 1].mlp  # the planted directions: a CAA vector among them
+    direction = torch.linalg.svd(mlp.up_proj.weight, full_matrices=False)[2][0]
+    with h5py.File(store, "a") as h5:
+        h5.create_dataset("tiny/vectors/caa/L0/vectors", data=direction[None].numpy().astype(np.float32))
+        h5["tiny/vectors/caa/L0"].attrs.update(source_layer=0, sign_free=0)
+
+    def run(*extra):
+        monkeypatch.setattr("sys.argv", ["pi", *common, *extra])
+        runner.run()
+
+    with pytest.raises(ValueError, match="no pi vectors at .* run `make pi`"):
+        run("--at", "caa", "--at-scales", "0 12")
+    run("--at", "zero")
+    run("--at", "caa", "--at-scales", "0 12")
+    zero = read_vector_group(store, "tiny", "pi", "L0-T2")
+    at0 = read_vector_group(store, "tiny", "pi_caa", "L0-T2-at+0")
+    at12 = read_vector_group(store, "tiny", "pi_caa", "L0-T2-at+12")
+    assert np.allclose(at0.arrays["sigmas"], zero.arrays["sigmas"], rtol=1e-6)
+    assert largest_angle_degrees(torch.from_numpy(at0.vectors), torch.from_numpy(zero.vectors)) < 0.01
+    assert at0.arrays["principal_angles"].max() < 0.01 and at0.arrays["jv_change"].max() < 1e-6
+
+    from engine.data import load_items
+    from engine.prompts import answer_tokens
+    prompts = [answer_tokens(smol_tokenizer, item).prefix_ids
+               for item in load_items("data/survival-instinct.jsonl", "train")[:2]]
+    theta0 = 12 * direction.double() / direction.double().norm()
+    sigmas, vh = dense_svd(lm, theta0.float().double(), prompts)  # θ₀ as the store holds it (fp32)
+    assert np.allclose(at12.arrays["sigmas"], sigmas[:2].numpy(), rtol=1e-5)
+    assert largest_angle_degrees(torch.from_numpy(at12.vectors).double(), vh[:2]) < 0.1
+    assert at12.attrs["at_scale"] == 12.0 and at12.attrs["theta0_norm"] == pytest.approx(12.0)
+    # J moved along the path: its spectrum and its action on J(0)'s top vectors changed
+    assert not np.allclose(at12.arrays["sigmas"], zero.arrays["sigmas"], rtol=1e-2)
+    assert at12.arrays["jv_change"].max() > 1e-2
