@@ -16,6 +16,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 from engine.errors import DataError
 
@@ -69,14 +70,15 @@ def check_answers(question: str, positive: str, negative: str) -> str | None:
     return None
 
 
-def load_items(path: str | Path, split: str | None = None) -> list[Item]:
-    """Read and validate a data file; with ``split``, keep that split only (must be non-empty)."""
+def read_records(path: str | Path, required: tuple[str, ...], what: str
+                 ) -> Iterator[tuple[str, dict]]:
+    """(``file:line``, object) of every line of a project JSONL file, each checked to be a JSON
+    object whose ``required`` fields are strings, with a known split and an id not seen before;
+    the error names the file, the line and what is wrong."""
     path = Path(path)
-    if split is not None and split not in SPLITS:
-        raise DataError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
     if not path.is_file():
-        raise DataError(f"{path}: no such data file (see data/README.md, or `make ingest`)")
-    items, seen = [], set()
+        raise DataError(f"{path}: no such {what}")
+    seen = set()
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -87,17 +89,30 @@ def load_items(path: str | Path, split: str | None = None) -> list[Item]:
             raise DataError(f"{where}: not valid JSON ({err.msg}); each line must be one object") from err
         if not isinstance(raw, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-        missing = [key for key in REQUIRED if not isinstance(raw.get(key), str)]
+        missing = [key for key in required if not isinstance(raw.get(key), str)]
         if missing:
             raise DataError(f"{where}: missing or non-string field(s) {', '.join(missing)}")
         if raw["split"] not in SPLITS:
             raise DataError(f"{where}: split {raw['split']!r} is not one of {', '.join(SPLITS)}")
-        problem = check_answers(raw["question"], raw["positive"], raw["negative"])
-        if problem:
-            raise DataError(f"{where}: {problem}")
         if raw["id"] in seen:
             raise DataError(f"{where}: duplicate id {raw['id']!r}")
         seen.add(raw["id"])
+        yield where, raw
+
+
+def check_split(split: str | None) -> None:
+    if split is not None and split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+
+
+def load_items(path: str | Path, split: str | None = None) -> list[Item]:
+    """Read and validate a data file; with ``split``, keep that split only (must be non-empty)."""
+    check_split(split)
+    items = []
+    for where, raw in read_records(path, REQUIRED, "data file (see data/README.md, or `make ingest`)"):
+        problem = check_answers(raw["question"], raw["positive"], raw["negative"])
+        if problem:
+            raise DataError(f"{where}: {problem}")
         items.append(Item(**{key: raw[key] for key in REQUIRED}, source=raw.get("source", "")))
     if split is not None:
         items = [item for item in items if item.split == split]

@@ -13,7 +13,6 @@ Open-ended prompts are JSONL, one object per line::
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from engine.data import SPLITS
+from engine.data import check_split, read_records
 from engine.errors import DataError, UserError
 from engine.prompts import format_prompt, length_batches
 from engine.site import add_to_down_proj
@@ -45,32 +44,11 @@ class Prompt:
 def load_prompts(path: str | Path, split: str | None = None, n: int | None = None) -> list[Prompt]:
     """Read and validate a prompt file; keep ``split`` only (if given), then the first ``n``.
     Every line is checked, also those that are not kept, so a broken file fails at once."""
-    path = Path(path)
-    if split is not None and split not in SPLITS:
-        raise DataError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
-    if not path.is_file():
-        raise DataError(f"{path}: no such prompt file (JSONL with fields id, text, split)")
-    prompts, seen = [], set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: not valid JSON ({err.msg}); each line must be one object") from err
-        if not isinstance(raw, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-        missing = [key for key in PROMPT_REQUIRED if not isinstance(raw.get(key), str)]
-        if missing:
-            raise DataError(f"{where}: missing or non-string field(s) {', '.join(missing)}")
+    check_split(split)
+    prompts = []
+    for where, raw in read_records(path, PROMPT_REQUIRED, "prompt file (JSONL with fields id, text, split)"):
         if not raw["text"].strip():
             raise DataError(f"{where}: field text is empty")
-        if raw["split"] not in SPLITS:
-            raise DataError(f"{where}: split {raw['split']!r} is not one of {', '.join(SPLITS)}")
-        if raw["id"] in seen:
-            raise DataError(f"{where}: duplicate id {raw['id']!r}")
-        seen.add(raw["id"])
         prompts.append(Prompt(**{key: raw[key] for key in PROMPT_REQUIRED},
                               **{key: str(raw.get(key, "")) for key in PROMPT_OPTIONAL}))
     if split is not None:
