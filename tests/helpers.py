@@ -147,3 +147,18 @@ def add_kl(path, seed: int = 2):
                     group["kl"] = kl.astype(np.float32)
                     group["top1"] = np.clip(1 - kl, 0, 1).astype(np.float32)
     return path
+
+
+def add_path(path, scales=(8.0, 24.0, 64.0)):
+    """PI@CAA groups along the CAA path (what `make pi_caa AT_SCALES=...` writes), whose top
+    subspace turns further from J(0)'s the larger the scale."""
+    with h5py.File(path, "a") as h5:
+        vectors = h5.require_group(f"{KEY}/vectors/pi_caa")
+        for scale in scales:
+            group = vectors.create_group(f"L7-T20-at{scale:+g}")
+            group["vectors"] = np.eye(3, 8, dtype=np.float32)
+            group["sigmas"] = np.array([9.0, 3.0, 1.0], dtype=np.float32) * (1 + scale / 64)
+            group["principal_angles"] = np.array([0.0, 1.0, scale], dtype=np.float32)
+            group["jv_change"] = np.full(3, scale / 100, dtype=np.float32)
+            group.attrs.update(source_layer=7, target_layer=20, sign_free=1, at_scale=scale)
+    return path

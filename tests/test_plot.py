@@ -7,19 +7,20 @@ import pytest
 
 from engine.analysis import chosen_on, nearest_scale, read_split, scale_rows
 from runners import plot
-from tests.helpers import KEY, PI_TEST_BEST, PI_VAL_BEST, add_kl, add_orders, write_store
+from tests.helpers import KEY, PI_TEST_BEST, PI_VAL_BEST, add_kl, add_orders, add_path, write_store
 
 
 @pytest.fixture
 def full_store(tmp_path):
-    return add_kl(add_orders(write_store(tmp_path / "store.h5"), letter_spread=1.0))
+    return add_path(add_kl(add_orders(write_store(tmp_path / "store.h5"), letter_spread=1.0)))
 
 
 def test_every_figure_is_written_from_a_store_with_every_kind_of_group(full_store, tmp_path, capsys):
     written = plot.make_all(plot.load(full_store, KEY, kl_max=0.05), tmp_path / "results", 4.0)
     names = sorted(p.name for p in written)
     assert names == sorted(["violin_scale4.png", "violin_scales.png", "dose_response.png",
-                            "delta_vs_kl.png", "pi_spectrum.png", "caa_layers.png", "melbo_traces.png"])
+                            "delta_vs_kl.png", "pi_spectrum.png", "jacobian_path.png", "caa_layers.png",
+                            "melbo_traces.png"])
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
     assert "skipped" not in capsys.readouterr().err
