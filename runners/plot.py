@@ -339,15 +339,20 @@ def fig_path(data: Data, out: Path) -> Path:
         raise Skip("fewer than 2 linearisation scales: run `make pi_caa AT_SCALES=\"8 24 64\"`")
     panels = 4 if data.test is not None else 2
     fig, axes = plt.subplots(panels, 1, figsize=(8, 2.8 * panels + 1), sharex=True)
-    x = [0.0] + [s for s, _ in path]
-    sigmas = np.stack([at_zero["sigmas"]] + [d["sigmas"] for _, d in path])
+    zero_angles = np.zeros_like(path[0][1]["principal_angles"])
+    points = sorted([(0.0, at_zero["sigmas"], zero_angles)]
+                    + [(s, d["sigmas"], d["principal_angles"]) for s, d in path], key=lambda p: p[0])
+    x = [p[0] for p in points]
+    sigmas = np.stack([p[1] for p in points])
     for i in range(sigmas.shape[1]):
         axes[0].plot(x, sigmas[:, i], "o-", label=f"σ{i + 1}", alpha=1.0 - 0.15 * i)
     axes[0].set(ylabel="σᵢ of J(θ₀)", title="singular values of ∂h_T/∂θ at θ₀ = s · unit(CAA)")
     axes[0].legend(fontsize=8, ncol=2)
-    angles = [0.0] + [float(d["principal_angles"][-1]) for _, d in path]
-    axes[1].plot(x, angles, "o-", color="black")
-    axes[1].set(ylabel="largest principal angle\nto J(0)'s top-k  [°]", ylim=(0, 92))
+    angles = np.stack([p[2] for p in points])
+    axes[1].plot(x, angles[:, -1], "o-", color="black", label="largest")
+    axes[1].plot(x, angles[:, 0], "s--", color="gray", label="smallest")
+    axes[1].set(ylabel="principal angles\nto J(0)'s top-k  [°]", ylim=(0, 92))
+    axes[1].legend(fontsize=8)
     if panels == 4:
         caa = [g for g in data.test.groups.values() if g.method == "caa"]
         if caa:
