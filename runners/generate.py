@@ -156,8 +156,10 @@ def markdown(node: h5py.Group, key: str, store: str) -> str:
     texts, tokens, seconds = text("texts"), node["new_tokens"][()], node["seconds"][()]
     mode = f"sampled (seed {settings['seed']})" if settings["sample"] else "greedy"
     chosen = (f"`{settings['vector']}` at the scales asked for" if settings["vector"] else
-              "each method's vector and scale chosen on validation (largest mean logit difference "
-              "whose answer mass stays at half the baseline's or more; random controls left out)")
+              "each method's vector and scale chosen on validation as the report chooses (largest "
+              "mean logit difference whose answer mass stays at half the baseline's or more and "
+              f"whose mean KL on neutral text is at most {settings.get('kl_max')}; random controls "
+              "left out)")
     lines = [f"# Generations of {key}", "",
              f"Completions of {len(prompts)} prompts, {mode}, up to {settings['max_new_tokens']} new "
              f"tokens. Steered: {chosen}. θ = scale × unit vector is added to "
