@@ -5,8 +5,6 @@ answer letter). Layers 0..S run once; every step runs layers S+1..T for all k ve
 Written to /<model>/vectors/melbo/L<S>-T<T>: vectors [k, d] (rows of norm R), the objective
 trace [steps, k] and the prompt ids, with every setting needed to recompute them.
 """
-import time
-
 import numpy as np
 import torch
 
@@ -25,6 +23,7 @@ from runners.cli import (
     parser,
     positive_float,
     positive_int,
+    progress_bar,
     say,
     settings_of,
     step,
@@ -33,7 +32,6 @@ from runners.cli import (
 # Every forward carries k copies of a prompt batch, so prompt batches are smaller than elsewhere;
 # batching by length also keeps padding (computed, then masked out) low.
 BATCH_SIZE = 4
-PROGRESS_EVERY = 5
 
 
 def run() -> None:
@@ -64,21 +62,20 @@ def run() -> None:
                           amsgrad=AMSGRAD))
 
     def compute(lm, answers, job: Job) -> VectorGroup:
-        t0 = time.perf_counter()
         prefixes = [prefix for _, prefix in batched_prefixes(
             lm.model, [a.prefix_ids for a in answers], args.layer, lm.tokenizer.pad_token_id,
             args.batch_size)]
         resid_norm = float(torch.cat([prefix.residual_norms() for prefix in prefixes]).mean())
 
-        def progress(first: int, t: int, values: torch.Tensor) -> None:
-            if t % PROGRESS_EVERY == 0 or t == args.steps - 1:
-                shown = " ".join(f"{v:.4g}" for v in values.tolist())
-                which = (f"vector {first}" if len(values) == 1
-                         else f"vectors {first}..{first + len(values) - 1}")
-                say(f"  step {t + 1}/{args.steps} ({time.perf_counter() - t0:.0f}s) {which}: {shown}")
-
+        # batched: all k vectors take each step together; sequential: k runs of STEPS steps
+        total = args.steps * (1 if args.mode == "batched" else args.k)
         with step(f"MELBO ({args.mode}) k={args.k} R={args.radius:g} L{args.layer}→T{args.target} "
-                  f"over {len(answers)} prompts, {args.steps} steps"):
+                  f"over {len(answers)} prompts, {args.steps} steps"), \
+                progress_bar(total, "MELBO", "step") as bar:
+            def progress(first: int, t: int, values: torch.Tensor) -> None:
+                bar.update(1)
+                bar.set_postfix(objective=" ".join(f"{v:.4g}" for v in values.tolist()))
+
             result = melbo(lm.model, prefixes, args.target, args.k, args.radius, args.p, args.q,
                            args.steps, args.lr, args.seed, args.mode, progress)
         say("  final objective " + " ".join(f"{v:.4g}" for v in result.objective.tolist())

@@ -11,7 +11,6 @@ group of the same settings): the principal angles between the top-k subspaces an
 for all scales, and each scale's power iteration starts from the previous scale's Ritz vectors.
 Written: unit vectors (sign-free), σ = ‖J v‖, the residual trace.
 """
-import time
 
 import numpy as np
 import torch
@@ -41,6 +40,7 @@ from runners.cli import (
     parser,
     positive_float,
     positive_int,
+    progress_bar,
     say,
     scale_list,
     settings_of,
@@ -129,17 +129,16 @@ def run() -> None:
         groups, prefixes = shared["groups"], shared["prefixes"]
         scale = job.settings["at_scale"]
         theta0, source = theta0_of(scale)
-        t0 = time.perf_counter()
         with step(f"J = ∂h_{args.target}/∂θ_{args.layer} over {len(prompts)} prompts "
                   f"({sum(map(len, prompts))} tokens, positions {args.tokens}) at θ₀ = {source}"):
             op = jacobian_at(lm.model, prefixes, args.target, args.tokens, theta0)
 
-        def progress(index: int, residuals: torch.Tensor, change: float) -> None:
-            say(f"  step {index:3d}/{args.iters}: subspace change {change:.2e}, residuals "
-                + " ".join(f"{r:.1e}" for r in residuals.tolist())
-                + f"  ({time.perf_counter() - t0:.0f}s)")
+        with step(f"power iteration: k={args.k}, oversample={args.oversample}, tol={args.tol}"), \
+                progress_bar(args.iters, "power iteration", "step") as bar:
+            def progress(index: int, residuals: torch.Tensor, change: float) -> None:
+                bar.update(1)
+                bar.set_postfix(change=f"{change:.1e}", residual=f"{float(residuals.max()):.1e}")
 
-        with step(f"power iteration: k={args.k}, oversample={args.oversample}, tol={args.tol}"):
             result = power_iteration(op, args.k, args.iters, args.oversample, args.tol, args.seed,
                                      progress=progress, start=shared.get("ritz"))
         shared["ritz"] = result.vectors
