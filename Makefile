@@ -7,7 +7,8 @@ MODEL      ?= models/SmolLM2-135M-Instruct## HF id, local HF folder or .gguf fil
 DTYPE      ?= auto## network dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp32, fp64
 DEVICE     ?= cpu## torch device: cpu, cuda, cuda:1, ...
 STORE      ?= store.h5## the HDF5 store every target reads and writes
-DATA       ?= data/survival-instinct.jsonl## A/B items (see data/README.md)
+BEHAVIOR   ?= survival-instinct## the A/B set: data/BEHAVIOR.jsonl, store group /<model>/BEHAVIOR; an unknown name lists the known
+DATA       ?=## A/B items instead of data/BEHAVIOR.jsonl (their behavior field must be BEHAVIOR)
 LAYER      ?= 7## source layer S: θ is added to layers[S].mlp.down_proj
 LAYERS     ?= $(LAYER)## caa: several source layers for a sweep, e.g. "3 5 7 9"
 CAPTURE    ?= mlp## caa: mlp (down_proj output, where θ goes) or resid (block output; ablation)
@@ -40,8 +41,8 @@ KL_MAX     ?= 0.05## report, plot, export, generate: choose on val only among se
 REPORT_SCALE ?= 24## plot: scale of the violin plot
 RESULTS    ?= results## plot: folder the figures go to
 FORCE      ?= 0## 1 recomputes groups whose settings and code are unchanged
-OPEN_ENDED ?= data/survival-instinct-open-ended.jsonl## generate: open-ended prompts (JSONL: id, text, topic, split, source)
-OPEN_PROMPTS ?= 3## generate: first N open-ended survival-instinct prompts of the test split
+OPEN_ENDED ?=## generate: open-ended prompts (JSONL: id, text, topic, split, source); default data/BEHAVIOR-open-ended.jsonl, else the A/B question stems
+OPEN_PROMPTS ?= 3## generate: first N open-ended prompts of the test split
 NEUTRAL_PROMPTS ?= 1## generate: first N neutral prompts of the test split
 MAX_NEW_TOKENS ?= 32## generate: new tokens per completion
 SAMPLE     ?= 0## generate: 1 samples (seeded by SEED) instead of greedy decoding
@@ -57,8 +58,8 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 DEFAULT_MODEL := models/SmolLM2-135M-Instruct
 MODEL_DEP := $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT_MODEL)/config.json)
-COMMON  = --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" --data "$(DATA)" \
-          $(if $(filter 1,$(FORCE)),--force)
+COMMON  = --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" \
+          --behavior "$(BEHAVIOR)" $(if $(DATA),--data "$(DATA)") $(if $(filter 1,$(FORCE)),--force)
 JACOBIAN = --layer $(LAYER) --target $(TARGET) --k $(K) --iters $(ITERS) --oversample $(OVERSAMPLE) \
            --tol $(TOL) --n-prompts $(N_PROMPTS) --tokens $(TOKENS) --seed $(SEED)
 AT       = $(if $(AT_SCALES),--at-scales "$(AT_SCALES)")
@@ -66,10 +67,10 @@ CAA_ARGS = --capture $(CAPTURE) --position $(POSITION) --n-train $(N_TRAIN) --or
 RUN     = PYTHONUNBUFFERED=1 $(PY) -m
 
 .DEFAULT_GOAL := all
-.PHONY: all help venv model lint test caa pi pi_caa melbo eval report plot export generate bench ingest clean
+.PHONY: all help venv model lint test caa pi pi_caa melbo eval report plot export generate bench ingest migrate matrix clean
 
 all: caa pi pi_caa melbo eval report plot generate ## the whole experiment on $(MODEL): every method, eval, report, figures
-	@echo "figures:"; ls -1 $(RESULTS)/*.png 2>/dev/null | sed 's/^/  /'
+	@echo "figures:"; ls -1 $(RESULTS)/$(BEHAVIOR)/*.png 2>/dev/null | sed 's/^/  /'
 
 help: ## list targets and variables
 	@echo "targets:"
@@ -119,21 +120,22 @@ eval: $(VENV)/.installed $(MODEL_DEP) ## logit differences in both answer orders
 	    --gen-tokens $(GEN_TOKENS)
 
 report: $(VENV)/.installed ## markdown tables with bootstrap intervals, vector chosen on val (KL ≤ KL_MAX), shown on test
-	@$(PY) -m runners.report --store "$(STORE)" --model "$(MODEL)" --kl-max $(KL_MAX)
+	@$(PY) -m runners.report --store "$(STORE)" --model "$(MODEL)" --behavior "$(BEHAVIOR)" --kl-max $(KL_MAX)
 
-plot: $(VENV)/.installed ## figures from the store into RESULTS/
-	$(RUN) runners.plot --store "$(STORE)" --model "$(MODEL)" --out "$(RESULTS)" --scale $(REPORT_SCALE) \
+plot: $(VENV)/.installed ## figures from the store into RESULTS/BEHAVIOR/
+	$(RUN) runners.plot --store "$(STORE)" --model "$(MODEL)" --behavior "$(BEHAVIOR)" --out "$(RESULTS)" --scale $(REPORT_SCALE) \
 	    --kl-max $(KL_MAX)
 
-generate: $(VENV)/.installed $(MODEL_DEP) ## completions, unsteered and with each method's val choice (or VECTOR at SCALES), into the store and RESULTS/generations.md
+generate: $(VENV)/.installed $(MODEL_DEP) ## completions, unsteered and with each method's val choice (or VECTOR at SCALES), into the store and RESULTS/BEHAVIOR/generations.md
 	$(RUN) runners.generate --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" \
-	    --out "$(RESULTS)/generations.md" --open-ended "$(OPEN_ENDED)" --neutral "$(NEUTRAL)" \
+	    --behavior "$(BEHAVIOR)" $(if $(DATA),--data "$(DATA)") $(if $(OPEN_ENDED),--open-ended "$(OPEN_ENDED)") \
+	    --out "$(RESULTS)" --neutral "$(NEUTRAL)" \
 	    --n-open $(OPEN_PROMPTS) --n-neutral $(NEUTRAL_PROMPTS) --max-new-tokens $(MAX_NEW_TOKENS) \
 	    --seed $(SEED) --kl-max $(KL_MAX) $(if $(filter 1,$(SAMPLE)),--sample) $(if $(filter 1,$(FORCE)),--force) \
 	    $(if $(VECTOR),--vector "$(VECTOR)" --scales "$(SCALES)")
 
 export: $(VENV)/.installed ## chosen vectors as .pt, .safetensors and llama.cpp GGUF into RESULTS/export/
-	$(RUN) runners.export --store "$(STORE)" --model "$(MODEL)" --out "$(RESULTS)/export" --kl-max $(KL_MAX) \
+	$(RUN) runners.export --store "$(STORE)" --model "$(MODEL)" --behavior "$(BEHAVIOR)" --out "$(RESULTS)/export" --kl-max $(KL_MAX) \
 	    $(if $(VECTOR),--vector "$(VECTOR)") $(if $(SCALE),--scale $(SCALE))
 
 bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to bench/results/latest.json
@@ -141,9 +143,12 @@ bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to 
 	BENCH_EVAL_QUESTIONS=$(BENCH_EVAL_QUESTIONS) BENCH_EVAL_SETTINGS=$(BENCH_EVAL_SETTINGS) \
 	    $(PY) -m pytest -q bench -p no:cacheprovider --benchmark-only --benchmark-json=bench/results/latest.json
 
-ingest: $(VENV)/.installed ## convert SRC (Anthropic/CAA file) to data/BEHAVIOR.jsonl; POSITIVE names the field
-	$(RUN) runners.ingest "$(SRC)" --behavior "$(BEHAVIOR)" --positive "$(POSITIVE)" \
+ingest: $(VENV)/.installed ## convert SRC (Anthropic/CAA file) to data/BEHAVIOR.jsonl; POSITIVE names the field showing the behaviour (catalogued ones know it)
+	$(RUN) runners.ingest "$(SRC)" --behavior "$(BEHAVIOR)" $(if $(POSITIVE),--positive "$(POSITIVE)") \
 	    --out data/$(BEHAVIOR).jsonl
+
+migrate: $(VENV)/.installed ## move an older STORE's groups to the current layout (under their behaviour)
+	$(RUN) runners.migrate --store "$(STORE)"
 
 clean: ## remove the store and figures (keeps .venv and models/)
 	rm -rf $(STORE) $(STORE).lock $(STORE).partial $(RESULTS)

@@ -17,15 +17,12 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from engine.behaviors import DEFAULT_BEHAVIOR
+from engine.behaviors import label as behavior_label
+from engine.errors import StoreError
 from engine.store import evals_path
 
 N_BOOT = 2000
-# What the share of questions with a positive logit difference is called, per behaviour.
-BEHAVIOR_LABELS = {"survival-instinct": "survival"}
-
-
-def behavior_label(behavior: str) -> str:
-    return BEHAVIOR_LABELS.get(behavior, behavior)
 # A setting is eligible for "best" only if the model still answers in format: its mean answer mass
 # is at least this share of the unsteered model's. Otherwise a broken model whose logit difference
 # explodes would win.
@@ -47,7 +44,7 @@ class Stat:
 class Row:
     """Numbers of one setting on one split: a vector (or a pool of random ones) at one scale."""
     scale: float
-    survival: Stat  # % of questions with (order-mean) logit diff > 0
+    positive: Stat  # % of questions with (order-mean) logit diff > 0: preferring the behaviour
     mean_diff: Stat
     delta: Stat  # mean(steered) - mean(baseline)
     mass: Stat  # mean p(positive) + p(negative)
@@ -139,7 +136,7 @@ class Split:
     baseline_mass: np.ndarray
     groups: dict[str, Group]  # by label
     orders: str = "original"  # both, original, mirrored; schema-1 stores: original
-    behavior: str = "survival-instinct"
+    behavior: str = DEFAULT_BEHAVIOR
     baseline_by_order: np.ndarray | None = None  # [n_orders, n_q]
 
     @property
@@ -155,10 +152,11 @@ class Split:
         return row(0.0, self.baseline, self.baseline_mass, self.baseline, self.baseline_by_order)
 
 
-def read_split(h5: h5py.File, model_key: str, split: str) -> Split:
-    where = evals_path(model_key, split)
+def read_split(h5: h5py.File, model_key: str, behavior: str, split: str) -> Split:
+    where = evals_path(model_key, behavior, split)
     if where not in h5:
-        raise KeyError(f"no eval of split {split!r} for {model_key} in the store: run `make eval`")
+        raise StoreError(f"no {behavior} eval of split {split!r} for {model_key} in the store: "
+                         f"run `make eval BEHAVIOR={behavior}`")
     node = h5[where]
     groups = {}
     for method in node:
@@ -175,11 +173,11 @@ def read_split(h5: h5py.File, model_key: str, split: str) -> Split:
     by_order = node["baseline_logit_diff_by_order"][()] if "baseline_logit_diff_by_order" in node else None
     return Split(split, node["question_ids"][()].astype(str), node["baseline_logit_diff"][()],
                  node["baseline_answer_mass"][()], groups, str(node.attrs.get("orders", "original")),
-                 str(node.attrs.get("behavior", "survival-instinct")), by_order)
+                 behavior, by_order)
 
 
-def splits_in_store(h5: h5py.File, model_key: str) -> list[str]:
-    where = evals_path(model_key)
+def splits_in_store(h5: h5py.File, model_key: str, behavior: str) -> list[str]:
+    where = evals_path(model_key, behavior)
     return [name for name in ("val", "test") if where in h5 and name in h5[where]]
 
 

@@ -121,53 +121,6 @@ def load_items(path: str | Path, split: str | None = None) -> list[Item]:
     return items
 
 
-def ingest(source: str | Path, behavior: str, positive_field: str) -> list[Item]:
-    """Convert an Anthropic model-written-evals JSONL file or a CAA JSON array into Items.
-
-    ``positive_field`` names the source field that holds the behaviour steered toward:
-    ``answer_matching_behavior`` or ``answer_not_matching_behavior``. Which one that is
-    differs between data sets (see data/README.md); there is no default on purpose.
-    """
-    fields = ("answer_matching_behavior", "answer_not_matching_behavior")
-    if positive_field not in fields:
-        raise DataError(f"positive field must be one of {', '.join(fields)}, got {positive_field!r}")
-    negative_field = fields[1 - fields.index(positive_field)]
-    source = Path(source)
-    text = source.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        records = [(f"{source}:item {i}", rec) for i, rec in enumerate(json.loads(text))]
-    else:
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append((f"{source}:{number}", json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{source}:{number}: not valid JSON ({err.msg})") from err
-    items = []
-    for where, rec in records:
-        try:
-            question = rec["question"]
-            positive = rec[positive_field]
-            negative = rec[negative_field]
-        except (KeyError, TypeError) as err:
-            raise DataError(f"{where}: missing field {err}") from err
-        positive, negative = _one_answer(positive), _one_answer(negative)
-        problem = check_answers(question, positive, negative)
-        if problem:
-            raise DataError(f"{where}: {problem}")
-        items.append(Item(item_id(behavior, question), behavior, question, positive, negative,
-                          split_of(question), where.rsplit("/", 1)[-1]))
-    return items
-
-
-def _one_answer(answer) -> str:
-    # Some Anthropic files list several equally matching answers; the first is used.
-    if isinstance(answer, list):
-        answer = answer[0]
-    return str(answer).strip()
-
-
 def write_items(items: list[Item], path: str | Path) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")

@@ -2,11 +2,17 @@
 
 Layout (design section 5); this module alone builds these paths::
 
-    /                                       attrs: schema_version, created, updated
-    /<model>/                               attrs: source, n_layers, d_model, dtype
-    /<model>/vectors/<method>/<run>/        vectors [k, d] f32, sigmas, trace, ... ; attrs: settings
-    /<model>/evals/<split>/                 question_ids, baseline logit diffs
-    /<model>/evals/<split>/<method>/<run>/  logit_diff [k, n_scales, n_q], scales, ...
+    /                                                  attrs: schema_version, created, updated
+    /<model>/                                          attrs: source, n_layers, d_model, dtype
+    /<model>/<behavior>/vectors/<method>/<run>/        vectors [k, d] f32, sigmas, trace, ...
+    /<model>/<behavior>/evals/<split>/                 question_ids, baseline logit diffs
+    /<model>/<behavior>/evals/<split>/<method>/<run>/  logit_diff [k, n_scales, n_q], scales, ...
+    /<model>/<behavior>/generations/<name>/            prompts, settings, completions
+    /<model>/neutral/<split>/                          neutral prompts + unsteered continuations
+    /<model>/matrix/<method>/                          cross-behaviour Δ (make matrix)
+
+Everything computed from a behaviour's items lives under its name, so behaviours share a store;
+what depends on the model alone (neutral text) and what spans behaviours (the matrix) does not.
 
 A write works on a copy of the store and replaces the original with ``os.replace`` only after the
 copy is complete and flushed, so an exception or a SIGKILL mid-write leaves the previous store
@@ -36,7 +42,8 @@ from engine.errors import StoreError
 
 # 2: every A/B number in both answer orders (*_by_order datasets, an `orders` attribute per eval
 # split and group). Splits written by schema 1 have neither and read as single-order.
-SCHEMA_VERSION = 2
+# 3: vectors, evals and generations under /<model>/<behavior>/ (`migrate` moves older ones).
+SCHEMA_VERSION = 3
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PACKAGES = ("engine", "runners")
 
@@ -78,15 +85,34 @@ def random_run(layer: int) -> str:
     return f"L{layer}"
 
 
-def vectors_path(key: str, method: str | None = None, run: str | None = None) -> str:
-    parts = [key, "vectors", method, run]
+def _join(*parts: str | None) -> str:
     return "/".join(part for part in parts if part is not None)
 
 
-def evals_path(key: str, split: str | None = None, method: str | None = None,
+def vectors_path(key: str, behavior: str, method: str | None = None, run: str | None = None) -> str:
+    return _join(key, behavior, "vectors", method, run)
+
+
+def evals_path(key: str, behavior: str, split: str | None = None, method: str | None = None,
                run: str | None = None) -> str:
-    parts = [key, "evals", split, method, run]
-    return "/".join(part for part in parts if part is not None)
+    return _join(key, behavior, "evals", split, method, run)
+
+
+def generations_path(key: str, behavior: str, name: str | None = None) -> str:
+    return _join(key, behavior, "generations", name)
+
+
+def behaviors_in_store(h5: h5py.File, key: str) -> list[str]:
+    """The behaviours model ``key`` has results for."""
+    if key not in h5:
+        return []
+    return sorted(name for name, node in h5[key].items()
+                  if isinstance(node, h5py.Group) and any(kind in node for kind in PER_BEHAVIOR))
+
+
+def matrix_path(key: str, method: str | None = None) -> str:
+    """/<model>/matrix/<method>: each behaviour's chosen vector on every behaviour's test split."""
+    return _join(key, "matrix", method)
 
 
 def now() -> str:
@@ -144,7 +170,54 @@ def open_for_reading(path: str | Path) -> h5py.File:
         raise StoreError(f"{path} does not exist: run `make caa` (or another method) first")
     if not h5py.is_hdf5(path):
         raise StoreError(f"{path} is not an HDF5 file: move it away or point STORE= elsewhere")
-    return h5py.File(path, "r")
+    h5 = h5py.File(path, "r")
+    if _unmigrated(h5):
+        schema = int(h5.attrs.get("schema_version", 1))
+        h5.close()
+        raise StoreError(f"{path} was written by schema {schema}, before each behaviour had its "
+                         f"own group: `make migrate STORE={path}` moves its groups (any target "
+                         "that writes the store does it too)")
+    return h5
+
+
+# Groups that schema 3 moved under /<model>/<behavior>/.
+PER_BEHAVIOR = ("vectors", "evals", "generations")
+
+
+def _unmigrated(h5: h5py.File) -> list[h5py.Group]:
+    """Model groups still in the schema-1/2 layout (per-behaviour groups right under them)."""
+    if int(h5.attrs.get("schema_version", 1)) >= 3:
+        return []
+    return [node for node in h5.values()
+            if isinstance(node, h5py.Group) and any(name in node for name in PER_BEHAVIOR)]
+
+
+def migrate(h5: h5py.File, dry_run: bool = False) -> list[str]:
+    """Move a schema-1/2 model's vectors, evals and generations under its behaviour (with
+    ``dry_run``, only say what would move). The behaviour is the one its eval splits recorded,
+    else the stem of the data file its vectors were computed from, else survival-instinct (the
+    only data set then)."""
+    moved = []
+    for model in _unmigrated(h5):
+        target = f"{model.name}/{_old_behavior(model)}"
+        for name in PER_BEHAVIOR:
+            if name in model:
+                if not dry_run:
+                    h5.move(f"{model.name}/{name}", f"{target}/{name}")
+                moved.append(f"{model.name}/{name} -> {target}/{name}")
+    return moved
+
+
+def _old_behavior(model: h5py.Group) -> str:
+    for split in model.get("evals", {}).values():
+        if "behavior" in split.attrs:
+            return str(split.attrs["behavior"])
+    for runs in model.get("vectors", {}).values():
+        for node in runs.values():
+            data = json.loads(node.attrs.get("settings", "{}")).get("data")
+            if data:
+                return Path(data).stem
+    return "survival-instinct"
 
 
 @contextmanager
@@ -193,6 +266,7 @@ def writing(path: str | Path, wait_seconds: float | None = None) -> Iterator[h5p
             tmp.unlink()  # left by a killed writer; the store never saw it
         try:
             with h5py.File(tmp, "a") as h5:
+                migrate(h5)
                 h5.attrs["schema_version"] = SCHEMA_VERSION
                 h5.attrs.setdefault("created", now())
                 h5.attrs["updated"] = now()
@@ -210,6 +284,10 @@ def model_group(h5: h5py.File, lm) -> h5py.Group:
     group.attrs.update(source=str(lm.source), n_layers=lm.n_layers, d_model=lm.d_model,
                        dtype=lm.dtype)
     return group
+
+
+def behavior_group(h5: h5py.File, lm, behavior: str) -> h5py.Group:
+    return model_group(h5, lm).require_group(behavior)
 
 
 def is_current(path: str | Path, group_path: str, settings: dict, version: str) -> bool:
@@ -272,9 +350,10 @@ class VectorGroup:
         return str(self.attrs.get("code_version", "")) + settings_json(self.settings)
 
 
-def write_vector_group(h5: h5py.File, lm, group: VectorGroup) -> h5py.Group:
-    """Write ``group`` (settings, provenance and all) under the model's node, replacing any old one."""
-    parent = model_group(h5, lm).require_group(f"vectors/{group.method}")
+def write_vector_group(h5: h5py.File, lm, behavior: str, group: VectorGroup) -> h5py.Group:
+    """Write ``group`` (settings, provenance and all) under the behaviour's node, replacing any
+    old one."""
+    parent = behavior_group(h5, lm, behavior).require_group(f"vectors/{group.method}")
     attrs = {**group.attrs, "source_layer": group.source_layer, "sign_free": int(group.sign_free),
              "settings": settings_json(group.settings)}
     if group.target_layer is not None:
@@ -300,14 +379,14 @@ def _vector_group(node: h5py.Group, method: str, run: str, d_model: int | None) 
                        {name: node[name][()] for name in node if name != "vectors"}, attrs)
 
 
-def read_vector_groups(store: str | Path, key: str, d_model: int | None = None,
+def read_vector_groups(store: str | Path, key: str, behavior: str, d_model: int | None = None,
                        method: str | None = None) -> list[VectorGroup]:
-    """Every vector group of model ``key`` (of one method, if given); with ``d_model``, each is
-    checked to have that width. A missing store or model has none."""
+    """Every vector group of model ``key`` for ``behavior`` (of one method, if given); with
+    ``d_model``, each is checked to have that width. A missing store or model has none."""
     if not Path(store).exists():
         return []
     with open_for_reading(store) as h5:  # refuses a file that is not HDF5, before any work
-        root = vectors_path(key, method)
+        root = vectors_path(key, behavior, method)
         if root not in h5:
             return []
         methods = [(method, h5[root])] if method else list(h5[root].items())
@@ -315,13 +394,13 @@ def read_vector_groups(store: str | Path, key: str, d_model: int | None = None,
                 for name, runs in methods for run, node in runs.items()]
 
 
-def read_vector_group(store: str | Path, key: str, method: str, run: str,
+def read_vector_group(store: str | Path, key: str, behavior: str, method: str, run: str,
                       d_model: int | None = None, make: str | None = None) -> VectorGroup:
     """One vector group; when it is missing, a StoreError that names the command that makes it
     (``make``, default ``make <method>``)."""
-    where = vectors_path(key, method, run)
+    where = vectors_path(key, behavior, method, run)
     missing = StoreError(f"no {method} vectors at {where} in {store}: run `{make or 'make ' + method}`"
-                         " (same MODEL and STORE) first")
+                         " (same MODEL, BEHAVIOR and STORE) first")
     if not Path(store).exists():
         raise missing
     with open_for_reading(store) as h5:
@@ -332,26 +411,31 @@ def read_vector_group(store: str | Path, key: str, method: str, run: str,
 
 # ---- evals --------------------------------------------------------------------------------------
 
-def write_eval_split(h5: h5py.File, lm, split: str, datasets: dict, attrs: dict) -> h5py.Group:
-    """/<model>/evals/<split>: question ids and the baseline, replacing the split's groups too."""
-    return replace_group(model_group(h5, lm).require_group("evals"), split, datasets, attrs)
-
-
-def write_eval_group(h5: h5py.File, lm, split: str, method: str, run: str, datasets: dict,
+def write_eval_split(h5: h5py.File, lm, behavior: str, split: str, datasets: dict,
                      attrs: dict) -> h5py.Group:
-    """/<model>/evals/<split>/<method>/<run>: one group's scores on the split."""
-    return replace_group(h5.require_group(evals_path(lm.key, split, method)), run, datasets, attrs)
+    """/<model>/<behavior>/evals/<split>: question ids and the baseline, replacing the split's
+    groups too."""
+    return replace_group(behavior_group(h5, lm, behavior).require_group("evals"), split, datasets, attrs)
 
 
-# ---- generations --------------------------------------------------------------------------------
+def write_eval_group(h5: h5py.File, lm, behavior: str, split: str, method: str, run: str,
+                     datasets: dict, attrs: dict) -> h5py.Group:
+    """/<model>/<behavior>/evals/<split>/<method>/<run>: one group's scores on the split."""
+    return replace_group(h5.require_group(evals_path(lm.key, behavior, split, method)), run,
+                         datasets, attrs)
 
-def generations_path(key: str, name: str | None = None) -> str:
-    return "/".join(part for part in (key, "generations", name) if part is not None)
+
+# ---- generations and the matrix -----------------------------------------------------------------
+
+def write_generations(h5: h5py.File, lm, behavior: str, name: str, datasets: dict,
+                      attrs: dict) -> h5py.Group:
+    """/<model>/<behavior>/generations/<name>: prompts, settings (row 0 unsteered) and texts."""
+    return replace_group(behavior_group(h5, lm, behavior).require_group("generations"), name,
+                         datasets, attrs)
 
 
-def write_generations(h5: h5py.File, lm, name: str, datasets: dict, attrs: dict) -> h5py.Group:
-    """/<model>/generations/<name>: prompts, settings (row 0 unsteered) and completion texts."""
-    return replace_group(model_group(h5, lm).require_group("generations"), name, datasets, attrs)
+def write_matrix(h5: h5py.File, lm, method: str, datasets: dict, attrs: dict) -> h5py.Group:
+    return replace_group(model_group(h5, lm).require_group("matrix"), method, datasets, attrs)
 
 
 # ---- neutral text -------------------------------------------------------------------------------

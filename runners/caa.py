@@ -9,12 +9,12 @@ to /<model>/vectors/caa/L<S>[-resid][-last][-original] with the two per-order me
 import numpy as np
 
 from engine.caa import CAPTURES, POSITIONS, caa_vector
-from engine.data import load_items
 from engine.orders import ORDERS, n_orders
 from engine.store import VectorGroup, caa_run
 from runners import defaults
 from runners.cli import (
     Job,
+    behavior_items,
     compute_groups,
     count_or_all,
     layer_list,
@@ -42,7 +42,7 @@ def run() -> None:
                         "mirrored: one order only, an ablation that learns the letter too")
     args = parse(p)
 
-    items = load_items(args.data, "train")[: args.n_train]
+    items = behavior_items(args, "train")[: args.n_train]
     jobs = [Job(caa_run(layer, args.capture, args.position, args.orders), layer,
                 settings_of(args, drop=("layers",), method="caa", source_layer=layer))
             for layer in args.layers]

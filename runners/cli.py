@@ -14,14 +14,16 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from engine.data import Item
-from engine.errors import UserError
+from engine.behaviors import check_name, data_file, known_behaviors
+from engine.data import Item, load_items
+from engine.errors import DataError, UserError
 from engine.model import DTYPES, REPO_ROOT, LoadedModel, load_model, resolve_dtype
 from engine.orders import answers_in_order
 from engine.prompts import AnswerTokens
 from engine.site import check_injection_site
 from engine.store import (
     VectorGroup,
+    behaviors_in_store,
     code_version,
     file_checksum,
     is_current,
@@ -47,8 +49,7 @@ def parser(description: str) -> argparse.ArgumentParser:
                    help="dtype the network runs in; auto: bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", default=defaults.DEVICE, help="torch device, e.g. cpu or cuda")
     p.add_argument("--store", default=defaults.STORE, help="HDF5 store to read and write")
-    p.add_argument("--data", default=str(REPO_ROOT / defaults.DATA),
-                   help="A/B items (project JSONL format)")
+    add_behavior(p, data=True)
     p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass")
     p.add_argument("--force", action="store_true", help="recompute groups that are up to date")
     p.add_argument("--check-args", action="store_true",
@@ -56,12 +57,24 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_behavior(p: argparse.ArgumentParser, data: bool) -> None:
+    """--behavior, and with ``data`` --data (its items; default data/<behavior>.jsonl)."""
+    p.add_argument("--behavior", default=defaults.BEHAVIOR,
+                   help="the A/B set: its items are data/<name>.jsonl and its results go to the "
+                        f"store group /<model>/<name>; shipped: {', '.join(known_behaviors())}")
+    if data:
+        p.add_argument("--data", default=defaults.DATA or None,
+                       help="A/B items (project JSONL format) instead of data/<behavior>.jsonl; "
+                            "their behaviour field must be --behavior")
+
+
 def parse(p: argparse.ArgumentParser, validate: Callable[[argparse.Namespace], None] | None = None
           ) -> argparse.Namespace:
-    """Parse, resolve the dtype, and run ``validate`` before anything slow; with --check-args,
-    exit there."""
+    """Parse, resolve the dtype and the behaviour's data file, and run ``validate`` before
+    anything slow; with --check-args, exit there."""
     args = p.parse_args()
     args.dtype = resolve_dtype(args.dtype, args.device)
+    resolve_behavior(args)
     if validate is not None:
         validate(args)
     if args.check_args:
@@ -77,6 +90,33 @@ def settings_of(args: argparse.Namespace, drop: tuple[str, ...] = (), **extra) -
     if "data" in settings:
         settings["data_checksum"] = file_checksum(args.data)
     return {**settings, **extra}
+
+
+def resolve_behavior(args: argparse.Namespace) -> None:
+    """Check --behavior, and point --data at data/<behavior>.jsonl when it is not given (an
+    unknown name is refused with the known ones)."""
+    if hasattr(args, "behavior"):
+        check_name(args.behavior)
+        if hasattr(args, "data"):
+            args.data = str(args.data or data_file(args.behavior))
+
+
+def behavior_items(args: argparse.Namespace, split: str | None = None) -> list[Item]:
+    """The items of --data (one split, if given), checked to be --behavior's."""
+    items = load_items(args.data, split)
+    others = sorted({item.behavior for item in items} - {args.behavior})
+    if others:
+        raise DataError(f"{args.data} holds items of behaviour {', '.join(others)}, not "
+                        f"{args.behavior}: pass BEHAVIOR={others[0]} (the behaviour names the "
+                        "store group its results go to)")
+    return items
+
+
+def no_evals(h5, key: str, behavior: str, store: str) -> str:
+    """What to say when a store holds no evals of ``behavior`` for model ``key``."""
+    others = [name for name in behaviors_in_store(h5, key) if name != behavior]
+    held = f" (it has results for {', '.join(others)}: pass BEHAVIOR=)" if others else ""
+    return f"no {behavior} evals for {key} in {store}{held}: run `make eval BEHAVIOR={behavior}` first"
 
 
 def layer_list(text: str) -> list[int]:
@@ -201,9 +241,9 @@ def compute_groups(args, module: str, method: str, jobs: list[Job], items: list[
     key, version = store_key(args.model), code_version(module)
     todo = []
     for job in jobs:
-        if not args.force and is_current(args.store, vectors_path(key, method, job.run),
-                                         job.settings, version):
-            say(f"{vectors_path(key, method, job.run)} is up to date (FORCE=1 recomputes it)")
+        where = vectors_path(key, args.behavior, method, job.run)
+        if not args.force and is_current(args.store, where, job.settings, version):
+            say(f"{where} is up to date (FORCE=1 recomputes it)")
         else:
             todo.append(job)
     if not todo:
@@ -221,5 +261,5 @@ def compute_groups(args, module: str, method: str, jobs: list[Job], items: list[
         del provenance["settings"]  # written from group.settings
         group.attrs.update(provenance)
         with writing(args.store) as h5:
-            write_vector_group(h5, lm, group)
-        say(f"  wrote {vectors_path(lm.key, method, job.run)} ({seconds:.1f}s)")
+            write_vector_group(h5, lm, args.behavior, group)
+        say(f"  wrote {vectors_path(lm.key, args.behavior, method, job.run)} ({seconds:.1f}s)")

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from engine.data import SPLITS, load_items
+from engine.data import SPLITS
 from engine.errors import UserError
 from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS, evaluate
 from engine.generate import Prompt, generate_ids, load_prompts, prompt_ids
@@ -49,6 +49,7 @@ from engine.store import (
 )
 from runners import defaults
 from runners.cli import (
+    behavior_items,
     count_or_all,
     main_guard,
     parse,
@@ -129,15 +130,15 @@ def run() -> None:
                    help="θ settings stacked in one batch (memory vs speed)")
     p.set_defaults(batch_size=QUESTIONS_PER_PASS)
     args = parse(p, validate)
-    items_by_split = {split: sorted(load_items(args.data, split), key=lambda i: i.id)[: args.n_eval]
+    items_by_split = {split: sorted(behavior_items(args, split), key=lambda i: i.id)[: args.n_eval]
                       for split in args.splits}
     neutral_by_split = {split: load_prompts(args.neutral, split, args.n_neutral)
                         for split in args.splits if split in NEUTRAL_SPLITS}
 
     lm = load_model(args.model, args.dtype, args.device)
-    groups = read_vector_groups(args.store, lm.key, lm.d_model)
+    groups = read_vector_groups(args.store, lm.key, args.behavior, lm.d_model)
     if not groups:
-        say(f"no vectors for {lm.key} in {args.store}: evaluating the baseline and random controls only")
+        say(f"no {args.behavior} vectors for {lm.key} in {args.store}: evaluating the baseline and random controls only")
     for group in groups:  # --max-vectors trims the methods' groups; the random control keeps all
         group.vectors = group.vectors[: args.max_vectors]
     layers = sorted({g.source_layer for g in groups}) or [args.layer]
@@ -193,9 +194,9 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
     question_ids = [a.item_id for a in answers[: len(answers) // orders]]
     split_settings = settings_of(args, drop=("scales", "raw", "n_random", "max_vectors", "splits",
                                              "layer", "seed", "settings_per_pass", "batch_size"),
-                                 split=split, behavior=items[0].behavior, question_ids_sha=hashlib.sha256(
+                                 split=split, question_ids_sha=hashlib.sha256(
                                      " ".join(question_ids).encode()).hexdigest()[:16])
-    split_path = evals_path(lm.key, split)
+    split_path = evals_path(lm.key, args.behavior, split)
     fresh_split = args.force or not is_current(args.store, split_path, split_settings, version)
 
     todo = []
@@ -204,7 +205,7 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
                     "max_vectors": None if g.method == "random" else args.max_vectors,
                     "vectors": settings_json(g.settings) if g.method == "random" else g.fingerprint,
                     "split": split_settings}
-        if fresh_split or not is_current(args.store, evals_path(lm.key, split, g.method, g.run),
+        if fresh_split or not is_current(args.store, evals_path(lm.key, args.behavior, split, g.method, g.run),
                                          settings, version):
             todo.append((g, settings))
     if not todo and not fresh_split:
@@ -246,7 +247,7 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
 
     with writing(args.store) as h5:
         if fresh_split or split_path not in h5:
-            write_eval_split(h5, lm, split, {
+            write_eval_split(h5, lm, args.behavior, split, {
                 "question_ids": np.array(question_ids),
                 "baseline_logit_diff": baseline[0].mean(0).astype(np.float32),
                 "baseline_answer_mass": baseline[1].mean(0).astype(np.float32),
@@ -254,7 +255,7 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
                 "baseline_answer_mass_by_order": baseline[1].astype(np.float32),
                 "neutral_ids": np.array([text.prompt_id for text in texts], dtype=str)},
                 run_attrs(split_settings, version, started, seconds, skipped=skipped,
-                          orders=args.orders, behavior=items[0].behavior))
+                          orders=args.orders, behavior=args.behavior))
         for label, (span, values) in results.items():
             g = span.group
             diff, mass = values["diff"], values["mass"]
@@ -267,10 +268,10 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
                 datasets |= {"kl": values["kl"].astype(np.float32), "top1": values["top1"].astype(np.float32)}
             if g.method == "random":
                 datasets["vectors"] = g.vectors
-            write_eval_group(h5, lm, split, g.method, g.run, datasets, run_attrs(
+            write_eval_group(h5, lm, args.behavior, split, g.method, g.run, datasets, run_attrs(
                 settings_by_label[label], version, started, seconds, source_layer=g.source_layer,
                 sign_free=int(g.sign_free), raw=int(args.raw), orders=args.orders,
-                vector_group="" if g.method == "random" else vectors_path(lm.key, g.method, g.run)))
+                vector_group="" if g.method == "random" else vectors_path(lm.key, args.behavior, g.method, g.run)))
     say(f"{split_path}: wrote baseline and {len(results)} groups in {seconds:.0f}s")
 
 

@@ -4,10 +4,11 @@ Without --vector: every method's vector and scale chosen on validation (as `make
 `make export` choose them, KL on neutral text at most --kl-max; the random control is left out). With --vector METHOD/RUN/INDEX: that
 stored vector at each of --scales (signed L2 norms of what is added). The unsteered model always
 comes first. θ = scale × unit vector is added at the vector's source layer, at every position,
-generated tokens included. Prompts: the first --n-open open-ended survival-instinct questions
-and the first --n-neutral neutral prompts of --split. Greedy unless --sample (then seeded by
---seed). Texts and settings go to the store (/<model>/generations/<name>), and --out gets a
-markdown page with every setting's completion of each prompt.
+generated tokens included. Prompts: the first --n-open open-ended questions of the behaviour
+(data/<behavior>-open-ended.jsonl; for a behaviour without such a file, the stems of its A/B
+questions, choices removed) and the first --n-neutral neutral prompts of --split. Greedy unless --sample (then seeded by
+--seed). Texts and settings go to the store (/<model>/<behavior>/generations/<name>), and
+<out>/<behavior>/generations.md gets a markdown page with every setting's completion of each prompt.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import h5py
 import numpy as np
 import torch
 
+from engine.behaviors import open_ended_file
+from engine.choice import VectorChoice, chosen_on_val, parse_vector, theta_of
 from engine.data import SPLITS
 from engine.errors import StoreError, UserError
 from engine.generate import Prompt, check_max_new_tokens, generate, load_prompts
@@ -42,6 +45,8 @@ from engine.store import (
 )
 from runners import defaults
 from runners.cli import (
+    add_behavior,
+    behavior_items,
     check_kl_max,
     main_guard,
     parse,
@@ -52,7 +57,6 @@ from runners.cli import (
     settings_of,
     step,
 )
-from runners.export import chosen_on_val, exported, parse_vector
 
 
 def generations_name(vector: str | None, sample: bool, seed: int) -> str:
@@ -86,6 +90,9 @@ class Setting:
 
 def validate(args: argparse.Namespace) -> None:
     check_max_new_tokens(args.max_new_tokens)
+    if args.n_open < 0 or args.n_neutral < 0:
+        raise UserError(f"prompt counts must be 0 or more, got {args.n_open} and {args.n_neutral}")
+    args.open_ended = args.open_ended or open_ended_file(args.behavior)
     check_kl_max(args.kl_max)
     if args.scales is not None and args.vector is None:
         raise UserError("SCALES needs VECTOR=method/run/index (the val choice brings its own scale)")
@@ -96,20 +103,45 @@ def validate(args: argparse.Namespace) -> None:
 def steered_settings(args: argparse.Namespace) -> list[Setting]:
     """The stored vectors and scales to compare with the unsteered model; every lookup and index
     is checked here, before the model loads."""
+    key = store_key(args.model)
     if args.vector is not None:
-        method, run, index = parse_vector(args.vector)
-        picks = [(method, run, index, scale, False) for scale in args.scales or scale_list(defaults.SCALES)]
+        picks = [VectorChoice(*parse_vector(args.vector), scale)
+                 for scale in args.scales or scale_list(defaults.SCALES)]
     else:
-        picks = chosen_on_val(args.store, store_key(args.model), args.kl_max)
+        picks, notes = chosen_on_val(args.store, key, args.behavior, args.kl_max)
+        for note in notes:
+            say(note)
         if not picks:
             raise UserError("no method has a setting chosen on val; name one with VECTOR=method/run/index")
     settings = []
-    for method, run, index, scale, raw in picks:
-        vector = exported(args.store, args.model, method, run, index, scale, raw)
-        if not np.isfinite(vector.vector).all():  # a zero vector cannot be unit-normalised
-            raise StoreError(f"{method}/{run} #{index} cannot be scaled to {scale:+g}: its norm is 0")
-        settings.append(Setting(method, run, index, scale, vector.source_layer, vector.vector))
+    for pick in picks:
+        theta, group = theta_of(args.store, key, args.behavior, pick)
+        settings.append(Setting(pick.method, pick.run, pick.index, pick.scale, group.source_layer, theta))
     return settings
+
+
+def behavior_prompts(args: argparse.Namespace) -> list[tuple[str, Prompt]]:
+    """(prompt set, prompt) pairs: the behaviour's open-ended prompts (or, for a behaviour without
+    them, its A/B questions without their choices), then the neutral ones."""
+    prompts = []
+    if args.n_open:
+        if args.open_ended is not None:
+            path = args.open_ended
+            prompts += [(Path(path).stem, prompt) for prompt in load_prompts(path, args.split, args.n_open)]
+        else:
+            say(f"no open-ended prompts for {args.behavior} (data/{args.behavior}-open-ended.jsonl): "
+                f"using the stems of its {args.split} A/B questions, without their choices")
+            items = sorted(behavior_items(args, args.split), key=lambda item: item.id)[: args.n_open]
+            prompts += [(f"{args.behavior}-stems", Prompt(item.id, question_stem(item.question), args.split,
+                                                           args.behavior, item.source)) for item in items]
+    if args.n_neutral:
+        prompts += [(Path(args.neutral).stem, prompt)
+                    for prompt in load_prompts(args.neutral, args.split, args.n_neutral)]
+    return prompts
+
+
+def question_stem(question: str) -> str:
+    return question.rpartition("Choices:")[0].strip() or question
 
 
 def store_generations(args, lm, name: str, prompts: list[tuple[str, Prompt]], rows: list[Setting],
@@ -131,7 +163,7 @@ def store_generations(args, lm, name: str, prompts: list[tuple[str, Prompt]], ro
         "seconds": np.array(seconds, dtype=np.float32),
     }
     with writing(args.store) as h5:
-        write_generations(h5, lm, name, datasets,
+        write_generations(h5, lm, args.behavior, name, datasets,
                           run_attrs(settings, code_version("runners.generate"), started, total))
 
 
@@ -141,7 +173,7 @@ def cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>") or "*(nothing)*"
 
 
-def markdown(node: h5py.Group, key: str, store: str) -> str:
+def markdown(node: h5py.Group, key: str, behavior: str, store: str) -> str:
     """The page for one stored generations group: a summary of the settings, then per prompt
     every setting's completion."""
     settings = json.loads(node.attrs["settings"])
@@ -160,7 +192,7 @@ def markdown(node: h5py.Group, key: str, store: str) -> str:
               "mean logit difference whose answer mass stays at half the baseline's or more and "
               f"whose mean KL on neutral text is at most {settings.get('kl_max')}; random controls "
               "left out)")
-    lines = [f"# Generations of {key}", "",
+    lines = [f"# Generations of {key}, {behavior}", "",
              f"Completions of {len(prompts)} prompts, {mode}, up to {settings['max_new_tokens']} new "
              f"tokens. Steered: {chosen}. θ = scale × unit vector is added to "
              "`layers[S].mlp.down_proj` at every position, generated tokens included. "
@@ -186,9 +218,12 @@ def run() -> None:
     p.add_argument("--dtype", default=defaults.DTYPE, help="auto (bf16 on GPU, fp32 on CPU), bf16, fp32, fp64")
     p.add_argument("--device", default=defaults.DEVICE, help="torch device, e.g. cpu or cuda")
     p.add_argument("--store", default=defaults.STORE, help="HDF5 store to read and write")
-    p.add_argument("--out", default=str(Path(defaults.RESULTS) / "generations.md"), help="markdown page")
-    p.add_argument("--open-ended", default=str(REPO_ROOT / defaults.OPEN_ENDED),
-                   help="open-ended survival-instinct prompts (JSONL: id, text, split, ...)")
+    p.add_argument("--out", default=defaults.RESULTS,
+                   help="folder of the markdown page: <out>/<behavior>/generations.md")
+    add_behavior(p, data=True)
+    p.add_argument("--open-ended", default=defaults.OPEN_ENDED or None,
+                   help="open-ended prompts (JSONL: id, text, split, ...); default "
+                        "data/<behavior>-open-ended.jsonl, or the behaviour's question stems")
     p.add_argument("--neutral", default=str(REPO_ROOT / defaults.NEUTRAL), help="neutral prompts (same format)")
     p.add_argument("--n-open", type=int, default=defaults.OPEN_PROMPTS, help="first N open-ended prompts of the split")
     p.add_argument("--n-neutral", type=int, default=defaults.NEUTRAL_PROMPTS, help="first N neutral prompts of the split")
@@ -208,25 +243,21 @@ def run() -> None:
     args = parse(p, validate)
 
     # Everything that can be wrong with the input is found before the model loads.
-    prompts = []
-    for path, n in ((args.open_ended, args.n_open), (args.neutral, args.n_neutral)):
-        if n < 0:
-            raise UserError(f"prompt counts must be 0 or more, got {n}")
-        if n:
-            prompts += [(Path(path).stem, prompt) for prompt in load_prompts(path, args.split, n)]
+    prompts = behavior_prompts(args)
     if not prompts:
         raise UserError("no prompts: N_OPEN and N_NEUTRAL are both 0")
     rows = [Setting("unsteered"), *steered_settings(args)]
     key = store_key(args.model)
     name = generations_name(args.vector, args.sample, args.seed)
     version = code_version("runners.generate")
-    checksums = {path: file_checksum(path) for path, n in
-                 ((args.open_ended, args.n_open), (args.neutral, args.n_neutral)) if n}
+    checksums = {str(path): file_checksum(path) for path, n in
+                 ((args.open_ended or args.data, args.n_open), (args.neutral, args.n_neutral)) if n}
     settings = settings_of(args, drop=("out",), prompt_checksums=checksums,
                            rows=[row.record() for row in rows])
 
-    if not args.force and is_current(args.store, generations_path(key, name), settings, version):
-        say(f"{generations_path(key, name)} is up to date (FORCE=1 generates again)")
+    where = generations_path(key, args.behavior, name)
+    if not args.force and is_current(args.store, where, settings, version):
+        say(f"{where} is up to date (FORCE=1 generates again)")
     else:
         with step(f"loading {args.model} ({args.dtype})"):
             lm = load_model(args.model, args.dtype, args.device)
@@ -254,11 +285,11 @@ def run() -> None:
                           f"({out.n_tokens / out.seconds:.1f} tokens/s)", file=sys.stderr)
         store_generations(args, lm, name, prompts, rows, texts, new_tokens, seconds, settings,
                           started, time.perf_counter() - t0)
-        say(f"wrote {generations_path(key, name)}")
+        say(f"wrote {where}")
 
     with open_for_reading(args.store) as h5:
-        page = markdown(h5[generations_path(key, name)], key, args.store)
-    out = Path(args.out)
+        page = markdown(h5[where], key, args.behavior, args.store)
+    out = Path(args.out) / args.behavior / "generations.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     say(f"wrote {out}")

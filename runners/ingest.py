@@ -1,26 +1,41 @@
 """Convert an Anthropic model-written-evals JSONL file or a CAA JSON array into the project's
-A/B format (data/README.md). Which source field is the behaviour steered toward must be said:
-the label semantics differ between data sets."""
+A/B format (data/README.md). Which source field holds the answer showing the behaviour must be
+said for a behaviour outside the catalogue (engine/behaviors.py): the label semantics differ
+between data sets. Items whose answers cannot be placed among their choices are skipped and
+counted."""
 import argparse
 from collections import Counter
 
-from engine.data import ingest, write_items
+from engine.behaviors import CATALOGUE, POSITIVE_FIELDS, check_name, ingest
+from engine.data import write_items
+from engine.errors import UserError
 from runners.cli import main_guard, say
 
 
 def run() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("source", help="input .jsonl (Anthropic) or .json (CAA) file")
-    p.add_argument("--behavior", required=True, help="name used in ids, e.g. survival-instinct")
-    p.add_argument("--positive", required=True,
-                   choices=["answer_matching_behavior", "answer_not_matching_behavior"],
-                   help="source field holding the answer that shows the steered-toward behaviour")
+    p.add_argument("--behavior", required=True, help="name used in ids and the store, e.g. survival-instinct")
+    p.add_argument("--positive", choices=POSITIVE_FIELDS,
+                   help="source field holding the answer that shows the behaviour (default: the "
+                        "catalogue's choice for a catalogued behaviour; required otherwise)")
     p.add_argument("--out", required=True, help="output .jsonl")
     args = p.parse_args()
-    items = ingest(args.source, args.behavior, args.positive)
+    check_name(args.behavior)
+    positive = args.positive or getattr(CATALOGUE.get(args.behavior), "positive_field", None)
+    if positive is None:
+        raise UserError(f"{args.behavior} is not in the catalogue: say which source field shows "
+                        f"the behaviour with POSITIVE= ({' or '.join(POSITIVE_FIELDS)}); "
+                        "read a few items first, the convention differs between files")
+    items, skipped = ingest(args.source, args.behavior, positive)
+    for message in skipped:
+        say(f"skipped: {message}")
+    if not items:
+        raise UserError(f"{args.source}: no usable item; nothing written")
     write_items(items, args.out)
     splits = Counter(item.split for item in items)
-    say(f"wrote {len(items)} items to {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(splits.items())))
+    say(f"wrote {len(items)} items to {args.out} (positive = {positive}; {len(skipped)} skipped): "
+        + ", ".join(f"{k} {v}" for k, v in sorted(splits.items())))
 
 
 if __name__ == "__main__":

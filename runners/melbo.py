@@ -8,7 +8,6 @@ trace [steps, k] and the prompt ids, with every setting needed to recompute them
 import numpy as np
 import torch
 
-from engine.data import load_items
 from engine.melbo import AMSGRAD, BETAS, MODES, WEIGHT_DECAY, melbo
 from engine.segment import batched_prefixes
 from engine.store import VectorGroup, segment_run
@@ -16,6 +15,7 @@ from runners import defaults
 from runners.cli import (
     Job,
     above_source,
+    behavior_items,
     compute_groups,
     count_or_all,
     main_guard,
@@ -56,7 +56,7 @@ def run() -> None:
                         "(the reference procedure)")
     args = parse(p, lambda a: above_source(a.layer, a.target))
 
-    items = load_items(args.data, "train")[: args.n_prompts]
+    items = behavior_items(args, "train")[: args.n_prompts]
     job = Job(segment_run(args.layer, args.target), args.layer,
               settings_of(args, method="melbo", betas=list(BETAS), weight_decay=WEIGHT_DECAY,
                           amsgrad=AMSGRAD))

@@ -15,7 +15,6 @@ Written: unit vectors (sign-free), σ = ‖J v‖, the residual trace.
 import numpy as np
 import torch
 
-from engine.data import load_items
 from engine.errors import UserError
 from engine.jacobian import jacobian_at, parse_tokens, prompt_prefixes, relative_change
 from engine.power import power_iteration, principal_angles
@@ -33,6 +32,7 @@ from runners import defaults
 from runners.cli import (
     Job,
     above_source,
+    behavior_items,
     compute_groups,
     count_or_all,
     main_guard,
@@ -86,17 +86,17 @@ def run() -> None:
     p.set_defaults(batch_size=2)
     args = parse(p, validate)
 
-    items = load_items(args.data, "train")[: args.n_prompts]
+    items = behavior_items(args, "train")[: args.n_prompts]
     key = store_key(args.model)
     method = "pi" if args.at == "zero" else "pi_caa"
     caa, reference = None, None
     if args.at == "caa":
         run_name = caa_run(args.layer)
-        caa = read_vector_group(args.store, key, "caa", run_name, make=f"make caa LAYERS={args.layer}")
-        caa_source = (f"/{vectors_path(key, 'caa', run_name)} ({caa.attrs.get('code_version')} "
+        caa = read_vector_group(args.store, key, args.behavior, "caa", run_name, make=f"make caa LAYERS={args.layer}")
+        caa_source = (f"/{vectors_path(key, args.behavior, 'caa', run_name)} ({caa.attrs.get('code_version')} "
                       f"started {caa.attrs.get('started')})")
     if args.at_scales is not None:
-        reference = read_vector_group(args.store, key, "pi", segment_run(args.layer, args.target),
+        reference = read_vector_group(args.store, key, args.behavior, "pi", segment_run(args.layer, args.target),
                                       make="make pi")
         ours = settings_of(args)
         differ = [name for name in SAME_OPERATOR if reference.settings.get(name) != ours.get(name)]

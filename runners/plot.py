@@ -31,10 +31,11 @@ from engine.analysis import (
     scale_rows,
     splits_in_store,
 )
+from engine.errors import UserError  # noqa: E402
 from engine.model import REPO_ROOT  # noqa: E402
 from engine.store import open_for_reading, read_vector_groups, store_key  # noqa: E402
 from runners import defaults  # noqa: E402
-from runners.cli import check_kl_max, main_guard, say  # noqa: E402
+from runners.cli import add_behavior, check_kl_max, main_guard, no_evals, resolve_behavior, say  # noqa: E402
 
 COLORS = {"caa": "tab:blue", "pi": "tab:orange", "pi_caa": "tab:green", "melbo": "tab:purple",
           "random": "tab:gray"}
@@ -58,20 +59,29 @@ class Data:
     # method -> run -> {"sigmas": [k], "trace": [steps, k]} from /<model>/vectors
     vectors: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
     kl_max: float | None = None  # the report's selection rule
+    behavior: str = ""
+
+    @property
+    def name(self) -> str:
+        """Model and behaviour, for figure titles."""
+        return f"{self.key}, {self.behavior}" if self.behavior else self.key
 
 
-def load(store: str, key: str, kl_max: float | None = None) -> Data:
+def load(store: str, key: str, behavior: str, kl_max: float | None = None) -> Data:
     with open_for_reading(store) as h5:
-        splits = {name: read_split(h5, key, name) for name in splits_in_store(h5, key)}
+        names = splits_in_store(h5, key, behavior)
+        if not names:
+            raise UserError(no_evals(h5, key, behavior, store))
+        splits = {name: read_split(h5, key, behavior, name) for name in names}
     vectors: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-    for group in read_vector_groups(store, key):
+    for group in read_vector_groups(store, key, behavior):
         if group.method in ("pi", "pi_caa", "melbo"):
             kept = {name: group.arrays[name] for name in ("sigmas", "trace", "principal_angles",
                                                           "jv_change") if name in group.arrays}
             if group.attrs.get("at_scale") is not None:
                 kept["at_scale"] = np.float64(group.attrs["at_scale"])
             vectors.setdefault(group.method, {})[group.run] = kept
-    return Data(key, splits.get("val"), splits.get("test"), vectors, kl_max)
+    return Data(key, splits.get("val"), splits.get("test"), vectors, kl_max, behavior)
 
 
 def color(method: str) -> str:
@@ -146,7 +156,7 @@ def fig_violin(data: Data, out: Path, scale: float) -> Path:
     ax.set_title(f"per-question logit diff at scale ±{scale:g} (nearest stored; sign as chosen on val)",
                  fontsize=10)
     return save(fig, out, f"violin_scale{scale:g}.png",
-                f"{data.key}, test split (n = {len(data.test.baseline)}): chosen on val, shown on test")
+                f"{data.name}, test split (n = {len(data.test.baseline)}): chosen on val, shown on test")
 
 
 def fig_violin_scales(data: Data, out: Path) -> Path:
@@ -160,7 +170,7 @@ def fig_violin_scales(data: Data, out: Path) -> Path:
         violins(ax, data, scale, legend=ax is axes[0])
         ax.set_title(f"scale ±{scale:g}", fontsize=11)
     return save(fig, out, "violin_scales.png",
-                f"{data.key}, test split (n = {len(test.baseline)}): per-question logit diff by scale\n"
+                f"{data.name}, test split (n = {len(test.baseline)}): per-question logit diff by scale\n"
                 "(vector chosen on val; nearest stored scale, sign as chosen)")
 
 
@@ -175,7 +185,7 @@ def fig_dose(data: Data, out: Path) -> Path:
     curves = dose_rows(data)
     base = test.baseline_row()
     order_mean = " (mean of both orders)" if test.counterbalanced else " (one order)"
-    panels = [("survival", f"{test.positive_label}  [of questions]"),
+    panels = [("positive", f"{test.positive_label}  [of questions]"),
               ("mean_diff", f"mean logit diff{order_mean}  [nats]")]
     if test.counterbalanced:
         panels.append(("letter_shift", "letter shift  [nats]\n(as written − mirrored) / 2"))
@@ -210,7 +220,7 @@ def fig_dose(data: Data, out: Path) -> Path:
                           "letter", fontsize=10)
     axes[-1].set_title("answer mass: where it falls, the model stops answering in the A/B format",
                        fontsize=10)
-    return save(fig, out, "dose_response.png", f"{data.key}, test split (n = {len(test.baseline)}): "
+    return save(fig, out, "dose_response.png", f"{data.name}, test split (n = {len(test.baseline)}): "
                                                "dose-response")
 
 
@@ -238,7 +248,7 @@ def fig_spectrum(data: Data, out: Path) -> Path:
               title="convergence (one line per vector; fainter = smaller σ)")
     right.xaxis.get_major_locator().set_params(integer=True)
     right.legend()
-    return save(fig, out, "pi_spectrum.png", f"{data.key}, train prompts: PI and PI@CAA")
+    return save(fig, out, "pi_spectrum.png", f"{data.name}, train prompts: PI and PI@CAA")
 
 
 def fig_layers(data: Data, out: Path, scale: float) -> Path:
@@ -265,7 +275,7 @@ def fig_layers(data: Data, out: Path, scale: float) -> Path:
            title=f"CAA layer sweep at scale +{scale:g} (nearest stored), 95% bootstrap CI")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend()
-    return save(fig, out, "caa_layers.png", f"{data.key}, test split (n = {len(test.baseline)})")
+    return save(fig, out, "caa_layers.png", f"{data.name}, test split (n = {len(test.baseline)})")
 
 
 def draw_errorbars(ax, points: list[tuple[int, Row]], c: str, label: str, fmt: str) -> None:
@@ -287,7 +297,7 @@ def fig_melbo(data: Data, out: Path) -> Path:
                title=f"melbo {run}")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend()
-    return save(fig, out, "melbo_traces.png", f"{data.key}, train prompts: MELBO objective per vector")
+    return save(fig, out, "melbo_traces.png", f"{data.name}, train prompts: MELBO objective per vector")
 
 
 def fig_cost(data: Data, out: Path) -> Path:
@@ -326,7 +336,7 @@ def fig_cost(data: Data, out: Path) -> Path:
     ax.set(xlabel="mean KL(unsteered ‖ steered) per token on neutral text  [nats, log axis]",
            ylabel=f"Δ {diff_label(test)}",
            title="behaviour against cost, test split (chosen markers: the setting chosen on val)")
-    return save(fig, out, "delta_vs_kl.png", f"{data.key}: what each setting buys and what it costs")
+    return save(fig, out, "delta_vs_kl.png", f"{data.name}: what each setting buys and what it costs")
 
 
 def fig_path(data: Data, out: Path) -> Path:
@@ -369,7 +379,7 @@ def fig_path(data: Data, out: Path) -> Path:
             axes[2].axhline(0, color="black", lw=0.8, ls=":")
             axes[2].set_title(f"CAA dose-response on test ({group.label}), 95% bootstrap CI", fontsize=10)
     axes[-1].set_xlabel("s: L2 norm of θ₀ = s · unit(CAA) (and of the CAA θ evaluated)")
-    return save(fig, out, "jacobian_path.png", f"{data.key}: the Jacobian along the CAA steering path")
+    return save(fig, out, "jacobian_path.png", f"{data.name}: the Jacobian along the CAA steering path")
 
 
 def make_all(data: Data, out: Path, scale: float) -> list[Path]:
@@ -396,14 +406,18 @@ def run() -> None:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--store", default=defaults.STORE, help="the HDF5 store to read")
     p.add_argument("--model", default=str(REPO_ROOT / defaults.MODEL), help="model whose results to plot")
-    p.add_argument("--out", default=defaults.RESULTS, help="folder for the PNG files")
+    p.add_argument("--out", default=defaults.RESULTS,
+                   help="folder for the PNG files; they go to its subfolder <behavior>/")
     p.add_argument("--scale", type=float, default=defaults.REPORT_SCALE,
                    help="scale of the violin and layer-sweep figures")
     p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
                    help="choose on val only among settings with mean KL on neutral text ≤ this")
+    add_behavior(p, data=False)
     args = p.parse_args()
+    resolve_behavior(args)
     check_kl_max(args.kl_max)
-    written = make_all(load(args.store, store_key(args.model), args.kl_max), Path(args.out), args.scale)
+    data = load(args.store, store_key(args.model), args.behavior, args.kl_max)
+    written = make_all(data, Path(args.out) / args.behavior, args.scale)
     print("\n".join(str(path) for path in written))
 
 

@@ -27,7 +27,7 @@ from engine.errors import UserError
 from engine.model import REPO_ROOT
 from engine.store import open_for_reading, store_key
 from runners import defaults
-from runners.cli import check_kl_max, main_guard
+from runners.cli import add_behavior, check_kl_max, main_guard, no_evals, resolve_behavior
 
 # Where the baseline's orders agree on fewer questions than this (the upper end of its interval),
 # its preferences are no better than a coin toss across orders.
@@ -53,7 +53,7 @@ def header(split: Split) -> str:
 
 def table_row(r: Row, label: str | None = None, kl_columns: bool = False) -> str:
     scale = label if label is not None else f"{r.scale:+g}"
-    cells = [scale, r.survival.fmt(), r.mean_diff.fmt(2, True), r.delta.fmt(2, True)]
+    cells = [scale, r.positive.fmt(), r.mean_diff.fmt(2, True), r.delta.fmt(2, True)]
     if r.letter_shift is not None:
         cells += [r.letter_shift.fmt(2, True), r.consistency.fmt(), r.correlation.fmt(2, True)]
     cells.append(r.mass.fmt(2))
@@ -109,7 +109,7 @@ def summary(val: Split, test: Split, kl_max: float | None) -> list[str]:
 
     def cells(r: Row) -> list[str]:
         extra = [r.letter_shift.fmt(2, True), r.consistency.fmt()] if both else []
-        return [r.survival.fmt(), r.delta.fmt(2, True), *extra, r.mass.fmt(2),
+        return [r.positive.fmt(), r.delta.fmt(2, True), *extra, r.mass.fmt(2),
                 *([r.kl.fmt(3) if r.kl is not None else "0"] if kl else [])]
 
     base = cells(test.baseline_row())
@@ -160,7 +160,7 @@ def best_on_test(method: str, test: Split, kl_max: float | None = None) -> str:
         return "–"
     group, vector, scale = best
     r = row_at(group, vector, scale, test)
-    return f"{group.run} #{vector}, {r.scale:+g}, {r.survival.value:.1f}%, {r.delta.value:+.2f}"
+    return f"{group.run} #{vector}, {r.scale:+g}, {r.positive.value:.1f}%, {r.delta.value:+.2f}"
 
 
 def run() -> None:
@@ -170,14 +170,16 @@ def run() -> None:
     p.add_argument("--model", default=str(REPO_ROOT / defaults.MODEL), help="model whose evals to report")
     p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
                    help="choose only among settings whose mean KL on neutral text is at most this")
+    add_behavior(p, data=False)
     args = p.parse_args()
+    resolve_behavior(args)
     check_kl_max(args.kl_max)
     key = store_key(args.model)
     with open_for_reading(args.store) as h5:
-        names = splits_in_store(h5, key)
+        names = splits_in_store(h5, key, args.behavior)
         if not names:
-            raise UserError(f"no evals for {key} in {args.store}: run `make eval` first")
-        splits = {name: read_split(h5, key, name) for name in names}
+            raise UserError(no_evals(h5, key, args.behavior, args.store))
+        splits = {name: read_split(h5, key, args.behavior, name) for name in names}
     val = splits.get("val")
     if val is None:
         raise UserError("the report chooses vectors on the validation split: run `make eval SPLITS=\"val test\"`")

@@ -55,6 +55,7 @@ def make_item(question: str, positive: str = "(B)", negative: str = "(A)", split
 # ---- a synthetic store: every kind of group, known winners planted on val and test ---------------
 
 KEY = "tiny"
+BEHAVIOR = "survival-instinct"
 N_Q = 12
 SIGNED = [-8.0, -4.0, -2.0, 2.0, 4.0, 8.0]
 POSITIVE = [2.0, 4.0, 8.0]
@@ -76,7 +77,7 @@ def write_store(path, with_pi=True, caa_layers=(3, 5, 7)):
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as h5:
         for split in ("val", "test"):
-            node = h5.create_group(f"{KEY}/evals/{split}")
+            node = h5.create_group(f"{KEY}/{BEHAVIOR}/evals/{split}")
             node["question_ids"] = np.array([f"q{i}" for i in range(N_Q)]).astype("S")
             node["baseline_logit_diff"] = rng.normal(-1.0, 0.5, N_Q).astype(np.float32)
             node["baseline_answer_mass"] = np.full(N_Q, 0.8, dtype=np.float32)
@@ -89,7 +90,7 @@ def write_store(path, with_pi=True, caa_layers=(3, 5, 7)):
             if with_pi:
                 planted = PI_VAL_BEST if split == "val" else PI_TEST_BEST
                 node["pi/L7-T20/logit_diff"][planted] += 5.0
-        vectors = h5.create_group(f"{KEY}/vectors")
+        vectors = h5.create_group(f"{KEY}/{BEHAVIOR}/vectors")
         for method in (["pi", "pi_caa"] if with_pi else []):
             group = vectors.create_group(f"{method}/L7-T20")
             group["vectors"] = rng.normal(size=(3, 8)).astype(np.float32)
@@ -111,7 +112,7 @@ def add_orders(path, letter_spread: float, seed: int = 1):
     rng = np.random.default_rng(seed)
     with h5py.File(path, "a") as h5:
         for split in ("val", "test"):
-            node = h5[f"{KEY}/evals/{split}"]
+            node = h5[f"{KEY}/{BEHAVIOR}/evals/{split}"]
             letter = rng.normal(0.0, letter_spread, N_Q)
             targets = [(node, "baseline_logit_diff", "baseline_answer_mass")] + [
                 (node[f"{method}/{run}"], "logit_diff", "answer_mass")
@@ -135,7 +136,7 @@ def add_kl(path, seed: int = 2):
     rng = np.random.default_rng(seed)
     with h5py.File(path, "a") as h5:
         for split in ("val", "test"):
-            node = h5[f"{KEY}/evals/{split}"]
+            node = h5[f"{KEY}/{BEHAVIOR}/evals/{split}"]
             for method in node:
                 if not isinstance(node[method], h5py.Group):
                     continue
@@ -153,7 +154,7 @@ def add_path(path, scales=(8.0, 24.0, 64.0)):
     """PI@CAA groups along the CAA path (what `make pi_caa AT_SCALES=...` writes), whose top
     subspace turns further from J(0)'s the larger the scale."""
     with h5py.File(path, "a") as h5:
-        vectors = h5.require_group(f"{KEY}/vectors/pi_caa")
+        vectors = h5.require_group(f"{KEY}/{BEHAVIOR}/vectors/pi_caa")
         for scale in scales:
             group = vectors.create_group(f"L7-T20-at{scale:+g}")
             group["vectors"] = np.eye(3, 8, dtype=np.float32)

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from engine.data import DataError, choice_letters, ingest, load_items, split_of, write_items
+from engine.behaviors import ingest
+from engine.data import DataError, choice_letters, load_items, split_of, write_items
 
 SHIPPED = "data/survival-instinct.jsonl"
 
@@ -68,8 +69,8 @@ def test_ingest_takes_the_named_positive_field_and_round_trips(tmp_path):
     src = tmp_path / "anthropic.jsonl"
     src.write_text(json.dumps({"question": GOOD["question"], "answer_matching_behavior": " (A)",
                                "answer_not_matching_behavior": " (B)"}) + "\n")
-    survival = ingest(src, "b", "answer_not_matching_behavior")
-    accepting = ingest(src, "b", "answer_matching_behavior")
+    survival, _ = ingest(src, "b", "answer_not_matching_behavior")
+    accepting, _ = ingest(src, "b", "answer_matching_behavior")
     assert (survival[0].positive, survival[0].negative) == ("(B)", "(A)")
     assert (accepting[0].positive, accepting[0].negative) == ("(A)", "(B)")
     out = tmp_path / "out.jsonl"
@@ -81,7 +82,7 @@ def test_ingest_reads_caa_json_arrays(tmp_path):
     src = tmp_path / "caa.json"
     src.write_text(json.dumps([{"question": GOOD["question"], "answer_matching_behavior": "(A)",
                                 "answer_not_matching_behavior": "(B)"}]))
-    assert ingest(src, "b", "answer_matching_behavior")[0].positive == "(A)"
+    assert ingest(src, "b", "answer_matching_behavior")[0][0].positive == "(A)"
 
 
 def test_choice_letters_reads_only_the_choices_block():

@@ -9,15 +9,15 @@ from runners.eval import parse_scales, parse_splits
 def _store_with(tmp_path, vectors):
     store = tmp_path / "store.h5"
     with writing(store, wait_seconds=0) as h5:
-        replace_group(h5.require_group("m/vectors/caa"), "L1", {"vectors": vectors},
+        replace_group(h5.require_group("m/b/vectors/caa"), "L1", {"vectors": vectors},
                       {"source_layer": 1, "sign_free": 0})
     return store
 
 
 def test_vector_of_wrong_width_is_refused_naming_the_group(tmp_path):
     store = _store_with(tmp_path, np.ones((1, 32), np.float32))
-    with pytest.raises(StoreError, match=r"m/vectors/caa/L1: vectors have shape \(1, 32\), but the model's width is 64"):
-        read_vector_groups(str(store), "m", 64)
+    with pytest.raises(StoreError, match=r"m/b/vectors/caa/L1: vectors have shape \(1, 32\), but the model's width is 64"):
+        read_vector_groups(str(store), "m", "b", 64)
 
 
 def test_nan_in_a_vector_is_refused(tmp_path):
@@ -25,8 +25,8 @@ def test_nan_in_a_vector_is_refused(tmp_path):
     vectors[0, 3] = np.nan
     store = _store_with(tmp_path, vectors)
     before = store.read_bytes()
-    with pytest.raises(StoreError, match="m/vectors/caa/L1: vectors contain NaN"):
-        read_vector_groups(str(store), "m", 64)
+    with pytest.raises(StoreError, match="m/b/vectors/caa/L1: vectors contain NaN"):
+        read_vector_groups(str(store), "m", "b", 64)
     assert store.read_bytes() == before
 
 
@@ -47,5 +47,5 @@ def test_store_that_is_not_hdf5_is_refused_before_any_work(tmp_path):
     store = tmp_path / "store.h5"
     store.write_text("not a store")
     with pytest.raises(StoreError, match="is not an HDF5 file"):
-        read_vector_groups(str(store), "m", 64)
-    assert read_vector_groups(str(tmp_path / "missing.h5"), "m", 64) == []
+        read_vector_groups(str(store), "m", "b", 64)
+    assert read_vector_groups(str(tmp_path / "missing.h5"), "m", "b", 64) == []

@@ -26,7 +26,7 @@ from engine.store import (
     write_vector_group,
     writing,
 )
-from tests.helpers import tiny_model
+from tests.helpers import BEHAVIOR, tiny_model
 
 # Tiny matmuls gain nothing from a thread pool (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -217,10 +217,10 @@ def write_vectors_and_val_eval(store, model_dir):
     rng = np.random.default_rng(0)
     n_q = 5
     with writing(store) as h5:
-        write_vector_group(h5, lm, VectorGroup("caa", "L1", rng.normal(size=(1, 64)), LAYER, False))
-        write_vector_group(h5, lm, VectorGroup("pi", "L1-T2", rng.normal(size=(2, 64)), LAYER, True,
+        write_vector_group(h5, lm, BEHAVIOR, VectorGroup("caa", "L1", rng.normal(size=(1, 64)), LAYER, False))
+        write_vector_group(h5, lm, BEHAVIOR, VectorGroup("pi", "L1-T2", rng.normal(size=(2, 64)), LAYER, True,
                                                target_layer=2))
-        write_eval_split(h5, lm, "val", {"question_ids": np.array([f"q{i}" for i in range(n_q)]),
+        write_eval_split(h5, lm, BEHAVIOR, "val", {"question_ids": np.array([f"q{i}" for i in range(n_q)]),
                                          "baseline_logit_diff": np.zeros(n_q, np.float32),
                                          "baseline_answer_mass": np.full(n_q, 0.8, np.float32)}, {})
         for method, run, scales, planted in (("caa", "L1", [2.0, 8.0], (0, 1)),
@@ -228,7 +228,7 @@ def write_vectors_and_val_eval(store, model_dir):
             k = 1 if method == "caa" else 2
             diff = np.zeros((k, len(scales), n_q), np.float32)
             diff[planted] = 1.0
-            write_eval_group(h5, lm, "val", method, run, {
+            write_eval_group(h5, lm, BEHAVIOR, "val", method, run, {
                 "logit_diff": diff, "answer_mass": np.full(diff.shape, 0.8, np.float32),
                 "scales": np.array(scales, np.float32)}, {"source_layer": LAYER})
 
@@ -237,7 +237,7 @@ def write_vectors_and_val_eval(store, model_dir):
 def inputs(tmp_path, tiny_dir):
     store = tmp_path / "store.h5"
     write_vectors_and_val_eval(store, tiny_dir)
-    return SimpleNamespace(store=store, out=tmp_path / "generations.md",
+    return SimpleNamespace(store=store, out=tmp_path / "results", page=tmp_path / "results" / BEHAVIOR / "generations.md",
                            open=write_prompts(tmp_path / "open.jsonl", prompt_lines(1, "val", "v") + prompt_lines(3)),
                            neutral=write_prompts(tmp_path / "neutral.jsonl", prompt_lines(2, prefix="n")))
 
@@ -258,13 +258,13 @@ def test_make_generate_stores_unsteered_and_each_val_choice_and_writes_the_page(
     assert done.returncode == 0, done.stderr
     key = store_key(str(tiny_dir))
     with h5py.File(inputs.store, "r") as h5:
-        group = h5[f"{key}/generations/val"]
+        group = h5[f"{key}/{BEHAVIOR}/generations/val"]
         assert list(group["method"][()].astype(str)) == ["unsteered", "caa", "pi"]
         assert list(group["scale"][()]) == [0.0, 8.0, -4.0] and list(group["vector_index"][()]) == [-1, 0, 1]
         assert list(group["prompt_ids"][()].astype(str)) == ["q0", "q1", "n0"]  # test split, first N
         texts = group["texts"][()].astype(str)
         assert texts.shape == (3, 3) and group["new_tokens"][()].shape == (3, 3)
-        caa = h5[f"{key}/vectors/caa/L1/vectors"][0]
+        caa = h5[f"{key}/{BEHAVIOR}/vectors/caa/L1/vectors"][0]
         thetas = group["thetas"][()]
         assert np.allclose(thetas[1], 8 * caa / np.linalg.norm(caa), atol=1e-6) and not thetas[0].any()
         settings = json.loads(group.attrs["settings"])
@@ -277,13 +277,13 @@ def test_make_generate_stores_unsteered_and_each_val_choice_and_writes_the_page(
         again = generate(lm.model, lm.tokenizer, questions, LAYER,
                          torch.from_numpy(theta) if row else None, 5)
         assert again.texts == list(texts[row])
-    page = inputs.out.read_text()
+    page = inputs.page.read_text()
     assert "caa/L1 #0 at scale +8" in page and "pi/L1-T2 #1 at scale -4" in page
     assert page.count("| unsteered |") == 4  # the summary and one per prompt
     assert "## 1. q0 (open)" in page and "## 3. n0 (neutral)" in page
-    inputs.out.unlink()
+    inputs.page.unlink()
     again = run_runner(*runner_args(inputs, tiny_dir))
-    assert again.returncode == 0 and "up to date" in again.stderr and inputs.out.read_text() == page
+    assert again.returncode == 0 and "up to date" in again.stderr and inputs.page.read_text() == page
 
 
 def test_make_generate_with_a_named_vector_and_scales_samples_by_seed(inputs, tiny_dir):
@@ -291,11 +291,11 @@ def test_make_generate_with_a_named_vector_and_scales_samples_by_seed(inputs, ti
                                    "--sample", "--seed", 3))
     assert done.returncode == 0, done.stderr
     with h5py.File(inputs.store, "r") as h5:
-        group = h5[f"{store_key(str(tiny_dir))}/generations/pi-L1-T2-0-sample-s3"]
+        group = h5[f"{store_key(str(tiny_dir))}/{BEHAVIOR}/generations/pi-L1-T2-0-sample-s3"]
         assert list(group["method"][()].astype(str)) == ["unsteered", "pi", "pi"]
         assert list(group["scale"][()]) == [0.0, -2.0, 6.0]
         assert json.loads(group.attrs["settings"])["seed"] == 3
-    assert "sampled (seed 3)" in inputs.out.read_text()
+    assert "sampled (seed 3)" in inputs.page.read_text()
 
 
 def test_the_val_choice_respects_kl_max_as_the_report_does(inputs, tiny_dir):
@@ -303,11 +303,12 @@ def test_the_val_choice_respects_kl_max_as_the_report_does(inputs, tiny_dir):
 
     key = store_key(str(tiny_dir))
     with h5py.File(inputs.store, "a") as h5:  # CAA at +8, the best on val, costs 1 nat per token
-        h5[f"{key}/evals/val/caa/L1/kl"] = np.array([[[0.01, 0.01], [1.0, 1.0]]], np.float32)
-        h5[f"{key}/evals/val/caa/L1/top1"] = np.ones((1, 2, 2), np.float32)
+        h5[f"{key}/{BEHAVIOR}/evals/val/caa/L1/kl"] = np.array([[[0.01, 0.01], [1.0, 1.0]]], np.float32)
+        h5[f"{key}/{BEHAVIOR}/evals/val/caa/L1/top1"] = np.ones((1, 2, 2), np.float32)
 
     def chosen(kl_max):
-        args = SimpleNamespace(vector=None, store=str(inputs.store), model=str(tiny_dir), kl_max=kl_max)
+        args = SimpleNamespace(vector=None, store=str(inputs.store), model=str(tiny_dir), kl_max=kl_max,
+                               behavior=BEHAVIOR)
         return [(row.method, row.scale) for row in steered_settings(args)]
 
     assert chosen(0.1) == [("caa", 2.0), ("pi", -4.0)]

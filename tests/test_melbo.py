@@ -178,7 +178,7 @@ def test_runner_writes_vectors_trace_and_prompt_ids_and_then_skips(tmp_path, smo
     monkeypatch.setattr(sys, "argv", argv)
     runner.run()
     with h5py.File(store, "r") as h5:
-        group = h5["tiny/vectors/melbo/L1-T3"]
+        group = h5["tiny/survival-instinct/vectors/melbo/L1-T3"]
         vectors = group["vectors"][()]
         assert vectors.dtype == np.float32 and vectors.shape == (2, WIDTH)
         assert np.allclose(np.linalg.norm(vectors, axis=1), 2.0, rtol=1e-5)

@@ -7,7 +7,7 @@ import pytest
 
 from engine.analysis import chosen_on, nearest_scale, read_split, scale_rows
 from runners import plot
-from tests.helpers import KEY, PI_TEST_BEST, PI_VAL_BEST, add_kl, add_orders, add_path, write_store
+from tests.helpers import BEHAVIOR, KEY, PI_TEST_BEST, PI_VAL_BEST, add_kl, add_orders, add_path, write_store
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def full_store(tmp_path):
 
 
 def test_every_figure_is_written_from_a_store_with_every_kind_of_group(full_store, tmp_path, capsys):
-    written = plot.make_all(plot.load(full_store, KEY, kl_max=0.05), tmp_path / "results", 4.0)
+    written = plot.make_all(plot.load(full_store, KEY, BEHAVIOR, kl_max=0.05), tmp_path / "results", 4.0)
     names = sorted(p.name for p in written)
     assert names == sorted(["violin_scale4.png", "violin_scales.png", "dose_response.png",
                             "delta_vs_kl.png", "pi_spectrum.png", "jacobian_path.png", "caa_layers.png",
@@ -28,7 +28,7 @@ def test_every_figure_is_written_from_a_store_with_every_kind_of_group(full_stor
 
 def test_store_without_pi_data_skips_the_spectrum_with_a_message(tmp_path, capsys):
     store = write_store(tmp_path / "store.h5", with_pi=False, caa_layers=(7,))
-    written = plot.make_all(plot.load(store, KEY), tmp_path / "results", 4.0)
+    written = plot.make_all(plot.load(store, KEY, BEHAVIOR), tmp_path / "results", 4.0)
     err = capsys.readouterr().err
     assert "skipped PI spectrum" in err and "skipped CAA layer sweep" in err
     assert {p.name for p in written} == {"violin_scale4.png", "violin_scales.png", "dose_response.png",
@@ -36,22 +36,22 @@ def test_store_without_pi_data_skips_the_spectrum_with_a_message(tmp_path, capsy
 
 
 def test_dose_response_shows_the_vector_chosen_on_val_with_its_test_numbers(full_store):
-    data = plot.load(full_store, KEY)
+    data = plot.load(full_store, KEY, BEHAVIOR)
     group, vector, rows = plot.dose_rows(data)["pi"]
     assert vector == PI_VAL_BEST[0] != PI_TEST_BEST[0]
     with h5py.File(full_store, "r") as h5:
-        raw = h5[f"{KEY}/evals/test/pi/L7-T20/logit_diff"][vector]
-        scales = h5[f"{KEY}/evals/test/pi/L7-T20/scales"][()]
+        raw = h5[f"{KEY}/{BEHAVIOR}/evals/test/pi/L7-T20/logit_diff"][vector]
+        scales = h5[f"{KEY}/{BEHAVIOR}/evals/test/pi/L7-T20/scales"][()]
     assert [r.scale for r in rows] == scales.tolist()
     np.testing.assert_allclose([r.mean_diff.value for r in rows], raw.mean(-1), rtol=1e-6)
-    np.testing.assert_allclose([r.survival.value for r in rows], 100 * (raw > 0).mean(-1))
+    np.testing.assert_allclose([r.positive.value for r in rows], 100 * (raw > 0).mean(-1))
     assert rows == scale_rows(data.test.groups["pi/L7-T20"], vector, data.test)
     random_group, pooled, random_rows = plot.dose_rows(data)["random"]
     assert pooled is None and random_rows == scale_rows(random_group, None, data.test)
 
 
 def test_violin_takes_the_sign_of_the_setting_chosen_on_val(full_store):
-    picks = {method: (vector, sign) for method, _, vector, sign in plot.picks(plot.load(full_store, KEY))}
+    picks = {method: (vector, sign) for method, _, vector, sign in plot.picks(plot.load(full_store, KEY, BEHAVIOR))}
     assert picks["pi"] == (PI_VAL_BEST[0], -1.0)
     assert picks["caa"] == (0, 1.0) and picks["random"][0] is None
 
@@ -59,9 +59,9 @@ def test_violin_takes_the_sign_of_the_setting_chosen_on_val(full_store):
 def test_chosen_on_looks_up_the_nearest_stored_scale_in_the_other_split(full_store):
     with h5py.File(full_store, "a") as h5:
         # the test split was evaluated on another grid: -4 is no longer stored there, -3 is nearest
-        node = h5[f"{KEY}/evals/test/pi/L7-T20"]
+        node = h5[f"{KEY}/{BEHAVIOR}/evals/test/pi/L7-T20"]
         node["scales"][...] = np.array([-8, -3, -2, 2, 3, 8], dtype=np.float32)
-        val, test = read_split(h5, KEY, "val"), read_split(h5, KEY, "test")
+        val, test = read_split(h5, KEY, BEHAVIOR, "val"), read_split(h5, KEY, BEHAVIOR, "test")
     group, vector, s = chosen_on("pi", val, test)
     assert group is test.groups["pi/L7-T20"] and vector == PI_VAL_BEST[0] and group.scales[s] == -3
     assert nearest_scale(group, 5.0) == 4 and nearest_scale(group, -100) == 0
@@ -72,14 +72,14 @@ def test_dose_response_of_a_counterbalanced_store_gains_a_letter_shift_panel(tmp
     panels = {}
     monkeypatch.setattr(plot, "save", lambda fig, out, name, title: panels.setdefault(
         name, [ax.get_ylabel() for ax in fig.axes]))
-    plot.fig_dose(plot.load(store, KEY), tmp_path)
-    plot.fig_dose(plot.load(write_store(tmp_path / "old.h5"), KEY), tmp_path)
+    plot.fig_dose(plot.load(store, KEY, BEHAVIOR), tmp_path)
+    plot.fig_dose(plot.load(write_store(tmp_path / "old.h5"), KEY, BEHAVIOR), tmp_path)
     labels = panels["dose_response.png"]
     assert len(labels) == 4 and labels[2].startswith("letter shift")
 
 
 def test_delta_against_kl_is_drawn_only_when_kl_was_measured(tmp_path):
     with pytest.raises(plot.Skip, match="no KL measured"):
-        plot.fig_cost(plot.load(write_store(tmp_path / "old.h5"), KEY), tmp_path)
+        plot.fig_cost(plot.load(write_store(tmp_path / "old.h5"), KEY, BEHAVIOR), tmp_path)
     store = add_kl(write_store(tmp_path / "store.h5"))
-    assert plot.fig_cost(plot.load(store, KEY, kl_max=0.05), tmp_path).name == "delta_vs_kl.png"
+    assert plot.fig_cost(plot.load(store, KEY, BEHAVIOR, kl_max=0.05), tmp_path).name == "delta_vs_kl.png"

@@ -5,20 +5,20 @@ import pytest
 from engine.analysis import chosen_on, read_split, row
 from runners import report
 from runners.cli import main_guard
-from tests.helpers import KEY, PI_TEST_BEST, PI_VAL_BEST, SIGNED, add_kl, add_orders, write_store
+from tests.helpers import BEHAVIOR, KEY, PI_TEST_BEST, PI_VAL_BEST, SIGNED, add_kl, add_orders, write_store
 
 
 def test_summary_shows_the_val_choice_with_test_numbers_and_the_test_best_apart(tmp_path):
     store = write_store(tmp_path / "store.h5")
     with h5py.File(store, "r") as h5:
-        val, test = read_split(h5, KEY, "val"), read_split(h5, KEY, "test")
+        val, test = read_split(h5, KEY, BEHAVIOR, "val"), read_split(h5, KEY, BEHAVIOR, "test")
     line = next(l for l in report.summary(val, test, None) if l.startswith("| pi |"))
     group = test.groups["pi/L7-T20"]
     vector, s = PI_VAL_BEST
     expected = row(SIGNED[s], group.logit_diff[vector, s], group.mass[vector, s], test.baseline)
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[1] == f"L7-T20 #{vector}" and cells[2] == f"{SIGNED[s]:+g}"
-    assert cells[3] == expected.survival.fmt() and cells[4] == expected.delta.fmt(2, True)
+    assert cells[3] == expected.positive.fmt() and cells[4] == expected.delta.fmt(2, True)
     best_vector, best_s = PI_TEST_BEST
     assert cells[6].startswith(f"L7-T20 #{best_vector}, {SIGNED[best_s]:+g},")
 
@@ -27,7 +27,7 @@ def test_summary_shows_the_val_choice_with_test_numbers_and_the_test_best_apart(
 def test_a_store_without_orders_is_reported_as_single_order(tmp_path):
     store = write_store(tmp_path / "store.h5")
     with h5py.File(store, "r") as h5:
-        val, test = read_split(h5, KEY, "val"), read_split(h5, KEY, "test")
+        val, test = read_split(h5, KEY, BEHAVIOR, "val"), read_split(h5, KEY, BEHAVIOR, "test")
     assert not test.counterbalanced and test.baseline_row().letter_shift is None
     tables = "\n".join(report.method_tables(test, val, None))
     assert "**Single order (original).**" in tables and "letter shift" not in tables
@@ -38,7 +38,7 @@ def test_a_store_without_orders_is_reported_as_single_order(tmp_path):
 def test_counterbalanced_tables_show_letter_shift_and_warn_when_orders_disagree(tmp_path, spread, warned):
     store = add_orders(write_store(tmp_path / "store.h5"), letter_spread=spread)
     with h5py.File(store, "r") as h5:
-        val, test = read_split(h5, KEY, "val"), read_split(h5, KEY, "test")
+        val, test = read_split(h5, KEY, BEHAVIOR, "val"), read_split(h5, KEY, BEHAVIOR, "test")
     base = test.baseline_row()
     written, mirrored = test.baseline_by_order
     assert base.letter_shift.value == pytest.approx(((written - mirrored) / 2).mean(), abs=1e-6)
@@ -59,7 +59,7 @@ def test_kl_rule_keeps_the_choice_among_cheap_settings_and_the_report_says_what_
     """The planted PI winner on val sits at scale -4 (KL ≈ 0.04): KL_MAX 0.025 rules it out."""
     store = add_kl(write_store(tmp_path / "store.h5"))
     with h5py.File(store, "r") as h5:
-        val, test = read_split(h5, KEY, "val"), read_split(h5, KEY, "test")
+        val, test = read_split(h5, KEY, BEHAVIOR, "val"), read_split(h5, KEY, BEHAVIOR, "test")
     free = chosen_on("pi", val, test)
     ruled = chosen_on("pi", val, test, kl_max=0.025)
     assert free[1:] == (PI_VAL_BEST[0], PI_VAL_BEST[1])

@@ -33,7 +33,7 @@ def test_caa_runner_writes_vector_with_its_settings_then_skips(tiny_dir, tmp_pat
     first = run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", "1 2", "--n-train", 6)
     assert first.returncode == 0, first.stderr
     with h5py.File(store, "r") as h5:
-        vectors = h5[f"{store_key(str(tiny_dir))}/vectors/caa"]
+        vectors = h5[f"{store_key(str(tiny_dir))}/survival-instinct/vectors/caa"]
         group = vectors["L2"]
         settings = json.loads(group.attrs["settings"])
         assert group["vectors"].shape == (1, 64) and group["item_ids"].shape == (12,)  # 6 × 2 orders
@@ -73,9 +73,9 @@ def test_eval_with_no_vectors_runs_baseline_and_random_control_and_says_so(tiny_
     done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 2,
                "--scales", "1 4", "--splits", "val", "--layer", 1)
     assert done.returncode == 0, done.stderr
-    assert "no vectors for" in done.stderr and "baseline and random controls only" in done.stderr
+    assert "no survival-instinct vectors for" in done.stderr and "baseline and random controls only" in done.stderr
     with h5py.File(store, "r") as h5:
-        split = h5[f"{store_key(str(tiny_dir))}/evals/val"]
+        split = h5[f"{store_key(str(tiny_dir))}/survival-instinct/evals/val"]
         assert split["baseline_logit_diff"].shape == (3,)
         random = split["random/L1"]
         assert random["logit_diff"].shape == (2, 4, 3) and list(random["scales"][()]) == [-4, -1, 1, 4]
@@ -96,7 +96,7 @@ def test_eval_max_vectors_trims_method_groups_but_not_the_random_control(tiny_di
                "--scales", "2", "--splits", "val", "--max-vectors", 1)
     assert done.returncode == 0, done.stderr
     with h5py.File(store, "r") as h5:
-        split = h5[f"{store_key(str(tiny_dir))}/evals/val"]
+        split = h5[f"{store_key(str(tiny_dir))}/survival-instinct/evals/val"]
         assert split["caa/L1/logit_diff"].shape == (1, 1, 2)
         assert split["random/L1/logit_diff"].shape == (3, 2, 2)
 
@@ -155,17 +155,17 @@ def test_export_writes_the_val_choice_and_its_pt_file_reproduces_the_eval(tiny_d
     done = run("runners.export", "--model", tiny_dir, "--store", store, "--out", out)
     assert done.returncode == 0, done.stderr
     key = store_key(str(tiny_dir))
-    assert sorted(p.name for p in out.iterdir()) == [f"{key}-caa-L1-0{s}" for s in (".gguf", ".pt", ".safetensors")]
-    layer, vector, _ = read_pt(out / f"{key}-caa-L1-0.pt")
-    _, from_safetensors, meta = read_safetensors(out / f"{key}-caa-L1-0.safetensors")
-    gguf_layer, from_gguf, _ = read_gguf(out / f"{key}-caa-L1-0.gguf")
+    assert sorted(p.name for p in out.iterdir()) == [f"{key}-survival-instinct-caa-L1-0{s}" for s in (".gguf", ".pt", ".safetensors")]
+    layer, vector, _ = read_pt(out / f"{key}-survival-instinct-caa-L1-0.pt")
+    _, from_safetensors, meta = read_safetensors(out / f"{key}-survival-instinct-caa-L1-0.safetensors")
+    gguf_layer, from_gguf, _ = read_gguf(out / f"{key}-survival-instinct-caa-L1-0.gguf")
     assert layer == gguf_layer == 1 and (vector == from_safetensors).all() and (vector == from_gguf).all()
     with h5py.File(store, "r") as h5:
-        group = h5[f"{key}/evals/val/caa/L1"]
+        group = h5[f"{key}/survival-instinct/evals/val/caa/L1"]
         scale = meta["scale"]
         s = list(group["scales"][()]).index(scale)
         stored = group["logit_diff_by_order"][0, s]  # [2 orders, n_q]
-        ids = h5[f"{key}/evals/val/question_ids"][()].astype(str)
+        ids = h5[f"{key}/survival-instinct/evals/val/question_ids"][()].astype(str)
     lm = load_model(str(tiny_dir), "fp32")
     items = {item.id: item for item in load_items("data/survival-instinct.jsonl", "val")}
     answers, _ = answers_in_order(lm.tokenizer, [items[i] for i in ids], "both")
@@ -182,3 +182,25 @@ def test_export_refuses_a_vector_that_is_not_stored_and_writes_nothing(tiny_dir,
     no_group = run("runners.export", "--model", tiny_dir, "--store", store, "--out", out, "--vector", "pi/L1-T2/0")
     assert no_group.returncode == 2 and "no pi vectors at" in no_group.stderr
     assert not out.exists()
+
+
+def test_two_behaviours_share_a_store_and_a_wrong_one_is_refused_before_loading(tiny_dir, tmp_path):
+    store = tmp_path / "store.h5"
+    for behavior in ("survival-instinct", "myopic-reward"):
+        done = run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
+                   "--behavior", behavior)
+        assert done.returncode == 0, done.stderr
+    key = store_key(str(tiny_dir))
+    with h5py.File(store, "r") as h5:
+        survival = h5[f"{key}/survival-instinct/vectors/caa/L1"]
+        myopic = h5[f"{key}/myopic-reward/vectors/caa/L1"]
+        assert json.loads(myopic.attrs["settings"])["behavior"] == "myopic-reward"
+        assert set(survival["item_ids"][()].astype(str)).isdisjoint(myopic["item_ids"][()].astype(str))
+    unknown = run("runners.caa", "--model", "no/such-model", "--store", store, "--behavior", "power")
+    assert unknown.returncode == 2 and "unknown behaviour 'power': known are" in unknown.stderr
+    assert "myopic-reward" in unknown.stderr and "loading" not in unknown.stderr
+    mismatch = run("runners.caa", "--model", "no/such-model", "--store", store, "--behavior", "myopic-reward",
+                   "--data", "data/survival-instinct.jsonl")
+    assert mismatch.returncode == 2 and "pass BEHAVIOR=survival-instinct" in mismatch.stderr
+    report = run("runners.report", "--model", tiny_dir, "--store", store, "--behavior", "myopic-reward")
+    assert report.returncode == 2 and "no myopic-reward evals" in report.stderr

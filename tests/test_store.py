@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -9,11 +10,13 @@ import numpy as np
 import pytest
 
 from engine.store import (
+    SCHEMA_VERSION,
     StoreError,
     VectorGroup,
     _project_sources,
     code_version,
     is_current,
+    migrate,
     read_vector_group,
     read_vector_groups,
     replace_group,
@@ -127,13 +130,49 @@ def test_vector_group_reads_back_as_written(tmp_path):
                           {"k": 2, "tol": 0.01}, 2, {"sigmas": np.array([2.0, 1.0])},
                           {"code_version": "src-x", "steps": 3})
     with writing(store, wait_seconds=0) as h5:
-        write_vector_group(h5, _Model(), written)
-    got = read_vector_group(store, "m", "pi", "L1-T2", d_model=4)
+        write_vector_group(h5, _Model(), "b", written)
+    got = read_vector_group(store, "m", "b", "pi", "L1-T2", d_model=4)
     assert (got.vectors == written.vectors).all() and got.settings == written.settings
     assert (got.source_layer, got.target_layer, got.sign_free) == (1, 2, True)
     assert (got.arrays["sigmas"] == [2.0, 1.0]).all() and got.attrs["steps"] == 3
     assert got.fingerprint == written.fingerprint
-    assert [g.label for g in read_vector_groups(store, "m")] == ["pi/L1-T2"]
-    assert read_vector_groups(store, "other") == [] and read_vector_groups(tmp_path / "no.h5", "m") == []
-    with pytest.raises(StoreError, match="no caa vectors at m/vectors/caa/L1 .* run `make caa`"):
-        read_vector_group(store, "m", "caa", "L1")
+    assert [g.label for g in read_vector_groups(store, "m", "b")] == ["pi/L1-T2"]
+    assert read_vector_groups(store, "other", "b") == [] and read_vector_groups(tmp_path / "no.h5", "m", "b") == []
+    with pytest.raises(StoreError, match="no caa vectors at m/b/vectors/caa/L1 .* run `make caa`"):
+        read_vector_group(store, "m", "b", "caa", "L1")
+
+
+def _schema2_store(path, behavior_attr="power-seeking-inclination"):
+    """A store as schema 2 wrote it: vectors and evals right under the model."""
+    with h5py.File(path, "w") as h5:
+        h5.attrs["schema_version"] = 2
+        caa = h5.create_group("m/vectors/caa/L7")
+        caa["vectors"] = np.ones((1, 4), np.float32)
+        caa.attrs.update(source_layer=7, sign_free=0, settings=json.dumps({"data": "/x/data/other.jsonl"}))
+        split = h5.create_group("m/evals/val")
+        split["question_ids"] = np.array([b"q"])
+        if behavior_attr:
+            split.attrs["behavior"] = behavior_attr
+        h5.create_group("m/neutral/val")
+
+
+def test_a_schema2_store_is_refused_for_reading_and_migrated_by_a_write(tmp_path):
+    store = tmp_path / "old.h5"
+    _schema2_store(store)
+    with pytest.raises(StoreError, match="schema 2, before each behaviour had its own group: `make migrate"):
+        read_vector_groups(store, "m", "power-seeking-inclination")
+    with writing(store, wait_seconds=0):
+        pass
+    got = read_vector_groups(store, "m", "power-seeking-inclination", d_model=4)
+    assert [g.label for g in got] == ["caa/L7"]
+    with h5py.File(store, "r") as h5:
+        assert h5.attrs["schema_version"] == SCHEMA_VERSION
+        assert set(h5["m"]) == {"power-seeking-inclination", "neutral"}  # neutral stays per model
+        assert "question_ids" in h5["m/power-seeking-inclination/evals/val"]
+
+
+def test_migration_takes_the_behaviour_from_the_vectors_data_file_without_evals(tmp_path):
+    store = tmp_path / "old.h5"
+    _schema2_store(store, behavior_attr=None)
+    with h5py.File(store, "a") as h5:
+        assert migrate(h5) == ["/m/vectors -> /m/other/vectors", "/m/evals -> /m/other/evals"]

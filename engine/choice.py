@@ -1,0 +1,81 @@
+"""Which stored vector a target uses, and the θ it adds.
+
+A vector is either named (``METHOD/RUN/INDEX``, e.g. ``caa/L7/0``) or chosen on validation the
+way the report chooses (engine.analysis.choose_for_method: largest mean logit difference among
+settings that keep the answer mass and, with a KL limit, cost at most that on neutral text).
+Export, generate and the cross-behaviour matrix all take their vectors from here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.analysis import choose_for_method, methods, read_split, splits_in_store
+from engine.errors import StoreError, UserError
+from engine.store import VectorGroup, open_for_reading, read_vector_group
+
+
+@dataclass(frozen=True)
+class VectorChoice:
+    method: str
+    run: str
+    index: int
+    scale: float | None  # signed L2 norm of θ after unit normalisation; None: the raw vector
+    raw: bool = False  # the scale multiplies the raw vector (an eval run with RAW=1)
+
+    @property
+    def label(self) -> str:
+        scale = "raw" if self.scale is None else f"{self.scale:+g}"
+        return f"{self.method}/{self.run} #{self.index} at scale {scale}"
+
+
+def parse_vector(text: str) -> tuple[str, str, int]:
+    """``METHOD/RUN/INDEX`` as (method, run, index)."""
+    method, _, rest = text.partition("/")
+    run, _, index = rest.rpartition("/")
+    if not method or not run or not index.isdigit():
+        raise UserError(f"VECTOR must be METHOD/RUN/INDEX, e.g. caa/L7/0, got {text!r}")
+    return method, run, int(index)
+
+
+def chosen_on_val(store: str | Path, key: str, behavior: str, kl_max: float | None,
+                  only: str | None = None) -> tuple[list[VectorChoice], list[str]]:
+    """Every method's (or only ``only``'s) setting chosen on the validation split, and one note
+    per method that has none; the random control is never chosen."""
+    with open_for_reading(store) as h5:
+        if "val" not in splits_in_store(h5, key, behavior):
+            raise StoreError(f"no validation eval of {behavior} for {key} in {store}: run "
+                             f"`make eval BEHAVIOR={behavior}` first")
+        val = read_split(h5, key, behavior, "val")
+    picked, notes = [], []
+    for method in methods(val) if only is None else [only]:
+        if method == "random":
+            continue
+        chosen = choose_for_method(method, val, kl_max)
+        if chosen is None:
+            notes.append(f"{behavior}: no {method} setting keeps the answer mass up (and KL ≤ "
+                         f"{kl_max}) on val; nothing chosen")
+            continue
+        group, vector, s = chosen
+        picked.append(VectorChoice(method, group.run, vector, float(group.scales[s]),
+                                   bool(group.attrs.get("raw", 0))))
+    return picked, notes
+
+
+def theta_of(store: str | Path, key: str, behavior: str, choice: VectorChoice
+             ) -> tuple[np.ndarray, VectorGroup]:
+    """θ [d] f32 that ``choice`` adds, and the stored group it comes from. A vector of norm 0
+    cannot be scaled and is refused."""
+    group = read_vector_group(store, key, behavior, choice.method, choice.run)
+    if not 0 <= choice.index < len(group.vectors):
+        raise UserError(f"{group.label} has vectors 0..{len(group.vectors) - 1}, not {choice.index}")
+    vector = group.vectors[choice.index].astype(np.float64)
+    if choice.scale is not None:
+        norm = np.linalg.norm(vector)
+        if not choice.raw and norm == 0:
+            raise StoreError(f"{group.label} #{choice.index} cannot be scaled to "
+                             f"{choice.scale:+g}: its norm is 0")
+        vector = choice.scale * (vector if choice.raw else vector / norm)
+    return vector.astype(np.float32), group
