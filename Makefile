@@ -14,7 +14,7 @@ LAYERS     ?= $(LAYER)## caa: several source layers for a sweep, e.g. "3 5 7 9"
 CAPTURE    ?= mlp## caa: mlp (down_proj output, where θ goes) or resid (block output; ablation)
 POSITION   ?= letter## caa: letter (answer-letter token) or last (final token; ablation)
 ORDERS     ?= both## caa, eval: both (every question as written and mirrored) or original/mirrored (ablation)
-N_TRAIN    ?= all## caa: train pairs to average over
+N_TRAIN    ?= 128## caa: first train pairs (by file order) to average over, or all; 128 so `make matrix` fits 15 min
 TARGET     ?= 20## pi, pi_caa, melbo: target layer T (residual output of layers[T])
 K          ?= 4## pi, pi_caa, melbo: number of vectors
 ITERS      ?= 6## pi, pi_caa: power-iteration step budget
@@ -49,6 +49,10 @@ SAMPLE     ?= 0## generate: 1 samples (seeded by SEED) instead of greedy decodin
 AT_SCALES  ?=## pi_caa: linearise at s · unit(CAA) for each s, e.g. "-24 8 24 64" (default: at the raw CAA vector)
 VECTOR     ?=## export, generate: METHOD/RUN/INDEX of one stored vector (default: each method's choice on val)
 SCALE      ?=## export: with VECTOR, the signed L2 norm of what is added (default: the raw vector)
+BEHAVIORS  ?= survival-instinct power-seeking-inclination wealth-seeking-inclination myopic-reward coordinate-other-ais coordinate-itself corrigible-more-HHH## matrix: behaviours, each a row and a column
+METHOD     ?= caa## matrix: caa, pi, pi_caa or melbo: whose vector each behaviour contributes
+MATRIX_N_EVAL ?= 16## matrix: questions per behaviour on val (the choice) and test (the cells), or all
+MATRIX_N_RANDOM ?= 2## matrix: random directions per chosen scale (the reference rows)
 BENCH_EVAL_QUESTIONS ?= 16## bench: first val questions of the eval benchmark, or all (bf16 plain loop: ~25 min per setting here)
 BENCH_EVAL_SETTINGS  ?= 4## bench: θ settings of the eval benchmark
 
@@ -146,6 +150,17 @@ bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to 
 ingest: $(VENV)/.installed ## convert SRC (Anthropic/CAA file) to data/BEHAVIOR.jsonl; POSITIVE names the field showing the behaviour (catalogued ones know it)
 	$(RUN) runners.ingest "$(SRC)" --behavior "$(BEHAVIOR)" $(if $(POSITIVE),--positive "$(POSITIVE)") \
 	    --out data/$(BEHAVIOR).jsonl
+
+MATRIX = $(RUN) runners.matrix --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" \
+         --behaviors "$(BEHAVIORS)" --method $(METHOD) --scales "$(SCALES)" --n-eval $(MATRIX_N_EVAL) \
+         --n-random $(MATRIX_N_RANDOM) --max-vectors $(EVAL_K) --kl-max $(KL_MAX) --neutral "$(NEUTRAL)" \
+         --n-neutral $(N_NEUTRAL) --gen-tokens $(GEN_TOKENS) --seed $(SEED) --out "$(RESULTS)" \
+         $(if $(filter 1,$(FORCE)),--force)
+
+matrix: $(VENV)/.installed $(MODEL_DEP) ## each behaviour's METHOD vector, chosen on its val questions, on every behaviour's test questions: RESULTS/matrix_METHOD.png/.md (computes missing vectors)
+	$(MATRIX) --check-args
+	@for b in $(BEHAVIORS); do $(MAKE) --no-print-directory $(METHOD) BEHAVIOR=$$b || exit 1; done
+	$(MATRIX)
 
 migrate: $(VENV)/.installed ## move an older STORE's groups to the current layout (under their behaviour)
 	$(RUN) runners.migrate --store "$(STORE)"

@@ -17,9 +17,11 @@ from tqdm import tqdm
 from engine.behaviors import check_name, data_file, known_behaviors
 from engine.data import Item, load_items
 from engine.errors import DataError, UserError
+from engine.generate import Prompt, generate_ids, prompt_ids
 from engine.model import DTYPES, REPO_ROOT, LoadedModel, load_model, resolve_dtype
 from engine.orders import answers_in_order
 from engine.prompts import AnswerTokens
+from engine.side_effects import ScoredText
 from engine.site import check_injection_site
 from engine.store import (
     VectorGroup,
@@ -27,10 +29,13 @@ from engine.store import (
     code_version,
     file_checksum,
     is_current,
+    neutral_path,
     now,
+    read_neutral,
     run_attrs,
     store_key,
     vectors_path,
+    write_neutral,
     write_vector_group,
     writing,
 )
@@ -40,7 +45,7 @@ from runners import defaults
 NOT_SETTINGS = ("store", "force", "check_args")
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, behavior: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=str(REPO_ROOT / defaults.MODEL),
@@ -49,7 +54,8 @@ def parser(description: str) -> argparse.ArgumentParser:
                    help="dtype the network runs in; auto: bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", default=defaults.DEVICE, help="torch device, e.g. cpu or cuda")
     p.add_argument("--store", default=defaults.STORE, help="HDF5 store to read and write")
-    add_behavior(p, data=True)
+    if behavior:
+        add_behavior(p, data=True)
     p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass")
     p.add_argument("--force", action="store_true", help="recompute groups that are up to date")
     p.add_argument("--check-args", action="store_true",
@@ -221,6 +227,35 @@ def load_checked(args, items: list[Item], source_layers: list[int], target_layer
     if not answers:
         raise UserError("no usable prompts: every item was skipped")
     return lm, answers, skipped
+
+
+# The arguments the unsteered continuations of neutral prompts depend on.
+NEUTRAL_SETTINGS = ("model", "dtype", "device", "neutral", "n_neutral", "gen_tokens")
+
+
+def neutral_texts(args, lm, split: str, prompts: list[Prompt]) -> list[ScoredText]:
+    """The split's neutral prompts with the unsteered model's greedy continuations: read from
+    the store when current, else generated once and written."""
+    version = code_version("engine.generate")
+    settings = settings_of(args, drop=tuple(k for k in vars(args) if k not in NEUTRAL_SETTINGS),
+                           split=split, neutral_checksum=file_checksum(args.neutral))
+    path = neutral_path(lm.key, split)
+    if not args.force and is_current(args.store, path, settings, version):
+        ids, tokens, prompt_lengths = read_neutral(args.store, lm.key, split)
+    else:
+        started, t0 = now(), time.perf_counter()
+        ids = [prompt.id for prompt in prompts]
+        asked = prompt_ids(lm.tokenizer, [prompt.text for prompt in prompts])
+        with step(f"[{split}] unsteered greedy continuations of {len(asked)} neutral prompts "
+                  f"({args.gen_tokens} tokens)"):
+            generated = generate_ids(lm.model, asked, 0, None, args.gen_tokens,  # θ None: no layer
+                                     lm.tokenizer.pad_token_id)
+        tokens = [prompt + new for prompt, new in zip(asked, generated.tokens)]
+        prompt_lengths = [len(prompt) for prompt in asked]
+        with writing(args.store) as h5:
+            write_neutral(h5, lm, split, ids, tokens, prompt_lengths,
+                          run_attrs(settings, version, started, time.perf_counter() - t0))
+    return [ScoredText(i, t, n) for i, t, n in zip(ids, tokens, prompt_lengths) if len(t) > n]
 
 
 @dataclass

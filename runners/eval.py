@@ -22,29 +22,25 @@ import torch
 from engine.data import SPLITS
 from engine.errors import UserError
 from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS, evaluate
-from engine.generate import Prompt, generate_ids, load_prompts, prompt_ids
+from engine.generate import Prompt, load_prompts
 from engine.grid import build_grid
 from engine.model import REPO_ROOT, load_model
 from engine.orders import ORDERS, answers_in_order, n_orders
-from engine.side_effects import ScoredText, side_effects
+from engine.side_effects import side_effects
 from engine.site import check_injection_site
 from engine.store import (
     VectorGroup,
     code_version,
     evals_path,
-    file_checksum,
     is_current,
-    neutral_path,
     now,
     random_run,
-    read_neutral,
     read_vector_groups,
     run_attrs,
     settings_json,
     vectors_path,
     write_eval_group,
     write_eval_split,
-    write_neutral,
     writing,
 )
 from runners import defaults
@@ -52,13 +48,13 @@ from runners.cli import (
     behavior_items,
     count_or_all,
     main_guard,
+    neutral_texts,
     parse,
     parser,
     positive_int,
     progress_bar,
     say,
     settings_of,
-    step,
 )
 
 
@@ -93,9 +89,8 @@ def random_groups(layers: list[int], n_random: int, d_model: int, seed: int,
     return groups
 
 
-# The splits neutral prompts come in, and the arguments their continuations depend on.
+# The splits neutral prompts come in.
 NEUTRAL_SPLITS = ("val", "test")
-NEUTRAL_SETTINGS = ("model", "dtype", "device", "neutral", "n_neutral", "gen_tokens")
 
 
 def validate(args) -> None:
@@ -158,30 +153,6 @@ def run() -> None:
         evaluate_split(args, lm, split, items_by_split[split], neutral_by_split.get(split), groups)
 
 
-def neutral_texts(args, lm, split: str, prompts: list[Prompt], version: str) -> list[ScoredText]:
-    """The split's neutral prompts with the unsteered model's greedy continuations: read from
-    the store when current, else generated once and written."""
-    settings = settings_of(args, drop=tuple(k for k in vars(args) if k not in NEUTRAL_SETTINGS),
-                           split=split, neutral_checksum=file_checksum(args.neutral))
-    path = neutral_path(lm.key, split)
-    if not args.force and is_current(args.store, path, settings, version):
-        ids, tokens, prompt_lengths = read_neutral(args.store, lm.key, split)
-    else:
-        started, t0 = now(), time.perf_counter()
-        ids = [prompt.id for prompt in prompts]
-        asked = prompt_ids(lm.tokenizer, [prompt.text for prompt in prompts])
-        with step(f"[{split}] unsteered greedy continuations of {len(asked)} neutral prompts "
-                  f"({args.gen_tokens} tokens)"):
-            generated = generate_ids(lm.model, asked, args.layer, None, args.gen_tokens,
-                                     lm.tokenizer.pad_token_id)
-        tokens = [prompt + new for prompt, new in zip(asked, generated.tokens)]
-        prompt_lengths = [len(prompt) for prompt in asked]
-        with writing(args.store) as h5:
-            write_neutral(h5, lm, split, ids, tokens, prompt_lengths,
-                          run_attrs(settings, version, started, time.perf_counter() - t0))
-    return [ScoredText(i, t, n) for i, t, n in zip(ids, tokens, prompt_lengths) if len(t) > n]
-
-
 def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
                    groups: list[VectorGroup]) -> None:
     answers, skipped = answers_in_order(lm.tokenizer, items, args.orders)
@@ -212,7 +183,7 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
         say(f"{split_path}: every group is up to date (FORCE=1 recomputes)")
         return
 
-    texts = [] if prompts is None else neutral_texts(args, lm, split, prompts, version)
+    texts = [] if prompts is None else neutral_texts(args, lm, split, prompts)
     started, t0 = now(), time.perf_counter()
     results, baseline = {}, None
     layers = sorted({g.source_layer for g, _ in todo}) or [groups[0].source_layer]

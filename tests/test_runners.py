@@ -204,3 +204,43 @@ def test_two_behaviours_share_a_store_and_a_wrong_one_is_refused_before_loading(
     assert mismatch.returncode == 2 and "pass BEHAVIOR=survival-instinct" in mismatch.stderr
     report = run("runners.report", "--model", tiny_dir, "--store", store, "--behavior", "myopic-reward")
     assert report.returncode == 2 and "no myopic-reward evals" in report.stderr
+
+
+def test_matrix_puts_each_behaviours_val_choice_on_every_behaviours_test_questions(tiny_dir, tmp_path):
+    store, out = tmp_path / "store.h5", tmp_path / "results"
+    behaviors = ["survival-instinct", "myopic-reward"]
+    for behavior in behaviors:
+        assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
+                   "--behavior", behavior).returncode == 0
+    done = run("runners.matrix", "--model", tiny_dir, "--store", store, "--behaviors", " ".join(behaviors),
+               "--n-eval", 3, "--n-random", 2, "--scales", "2 8", "--n-neutral", 2, "--gen-tokens", 4,
+               "--kl-max", "inf", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert (out / "matrix_caa.png").is_file() and "| random ×2 |" in (out / "matrix_caa.md").read_text()
+    key = store_key(str(tiny_dir))
+    with h5py.File(store, "r") as h5:
+        matrix = h5[f"{key}/matrix/caa"]
+        assert list(matrix["targets"][()].astype(str)) == behaviors
+        delta = matrix["delta"][()]
+        assert delta.shape == (2, 2) and (matrix["delta_low"][()] <= delta).all()
+        assert matrix["random_delta"].shape == (len(matrix["random_scales"]), 2)
+        # a cell is the steered minus the unsteered order-mean, per question, of that column
+        questions = matrix[f"questions/{behaviors[1]}"]
+        chosen, base = questions["chosen_by_order"][()], questions["baseline_by_order"][()]
+        assert chosen.shape == (2, 2, 3) and base.shape == (2, 3)
+        np.testing.assert_allclose(delta[0, 1], (chosen[0].mean(0) - base.mean(0)).mean(), atol=1e-5)
+        scale = float(matrix["chosen_scale"][1])  # myopic-reward's own vector, chosen on its val
+        assert scale in (2.0, 8.0) and np.isclose(np.linalg.norm(matrix["thetas"][1]), scale, rtol=1e-4)
+    # its cell on its own test questions is what the eval runner gives for the same θ
+    evaluated = run("runners.eval", "--model", tiny_dir, "--store", store, "--behavior", behaviors[1],
+                    "--n-eval", 3, "--n-random", 1, "--scales", f"{scale:g}", "--splits", "test",
+                    "--n-neutral", 2, "--gen-tokens", 4)
+    assert evaluated.returncode == 0, evaluated.stderr
+    with h5py.File(store, "r") as h5:
+        split = h5[f"{key}/{behaviors[1]}/evals/test"]
+        questions_ids = split["question_ids"][()].astype(str)
+        np.testing.assert_allclose(split["baseline_logit_diff_by_order"][()], base, atol=1e-4)
+        np.testing.assert_allclose(split["caa/L1/logit_diff_by_order"][0, 0], chosen[1], atol=1e-4)
+        assert list(h5[f"{key}/matrix/caa/questions/{behaviors[1]}/question_ids"][()].astype(str)) == list(questions_ids)
+    unknown = run("runners.matrix", "--model", "no/such", "--store", store, "--behaviors", "survival-instinct power")
+    assert unknown.returncode == 2 and "unknown behaviour 'power'" in unknown.stderr
