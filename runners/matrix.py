@@ -277,7 +277,9 @@ class Table:
                  f"test questions (first {args.n_eval} by id, both answer orders; Δ = order-mean "
                  "logit(behaviour) − logit(other), steered minus unsteered, nats), 95% paired "
                  "bootstrap interval over questions. Random rows: "
-                 f"{args.n_random} random directions at the same scale, pooled.", "",
+                 f"{args.n_random} random directions at the same scale, pooled. The intervals are "
+                 "per cell: among many cells a few exclude 0 by chance alone (about 1 in 20), so "
+                 "read a cell against the random row and its neighbours.", "",
                  "| vector (chosen on val) | scale | val Δ | KL test | " + " | ".join(short.values()) + " |",
                  "|---|---|---|---|" + "---|" * len(self.targets)]
         for s in sources:
@@ -327,6 +329,8 @@ def evaluate_on_test(args, lm, sources: list[Source], answers, texts) -> Table:
         rows += [(r * d).float() for r in random_scales for d in directions]
         thetas = torch.stack(rows)
         total = len(thetas) * (len(asked) + len(texts))
+        say(f"… [test] layer {layer}: {len(thetas)} settings × {len(asked) // 2} questions of "
+            f"{len(targets)} behaviours × 2 orders, and KL on {len(texts)} neutral texts")
         with progress_bar(total, f"test, layer {layer}", "question×setting") as bar:
             result = evaluate(lm.model, asked, layer, thetas, lm.tokenizer.pad_token_id,
                               args.batch_size, SETTINGS_PER_PASS, progress=bar.update)
@@ -372,7 +376,8 @@ def draw(table: Table, sources: list[Source], key: str, args, path: Path) -> Pat
         for j, c in enumerate(line):
             excludes_zero = c.delta.low > 0 or c.delta.high < 0
             ax.text(j, i, f"{c.delta.value:+.3f}\n[{c.delta.low:+.3f}, {c.delta.high:+.3f}]",
-                    ha="center", va="center", fontsize=7, fontweight="bold" if excludes_zero else "normal")
+                    ha="center", va="center", fontsize=7, fontweight="bold" if excludes_zero else "normal",
+                    color="white" if abs(c.delta.value) > 0.6 * limit else "black")
     if table.random_scales:
         ax.axhline(len(chosen) - 0.5, color="black", lw=1.5)
     ax.set_xticks(range(len(table.targets)), [label(t) for t in table.targets], rotation=30, ha="right")
