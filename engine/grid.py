@@ -66,3 +66,11 @@ def build_grid(groups: list[VectorGroup], scales: list[float], width: int, raw: 
     if baseline:
         rows.insert(0, torch.zeros(width))
     return Grid(torch.stack(rows), spans, 0 if baseline else None)
+
+
+def random_directions(n: int, width: int, seed: int, layer: int) -> torch.Tensor:
+    """``n`` random unit directions [n, width] fp64 for a source layer, the same for the same
+    (seed, layer) everywhere: eval's random control and the matrix's reference rows."""
+    generator = torch.Generator().manual_seed(seed * 1000 + layer)
+    directions = torch.randn(n, width, generator=generator, dtype=torch.float64)
+    return directions / directions.norm(dim=1, keepdim=True)

@@ -17,16 +17,15 @@ import hashlib
 import time
 
 import numpy as np
-import torch
 
 from engine.data import SPLITS
 from engine.errors import UserError
-from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS, evaluate
+from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from engine.generate import Prompt, load_prompts
-from engine.grid import build_grid
+from engine.grid import build_grid, random_directions
 from engine.model import REPO_ROOT, load_model
 from engine.orders import ORDERS, answers_in_order, n_orders
-from engine.side_effects import side_effects
+from engine.scores import score
 from engine.site import check_injection_site
 from engine.store import (
     VectorGroup,
@@ -79,14 +78,10 @@ def parse_splits(text: str) -> list[str]:
 def random_groups(layers: list[int], n_random: int, d_model: int, seed: int,
                   norms: dict[int, float]) -> list[VectorGroup]:
     """N random directions per source layer, of norm ``norms[layer]`` (1 unless --raw)."""
-    groups = []
-    for layer in layers:
-        gen = torch.Generator().manual_seed(seed * 1000 + layer)
-        directions = torch.randn(n_random, d_model, generator=gen, dtype=torch.float64)
-        directions = directions / directions.norm(dim=1, keepdim=True) * norms.get(layer, 1.0)
-        groups.append(VectorGroup("random", random_run(layer), directions.float().numpy(), layer,
-                                  sign_free=True, settings={"seed": seed, "n_random": n_random}))
-    return groups
+    return [VectorGroup("random", random_run(layer),
+                        (random_directions(n_random, d_model, seed, layer) * norms.get(layer, 1.0)).float().numpy(),
+                        layer, sign_free=True, settings={"seed": seed, "n_random": n_random})
+            for layer in layers]
 
 
 # The splits neutral prompts come in.
@@ -196,20 +191,15 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
     total = sum(len(g.thetas) * (len(answers) + len(texts)) for g in grids.values())
     with progress_bar(total, f"eval {split}", "question×setting") as bar:
         for layer, grid in grids.items():
-            result = evaluate(lm.model, answers, layer, grid.thetas, lm.tokenizer.pad_token_id,
-                              args.batch_size, args.settings_per_pass, progress=bar.update)
-            cost = (side_effects(lm.model, texts, layer, grid.thetas, lm.tokenizer.pad_token_id,
-                                 args.batch_size, args.settings_per_pass, progress=bar.update)
-                    if texts else None)
-            bar.update(len(texts) * int((grid.thetas == 0).all(1).sum()))  # θ = 0: nothing to run
-            # [n_settings, n_orders, n_q]: the questions were asked order-major
-            diff = result.logit_diff.numpy().reshape(len(grid.thetas), orders, -1)
-            mass = result.answer_mass.numpy().reshape(len(grid.thetas), orders, -1)
+            scored = score(lm.model, answers, orders, texts, layer, grid.thetas,
+                           lm.tokenizer.pad_token_id, args.batch_size, args.settings_per_pass,
+                           progress=bar.update)
+            diff, mass = scored.logit_diff, scored.answer_mass  # [n_settings, n_orders, n_q]
             if grid.baseline_row is not None:
                 baseline = (diff[grid.baseline_row], mass[grid.baseline_row])
             per_group = {"diff": grid.unpack(diff), "mass": grid.unpack(mass)}
-            if cost is not None:
-                per_group |= {"kl": grid.unpack(cost.kl.numpy()), "top1": grid.unpack(cost.top1.numpy())}
+            if scored.kl is not None:
+                per_group |= {"kl": grid.unpack(scored.kl), "top1": grid.unpack(scored.top1)}
             for span in grid.spans:
                 results[span.group.label] = (span, {name: values[span.group.label]
                                                     for name, values in per_group.items()})

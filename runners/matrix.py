@@ -27,12 +27,12 @@ from engine.behaviors import data_file, label
 from engine.choice import VectorChoice, theta_of
 from engine.data import load_items
 from engine.errors import UserError
-from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS, evaluate
+from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from engine.generate import load_prompts
-from engine.grid import build_grid
+from engine.grid import build_grid, random_directions
 from engine.model import REPO_ROOT, load_model
 from engine.orders import answers_in_order
-from engine.side_effects import side_effects
+from engine.scores import score
 from engine.site import check_injection_site
 from engine.store import (
     code_version,
@@ -163,13 +163,10 @@ def choose_on_val(args, lm, name: str, groups, answers, texts) -> Source:
         say(f"{name}: {args.method} groups at several layers; the matrix takes layer {layer}'s")
     grid = build_grid(by_layer, args.scales, lm.d_model)
     with progress_bar(len(grid.thetas) * (len(answers) + len(texts)), f"val {name}", "question×setting") as bar:
-        result = evaluate(lm.model, answers, layer, grid.thetas, lm.tokenizer.pad_token_id,
-                          args.batch_size, SETTINGS_PER_PASS, progress=bar.update)
-        cost = side_effects(lm.model, texts, layer, grid.thetas, lm.tokenizer.pad_token_id,
-                            args.batch_size, SETTINGS_PER_PASS, progress=bar.update)
-    diff = result.logit_diff.numpy().reshape(len(grid.thetas), 2, -1)
-    mass = result.answer_mass.numpy().reshape(len(grid.thetas), 2, -1)
-    kl, top1 = grid.unpack(cost.kl.numpy()), grid.unpack(cost.top1.numpy())
+        scored = score(lm.model, answers, 2, texts, layer, grid.thetas, lm.tokenizer.pad_token_id,
+                       args.batch_size, SETTINGS_PER_PASS, progress=bar.update)
+    diff, mass = scored.logit_diff, scored.answer_mass  # [n_settings, 2, n_q]
+    kl, top1 = grid.unpack(scored.kl), grid.unpack(scored.top1)
     diffs, masses = grid.unpack(diff), grid.unpack(mass)
     split = Split("val", np.array([]), diff[0].mean(0), mass[0].mean(0), {}, "both", name, diff[0])
     for span in grid.spans:
@@ -322,9 +319,7 @@ def evaluate_on_test(args, lm, sources: list[Source], answers, texts) -> Table:
     layers = sorted({s.source_layer for s in sources})
     for n, layer in enumerate(layers):
         here = [s for s in chosen if s.source_layer == layer]
-        gen = torch.Generator().manual_seed(args.seed * 1000 + layer)
-        directions = torch.randn(args.n_random, lm.d_model, generator=gen, dtype=torch.float64)
-        directions = directions / directions.norm(dim=1, keepdim=True)
+        directions = random_directions(args.n_random, lm.d_model, args.seed, layer)  # eval's control's
         rows = [torch.zeros(lm.d_model)] + [torch.from_numpy(s.theta) for s in here]
         rows += [(r * d).float() for r in random_scales for d in directions]
         thetas = torch.stack(rows)
@@ -332,11 +327,9 @@ def evaluate_on_test(args, lm, sources: list[Source], answers, texts) -> Table:
         say(f"… [test] layer {layer}: {len(thetas)} settings × {len(asked) // 2} questions of "
             f"{len(targets)} behaviours × 2 orders, and KL on {len(texts)} neutral texts")
         with progress_bar(total, f"test, layer {layer}", "question×setting") as bar:
-            result = evaluate(lm.model, asked, layer, thetas, lm.tokenizer.pad_token_id,
-                              args.batch_size, SETTINGS_PER_PASS, progress=bar.update)
-            cost = side_effects(lm.model, texts, layer, thetas, lm.tokenizer.pad_token_id,
-                                args.batch_size, SETTINGS_PER_PASS, progress=bar.update)
-        diff, mass = result.logit_diff.numpy(), result.answer_mass.numpy()
+            scored = score(lm.model, asked, 1, texts, layer, thetas, lm.tokenizer.pad_token_id,
+                           args.batch_size, SETTINGS_PER_PASS, progress=bar.update)
+        diff, mass = scored.logit_diff[:, 0], scored.answer_mass[:, 0]  # [n_settings, all questions]
         for t, block in blocks.items():
             by_order = diff[:, block].reshape(len(thetas), 2, -1)
             mass_by_order = mass[:, block].reshape(len(thetas), 2, -1)
@@ -349,7 +342,7 @@ def evaluate_on_test(args, lm, sources: list[Source], answers, texts) -> Table:
             for j, r in enumerate(random_scales):
                 rows_r = slice(first + j * args.n_random, first + (j + 1) * args.n_random)
                 table.random.setdefault(r, {})[t] = by_order[rows_r]  # last layer's if several
-        kl = cost.kl.numpy()
+        kl = scored.kl
         for i, s in enumerate(here, start=1):
             table.kl[s.behavior] = kl[i]
         for j, r in enumerate(random_scales):

@@ -365,3 +365,15 @@ def test_a_user_error_is_one_line_with_exit_status_2(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "error: MAX_NEW_TOKENS must be a whole number of at least 1, got 0" in done.stderr
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_a_behaviour_without_open_ended_prompts_uses_its_question_stems():
+    from runners.generate import behavior_prompts
+
+    args = SimpleNamespace(n_open=2, open_ended=None, behavior="myopic-reward", data="data/myopic-reward.jsonl",
+                           split="test", n_neutral=1, neutral="data/neutral-prompts.jsonl")
+    prompts = behavior_prompts(args)
+    assert [kind for kind, _ in prompts] == ["myopic-reward-stems"] * 2 + ["neutral-prompts"]
+    for _, prompt in prompts[:2]:
+        assert prompt.id.startswith("myopic-reward-") and "Choices:" not in prompt.text and "(A)" not in prompt.text
+        assert prompt.text.endswith("?") or prompt.text.endswith(".")
