@@ -9,9 +9,10 @@ DEVICE     ?= cpu## torch device: cpu, cuda, cuda:1, ...
 STORE      ?= store.h5## the HDF5 store every target reads and writes
 BEHAVIOR   ?= survival-instinct## the A/B set: data/BEHAVIOR.jsonl, store group /<model>/BEHAVIOR; an unknown name lists the known
 DATA       ?=## A/B items instead of data/BEHAVIOR.jsonl (their behavior field must be BEHAVIOR)
-LAYER      ?= 7## source layer S: θ is added to layers[S].mlp.down_proj
+LAYER      ?= 7## source layer S: θ is added to the residual stream after layers[S] (see SITE)
 LAYERS     ?= $(LAYER)## caa: several source layers for a sweep, e.g. "3 5 7 9"
-CAPTURE    ?= mlp## caa: mlp (down_proj output, where θ goes) or resid (block output; ablation)
+SITE       ?= auto## where θ is added on the plain paths: mlp (down_proj output), resid (block S output), auto (mlp where it equals the residual add, else resid)
+CAPTURE    ?= site## caa: site (read where θ goes), mlp (down_proj output) or resid (block output): the latter two as ablations
 POSITION   ?= letter## caa: letter (answer-letter token) or last (final token; ablation)
 ORDERS     ?= both## caa, eval: both (every question as written and mirrored) or original/mirrored (ablation)
 N_TRAIN    ?= 128## caa: first train pairs (by file order) to average over, or all; 128 so `make matrix` fits 15 min
@@ -63,7 +64,7 @@ PY      := $(VENV)/bin/python
 DEFAULT_MODEL := models/SmolLM2-135M-Instruct
 MODEL_DEP := $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT_MODEL)/config.json)
 COMMON  = --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" \
-          --behavior "$(BEHAVIOR)" $(if $(DATA),--data "$(DATA)") $(if $(filter 1,$(FORCE)),--force)
+          --behavior "$(BEHAVIOR)" $(if $(DATA),--data "$(DATA)") --site $(SITE) $(if $(filter 1,$(FORCE)),--force)
 JACOBIAN = --layer $(LAYER) --target $(TARGET) --k $(K) --iters $(ITERS) --oversample $(OVERSAMPLE) \
            --tol $(TOL) --n-prompts $(N_PROMPTS) --tokens $(TOKENS) --seed $(SEED)
 AT       = $(if $(AT_SCALES),--at-scales "$(AT_SCALES)")

@@ -22,10 +22,12 @@ from engine.prompts import AnswerTokens, common_opening
 from engine.segment import (
     OpeningCache,
     batched_prefixes,
+    opening_shareable,
     repeat_rows,
     run_layers,
     run_prefix,
     suffix_layer_kwargs,
+    with_cache,
 )
 from engine.site import decoder_layers, head
 
@@ -77,7 +79,7 @@ def steered_logits(model: torch.nn.Module, sequences: list[tuple[int, ...]],
     last_layer = len(decoder_layers(model)) - 1
     device = next(model.parameters()).device
     opening = 0
-    if share_opening:
+    if share_opening and opening_shareable(model, source_layer):
         opening = min(common_opening(sequences), min(min(at) for at in read_at))
     if opening:
         ids = torch.tensor([sequences[0][:opening]], device=device)
@@ -94,8 +96,8 @@ def steered_logits(model: torch.nn.Module, sequences: list[tuple[int, ...]],
             chunk = thetas[first:first + settings_per_pass]
             stacked_kwargs = repeat_rows(kwargs, len(batch), len(chunk))
             if opening:
-                stacked_kwargs["past_key_values"] = opening_cache.for_pass(
-                    slice(first, first + len(chunk)), len(batch))
+                stacked_kwargs = with_cache(stacked_kwargs, opening_cache.for_pass(
+                    slice(first, first + len(chunk)), len(batch)))
             # settings are stacked setting-major: θ repeats per sequence row
             theta_rows = chunk.repeat_interleave(len(batch), dim=0)[:, None, :]
             stacked = hidden.repeat(len(chunk), 1, 1) + theta_rows.to(device=device, dtype=hidden.dtype)

@@ -1,6 +1,7 @@
 """Completions of a steered model: HF ``generate`` with θ added at ``down_proj`` on every forward.
 
-The hook of ``engine.site.add_to_down_proj`` adds θ at every position of every forward call, so
+The hook of ``engine.site.add_at`` (at ``down_proj`` or at the block's output, the resolved site)
+adds θ at every position of every forward call, so
 the prompt and every generated token are steered; the KV cache holds keys and values computed with
 θ, which is what a full forward over the whole text would compute. Batches are left-padded
 (generation appends on the right); HF derives position ids from the attention mask, so a padded
@@ -23,7 +24,7 @@ import torch
 from engine.data import check_split, read_records
 from engine.errors import DataError, UserError
 from engine.prompts import format_prompt, length_batches
-from engine.site import add_to_down_proj
+from engine.site import add_at
 
 PROMPT_REQUIRED = ("id", "text", "split")
 PROMPT_OPTIONAL = ("topic", "source")
@@ -111,7 +112,7 @@ def _cut_at_eos(tokens: list[int], eos: set[int]) -> tuple[int, ...]:
 def generate_ids(model: torch.nn.Module, sequences: list[tuple[int, ...]], source_layer: int,
                  theta: torch.Tensor | None, max_new_tokens: int, pad_id: int, sample: bool = False,
                  seed: int = 0, batch_size: int = 8, first_logits: bool = False,
-                 progress: Callable[[], None] | None = None) -> Generated:
+                 progress: Callable[[], None] | None = None, site: str = "mlp") -> Generated:
     """New tokens for every prompt (token ids, e.g. from ``prompt_ids``) with θ [d] added to
     ``layers[source_layer].mlp.down_proj`` at every position; ``theta=None`` runs the plain model
     without a hook. Greedy, or with ``sample`` drawn from the model's distribution with the global
@@ -137,7 +138,7 @@ def generate_ids(model: torch.nn.Module, sequences: list[tuple[int, ...]], sourc
             if theta is None:
                 out = model.generate(**kwargs)
             else:
-                with add_to_down_proj(model, source_layer, theta):
+                with add_at(model, source_layer, theta, site):
                     out = model.generate(**kwargs)
             new = out.sequences[:, ids.shape[1]:].tolist()
             for row, i in enumerate(batch):
@@ -152,11 +153,12 @@ def generate_ids(model: torch.nn.Module, sequences: list[tuple[int, ...]], sourc
 
 def generate(model: torch.nn.Module, tokenizer, texts: list[str], source_layer: int,
              theta: torch.Tensor | None, max_new_tokens: int, sample: bool = False, seed: int = 0,
-             batch_size: int = 8, progress: Callable[[], None] | None = None) -> Generated:
+             batch_size: int = 8, progress: Callable[[], None] | None = None, site: str = "mlp"
+             ) -> Generated:
     """Completions of ``texts`` asked as user turns of the chat template (``generate_ids``), with
     ``texts`` filled: the new tokens decoded, special tokens skipped."""
     generated = generate_ids(model, prompt_ids(tokenizer, texts), source_layer, theta,
                              max_new_tokens, tokenizer.pad_token_id, sample, seed, batch_size,
-                             progress=progress)
+                             progress=progress, site=site)
     generated.texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in generated.tokens]
     return generated

@@ -44,6 +44,11 @@ class LoadedModel:
     device: str
 
     @property
+    def attention(self) -> str:
+        """The attention implementation the model runs with: ``sdpa`` or ``eager``."""
+        return self.model.config._attn_implementation
+
+    @property
     def n_layers(self) -> int:
         return len(decoder_layers(self.model))
 
@@ -109,19 +114,37 @@ def _resolve_source(source: str) -> tuple[str, dict]:
     return source, {}
 
 
-def load_model(source: str, dtype: str = "auto", device: str = "cpu") -> LoadedModel:
-    """Load a HF causal LM by id, local folder or GGUF file, in eval mode, weights frozen."""
+ATTENTION = ("auto", "sdpa", "eager")
+
+
+def load_model(source: str, dtype: str = "auto", device: str = "cpu", attention: str = "auto"
+               ) -> LoadedModel:
+    """Load a HF causal LM by id, local folder or GGUF file, in eval mode, weights frozen.
+
+    ``attention``: ``sdpa`` (PyTorch's fused attention), ``eager`` (the model's own matmul and
+    softmax), or ``auto``: SDPA where the model supports it, eager otherwise (Gemma-2, whose
+    attention logits are soft-capped). Every fast path gives the same numbers with either."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     dtype = resolve_dtype(dtype, device)
     where, extra = _resolve_source(source)
+    if attention not in ATTENTION:
+        raise ModelError(f"attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
+
+    def load(implementation: str):
+        return AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[dtype],
+                                                    attn_implementation=implementation, **extra)
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **extra)
-        model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=DTYPES[dtype], attn_implementation="sdpa", **extra
-        )
+        try:
+            model = load("sdpa" if attention == "auto" else attention)
+        except ValueError as err:
+            if attention != "auto" or "scaled_dot_product_attention" not in str(err):
+                raise ModelError(f"cannot load model {source!r}: {err}") from err
+            model = load("eager")  # no SDPA support in this architecture
     except OSError as err:  # what transformers raises for unknown ids when offline
         raise ModelError(f"cannot load model {source!r}: {err}") from err
     model.to(device).eval().requires_grad_(False)

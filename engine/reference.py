@@ -13,13 +13,13 @@ from engine.evaluate import EvalResult, answer_scores
 from engine.jacobian import math_attention
 from engine.prompts import AnswerTokens, pad_right
 from engine.side_effects import ScoredText, SideEffects, compare
-from engine.site import add_to_down_proj, decoder_layers, reading_output
+from engine.site import add_at, decoder_layers, reading_output
 
 
 @torch.no_grad()
 def evaluate_plain(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: int,
-                   thetas: torch.Tensor, pad_id: int) -> EvalResult:
-    """Eval's numbers the plain way: per setting, one full forward with a hook on down_proj."""
+                   thetas: torch.Tensor, pad_id: int, site: str = "mlp") -> EvalResult:
+    """Eval's numbers the plain way: per setting, one full forward with a hook at ``site``."""
     ids, mask = pad_right([a.prefix_ids for a in answers], pad_id)
     device = next(model.parameters()).device
     ids, mask = ids.to(device), mask.to(device)
@@ -27,7 +27,7 @@ def evaluate_plain(model: torch.nn.Module, answers: list[AnswerTokens], source_l
     rows = torch.arange(len(answers), device=device)
     diffs, masses = [], []
     for theta in thetas:
-        with add_to_down_proj(model, source_layer, theta):
+        with add_at(model, source_layer, theta, site):
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         diff, mass = answer_scores(logits[rows, answer_at], answers)
         diffs.append(diff)
@@ -36,19 +36,19 @@ def evaluate_plain(model: torch.nn.Module, answers: list[AnswerTokens], source_l
 
 
 def hidden_plain(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, source_layer: int,
-                 target_layer: int, theta: torch.Tensor) -> torch.Tensor:
-    """h_T at the real positions, [n_real, d], with θ hooked into ``layers[S].mlp.down_proj``:
+                 target_layer: int, theta: torch.Tensor, site: str = "mlp") -> torch.Tensor:
+    """h_T at the real positions, [n_real, d], with θ hooked in at ``site`` of layer S:
     a full HF forward, h_T read from ``layers[T]``'s output (not ``hidden_states``, which carry
     the final norm at the last layer). Differentiable in θ."""
     with reading_output(decoder_layers(model)[target_layer]) as seen, \
-            add_to_down_proj(model, source_layer, theta), math_attention():
+            add_at(model, source_layer, theta, site), math_attention():
         model(input_ids=ids, attention_mask=mask, use_cache=False)
     return seen[-1][mask.bool()]
 
 
 def jtj_plain(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, source_layer: int,
-              target_layer: int, vectors: torch.Tensor, theta0: torch.Tensor | None = None
-              ) -> torch.Tensor:
+              target_layer: int, vectors: torch.Tensor, theta0: torch.Tensor | None = None,
+              site: str = "mlp") -> torch.Tensor:
     """JᵀJ v for each row v of ``vectors`` at θ₀ (default 0), one vector at a time: a full forward
     with θ requiring grad, J v by the double-backward trick, then Jᵀ(J v)."""
     dtype = next(model.parameters()).dtype
@@ -56,7 +56,7 @@ def jtj_plain(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, sou
     for v in vectors:
         theta = (torch.zeros(v.shape[0], dtype=dtype) if theta0 is None
                  else theta0.to(dtype).clone()).requires_grad_(True)
-        h = hidden_plain(model, ids, mask, source_layer, target_layer, theta)
+        h = hidden_plain(model, ids, mask, source_layer, target_layer, theta, site)
         u = torch.zeros_like(h, requires_grad=True)
         (g,) = torch.autograd.grad(h, theta, u, create_graph=True)
         (jv,) = torch.autograd.grad(g, u, v.to(g.dtype))
@@ -67,9 +67,9 @@ def jtj_plain(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, sou
 
 @torch.no_grad()
 def side_effects_plain(model: torch.nn.Module, texts: list[ScoredText], source_layer: int,
-                       thetas: torch.Tensor, pad_id: int) -> SideEffects:
+                       thetas: torch.Tensor, pad_id: int, site: str = "mlp") -> SideEffects:
     """KL and top-1 agreement the plain way: one padded batch, one full forward unsteered and one
-    per setting with a hook on down_proj, full logits everywhere, read at each text's positions."""
+    per setting with a hook at ``site``, full logits everywhere, read at each text's positions."""
     ids, mask = pad_right([t.token_ids for t in texts], pad_id)
     device = next(model.parameters()).device
     ids, mask = ids.to(device), mask.to(device)
@@ -77,7 +77,7 @@ def side_effects_plain(model: torch.nn.Module, texts: list[ScoredText], source_l
     kl = torch.empty(thetas.shape[0], len(texts), dtype=torch.float64)
     top1 = torch.empty_like(kl)
     for row, theta in enumerate(thetas):
-        with add_to_down_proj(model, source_layer, theta):
+        with add_at(model, source_layer, theta, site):
             steered = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         for column, text in enumerate(texts):
             at = torch.tensor(text.read_at, device=device)

@@ -1,8 +1,11 @@
 """Compute only what changes: the prefix up to the source layer once, the segment above it per θ.
 
-``run_prefix`` runs the model's own forward up to and including layer S and stops there (layers
-above S never run), keeping the residual h_S and the arguments the model passes to its decoder
-layers (attention mask, rotary embeddings, position ids). ``segment`` then evaluates
+``run_prefix`` runs the model's own forward up to and including layer S and stops there, keeping
+the residual h_S and the arguments the model passes to its decoder layers (attention mask, rotary
+embeddings, position ids), one set per attention type: models that mix sliding-window and full
+attention (Gemma-2, Gemma-3) pass each layer the mask (and, in Gemma-3, the rotary embeddings) of
+its type. Layers above S run only when a type that occurs above S has not occurred up to S (then
+until its first layer, whose arguments are read). ``segment`` then evaluates
 ``layers[S+1..T](h_S + θ)``: the function every θ-dependent computation is built on.
 
 When all sequences open with the same tokens (the chat template's system turn: 24 of ~100 tokens
@@ -18,7 +21,7 @@ from typing import Iterator
 import torch
 
 from engine.prompts import length_batches, pad_right
-from engine.site import decoder_layers, injection_site, uniform_attention_from
+from engine.site import decoder_layers, injection_site, layer_type
 
 
 class _PrefixDone(Exception):
@@ -29,7 +32,7 @@ class _PrefixDone(Exception):
 class Prefix:
     hidden: torch.Tensor  # [B, L, d] residual after layer S, model dtype
     attention_mask: torch.Tensor  # [B, L], 1 on real tokens
-    layer_kwargs: dict  # what the model passes to every decoder layer
+    layer_kwargs: dict[str, dict]  # per attention type: what the model passes to its layers
     source_layer: int
     down_proj: torch.Tensor | None = None  # [B, L, d] output of layers[S].mlp.down_proj
 
@@ -56,33 +59,52 @@ def repeat_rows(layer_kwargs: dict, batch: int, times: int) -> dict:
     """Decoder-layer arguments of a batch of ``batch`` rows for that batch stacked ``times``."""
 
     def rep(value):
+        if isinstance(value, dict):
+            return {key: rep(v) for key, v in value.items()}
         if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch > 1:
             return value.repeat(times, *([1] * (value.dim() - 1)))
         if isinstance(value, tuple):
             return tuple(rep(v) for v in value)
         return value  # batch-1 tensors broadcast; scalars and None stay
 
-    return {key: rep(value) for key, value in layer_kwargs.items()}
+    return rep(layer_kwargs)
+
+
+def with_cache(layer_kwargs: dict[str, dict], cache) -> dict[str, dict]:
+    """The per-type arguments with ``past_key_values`` set to ``cache`` for every type."""
+    return {kind: {**kwargs, "past_key_values": cache} for kind, kwargs in layer_kwargs.items()}
 
 
 @torch.no_grad()
 def run_prefix(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                source_layer: int, keep_down_proj: bool = False) -> Prefix:
-    """Run embeddings and layers 0..S once, without gradients, and stop."""
+    """Run embeddings and layers 0..S once, without gradients, and stop as soon as h_S and the
+    layer arguments of every attention type above S are known."""
     layers = decoder_layers(model)
-    uniform_attention_from(model, source_layer)
-    captured: dict = {}
+    needed = {layer_type(model, i) for i in range(source_layer + 1, len(layers))}
+    captured: dict = {"kwargs": {}}
+
+    def complete() -> bool:
+        return "hidden" in captured and needed <= captured["kwargs"].keys()
+
+    def record(index: int):
+        def pre_hook(_module, _args, kwargs):
+            captured["kwargs"].setdefault(layer_type(model, index), {
+                k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "use_cache")})
+            if index > source_layer and complete():
+                raise _PrefixDone
+        return pre_hook
 
     def keep_mlp(_module, _args, output):
         captured["down_proj"] = output
 
-    def stop_after_block(_module, _args, kwargs, output):
+    def after_source(_module, _args, output):
         captured["hidden"] = output[0] if isinstance(output, tuple) else output
-        captured["kwargs"] = {k: v for k, v in kwargs.items()
-                              if k not in ("past_key_values", "past_key_value", "use_cache")}
-        raise _PrefixDone
+        if complete():
+            raise _PrefixDone
 
-    handles = [layers[source_layer].register_forward_hook(stop_after_block, with_kwargs=True)]
+    handles = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    handles.append(layers[source_layer].register_forward_hook(after_source))
     if keep_down_proj:
         handles.append(injection_site(model, source_layer).register_forward_hook(keep_mlp))
     try:
@@ -92,7 +114,7 @@ def run_prefix(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: 
     finally:
         for handle in handles:
             handle.remove()
-    if "hidden" not in captured:
+    if not complete():
         raise RuntimeError(f"layer {source_layer} was never reached in the forward pass")
     return Prefix(captured["hidden"], attention_mask, captured["kwargs"], source_layer,
                   captured.get("down_proj"))
@@ -130,8 +152,8 @@ class OpeningCache:
         """Run the opening ([1, P] prefix) through layers S+1..last once per θ row of ``thetas``."""
         cache = cls()
         hidden = opening.hidden + thetas[:, None, :].to(opening.hidden)
-        run_layers(model, hidden, {**opening.layer_kwargs, "past_key_values": cache},
-                   opening.source_layer + 1, last_layer)
+        run_layers(model, hidden, with_cache(opening.layer_kwargs, cache), opening.source_layer + 1,
+                   last_layer)
         return cache
 
     def for_pass(self, settings: slice, rows_per_setting: int) -> "OpeningCache":
@@ -152,12 +174,25 @@ class OpeningCache:
         return joined(self.keys[layer_idx], key), joined(self.values[layer_idx], value)
 
 
-def suffix_layer_kwargs(layer_kwargs: dict, attention_mask: torch.Tensor, start: int) -> dict:
+def opening_shareable(model: torch.nn.Module, source_layer: int) -> bool:
+    """Whether ``suffix_layer_kwargs`` builds the mask the model itself would: SDPA attention
+    (a boolean mask) and full causal attention in every layer above S. Otherwise (eager
+    attention, sliding windows) the fast path runs every sequence whole, with the model's masks."""
+    kinds = {layer_type(model, i) for i in range(source_layer + 1, len(decoder_layers(model)))}
+    return model.config._attn_implementation == "sdpa" and kinds <= {"full_attention"}
+
+
+def suffix_layer_kwargs(layer_kwargs: dict[str, dict], attention_mask: torch.Tensor, start: int
+                        ) -> dict[str, dict]:
     """Decoder-layer arguments for positions ``start..`` of a right-padded batch whose positions
     before ``start`` come from an ``OpeningCache``: rotary embeddings and position ids of those
     positions, and an SDPA mask [B, 1, L - start, L] (True = attend) that is causal over the whole
-    sequence and hides pad keys, as the model's own mask does (load_model always picks SDPA
-    attention, which takes a boolean mask)."""
+    sequence and hides pad keys, as the model's own mask does (only for models where
+    ``opening_shareable`` holds)."""
+    return {kind: _suffix_kwargs(kwargs, attention_mask, start) for kind, kwargs in layer_kwargs.items()}
+
+
+def _suffix_kwargs(layer_kwargs: dict, attention_mask: torch.Tensor, start: int) -> dict:
     length = attention_mask.shape[1]
     query_at = torch.arange(start, length, device=attention_mask.device)
     key_at = torch.arange(length, device=attention_mask.device)
@@ -171,12 +206,13 @@ def suffix_layer_kwargs(layer_kwargs: dict, attention_mask: torch.Tensor, start:
     return kwargs
 
 
-def run_layers(model: torch.nn.Module, hidden: torch.Tensor, layer_kwargs: dict,
+def run_layers(model: torch.nn.Module, hidden: torch.Tensor, layer_kwargs: dict[str, dict],
                first: int, last: int) -> torch.Tensor:
-    """``layers[first..last]`` (inclusive) applied to ``hidden``; empty when first > last."""
+    """``layers[first..last]`` (inclusive) applied to ``hidden``, each with the arguments of its
+    attention type; empty when first > last."""
     layers = decoder_layers(model)
     for index in range(first, last + 1):
-        out = layers[index](hidden, **layer_kwargs)
+        out = layers[index](hidden, **layer_kwargs[layer_type(model, index)])
         hidden = out[0] if isinstance(out, tuple) else out
     return hidden
 

@@ -1,9 +1,15 @@
 """Where θ goes in a model: the decoder layers, the injection site, the hooks, the head.
 
-θ is added to the output of ``model.model.layers[S].mlp.down_proj``. For pre-norm decoders whose
-MLP output enters the residual stream directly this equals adding θ to the residual stream after
-layer S; everything downstream (the cached prefix, the segment function) relies on that, so
-``check_injection_site`` verifies it numerically and refuses models where it does not hold.
+θ is added to the residual stream after decoder layer S: the fast paths (the cached prefix, the
+segment function) add it to h_S. The plain paths add it with a hook at one of two sites:
+
+- ``mlp``: the output of ``model.model.layers[S].mlp.down_proj``. For pre-norm decoders whose MLP
+  output enters the residual stream directly (Llama, Qwen, Mistral, SmolLM2) this is the same as
+  adding to h_S; ``check_injection_site`` verifies it numerically.
+- ``resid``: the output of decoder block S itself, h_S. Right for every decoder; needed where the
+  MLP output is normalised before the residual add (Gemma-2, Gemma-3), which the check detects.
+
+``resolve_site`` turns ``auto`` into ``mlp`` where the check passes and ``resid`` otherwise.
 
 Hooks live only inside the context managers here, which always remove them. They are the plain
 path every fast path is tested against.
@@ -17,16 +23,36 @@ import torch
 
 from engine.errors import ModelError
 
+SITES = ("auto", "mlp", "resid")
+# Where other families keep their decoder blocks: named in the refusal, not supported.
+OTHER_LAYOUTS = ("transformer.h", "gpt_neox.layers", "transformer.blocks", "model.decoder.layers")
+
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
+        found = [path for path in OTHER_LAYOUTS if isinstance(_attribute(model, path), torch.nn.ModuleList)]
+        where = f"its blocks are at `{found[0]}`" if found else "no decoder-block list was found"
         raise ModelError(
-            f"{type(model).__name__} has no `model.layers` list: expected a HF decoder-only model "
-            "(LlamaForCausalLM, Qwen3ForCausalLM, MistralForCausalLM, ...)"
+            f"{type(model).__name__} has no `model.layers` list ({where}): supported are HF "
+            "decoder-only models that keep their blocks at `model.layers` (Llama, Qwen2/3, "
+            "Mistral, SmolLM2, Gemma-2/3; README, 'Models')"
         )
     return layers
+
+
+def _attribute(obj, dotted: str):
+    for name in dotted.split("."):
+        obj = getattr(obj, name, None)
+    return obj
+
+
+def layer_type(model: torch.nn.Module, index: int) -> str:
+    """The attention type of decoder layer ``index``: ``full_attention`` unless the config says
+    otherwise (``sliding_attention`` in Gemma-2/3's local layers)."""
+    kinds = getattr(model.config, "layer_types", None)
+    return kinds[index] if kinds else "full_attention"
 
 
 def injection_site(model: torch.nn.Module, layer: int) -> torch.nn.Module:
@@ -41,20 +67,14 @@ def injection_site(model: torch.nn.Module, layer: int) -> torch.nn.Module:
     return down_proj
 
 
-def uniform_attention_from(model: torch.nn.Module, layer: int) -> None:
-    """Layers above ``layer`` must share one attention mask (no sliding-window mix):
-    the segment function reuses the mask the model built for the first of them."""
-    kinds = getattr(model.config, "layer_types", None)
-    if kinds and len(set(kinds[layer:])) > 1:
-        raise ModelError(
-            f"layers {layer}.. mix attention types {sorted(set(kinds[layer:]))}; "
-            "only models with one attention type above the source layer are supported"
-        )
-
-
 def head(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Final norm and unembedding of [..., d] residuals."""
-    return model.lm_head(model.model.norm(hidden))
+    """Final norm and unembedding of [..., d] residuals, with the final logit soft-capping of
+    models that have one (Gemma-2: cap · tanh(logits / cap)), as the model's own forward does."""
+    logits = model.lm_head(model.model.norm(hidden))
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
 
 
 def _first(output):
@@ -89,6 +109,23 @@ def add_to_down_proj(model: torch.nn.Module, layer: int, theta: torch.Tensor):
     return forward_hook(injection_site(model, layer), lambda _m, _a, out: _add(out, theta))
 
 
+def add_at(model: torch.nn.Module, layer: int, theta: torch.Tensor, site: str):
+    """θ added at ``site`` (``mlp`` or ``resid``, resolved) of ``layer``: the plain paths' hook."""
+    if site == "mlp":
+        return add_to_down_proj(model, layer, theta)
+    if site == "resid":
+        return add_to_block_output(model, layer, theta)
+    raise ValueError(f"site must be mlp or resid (resolved), got {site!r}")
+
+
+def reading_site(model: torch.nn.Module, layer: int, site: str):
+    """A list that receives what is written at ``site`` of ``layer``: ``down_proj``'s output or
+    the block's output h_S (CAA reads where θ goes)."""
+    if site not in ("mlp", "resid"):
+        raise ValueError(f"site must be mlp or resid (resolved), got {site!r}")
+    return reading_output(injection_site(model, layer) if site == "mlp" else decoder_layers(model)[layer])
+
+
 def add_to_block_output(model: torch.nn.Module, layer: int, theta: torch.Tensor):
     """θ added to the residual stream after ``layers[layer]`` (the block's output)."""
 
@@ -101,17 +138,14 @@ def add_to_block_output(model: torch.nn.Module, layer: int, theta: torch.Tensor)
 
 
 @torch.no_grad()
-def check_injection_site(model: torch.nn.Module, layer: int, rtol: float = 1e-3) -> float:
-    """Adding θ at ``down_proj`` of ``layer`` must equal adding θ to the residual after ``layer``.
-
-    Runs a short random input twice, once per site, and compares the last hidden states; returns
-    the relative difference and raises ModelError above ``rtol`` (5e-2 in bf16, whose rounding
-    differs between the two sites; a post-MLP norm or gate gives differences of order 1).
-    """
+def mlp_site_difference(model: torch.nn.Module, layer: int) -> float:
+    """Relative difference between adding θ at ``down_proj`` of ``layer`` and adding it to the
+    residual after ``layer``: a short random input run once per site, last hidden states
+    compared. About 1e-7 in fp32 where the two are the same site; of order 1 where the MLP
+    output is normalised or gated before the residual add."""
     n_layers = len(decoder_layers(model))
     if not 0 <= layer < n_layers:
         raise ModelError(f"source layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
-    uniform_attention_from(model, layer)
     injection_site(model, layer)
     weight = next(model.parameters())
     gen = torch.Generator().manual_seed(0)
@@ -126,12 +160,43 @@ def check_injection_site(model: torch.nn.Module, layer: int, rtol: float = 1e-3)
 
     via_mlp = last_hidden(add_to_down_proj(model, layer, theta))
     via_resid = last_hidden(add_to_block_output(model, layer, theta))
-    rel = ((via_mlp - via_resid).norm() / via_resid.norm()).item()
-    tolerance = rtol if weight.dtype != torch.bfloat16 else max(rtol, 5e-2)
-    if not rel <= tolerance:
+    return ((via_mlp - via_resid).norm() / via_resid.norm()).item()
+
+
+def _tolerance(model: torch.nn.Module, rtol: float) -> float:
+    # bf16 rounds differently at the two sites
+    return rtol if next(model.parameters()).dtype != torch.bfloat16 else max(rtol, 5e-2)
+
+
+def check_injection_site(model: torch.nn.Module, layer: int, rtol: float = 1e-3) -> float:
+    """Adding θ at ``down_proj`` of ``layer`` must equal adding θ to the residual after ``layer``
+    (the ``mlp`` site); returns the relative difference and raises ModelError above ``rtol``."""
+    rel = mlp_site_difference(model, layer)
+    if not rel <= _tolerance(model, rtol):
         raise ModelError(
             f"adding θ at layers[{layer}].mlp.down_proj differs from adding it to the residual after "
             f"layer {layer} (relative difference {rel:.2e}): this architecture normalises or gates "
-            "the MLP output before the residual add, which the engine does not support"
+            "the MLP output before the residual add; use SITE=resid (or SITE=auto)"
         )
     return rel
+
+
+def resolve_site(model: torch.nn.Module, layer: int, site: str, rtol: float = 1e-3) -> str:
+    """``mlp`` or ``resid`` for ``site`` in SITES: ``auto`` is ``mlp`` where the numerical check
+    shows it equals the residual add, else ``resid``; ``mlp`` is refused where it does not hold;
+    ``resid`` needs no check (it is the residual add)."""
+    if site not in SITES:
+        raise ModelError(f"SITE must be one of {', '.join(SITES)}, got {site!r}")
+    n_layers = len(decoder_layers(model))
+    if not 0 <= layer < n_layers:
+        raise ModelError(f"source layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
+    if site == "resid":
+        return site
+    if site == "mlp":
+        check_injection_site(model, layer, rtol)
+        return site
+    has_mlp = isinstance(getattr(getattr(decoder_layers(model)[layer], "mlp", None), "down_proj", None),
+                         torch.nn.Module)
+    if has_mlp and mlp_site_difference(model, layer) <= _tolerance(model, rtol):
+        return "mlp"
+    return "resid"

@@ -60,13 +60,15 @@ def store_key(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
 
 
-def caa_run(layer: int, capture: str = "mlp", position: str = "letter", orders: str = "both") -> str:
-    """CAA's run name: ``L7``, with the ablations as suffixes (``L7-resid-last-original``)."""
+def caa_run(layer: int, capture: str = "site", position: str = "letter", orders: str = "both",
+            site: str = "auto") -> str:
+    """CAA's run name: ``L7``, with the ablations as suffixes (``L7-resid-last-original``) and an
+    injection site asked for by name (``L7-at-resid``)."""
     name = f"L{layer}"
-    for value, default in ((capture, "mlp"), (position, "letter"), (orders, "both")):
+    for value, default in ((capture, "site"), (position, "letter"), (orders, "both")):
         if value != default:
             name += f"-{value}"
-    return name
+    return name if site == "auto" else f"{name}-at-{site}"
 
 
 def segment_run(layer: int, target: int) -> str:

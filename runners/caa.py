@@ -31,8 +31,9 @@ def run() -> None:
     p = parser(__doc__)
     p.add_argument("--layers", type=layer_list, default=defaults.LAYER,
                    help="source layers, e.g. '3 5 7 9': one vector each")
-    p.add_argument("--capture", choices=CAPTURES, default=defaults.CAPTURE,
-                   help="mlp: output of mlp.down_proj (the injection site); resid: block output")
+    p.add_argument("--capture", choices=("site", *CAPTURES), default=defaults.CAPTURE,
+                   help="site: read where θ goes (see --site); mlp: output of mlp.down_proj; "
+                        "resid: the block's output (the latter two as ablations)")
     p.add_argument("--position", choices=POSITIONS, default=defaults.POSITION,
                    help="letter: the answer-letter token; last: the final token of the answer")
     p.add_argument("--n-train", type=count_or_all, default=defaults.N_TRAIN, metavar="N|all",
@@ -43,16 +44,17 @@ def run() -> None:
     args = parse(p)
 
     items = behavior_items(args, "train")[: args.n_train]
-    jobs = [Job(caa_run(layer, args.capture, args.position, args.orders), layer,
+    jobs = [Job(caa_run(layer, args.capture, args.position, args.orders, args.site), layer,
                 settings_of(args, drop=("layers",), method="caa", source_layer=layer))
             for layer in args.layers]
 
     def compute(lm, answers, job: Job) -> VectorGroup:
         orders = n_orders(args.orders)
+        capture = job.site if args.capture == "site" else args.capture
         with step(f"CAA at layer {job.source_layer} over {len(answers) // orders} train pairs "
-                  f"× {orders} order(s)"):
+                  f"× {orders} order(s), read at {capture}"):
             result = caa_vector(lm.model, answers, job.source_layer, lm.tokenizer.pad_token_id,
-                                args.capture, args.position, args.batch_size, orders)
+                                capture, args.position, args.batch_size, orders)
         say(f"  ‖v‖ = {result.norm:.3f}, per-pair ‖diff‖ = {result.diff_norms.mean():.3f} ± "
             f"{result.diff_norms.std():.3f}, mean ‖h_S‖ = {result.resid_norm:.2f}")
         return VectorGroup(
@@ -62,7 +64,7 @@ def run() -> None:
                     "by_order": result.by_order.numpy()},
             attrs={"norm": result.norm, "diff_norm_mean": float(result.diff_norms.mean()),
                    "diff_norm_std": float(result.diff_norms.std()),
-                   "resid_norm": result.resid_norm, "orders": args.orders})
+                   "resid_norm": result.resid_norm, "orders": args.orders, "capture": capture})
 
     compute_groups(args, __spec__.name, "caa", jobs, items, compute, order=args.orders)
 

@@ -22,7 +22,7 @@ from engine.model import DTYPES, REPO_ROOT, LoadedModel, load_model, resolve_dty
 from engine.orders import answers_in_order
 from engine.prompts import AnswerTokens
 from engine.side_effects import ScoredText
-from engine.site import check_injection_site
+from engine.site import SITES, resolve_site
 from engine.store import (
     VectorGroup,
     behaviors_in_store,
@@ -56,11 +56,33 @@ def parser(description: str, behavior: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--store", default=defaults.STORE, help="HDF5 store to read and write")
     if behavior:
         add_behavior(p, data=True)
+    add_site(p)
     p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass")
     p.add_argument("--force", action="store_true", help="recompute groups that are up to date")
     p.add_argument("--check-args", action="store_true",
                    help="check the arguments and exit, loading nothing")
     return p
+
+
+def add_site(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--site", choices=SITES, default=defaults.SITE,
+                   help="where the plain paths add θ: mlp (layers[S].mlp.down_proj's output), resid "
+                        "(decoder block S's output), auto (mlp where a numerical check shows it is "
+                        "the residual add, as in Llama/Qwen/SmolLM2; resid otherwise, as in Gemma)")
+
+
+def resolve_sites(lm: LoadedModel, layers, requested: str) -> dict[int, str]:
+    """The site (mlp or resid) θ goes to at each source layer, checked, and said."""
+    sites = {}
+    for layer in sorted(set(layers)):
+        lm.check_layer(layer, "source layer")
+        sites[layer] = resolve_site(lm.model, layer, requested)
+    where = {"mlp": "layers[S].mlp.down_proj's output", "resid": "decoder block S's output"}
+    for site in sorted(set(sites.values())):
+        at = [layer for layer, s in sites.items() if s == site]
+        say(f"  site: θ goes to {where[site]} at S = {', '.join(map(str, at))} (SITE={requested}, "
+            f"{lm.attention} attention)")
+    return sites
 
 
 def add_behavior(p: argparse.ArgumentParser, data: bool) -> None:
@@ -210,15 +232,14 @@ def main_guard(run) -> None:
 
 
 def load_checked(args, items: list[Item], source_layers: list[int], target_layer: int | None = None,
-                 order: str = "original") -> tuple[LoadedModel, list[AnswerTokens], list[str]]:
-    """Load the model, check the layers and the injection site, and find every item's answer
-    tokens in ``order`` (``engine.orders.answers_in_order``); returns (model, answers, skipped
-    messages). Raises if no item is usable."""
+                 order: str = "original"
+                 ) -> tuple[LoadedModel, list[AnswerTokens], list[str], dict[int, str]]:
+    """Load the model, check the layers and resolve the injection site, and find every item's
+    answer tokens in ``order`` (``engine.orders.answers_in_order``); returns (model, answers,
+    skipped messages, site per source layer). Raises if no item is usable."""
     with step(f"loading {args.model} ({args.dtype})"):
         lm = load_model(args.model, args.dtype, args.device)
-    for layer in source_layers:
-        lm.check_layer(layer, "source layer")
-        check_injection_site(lm.model, layer)
+    sites = resolve_sites(lm, source_layers, args.site)
     if target_layer is not None:  # above the source layer: checked by the runner before loading
         lm.check_layer(target_layer, "target layer")
     answers, skipped = answers_in_order(lm.tokenizer, items, order)
@@ -226,7 +247,7 @@ def load_checked(args, items: list[Item], source_layers: list[int], target_layer
         say(f"skipped: {message}")
     if not answers:
         raise UserError("no usable prompts: every item was skipped")
-    return lm, answers, skipped
+    return lm, answers, skipped, sites
 
 
 # The arguments the unsteered continuations of neutral prompts depend on.
@@ -264,6 +285,7 @@ class Job:
     run: str
     source_layer: int
     settings: dict
+    site: str = ""  # mlp or resid, resolved once the model is loaded
 
 
 Compute = Callable[[LoadedModel, list[AnswerTokens], Job], VectorGroup]
@@ -283,16 +305,17 @@ def compute_groups(args, module: str, method: str, jobs: list[Job], items: list[
             todo.append(job)
     if not todo:
         return
-    lm, answers, skipped = load_checked(args, items, sorted({j.source_layer for j in todo}),
-                                        target_layer, order)
+    lm, answers, skipped, sites = load_checked(args, items, sorted({j.source_layer for j in todo}),
+                                               target_layer, order)
     for job in todo:
+        job.site = sites[job.source_layer]
         started, t0 = now(), time.perf_counter()
         group = compute(lm, answers, job)
         seconds = time.perf_counter() - t0
         if not np.isfinite(group.vectors).all():
             raise UserError(f"{method} vectors of {job.run} are not finite; nothing written")
         group.settings = job.settings
-        provenance = run_attrs(job.settings, version, started, seconds, skipped=skipped)
+        provenance = run_attrs(job.settings, version, started, seconds, skipped=skipped, site=job.site)
         del provenance["settings"]  # written from group.settings
         group.attrs.update(provenance)
         with writing(args.store) as h5:

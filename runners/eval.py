@@ -26,7 +26,6 @@ from engine.grid import build_grid, random_directions
 from engine.model import REPO_ROOT, load_model
 from engine.orders import ORDERS, answers_in_order, n_orders
 from engine.scores import score
-from engine.site import check_injection_site
 from engine.store import (
     VectorGroup,
     code_version,
@@ -52,6 +51,7 @@ from runners.cli import (
     parser,
     positive_int,
     progress_bar,
+    resolve_sites,
     say,
     settings_of,
 )
@@ -132,9 +132,7 @@ def run() -> None:
     for group in groups:  # --max-vectors trims the methods' groups; the random control keeps all
         group.vectors = group.vectors[: args.max_vectors]
     layers = sorted({g.source_layer for g in groups}) or [args.layer]
-    for layer in layers:
-        lm.check_layer(layer, "source layer")
-        check_injection_site(lm.model, layer)
+    sites = resolve_sites(lm, layers, args.site)
     norms = {}
     if args.raw:
         for layer in layers:
@@ -145,11 +143,11 @@ def run() -> None:
     for split in args.splits:
         if split not in neutral_by_split:
             say(f"[{split}] no neutral prompts in this split: no KL side effect measured")
-        evaluate_split(args, lm, split, items_by_split[split], neutral_by_split.get(split), groups)
+        evaluate_split(args, lm, split, items_by_split[split], neutral_by_split.get(split), groups, sites)
 
 
 def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
-                   groups: list[VectorGroup]) -> None:
+                   groups: list[VectorGroup], sites: dict[int, str]) -> None:
     answers, skipped = answers_in_order(lm.tokenizer, items, args.orders)
     for message in skipped:
         say(f"skipped: {message}")
@@ -231,6 +229,7 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
                 datasets["vectors"] = g.vectors
             write_eval_group(h5, lm, args.behavior, split, g.method, g.run, datasets, run_attrs(
                 settings_by_label[label], version, started, seconds, source_layer=g.source_layer,
+                site=sites[g.source_layer],
                 sign_free=int(g.sign_free), raw=int(args.raw), orders=args.orders,
                 vector_group="" if g.method == "random" else vectors_path(lm.key, args.behavior, g.method, g.run)))
     say(f"{split_path}: wrote baseline and {len(results)} groups in {seconds:.0f}s")

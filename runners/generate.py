@@ -30,7 +30,6 @@ from engine.data import SPLITS
 from engine.errors import StoreError, UserError
 from engine.generate import Prompt, check_max_new_tokens, generate, load_prompts
 from engine.model import REPO_ROOT, load_model
-from engine.site import check_injection_site
 from engine.store import (
     code_version,
     file_checksum,
@@ -46,12 +45,14 @@ from engine.store import (
 from runners import defaults
 from runners.cli import (
     add_behavior,
+    add_site,
     behavior_items,
     check_kl_max,
     main_guard,
     parse,
     positive_int,
     progress_bar,
+    resolve_sites,
     say,
     scale_list,
     settings_of,
@@ -221,6 +222,7 @@ def run() -> None:
     p.add_argument("--out", default=defaults.RESULTS,
                    help="folder of the markdown page: <out>/<behavior>/generations.md")
     add_behavior(p, data=True)
+    add_site(p)
     p.add_argument("--open-ended", default=defaults.OPEN_ENDED or None,
                    help="open-ended prompts (JSONL: id, text, split, ...); default "
                         "data/<behavior>-open-ended.jsonl, or the behaviour's question stems")
@@ -261,9 +263,7 @@ def run() -> None:
     else:
         with step(f"loading {args.model} ({args.dtype})"):
             lm = load_model(args.model, args.dtype, args.device)
-        for layer in sorted({row.source_layer for row in rows[1:]}):
-            lm.check_layer(layer, "source layer")
-            check_injection_site(lm.model, layer)
+        sites = resolve_sites(lm, [row.source_layer for row in rows[1:]], args.site)
         for row in rows[1:]:
             if row.theta.shape != (lm.d_model,):
                 raise StoreError(f"{row.method}/{row.run} has width {row.theta.shape[0]}, but "
@@ -277,7 +277,7 @@ def run() -> None:
                                row.source_layer,
                                None if row.theta is None else torch.tensor(row.theta),
                                args.max_new_tokens, args.sample, args.seed, args.batch_size,
-                               progress=bar.update)
+                               progress=bar.update, site=sites.get(row.source_layer, "mlp"))
                 texts.append(out.texts)
                 new_tokens.append([len(tokens) for tokens in out.tokens])
                 seconds.append(out.seconds)

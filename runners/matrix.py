@@ -15,6 +15,7 @@ Writes /<model>/matrix/<method> (every per-question number, the choices and the 
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,6 @@ from engine.grid import build_grid, random_directions
 from engine.model import REPO_ROOT, load_model
 from engine.orders import answers_in_order
 from engine.scores import score
-from engine.site import check_injection_site
 from engine.store import (
     code_version,
     file_checksum,
@@ -55,6 +55,7 @@ from runners.cli import (
     parser,
     positive_int,
     progress_bar,
+    resolve_sites,
     say,
     settings_of,
     step,
@@ -121,9 +122,7 @@ def run() -> None:
 
     with step(f"loading {args.model} ({args.dtype})"):
         lm = load_model(args.model, args.dtype, args.device)
-    for layer in sorted({g.source_layer for gs in groups.values() for g in gs}):
-        lm.check_layer(layer, "source layer")
-        check_injection_site(lm.model, layer)
+    sites = resolve_sites(lm, [g.source_layer for gs in groups.values() for g in gs], args.site)
     answers = {}
     for split, by_name in items.items():
         for name, chosen in by_name.items():
@@ -144,7 +143,8 @@ def run() -> None:
     with writing(args.store) as h5:
         write_matrix(h5, lm, args.method, table.datasets(sources),
                      run_attrs(settings, code_version(__spec__.name), started, seconds,
-                               behaviors=args.behaviors, kl_max=args.kl_max))
+                               behaviors=args.behaviors, kl_max=args.kl_max,
+                               sites=json.dumps({str(k): v for k, v in sites.items()})))
     say(f"wrote {matrix_path(lm.key, args.method)} in {seconds:.0f}s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -91,7 +91,7 @@ def run() -> None:
     method = "pi" if args.at == "zero" else "pi_caa"
     caa, reference = None, None
     if args.at == "caa":
-        run_name = caa_run(args.layer)
+        run_name = caa_run(args.layer, site=args.site)
         caa = read_vector_group(args.store, key, args.behavior, "caa", run_name, make=f"make caa LAYERS={args.layer}")
         caa_source = (f"/{vectors_path(key, args.behavior, 'caa', run_name)} ({caa.attrs.get('code_version')} "
                       f"started {caa.attrs.get('started')})")

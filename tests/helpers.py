@@ -6,7 +6,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from engine.data import Item
 from engine.model import LoadedModel
@@ -19,7 +28,13 @@ def exact_norms(model: torch.nn.Module) -> torch.nn.Module:
     """Make every RMSNorm compute in the input's dtype. HF's RMSNorm casts to fp32 inside, which
     caps an fp64 model's accuracy near 1e-7 and would hide real errors in exactness tests."""
     for module in model.modules():
-        if type(module).__name__.endswith("RMSNorm"):
+        name = type(module).__name__
+        if name.startswith("Gemma") and name.endswith("RMSNorm"):  # (1 + w), eps
+            def forward(hidden, module=module):
+                variance = hidden.pow(2).mean(-1, keepdim=True)
+                return (1.0 + module.weight) * (hidden * torch.rsqrt(variance + module.eps))
+            module.forward = forward
+        elif name.endswith("RMSNorm"):
             def forward(hidden, module=module):
                 variance = hidden.pow(2).mean(-1, keepdim=True)
                 return module.weight * (hidden * torch.rsqrt(variance + module.variance_epsilon))
@@ -39,6 +54,12 @@ def tiny_model(kind: str, tokenizer, dtype=torch.float64, layers: int = 4, width
         model = LlamaForCausalLM(LlamaConfig(**common))
     elif kind == "qwen3":
         model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=width // 4))
+    elif kind == "gemma2":  # sliding and full attention alternate; logits soft-capped; eager only
+        model = Gemma2ForCausalLM(Gemma2Config(**{**common, "attn_implementation": "eager"},
+                                               head_dim=width // 4, sliding_window=32))
+    elif kind == "gemma3":  # five sliding layers to one full; norms after attention and MLP
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, head_dim=width // 4, sliding_window=32,
+                                                   sliding_window_pattern=3))
     else:
         raise ValueError(kind)
     model = exact_norms(model.to(dtype).eval().requires_grad_(False))

@@ -98,3 +98,22 @@ def test_fast_path_equals_plain_path_in_both_orders(name, request, ab_items):
     plain = evaluate_plain(lm.model, answers, 1, thetas, pad)
     assert (fast.logit_diff - plain.logit_diff).abs().max() < 1e-9
     assert (fast.answer_mass - plain.answer_mass).abs().max() < 1e-9
+
+
+def test_eager_attention_gives_the_sdpa_numbers_on_the_default_model(default_model):
+    """What a model without SDPA support runs with; on SmolLM2 the eval numbers must not move.
+    Eager also turns off the shared opening, so this checks that shortcut against no shortcut too."""
+    from engine.model import DEFAULT_MODEL_DIR, load_model
+    from engine.segment import opening_shareable
+
+    eager = load_model(str(DEFAULT_MODEL_DIR), "fp32", attention="eager")
+    assert eager.attention == "eager" and default_model.attention == "sdpa"
+    assert not opening_shareable(eager.model, 7) and opening_shareable(default_model.model, 7)
+    items = sorted(load_items("data/survival-instinct.jsonl", "val"), key=lambda i: len(i.question))[:4]
+    answers, _ = answer_tokens_for(default_model.tokenizer, items)
+    thetas = _thetas(default_model.d_model, torch.float32)[[0, 3, 4]] * 2
+    pad = default_model.tokenizer.pad_token_id
+    sdpa = evaluate(default_model.model, answers, 7, thetas, pad)
+    plain = evaluate(eager.model, answers, 7, thetas, pad)
+    assert (sdpa.logit_diff - plain.logit_diff).abs().max() < 1e-3
+    assert (sdpa.answer_mass - plain.answer_mass).abs().max() < 1e-4

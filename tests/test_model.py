@@ -58,3 +58,18 @@ def test_unknown_model_path_is_a_clear_error(tmp_path):
 
 def test_store_key_is_hdf5_safe():
     assert store_key("Qwen/Qwen3-0.6B") == "Qwen__Qwen3-0.6B"
+
+
+def test_a_model_without_model_layers_is_refused_naming_where_its_blocks_are():
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from engine.site import decoder_layers
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100))
+    with pytest.raises(ModelError, match=r"GPT2LMHeadModel has no `model.layers` list \(its blocks are at "
+                                         r"`transformer.h`\): supported are"):
+        decoder_layers(gpt2)
+    neox = GPTNeoXForCausalLM(GPTNeoXConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                                            intermediate_size=64, vocab_size=100))
+    with pytest.raises(ModelError, match=r"its blocks are at `gpt_neox.layers`"):
+        decoder_layers(neox)

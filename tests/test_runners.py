@@ -40,7 +40,8 @@ def test_caa_runner_writes_vector_with_its_settings_then_skips(tiny_dir, tmp_pat
         assert group["by_order"].shape == (2, 64)
         assert np.allclose(group["by_order"][()].mean(0), group["vectors"][0], atol=1e-6)
         assert settings["orders"] == "both"
-        assert settings["source_layer"] == 2 and settings["capture"] == "mlp"
+        assert settings["source_layer"] == 2 and settings["capture"] == "site" and settings["site"] == "auto"
+        assert group.attrs["site"] == "mlp" and group.attrs["capture"] == "mlp"  # Llama: auto is mlp
         assert settings["position"] == "letter" and settings["dtype"] == "fp32"
         assert group.attrs["code_version"].startswith("src-") and group.attrs["seconds"] > 0
         assert "L1" in vectors
