@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.behaviors import DEFAULT_BEHAVIOR, data_file
 from engine.data import load_items
 from engine.melbo import _ascend, orthonormal_after
 from engine.model import DEFAULT_MODEL_DIR, load_model
 from engine.prompts import answer_tokens_for, pad_right
 from engine.segment import run_prefix, segment
-from runners.cli import DEFAULT_DATA
 
 SOURCE, TARGET, K, RADIUS, N_PROMPTS = 7, 20, 8, 16.0, 2
 RATIOS = {"melbo_batched_speedup": ("test_melbo_step_8_vectors_sequential",
@@ -22,7 +22,7 @@ RATIOS = {"melbo_batched_speedup": ("test_melbo_step_8_vectors_sequential",
 @pytest.fixture(scope="module")
 def setup():
     lm = load_model(str(DEFAULT_MODEL_DIR), "fp32")
-    items = load_items(DEFAULT_DATA, "train")[:N_PROMPTS]
+    items = load_items(data_file(DEFAULT_BEHAVIOR), "train")[:N_PROMPTS]
     answers, _ = answer_tokens_for(lm.tokenizer, items)
     prefix = run_prefix(lm.model, *pad_right([a.prefix_ids for a in answers],
                                              lm.tokenizer.pad_token_id), SOURCE)

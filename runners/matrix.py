@@ -247,7 +247,7 @@ class Table:
             "delta": grid(names, lambda r: r.delta.value).reshape(len(names), len(self.targets)),
             "delta_low": grid(names, lambda r: r.delta.low).reshape(len(names), len(self.targets)),
             "delta_high": grid(names, lambda r: r.delta.high).reshape(len(names), len(self.targets)),
-            "letter_shift_change": grid(names, lambda r: r.letter_shift.value).reshape(len(names), len(self.targets)),
+            "letter_shift": grid(names, lambda r: r.letter_shift.value).reshape(len(names), len(self.targets)),
             "test_kl": np.array([self.kl[s].mean() for s in names], np.float32),
             "random_scales": np.array(self.random_scales, np.float32),
             "random_delta": random_grid(lambda r: r.delta.value),

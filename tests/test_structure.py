@@ -50,3 +50,11 @@ def test_no_store_path_is_built_outside_the_store_module():
                  for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
                  if built.search(line)]
     assert offenders == []
+
+
+def test_every_benchmark_module_imports():
+    """`make bench` runs for many minutes; a module that no longer imports must fail here first."""
+    import importlib
+
+    for path in sorted((ROOT / "bench").glob("test_*.py")):
+        importlib.import_module(f"bench.{path.stem}")
