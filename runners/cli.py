@@ -172,6 +172,18 @@ def scale_list(text: str) -> list[float]:
     return scales
 
 
+def parse_scales(text: str) -> list[float]:
+    """Unsigned scales (L2 norms of θ) for eval and the matrix, sorted and deduplicated; sign-free
+    vectors get the negatives as well (engine.grid)."""
+    try:
+        scales = [float(tok) for tok in text.replace(",", " ").split()]
+    except ValueError:
+        raise UserError(f"SCALES must be positive numbers separated by spaces, got {text!r}") from None
+    if not scales or any(not np.isfinite(s) or s <= 0 for s in scales):
+        raise UserError(f"SCALES must be positive numbers separated by spaces, got {text!r}")
+    return sorted(set(scales))
+
+
 def positive_int(text: str, expected: str = "a positive integer") -> int:
     try:
         value = int(text)

@@ -48,6 +48,7 @@ from runners.cli import (
     main_guard,
     neutral_texts,
     parse,
+    parse_scales,
     parser,
     positive_int,
     progress_bar,
@@ -55,16 +56,6 @@ from runners.cli import (
     say,
     settings_of,
 )
-
-
-def parse_scales(text: str) -> list[float]:
-    try:
-        scales = [float(tok) for tok in text.replace(",", " ").split()]
-    except ValueError:
-        raise UserError(f"SCALES must be positive numbers separated by spaces, got {text!r}") from None
-    if not scales or any(not np.isfinite(s) or s <= 0 for s in scales):
-        raise UserError(f"SCALES must be positive numbers separated by spaces, got {text!r}")
-    return sorted(set(scales))
 
 
 def parse_splits(text: str) -> list[str]:

@@ -52,6 +52,7 @@ from runners.cli import (
     main_guard,
     neutral_texts,
     parse,
+    parse_scales,
     parser,
     positive_int,
     progress_bar,
@@ -60,7 +61,6 @@ from runners.cli import (
     settings_of,
     step,
 )
-from runners.eval import parse_scales
 
 METHODS = ("caa", "pi", "pi_caa", "melbo")
 

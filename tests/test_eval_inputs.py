@@ -3,7 +3,8 @@ import pytest
 
 from engine.errors import UserError
 from engine.store import StoreError, read_vector_groups, replace_group, writing
-from runners.eval import parse_scales, parse_splits
+from runners.cli import parse_scales
+from runners.eval import parse_splits
 
 
 def _store_with(tmp_path, vectors):
