@@ -41,6 +41,7 @@ GEN_TOKENS ?= 32## eval: tokens of the unsteered greedy continuation the KL is s
 KL_MAX     ?= 0.05## report, plot, export, generate: choose on val only among settings with mean KL ≤ this
 REPORT_SCALE ?= 24## plot: scale of the violin plot
 RESULTS    ?= results## plot: folder the figures go to
+NPROC      ?= 1## caa, pi, pi_caa, melbo, eval, generate: processes under torchrun, each on its share of the work (CUDA: NCCL, one GPU each; CPU: gloo); 1: one process, no process group
 FORCE      ?= 0## 1 recomputes groups whose settings and code are unchanged
 OPEN_ENDED ?=## generate: open-ended prompts (JSONL: id, text, topic, split, source); default data/BEHAVIOR-open-ended.jsonl, else the A/B question stems
 OPEN_PROMPTS ?= 3## generate: first N open-ended prompts of the test split
@@ -70,6 +71,8 @@ JACOBIAN = --layer $(LAYER) --target $(TARGET) --k $(K) --iters $(ITERS) --overs
 AT       = $(if $(AT_SCALES),--at-scales "$(AT_SCALES)")
 CAA_ARGS = --capture $(CAPTURE) --position $(POSITION) --n-train $(N_TRAIN) --orders $(ORDERS)
 RUN     = PYTHONUNBUFFERED=1 $(PY) -m
+# the compute targets: NPROC processes under torchrun (a local rendezvous on a free port)
+RUN_DP  = $(if $(filter 1,$(NPROC)),$(RUN),PYTHONUNBUFFERED=1 $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m)
 
 .DEFAULT_GOAL := all
 .PHONY: all help venv model lint test caa pi pi_caa melbo eval report plot export generate bench ingest migrate matrix clean
@@ -103,23 +106,23 @@ test: lint $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## lint, then the tes
 	$(PY) -m pytest -q tests
 
 caa: $(VENV)/.installed $(MODEL_DEP) ## CAA vector per layer in LAYERS from the train split
-	$(RUN) runners.caa $(COMMON) --layers "$(LAYERS)" $(CAA_ARGS)
+	$(RUN_DP) runners.caa $(COMMON) --layers "$(LAYERS)" $(CAA_ARGS)
 
 pi: $(VENV)/.installed $(MODEL_DEP) ## top-K singular vectors of dh_T/dθ at θ=0 (power iteration)
-	$(RUN) runners.pi $(COMMON) $(JACOBIAN)
+	$(RUN_DP) runners.pi $(COMMON) $(JACOBIAN)
 
 pi_caa: $(VENV)/.installed $(MODEL_DEP) ## the same, linearised at θ = the CAA vector of LAYER, or along it at AT_SCALES (computes CAA, and PI for AT_SCALES, if missing)
 	$(RUN) runners.pi $(COMMON) $(JACOBIAN) --at caa $(AT) --check-args
-	$(RUN) runners.caa $(COMMON) --layers "$(LAYER)" $(CAA_ARGS)
-	$(if $(AT_SCALES),$(RUN) runners.pi $(COMMON) $(JACOBIAN))
-	$(RUN) runners.pi $(COMMON) $(JACOBIAN) --at caa $(AT)
+	$(RUN_DP) runners.caa $(COMMON) --layers "$(LAYER)" $(CAA_ARGS)
+	$(if $(AT_SCALES),$(RUN_DP) runners.pi $(COMMON) $(JACOBIAN))
+	$(RUN_DP) runners.pi $(COMMON) $(JACOBIAN) --at caa $(AT)
 
 melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (gradient ascent)
-	$(RUN) runners.melbo $(COMMON) --layer $(LAYER) --target $(TARGET) --k $(K) --radius $(R) \
+	$(RUN_DP) runners.melbo $(COMMON) --layer $(LAYER) --target $(TARGET) --k $(K) --radius $(R) \
 	    --p $(P) --q $(Q) --steps $(STEPS) --lr $(LR) --n-prompts $(N_PROMPTS) --seed $(SEED)
 
 eval: $(VENV)/.installed $(MODEL_DEP) ## logit differences in both answer orders of every stored vector, baseline and random controls
-	$(RUN) runners.eval $(COMMON) --scales "$(SCALES)" --n-eval $(N_EVAL) --n-random $(N_RANDOM) \
+	$(RUN_DP) runners.eval $(COMMON) --scales "$(SCALES)" --n-eval $(N_EVAL) --n-random $(N_RANDOM) \
 	    --splits "$(SPLITS)" --seed $(SEED) --layer $(LAYER) $(if $(filter 1,$(RAW)),--raw) \
 	    --max-vectors $(EVAL_K) --orders $(ORDERS) --neutral "$(NEUTRAL)" --n-neutral $(N_NEUTRAL) \
 	    --gen-tokens $(GEN_TOKENS)
@@ -132,7 +135,7 @@ plot: $(VENV)/.installed ## figures from the store into RESULTS/BEHAVIOR/
 	    --kl-max $(KL_MAX)
 
 generate: $(VENV)/.installed $(MODEL_DEP) ## completions, unsteered and with each method's val choice (or VECTOR at SCALES), into the store and RESULTS/BEHAVIOR/generations.md
-	$(RUN) runners.generate --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" \
+	$(RUN_DP) runners.generate --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" \
 	    --behavior "$(BEHAVIOR)" $(if $(DATA),--data "$(DATA)") $(if $(OPEN_ENDED),--open-ended "$(OPEN_ENDED)") \
 	    --out "$(RESULTS)" --neutral "$(NEUTRAL)" \
 	    --n-open $(OPEN_PROMPTS) --n-neutral $(NEUTRAL_PROMPTS) --max-new-tokens $(MAX_NEW_TOKENS) \

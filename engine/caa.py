@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.parallel import SINGLE, Ranks
 from engine.prompts import AnswerTokens
 from engine.segment import batched_prefixes
 
@@ -42,41 +43,45 @@ def read_positions(answers: list[AnswerTokens], position: str) -> list[tuple[int
 
 @torch.no_grad()
 def activations(model, sequences: list[tuple[int, ...]], read_at: list[int], layer: int,
-                capture: str, pad_id: int, batch_size: int = 16) -> tuple[torch.Tensor, float]:
-    """[n, d] fp64 activations at ``read_at[i]`` of ``sequences[i]``, and the mean residual norm
-    after ``layer`` over all real tokens; one forward per batch that stops after ``layer``."""
+                capture: str, pad_id: int, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, d] fp64 activations at ``read_at[i]`` of ``sequences[i]``, and the residual norm after
+    ``layer`` at every real token (fp32, batch after batch); one forward per batch that stops
+    after ``layer``. No sequences: no rows."""
     if capture not in CAPTURES:
         raise ValueError(f"capture must be one of {CAPTURES}, got {capture!r}")
-    out, norms = None, []
+    out = torch.empty(len(sequences), model.get_input_embeddings().embedding_dim, dtype=torch.float64)
+    norms = [torch.empty(0)]
     for batch, prefix in batched_prefixes(model, sequences, layer, pad_id, batch_size,
                                           keep_down_proj=capture == "mlp"):
         acts = prefix.down_proj if capture == "mlp" else prefix.hidden
         rows = torch.arange(len(batch), device=acts.device)
         picked = acts[rows, torch.tensor([read_at[i] for i in batch], device=acts.device)].double()
-        if out is None:
-            out = torch.empty(len(sequences), acts.shape[-1], dtype=torch.float64)
         out[torch.tensor(batch)] = picked.cpu()
-        norms.append(prefix.residual_norms().cpu())
-    return out, float(torch.cat(norms).mean())
+        norms.append(prefix.residual_norms().float().cpu())
+    return out, torch.cat(norms)
 
 
 def caa_vector(model, answers: list[AnswerTokens], layer: int, pad_id: int,
                capture: str = "mlp", position: str = "letter", batch_size: int = 16,
-               n_orders: int = 1) -> CAAResult:
+               n_orders: int = 1, ranks: Ranks = SINGLE) -> CAAResult:
     """Mean over pairs of act(positive) - act(negative). With ``n_orders`` = 2, ``answers`` holds
     every question as written and then mirrored (``engine.orders.answers_in_order``): each letter
     is then as often on the positive side as on the negative, so its identity cancels in the mean
-    and only what the answers' texts share (the behaviour) remains."""
+    and only what the answers' texts share (the behaviour) remains. Under several ``ranks`` each
+    reads its contiguous share of the pairs and the per-pair differences are gathered, so every
+    rank takes the same means over the same rows in the same order."""
     if not answers:
         raise ValueError("CAA needs at least one pair")
     if len(answers) % n_orders:
         raise ValueError(f"{len(answers)} pairs do not split into {n_orders} orders")
-    read = read_positions(answers, position)
+    mine = ranks.part(answers)
+    read = read_positions(mine, position)
     # Positive and negative sequences go through the same batches, so their padding matches.
-    sequences = [a.positive_ids for a in answers] + [a.negative_ids for a in answers]
+    sequences = [a.positive_ids for a in mine] + [a.negative_ids for a in mine]
     read_at = [p for p, _ in read] + [n for _, n in read]
-    acts, resid_norm = activations(model, sequences, read_at, layer, capture, pad_id, batch_size)
-    diffs = acts[: len(answers)] - acts[len(answers):]
+    acts, norms = activations(model, sequences, read_at, layer, capture, pad_id, batch_size)
+    diffs = ranks.cat_rows(acts[: len(mine)] - acts[len(mine):])
+    resid_norm = float(ranks.cat_rows(norms).double().mean())
     by_order = diffs.view(n_orders, -1, diffs.shape[-1]).mean(1)
     return CAAResult(by_order.mean(0).float(), diffs.norm(dim=1).float(),
                      [a.item_id for a in answers], resid_norm, by_order.float())

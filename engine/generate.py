@@ -23,6 +23,7 @@ import torch
 
 from engine.data import check_split, read_records
 from engine.errors import DataError, UserError
+from engine.parallel import SINGLE, Ranks
 from engine.prompts import format_prompt, length_batches
 from engine.site import add_at
 
@@ -112,25 +113,29 @@ def _cut_at_eos(tokens: list[int], eos: set[int]) -> tuple[int, ...]:
 def generate_ids(model: torch.nn.Module, sequences: list[tuple[int, ...]], source_layer: int,
                  theta: torch.Tensor | None, max_new_tokens: int, pad_id: int, sample: bool = False,
                  seed: int = 0, batch_size: int = 8, first_logits: bool = False,
-                 progress: Callable[[], None] | None = None, site: str = "mlp") -> Generated:
+                 progress: Callable[[], None] | None = None, site: str = "mlp",
+                 ranks: Ranks = SINGLE) -> Generated:
     """New tokens for every prompt (token ids, e.g. from ``prompt_ids``) with θ [d] added to
     ``layers[source_layer].mlp.down_proj`` at every position; ``theta=None`` runs the plain model
     without a hook. Greedy, or with ``sample`` drawn from the model's distribution with the global
     RNG seeded by ``seed`` (and restored afterwards). Prompts are batched by length;
-    ``progress()`` is called after each batch."""
+    ``progress()`` is called after each batch. Under several ``ranks`` each generates for its
+    share of the prompts and the results are gathered (``seconds``: the slowest rank's). Greedy
+    output does not depend on the ranks; sampled output does (each rank seeds its own stream)."""
     check_max_new_tokens(max_new_tokens)
     weight = next(model.parameters())
     eos = _eos_ids(model)
     if theta is not None:  # cast once, not on every forward call
         theta = theta.to(device=weight.device, dtype=weight.dtype)
-    tokens: list[tuple[int, ...]] = [()] * len(sequences)
-    logits = [None] * len(sequences)
+    mine = ranks.part(sequences)
+    tokens: list[tuple[int, ...]] = [()] * len(mine)
+    logits = [None] * len(mine)
     devices = [weight.device] if weight.device.type == "cuda" else []
     start = time.perf_counter()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for batch in length_batches([len(seq) for seq in sequences], batch_size):
-            ids, mask = pad_left([sequences[i] for i in batch], pad_id)
+        for batch in length_batches([len(seq) for seq in mine], batch_size):
+            ids, mask = pad_left([mine[i] for i in batch], pad_id)
             kwargs = dict(input_ids=ids.to(weight.device), attention_mask=mask.to(weight.device),
                           max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=pad_id,
                           return_dict_in_generate=True, output_logits=first_logits,
@@ -147,18 +152,24 @@ def generate_ids(model: torch.nn.Module, sequences: list[tuple[int, ...]], sourc
                     logits[i] = out.logits[0][row]
             if progress is not None:
                 progress()
-    seconds = time.perf_counter() - start
-    return Generated(tokens, seconds, torch.stack(logits) if first_logits else None)
+    seconds = ranks.largest(time.perf_counter() - start)
+    tokens = ranks.gather(tokens)
+    stacked = None
+    if first_logits:
+        stacked = torch.stack(logits) if logits else torch.empty(
+            0, model.config.vocab_size, dtype=weight.dtype, device=weight.device)
+        stacked = stacked if ranks.size == 1 else ranks.cat_rows(stacked)
+    return Generated(tokens, seconds, stacked)
 
 
 def generate(model: torch.nn.Module, tokenizer, texts: list[str], source_layer: int,
              theta: torch.Tensor | None, max_new_tokens: int, sample: bool = False, seed: int = 0,
-             batch_size: int = 8, progress: Callable[[], None] | None = None, site: str = "mlp"
-             ) -> Generated:
+             batch_size: int = 8, progress: Callable[[], None] | None = None, site: str = "mlp",
+             ranks: Ranks = SINGLE) -> Generated:
     """Completions of ``texts`` asked as user turns of the chat template (``generate_ids``), with
     ``texts`` filled: the new tokens decoded, special tokens skipped."""
     generated = generate_ids(model, prompt_ids(tokenizer, texts), source_layer, theta,
                              max_new_tokens, tokenizer.pad_token_id, sample, seed, batch_size,
-                             progress=progress, site=site)
+                             progress=progress, site=site, ranks=ranks)
     generated.texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in generated.tokens]
     return generated

@@ -28,8 +28,8 @@ from torch.func import linearize, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from engine.errors import UserError
-from engine.prompts import pad_right
-from engine.segment import Prefix, run_prefix, segment
+from engine.parallel import SINGLE, Ranks
+from engine.segment import Prefix, prompt_prefixes, segment
 
 
 def math_attention():
@@ -111,43 +111,51 @@ class BatchJacobian:
 
 
 class Jacobian:
-    """J over several batches: rows stacked batch after batch, so JᵀJ is the sum over batches."""
+    """J over several batches: rows stacked batch after batch, so JᵀJ is the sum over batches.
 
-    def __init__(self, parts: list[BatchJacobian]):
-        if not parts:
+    Under several ``ranks`` each holds the batches of its share of the prompts (maybe none):
+    ``jtj`` and ``norms`` are all-reduced and so the same on every rank, while ``jvp`` and ``vjp``
+    stay this rank's own rows."""
+
+    def __init__(self, parts: list[BatchJacobian], d_model: int, ranks: Ranks = SINGLE):
+        if not parts and ranks.size == 1:
             raise ValueError("a Jacobian needs at least one batch of prompts")
         self.parts = parts
-        self.d_model = parts[0].d_model
+        self.d_model = d_model
+        self.ranks = ranks
         self.out_dim = sum(part.out_dim for part in parts)
 
     def jvp(self, vectors: torch.Tensor) -> torch.Tensor:
-        return torch.cat([part.jvp(vectors) for part in self.parts], dim=1)
+        """This rank's rows of J V."""
+        return torch.cat([vectors.new_zeros(len(vectors), 0),
+                          *(part.jvp(vectors) for part in self.parts)], dim=1)
 
     def vjp(self, cotangents: torch.Tensor) -> torch.Tensor:
+        """Jᵀ U for U over this rank's rows."""
         pieces = cotangents.split([part.out_dim for part in self.parts], dim=1)
-        return sum(part.vjp(piece) for part, piece in zip(self.parts, pieces))
+        return sum((part.vjp(piece) for part, piece in zip(self.parts, pieces)),
+                   cotangents.new_zeros(len(cotangents), self.d_model))
 
     def jtj(self, vectors: torch.Tensor) -> torch.Tensor:
-        return sum(part.jtj(vectors) for part in self.parts)
+        """JᵀJ V over every rank's prompts."""
+        return self.ranks.sum(sum((part.jtj(vectors) for part in self.parts),
+                                  torch.zeros_like(vectors)))
 
+    def norms(self, outputs: torch.Tensor) -> torch.Tensor:
+        """‖row‖ of [k, rows] outputs (e.g. J V) taken over every rank's rows."""
+        return self.ranks.sum(outputs.pow(2).sum(1)).sqrt()
 
-def prompt_prefixes(model: torch.nn.Module, batches: list[list[tuple[int, ...]]], pad_id: int,
-                    source_layer: int) -> list[Prefix]:
-    """The cached prefix (layers 0..S) of each batch of prompts: what every θ₀ shares."""
-    device = next(model.parameters()).device
-    prefixes = []
-    for batch in batches:
-        ids, mask = pad_right(batch, pad_id)
-        prefixes.append(run_prefix(model, ids.to(device), mask.to(device), source_layer))
-    return prefixes
+    def jvp_norms(self, vectors: torch.Tensor) -> torch.Tensor:
+        """‖J v‖ for each row v of ``vectors``, over every rank's prompts."""
+        return self.norms(self.jvp(vectors))
 
 
 def jacobian_at(model: torch.nn.Module, prefixes: list[Prefix], target_layer: int,
                 tokens: str = "all", theta0: torch.Tensor | None = None,
-                jvp: str = "transpose") -> Jacobian:
-    """J of the prompts behind ``prefixes`` at θ₀ (default 0)."""
+                jvp: str = "transpose", ranks: Ranks = SINGLE) -> Jacobian:
+    """J of the prompts behind ``prefixes`` (this rank's share) at θ₀ (default 0)."""
     return Jacobian([BatchJacobian(model, prefix, target_layer, tokens, theta0, jvp)
-                     for prefix in prefixes])
+                     for prefix in prefixes], model.get_input_embeddings().embedding_dim, ranks)
 
 
 def prompt_jacobian(model: torch.nn.Module, batches: list[list[tuple[int, ...]]], pad_id: int,
@@ -162,4 +170,4 @@ def relative_change(moved: Jacobian, reference: Jacobian, vectors: torch.Tensor)
     """‖J(θ₀)v − J(0)v‖ / ‖J(0)v‖ for each row v of ``vectors``: how far the linear map moved
     along those directions (both operators over the same prompts and positions)."""
     before = reference.jvp(vectors)
-    return (moved.jvp(vectors) - before).norm(dim=1) / before.norm(dim=1)
+    return moved.norms(moved.jvp(vectors) - before) / reference.norms(before)

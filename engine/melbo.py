@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 
 from engine.errors import UserError
+from engine.parallel import SINGLE, Ranks
 from engine.segment import Prefix, segment
 
 MODES = ("batched", "sequential")
@@ -85,14 +86,16 @@ def _project_gradient(grad: torch.Tensor, unit: torch.Tensor, earlier: torch.Ten
 
 def _ascend(model: torch.nn.Module, prefixes: list[Prefix], bases: list[torch.Tensor],
             target_layer: int, start: torch.Tensor, earlier: torch.Tensor, radius: float, p: float,
-            q: float, steps: int, lr: float, progress: Progress | None, first: int
+            q: float, steps: int, lr: float, progress: Progress | None, first: int, ranks: Ranks
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Train the rows of ``start`` together against the fixed orthonormal rows of ``earlier``.
     Returns the final vectors [m, d] fp32 and the trace [steps, m] fp32.
 
     The prompt batches are run one after another and their gradients added up: the sum S inside
     the root is additive over batches, and ∇(S^(1/q)) = (1/q)·S^(1/q−1)·∇S is applied per vector
-    once S is complete, so batching the prompts changes nothing but the memory held.
+    once S is complete, so batching the prompts changes nothing but the memory held. For the
+    same reason the ranks' shares of the prompts (maybe none) only add their S and ∇S by an
+    all-reduce: every rank then takes the same step on the same θ.
     """
     copies = start.shape[0]
     stacked = [prefix.repeat(copies) if copies > 1 else prefix for prefix in prefixes]
@@ -111,10 +114,12 @@ def _ascend(model: torch.nn.Module, prefixes: list[Prefix], bases: list[torch.Te
             (-sums.sum()).backward()
             total += sums.detach().double()
         with torch.no_grad():
+            total = ranks.sum(total)
+            grad = ranks.sum(torch.zeros_like(theta) if theta.grad is None else theta.grad)
             trace[t] = total.pow(1.0 / q).float().cpu()
             chain = (total.pow(1.0 / q - 1.0) / q)[:, None]
             unit = theta.double() / radius
-            theta.grad = _project_gradient(chain * theta.grad.double(), unit, earlier).float()
+            theta.grad = _project_gradient(chain * grad.double(), unit, earlier).float()
             optimiser.step()
             theta.copy_(radius * orthonormal_after(earlier, theta))
         if progress is not None:
@@ -124,8 +129,10 @@ def _ascend(model: torch.nn.Module, prefixes: list[Prefix], bases: list[torch.Te
 
 @torch.no_grad()
 def displacement_objective(model: torch.nn.Module, prefixes: list[Prefix], vectors: torch.Tensor,
-                           target_layer: int, p: float = 2.0, q: float = 1.0) -> torch.Tensor:
-    """[k] objective of each row of ``vectors`` [k, d] over all the prompt batches (no gradients)."""
+                           target_layer: int, p: float = 2.0, q: float = 1.0,
+                           ranks: Ranks = SINGLE) -> torch.Tensor:
+    """[k] objective of each row of ``vectors`` [k, d] over all the prompt batches, of every rank
+    (no gradients)."""
     total = torch.zeros(len(vectors), dtype=torch.float64)
     for prefix in prefixes:
         device = prefix.hidden.device
@@ -134,14 +141,16 @@ def displacement_objective(model: torch.nn.Module, prefixes: list[Prefix], vecto
         for i, vector in enumerate(vectors):
             moved = segment(model, prefix, vector.to(device), target_layer).to(acc) - base.to(acc)
             total[i] += displacement_sum(moved, prefix.attention_mask, 1, p).double().cpu()[0]
-    return total.pow(1.0 / q).float()
+    return ranks.sum(total).pow(1.0 / q).float()
 
 
 def melbo(model: torch.nn.Module, prefixes: Prefix | list[Prefix], target_layer: int, k: int,
           radius: float, p: float = 2.0, q: float = 1.0, steps: int = 300, lr: float = 1e-3,
-          seed: int = 0, mode: str = "batched", progress: Progress | None = None) -> MelboResult:
+          seed: int = 0, mode: str = "batched", progress: Progress | None = None,
+          ranks: Ranks = SINGLE) -> MelboResult:
     """k MELBO vectors from the cached prefix of each prompt batch (``run_prefix`` at the source
-    layer); the objective runs over the prompts of all batches together.
+    layer); the objective runs over the prompts of all batches together, and under several
+    ``ranks`` over every rank's batches (``prefixes`` is this rank's share, maybe empty).
 
     The k random starting directions are drawn at once from ``seed``, so both modes start vector
     i from the same draw (projected off the vectors before it).
@@ -152,10 +161,10 @@ def melbo(model: torch.nn.Module, prefixes: Prefix | list[Prefix], target_layer:
         raise ValueError(f"need k ≥ 1, steps ≥ 1 and radius, p, q > 0 (got k={k}, steps={steps}, "
                          f"radius={radius}, p={p}, q={q})")
     prefixes = [prefixes] if isinstance(prefixes, Prefix) else list(prefixes)
-    d = prefixes[0].hidden.shape[-1]
+    embedding = model.get_input_embeddings().weight
+    d, device = embedding.shape[-1], embedding.device
     if k > d:
         raise UserError(f"cannot have K={k} orthogonal vectors in width {d}")
-    device = prefixes[0].hidden.device
     draws = torch.randn(k, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     draws = draws.to(device)
     with torch.no_grad():
@@ -163,7 +172,7 @@ def melbo(model: torch.nn.Module, prefixes: Prefix | list[Prefix], target_layer:
                  for prefix in prefixes]
     bases = [base.to(torch.promote_types(base.dtype, torch.float32)) for base in bases]
     none = torch.zeros(0, d, dtype=torch.float64, device=device)
-    run = dict(radius=radius, p=p, q=q, steps=steps, lr=lr, progress=progress)
+    run = dict(radius=radius, p=p, q=q, steps=steps, lr=lr, progress=progress, ranks=ranks)
     if mode == "batched":
         vectors, trace = _ascend(model, prefixes, bases, target_layer, draws, none, first=0, **run)
     else:
@@ -176,5 +185,6 @@ def melbo(model: torch.nn.Module, prefixes: Prefix | list[Prefix], target_layer:
             traces.append(trace)
         vectors, trace = torch.stack(found), torch.cat(traces, dim=1)
     vectors = vectors.float().cpu()
-    final = displacement_objective(model, prefixes, vectors, target_layer, p, q)
+    ranks.check_identical(vectors, "MELBO's vectors")
+    final = displacement_objective(model, prefixes, vectors, target_layer, p, q, ranks)
     return MelboResult(vectors, trace, final, mode)

@@ -20,7 +20,7 @@ from engine.errors import UserError
 class LinearOperator(Protocol):
     d_model: int
 
-    def jvp(self, vectors: torch.Tensor) -> torch.Tensor: ...
+    def jvp_norms(self, vectors: torch.Tensor) -> torch.Tensor: ...
 
     def jtj(self, vectors: torch.Tensor) -> torch.Tensor: ...
 
@@ -100,7 +100,7 @@ def power_iteration(op: LinearOperator, k: int, iters: int = 12, oversample: int
             break
         block, _ = torch.linalg.qr(ritz_product)
     vectors = top.T.contiguous()
-    sigmas = op.jvp(vectors).to(dtype).norm(dim=1)
+    sigmas = op.jvp_norms(vectors).to(dtype)
     order = sigmas.argsort(descending=True)
     return PowerResult(fix_signs(vectors[order]), sigmas[order], torch.stack(residuals),
                        torch.tensor(changes, dtype=dtype), len(residuals), converged)

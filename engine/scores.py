@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from engine.evaluate import evaluate
+from engine.parallel import SINGLE, Ranks
 from engine.prompts import AnswerTokens
 from engine.side_effects import ScoredText, side_effects
 
@@ -23,22 +24,46 @@ class Scores:
     top1: np.ndarray | None  # [n_settings, n_texts]
 
 
+def questions_of(answers: list[AnswerTokens], n_orders: int, ranks: Ranks) -> list[AnswerTokens]:
+    """This rank's share of the questions, in every order, order-major like ``answers``."""
+    n_q = len(answers) // n_orders
+    return [answers[order * n_q + i] for order in range(n_orders) for i in ranks.span(n_q)]
+
+
+def rank_work(n_settings: int, answers: list[AnswerTokens], n_orders: int, n_texts: int,
+              ranks: Ranks = SINGLE) -> int:
+    """How many question×settings and text×settings ``score`` does on this rank: the total of its
+    progress reports."""
+    return n_settings * (len(questions_of(answers, n_orders, ranks)) + len(ranks.span(n_texts)))
+
+
 def score(model: torch.nn.Module, answers: list[AnswerTokens], n_orders: int,
           texts: list[ScoredText], source_layer: int, thetas: torch.Tensor, pad_id: int,
           batch_size: int, settings_per_pass: int,
-          progress: Callable[[int], None] | None = None) -> Scores:
+          progress: Callable[[int], None] | None = None, ranks: Ranks = SINGLE) -> Scores:
     """``answers`` are order-major (every question as written, then every one mirrored, as
     ``engine.orders.answers_in_order`` lists them); ``progress(n)`` hears of n question×settings
-    or text×settings done, θ = 0 rows of the KL included (they cost nothing)."""
-    result = evaluate(model, answers, source_layer, thetas, pad_id, batch_size, settings_per_pass,
-                      progress=progress)
-    shape = (len(thetas), n_orders, -1)
+    or text×settings done, θ = 0 rows of the KL included (they cost nothing). Under several
+    ``ranks`` each scores its share of the questions and texts, and the scores are gathered: every
+    rank returns them all, in the order given."""
+    mine = questions_of(answers, n_orders, ranks)
+    m = len(thetas)
+    logit_diff = answer_mass = torch.empty(m, 0)
+    if mine:
+        result = evaluate(model, mine, source_layer, thetas, pad_id, batch_size, settings_per_pass,
+                          progress=progress)
+        logit_diff, answer_mass = result.logit_diff, result.answer_mass
+    shape = (m, n_orders, len(mine) // n_orders)
     kl = top1 = None
     if texts:
-        cost = side_effects(model, texts, source_layer, thetas, pad_id, batch_size,
-                            settings_per_pass, progress=progress)
-        kl, top1 = cost.kl.numpy(), cost.top1.numpy()
-        if progress:
-            progress(len(texts) * int((thetas == 0).all(1).sum()))
-    return Scores(result.logit_diff.numpy().reshape(shape), result.answer_mass.numpy().reshape(shape),
-                  kl, top1)
+        my_texts = ranks.part(texts)
+        kl = top1 = np.zeros((m, 0))
+        if my_texts:
+            cost = side_effects(model, my_texts, source_layer, thetas, pad_id, batch_size,
+                                settings_per_pass, progress=progress)
+            kl, top1 = cost.kl.numpy(), cost.top1.numpy()
+            if progress:
+                progress(len(my_texts) * int((thetas == 0).all(1).sum()))
+        kl, top1 = ranks.cat(kl, 1), ranks.cat(top1, 1)
+    return Scores(ranks.cat(logit_diff.numpy().reshape(shape), 2),
+                  ranks.cat(answer_mass.numpy().reshape(shape), 2), kl, top1)

@@ -131,6 +131,18 @@ def batched_prefixes(model: torch.nn.Module, sequences: list[tuple[int, ...]], s
         yield batch, run_prefix(model, ids.to(device), mask.to(device), source_layer, keep_down_proj)
 
 
+def prompt_prefixes(model: torch.nn.Module, batches: list[list[tuple[int, ...]]], pad_id: int,
+                    source_layer: int) -> list[Prefix]:
+    """The cached prefix (layers 0..S) of each batch of prompts (token id sequences): what every
+    θ and θ₀ of the Jacobian and MELBO share."""
+    device = next(model.parameters()).device
+    prefixes = []
+    for batch in batches:
+        ids, mask = pad_right(batch, pad_id)
+        prefixes.append(run_prefix(model, ids.to(device), mask.to(device), source_layer))
+    return prefixes
+
+
 class OpeningCache:
     """Keys and values of the shared opening tokens in layers S+1.., one row per θ setting.
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from engine.caa import CAPTURES, POSITIONS, caa_vector
 from engine.orders import ORDERS, n_orders
+from engine.parallel import ranks
 from engine.store import VectorGroup, caa_run
 from runners import defaults
 from runners.cli import (
@@ -54,7 +55,7 @@ def run() -> None:
         with step(f"CAA at layer {job.source_layer} over {len(answers) // orders} train pairs "
                   f"× {orders} order(s), read at {capture}"):
             result = caa_vector(lm.model, answers, job.source_layer, lm.tokenizer.pad_token_id,
-                                capture, args.position, args.batch_size, orders)
+                                capture, args.position, args.batch_size, orders, ranks())
         say(f"  ‖v‖ = {result.norm:.3f}, per-pair ‖diff‖ = {result.diff_norms.mean():.3f} ± "
             f"{result.diff_norms.std():.3f}, mean ‖h_S‖ = {result.resid_norm:.2f}")
         return VectorGroup(

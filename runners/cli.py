@@ -20,6 +20,7 @@ from engine.errors import DataError, UserError
 from engine.generate import Prompt, generate_ids, prompt_ids
 from engine.model import DTYPES, REPO_ROOT, LoadedModel, load_model, resolve_dtype
 from engine.orders import answers_in_order
+from engine.parallel import ranks, start
 from engine.prompts import AnswerTokens
 from engine.side_effects import ScoredText
 from engine.site import SITES, resolve_site
@@ -99,7 +100,8 @@ def add_behavior(p: argparse.ArgumentParser, data: bool) -> None:
 def parse(p: argparse.ArgumentParser, validate: Callable[[argparse.Namespace], None] | None = None
           ) -> argparse.Namespace:
     """Parse, resolve the dtype and the behaviour's data file, and run ``validate`` before
-    anything slow; with --check-args, exit there."""
+    anything slow; with --check-args, exit there. Under torchrun, join the process group (each
+    rank on its own GPU, ``engine.parallel.start``)."""
     args = p.parse_args()
     args.dtype = resolve_dtype(args.dtype, args.device)
     resolve_behavior(args)
@@ -107,6 +109,11 @@ def parse(p: argparse.ArgumentParser, validate: Callable[[argparse.Namespace], N
         validate(args)
     if args.check_args:
         sys.exit(0)
+    group, args.device = start(args.device)
+    if group.size > 1:
+        say(f"{group.size} processes under torchrun: " + (
+            "NCCL, each rank on its own GPU (cuda:LOCAL_RANK)" if group.device.type == "cuda"
+            else "gloo on the CPU"))
     return args
 
 
@@ -215,7 +222,9 @@ def above_source(layer: int, target: int) -> None:
 
 
 def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """A progress line on stderr, from rank 0 only (the others do the same work on other rows)."""
+    if ranks().writer:
+        print(message, file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -228,9 +237,10 @@ def step(message: str):
 
 def progress_bar(total: int, description: str, unit: str = "it") -> tqdm:
     """A progress bar with rate and time left on stderr; silent when stderr is not a terminal
-    (logs and CI get the start and end lines from ``say`` instead)."""
-    return tqdm(total=total, desc=description, unit=unit, disable=None, dynamic_ncols=True,
-                file=sys.stderr)
+    (logs and CI get the start and end lines from ``say`` instead) and on ranks other than 0
+    (rank 0's bar counts rank 0's share of the work)."""
+    return tqdm(total=total, desc=description, unit=unit, disable=None if ranks().writer else True,
+                dynamic_ncols=True, file=sys.stderr)
 
 
 def main_guard(run) -> None:
@@ -239,7 +249,8 @@ def main_guard(run) -> None:
     try:
         run()
     except UserError as err:
-        say(f"error: {err}")
+        where = f"[rank {ranks().rank}] " if ranks().size > 1 else ""
+        print(f"{where}error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 
@@ -273,7 +284,7 @@ def neutral_texts(args, lm, split: str, prompts: list[Prompt]) -> list[ScoredTex
     settings = settings_of(args, drop=tuple(k for k in vars(args) if k not in NEUTRAL_SETTINGS),
                            split=split, neutral_checksum=file_checksum(args.neutral))
     path = neutral_path(lm.key, split)
-    if not args.force and is_current(args.store, path, settings, version):
+    if ranks().same(not args.force and is_current(args.store, path, settings, version)):
         ids, tokens, prompt_lengths = read_neutral(args.store, lm.key, split)
     else:
         started, t0 = now(), time.perf_counter()
@@ -282,12 +293,13 @@ def neutral_texts(args, lm, split: str, prompts: list[Prompt]) -> list[ScoredTex
         with step(f"[{split}] unsteered greedy continuations of {len(asked)} neutral prompts "
                   f"({args.gen_tokens} tokens)"):
             generated = generate_ids(lm.model, asked, 0, None, args.gen_tokens,  # θ None: no layer
-                                     lm.tokenizer.pad_token_id)
+                                     lm.tokenizer.pad_token_id, ranks=ranks())
         tokens = [prompt + new for prompt, new in zip(asked, generated.tokens)]
         prompt_lengths = [len(prompt) for prompt in asked]
-        with writing(args.store) as h5:
-            write_neutral(h5, lm, split, ids, tokens, prompt_lengths,
-                          run_attrs(settings, version, started, time.perf_counter() - t0))
+        if ranks().writer:
+            with writing(args.store) as h5:
+                write_neutral(h5, lm, split, ids, tokens, prompt_lengths,
+                              run_attrs(settings, version, started, time.perf_counter() - t0))
     return [ScoredText(i, t, n) for i, t, n in zip(ids, tokens, prompt_lengths) if len(t) > n]
 
 
@@ -306,13 +318,15 @@ Compute = Callable[[LoadedModel, list[AnswerTokens], Job], VectorGroup]
 def compute_groups(args, module: str, method: str, jobs: list[Job], items: list[Item],
                    compute: Compute, target_layer: int | None = None, order: str = "original") -> None:
     """The runner skeleton: skip the groups that are current (same settings, same code), load and
-    check the model once for the rest, compute each and write it with its provenance."""
+    check the model once for the rest, compute each and write it with its provenance. ``compute``
+    runs on every rank (each on its share, ``engine.parallel.ranks()``); rank 0 writes."""
     key, version = store_key(args.model), code_version(module)
+    current = ranks().same([not args.force and is_current(args.store, vectors_path(
+        key, args.behavior, method, job.run), job.settings, version) for job in jobs])
     todo = []
-    for job in jobs:
-        where = vectors_path(key, args.behavior, method, job.run)
-        if not args.force and is_current(args.store, where, job.settings, version):
-            say(f"{where} is up to date (FORCE=1 recomputes it)")
+    for job, is_done in zip(jobs, current):
+        if is_done:
+            say(f"{vectors_path(key, args.behavior, method, job.run)} is up to date (FORCE=1 recomputes it)")
         else:
             todo.append(job)
     if not todo:
@@ -327,9 +341,11 @@ def compute_groups(args, module: str, method: str, jobs: list[Job], items: list[
         if not np.isfinite(group.vectors).all():
             raise UserError(f"{method} vectors of {job.run} are not finite; nothing written")
         group.settings = job.settings
-        provenance = run_attrs(job.settings, version, started, seconds, skipped=skipped, site=job.site)
+        provenance = run_attrs(job.settings, version, started, seconds, skipped=skipped, site=job.site,
+                               nproc=ranks().size)
         del provenance["settings"]  # written from group.settings
         group.attrs.update(provenance)
-        with writing(args.store) as h5:
-            write_vector_group(h5, lm, args.behavior, group)
+        if ranks().writer:
+            with writing(args.store) as h5:
+                write_vector_group(h5, lm, args.behavior, group)
         say(f"  wrote {vectors_path(lm.key, args.behavior, method, job.run)} ({seconds:.1f}s)")

@@ -25,7 +25,8 @@ from engine.generate import Prompt, load_prompts
 from engine.grid import build_grid, random_directions
 from engine.model import REPO_ROOT, load_model
 from engine.orders import ORDERS, answers_in_order, n_orders
-from engine.scores import score
+from engine.parallel import ranks
+from engine.scores import rank_work, score
 from engine.store import (
     VectorGroup,
     code_version,
@@ -153,16 +154,18 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
                                      " ".join(question_ids).encode()).hexdigest()[:16])
     split_path = evals_path(lm.key, args.behavior, split)
     fresh_split = args.force or not is_current(args.store, split_path, split_settings, version)
-
-    todo = []
+    wanted = []
     for g in groups:
         settings = {"scales": args.scales, "raw": args.raw,
                     "max_vectors": None if g.method == "random" else args.max_vectors,
                     "vectors": settings_json(g.settings) if g.method == "random" else g.fingerprint,
                     "split": split_settings}
-        if fresh_split or not is_current(args.store, evals_path(lm.key, args.behavior, split, g.method, g.run),
-                                         settings, version):
-            todo.append((g, settings))
+        stale = fresh_split or not is_current(
+            args.store, evals_path(lm.key, args.behavior, split, g.method, g.run), settings, version)
+        wanted.append((g, settings, stale))
+    # rank 0's reading of the store decides for every rank, so that all run the same passes
+    fresh_split, stale = ranks().same((fresh_split, [stale for _, _, stale in wanted]))
+    todo = [(g, settings) for (g, settings, _), redo in zip(wanted, stale) if redo]
     if not todo and not fresh_split:
         say(f"{split_path}: every group is up to date (FORCE=1 recomputes)")
         return
@@ -177,12 +180,12 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
              for n, layer in enumerate(layers)}
     say(f"… [{split}] {sum(len(g.thetas) for g in grids.values())} settings × {len(question_ids)} "
         f"questions × {orders} order(s), and KL on {len(texts)} neutral texts")
-    total = sum(len(g.thetas) * (len(answers) + len(texts)) for g in grids.values())
+    total = sum(rank_work(len(g.thetas), answers, orders, len(texts), ranks()) for g in grids.values())
     with progress_bar(total, f"eval {split}", "question×setting") as bar:
         for layer, grid in grids.items():
             scored = score(lm.model, answers, orders, texts, layer, grid.thetas,
                            lm.tokenizer.pad_token_id, args.batch_size, args.settings_per_pass,
-                           progress=bar.update)
+                           progress=bar.update, ranks=ranks())
             diff, mass = scored.logit_diff, scored.answer_mass  # [n_settings, n_orders, n_q]
             if grid.baseline_row is not None:
                 baseline = (diff[grid.baseline_row], mass[grid.baseline_row])
@@ -192,37 +195,38 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
             for span in grid.spans:
                 results[span.group.label] = (span, {name: values[span.group.label]
                                                     for name, values in per_group.items()})
-    seconds = time.perf_counter() - t0
+    seconds = ranks().largest(time.perf_counter() - t0)
     settings_by_label = {g.label: settings for g, settings in todo}
-
-    with writing(args.store) as h5:
-        if fresh_split or split_path not in h5:
-            write_eval_split(h5, lm, args.behavior, split, {
-                "question_ids": np.array(question_ids),
-                "baseline_logit_diff": baseline[0].mean(0).astype(np.float32),
-                "baseline_answer_mass": baseline[1].mean(0).astype(np.float32),
-                "baseline_logit_diff_by_order": baseline[0].astype(np.float32),
-                "baseline_answer_mass_by_order": baseline[1].astype(np.float32),
-                "neutral_ids": np.array([text.prompt_id for text in texts], dtype=str)},
-                run_attrs(split_settings, version, started, seconds, skipped=skipped,
-                          orders=args.orders, behavior=args.behavior))
-        for label, (span, values) in results.items():
-            g = span.group
-            diff, mass = values["diff"], values["mass"]
-            datasets = {"logit_diff": diff.mean(2).astype(np.float32),
-                        "answer_mass": mass.mean(2).astype(np.float32),
-                        "logit_diff_by_order": diff.astype(np.float32),
-                        "answer_mass_by_order": mass.astype(np.float32),
-                        "scales": np.array(span.scales, dtype=np.float32)}
-            if "kl" in values:  # [k, n_scales, n_neutral]
-                datasets |= {"kl": values["kl"].astype(np.float32), "top1": values["top1"].astype(np.float32)}
-            if g.method == "random":
-                datasets["vectors"] = g.vectors
-            write_eval_group(h5, lm, args.behavior, split, g.method, g.run, datasets, run_attrs(
-                settings_by_label[label], version, started, seconds, source_layer=g.source_layer,
-                site=sites[g.source_layer],
-                sign_free=int(g.sign_free), raw=int(args.raw), orders=args.orders,
-                vector_group="" if g.method == "random" else vectors_path(lm.key, args.behavior, g.method, g.run)))
+    if ranks().writer:  # rank 0 alone writes: baseline and every group in one atomic update
+        with writing(args.store) as h5:
+            if fresh_split or split_path not in h5:
+                write_eval_split(h5, lm, args.behavior, split, {
+                    "question_ids": np.array(question_ids),
+                    "baseline_logit_diff": baseline[0].mean(0).astype(np.float32),
+                    "baseline_answer_mass": baseline[1].mean(0).astype(np.float32),
+                    "baseline_logit_diff_by_order": baseline[0].astype(np.float32),
+                    "baseline_answer_mass_by_order": baseline[1].astype(np.float32),
+                    "neutral_ids": np.array([text.prompt_id for text in texts], dtype=str)},
+                    run_attrs(split_settings, version, started, seconds, skipped=skipped,
+                              orders=args.orders, behavior=args.behavior, nproc=ranks().size))
+            for label, (span, values) in results.items():
+                g = span.group
+                diff, mass = values["diff"], values["mass"]
+                datasets = {"logit_diff": diff.mean(2).astype(np.float32),
+                            "answer_mass": mass.mean(2).astype(np.float32),
+                            "logit_diff_by_order": diff.astype(np.float32),
+                            "answer_mass_by_order": mass.astype(np.float32),
+                            "scales": np.array(span.scales, dtype=np.float32)}
+                if "kl" in values:  # [k, n_scales, n_neutral]
+                    datasets |= {"kl": values["kl"].astype(np.float32), "top1": values["top1"].astype(np.float32)}
+                if g.method == "random":
+                    datasets["vectors"] = g.vectors
+                write_eval_group(h5, lm, args.behavior, split, g.method, g.run, datasets, run_attrs(
+                    settings_by_label[label], version, started, seconds, source_layer=g.source_layer,
+                    site=sites[g.source_layer],
+                    sign_free=int(g.sign_free), raw=int(args.raw), orders=args.orders,
+                    vector_group="" if g.method == "random" else vectors_path(lm.key, args.behavior, g.method, g.run),
+                    nproc=ranks().size))
     say(f"{split_path}: wrote baseline and {len(results)} groups in {seconds:.0f}s")
 
 

@@ -30,6 +30,7 @@ from engine.data import SPLITS
 from engine.errors import StoreError, UserError
 from engine.generate import Prompt, check_max_new_tokens, generate, load_prompts
 from engine.model import REPO_ROOT, load_model
+from engine.parallel import ranks
 from engine.store import (
     code_version,
     file_checksum,
@@ -258,7 +259,7 @@ def run() -> None:
                            rows=[row.record() for row in rows])
 
     where = generations_path(key, args.behavior, name)
-    if not args.force and is_current(args.store, where, settings, version):
+    if ranks().same(not args.force and is_current(args.store, where, settings, version)):
         say(f"{where} is up to date (FORCE=1 generates again)")
     else:
         with step(f"loading {args.model} ({args.dtype})"):
@@ -270,22 +271,27 @@ def run() -> None:
                                  f"{lm.key} has {lm.d_model}: was it computed for another model?")
         started, t0 = now(), time.perf_counter()
         texts, new_tokens, seconds = [], [], []
-        n_batches = -(-len(prompts) // args.batch_size)
+        n_batches = -(-len(ranks().span(len(prompts))) // args.batch_size)  # this rank's
         with progress_bar(len(rows) * n_batches, "generating", "batch") as bar:
             for row in rows:
                 out = generate(lm.model, lm.tokenizer, [prompt.text for _, prompt in prompts],
                                row.source_layer,
                                None if row.theta is None else torch.tensor(row.theta),
                                args.max_new_tokens, args.sample, args.seed, args.batch_size,
-                               progress=bar.update, site=sites.get(row.source_layer, "mlp"))
+                               progress=bar.update, site=sites.get(row.source_layer, "mlp"),
+                               ranks=ranks())
                 texts.append(out.texts)
                 new_tokens.append([len(tokens) for tokens in out.tokens])
                 seconds.append(out.seconds)
-                bar.write(f"{row.label}: {out.n_tokens} tokens in {out.seconds:.1f}s "
-                          f"({out.n_tokens / out.seconds:.1f} tokens/s)", file=sys.stderr)
-        store_generations(args, lm, name, prompts, rows, texts, new_tokens, seconds, settings,
-                          started, time.perf_counter() - t0)
+                if ranks().writer:
+                    bar.write(f"{row.label}: {out.n_tokens} tokens in {out.seconds:.1f}s "
+                              f"({out.n_tokens / out.seconds:.1f} tokens/s)", file=sys.stderr)
+        if ranks().writer:
+            store_generations(args, lm, name, prompts, rows, texts, new_tokens, seconds, settings,
+                              started, time.perf_counter() - t0)
         say(f"wrote {where}")
+    if not ranks().writer:
+        return
 
     with open_for_reading(args.store) as h5:
         page = markdown(h5[where], key, args.behavior, args.store)

@@ -9,7 +9,9 @@ import numpy as np
 import torch
 
 from engine.melbo import AMSGRAD, BETAS, MODES, WEIGHT_DECAY, melbo
-from engine.segment import batched_prefixes
+from engine.parallel import ranks
+from engine.prompts import length_batches
+from engine.segment import prompt_prefixes
 from engine.store import VectorGroup, segment_run
 from runners import defaults
 from runners.cli import (
@@ -62,10 +64,12 @@ def run() -> None:
                           amsgrad=AMSGRAD))
 
     def compute(lm, answers, job: Job) -> VectorGroup:
-        prefixes = [prefix for _, prefix in batched_prefixes(
-            lm.model, [a.prefix_ids for a in answers], args.layer, lm.tokenizer.pad_token_id,
-            args.batch_size)]
-        resid_norm = float(torch.cat([prefix.residual_norms() for prefix in prefixes]).mean())
+        prompts = [a.prefix_ids for a in answers]
+        batches = ranks().part(length_batches([len(s) for s in prompts], args.batch_size))
+        prefixes = prompt_prefixes(lm.model, [[prompts[i] for i in batch] for batch in batches],
+                                   lm.tokenizer.pad_token_id, args.layer)  # this rank's batches
+        norms = torch.cat([torch.empty(0), *(prefix.residual_norms().float().cpu() for prefix in prefixes)])
+        resid_norm = float(ranks().cat_rows(norms).double().mean())
 
         # batched: all k vectors take each step together; sequential: k runs of STEPS steps
         total = args.steps * (1 if args.mode == "batched" else args.k)
@@ -77,7 +81,7 @@ def run() -> None:
                 bar.set_postfix(objective=" ".join(f"{v:.4g}" for v in values.tolist()))
 
             result = melbo(lm.model, prefixes, args.target, args.k, args.radius, args.p, args.q,
-                           args.steps, args.lr, args.seed, args.mode, progress)
+                           args.steps, args.lr, args.seed, args.mode, progress, ranks())
         say("  final objective " + " ".join(f"{v:.4g}" for v in result.objective.tolist())
             + " (first step " + " ".join(f"{v:.4g}" for v in result.trace[0].tolist())
             + f"), mean ‖h_S‖ = {resid_norm:.2f}")

@@ -16,9 +16,11 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
-from engine.jacobian import jacobian_at, parse_tokens, prompt_prefixes, relative_change
+from engine.jacobian import jacobian_at, parse_tokens, relative_change
+from engine.parallel import ranks
 from engine.power import power_iteration, principal_angles
 from engine.prompts import length_batches
+from engine.segment import prompt_prefixes
 from engine.store import (
     VectorGroup,
     caa_run,
@@ -121,8 +123,8 @@ def run() -> None:
 
     def compute(lm, answers, job: Job) -> VectorGroup:
         prompts = [a.prefix_ids for a in answers]
-        if "prefixes" not in shared:
-            groups = length_batches([len(s) for s in prompts], args.batch_size)
+        if "prefixes" not in shared:  # this rank's share of the batches
+            groups = ranks().part(length_batches([len(s) for s in prompts], args.batch_size))
             shared["groups"] = groups
             shared["prefixes"] = prompt_prefixes(lm.model, [[prompts[i] for i in g] for g in groups],
                                                  lm.tokenizer.pad_token_id, args.layer)
@@ -131,7 +133,7 @@ def run() -> None:
         theta0, source = theta0_of(scale)
         with step(f"J = ∂h_{args.target}/∂θ_{args.layer} over {len(prompts)} prompts "
                   f"({sum(map(len, prompts))} tokens, positions {args.tokens}) at θ₀ = {source}"):
-            op = jacobian_at(lm.model, prefixes, args.target, args.tokens, theta0)
+            op = jacobian_at(lm.model, prefixes, args.target, args.tokens, theta0, ranks=ranks())
 
         with step(f"power iteration: k={args.k}, oversample={args.oversample}, tol={args.tol}"), \
                 progress_bar(args.iters, "power iteration", "step") as bar:
@@ -141,11 +143,12 @@ def run() -> None:
 
             result = power_iteration(op, args.k, args.iters, args.oversample, args.tol, args.seed,
                                      progress=progress, start=shared.get("ritz"))
+        ranks().check_identical(result.vectors, "the power iteration's vectors")
         shared["ritz"] = result.vectors
-        rows, cols = [], []
-        for group, part in zip(groups, op.parts):  # (prompt index, token index) of every row of J
-            rows.extend(group[r] for r in part.rows.tolist())
-            cols.extend(part.cols.tolist())
+        positions = []  # (prompt index, token index) of every row of J, batch after batch
+        for group, part in zip(groups, op.parts):
+            positions.extend((group[r], c) for r, c in zip(part.rows.tolist(), part.cols.tolist()))
+        positions = ranks().gather(positions)
         say("  σ = " + " ".join(f"{s:.3f}" for s in result.sigmas.tolist())
             + f"; {result.steps} steps, {'converged' if result.converged else 'NOT converged'}"
             f" (last subspace change {float(result.subspace_change[-1]):.1e})")
@@ -153,12 +156,13 @@ def run() -> None:
                   "trace": result.trace.numpy().astype(np.float32),
                   "subspace_change": result.subspace_change.numpy().astype(np.float32),
                   "prompt_ids": np.array([a.item_id for a in answers]),
-                  "positions": np.array([rows, cols], dtype=np.int32).T}
+                  "positions": np.array(positions, dtype=np.int32).reshape(-1, 2)}
         attrs = {"theta0_source": source, "steps": result.steps, "converged": int(result.converged),
                  "theta0_norm": 0.0 if theta0 is None else float(theta0.norm())}
         if reference is not None:
             if "at_zero" not in shared:
-                shared["at_zero"] = jacobian_at(lm.model, prefixes, args.target, args.tokens)
+                shared["at_zero"] = jacobian_at(lm.model, prefixes, args.target, args.tokens,
+                                                ranks=ranks())
             top = torch.from_numpy(reference.vectors.astype(np.float64))
             angles = principal_angles(result.vectors, top)
             moved = relative_change(op, shared["at_zero"], top)
