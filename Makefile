@@ -23,6 +23,7 @@ OVERSAMPLE ?= 8## pi, pi_caa: extra columns in the random start block
 TOL        ?= 1e-2## pi, pi_caa: stop when the subspace moves less than this
 N_PROMPTS  ?= 2## pi, pi_caa, melbo: train prompts the Jacobian/objective is taken over
 TOKENS     ?= all## pi, pi_caa: positions: all real tokens, or last:N
+JVP_CHUNK  ?= all## pi, pi_caa: vectors through the vmapped JVP/VJP together (memory grows with it; README "Memory"); all: K + OVERSAMPLE at once
 R          ?= 16## melbo: norm of each vector
 P          ?= 2## melbo: exponent of the per-token displacement norm
 Q          ?= 1## melbo: outer root of the objective
@@ -67,7 +68,7 @@ MODEL_DEP := $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT_MODEL)/config.js
 COMMON  = --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" \
           --behavior "$(BEHAVIOR)" $(if $(DATA),--data "$(DATA)") --site $(SITE) $(if $(filter 1,$(FORCE)),--force)
 JACOBIAN = --layer $(LAYER) --target $(TARGET) --k $(K) --iters $(ITERS) --oversample $(OVERSAMPLE) \
-           --tol $(TOL) --n-prompts $(N_PROMPTS) --tokens $(TOKENS) --seed $(SEED)
+           --tol $(TOL) --n-prompts $(N_PROMPTS) --tokens $(TOKENS) --seed $(SEED) --jvp-chunk $(JVP_CHUNK)
 AT       = $(if $(AT_SCALES),--at-scales "$(AT_SCALES)")
 CAA_ARGS = --capture $(CAPTURE) --position $(POSITION) --n-train $(N_TRAIN) --orders $(ORDERS)
 RUN     = PYTHONUNBUFFERED=1 $(PY) -m

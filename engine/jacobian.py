@@ -67,9 +67,12 @@ class BatchJacobian:
 
     def __init__(self, model: torch.nn.Module, prefix: Prefix, target_layer: int,
                  tokens: str = "all", theta0: torch.Tensor | None = None,
-                 jvp: str = "transpose"):
+                 jvp: str = "transpose", chunk: int | None = None):
         if jvp not in JVP_MODES:
             raise ValueError(f"jvp must be one of {JVP_MODES}, got {jvp!r}")
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"chunk must be a positive number of vectors, got {chunk}")
+        self.chunk = chunk
         self.rows, self.cols = read_positions(prefix.attention_mask, tokens)
         self.d_model = prefix.hidden.shape[-1]
         self.model_dtype = prefix.hidden.dtype
@@ -90,24 +93,25 @@ class BatchJacobian:
                 self._jvp = lambda tangent: transpose((tangent,))[0]
         self.out_dim = self.output.numel()
 
+    def _chunked(self, map_rows, rows: torch.Tensor) -> torch.Tensor:
+        """``map_rows`` (vmapped over rows) applied ``chunk`` rows at a time: the memory of the
+        vmapped intermediates grows with the rows pushed through together, not with k."""
+        with math_attention():
+            pieces = [map_rows(piece.to(self.device, self.model_dtype))
+                      for piece in rows.split(self.chunk or max(len(rows), 1))]
+        return torch.cat(pieces).to(rows.device, rows.dtype)
+
     def jvp(self, vectors: torch.Tensor) -> torch.Tensor:
         """J V for V [k, d] -> [k, n_positions * d], in V's dtype."""
-        with math_attention():
-            out = vmap(self._jvp)(vectors.to(self.device, self.model_dtype))
-        return out.to(vectors.device, vectors.dtype)
+        return self._chunked(vmap(self._jvp), vectors)
 
     def vjp(self, cotangents: torch.Tensor) -> torch.Tensor:
         """Jᵀ U for U [k, n_positions * d] -> [k, d], in U's dtype."""
-        with math_attention():
-            (out,) = vmap(self._vjp)(cotangents.to(self.device, self.model_dtype))
-        return out.to(cotangents.device, cotangents.dtype)
+        return self._chunked(lambda u: vmap(self._vjp)(u)[0], cotangents)
 
     def jtj(self, vectors: torch.Tensor) -> torch.Tensor:
         """JᵀJ V for V [k, d] -> [k, d]; J V stays in the model's dtype in between."""
-        with math_attention():
-            forward = vmap(self._jvp)(vectors.to(self.device, self.model_dtype))
-            (out,) = vmap(self._vjp)(forward)
-        return out.to(vectors.device, vectors.dtype)
+        return self._chunked(lambda v: vmap(self._vjp)(vmap(self._jvp)(v))[0], vectors)
 
 
 class Jacobian:
@@ -152,9 +156,10 @@ class Jacobian:
 
 def jacobian_at(model: torch.nn.Module, prefixes: list[Prefix], target_layer: int,
                 tokens: str = "all", theta0: torch.Tensor | None = None,
-                jvp: str = "transpose", ranks: Ranks = SINGLE) -> Jacobian:
-    """J of the prompts behind ``prefixes`` (this rank's share) at θ₀ (default 0)."""
-    return Jacobian([BatchJacobian(model, prefix, target_layer, tokens, theta0, jvp)
+                jvp: str = "transpose", ranks: Ranks = SINGLE, chunk: int | None = None) -> Jacobian:
+    """J of the prompts behind ``prefixes`` (this rank's share) at θ₀ (default 0); ``chunk``
+    vectors at a time through the vmapped JVP and VJP (None: all at once)."""
+    return Jacobian([BatchJacobian(model, prefix, target_layer, tokens, theta0, jvp, chunk)
                      for prefix in prefixes], model.get_input_embeddings().embedding_dim, ranks)
 
 

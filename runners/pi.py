@@ -78,6 +78,9 @@ def run() -> None:
                    help="train prompts J is taken over")
     p.add_argument("--tokens", default=defaults.TOKENS, help="positions: all, or last:N per prompt")
     p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the random start block")
+    p.add_argument("--jvp-chunk", type=count_or_all, default=defaults.JVP_CHUNK, metavar="N|all",
+                   help="vectors pushed through the vmapped JVP/VJP together: the step's memory grows "
+                        "with this, not with K + OVERSAMPLE (README: memory); all: every vector at once")
     p.add_argument("--at", choices=["zero", "caa"], default="zero",
                    help="linearisation point θ₀: 0, or the stored CAA vector of --layer")
     p.add_argument("--at-scales", type=scale_list, default=None, metavar="'S1 S2 ...'",
@@ -133,7 +136,8 @@ def run() -> None:
         theta0, source = theta0_of(scale)
         with step(f"J = ∂h_{args.target}/∂θ_{args.layer} over {len(prompts)} prompts "
                   f"({sum(map(len, prompts))} tokens, positions {args.tokens}) at θ₀ = {source}"):
-            op = jacobian_at(lm.model, prefixes, args.target, args.tokens, theta0, ranks=ranks())
+            op = jacobian_at(lm.model, prefixes, args.target, args.tokens, theta0, ranks=ranks(),
+                             chunk=args.jvp_chunk)
 
         with step(f"power iteration: k={args.k}, oversample={args.oversample}, tol={args.tol}"), \
                 progress_bar(args.iters, "power iteration", "step") as bar:
@@ -162,7 +166,7 @@ def run() -> None:
         if reference is not None:
             if "at_zero" not in shared:
                 shared["at_zero"] = jacobian_at(lm.model, prefixes, args.target, args.tokens,
-                                                ranks=ranks())
+                                                ranks=ranks(), chunk=args.jvp_chunk)
             top = torch.from_numpy(reference.vectors.astype(np.float64))
             angles = principal_angles(result.vectors, top)
             moved = relative_change(op, shared["at_zero"], top)

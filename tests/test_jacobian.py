@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import jacfwd, jacrev
 
-from engine.jacobian import BatchJacobian, math_attention, prompt_jacobian, read_positions
+from engine.jacobian import BatchJacobian, jacobian_at, math_attention, prompt_jacobian, read_positions
 from engine.prompts import pad_right
 from engine.reference import hidden_plain
 from engine.segment import run_prefix, segment
@@ -156,3 +156,15 @@ def test_qwen3_jvp_equals_dense_jacobian(tiny_qwen3):
         dense = jacrev(f)(theta0)
     v = torch.randn(2, tiny_qwen3.d_model, dtype=torch.float64)
     assert torch.allclose(op.jvp(v), v @ dense.T, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+def test_chunks_of_vectors_give_what_all_vectors_at_once_give(tiny_llama, jac, theta0, chunk):
+    ids, mask = pad_right([SHORT, LONG], tiny_llama.tokenizer.pad_token_id)
+    prefix = run_prefix(tiny_llama.model, ids, mask, S)
+    chunked = jacobian_at(tiny_llama.model, [prefix], T, theta0=theta0, chunk=chunk)
+    v = torch.randn(5, tiny_llama.d_model, dtype=torch.float64)
+    u = torch.randn(5, jac.out_dim, dtype=torch.float64)
+    assert torch.allclose(chunked.jvp(v), jac.jvp(v), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(chunked.vjp(u), jac.vjp(u), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(chunked.jtj(v), jac.jtj(v), rtol=1e-12, atol=1e-12)
