@@ -2,29 +2,38 @@
 
 A benchmark module declares ``RATIOS = {name: (numerator_test, denominator_test, factor)}``;
 the ratio is factor × median(numerator) / median(denominator), from pytest-benchmark's own
-statistics of this run. ``make bench`` has pytest-benchmark write its JSON to
-bench/results/latest.json, with the ratios added as one flat object under "ratios".
+statistics of this run. ``FLOP_RATIOS = {name: (test, reference_test)}`` divides the FLOP/s of
+two benchmarks, each its ``extra_info["flop"]`` per round over its median time (a fraction of
+peak: a workload's useful FLOP/s over a large GEMM's). ``make bench`` has pytest-benchmark write
+its JSON to bench/results/latest.json, with the ratios added as one flat object under "ratios".
 """
 from __future__ import annotations
 
 import json
 
 _SPECS: dict[str, tuple[str, str, float]] = {}
+_FLOP_SPECS: dict[str, tuple[str, str]] = {}
 
 
 def pytest_collection_modifyitems(session, config, items):
     for item in items:
         _SPECS.update(getattr(item.module, "RATIOS", {}))
+        _FLOP_SPECS.update(getattr(item.module, "FLOP_RATIOS", {}))
 
 
 def _ratios(benchmarks) -> dict[str, float]:
     medians = {bench["name"]: bench["stats"]["median"]
                for bench in benchmarks}
+    rates = {bench["name"]: bench["extra_info"]["flop"] / bench["stats"]["median"]
+             for bench in benchmarks if "flop" in bench.get("extra_info", {})}
     out = {}
     for name, (numerator, denominator, factor) in sorted(_SPECS.items()):
         if numerator in medians and denominator in medians:
             out[name] = round(factor * medians[numerator] / medians[denominator], 4)
-    return out
+    for name, (test, reference) in sorted(_FLOP_SPECS.items()):
+        if test in rates and reference in rates:
+            out[name] = round(rates[test] / rates[reference], 4)
+    return dict(sorted(out.items()))
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):

@@ -15,18 +15,23 @@ import os
 import pytest
 import torch
 
+from bench.flops import eval_flops
 from engine.data import load_items
 from engine.evaluate import evaluate
 from engine.model import DEFAULT_MODEL_DIR, load_model
-from engine.prompts import answer_tokens_for
+from engine.prompts import answer_tokens_for, common_opening
 from engine.reference import evaluate_plain
+from engine.segment import opening_shareable
 from runners.cli import count_or_all
 
 N_QUESTIONS = os.environ.get("BENCH_EVAL_QUESTIONS", "16")
 N_SETTINGS = int(os.environ.get("BENCH_EVAL_SETTINGS", "4"))
 LAYER = 7
 RATIOS = {"eval_speedup_vs_plain": ("test_eval_plain_bf16", "test_eval_fast_bf16", 1.0),
-          "eval_speedup_vs_plain_fp32": ("test_eval_plain_fp32", "test_eval_fast_fp32", 1.0)}
+          "eval_speedup_vs_plain_fp32": ("test_eval_plain_fp32", "test_eval_fast_fp32", 1.0),
+          "eval_bf16_speedup_over_fp32": ("test_eval_fast_fp32", "test_eval_fast_bf16", 1.0)}
+FLOP_RATIOS = {"eval_fraction_of_peak": ("test_eval_fast_fp32", "test_matmul_peak[fp32]"),
+               "eval_fraction_of_peak_bf16": ("test_eval_fast_bf16", "test_matmul_peak[bf16]")}
 
 
 def _setup(dtype):
@@ -49,8 +54,18 @@ def fp32():
     return _setup("fp32")
 
 
+def _useful_flop(lm, answers, thetas) -> int:
+    """What the fast path must compute (bench/flops.py), with its shared opening."""
+    sequences = [a.prefix_ids for a in answers]
+    opening = 0
+    if opening_shareable(lm.model, LAYER):
+        opening = min(common_opening(sequences), min(len(s) - 1 for s in sequences))
+    return eval_flops(lm.model.config, [len(s) for s in sequences], opening, LAYER, len(thetas))
+
+
 def _run(benchmark, fn, setup):
     lm, answers, thetas = setup
+    benchmark.extra_info["flop"] = _useful_flop(lm, answers, thetas)
     benchmark.pedantic(fn, args=(lm.model, answers, LAYER, thetas, lm.tokenizer.pad_token_id),
                        rounds=1, iterations=1, warmup_rounds=0)
     lengths = [len(a.prefix_ids) for a in answers]

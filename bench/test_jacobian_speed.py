@@ -17,6 +17,7 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from bench.flops import jtjv_flops
 from engine.jacobian import BatchJacobian, math_attention
 from engine.reference import jtj_plain
 from engine.segment import run_prefix, segment
@@ -26,7 +27,11 @@ RATIOS = {
     "jtjv_speedup_vs_plain": ("test_jtjv_plain_k8", "test_jtjv_step_k8", 1.0),
 }
 S, T, PROMPTS, TOKENS = 0, 4, 2, 64
-DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}[os.environ.get("BENCH_DTYPE", "fp32")]
+DTYPE_NAME = os.environ.get("BENCH_DTYPE", "fp32")
+DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}[DTYPE_NAME]
+PEAK = f"test_matmul_peak[{DTYPE_NAME}]"  # bench/test_matmul_peak.py, in the same dtype
+FLOP_RATIOS = {"jtjv_fraction_of_peak": ("test_jtjv_step_k8", PEAK),
+               "segment_forward_fraction_of_peak": ("test_segment_forward", PEAK)}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +58,8 @@ def test_segment_forward(benchmark, setup):
         with torch.no_grad(), math_attention():
             return segment(model, prefix, vectors[0], T)
 
-    benchmark.extra_info["dtype"] = str(DTYPE)
+    benchmark.extra_info.update(dtype=str(DTYPE),
+                                flop=jtjv_flops(model.config, [TOKENS] * PROMPTS, T - S, 1) // 2)
     benchmark.pedantic(forward, rounds=5, warmup_rounds=1)
 
 
@@ -70,7 +76,8 @@ def test_vjp(benchmark, setup, k):
 
 
 def test_jtjv_step_k8(benchmark, setup):
-    op, vectors = setup[4], setup[5]
+    model, op, vectors = setup[0], setup[4], setup[5]
+    benchmark.extra_info["flop"] = jtjv_flops(model.config, [TOKENS] * PROMPTS, T - S, len(vectors))
     benchmark.pedantic(op.jtj, args=(vectors,), rounds=2, warmup_rounds=1)
 
 

@@ -24,9 +24,17 @@ DEFAULT_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 
 
+def cpu_bf16_native() -> bool:
+    """Whether torch finds native bf16 matrix instructions in this CPU (AVX512-BF16 or AMX tiles):
+    with them bf16 matmuls outrun fp32 ones, without them they crawl (bench/test_matmul_peak.py)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def resolve_dtype(dtype: str, device: str) -> str:
-    """``auto`` is bf16 on accelerators and fp32 on CPUs: CPUs without bf16 matrix units run bf16
-    matmuls several times slower than fp32 (measured 17 vs 121 GFLOP/s on the 2-core dev box)."""
+    """``auto`` is bf16 on accelerators and fp32 on CPUs, on every CPU: fp32 is exact enough to
+    reproduce across machines, and CPUs without native bf16 (``cpu_bf16_native``) run bf16
+    matmuls several times slower than fp32 (the README's dtype section has the measurements)."""
     if dtype == "auto":
         return "fp32" if str(device).startswith("cpu") else "bf16"
     if dtype not in DTYPES:

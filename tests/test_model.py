@@ -3,9 +3,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from engine.errors import ModelError
-from engine.model import LoadedModel, load_model
+from engine.model import LoadedModel, load_model, resolve_dtype
 from engine.site import check_injection_site, injection_site
 from engine.store import store_key
+from runners import cli
 
 
 def test_injection_site_holds_on_tiny_llama_and_qwen3(tiny_llama, tiny_qwen3):
@@ -73,3 +74,14 @@ def test_a_model_without_model_layers_is_refused_naming_where_its_blocks_are():
                                             intermediate_size=64, vocab_size=100))
     with pytest.raises(ModelError, match=r"its blocks are at `gpt_neox.layers`"):
         decoder_layers(neox)
+
+
+@pytest.mark.parametrize("native,requested,device,said", [
+    (True, "auto", "cpu", True), (False, "auto", "cpu", False), (True, "fp32", "cpu", False),
+    (True, "auto", "cuda", False)])
+def test_auto_dtype_on_a_cpu_with_native_bf16_says_that_bf16_may_be_faster(
+        monkeypatch, capsys, native, requested, device, said):
+    monkeypatch.setattr(cli, "cpu_bf16_native", lambda: native)
+    cli.dtype_hint(requested, device)
+    assert ("DTYPE=bf16" in capsys.readouterr().err) == said
+    assert resolve_dtype(requested, device) == ("bf16" if device == "cuda" else "fp32")
