@@ -26,6 +26,10 @@ from runners.cli import count_or_all
 
 N_QUESTIONS = os.environ.get("BENCH_EVAL_QUESTIONS", "16")
 N_SETTINGS = int(os.environ.get("BENCH_EVAL_SETTINGS", "4"))
+# questions per forward of the plain loop (file order, each forward padded to its longest);
+# all at once by default: what a first script does, and what no longer fits 24 GB at the whole
+# split in fp32 (17 GB of full logits), where BENCH_EVAL_PLAIN_BATCH=32 measures a loop that batches
+PLAIN_BATCH = count_or_all(os.environ.get("BENCH_EVAL_PLAIN_BATCH", "all"))
 LAYER = 7
 RATIOS = {"eval_speedup_vs_plain": ("test_eval_plain_bf16", "test_eval_fast_bf16", 1.0),
           "eval_speedup_vs_plain_fp32": ("test_eval_plain_fp32", "test_eval_fast_fp32", 1.0),
@@ -72,6 +76,7 @@ def _run(benchmark, fn, setup):
     benchmark.extra_info.update(
         questions=len(answers), settings=len(thetas),
         padding_of_one_batch=max(lengths) * len(lengths) / sum(lengths),
+        plain_questions_per_forward=PLAIN_BATCH or len(answers),
         question_settings_per_second=len(answers) * len(thetas) / benchmark.stats.stats.median)
 
 
@@ -83,8 +88,12 @@ def test_eval_fast_bf16(benchmark, bf16):
     _run(benchmark, _fast, bf16)
 
 
+def _plain(model, answers, layer, thetas, pad):
+    return evaluate_plain(model, answers, layer, thetas, pad, questions_per_forward=PLAIN_BATCH)
+
+
 def test_eval_plain_bf16(benchmark, bf16):
-    _run(benchmark, evaluate_plain, bf16)
+    _run(benchmark, _plain, bf16)
 
 
 def test_eval_fast_fp32(benchmark, fp32):
@@ -92,4 +101,4 @@ def test_eval_fast_fp32(benchmark, fp32):
 
 
 def test_eval_plain_fp32(benchmark, fp32):
-    _run(benchmark, evaluate_plain, fp32)
+    _run(benchmark, _plain, fp32)

@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 import torch
 
 from engine.errors import UserError
+from engine.parallel import SINGLE, Ranks
 
 
 class LinearOperator(Protocol):
@@ -58,13 +59,15 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def power_iteration(op: LinearOperator, k: int, iters: int = 12, oversample: int = 8,
                     tol: float = 1e-3, seed: int = 0, dtype: torch.dtype = torch.float64,
                     progress: Callable[[int, torch.Tensor, float], None] | None = None,
-                    start: torch.Tensor | None = None) -> PowerResult:
+                    start: torch.Tensor | None = None, ranks: Ranks = SINGLE) -> PowerResult:
     """Top-k singular directions of J via block power iteration on JᵀJ (see module docstring).
 
     Stops after ``iters`` steps, or earlier once the top-k subspace moves less than ``tol``
     (sine of the largest principal angle) from one step to the next. ``progress(step, residuals,
     change)`` is called after every step. ``start`` [m, d] warm-starts the block with those rows
-    (e.g. the Ritz vectors of a nearby operator); random columns fill the rest.
+    (e.g. the Ritz vectors of a nearby operator); random columns fill the rest. Under several
+    ``ranks`` (an operator whose products are all-reduced) every rank runs this same linear algebra
+    on the same numbers; that the result is bitwise the same on all is checked at the end.
     """
     d = op.d_model
     if not 0 < k <= d:
@@ -100,6 +103,7 @@ def power_iteration(op: LinearOperator, k: int, iters: int = 12, oversample: int
             break
         block, _ = torch.linalg.qr(ritz_product)
     vectors = top.T.contiguous()
+    ranks.check_identical(vectors, "the power iteration's vectors")
     sigmas = op.jvp_norms(vectors).to(dtype)
     order = sigmas.argsort(descending=True)
     return PowerResult(fix_signs(vectors[order]), sigmas[order], torch.stack(residuals),

@@ -18,20 +18,27 @@ from engine.site import add_at, decoder_layers, reading_output
 
 @torch.no_grad()
 def evaluate_plain(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: int,
-                   thetas: torch.Tensor, pad_id: int, site: str = "mlp") -> EvalResult:
-    """Eval's numbers the plain way: per setting, one full forward with a hook at ``site``."""
-    ids, mask = pad_right([a.prefix_ids for a in answers], pad_id)
+                   thetas: torch.Tensor, pad_id: int, site: str = "mlp",
+                   questions_per_forward: int | None = None) -> EvalResult:
+    """Eval's numbers the plain way: per setting, full forwards with a hook at ``site``, over the
+    questions in file order, ``questions_per_forward`` at a time (None: all in one padded batch)."""
     device = next(model.parameters()).device
-    ids, mask = ids.to(device), mask.to(device)
-    answer_at = mask.sum(1) - 1
-    rows = torch.arange(len(answers), device=device)
+    step = questions_per_forward or max(len(answers), 1)
     diffs, masses = [], []
     for theta in thetas:
-        with add_at(model, source_layer, theta, site):
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        diff, mass = answer_scores(logits[rows, answer_at], answers)
-        diffs.append(diff)
-        masses.append(mass)
+        diff, mass = [], []
+        for first in range(0, len(answers), step):
+            chunk = answers[first:first + step]
+            ids, mask = pad_right([a.prefix_ids for a in chunk], pad_id)
+            ids, mask = ids.to(device), mask.to(device)
+            with add_at(model, source_layer, theta, site):
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            rows = torch.arange(len(chunk), device=device)
+            scores = answer_scores(logits[rows, mask.sum(1) - 1], chunk)
+            diff.append(scores[0])
+            mass.append(scores[1])
+        diffs.append(torch.cat(diff))
+        masses.append(torch.cat(mass))
     return EvalResult(torch.stack(diffs), torch.stack(masses))
 
 

@@ -26,6 +26,8 @@ def test_fast_path_equals_plain_path_in_fp64(name, request, ab_items):
     plain = evaluate_plain(lm.model, answers, 1, thetas, pad)
     assert (fast.logit_diff - plain.logit_diff).abs().max() < 1e-9
     assert (fast.answer_mass - plain.answer_mass).abs().max() < 1e-9
+    in_chunks = evaluate_plain(lm.model, answers, 1, thetas, pad, questions_per_forward=2)
+    assert (in_chunks.logit_diff - plain.logit_diff).abs().max() < 1e-9
     # the settings really steer: scale 12 moves the logit difference
     assert (fast.logit_diff[4] - fast.logit_diff[0]).abs().max() > 1e-4
 

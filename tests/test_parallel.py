@@ -47,6 +47,7 @@ def test_every_method_on_two_ranks_equals_one_process(tmp_path):
                             ("eval_1q", "eval")):
         assert diffs[f"default_{case}"] <= FP32_TOLERANCE[tolerance], (case, diffs[f"default_{case}"])
     assert diffs["tiny_generate_tokens_differ"] == 0 and diffs["default_generate_tokens_differ"] == 0
+    assert diffs["check_identical_missed_a_difference"] == 0
 
 
 def datasets(path) -> dict[str, np.ndarray]:
