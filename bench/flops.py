@@ -54,3 +54,17 @@ def jtjv_flops(config, lengths: list[int], layers: int, k: int) -> int:
     what a forward of the segment costs, and the VJP (gradients of the inputs only) as much again."""
     forward = sum(run_flops(config, length, causal(0, length), layers) for length in lengths)
     return 2 * k * forward
+
+
+def plain_eval_flops(config, lengths: list[int], n_settings: int,
+                     questions_per_forward: int | None = None) -> int:
+    """The plain eval loop (engine.reference.evaluate_plain): per setting, every layer and the
+    unembedding at every position of each forward's questions, padded to its longest."""
+    step = questions_per_forward or max(len(lengths), 1)
+    flops = 0
+    for first in range(0, len(lengths), step):
+        chunk = lengths[first:first + step]
+        padded = max(chunk)
+        flops += len(chunk) * (run_flops(config, padded, causal(0, padded), config.num_hidden_layers)
+                               + padded * 2 * config.hidden_size * config.vocab_size)
+    return n_settings * flops

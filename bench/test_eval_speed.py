@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 
-from bench.flops import eval_flops
+from bench.flops import eval_flops, plain_eval_flops
 from engine.data import load_items
 from engine.evaluate import evaluate
 from engine.model import DEFAULT_MODEL_DIR, load_model
@@ -67,9 +67,18 @@ def _useful_flop(lm, answers, thetas) -> int:
     return eval_flops(lm.model.config, [len(s) for s in sequences], opening, LAYER, len(thetas))
 
 
+def _plain_work_over_fast(lm, answers, thetas) -> float:
+    """How much more the plain loop computes (padding, every position's logits, all layers per
+    setting): the most the fast path can gain at equal FLOP/s."""
+    lengths = [len(a.prefix_ids) for a in answers]
+    return plain_eval_flops(lm.model.config, lengths, len(thetas), PLAIN_BATCH) / _useful_flop(
+        lm, answers, thetas)
+
+
 def _run(benchmark, fn, setup):
     lm, answers, thetas = setup
-    benchmark.extra_info["flop"] = _useful_flop(lm, answers, thetas)
+    benchmark.extra_info.update(flop=_useful_flop(lm, answers, thetas),
+                                plain_work_over_fast=_plain_work_over_fast(lm, answers, thetas))
     benchmark.pedantic(fn, args=(lm.model, answers, LAYER, thetas, lm.tokenizer.pad_token_id),
                        rounds=1, iterations=1, warmup_rounds=0)
     lengths = [len(a.prefix_ids) for a in answers]

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from engine.errors import UserError
+
 T = TypeVar("T")
 
 
@@ -134,6 +136,9 @@ def start(device: str) -> tuple[Ranks, str]:
     if not dist.is_initialized():
         if device.startswith("cuda"):
             local = int(os.environ["LOCAL_RANK"])
+            if local >= torch.cuda.device_count():
+                raise UserError(f"{os.environ.get('LOCAL_WORLD_SIZE', size)} processes on this machine "
+                                f"need as many GPUs, and it has {torch.cuda.device_count()}: lower NPROC")
             device = f"cuda:{local}"
             torch.cuda.set_device(local)
             dist.init_process_group("nccl", device_id=torch.device(device))
