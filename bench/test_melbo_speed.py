@@ -11,6 +11,7 @@ from engine.behaviors import DEFAULT_BEHAVIOR, data_file
 from engine.data import load_items
 from engine.melbo import _ascend, orthonormal_after
 from engine.model import DEFAULT_MODEL_DIR, load_model
+from engine.parallel import SINGLE
 from engine.prompts import answer_tokens_for, pad_right
 from engine.segment import run_prefix, segment
 
@@ -36,7 +37,7 @@ def setup():
 def _step(setup, start, earlier):
     lm, prefix, base, _ = setup
     return _ascend(lm.model, [prefix], [base], TARGET, start, earlier, radius=RADIUS, p=2.0, q=1.0,
-                   steps=1, lr=1e-3, progress=None, first=0)
+                   steps=1, lr=1e-3, progress=None, first=0, ranks=SINGLE)
 
 
 def test_melbo_step_8_vectors_batched(benchmark, setup):
