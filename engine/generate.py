@@ -158,7 +158,7 @@ def generate_ids(model: torch.nn.Module, sequences: list[tuple[int, ...]], sourc
     if first_logits:
         stacked = torch.stack(logits) if logits else torch.empty(
             0, model.config.vocab_size, dtype=weight.dtype, device=weight.device)
-        stacked = stacked if ranks.size == 1 else ranks.cat_rows(stacked)
+        stacked = ranks.cat_rows(stacked)
     return Generated(tokens, seconds, stacked)
 
 

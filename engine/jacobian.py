@@ -99,7 +99,8 @@ class BatchJacobian:
         with math_attention():
             pieces = [map_rows(piece.to(self.device, self.model_dtype))
                       for piece in rows.split(self.chunk or max(len(rows), 1))]
-        return torch.cat(pieces).to(rows.device, rows.dtype)
+        whole = pieces[0] if len(pieces) == 1 else torch.cat(pieces)  # no copy unless chunked
+        return whole.to(rows.device, rows.dtype)
 
     def jvp(self, vectors: torch.Tensor) -> torch.Tensor:
         """J V for V [k, d] -> [k, n_positions * d], in V's dtype."""
