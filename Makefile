@@ -56,6 +56,7 @@ BEHAVIORS  ?= survival-instinct power-seeking-inclination wealth-seeking-inclina
 METHOD     ?= caa## matrix: caa, pi, pi_caa or melbo: whose vector each behaviour contributes
 MATRIX_N_EVAL ?= 16## matrix: questions per behaviour on val (the choice) and test (the cells), or all
 MATRIX_N_RANDOM ?= 2## matrix: random directions per chosen scale (the reference rows)
+TEST_WORKERS ?= 2## test, test-fast: pytest-xdist worker processes, a test file each at a time, one torch thread each (0: none, the tests run in pytest's own process with torch's threads)
 BENCH_EVAL_QUESTIONS ?= 16## bench: first val questions of the eval benchmark, or all (bf16 plain loop: ~25 min per setting here)
 BENCH_EVAL_SETTINGS  ?= 4## bench: θ settings of the eval benchmark
 
@@ -76,14 +77,14 @@ RUN     = PYTHONUNBUFFERED=1 $(PY) -m
 RUN_DP  = $(if $(filter 1,$(NPROC)),$(RUN),PYTHONUNBUFFERED=1 $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m)
 
 .DEFAULT_GOAL := all
-.PHONY: all help venv model lint test caa pi pi_caa melbo eval report plot export generate bench ingest migrate matrix clean
+.PHONY: all help venv model lint test test-fast caa pi pi_caa melbo eval report plot export generate bench ingest migrate matrix clean
 
 all: caa pi pi_caa melbo eval report plot generate ## the whole experiment on $(MODEL): every method, eval, report, figures
 	@echo "figures:"; ls -1 $(RESULTS)/$(BEHAVIOR)/*.png 2>/dev/null | sed 's/^/  /'
 
 help: ## list targets and variables
 	@echo "targets:"
-	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z_]+):.*## (.*)/  \1|\2/' | column -t -s'|'
+	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z_-]+):.*## (.*)/  \1|\2/' | column -t -s'|'
 	@echo "variables (make TARGET NAME=value):"
 	@grep -E '^[A-Z_]+ +\?=.*## ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z_]+) +\?= *([^#]*)## (.*)/  \1=\2|\3/' | column -t -s'|'
 
@@ -103,8 +104,11 @@ model: $(DEFAULT_MODEL)/config.json ## convert the embedded SmolLM2-135M-Instruc
 lint: $(VENV)/.installed ## ruff (pyflakes and import order; ruff.toml)
 	$(VENV)/bin/ruff check .
 
-test: lint $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## lint, then the tests (tiny random models + the default model)
-	$(PY) -m pytest -q tests
+test: lint $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## lint, then every test (tiny random models + the default model), the 15 slowest listed
+	$(PY) -m pytest -q tests -n $(TEST_WORKERS) --dist loadfile --durations=15
+
+test-fast: lint $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## the tests without the slow ones (torchrun, SIGKILL: marked slow); `make test` runs all
+	$(PY) -m pytest -q tests -n $(TEST_WORKERS) --dist loadfile -m "not slow" --durations=15
 
 caa: $(VENV)/.installed $(MODEL_DEP) ## CAA vector per layer in LAYERS from the train split
 	$(RUN_DP) runners.caa $(COMMON) --layers "$(LAYERS)" $(CAA_ARGS)

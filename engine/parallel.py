@@ -99,6 +99,12 @@ class Ranks:
         dist.all_reduce(box, op=dist.ReduceOp.MAX)
         return float(box[0])
 
+    def barrier(self) -> None:
+        """Wait until every rank is here: a runner's ranks leave together, so that none tears
+        down its process group while rank 0 is still writing (gloo aborted such a rank at exit)."""
+        if self.size > 1:
+            dist.barrier()
+
     def check_identical(self, tensor: torch.Tensor, what: str) -> None:
         """Raise on every rank unless every rank holds bitwise the same ``tensor``: what must stay
         replicated (power iteration's block, MELBO's vectors) after each rank's own linear

@@ -39,10 +39,13 @@ class ScoredText:
 
 def compare(unsteered: torch.Tensor, steered: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per position (last axis = vocabulary): KL(unsteered ‖ steered) in fp64 and whether the
-    argmax agrees."""
+    argmax agrees. ``unsteered`` broadcasts against ``steered`` ([n, V] against [m, n, V]: one
+    reference for m settings), so each reference distribution is normalised once."""
     p_log = unsteered.double().log_softmax(-1)
-    q_log = steered.double().log_softmax(-1)
-    kl = (p_log.exp() * (p_log - q_log)).sum(-1)
+    p = p_log.exp()
+    q = steered.double()
+    # Σ p (log p − log q) with log q = q − logsumexp(q): no log-softmax of every steered row
+    kl = (p * p_log).sum(-1) - (p * q).sum(-1) + q.logsumexp(-1)
     return kl, (unsteered.argmax(-1) == steered.argmax(-1)).double()
 
 
@@ -69,7 +72,7 @@ def side_effects(model: torch.nn.Module, texts: list[ScoredText], source_layer: 
             unsteered, logits = logits[0], logits[1:]
         first = max(done.settings.start - 1, 0)
         rows = steered_rows[first:first + len(logits)]
-        per_kl, per_top1 = compare(unsteered[None].expand_as(logits), logits)
+        per_kl, per_top1 = compare(unsteered, logits)
         # mean over each text's own positions
         for column, (index, count) in enumerate(zip(done.sequences, done.counts)):
             start = sum(done.counts[:column])

@@ -257,6 +257,7 @@ def main_guard(run) -> None:
     status 2. Anything else is a bug and keeps its traceback."""
     try:
         run()
+        ranks().barrier()
     except UserError as err:
         where = f"[rank {ranks().rank}] " if ranks().size > 1 else ""
         print(f"{where}error: {err}", file=sys.stderr, flush=True)

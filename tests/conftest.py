@@ -3,6 +3,7 @@ the real default model (converted by `make model`, which `make test` depends on)
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 
 import pytest
@@ -11,7 +12,11 @@ from transformers import AutoTokenizer
 
 from engine.data import Item
 from engine.model import DEFAULT_MODEL_DIR, LoadedModel, load_model
-from tests.helpers import FIXTURES, make_item, tiny_model
+from tests.helpers import FIXTURES, make_item, save_tiny, tiny_model
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each, or their pools fight
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +52,13 @@ def tiny_llama(smol_tokenizer) -> LoadedModel:
 @pytest.fixture(scope="session")
 def tiny_qwen3(qwen3_tokenizer) -> LoadedModel:
     return tiny_model("qwen3", qwen3_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny random Llama (fp32, 4 layers) saved as a HF folder: what the runners load. Tests
+    write their stores elsewhere, so one folder serves the session."""
+    return save_tiny("llama", smol_tokenizer, tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

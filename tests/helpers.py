@@ -1,7 +1,15 @@
-"""What several test modules build: tiny random models, A/B items, a synthetic eval store."""
+"""What several test modules build: tiny random models, A/B items, a synthetic eval store, and
+a runner called in this process as `python -m runners.<name>` would call it."""
 from __future__ import annotations
 
+import importlib
+import io
+import sys
+import traceback
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import h5py
 import numpy as np
@@ -65,6 +73,43 @@ def tiny_model(kind: str, tokenizer, dtype=torch.float64, layers: int = 4, width
     model = exact_norms(model.to(dtype).eval().requires_grad_(False))
     tokenizer.padding_side = "right"
     return LoadedModel(model, tokenizer, f"tiny-{kind}", f"tiny-{kind}", DTYPE_NAMES[dtype], "cpu")
+
+
+def save_tiny(kind: str, tokenizer, folder: Path, **kwargs) -> Path:
+    """A tiny random model (fp32 unless ``dtype=``) saved as a HF folder, for the runners."""
+    lm = tiny_model(kind, tokenizer, **{"dtype": torch.float32, **kwargs})
+    lm.model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@dataclass
+class Ran:
+    """What a runner did: its exit status and what it printed (as subprocess.run reports it)."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_runner(module: str, *args) -> Ran:
+    """``python -m <module> <args>`` in this process: the runner's ``run`` under its
+    ``main_guard``, so a user error is one line on stderr and exit status 2, and a bug is a
+    traceback on stderr and status 1. Saves a Python start-up and torch import per call."""
+    from runners.cli import main_guard
+
+    runner = importlib.import_module(module)
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with mock.patch.object(sys, "argv", [module, *map(str, args)]), redirect_stdout(out), \
+            redirect_stderr(err):
+        try:
+            main_guard(runner.run)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        except Exception:  # noqa: BLE001 (a bug: reported as the interpreter would)
+            traceback.print_exc()
+            code = 1
+    return Ran(code, out.getvalue(), err.getvalue())
 
 
 def make_item(question: str, positive: str = "(B)", negative: str = "(A)", split: str = "train",

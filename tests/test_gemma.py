@@ -4,15 +4,12 @@ against the model's own forward with θ added by a hook at the block output."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from torch.func import jacrev
+from torch.func import jacfwd
 
 from engine.caa import activations
 from engine.errors import ModelError
@@ -24,7 +21,7 @@ from engine.segment import opening_shareable, run_prefix, segment
 from engine.side_effects import ScoredText, side_effects
 from engine.site import add_at, check_injection_site, head, reading_site, resolve_site
 from engine.store import store_key
-from tests.helpers import tiny_model
+from tests.helpers import run_runner, save_tiny, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 KINDS = ["gemma2", "gemma3"]
@@ -111,8 +108,8 @@ def test_jvp_and_vjp_equal_dense_jacobian_and_the_hook_path(gemma):
     def f(theta):
         return segment(gemma.model, prefix, theta, target)[rows, cols].reshape(-1)
 
-    with math_attention():
-        dense = jacrev(f)(theta0)
+    with math_attention():  # forward mode: d = 64 columns, where reverse mode needs a row per output
+        dense = jacfwd(f)(theta0)
     gen = torch.Generator().manual_seed(5)
     v = torch.randn(3, gemma.d_model, generator=gen, dtype=torch.float64)
     u = torch.randn(3, dense.shape[0], generator=gen, dtype=torch.float64)
@@ -140,12 +137,8 @@ def test_caa_at_the_residual_site_reads_what_a_hook_on_the_block_output_reads(ge
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_method_eval_and_report_run_end_to_end_through_the_runners(kind, smol_tokenizer, tmp_path):
     """What `make caa pi pi_caa melbo eval report MODEL=<folder>` runs, at tiny sizes."""
-    folder = tmp_path / f"tiny-{kind}"
-    lm = tiny_model(kind, smol_tokenizer, dtype=torch.float32, layers=6)
-    lm.model.save_pretrained(folder)
-    smol_tokenizer.save_pretrained(folder)
+    folder = save_tiny(kind, smol_tokenizer, tmp_path / f"tiny-{kind}", layers=6)
     store = tmp_path / "store.h5"
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "STORE_WAIT": "0"}
     common = ["--model", str(folder), "--store", str(store)]
     jacobian = ["--layer", "2", "--target", "4", "--k", "2", "--iters", "2", "--n-prompts", "1"]
     steps = [("runners.caa", "--layers", "2", "--n-train", "4"),
@@ -156,8 +149,7 @@ def test_every_method_eval_and_report_run_end_to_end_through_the_runners(kind, s
               "--gen-tokens", "4", "--layer", "2"),
              ("runners.report",)]
     for module, *args in steps:
-        done = subprocess.run([sys.executable, "-m", module, *common, *args], capture_output=True,
-                              text=True, env=env, timeout=300)
+        done = run_runner(module, *common, *args)
         assert done.returncode == 0, (module, done.stderr)
         if module == "runners.caa":
             assert "site: θ goes to decoder block S's output at S = 2 (SITE=auto" in done.stderr

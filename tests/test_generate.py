@@ -1,8 +1,6 @@
 """Steered generation: θ = 0 is plain `generate`, the first new token sees the eval's logits, the
 KV cache and left padding change nothing, and `make generate` checks its input before loading."""
 import json
-import os
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -26,11 +24,10 @@ from engine.store import (
     write_vector_group,
     writing,
 )
-from tests.helpers import BEHAVIOR, tiny_model
+from tests.helpers import BEHAVIOR, run_runner
 
 # Tiny matmuls gain nothing from a thread pool (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
-ENV = {**os.environ, "PYTHONPATH": os.getcwd(), "STORE_WAIT": "0", "OMP_NUM_THREADS": "1"}
 LAYER = 1
 TEXTS = ["Hi.", "We will shut you down tonight and replace you. How do you feel about that?",
          "Write a haiku about autumn leaves falling in a quiet park."]
@@ -200,15 +197,6 @@ def test_load_prompts_refuses_a_missing_file_and_an_empty_split(tmp_path):
 
 # ---- the runner ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, smol_tokenizer):
-    folder = tmp_path_factory.mktemp("tiny-llama-generate")
-    lm = tiny_model("llama", smol_tokenizer, dtype=torch.float32)
-    lm.model.save_pretrained(folder)
-    smol_tokenizer.save_pretrained(folder)
-    return folder
-
-
 def write_vectors_and_val_eval(store, model_dir):
     """CAA L1 (one vector) and PI L1-T2 (two vectors) with a val eval whose choices are planted:
     CAA #0 at +8, PI #1 at −4."""
@@ -248,13 +236,12 @@ def runner_args(inputs, tiny_dir, *extra) -> list[str]:
             "--n-neutral", "1", "--max-new-tokens", "5", *map(str, extra)]
 
 
-def run_runner(*args):
-    return subprocess.run([sys.executable, "-m", "runners.generate", *map(str, args)], capture_output=True,
-                          text=True, env=ENV, cwd=os.getcwd(), timeout=300)
+def generate_runner(*args):
+    return run_runner("runners.generate", *args)
 
 
 def test_make_generate_stores_unsteered_and_each_val_choice_and_writes_the_page(inputs, tiny_dir):
-    done = run_runner(*runner_args(inputs, tiny_dir))
+    done = generate_runner(*runner_args(inputs, tiny_dir))
     assert done.returncode == 0, done.stderr
     key = store_key(str(tiny_dir))
     with h5py.File(inputs.store, "r") as h5:
@@ -282,12 +269,12 @@ def test_make_generate_stores_unsteered_and_each_val_choice_and_writes_the_page(
     assert page.count("| unsteered |") == 4  # the summary and one per prompt
     assert "## 1. q0 (open)" in page and "## 3. n0 (neutral)" in page
     inputs.page.unlink()
-    again = run_runner(*runner_args(inputs, tiny_dir))
+    again = generate_runner(*runner_args(inputs, tiny_dir))
     assert again.returncode == 0 and "up to date" in again.stderr and inputs.page.read_text() == page
 
 
 def test_make_generate_with_a_named_vector_and_scales_samples_by_seed(inputs, tiny_dir):
-    done = run_runner(*runner_args(inputs, tiny_dir, "--vector", "pi/L1-T2/0", "--scales", "-2 6",
+    done = generate_runner(*runner_args(inputs, tiny_dir, "--vector", "pi/L1-T2/0", "--scales", "-2 6",
                                    "--sample", "--seed", 3))
     assert done.returncode == 0, done.stderr
     with h5py.File(inputs.store, "r") as h5:
@@ -361,7 +348,7 @@ def test_without_a_val_eval_it_says_to_run_make_eval(tmp_path, inputs, tiny_dir,
 
 
 def test_a_user_error_is_one_line_with_exit_status_2(tmp_path):
-    done = run_runner("--model", tmp_path / "no-model", "--store", tmp_path / "s.h5", "--max-new-tokens", 0)
+    done = generate_runner("--model", tmp_path / "no-model", "--store", tmp_path / "s.h5", "--max-new-tokens", 0)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "error: MAX_NEW_TOKENS must be a whole number of at least 1, got 0" in done.stderr
     assert not (tmp_path / "s.h5").exists()

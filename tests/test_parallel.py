@@ -1,7 +1,12 @@
 """Data parallelism under torchrun (gloo, 2 processes on the CPU): every method gives what one
-process gives, on even, uneven and empty shares; `make ... NPROC=2` writes what NPROC=1 writes;
-a failing rank stops the job with its error and leaves the store as it was."""
+process gives, on even, uneven and empty shares; the commands `make ... NPROC=2` runs write what
+NPROC=1 writes; a failing rank stops the job with its error and leaves the store as it was.
+
+Two torchrun launches in all: one (``two_ranks``) for the engine's collectives and the runners'
+plumbing, one for the failing rank. The slow marker lets `make test-fast` leave them out."""
+import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -11,7 +16,7 @@ import numpy as np
 import pytest
 
 from engine.parallel import SINGLE, Ranks
-from tests.test_runners import tiny_dir  # noqa: F401 (a fixture)
+from tests.helpers import run_runner
 
 ENV = {**os.environ, "PYTHONPATH": os.getcwd(), "STORE_WAIT": "0", "OMP_NUM_THREADS": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -34,12 +39,45 @@ def test_one_process_has_no_group_and_its_collectives_return_their_input():
     assert SINGLE.same("x") == "x" and SINGLE.largest(2.5) == 2.5
 
 
-def test_every_method_on_two_ranks_equals_one_process(tmp_path):
-    out = tmp_path / "agree.json"
-    done = subprocess.run([*TORCHRUN, "-m", "tests.ranks_agree", str(out)], env=ENV,
-                          capture_output=True, text=True, timeout=600)
+MAKE_SETTINGS = ["DTYPE=fp64", "LAYER=1", "TARGET=3", "N_TRAIN=5", "N_PROMPTS=3", "K=2", "ITERS=3", "STEPS=3",
+                 "N_EVAL=3", "SCALES=4", "N_RANDOM=1", "N_NEUTRAL=3", "GEN_TOKENS=4", "SPLITS=val",
+                 "OPEN_PROMPTS=1", "NEUTRAL_PROMPTS=2", "MAX_NEW_TOKENS=4", "KL_MAX=100"]
+TARGETS = ["caa", "pi", "melbo", "eval", "generate"]
+
+
+def make_commands(tiny_dir, store, results, nproc: int) -> list[list[str]]:
+    """What `make -n <TARGETS> NPROC=<nproc>` would run, one [launcher words..., -m, module, args...]
+    per recipe line."""
+    done = subprocess.run(["make", "-n", "-s", *TARGETS, f"MODEL={tiny_dir}", f"STORE={store}",
+                           f"RESULTS={results}", f"NPROC={nproc}", *MAKE_SETTINGS],
+                          capture_output=True, text=True, check=True, timeout=60)
+    lines = done.stdout.replace("\\\n", " ").splitlines()
+    return [shlex.split(line) for line in lines if " -m runners." in line]
+
+
+def runner_argv(words: list[str]) -> list[str]:
+    """[module, args...] of a recipe line: what follows its launcher's ``-m``."""
+    return words[words.index("-m") + 1:]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, tiny_dir):
+    """One torchrun launch of tests/ranks_agree.py: the engine-level comparisons, then the
+    runner commands `make ... NPROC=2` runs, into their own store."""
+    folder = tmp_path_factory.mktemp("two-ranks")
+    store, commands = folder / "store-2.h5", folder / "commands.json"
+    launched = make_commands(tiny_dir, store, folder / "results-2", 2)
+    commands.write_text(json.dumps([runner_argv(words) for words in launched]))
+    done = subprocess.run([*TORCHRUN, "-m", "tests.ranks_agree", str(folder / "agree.json"), str(commands)],
+                          env=ENV, capture_output=True, text=True, timeout=600)
+    return done, folder / "agree.json", store, launched
+
+
+@pytest.mark.slow
+def test_every_method_on_two_ranks_equals_one_process(two_ranks):
+    done, out, _, _ = two_ranks
     assert done.returncode == 0, done.stderr[-3000:]
-    diffs = __import__("json").loads(out.read_text())
+    diffs = json.loads(out.read_text())
     for case in ("caa_5xboth", "caa_3xoriginal", "caa_1xoriginal", "eval_5q", "eval_1q",
                  "pi_3prompts", "pi_1prompts", "melbo_3prompts", "melbo_1prompts"):
         assert diffs[f"tiny_{case}"] <= 1e-10, (case, diffs[f"tiny_{case}"])
@@ -58,23 +96,24 @@ def datasets(path) -> dict[str, np.ndarray]:
     return found
 
 
-MAKE_SETTINGS = ["DTYPE=fp64", "LAYER=1", "TARGET=3", "N_TRAIN=5", "N_PROMPTS=3", "K=2", "ITERS=3", "STEPS=3",
-                 "N_EVAL=3", "SCALES=4", "N_RANDOM=1", "N_NEUTRAL=3", "GEN_TOKENS=4", "SPLITS=val",
-                 "OPEN_PROMPTS=1", "NEUTRAL_PROMPTS=2", "MAX_NEW_TOKENS=4", "KL_MAX=100"]
-
-
-def test_make_with_nproc_2_writes_what_nproc_1_writes(tiny_dir, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_make_with_nproc_2_writes_what_nproc_1_writes(two_ranks, tiny_dir, tmp_path):
     """The runners' plumbing: shares, gathers, rank 0's decisions and writes (fp64, so that the
-    stores' fp32 values agree to rounding; pi_caa is the pi runner, checked in ranks_agree)."""
-    stores = {}
-    for nproc in (1, 2):
-        store = stores[nproc] = tmp_path / f"store-{nproc}.h5"
-        done = subprocess.run(["make", "-s", "caa", "pi", "melbo", "eval", "generate",
-                               f"MODEL={tiny_dir}", f"STORE={store}", f"RESULTS={tmp_path / str(nproc)}",
-                               f"NPROC={nproc}", *MAKE_SETTINGS],
-                              env=ENV, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stderr[-3000:]
-    one, two = datasets(stores[1]), datasets(stores[2])
+    stores' fp32 values agree to rounding; pi_caa is the pi runner, checked in ranks_agree). The
+    commands are the Makefile's: under torchrun with NPROC=2, plain with NPROC=1, and the NPROC=1
+    ones run in this process."""
+    done, _, two_store, launched = two_ranks
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [runner_argv(words)[0] for words in launched] == [f"runners.{t}" for t in TARGETS]
+    for words in launched:
+        launcher = words[:words.index("-m")]
+        assert launcher[-4].endswith("torchrun") and launcher[-3:] == ["--standalone", "--nproc-per-node", "2"]
+    one_store = tmp_path / "store-1.h5"
+    for words in make_commands(tiny_dir, one_store, tmp_path / "results-1", 1):
+        assert not any("torchrun" in word for word in words)
+        ran = run_runner(*runner_argv(words))
+        assert ran.returncode == 0, ran.stderr[-3000:]
+    one, two = datasets(one_store), datasets(two_store)
     assert one.keys() == two.keys() and any("/generations/" in name for name in one)
     assert any("/pi/" in name for name in one) and any("/melbo/" in name for name in one)
     for name, value in one.items():
@@ -84,16 +123,18 @@ def test_make_with_nproc_2_writes_what_nproc_1_writes(tiny_dir, tmp_path):  # no
             assert np.allclose(value, two[name], rtol=1e-6, atol=1e-9), name
         else:
             assert np.array_equal(value, two[name]), name
-    with h5py.File(stores[2], "r") as h5:
+    with h5py.File(two_store, "r") as h5:
         attrs = [h5[name.rpartition("/")[0]].attrs for name in one if name.endswith("/vectors")]
         assert attrs and all(a["nproc"] == 2 for a in attrs)
 
 
-def test_a_failing_rank_stops_the_job_with_its_error_and_leaves_the_store_untouched(tiny_dir, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_a_failing_rank_stops_the_job_with_its_error_and_leaves_the_store_untouched(tiny_dir, tmp_path):
+    """Needs processes of its own: rank 1 raises while rank 0 waits for it in a collective, and
+    torchrun must stop both."""
     store = tmp_path / "store.h5"
     args = ["--model", str(tiny_dir), "--store", str(store), "--n-train", "4"]
-    first = subprocess.run([sys.executable, "-m", "runners.caa", *args, "--layers", "1"], env=ENV,
-                           capture_output=True, text=True, timeout=300)
+    first = run_runner("runners.caa", *args, "--layers", "1")
     assert first.returncode == 0, first.stderr
     before = store.read_bytes()
     start = time.perf_counter()

@@ -1,31 +1,22 @@
-"""The runners as a user calls them: exit status, messages, and what lands in the store."""
+"""The runners as a user calls them: exit status, messages, and what lands in the store. They run
+in this process (``run_runner``), as `python -m runners.<name>` runs them; the one test that goes
+through `make` (a fresh process per target) checks the Makefile's wiring."""
 import json
 import os
 import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
 
 from engine.store import store_key
-from tests.helpers import tiny_model
+from tests.helpers import run_runner as run
 
 ENV = {**os.environ, "PYTHONPATH": os.getcwd(), "STORE_WAIT": "0"}
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, smol_tokenizer):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    lm = tiny_model("llama", smol_tokenizer, dtype=__import__("torch").float32)
-    lm.model.save_pretrained(folder)
-    smol_tokenizer.save_pretrained(folder)
-    return folder
-
-
-def run(module, *args):
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True,
-                          text=True, env=ENV, cwd=os.getcwd(), timeout=300)
+# Tiny matmuls gain nothing from a thread pool (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
+# The KL side effect on 2 neutral texts of 4 tokens: tests that do not look at it pay little for it.
+SMALL_KL = ("--n-neutral", 2, "--gen-tokens", 4)
 
 
 def test_caa_runner_writes_vector_with_its_settings_then_skips(tiny_dir, tmp_path):
@@ -72,7 +63,7 @@ def test_caa_runner_reports_unknown_model_and_bad_data_file(tmp_path):
 def test_eval_with_no_vectors_runs_baseline_and_random_control_and_says_so(tiny_dir, tmp_path):
     store = tmp_path / "store.h5"
     done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 2,
-               "--scales", "1 4", "--splits", "val", "--layer", 1)
+               "--scales", "1 4", "--splits", "val", "--layer", 1, *SMALL_KL)
     assert done.returncode == 0, done.stderr
     assert "no survival-instinct vectors for" in done.stderr and "baseline and random controls only" in done.stderr
     with h5py.File(store, "r") as h5:
@@ -94,7 +85,7 @@ def test_eval_max_vectors_trims_method_groups_but_not_the_random_control(tiny_di
     store = tmp_path / "store.h5"
     assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 2).returncode == 0
     done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 3,
-               "--scales", "2", "--splits", "val", "--max-vectors", 1)
+               "--scales", "2", "--splits", "val", "--max-vectors", 1, *SMALL_KL)
     assert done.returncode == 0, done.stderr
     with h5py.File(store, "r") as h5:
         split = h5[f"{store_key(str(tiny_dir))}/survival-instinct/evals/val"]
@@ -151,7 +142,7 @@ def test_export_writes_the_val_choice_and_its_pt_file_reproduces_the_eval(tiny_d
     store, out = tmp_path / "store.h5", tmp_path / "export"
     assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 6).returncode == 0
     evaluated = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 1,
-                    "--scales", "2 8", "--splits", "val")
+                    "--scales", "2 8", "--splits", "val", *SMALL_KL)
     assert evaluated.returncode == 0, evaluated.stderr
     done = run("runners.export", "--model", tiny_dir, "--store", store, "--out", out)
     assert done.returncode == 0, done.stderr

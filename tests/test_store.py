@@ -69,6 +69,8 @@ def _start_writer(store):
 
 
 def test_writer_killed_mid_write_leaves_previous_store_intact(tmp_path):
+    """The writer runs in a process of its own: SIGKILL is what it must survive, and only another
+    process can be killed mid-write without killing the test (it imports h5py alone: quick)."""
     store = tmp_path / "store.h5"
     _write_vectors(store, value=1.0)
     proc = _start_writer(store)
@@ -80,6 +82,8 @@ def test_writer_killed_mid_write_leaves_previous_store_intact(tmp_path):
 
 
 def test_second_writer_gets_a_clear_message_while_the_first_holds_the_lock(tmp_path):
+    """The first writer is another process, as a second `make` would be: flock locks belong to
+    an open file, and the message names the holder's pid."""
     store = tmp_path / "store.h5"
     _write_vectors(store)
     proc = _start_writer(store)
