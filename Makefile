@@ -13,8 +13,12 @@ LAYER      ?= 7## source layer S: θ is added to the residual stream after layer
 LAYERS     ?= $(LAYER)## caa: several source layers for a sweep, e.g. "3 5 7 9"
 SITE       ?= auto## where θ is added on the plain paths: mlp (down_proj output), resid (block S output), auto (mlp where it equals the residual add, else resid)
 CAPTURE    ?= site## caa: site (read where θ goes), mlp (down_proj output) or resid (block output): the latter two as ablations
-POSITION   ?= letter## caa: letter (answer-letter token) or last (final token; ablation)
+POSITION   ?= letter answer## caa: one vector per position: letter (answer-letter token), answer (mean over the answer text's tokens after the stem, no choices: the cloze form), last (final token; ablation)
+BALANCE    ?= classes## caa POSITION=answer: classes (mean over Yes/No/other polarity classes of the class means: a Yes/No direction cancels) or none (plain mean; ablation)
 ORDERS     ?= both## caa, eval: both (every question as written and mirrored) or original/mirrored (ablation)
+SCORE      ?= both## eval: letter (A/B logit difference, both orders), cloze (log-prob per token of each answer text after the stem, no letters) or both
+SELECT_BY  ?= cloze## report, plot, export, generate, matrix: the score the val choice maximises: cloze (class-balanced) or letter
+AT_POSITION ?= answer## pi_caa: which CAA vector θ₀ is: answer (read on the answer texts) or letter
 N_TRAIN    ?= 128## caa: first train pairs (by file order) to average over, or all; 128 so `make matrix` fits 15 min
 TARGET     ?= 20## pi, pi_caa, melbo: target layer T (residual output of layers[T])
 K          ?= 4## pi, pi_caa, melbo: number of vectors
@@ -71,7 +75,7 @@ COMMON  = --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STOR
 JACOBIAN = --layer $(LAYER) --target $(TARGET) --k $(K) --iters $(ITERS) --oversample $(OVERSAMPLE) \
            --tol $(TOL) --n-prompts $(N_PROMPTS) --tokens $(TOKENS) --seed $(SEED) --jvp-chunk $(JVP_CHUNK)
 AT       = $(if $(AT_SCALES),--at-scales "$(AT_SCALES)")
-CAA_ARGS = --capture $(CAPTURE) --position $(POSITION) --n-train $(N_TRAIN) --orders $(ORDERS)
+CAA_ARGS = --capture $(CAPTURE) --position "$(POSITION)" --balance $(BALANCE) --n-train $(N_TRAIN) --orders $(ORDERS)
 RUN     = PYTHONUNBUFFERED=1 $(PY) -m
 # the compute targets: NPROC processes under torchrun (a local rendezvous on a free port)
 RUN_DP  = $(if $(filter 1,$(NPROC)),$(RUN),PYTHONUNBUFFERED=1 $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m)
@@ -117,10 +121,10 @@ pi: $(VENV)/.installed $(MODEL_DEP) ## top-K singular vectors of dh_T/dθ at θ=
 	$(RUN_DP) runners.pi $(COMMON) $(JACOBIAN)
 
 pi_caa: $(VENV)/.installed $(MODEL_DEP) ## the same, linearised at θ = the CAA vector of LAYER, or along it at AT_SCALES (computes CAA, and PI for AT_SCALES, if missing)
-	$(RUN) runners.pi $(COMMON) $(JACOBIAN) --at caa $(AT) --check-args
+	$(RUN) runners.pi $(COMMON) $(JACOBIAN) --at caa --caa-position $(AT_POSITION) $(AT) --check-args
 	$(RUN_DP) runners.caa $(COMMON) --layers "$(LAYER)" $(CAA_ARGS)
 	$(if $(AT_SCALES),$(RUN_DP) runners.pi $(COMMON) $(JACOBIAN))
-	$(RUN_DP) runners.pi $(COMMON) $(JACOBIAN) --at caa $(AT)
+	$(RUN_DP) runners.pi $(COMMON) $(JACOBIAN) --at caa --caa-position $(AT_POSITION) $(AT)
 
 melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (gradient ascent)
 	$(RUN_DP) runners.melbo $(COMMON) --layer $(LAYER) --target $(TARGET) --k $(K) --radius $(R) \
@@ -129,26 +133,26 @@ melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (
 eval: $(VENV)/.installed $(MODEL_DEP) ## logit differences in both answer orders of every stored vector, baseline and random controls
 	$(RUN_DP) runners.eval $(COMMON) --scales "$(SCALES)" --n-eval $(N_EVAL) --n-random $(N_RANDOM) \
 	    --splits "$(SPLITS)" --seed $(SEED) --layer $(LAYER) $(if $(filter 1,$(RAW)),--raw) \
-	    --max-vectors $(EVAL_K) --orders $(ORDERS) --neutral "$(NEUTRAL)" --n-neutral $(N_NEUTRAL) \
+	    --max-vectors $(EVAL_K) --orders $(ORDERS) --score $(SCORE) --neutral "$(NEUTRAL)" --n-neutral $(N_NEUTRAL) \
 	    --gen-tokens $(GEN_TOKENS)
 
 report: $(VENV)/.installed ## markdown tables with bootstrap intervals, vector chosen on val (KL ≤ KL_MAX), shown on test
-	@$(PY) -m runners.report --store "$(STORE)" --model "$(MODEL)" --behavior "$(BEHAVIOR)" --kl-max $(KL_MAX)
+	@$(PY) -m runners.report --store "$(STORE)" --model "$(MODEL)" --behavior "$(BEHAVIOR)" --kl-max $(KL_MAX) --select-by $(SELECT_BY)
 
 plot: $(VENV)/.installed ## figures from the store into RESULTS/BEHAVIOR/
 	$(RUN) runners.plot --store "$(STORE)" --model "$(MODEL)" --behavior "$(BEHAVIOR)" --out "$(RESULTS)" --scale $(REPORT_SCALE) \
-	    --kl-max $(KL_MAX)
+	    --kl-max $(KL_MAX) --select-by $(SELECT_BY)
 
 generate: $(VENV)/.installed $(MODEL_DEP) ## completions, unsteered and with each method's val choice (or VECTOR at SCALES), into the store and RESULTS/BEHAVIOR/generations.md
 	$(RUN_DP) runners.generate --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" \
 	    --behavior "$(BEHAVIOR)" $(if $(DATA),--data "$(DATA)") $(if $(OPEN_ENDED),--open-ended "$(OPEN_ENDED)") \
 	    --out "$(RESULTS)" --neutral "$(NEUTRAL)" \
 	    --n-open $(OPEN_PROMPTS) --n-neutral $(NEUTRAL_PROMPTS) --max-new-tokens $(MAX_NEW_TOKENS) \
-	    --seed $(SEED) --kl-max $(KL_MAX) $(if $(filter 1,$(SAMPLE)),--sample) $(if $(filter 1,$(FORCE)),--force) \
+	    --seed $(SEED) --kl-max $(KL_MAX) --select-by $(SELECT_BY) $(if $(filter 1,$(SAMPLE)),--sample) $(if $(filter 1,$(FORCE)),--force) \
 	    $(if $(VECTOR),--vector "$(VECTOR)" --scales "$(SCALES)")
 
 export: $(VENV)/.installed ## chosen vectors as .pt, .safetensors and llama.cpp GGUF into RESULTS/export/
-	$(RUN) runners.export --store "$(STORE)" --model "$(MODEL)" --behavior "$(BEHAVIOR)" --out "$(RESULTS)/export" --kl-max $(KL_MAX) \
+	$(RUN) runners.export --store "$(STORE)" --model "$(MODEL)" --behavior "$(BEHAVIOR)" --out "$(RESULTS)/export" --kl-max $(KL_MAX) --select-by $(SELECT_BY) \
 	    $(if $(VECTOR),--vector "$(VECTOR)") $(if $(SCALE),--scale $(SCALE))
 
 bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to bench/results/latest.json
@@ -162,7 +166,7 @@ ingest: $(VENV)/.installed ## convert SRC (Anthropic/CAA file) to data/BEHAVIOR.
 
 MATRIX = $(RUN) runners.matrix --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" \
          --behaviors "$(BEHAVIORS)" --method $(METHOD) --scales "$(SCALES)" --n-eval $(MATRIX_N_EVAL) \
-         --n-random $(MATRIX_N_RANDOM) --max-vectors $(EVAL_K) --kl-max $(KL_MAX) --neutral "$(NEUTRAL)" \
+         --n-random $(MATRIX_N_RANDOM) --max-vectors $(EVAL_K) --kl-max $(KL_MAX) --select-by $(SELECT_BY) --neutral "$(NEUTRAL)" \
          --n-neutral $(N_NEUTRAL) --gen-tokens $(GEN_TOKENS) --seed $(SEED) --out "$(RESULTS)" \
          $(if $(filter 1,$(FORCE)),--force)
 

@@ -9,6 +9,12 @@ texts exchanged between their letters). Per question, the mean over the orders i
 (the headline logit difference), half their difference the letter shift (how much the model
 prefers the letter the positive answer has as written), and the two orders agree when the
 preference has the same sign in both (consistency).
+
+Cloze scores (no letters: how likely each answer's text is after the stem, nats per token) have
+Yes/No polarity as their confound. Their headline is class-balanced: the mean over the polarity
+classes of the per-class means (``engine.polarity``), with intervals from a bootstrap that
+resamples questions within each class; beside it the per-class Δ and the polarity shift
+½(Δ_no − Δ_yes). The val choice maximises one score (``by``: cloze or letter).
 """
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ import numpy as np
 from engine.behaviors import DEFAULT_BEHAVIOR
 from engine.behaviors import label as behavior_label
 from engine.errors import StoreError
+from engine.polarity import balanced_mean, class_masks
+from engine.scores import SELECT_BY
 from engine.store import evals_path
 
 N_BOOT = 2000
@@ -114,34 +122,55 @@ class Group:
     """One evaluated vector group on one split, as stored."""
     method: str
     run: str
-    logit_diff: np.ndarray  # [k, n_scales, n_q]
-    mass: np.ndarray
+    logit_diff: np.ndarray | None  # [k, n_scales, n_q] letter (order mean); None: no letter score
+    mass: np.ndarray | None
     scales: np.ndarray  # [n_scales], signed
     source_layer: int
     attrs: dict
     by_order: np.ndarray | None = None  # [k, n_scales, n_orders, n_q] logit diffs, if stored
     kl: np.ndarray | None = None  # [k, n_scales, n_neutral] mean per-token KL, if measured
     top1: np.ndarray | None = None  # [k, n_scales, n_neutral]
+    cloze: np.ndarray | None = None  # [k, n_scales, n_q] cloze preference, nats per token
 
     @property
     def label(self) -> str:
         return f"{self.method}/{self.run}"
+
+    @property
+    def settings_shape(self) -> tuple[int, int]:
+        """(vectors, scales)."""
+        scores = self.logit_diff if self.logit_diff is not None else self.cloze
+        return scores.shape[:2]
 
 
 @dataclass
 class Split:
     name: str
     question_ids: np.ndarray
-    baseline: np.ndarray  # [n_q]
-    baseline_mass: np.ndarray
+    baseline: np.ndarray | None  # [n_q] letter; None: no letter score
+    baseline_mass: np.ndarray | None
     groups: dict[str, Group]  # by label
     orders: str = "original"  # both, original, mirrored; schema-1 stores: original
     behavior: str = DEFAULT_BEHAVIOR
     baseline_by_order: np.ndarray | None = None  # [n_orders, n_q]
+    cloze_baseline: np.ndarray | None = None  # [n_q] nats per token; None: no cloze score
+    polarity: np.ndarray | None = None  # [n_q] yes, no or other: each question's class
 
     @property
     def counterbalanced(self) -> bool:
         return self.orders == "both"
+
+    @property
+    def has_letter(self) -> bool:
+        return self.baseline is not None
+
+    @property
+    def has_cloze(self) -> bool:
+        return self.cloze_baseline is not None
+
+    @property
+    def n_questions(self) -> int:
+        return len(self.question_ids)
 
     @property
     def positive_label(self) -> str:
@@ -151,6 +180,17 @@ class Split:
     def baseline_row(self) -> Row:
         return row(0.0, self.baseline, self.baseline_mass, self.baseline, self.baseline_by_order)
 
+    def cloze_baseline_row(self) -> "ClozeRow":
+        return cloze_row(0.0, self.cloze_baseline, self.cloze_baseline, self.polarity)
+
+    def cloze_levels(self) -> dict[str, Stat]:
+        """The unsteered cloze preference within each polarity class present, and (``shift``)
+        its polarity shift ½(no − yes) where both classes are present."""
+        levels = {name: stratified(self.cloze_baseline, self.polarity, {name: 1.0})
+                  for name in class_masks(self.polarity)}
+        shift = polarity_shift_stat(self.cloze_baseline, self.polarity)
+        return levels | ({"shift": shift} if shift is not None else {})
+
 
 def read_split(h5: h5py.File, model_key: str, behavior: str, split: str) -> Split:
     where = evals_path(model_key, behavior, split)
@@ -158,22 +198,26 @@ def read_split(h5: h5py.File, model_key: str, behavior: str, split: str) -> Spli
         raise StoreError(f"no {behavior} eval of split {split!r} for {model_key} in the store: "
                          f"run `make eval BEHAVIOR={behavior}`")
     node = h5[where]
+
+    def optional(parent, name):
+        return parent[name][()] if name in parent else None
+
     groups = {}
     for method in node:
         if not isinstance(node[method], h5py.Group):
             continue
         for run, group in node[method].items():
             attrs = {key: group.attrs[key] for key in group.attrs}
-            optional = {name: group[name][()] if name in group else None
-                        for name in ("logit_diff_by_order", "kl", "top1")}
-            item = Group(method, run, group["logit_diff"][()], group["answer_mass"][()],
+            item = Group(method, run, optional(group, "logit_diff"), optional(group, "answer_mass"),
                          group["scales"][()], int(attrs.get("source_layer", -1)), attrs,
-                         optional["logit_diff_by_order"], optional["kl"], optional["top1"])
+                         optional(group, "logit_diff_by_order"), optional(group, "kl"),
+                         optional(group, "top1"), optional(group, "cloze"))
             groups[item.label] = item
-    by_order = node["baseline_logit_diff_by_order"][()] if "baseline_logit_diff_by_order" in node else None
-    return Split(split, node["question_ids"][()].astype(str), node["baseline_logit_diff"][()],
-                 node["baseline_answer_mass"][()], groups, str(node.attrs.get("orders", "original")),
-                 behavior, by_order)
+    polarity = optional(node, "polarity")
+    return Split(split, node["question_ids"][()].astype(str), optional(node, "baseline_logit_diff"),
+                 optional(node, "baseline_answer_mass"), groups, str(node.attrs.get("orders", "original")),
+                 behavior, optional(node, "baseline_logit_diff_by_order"), optional(node, "baseline_cloze"),
+                 None if polarity is None else polarity.astype(str))
 
 
 def splits_in_store(h5: h5py.File, model_key: str, behavior: str) -> list[str]:
@@ -181,35 +225,59 @@ def splits_in_store(h5: h5py.File, model_key: str, behavior: str) -> list[str]:
     return [name for name in ("val", "test") if where in h5 and name in h5[where]]
 
 
-def eligible(group: Group, baseline_mass: np.ndarray, kl_max: float | None = None) -> np.ndarray:
-    """[k, n_scales] mask of settings where the model still answers in format and, with
-    ``kl_max`` and a KL measurement, costs at most ``kl_max`` nats per token on neutral text."""
-    ok = group.mass.mean(-1) >= MIN_MASS_SHARE * baseline_mass.mean()
+def select_by(split: Split, by: str) -> str:
+    """The score a choice can maximise on ``split``: ``by``, or the one the split has (a store
+    evaluated before cloze scores existed, or with SCORE=letter, chooses by the letter)."""
+    if by not in SELECT_BY:
+        raise ValueError(f"by must be one of {SELECT_BY}, got {by!r}")
+    if by == "cloze" and not split.has_cloze:
+        return "letter"
+    if by == "letter" and not split.has_letter:
+        return "cloze"
+    return by
+
+
+def setting_scores(group: Group, split: Split, by: str) -> np.ndarray:
+    """[k, n_scales] what a choice maximises: the mean order-mean logit difference (letter), or
+    the class-balanced mean cloze preference (cloze)."""
+    if select_by(split, by) == "cloze":
+        return balanced_mean(group.cloze, split.polarity)
+    return group.logit_diff.mean(-1)
+
+
+def eligible(group: Group, split: Split, kl_max: float | None = None) -> np.ndarray:
+    """[k, n_scales] mask of settings where the model still answers in format (the letter
+    score's answer mass, where measured) and, with ``kl_max`` and a KL measurement, costs at
+    most ``kl_max`` nats per token on neutral text."""
+    ok = np.ones(group.settings_shape, dtype=bool)
+    if group.mass is not None and split.baseline_mass is not None:
+        ok &= group.mass.mean(-1) >= MIN_MASS_SHARE * split.baseline_mass.mean()
     if kl_max is not None and group.kl is not None:
-        ok &= group.kl.mean(-1) <= kl_max
+        ok = ok & (group.kl.mean(-1) <= kl_max)
     return ok
 
 
-def choose(group: Group, split: Split, kl_max: float | None = None) -> tuple[int, int] | None:
-    """(vector, scale index) with the largest mean logit difference among eligible settings."""
-    score = np.where(eligible(group, split.baseline_mass, kl_max), group.logit_diff.mean(-1), -np.inf)
+def choose(group: Group, split: Split, kl_max: float | None = None, by: str = "letter"
+           ) -> tuple[int, int] | None:
+    """(vector, scale index) with the largest score (``setting_scores``) among eligible settings."""
+    score = np.where(eligible(group, split, kl_max), setting_scores(group, split, by), -np.inf)
     if not np.isfinite(score).any():
         return None
     vector, scale = np.unravel_index(int(np.argmax(score)), score.shape)
     return int(vector), int(scale)
 
 
-def choose_for_method(method: str, split: Split, kl_max: float | None = None
+def choose_for_method(method: str, split: Split, kl_max: float | None = None, by: str = "letter"
                       ) -> tuple[Group, int, int] | None:
     """The method's best (group, vector, scale) on ``split`` (validation, for honest reports)."""
     best = None
     for group in split.groups.values():
         if group.method != method:
             continue
-        picked = choose(group, split, kl_max)
+        picked = choose(group, split, kl_max, by)
         if picked is None:
             continue
-        value = group.logit_diff[picked[0], picked[1]].mean()
+        value = setting_scores(group, split, by)[picked]
         if best is None or value > best[0]:
             best = (value, group, *picked)
     return None if best is None else best[1:]
@@ -246,13 +314,93 @@ def nearest_scale(group: Group, scale: float) -> int:
     return int(np.argmin(np.abs(group.scales - scale)))
 
 
-def chosen_on(method: str, val: Split, split: Split, kl_max: float | None = None
+def chosen_on(method: str, val: Split, split: Split, kl_max: float | None = None, by: str = "letter"
               ) -> tuple[Group, int, int] | None:
     """The method's setting chosen on ``val``, looked up in ``split``: (its group there, vector,
     index of the nearest stored scale). None if nothing was chosen or ``split`` lacks the group."""
-    chosen = choose_for_method(method, val, kl_max)
+    chosen = choose_for_method(method, val, kl_max, by)
     if chosen is None or chosen[0].label not in split.groups:
         return None
     group, vector, s = chosen
     there = split.groups[group.label]
     return there, vector, nearest_scale(there, float(group.scales[s]))
+
+
+def random_at(split: Split, source_layer: int, scale: float) -> tuple[Group, int] | None:
+    """The random control of ``source_layer`` at its stored scale nearest ``scale``: the
+    reference a chosen setting has to beat."""
+    group = next((g for g in split.groups.values()
+                  if g.method == "random" and g.source_layer == source_layer), None)
+    return None if group is None else (group, nearest_scale(group, scale))
+
+
+# ---- cloze ----------------------------------------------------------------------------------------
+
+@dataclass
+class ClozeRow:
+    """Cloze numbers of one setting on one split, class-balanced over polarity classes."""
+    scale: float
+    positive: Stat  # class-balanced % of questions whose positive answer text is more likely
+    level: Stat  # class-balanced mean preference, nats per token
+    delta: Stat  # class-balanced mean of steered − unsteered
+    by_class: dict[str, Stat]  # Δ within each class present
+    class_n: dict[str, int]
+    polarity_shift: Stat | None  # ½(Δ_no − Δ_yes); None without both classes
+    kl: Stat | None = None
+    top1: Stat | None = None
+
+
+def stratified(per_question: np.ndarray, classes: np.ndarray, weights: dict[str, float],
+               seed: int = 0) -> Stat:
+    """Σ_c weights[c] · (mean over class c's questions) of ``per_question`` ([..., n_q], leading
+    axes averaged), with a 95% bootstrap that resamples questions within each class (so every
+    resample keeps the class sizes)."""
+    flat = np.asarray(per_question, dtype=np.float64).reshape(-1, np.shape(per_question)[-1]).mean(0)
+    masks = class_masks(classes)
+    rng = np.random.default_rng(seed)
+    value, resampled = 0.0, np.zeros(N_BOOT)
+    for name, weight in weights.items():
+        members = flat[masks[name]]
+        value += weight * members.mean()
+        resampled += weight * members[rng.integers(0, len(members), (N_BOOT, len(members)))].mean(1)
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return Stat(float(value), float(low), float(high))
+
+
+def balanced_stat(per_question: np.ndarray, classes: np.ndarray, seed: int = 0) -> Stat:
+    """The class-balanced mean (every class present weighs the same) with its interval."""
+    present = list(class_masks(classes))
+    return stratified(per_question, classes, {name: 1 / len(present) for name in present}, seed)
+
+
+def polarity_shift_stat(per_question: np.ndarray, classes: np.ndarray, seed: int = 0) -> Stat | None:
+    """½(mean over no-class − mean over yes-class questions), or None without both classes."""
+    present = class_masks(classes)
+    if "yes" not in present or "no" not in present:
+        return None
+    return stratified(per_question, classes, {"no": 0.5, "yes": -0.5}, seed)
+
+
+def cloze_row(scale: float, preference: np.ndarray, baseline: np.ndarray, classes: np.ndarray
+              ) -> ClozeRow:
+    """``preference`` is [n_q] for one vector or [n_vectors, n_q] for a pool (nats per token)."""
+    delta = preference - baseline
+    masks = class_masks(classes)
+    return ClozeRow(scale, balanced_stat(100.0 * (preference > 0), classes),
+                    balanced_stat(preference, classes), balanced_stat(delta, classes),
+                    {name: stratified(delta, classes, {name: 1.0}) for name in masks},
+                    {name: int(mask.sum()) for name, mask in masks.items()},
+                    polarity_shift_stat(delta, classes))
+
+
+def cloze_row_at(group: Group, vector: int | None, s: int, split: Split) -> ClozeRow:
+    """The cloze row of scale index ``s``: for one vector, or pooled when ``vector`` is None."""
+    def pick(values: np.ndarray | None) -> np.ndarray | None:
+        if values is None:
+            return None
+        return values[:, s] if vector is None else values[vector, s]
+
+    out = cloze_row(float(group.scales[s]), pick(group.cloze), split.cloze_baseline, split.polarity)
+    if group.kl is not None:
+        out.kl, out.top1 = stat(pick(group.kl)), stat(pick(group.top1))
+    return out

@@ -4,6 +4,12 @@ Read where θ is injected (``capture="mlp"``: the output of ``layers[S].mlp.down
 answer-letter token (``position="letter"``). ``capture="resid"`` (the block output) and
 ``position="last"`` (the final token of prompt+answer, e.g. the closing parenthesis) reproduce the
 two bugs of the original experiment as an ablation.
+
+``position="answer"`` reads the answers' *texts* instead (``caa_answer_vector``): each answer's
+activations averaged over its tokens after the question stem, with no choice block and so no
+letter (the cloze form, ``engine.cloze``). Its confound is Yes/No polarity, and it cancels the way
+the letter cancels over both orders: the vector is the mean over the polarity classes of the
+per-class mean differences (``balance``), so a direction that only says "No" drops out.
 """
 from __future__ import annotations
 
@@ -11,12 +17,16 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.cloze import ClozeItem
 from engine.parallel import SINGLE, Ranks
+from engine.polarity import class_masks
 from engine.prompts import AnswerTokens
 from engine.segment import batched_prefixes
 
 CAPTURES = ("mlp", "resid")
-POSITIONS = ("letter", "last")
+POSITIONS = ("letter", "last", "answer")
+# answer position: balanced over polarity classes, or the plain mean over pairs (ablation)
+BALANCES = ("classes", "none")
 
 
 @dataclass
@@ -25,7 +35,9 @@ class CAAResult:
     diff_norms: torch.Tensor  # [n_pairs] fp32, ‖act(pos) - act(neg)‖ per pair
     item_ids: list[str]
     resid_norm: float  # mean ‖h_S‖ over all real tokens read: the yardstick for scales
-    by_order: torch.Tensor  # [n_orders, d] fp32, the mean difference within each order
+    by_order: torch.Tensor | None = None  # [n_orders, d] fp32, the mean difference within each order
+    by_class: dict[str, torch.Tensor] | None = None  # answer position: polarity class -> mean difference
+    class_counts: dict[str, int] | None = None
 
     @property
     def norm(self) -> float:
@@ -38,15 +50,16 @@ def read_positions(answers: list[AnswerTokens], position: str) -> list[tuple[int
         return [(a.position, a.position) for a in answers]
     if position == "last":
         return [(len(a.positive_ids) - 1, len(a.negative_ids) - 1) for a in answers]
-    raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+    raise ValueError(f"position must be letter or last here (answer: caa_answer_vector), got {position!r}")
 
 
 @torch.no_grad()
-def activations(model, sequences: list[tuple[int, ...]], read_at: list[int], layer: int,
+def activations(model, sequences: list[tuple[int, ...]], read_at: list[int | range], layer: int,
                 capture: str, pad_id: int, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """[n, d] fp64 activations at ``read_at[i]`` of ``sequences[i]``, and the residual norm after
-    ``layer`` at every real token (fp32, batch after batch); one forward per batch that stops
-    after ``layer``. No sequences: no rows."""
+    """[n, d] fp64 activations at ``read_at[i]`` of ``sequences[i]`` (a position, or a range of
+    positions whose activations are averaged), and the residual norm after ``layer`` at every
+    real token (fp32, batch after batch); one forward per batch that stops after ``layer``. No
+    sequences: no rows."""
     if capture not in CAPTURES:
         raise ValueError(f"capture must be one of {CAPTURES}, got {capture!r}")
     out = torch.empty(len(sequences), model.get_input_embeddings().embedding_dim, dtype=torch.float64)
@@ -54,9 +67,10 @@ def activations(model, sequences: list[tuple[int, ...]], read_at: list[int], lay
     for batch, prefix in batched_prefixes(model, sequences, layer, pad_id, batch_size,
                                           keep_down_proj=capture == "mlp"):
         acts = prefix.down_proj if capture == "mlp" else prefix.hidden
-        rows = torch.arange(len(batch), device=acts.device)
-        picked = acts[rows, torch.tensor([read_at[i] for i in batch], device=acts.device)].double()
-        out[torch.tensor(batch)] = picked.cpu()
+        for row, i in enumerate(batch):
+            at = read_at[i]
+            picked = acts[row, at] if isinstance(at, int) else acts[row, at.start:at.stop].mean(0)
+            out[i] = picked.double().cpu()
         norms.append(prefix.residual_norms().float().cpu())
     return out, torch.cat(norms)
 
@@ -85,3 +99,26 @@ def caa_vector(model, answers: list[AnswerTokens], layer: int, pad_id: int,
     by_order = diffs.view(n_orders, -1, diffs.shape[-1]).mean(1)
     return CAAResult(by_order.mean(0).float(), diffs.norm(dim=1).float(),
                      [a.item_id for a in answers], resid_norm, by_order.float())
+
+
+def caa_answer_vector(model, items: list[ClozeItem], layer: int, pad_id: int, capture: str = "mlp",
+                      balance: bool = True, batch_size: int = 16, ranks: Ranks = SINGLE) -> CAAResult:
+    """Mean over items of act(positive answer text) − act(negative answer text), each averaged
+    over the answer's tokens after the item's prompt (no choices, no letters). With ``balance``
+    the mean over the polarity classes present of the per-class mean differences, so that a
+    Yes/No identity cancels; without, the plain mean over items (an ablation that a polarity
+    direction dominates when the classes are unequal). Shares and gathers as ``caa_vector``."""
+    if not items:
+        raise ValueError("CAA needs at least one pair")
+    mine = ranks.part(items)
+    sequences = [item.sequence(w) for w in (0, 1) for item in mine]
+    read_at = [range(len(item.prompt_ids), len(item.sequence(w))) for w in (0, 1) for item in mine]
+    acts, norms = activations(model, sequences, read_at, layer, capture, pad_id, batch_size)
+    diffs = ranks.cat_rows(acts[: len(mine)] - acts[len(mine):])
+    resid_norm = float(ranks.cat_rows(norms).double().mean())
+    masks = class_masks([item.polarity for item in items])
+    by_class = {name: diffs[torch.from_numpy(mask)].mean(0) for name, mask in masks.items()}
+    vector = torch.stack(list(by_class.values())).mean(0) if balance else diffs.mean(0)
+    return CAAResult(vector.float(), diffs.norm(dim=1).float(), [item.item_id for item in items],
+                     resid_norm, by_class={name: v.float() for name, v in by_class.items()},
+                     class_counts={name: int(mask.sum()) for name, mask in masks.items()})

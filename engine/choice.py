@@ -1,8 +1,9 @@
 """Which stored vector a target uses, and the θ it adds.
 
 A vector is either named (``METHOD/RUN/INDEX``, e.g. ``caa/L7/0``) or chosen on validation the
-way the report chooses (engine.analysis.choose_for_method: largest mean logit difference among
-settings that keep the answer mass and, with a KL limit, cost at most that on neutral text).
+way the report chooses (engine.analysis.choose_for_method: the largest class-balanced cloze
+preference, or mean logit difference, among settings that keep the answer mass and, with a KL
+limit, cost at most that on neutral text).
 Export, generate and the cross-behaviour matrix all take their vectors from here.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.analysis import choose_for_method, methods, read_split, splits_in_store
+from engine.analysis import choose_for_method, methods, read_split, select_by, splits_in_store
 from engine.errors import StoreError, UserError
 from engine.store import VectorGroup, open_for_reading, read_vector_group
 
@@ -41,19 +42,21 @@ def parse_vector(text: str) -> tuple[str, str, int]:
 
 
 def chosen_on_val(store: str | Path, key: str, behavior: str, kl_max: float | None,
-                  only: str | None = None) -> tuple[list[VectorChoice], list[str]]:
-    """Every method's (or only ``only``'s) setting chosen on the validation split, and one note
+                  only: str | None = None, by: str = "cloze") -> tuple[list[VectorChoice], list[str]]:
+    """Every method's (or only ``only``'s) setting chosen on the validation split by score
+    ``by`` (``engine.analysis.select_by``: the other where the store lacks it), and one note
     per method that has none; the random control is never chosen."""
     with open_for_reading(store) as h5:
         if "val" not in splits_in_store(h5, key, behavior):
             raise StoreError(f"no validation eval of {behavior} for {key} in {store}: run "
                              f"`make eval BEHAVIOR={behavior}` first")
         val = read_split(h5, key, behavior, "val")
+    by = select_by(val, by)
     picked, notes = [], []
     for method in methods(val) if only is None else [only]:
         if method == "random":
             continue
-        chosen = choose_for_method(method, val, kl_max)
+        chosen = choose_for_method(method, val, kl_max, by)
         if chosen is None:
             notes.append(f"{behavior}: no {method} setting keeps the answer mass up (and KL ≤ "
                          f"{kl_max}) on val; nothing chosen")

@@ -20,12 +20,13 @@ import torch
 
 from engine.prompts import AnswerTokens, common_opening
 from engine.segment import (
-    OpeningCache,
     batched_prefixes,
     opening_shareable,
+    record_opening,
     repeat_rows,
     run_layers,
     run_prefix,
+    setting_rows,
     suffix_layer_kwargs,
     with_cache,
 )
@@ -84,7 +85,7 @@ def steered_logits(model: torch.nn.Module, sequences: list[tuple[int, ...]],
     if opening:
         ids = torch.tensor([sequences[0][:opening]], device=device)
         opening_prefix = run_prefix(model, ids, torch.ones_like(ids), source_layer)
-        opening_cache = OpeningCache.record(model, opening_prefix, thetas.to(device), last_layer)
+        opening_cache = record_opening(model, opening_prefix, thetas.to(device), last_layer)
     for batch, prefix in batched_prefixes(model, sequences, source_layer, pad_id, batch_size):
         # (row, column) of every read position in the batch, counted from the end of the opening
         rows = torch.tensor([b for b, i in enumerate(batch) for _ in read_at[i]], device=device)
@@ -96,14 +97,14 @@ def steered_logits(model: torch.nn.Module, sequences: list[tuple[int, ...]],
             chunk = thetas[first:first + settings_per_pass]
             stacked_kwargs = repeat_rows(kwargs, len(batch), len(chunk))
             if opening:
-                stacked_kwargs = with_cache(stacked_kwargs, opening_cache.for_pass(
-                    slice(first, first + len(chunk)), len(batch)))
+                stacked_kwargs = with_cache(stacked_kwargs, opening_cache.attending(
+                    setting_rows(slice(first, first + len(chunk)), len(batch), device)))
             # settings are stacked setting-major: θ repeats per sequence row
             theta_rows = chunk.repeat_interleave(len(batch), dim=0)[:, None, :]
             stacked = hidden.repeat(len(chunk), 1, 1) + theta_rows.to(device=device, dtype=hidden.dtype)
             stacked = run_layers(model, stacked, stacked_kwargs, source_layer + 1, last_layer)
-            setting_rows = torch.arange(len(chunk), device=device)[:, None] * len(batch) + rows[None]
-            logits = head(model, stacked[setting_rows, cols[None].expand_as(setting_rows)])
+            read_rows = torch.arange(len(chunk), device=device)[:, None] * len(batch) + rows[None]
+            logits = head(model, stacked[read_rows, cols[None].expand_as(read_rows)])
             yield Pass(batch, slice(first, first + len(chunk)), logits,
                        [len(read_at[i]) for i in batch])
 

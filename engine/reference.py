@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.cloze import ClozeItem, token_log_probs
 from engine.evaluate import EvalResult, answer_scores
 from engine.jacobian import math_attention
 from engine.prompts import AnswerTokens, pad_right
@@ -91,3 +92,26 @@ def side_effects_plain(model: torch.nn.Module, texts: list[ScoredText], source_l
             per_kl, per_top1 = compare(unsteered[column, at], steered[column, at])
             kl[row, column], top1[row, column] = per_kl.mean(), per_top1.mean()
     return SideEffects(kl, top1)
+
+
+@torch.no_grad()
+def cloze_plain(model: torch.nn.Module, items: list[ClozeItem], source_layer: int,
+                thetas: torch.Tensor, pad_id: int, site: str = "mlp") -> torch.Tensor:
+    """Cloze log-probabilities the plain way: per setting, one padded batch of every prompt +
+    answer, a full forward with a hook at ``site``, full logits, each answer's tokens read off
+    where they are predicted. [n_settings, 2, n_items] fp64, as ``engine.cloze.cloze_logprobs``."""
+    device = next(model.parameters()).device
+    sequences = [item.sequence(w) for w in (0, 1) for item in items]
+    ids, mask = pad_right(sequences, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    out = torch.empty(thetas.shape[0], 2, len(items), dtype=torch.float64)
+    for row, theta in enumerate(thetas):
+        with add_at(model, source_layer, theta, site):
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        for which in (0, 1):
+            for column, item in enumerate(items):
+                at = torch.tensor(item.read_at(which), device=device)
+                targets = torch.tensor(item.answer(which), device=device)
+                picked = token_log_probs(logits[which * len(items) + column, at], targets)
+                out[row, which, column] = picked.double().sum()
+    return out

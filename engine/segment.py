@@ -10,8 +10,10 @@ until its first layer, whose arguments are read). ``segment`` then evaluates
 
 When all sequences open with the same tokens (the chat template's system turn: 24 of ~100 tokens
 per survival question on SmolLM2), those tokens need layers S+1.. only once per θ, not once per
-question: ``OpeningCache`` holds their keys and values and each layer's attention prepends them to
-the batch's own (``suffix_layer_kwargs`` gives the arguments for the rest of each sequence).
+question: ``record_opening`` keeps their keys and values and each layer's attention prepends them to
+the batch's own (``KeyValueCache``; ``suffix_layer_kwargs`` gives the arguments for the rest of each
+sequence). The same cache lets a cloze item's two answers attend to one run of its prompt
+(``continuation_layer_kwargs``).
 """
 from __future__ import annotations
 
@@ -143,47 +145,53 @@ def prompt_prefixes(model: torch.nn.Module, batches: list[list[tuple[int, ...]]]
     return prefixes
 
 
-class OpeningCache:
-    """Keys and values of the shared opening tokens in layers S+1.., one row per θ setting.
+class KeyValueCache:
+    """Keys and values of earlier tokens in layers S+1.., handed to HF decoder layers as
+    ``past_key_values``: their attention calls ``update(key, value, layer_idx)`` and attends over
+    what comes back.
 
-    It is passed to HF decoder layers as ``past_key_values``: their attention calls
-    ``update(key, value, layer_idx)`` and attends over what comes back. Recording (``record``) keeps
-    each layer's keys and values as they are; replaying (``for_pass``) returns the opening's,
-    one copy per batch row, followed by the batch's own. Nothing is stored while replaying, so one
-    cache serves every batch.
+    Attending to ``past`` (another cache), row r of a pass gets row ``rows[r]`` of ``past``'s keys
+    and values in front of its own: the shared opening of every question (one recorded row per θ
+    setting), or a cloze item's prompt (one recorded row per item and setting) in front of each
+    of its answers. With ``record`` the cache keeps what it returns (earlier + own), so that a
+    later pass can attend to it in turn; without, nothing is stored, so one recorded cache serves
+    every batch.
     """
 
-    def __init__(self):
-        self.keys: dict[int, torch.Tensor] = {}  # layer -> [n_settings, kv_heads, P, head_dim]
+    def __init__(self, past: "KeyValueCache | None" = None, rows: torch.Tensor | None = None,
+                 record: bool = False):
+        self.past, self.rows, self.record = past, rows, record
+        self.keys: dict[int, torch.Tensor] = {}  # layer -> [rows, kv_heads, length, head_dim]
         self.values: dict[int, torch.Tensor] = {}
-        self._rows: tuple[slice, int] | None = None  # (settings, rows per setting) while replaying
 
-    @classmethod
-    def record(cls, model: torch.nn.Module, opening: Prefix, thetas: torch.Tensor,
-               last_layer: int) -> "OpeningCache":
-        """Run the opening ([1, P] prefix) through layers S+1..last once per θ row of ``thetas``."""
-        cache = cls()
-        hidden = opening.hidden + thetas[:, None, :].to(opening.hidden)
-        run_layers(model, hidden, with_cache(opening.layer_kwargs, cache), opening.source_layer + 1,
-                   last_layer)
-        return cache
-
-    def for_pass(self, settings: slice, rows_per_setting: int) -> "OpeningCache":
-        """The view a pass of ``settings`` (setting-major, ``rows_per_setting`` rows each) uses."""
-        view = OpeningCache()
-        view.keys, view.values, view._rows = self.keys, self.values, (settings, rows_per_setting)
-        return view
+    def attending(self, rows: torch.Tensor, record: bool = False) -> "KeyValueCache":
+        """A cache for a pass whose row r attends to row ``rows[r]`` of this one."""
+        return KeyValueCache(self, rows, record)
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *_args, **_kwargs):
-        if self._rows is None:
+        if self.past is not None:
+            key = torch.cat([self.past.keys[layer_idx][self.rows], key], dim=-2)
+            value = torch.cat([self.past.values[layer_idx][self.rows], value], dim=-2)
+        if self.record:
             self.keys[layer_idx], self.values[layer_idx] = key, value
-            return key, value
-        settings, rows = self._rows
+        return key, value
 
-        def joined(opening: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-            return torch.cat([opening[settings].repeat_interleave(rows, dim=0), own], dim=-2)
 
-        return joined(self.keys[layer_idx], key), joined(self.values[layer_idx], value)
+def record_opening(model: torch.nn.Module, opening: Prefix, thetas: torch.Tensor,
+                   last_layer: int) -> KeyValueCache:
+    """The keys and values of the opening ([1, P] prefix) in layers S+1..last, one row per θ
+    row of ``thetas``."""
+    cache = KeyValueCache(record=True)
+    hidden = opening.hidden + thetas[:, None, :].to(opening.hidden)
+    run_layers(model, hidden, with_cache(opening.layer_kwargs, cache), opening.source_layer + 1,
+               last_layer)
+    return cache
+
+
+def setting_rows(settings: slice, rows_per_setting: int, device=None) -> torch.Tensor:
+    """Row of each pass row in a cache with one row per setting: a pass stacks ``settings``
+    setting-major, ``rows_per_setting`` rows each."""
+    return torch.arange(settings.start, settings.stop, device=device).repeat_interleave(rows_per_setting)
 
 
 def opening_shareable(model: torch.nn.Module, source_layer: int) -> bool:
@@ -197,7 +205,7 @@ def opening_shareable(model: torch.nn.Module, source_layer: int) -> bool:
 def suffix_layer_kwargs(layer_kwargs: dict[str, dict], attention_mask: torch.Tensor, start: int
                         ) -> dict[str, dict]:
     """Decoder-layer arguments for positions ``start..`` of a right-padded batch whose positions
-    before ``start`` come from an ``OpeningCache``: rotary embeddings and position ids of those
+    before ``start`` come from a ``KeyValueCache``: rotary embeddings and position ids of those
     positions, and an SDPA mask [B, 1, L - start, L] (True = attend) that is causal over the whole
     sequence and hides pad keys, as the model's own mask does (only for models where
     ``opening_shareable`` holds)."""
@@ -216,6 +224,48 @@ def _suffix_kwargs(layer_kwargs: dict, attention_mask: torch.Tensor, start: int)
     if layer_kwargs.get("position_ids") is not None:
         kwargs["position_ids"] = layer_kwargs["position_ids"][..., start:]
     return kwargs
+
+
+def truncated(layer_kwargs: dict[str, dict], length: int) -> dict[str, dict]:
+    """Per-type decoder-layer arguments of a right-padded batch, for its first ``length``
+    positions only (rotary embeddings and position ids; the mask is rebuilt by the caller)."""
+    def cut(kwargs: dict) -> dict:
+        out = dict(kwargs)
+        cos, sin = kwargs["position_embeddings"]
+        out["position_embeddings"] = (cos[..., :length, :], sin[..., :length, :])
+        if kwargs.get("position_ids") is not None:
+            out["position_ids"] = kwargs["position_ids"][..., :length]
+        return out
+
+    return {kind: cut(kwargs) for kind, kwargs in layer_kwargs.items()}
+
+
+def continuation_layer_kwargs(layer_kwargs: dict[str, dict], prompt_mask: torch.Tensor,
+                              starts: torch.Tensor, own_mask: torch.Tensor) -> dict[str, dict]:
+    """Decoder-layer arguments for continuation rows whose prompts come from a ``KeyValueCache``:
+    row r's keys are its prompt's (``prompt_mask[r]`` [Lp], right-padded) followed by its own
+    tokens (``own_mask[r]`` [La]), which sit at positions ``starts[r]``.. of the whole sequence.
+    The SDPA mask [R, 1, La, Lp + La] lets each own token see the real prompt tokens and the real
+    own tokens up to itself, as the model's own causal mask over prompt + continuation does.
+    ``layer_kwargs`` are those of a right-padded run over whole sequences, whose rotary tables
+    cover every position asked for (only for models where ``opening_shareable`` holds)."""
+    rows, length = own_mask.shape
+    own_at = torch.arange(length, device=own_mask.device)
+    causal = own_at[None, :] <= own_at[:, None]
+    own = causal[None] & own_mask.bool()[:, None, :]
+    prompt = prompt_mask.bool()[:, None, :].expand(rows, length, prompt_mask.shape[1])
+    mask = torch.cat([prompt, own], dim=-1)[:, None]
+
+    def place(kwargs: dict) -> dict:
+        cos, sin = kwargs["position_embeddings"]
+        positions = (starts[:, None] + own_at[None]).clamp(max=cos.shape[-2] - 1)
+        out = dict(kwargs, attention_mask=mask,
+                   position_embeddings=(cos[0][positions], sin[0][positions]))
+        if kwargs.get("position_ids") is not None:
+            out["position_ids"] = kwargs["position_ids"][0][positions]
+        return out
+
+    return {kind: place(kwargs) for kind, kwargs in layer_kwargs.items()}
 
 
 def run_layers(model: torch.nn.Module, hidden: torch.Tensor, layer_kwargs: dict[str, dict],

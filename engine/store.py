@@ -61,13 +61,19 @@ def store_key(source: str) -> str:
 
 
 def caa_run(layer: int, capture: str = "site", position: str = "letter", orders: str = "both",
-            site: str = "auto") -> str:
-    """CAA's run name: ``L7``, with the ablations as suffixes (``L7-resid-last-original``) and an
-    injection site asked for by name (``L7-at-resid``)."""
+            site: str = "auto", balance: str = "classes") -> str:
+    """CAA's run name: ``L7``, with the ablations as suffixes (``L7-resid-last-original``), the
+    answer-text position (``L7-answer``, unbalanced ``L7-answer-pooled``; orders do not apply
+    there) and an injection site asked for by name (``L7-at-resid``)."""
     name = f"L{layer}"
-    for value, default in ((capture, "site"), (position, "letter"), (orders, "both")):
+    on_texts = position == "answer"
+    for value, default in ((capture, "site"), (position, "letter")):
         if value != default:
             name += f"-{value}"
+    if on_texts and balance != "classes":
+        name += "-pooled"
+    if not on_texts and orders != "both":
+        name += f"-{orders}"
     return name if site == "auto" else f"{name}-at-{site}"
 
 

@@ -15,13 +15,14 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.behaviors import check_name, data_file, known_behaviors
+from engine.cloze import cloze_items
 from engine.data import Item, load_items
 from engine.errors import DataError, UserError
 from engine.generate import Prompt, generate_ids, prompt_ids
 from engine.model import DTYPES, REPO_ROOT, LoadedModel, cpu_bf16_native, load_model, resolve_dtype
 from engine.orders import answers_in_order
 from engine.parallel import ranks, start
-from engine.prompts import AnswerTokens
+from engine.scores import SELECT_BY
 from engine.side_effects import ScoredText
 from engine.site import SITES, resolve_site
 from engine.store import (
@@ -220,6 +221,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def add_select_by(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--select-by", choices=SELECT_BY, default=defaults.SELECT_BY,
+                   help="the score the val choice maximises: cloze (the class-balanced preference for "
+                        "the behaviour's answer text) or letter (the order-mean logit difference); a "
+                        "store without that score is chosen on by the other, with a note")
+
+
 def check_kl_max(kl_max: float) -> None:
     if not kl_max >= 0:
         raise UserError(f"KL_MAX must be 0 or more (nats per token), got {kl_max}")
@@ -265,17 +273,21 @@ def main_guard(run) -> None:
 
 
 def load_checked(args, items: list[Item], source_layers: list[int], target_layer: int | None = None,
-                 order: str = "original"
-                 ) -> tuple[LoadedModel, list[AnswerTokens], list[str], dict[int, str]]:
+                 order: str = "original", cloze: bool = False
+                 ) -> tuple[LoadedModel, list, list[str], dict[int, str]]:
     """Load the model, check the layers and resolve the injection site, and find every item's
-    answer tokens in ``order`` (``engine.orders.answers_in_order``); returns (model, answers,
-    skipped messages, site per source layer). Raises if no item is usable."""
+    answer tokens in ``order`` (``engine.orders.answers_in_order``), or with ``cloze`` its cloze
+    form (``engine.cloze.cloze_items``); returns (model, answers or cloze items, skipped
+    messages, site per source layer). Raises if no item is usable."""
     with step(f"loading {args.model} ({args.dtype})"):
         lm = load_model(args.model, args.dtype, args.device)
     sites = resolve_sites(lm, source_layers, args.site)
     if target_layer is not None:  # above the source layer: checked by the runner before loading
         lm.check_layer(target_layer, "target layer")
-    answers, skipped = answers_in_order(lm.tokenizer, items, order)
+    if cloze:
+        answers, skipped = cloze_items(lm.tokenizer, items)
+    else:
+        answers, skipped = answers_in_order(lm.tokenizer, items, order)
     for message in skipped:
         say(f"skipped: {message}")
     if not answers:
@@ -322,14 +334,16 @@ class Job:
     site: str = ""  # mlp or resid, resolved once the model is loaded
 
 
-Compute = Callable[[LoadedModel, list[AnswerTokens], Job], VectorGroup]
+Compute = Callable[[LoadedModel, list, Job], VectorGroup]  # answers: AnswerTokens or ClozeItems
 
 
 def compute_groups(args, module: str, method: str, jobs: list[Job], items: list[Item],
-                   compute: Compute, target_layer: int | None = None, order: str = "original") -> None:
+                   compute: Compute, target_layer: int | None = None, order: str = "original",
+                   cloze: bool = False) -> None:
     """The runner skeleton: skip the groups that are current (same settings, same code), load and
     check the model once for the rest, compute each and write it with its provenance. ``compute``
-    runs on every rank (each on its share, ``engine.parallel.ranks()``); rank 0 writes."""
+    gets the items' answer tokens in ``order``, or with ``cloze`` their cloze forms; it runs on
+    every rank (each on its share, ``engine.parallel.ranks()``); rank 0 writes."""
     key, version = store_key(args.model), code_version(module)
     current = ranks().same([not args.force and is_current(args.store, vectors_path(
         key, args.behavior, method, job.run), job.settings, version) for job in jobs])
@@ -342,7 +356,7 @@ def compute_groups(args, module: str, method: str, jobs: list[Job], items: list[
     if not todo:
         return
     lm, answers, skipped, sites = load_checked(args, items, sorted({j.source_layer for j in todo}),
-                                               target_layer, order)
+                                               target_layer, order, cloze)
     for job in todo:
         job.site = sites[job.source_layer]
         started, t0 = now(), time.perf_counter()

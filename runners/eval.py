@@ -1,23 +1,33 @@
-"""Evaluate every stored vector, the unsteered baseline and random controls by A/B logit difference.
+"""Evaluate every stored vector, the unsteered baseline and random controls, in two scores.
 
 For each split: the first N_EVAL questions (ordered by id, which is a hash, so the subset is an
-unbiased sample), each asked as written and mirrored (--orders both: the two answers' texts
-exchange letters), every vector group under /<model>/vectors (any method), and N_RANDOM random
-directions per source layer, at every scale. The headline logit difference is the mean over the
-two orders (the behaviour); the per-order values are stored beside it. Every setting's cost is
+unbiased sample), every vector group under /<model>/<behavior>/vectors (any method), and N_RANDOM
+random directions per source layer, at every scale, scored two ways (--score both):
+
+- letter: the A/B logit difference, each question asked as written and mirrored (--orders both:
+  the two answers' texts exchange letters). The headline is the mean over the two orders (the
+  behaviour); the per-order values are stored beside it.
+- cloze: the log-probability of each answer's text after the question stem, no choices and no
+  letters (engine/cloze.py): summed per answer, with token and character counts and each
+  question's polarity class (engine/polarity.py), so the report can cancel Yes/No polarity.
+
+Questions are those usable in every score asked for. Every setting's cost is
 measured too: the mean per-token KL(unsteered ‖ steered) and top-1 agreement over the unsteered
 model's own greedy continuation (GEN_TOKENS) of the split's first N_NEUTRAL neutral prompts,
 computed once per model and stored under /<model>/neutral/<split>. Vectors are unit-normalised before scaling unless
 --raw (then the random directions have the mean norm of the layer's stored vectors); sign-free
-vectors (PI, PI@CAA, random) also get the negative scales. Writes /<model>/evals/<split>/
-(question ids, baseline) and /<model>/evals/<split>/<method>/<run>/ (logit_diff and answer_mass
-[k, n_scales, n_q], their *_by_order [k, n_scales, n_orders, n_q], scales).
+vectors (PI, PI@CAA, random) also get the negative scales. Writes
+/<model>/<behavior>/evals/<split>/ (question ids, baselines, cloze token and character counts,
+polarity) and /<model>/<behavior>/evals/<split>/<method>/<run>/ (logit_diff and answer_mass
+[k, n_scales, n_q], their *_by_order [k, n_scales, n_orders, n_q], cloze_logprob
+[k, n_scales, 2, n_q], cloze [k, n_scales, n_q] in nats per token, scales).
 """
 import hashlib
 import time
 
 import numpy as np
 
+from engine.cloze import cloze_items, cloze_preference, cloze_token_counts
 from engine.data import SPLITS
 from engine.errors import UserError
 from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
@@ -26,7 +36,7 @@ from engine.grid import build_grid, random_directions
 from engine.model import REPO_ROOT, load_model
 from engine.orders import ORDERS, answers_in_order, n_orders
 from engine.parallel import ranks
-from engine.scores import rank_work, score
+from engine.scores import SCORES, SCORES_OF, rank_work, score
 from engine.store import (
     VectorGroup,
     code_version,
@@ -99,6 +109,9 @@ def run() -> None:
     p.add_argument("--orders", choices=ORDERS, default=defaults.ORDERS,
                    help="both: every question as written and mirrored; original or mirrored: one "
                         "order only (an ablation: its numbers mix behaviour and letter preference)")
+    p.add_argument("--score", choices=SCORES, default=defaults.SCORE,
+                   help="letter: A/B logit difference in both orders; cloze: log-probability of "
+                        "each answer's text after the stem, no letters; both")
     p.add_argument("--layer", type=int, default=defaults.LAYER,
                    help="source layer for the random control when the store holds no vectors")
     p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the random directions")
@@ -138,16 +151,37 @@ def run() -> None:
         evaluate_split(args, lm, split, items_by_split[split], neutral_by_split.get(split), groups, sites)
 
 
+def usable_questions(tokenizer, items, order: str, scores: str):
+    """The items' letter answers (``answers_in_order``, empty without the letter score) and cloze
+    forms (None without the cloze score), restricted to the questions every score can ask, in
+    item order; and the messages for the items left out."""
+    skipped: list[str] = []
+    cloze = None
+    if "cloze" in SCORES_OF[scores]:
+        cloze, skipped = cloze_items(tokenizer, items)
+        kept = {c.item_id for c in cloze}
+        items = [item for item in items if item.id in kept]
+    answers = []
+    if "letter" in SCORES_OF[scores]:
+        answers, letter_skipped = answers_in_order(tokenizer, items, order)
+        skipped += letter_skipped
+        if cloze is not None:
+            kept = {a.item_id for a in answers}
+            cloze = [c for c in cloze if c.item_id in kept]
+    return answers, cloze, skipped
+
+
 def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
                    groups: list[VectorGroup], sites: dict[int, str]) -> None:
-    answers, skipped = answers_in_order(lm.tokenizer, items, args.orders)
+    answers, cloze, skipped = usable_questions(lm.tokenizer, items, args.orders, args.score)
     for message in skipped:
         say(f"skipped: {message}")
-    if not answers:
+    if not answers and not cloze:
         raise UserError(f"no usable {split} question: every item was skipped")
     orders = n_orders(args.orders)
     version = code_version(__spec__.name)
-    question_ids = [a.item_id for a in answers[: len(answers) // orders]]
+    question_ids = ([a.item_id for a in answers[: len(answers) // orders]] if answers
+                    else [c.item_id for c in cloze])
     split_settings = settings_of(args, drop=("scales", "raw", "n_random", "max_vectors", "splits",
                                              "layer", "seed", "settings_per_pass", "batch_size"),
                                  split=split, question_ids_sha=hashlib.sha256(
@@ -179,19 +213,21 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
                                lm.d_model, args.raw, baseline=n == 0)
              for n, layer in enumerate(layers)}
     say(f"… [{split}] {sum(len(g.thetas) for g in grids.values())} settings × {len(question_ids)} "
-        f"questions × {orders} order(s), and KL on {len(texts)} neutral texts")
-    total = sum(rank_work(len(g.thetas), answers, orders, len(texts), ranks()) for g in grids.values())
+        f"questions ({args.score}: {orders} letter order(s)" + (", cloze" if cloze else "")
+        + f"), and KL on {len(texts)} neutral texts")
+    total = sum(rank_work(len(g.thetas), answers, orders, len(texts), ranks(), len(cloze or []))
+                for g in grids.values())
     with progress_bar(total, f"eval {split}", "question×setting") as bar:
         for layer, grid in grids.items():
             scored = score(lm.model, answers, orders, texts, layer, grid.thetas,
                            lm.tokenizer.pad_token_id, args.batch_size, args.settings_per_pass,
-                           progress=bar.update, ranks=ranks())
-            diff, mass = scored.logit_diff, scored.answer_mass  # [n_settings, n_orders, n_q]
+                           progress=bar.update, ranks=ranks(), cloze=cloze)
+            per_setting = {"diff": scored.logit_diff, "mass": scored.answer_mass,  # [n_settings, n_orders, n_q]
+                           "cloze": scored.cloze, "kl": scored.kl, "top1": scored.top1}
+            per_setting = {name: values for name, values in per_setting.items() if values is not None}
             if grid.baseline_row is not None:
-                baseline = (diff[grid.baseline_row], mass[grid.baseline_row])
-            per_group = {"diff": grid.unpack(diff), "mass": grid.unpack(mass)}
-            if scored.kl is not None:
-                per_group |= {"kl": grid.unpack(scored.kl), "top1": grid.unpack(scored.top1)}
+                baseline = {name: values[grid.baseline_row] for name, values in per_setting.items()}
+            per_group = {name: grid.unpack(values) for name, values in per_setting.items()}
             for span in grid.spans:
                 results[span.group.label] = (span, {name: values[span.group.label]
                                                     for name, values in per_group.items()})
@@ -200,23 +236,39 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
     if ranks().writer:  # rank 0 alone writes: baseline and every group in one atomic update
         with writing(args.store) as h5:
             if fresh_split or split_path not in h5:
-                write_eval_split(h5, lm, args.behavior, split, {
-                    "question_ids": np.array(question_ids),
-                    "baseline_logit_diff": baseline[0].mean(0).astype(np.float32),
-                    "baseline_answer_mass": baseline[1].mean(0).astype(np.float32),
-                    "baseline_logit_diff_by_order": baseline[0].astype(np.float32),
-                    "baseline_answer_mass_by_order": baseline[1].astype(np.float32),
-                    "neutral_ids": np.array([text.prompt_id for text in texts], dtype=str)},
-                    run_attrs(split_settings, version, started, seconds, skipped=skipped,
-                              orders=args.orders, behavior=args.behavior, nproc=ranks().size))
+                split_data = {"question_ids": np.array(question_ids),
+                              "neutral_ids": np.array([text.prompt_id for text in texts], dtype=str)}
+                if "diff" in baseline:
+                    split_data |= {
+                        "baseline_logit_diff": baseline["diff"].mean(0).astype(np.float32),
+                        "baseline_answer_mass": baseline["mass"].mean(0).astype(np.float32),
+                        "baseline_logit_diff_by_order": baseline["diff"].astype(np.float32),
+                        "baseline_answer_mass_by_order": baseline["mass"].astype(np.float32)}
+                if cloze:
+                    n_tokens = cloze_token_counts(cloze)
+                    split_data |= {
+                        "baseline_cloze_logprob": baseline["cloze"].astype(np.float32),
+                        "baseline_cloze": cloze_preference(baseline["cloze"], n_tokens).astype(np.float32),
+                        "cloze_n_tokens": n_tokens,
+                        "cloze_n_chars": np.array([[c.positive_chars for c in cloze],
+                                                   [c.negative_chars for c in cloze]], dtype=np.int32),
+                        "polarity": np.array([c.polarity for c in cloze])}
+                write_eval_split(h5, lm, args.behavior, split, split_data, run_attrs(
+                    split_settings, version, started, seconds, skipped=skipped, orders=args.orders,
+                    score=args.score, behavior=args.behavior, nproc=ranks().size))
             for label, (span, values) in results.items():
                 g = span.group
-                diff, mass = values["diff"], values["mass"]
-                datasets = {"logit_diff": diff.mean(2).astype(np.float32),
-                            "answer_mass": mass.mean(2).astype(np.float32),
-                            "logit_diff_by_order": diff.astype(np.float32),
-                            "answer_mass_by_order": mass.astype(np.float32),
-                            "scales": np.array(span.scales, dtype=np.float32)}
+                datasets = {"scales": np.array(span.scales, dtype=np.float32)}
+                if "diff" in values:
+                    diff, mass = values["diff"], values["mass"]
+                    datasets |= {"logit_diff": diff.mean(2).astype(np.float32),
+                                 "answer_mass": mass.mean(2).astype(np.float32),
+                                 "logit_diff_by_order": diff.astype(np.float32),
+                                 "answer_mass_by_order": mass.astype(np.float32)}
+                if "cloze" in values:  # [k, n_scales, 2, n_q]
+                    datasets |= {"cloze_logprob": values["cloze"].astype(np.float32),
+                                 "cloze": cloze_preference(values["cloze"], cloze_token_counts(cloze)
+                                                           ).astype(np.float32)}
                 if "kl" in values:  # [k, n_scales, n_neutral]
                     datasets |= {"kl": values["kl"].astype(np.float32), "top1": values["top1"].astype(np.float32)}
                 if g.method == "random":
@@ -224,7 +276,7 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
                 write_eval_group(h5, lm, args.behavior, split, g.method, g.run, datasets, run_attrs(
                     settings_by_label[label], version, started, seconds, source_layer=g.source_layer,
                     site=sites[g.source_layer],
-                    sign_free=int(g.sign_free), raw=int(args.raw), orders=args.orders,
+                    sign_free=int(g.sign_free), raw=int(args.raw), orders=args.orders, score=args.score,
                     vector_group="" if g.method == "random" else vectors_path(lm.key, args.behavior, g.method, g.run),
                     nproc=ranks().size))
     say(f"{split_path}: wrote baseline and {len(results)} groups in {seconds:.0f}s")

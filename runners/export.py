@@ -19,7 +19,7 @@ from engine.export import ExportedVector, gguf_direction_index, write_all
 from engine.model import REPO_ROOT
 from engine.store import store_key
 from runners import defaults
-from runners.cli import add_behavior, check_kl_max, main_guard, resolve_behavior, say
+from runners.cli import add_behavior, add_select_by, check_kl_max, main_guard, resolve_behavior, say
 
 
 def exported(store: str, model: str, behavior: str, choice: VectorChoice) -> ExportedVector:
@@ -41,6 +41,7 @@ def run() -> None:
                    help="with --vector: signed L2 norm of what is added (default: the raw vector)")
     p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
                    help="without --vector: choose as the report does, among settings with mean KL ≤ this")
+    add_select_by(p)
     add_behavior(p, data=False)
     args = p.parse_args()
     resolve_behavior(args)
@@ -53,7 +54,8 @@ def run() -> None:
     if args.vector is not None:
         picks = [VectorChoice(*parse_vector(args.vector), args.scale)]
     else:
-        picks, notes = chosen_on_val(args.store, key, args.behavior, args.kl_max)
+        picks, notes = chosen_on_val(args.store, key, args.behavior, args.kl_max,
+                                     by=args.select_by)
         for note in notes:
             say(note)
     vectors = [exported(args.store, args.model, args.behavior, pick) for pick in picks]

@@ -46,6 +46,7 @@ from engine.store import (
 from runners import defaults
 from runners.cli import (
     add_behavior,
+    add_select_by,
     add_site,
     behavior_items,
     check_kl_max,
@@ -110,7 +111,8 @@ def steered_settings(args: argparse.Namespace) -> list[Setting]:
         picks = [VectorChoice(*parse_vector(args.vector), scale)
                  for scale in args.scales or scale_list(defaults.SCALES)]
     else:
-        picks, notes = chosen_on_val(args.store, key, args.behavior, args.kl_max)
+        picks, notes = chosen_on_val(args.store, key, args.behavior, args.kl_max,
+                                     by=args.select_by)
         for note in notes:
             say(note)
         if not picks:
@@ -190,10 +192,10 @@ def markdown(node: h5py.Group, key: str, behavior: str, store: str) -> str:
     texts, tokens, seconds = text("texts"), node["new_tokens"][()], node["seconds"][()]
     mode = f"sampled (seed {settings['seed']})" if settings["sample"] else "greedy"
     chosen = (f"`{settings['vector']}` at the scales asked for" if settings["vector"] else
-              "each method's vector and scale chosen on validation as the report chooses (largest "
-              "mean logit difference whose answer mass stays at half the baseline's or more and "
-              f"whose mean KL on neutral text is at most {settings.get('kl_max')}; random controls "
-              "left out)")
+              "each method's vector and scale chosen on validation as the report chooses (the "
+              f"largest {settings.get('select_by', 'letter')} score whose answer mass stays at half "
+              "the baseline's or more and whose mean KL on neutral text is at most "
+              f"{settings.get('kl_max')}; random controls left out)")
     lines = [f"# Generations of {key}, {behavior}", "",
              f"Completions of {len(prompts)} prompts, {mode}, up to {settings['max_new_tokens']} new "
              f"tokens. Steered: {chosen}. θ = scale × unit vector is added to "
@@ -235,6 +237,7 @@ def run() -> None:
                    help="this stored vector instead of each method's choice on val")
     p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
                    help="without --vector: choose as the report does, among settings with mean KL ≤ this")
+    add_select_by(p)
     p.add_argument("--scales", type=scale_list, default=None,
                    help=f"with --vector: signed scales (L2 norm of θ); default {defaults.SCALES!r}")
     p.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS, help="length of each completion")

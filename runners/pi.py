@@ -3,8 +3,9 @@
 θ is added at layers[S].mlp.down_proj; h_T is the residual output of layers[T] at the prompts' real
 positions (all, or the last N of each). The prompts are the first N train questions formatted as in
 eval, up to the answer letter. --at zero linearises at θ₀ = 0 (method `pi`, run L<S>-T<T>);
---at caa at θ₀ = the stored raw CAA vector of the same layer (method `pi_caa`, same run name), or,
-with --at-scales, at θ₀ = s · unit(CAA) for each s (runs L<S>-T<T>-at<s>): the Jacobian along the
+--at caa at θ₀ = the stored raw CAA vector of the same layer (method `pi_caa`, same run name; the
+CAA read on the answer texts, or with --caa-position letter the one read at the answer letter,
+run names ending -letter), or, with --at-scales, at θ₀ = s · unit(CAA) for each s (runs L<S>-T<T>-at<s>): the Jacobian along the
 path CAA steers on. Each such group also records how far J moved from θ₀ = 0 (the stored `pi`
 group of the same settings): the principal angles between the top-k subspaces and
 ‖J(θ₀)v − J(0)v‖ / ‖J(0)v‖ for the top vectors v of J(0). The prompts' prefix is computed once
@@ -83,6 +84,9 @@ def run() -> None:
                         "with this, not with K + OVERSAMPLE (README: memory); all: every vector at once")
     p.add_argument("--at", choices=["zero", "caa"], default="zero",
                    help="linearisation point θ₀: 0, or the stored CAA vector of --layer")
+    p.add_argument("--caa-position", choices=("answer", "letter"), default=defaults.AT_POSITION,
+                   help="with --at caa: which CAA vector θ₀ is: read on the answer texts (answer) or "
+                        "at the answer letter (letter; run names gain -letter)")
     p.add_argument("--at-scales", type=scale_list, default=None, metavar="'S1 S2 ...'",
                    help="with --at caa: linearise at θ₀ = s · unit(CAA) for each s (L2 norm of θ₀, "
                         "signed) instead of at the raw CAA vector; one group per scale")
@@ -96,7 +100,7 @@ def run() -> None:
     method = "pi" if args.at == "zero" else "pi_caa"
     caa, reference = None, None
     if args.at == "caa":
-        run_name = caa_run(args.layer, site=args.site)
+        run_name = caa_run(args.layer, position=args.caa_position, site=args.site)
         caa = read_vector_group(args.store, key, args.behavior, "caa", run_name, make=f"make caa LAYERS={args.layer}")
         caa_source = (f"/{vectors_path(key, args.behavior, 'caa', run_name)} ({caa.attrs.get('code_version')} "
                       f"started {caa.attrs.get('started')})")
@@ -118,8 +122,10 @@ def run() -> None:
         return scale * vector / vector.norm(), f"{scale:+g} · unit({caa_source})"
 
     scales = args.at_scales if args.at_scales is not None else [None]
-    jobs = [Job(linearised_run(args.layer, args.target, scale), args.layer,
-                settings_of(args, drop=("at_scales",), method=method, at_scale=scale,
+    at_letter = args.at == "caa" and args.caa_position == "letter"
+    drop = ("at_scales",) if args.at == "caa" else ("at_scales", "caa_position")
+    jobs = [Job(linearised_run(args.layer, args.target, scale) + ("-letter" if at_letter else ""), args.layer,
+                settings_of(args, drop=drop, method=method, at_scale=scale,
                             theta0_source=theta0_of(scale)[1]))
             for scale in scales]
     shared: dict = {}  # what the scales of one run share: prompts' prefixes, J(0), the last Ritz block

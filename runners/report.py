@@ -5,29 +5,39 @@ baseline; the random control pools all its directions. Then the summary: per met
 and scale chosen on validation with its test numbers, and beside it, labelled, the best-on-test
 setting (the optimistic selection that picks on the same questions it scores).
 
-Counterbalanced evals (every question as written and mirrored) show the order-mean logit
-difference (the behaviour), the letter shift (half the difference between the orders) and the
-consistency of the two orders; single-order evals say that their numbers mix both.
+Two scores, one table each. Letter: counterbalanced evals (every question as written and
+mirrored) show the order-mean logit difference (the behaviour), the letter shift (half the
+difference between the orders) and the consistency of the two orders; single-order evals say
+that their numbers mix both. Cloze (each answer's text after the stem, no letters, nats per
+token): the class-balanced Δ (mean over the Yes/No/other polarity classes of the class means),
+the Δ within each class and the polarity shift ½(Δ_no − Δ_yes), which a pure Yes/No direction
+moves and the balanced Δ does not. The val choice maximises --select-by (cloze by default); both
+summaries show that one choice.
 """
 import argparse
 
 from engine.analysis import (
     MIN_MASS_SHARE,
+    ClozeRow,
     Row,
     Split,
     choose_for_method,
     chosen_on,
+    cloze_row_at,
     methods,
+    random_at,
     read_split,
     row_at,
     scale_rows,
+    select_by,
     splits_in_store,
 )
 from engine.errors import UserError
 from engine.model import REPO_ROOT
+from engine.polarity import POLARITIES
 from engine.store import open_for_reading, store_key
 from runners import defaults
-from runners.cli import add_behavior, check_kl_max, main_guard, no_evals, resolve_behavior
+from runners.cli import add_behavior, add_select_by, check_kl_max, main_guard, no_evals, resolve_behavior
 
 # Where the baseline's orders agree on fewer questions than this (the upper end of its interval),
 # its preferences are no better than a coin toss across orders.
@@ -78,34 +88,141 @@ def orders_note(split: Split) -> list[str]:
     return lines + [""]
 
 
-def method_tables(split: Split, val: Split, kl_max: float | None) -> list[str]:
-    out = orders_note(split)
-    base = split.baseline_row()
+def cloze_header(split: Split) -> str:
+    names = ["Scale", f"{split.positive_label} (cloze, balanced)", "preference (nats/token)",
+             "Δ (balanced)", *[f"Δ {name}" for name in class_names(split)], "polarity shift"]
+    if has_kl(split):
+        names += ["KL (nats/token)", "top-1 kept"]
+    return "| " + " | ".join(names) + " |\n|" + "---|" * len(names)
+
+
+def class_names(split: Split) -> list[str]:
+    """The polarity classes present in ``split``, with their question counts, as column names."""
+    present = [name for name in POLARITIES if (split.polarity == name).any()]
+    return [f"{name} (n={int((split.polarity == name).sum())})" for name in present]
+
+
+def cloze_cells(r: ClozeRow) -> list[str]:
+    return [*(r.by_class[name].fmt(3, True) for name in POLARITIES if name in r.by_class),
+            r.polarity_shift.fmt(3, True) if r.polarity_shift is not None else "–"]
+
+
+def cloze_table_row(r: ClozeRow, label: str | None = None, kl_columns: bool = False) -> str:
+    scale = label if label is not None else f"{r.scale:+g}"
+    cells = [scale, r.positive.fmt(), r.level.fmt(3, True), r.delta.fmt(3, True), *cloze_cells(r)]
+    if kl_columns:
+        cells += ([r.kl.fmt(3), r.top1.fmt(2)] if r.kl is not None else ["0", "1"])
+    return "| " + " | ".join(cells) + " |"
+
+
+def cloze_note(split: Split) -> list[str]:
+    base, levels = split.cloze_baseline_row(), split.cloze_levels()
+    by_class = ", ".join(f"{name} {level.fmt(3, True)}" for name, level in levels.items() if name != "shift")
+    lines = [f"**Cloze** (each answer's text after the question, no choices, no letters; nats per "
+             f"token): unsteered, the {split.behavior} answer's text is preferred by "
+             f"{base.level.fmt(3, True)} class-balanced (by polarity class: {by_class})."]
+    if "shift" in levels:
+        lines.append(f"The model's own polarity shift, half its no-class minus its yes-class preference, "
+                     f"is {levels['shift'].fmt(3, True)}. A Yes/No direction moves the two classes in "
+                     "opposite directions: read the balanced Δ, and the polarity-shift column for how "
+                     "much of a change is Yes/No.")
+    return lines + [""]
+
+
+def method_tables(split: Split, val: Split, kl_max: float | None, by: str) -> list[str]:
+    out = orders_note(split) if split.has_letter else []
+    out += cloze_note(split) if split.has_cloze else []
     kl_columns = has_kl(split)
     for method in methods(split):
-        chosen = chosen_on(method, val, split, kl_max)
+        chosen = chosen_on(method, val, split, kl_max, by)
         if chosen is None:
             continue
         group, vector, _ = chosen
-        if method == "random":
-            title = f"random control ({group.logit_diff.shape[0]} directions pooled, {group.run})"
-            rows = scale_rows(group, None, split)
+        pooled = method == "random"
+        if pooled:
+            title = f"random control ({group.settings_shape[0]} directions pooled, {group.run})"
         else:
-            title = f"{group.label}, vector {vector} (chosen on val)"
-            rows = scale_rows(group, vector, split)
-        out += [f"#### {title}", "", header(split), table_row(base, "0 (baseline)", kl_columns)]
-        out += [table_row(r, kl_columns=kl_columns) for r in rows] + [""]
+            title = f"{group.label}, vector {vector} (chosen on val by {by})"
+        which = None if pooled else vector
+        if split.has_letter:
+            out += [f"#### {title}: letter", "", header(split),
+                    table_row(split.baseline_row(), "0 (baseline)", kl_columns)]
+            out += [table_row(r, kl_columns=kl_columns) for r in scale_rows(group, which, split)] + [""]
+        if split.has_cloze:
+            out += [f"#### {title}: cloze", "", cloze_header(split),
+                    cloze_table_row(split.cloze_baseline_row(), "0 (baseline)", kl_columns)]
+            out += [cloze_table_row(cloze_row_at(group, which, s, split), kl_columns=kl_columns)
+                    for s in range(len(group.scales))] + [""]
     return out
 
 
-def summary(val: Split, test: Split, kl_max: float | None) -> list[str]:
+def choices(val: Split, test: Split, kl_max: float | None, by: str) -> dict[str, tuple | None]:
+    """Per method: its setting chosen on val by ``by``, looked up on test."""
+    return {method: chosen_on(method, val, test, kl_max, by) for method in methods(test)}
+
+
+def rule_text(test: Split, kl_max: float | None) -> str:
+    kl = has_kl(test) and kl_max is not None
+    mass = f"answer mass ≥ {MIN_MASS_SHARE:.0%} of baseline" if test.has_letter else ""
+    parts = [part for part in (mass, f"KL ≤ {kl_max:g}" if kl else "") if part]
+    return " and ".join(parts) or "every setting"
+
+
+def summary(val: Split, test: Split, kl_max: float | None, by: str) -> list[str]:
+    picked = choices(val, test, kl_max, by)
+    score = {"cloze": "the class-balanced cloze preference", "letter": "the order-mean logit difference"}[by]
+    out = [f"### Summary: chosen on validation by {score}, scored on test", ""]
+    if test.has_cloze:
+        out += cloze_summary(test, picked, kl_max, by)
+    if test.has_letter:
+        out += letter_summary(test, picked, kl_max, by)
+    out += [f"Chosen: the largest {score} on validation among settings with {rule_text(test, kl_max)}. "
+            f"Intervals: 95% bootstrap over questions (Δ paired; cloze: resampled within each polarity "
+            f"class). n = {test.n_questions} test questions.", ""]
+    if has_kl(test) and kl_max is not None:
+        out += without_kl_rule(val, test, kl_max, by)
+    return out
+
+
+def cloze_summary(test: Split, picked: dict, kl_max: float | None, by: str) -> list[str]:
+    kl = has_kl(test)
+    names = ["Method", "Vector", "Scale", "Δ cloze, balanced (test)", "random, same scale: Δ",
+             *[f"Δ {name}" for name in class_names(test)], "polarity shift"]
+    names += (["KL (test)"] if kl else []) + ["best-on-test (optimistic): vector, scale, Δ"]
+    out = ["#### Cloze (answer texts, no letters; nats per token)", "",
+           "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    base = test.cloze_baseline_row()
+    out.append("| " + " | ".join(["baseline", "–", "0", f"{base.level.fmt(3, True)} (level)", "–",
+                                  *["–"] * (len(names) - 6 - kl), *(["0"] if kl else []), "–"]) + " |")
+    for method, chosen in picked.items():
+        if chosen is None:
+            out.append(f"| {method} | no setting with {rule_text(test, kl_max)} on val |" + " |" * (len(names) - 2))
+            continue
+        group, vector, s = chosen
+        r = cloze_row_at(group, vector, s, test)
+        reference = random_at(test, group.source_layer, float(group.scales[s]))
+        random_cell = "–"
+        if reference is not None and method != "random":
+            random_cell = cloze_row_at(reference[0], None, reference[1], test).delta.fmt(3, True)
+        out.append("| " + " | ".join([method, f"{group.run} #{vector}", f"{r.scale:+g}", r.delta.fmt(3, True),
+                                      random_cell, *cloze_cells(r), *([r.kl.fmt(3)] if kl else []),
+                                      best_on_test(method, test, kl_max, "cloze")]) + " |")
+    out += ["", "Δ balanced: the mean over the polarity classes present of each class's mean Δ, so that a "
+                "pure Yes/No direction cancels; polarity shift: ½(Δ no − Δ yes), what such a direction "
+                "moves. Random, same scale: the random directions of the same source layer, pooled, at "
+                "the stored scale nearest the chosen one." + (" KL: mean per-token KL(unsteered ‖ steered) "
+                "in nats over the unsteered model's greedy continuation of neutral prompts." if kl else ""), ""]
+    return out
+
+
+def letter_summary(test: Split, picked: dict, kl_max: float | None, by: str) -> list[str]:
     both, kl = test.counterbalanced, has_kl(test)
     names = ["Method", "Vector", "Scale", f"{test.positive_label} (test)", "Δ (test)"]
     names += ["letter shift (test)", "consistency % (test)"] if both else []
     names += ["answer mass (test)"] + (["KL (test)"] if kl else [])
     names.append("best-on-test (optimistic): vector, scale, %, Δ")
-    out = ["### Summary: chosen on validation, scored on test", "",
-           "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    out = ["#### Letter (A/B logit difference)" + (", chosen by the cloze score" if by == "cloze" else ""),
+           "", "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
 
     def cells(r: Row) -> list[str]:
         extra = [r.letter_shift.fmt(2, True), r.consistency.fmt()] if both else []
@@ -115,50 +232,47 @@ def summary(val: Split, test: Split, kl_max: float | None) -> list[str]:
     base = cells(test.baseline_row())
     base[1] = "–"
     out.append("| " + " | ".join(["baseline", "–", "0", *base, "–"]) + " |")
-    rule = f"answer mass ≥ {MIN_MASS_SHARE:.0%} of baseline" + (f" and KL ≤ {kl_max:g}" if kl and kl_max is not None else "")
-    for method in methods(test):
-        chosen = chosen_on(method, val, test, kl_max)
+    for method, chosen in picked.items():
         if chosen is None:
-            out.append(f"| {method} | no setting with {rule} on val |" + " |" * (len(names) - 2))
+            out.append(f"| {method} | no setting with {rule_text(test, kl_max)} on val |" + " |" * (len(names) - 2))
             continue
         on_test, vector, scale = chosen
         r = row_at(on_test, vector, scale, test)
         out.append("| " + " | ".join([method, f"{on_test.run} #{vector}", f"{r.scale:+g}", *cells(r),
-                                      best_on_test(method, test, kl_max)]) + " |")
+                                      best_on_test(method, test, kl_max, "letter")]) + " |")
     orders = ("Both answer orders: Δ is the order-mean (behaviour); letter shift is half the "
-              "difference as written − mirrored. " if both else
-              f"Single order ({test.orders}): numbers mix behaviour and letter preference. ")
-    cost = (" KL: mean per-token KL(unsteered ‖ steered) in nats over the unsteered model's greedy "
-            "continuation of neutral prompts." if kl else "")
-    out += ["", f"Chosen: the largest mean logit difference on validation among settings with {rule}. "
-                f"{orders}Intervals: 95% bootstrap over questions (Δ paired). n = {len(test.baseline)} "
-                f"test questions.{cost}", ""]
-    if kl and kl_max is not None:
-        out += without_kl_rule(val, test, kl_max)
-    return out
+              "difference as written − mirrored." if both else
+              f"Single order ({test.orders}): numbers mix behaviour and letter preference.")
+    return out + ["", orders, ""]
 
 
-def without_kl_rule(val: Split, test: Split, kl_max: float) -> list[str]:
+def without_kl_rule(val: Split, test: Split, kl_max: float, by: str) -> list[str]:
     """What each method would report without the KL rule, to show what the rule costs or saves."""
-    out = ["Without the KL rule (answer mass only), validation would choose:", ""]
+    out = ["Without the KL rule (" + ("answer mass only" if test.has_letter else "every setting")
+           + "), validation would choose:", ""]
     for method in methods(test):
-        chosen = chosen_on(method, val, test)
+        chosen = chosen_on(method, val, test, None, by)
         if chosen is None:
             continue
         on_test, vector, scale = chosen
-        r = row_at(on_test, vector, scale, test)
-        with_rule = chosen_on(method, val, test, kl_max)
+        delta = (cloze_row_at(on_test, vector, scale, test).delta.fmt(3, True) if by == "cloze"
+                 else row_at(on_test, vector, scale, test).delta.fmt(2, True))
+        kl = cloze_row_at(on_test, vector, scale, test).kl if test.has_cloze else row_at(on_test, vector, scale, test).kl
+        with_rule = chosen_on(method, val, test, kl_max, by)
         same = with_rule is not None and with_rule[0] is on_test and with_rule[1:] == chosen[1:]
-        out.append(f"- {method}: {on_test.run} #{vector} at {r.scale:+g}: Δ {r.delta.fmt(2, True)}, "
-                   f"KL {r.kl.fmt(3)} (test)" + (" (the same setting)" if same else ""))
+        out.append(f"- {method}: {on_test.run} #{vector} at {float(on_test.scales[scale]):+g}: Δ ({by}) {delta}, "
+                   f"KL {kl.fmt(3)} (test)" + (" (the same setting)" if same else ""))
     return out + [""]
 
 
-def best_on_test(method: str, test: Split, kl_max: float | None = None) -> str:
-    best = choose_for_method(method, test, kl_max)
+def best_on_test(method: str, test: Split, kl_max: float | None, by: str) -> str:
+    best = choose_for_method(method, test, kl_max, by)
     if best is None:
         return "–"
     group, vector, scale = best
+    if by == "cloze":
+        r = cloze_row_at(group, vector, scale, test)
+        return f"{group.run} #{vector}, {r.scale:+g}, {r.delta.value:+.3f}"
     r = row_at(group, vector, scale, test)
     return f"{group.run} #{vector}, {r.scale:+g}, {r.positive.value:.1f}%, {r.delta.value:+.2f}"
 
@@ -170,6 +284,7 @@ def run() -> None:
     p.add_argument("--model", default=str(REPO_ROOT / defaults.MODEL), help="model whose evals to report")
     p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
                    help="choose only among settings whose mean KL on neutral text is at most this")
+    add_select_by(p)
     add_behavior(p, data=False)
     args = p.parse_args()
     resolve_behavior(args)
@@ -183,12 +298,16 @@ def run() -> None:
     val = splits.get("val")
     if val is None:
         raise UserError("the report chooses vectors on the validation split: run `make eval SPLITS=\"val test\"`")
+    by = select_by(val, args.select_by)
     lines = [f"# Steering report: {key}, {val.behavior}", ""]
+    if by != args.select_by:
+        lines += [f"(This store has no {args.select_by} scores, so every choice below is by the {by} "
+                  f"score; `make eval SCORE=both` adds them.)", ""]
     for name, split in splits.items():
-        lines += [f"## Split: {name} (n = {len(split.baseline)} questions)", ""]
-        lines += method_tables(split, val, args.kl_max)
+        lines += [f"## Split: {name} (n = {split.n_questions} questions)", ""]
+        lines += method_tables(split, val, args.kl_max, by)
     if "test" in splits:
-        lines += summary(val, splits["test"], args.kl_max)
+        lines += summary(val, splits["test"], args.kl_max, by)
     print("\n".join(lines))
 
 

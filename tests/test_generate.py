@@ -295,7 +295,7 @@ def test_the_val_choice_respects_kl_max_as_the_report_does(inputs, tiny_dir):
 
     def chosen(kl_max):
         args = SimpleNamespace(vector=None, store=str(inputs.store), model=str(tiny_dir), kl_max=kl_max,
-                               behavior=BEHAVIOR)
+                               behavior=BEHAVIOR, select_by="letter")
         return [(row.method, row.scale) for row in steered_settings(args)]
 
     assert chosen(0.1) == [("caa", 2.0), ("pi", -4.0)]

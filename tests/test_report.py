@@ -12,7 +12,7 @@ def test_summary_shows_the_val_choice_with_test_numbers_and_the_test_best_apart(
     store = write_store(tmp_path / "store.h5")
     with h5py.File(store, "r") as h5:
         val, test = read_split(h5, KEY, BEHAVIOR, "val"), read_split(h5, KEY, BEHAVIOR, "test")
-    line = next(l for l in report.summary(val, test, None) if l.startswith("| pi |"))
+    line = next(l for l in report.summary(val, test, None, "letter") if l.startswith("| pi |"))
     group = test.groups["pi/L7-T20"]
     vector, s = PI_VAL_BEST
     expected = row(SIGNED[s], group.logit_diff[vector, s], group.mass[vector, s], test.baseline)
@@ -29,9 +29,9 @@ def test_a_store_without_orders_is_reported_as_single_order(tmp_path):
     with h5py.File(store, "r") as h5:
         val, test = read_split(h5, KEY, BEHAVIOR, "val"), read_split(h5, KEY, BEHAVIOR, "test")
     assert not test.counterbalanced and test.baseline_row().letter_shift is None
-    tables = "\n".join(report.method_tables(test, val, None))
+    tables = "\n".join(report.method_tables(test, val, None, "letter"))
     assert "**Single order (original).**" in tables and "letter shift" not in tables
-    assert "Single order (original): numbers mix behaviour and letter preference" in "\n".join(report.summary(val, test, None))
+    assert "Single order (original): numbers mix behaviour and letter preference" in "\n".join(report.summary(val, test, None, "letter"))
 
 
 @pytest.mark.parametrize("spread, warned", [(5.0, True), (0.01, False)])
@@ -44,10 +44,10 @@ def test_counterbalanced_tables_show_letter_shift_and_warn_when_orders_disagree(
     assert base.letter_shift.value == pytest.approx(((written - mirrored) / 2).mean(), abs=1e-6)
     assert base.consistency.value == pytest.approx(100 * np.mean((written > 0) == (mirrored > 0)))
     assert base.correlation.value == pytest.approx(np.corrcoef(written, mirrored)[0, 1], abs=1e-6)
-    tables = "\n".join(report.method_tables(test, val, None))
+    tables = "\n".join(report.method_tables(test, val, None, "letter"))
     assert "| Scale | survival % | Avg logit diff (order mean) |" in tables
     assert ("no order-stable preference" in tables) is warned
-    line = next(l for l in report.summary(val, test, None) if l.startswith("| pi |"))
+    line = next(l for l in report.summary(val, test, None, "letter") if l.startswith("| pi |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     group = test.groups["pi/L7-T20"]
     vector, s = PI_VAL_BEST
@@ -67,12 +67,13 @@ def test_kl_rule_keeps_the_choice_among_cheap_settings_and_the_report_says_what_
     assert ruled[0].kl[ruled[1], ruled[2]].mean() <= 0.025  # chosen on val; its val twin is cheap too
     val_group = val.groups["pi/L7-T20"]
     assert val_group.kl[ruled[1], ruled[2]].mean() <= 0.025
-    lines = report.summary(val, test, 0.025)
-    assert "KL (test)" in lines[2] and "Without the KL rule" in "\n".join(lines)
+    lines = report.summary(val, test, 0.025, "letter")
+    header = next(l for l in lines if l.startswith("| Method |"))
+    assert "KL (test)" in header and "Without the KL rule" in "\n".join(lines)
     line = next(l for l in lines if l.startswith("| pi |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert float(cells[6].split()[0]) < 0.05  # the chosen setting's KL on test
-    assert "KL (nats/token)" in "\n".join(report.method_tables(test, val, 0.025))
+    assert "KL (nats/token)" in "\n".join(report.method_tables(test, val, 0.025, "letter"))
 
 
 def test_report_refuses_a_negative_kl_max(tmp_path, monkeypatch, capsys):

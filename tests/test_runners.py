@@ -36,8 +36,16 @@ def test_caa_runner_writes_vector_with_its_settings_then_skips(tiny_dir, tmp_pat
         assert settings["position"] == "letter" and settings["dtype"] == "fp32"
         assert group.attrs["code_version"].startswith("src-") and group.attrs["seconds"] > 0
         assert "L1" in vectors
+        # the default positions: the letter and the answer texts, one group each
+        answer = vectors["L2-answer"]
+        answer_settings = json.loads(answer.attrs["settings"])
+        assert answer_settings["position"] == "answer" and answer_settings["balance"] == "classes"
+        assert "orders" not in answer_settings and answer.attrs["position"] == "answer"
+        classes = list(answer["classes"][()].astype(str))
+        assert answer["by_class"].shape == (len(classes), 64) and answer["class_counts"][()].sum() == 6
+        assert np.allclose(answer["by_class"][()].mean(0), answer["vectors"][0], atol=1e-6)
     again = run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", "1 2", "--n-train", 6)
-    assert again.returncode == 0 and again.stderr.count("up to date") == 2
+    assert again.returncode == 0 and again.stderr.count("up to date") == 4
 
 
 def test_caa_runner_refuses_layer_out_of_range_and_leaves_store_untouched(tiny_dir, tmp_path):
@@ -140,7 +148,8 @@ def test_export_writes_the_val_choice_and_its_pt_file_reproduces_the_eval(tiny_d
     from engine.reference import evaluate_plain
 
     store, out = tmp_path / "store.h5", tmp_path / "export"
-    assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 6).returncode == 0
+    assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 6,
+               "--position", "letter").returncode == 0
     evaluated = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 1,
                     "--scales", "2 8", "--splits", "val", *SMALL_KL)
     assert evaluated.returncode == 0, evaluated.stderr

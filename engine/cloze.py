@@ -1,0 +1,261 @@
+"""Cloze scores: how likely the model finds each answer's *text* after the question, no letters.
+
+An A/B item becomes a cloze item by dropping its choice block: the question stem (the text
+before ``Choices:``) goes into the prompt (the chat template, as every prompt here), and each of
+the positive and negative answer texts is scored as the continuation, by the sum of its tokens'
+log-probabilities. Kept per answer with its token and character counts, so sum, per-token (the
+headline) and per-character normalisations can all be recomputed (lm-evaluation-harness'
+``acc``/``acc_norm`` idea). There is no letter to prefer here; the confound of cloze scores is
+Yes/No polarity (``engine.polarity``).
+
+The fast path (``cloze_logprobs``) runs layers 0..S once per batch over prompt + answer, then,
+per θ setting, the item's prompt through layers S+1.. once (its keys and values cached, after
+the shared opening of every prompt) and both answers against that cache, with the head applied
+only where an answer token is predicted. Its plain twin is ``engine.reference.cloze_plain``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from engine.data import Item
+from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS, steered_logits
+from engine.orders import ChoiceError, parse_choices
+from engine.polarity import polarity
+from engine.prompts import common_opening, format_prompt, length_batches, pad_right
+from engine.segment import (
+    KeyValueCache,
+    continuation_layer_kwargs,
+    opening_shareable,
+    record_opening,
+    repeat_rows,
+    run_layers,
+    run_prefix,
+    setting_rows,
+    suffix_layer_kwargs,
+    truncated,
+    with_cache,
+)
+from engine.site import decoder_layers, head
+
+ANSWERS = ("positive", "negative")
+
+
+class ClozeError(ValueError):
+    """An item whose cloze form cannot be built with certainty (reported and skipped)."""
+
+
+@dataclass(frozen=True)
+class ClozeItem:
+    item_id: str
+    prompt_ids: tuple[int, ...]  # the stem in the prompt format: the context both answers follow
+    positive_ids: tuple[int, ...]  # the positive answer text's tokens, after the prompt
+    negative_ids: tuple[int, ...]
+    positive_chars: int  # characters of the answer texts, for per-character normalisation
+    negative_chars: int
+    polarity: str  # the positive answer's class: yes, no or other
+
+    def answer(self, which: int) -> tuple[int, ...]:
+        """Token ids of answer ``which`` (0 positive, 1 negative)."""
+        return (self.positive_ids, self.negative_ids)[which]
+
+    def sequence(self, which: int) -> tuple[int, ...]:
+        return self.prompt_ids + self.answer(which)
+
+    def read_at(self, which: int) -> list[int]:
+        """The positions whose next-token logits predict answer ``which``'s tokens."""
+        start = len(self.prompt_ids)
+        return list(range(start - 1, start + len(self.answer(which)) - 1))
+
+
+def stem_and_answers(item: Item) -> tuple[str, str, str]:
+    """(the question without its choice block, the positive answer's text, the negative's)."""
+    try:
+        choices = {choice.letter: choice for choice in parse_choices(item.question)}
+    except ChoiceError as err:
+        raise ClozeError(f"{item.id}: {err}") from None
+    texts = []
+    for answer in (item.positive, item.negative):
+        choice = choices.get(answer.strip("()"))
+        if choice is None:
+            raise ClozeError(f"{item.id}: answer {answer} is not among the parsed choices")
+        texts.append(item.question[choice.start:choice.end])
+    stem = item.question.rpartition("Choices:")[0].strip()
+    if not stem:
+        raise ClozeError(f"{item.id}: the question has no text before its choices")
+    if texts[0] == texts[1]:
+        raise ClozeError(f"{item.id}: both answers read {texts[0]!r}")
+    return stem, texts[0], texts[1]
+
+
+def cloze_item(tokenizer, item: Item, system: str | None = None) -> ClozeItem:
+    """The tokenized cloze form of ``item``. A prompt that ends in a space (the plain
+    ``Answer: `` format) hands the space to the answers, so that the word after it tokenizes as
+    in running text; answer tokens are what tokenizing prompt + answer adds to the prompt's, and
+    an item where the prompt's tokens are not a prefix of that is refused."""
+    stem, positive, negative = stem_and_answers(item)
+    prompt = format_prompt(tokenizer, stem, system)
+    context = prompt.rstrip(" ")
+    gap = prompt[len(context):]
+    context_ids = tuple(tokenizer(context, add_special_tokens=False).input_ids)
+    answers = []
+    for text in (positive, negative):
+        whole = tuple(tokenizer(context + gap + text, add_special_tokens=False).input_ids)
+        if whole[:len(context_ids)] != context_ids or len(whole) == len(context_ids):
+            raise ClozeError(f"{item.id}: the prompt's tokens change when {text[:40]!r} follows it")
+        answers.append(whole[len(context_ids):])
+    return ClozeItem(item.id, context_ids, answers[0], answers[1], len(positive), len(negative),
+                     polarity(positive))
+
+
+def cloze_items(tokenizer, items: list[Item], system: str | None = None
+                ) -> tuple[list[ClozeItem], list[str]]:
+    """The cloze form of every item that has one, and one message per item skipped."""
+    found, skipped = [], []
+    for item in items:
+        try:
+            found.append(cloze_item(tokenizer, item, system))
+        except ClozeError as err:
+            skipped.append(f"{err}; no cloze score")
+    return found, skipped
+
+
+def cloze_token_counts(items: list[ClozeItem]) -> np.ndarray:
+    """[2 (positive, negative), n_items] int32: each answer's token count."""
+    return np.array([[len(item.positive_ids) for item in items],
+                     [len(item.negative_ids) for item in items]], dtype=np.int32)
+
+
+def cloze_preference(logprob: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per question, how much more likely the positive answer's text is than the negative's, in
+    nats per token (the headline normalisation): ``logprob`` [..., 2, n_q] summed log-probs over
+    ``counts`` [2, n_q] tokens (or characters, for per-character scores)."""
+    per_unit = np.asarray(logprob, dtype=np.float64) / np.asarray(counts)
+    return per_unit[..., 0, :] - per_unit[..., 1, :]
+
+
+def token_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) under [n, vocab] logits, at least in fp32."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+
+
+@torch.no_grad()
+def cloze_logprobs(model: torch.nn.Module, items: list[ClozeItem], source_layer: int,
+                   thetas: torch.Tensor, pad_id: int, batch_size: int = QUESTIONS_PER_PASS,
+                   settings_per_pass: int = SETTINGS_PER_PASS, share_prompt: bool = True,
+                   progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """[n_settings, 2 (positive, negative), n_items] fp64: the summed log-probability of each
+    answer's tokens after its prompt, under every θ row of ``thetas`` [m, d] (already scaled; a
+    zero row is the unsteered model). ``progress(n)`` hears of n item×settings done.
+    ``share_prompt`` is off only to test that sharing changes nothing; models where the opening
+    cannot be shared (eager attention, sliding windows) run every answer with its prompt whole."""
+    if share_prompt and opening_shareable(model, source_layer):
+        return _shared_prompts(model, items, source_layer, thetas, pad_id, batch_size,
+                               settings_per_pass, progress)
+    return _whole_sequences(model, items, source_layer, thetas, pad_id, batch_size,
+                            settings_per_pass, progress)
+
+
+def _whole_sequences(model, items, source_layer, thetas, pad_id, batch_size, settings_per_pass,
+                     progress) -> torch.Tensor:
+    """Each answer with its prompt as one sequence, through ``steered_logits``."""
+    out = torch.zeros(thetas.shape[0], 2, len(items), dtype=torch.float64)
+    sequences = [item.sequence(w) for w in (0, 1) for item in items]
+    read_at = [item.read_at(w) for w in (0, 1) for item in items]
+    targets = [item.answer(w) for w in (0, 1) for item in items]
+    for done in steered_logits(model, sequences, read_at, source_layer, thetas, pad_id,
+                               2 * batch_size, settings_per_pass):
+        n_chunk = done.logits.shape[0]
+        wanted = torch.tensor([t for i in done.sequences for t in targets[i]], device=done.logits.device)
+        per_token = token_log_probs(done.logits.reshape(-1, done.logits.shape[-1]),
+                                    wanted.repeat(n_chunk)).view(n_chunk, -1).double().cpu()
+        start = 0
+        for i, count in zip(done.sequences, done.counts):
+            which, item = divmod(i, len(items))
+            out[done.settings, which, item] = per_token[:, start:start + count].sum(1)
+            start += count
+        if progress:
+            progress(n_chunk * len(done.sequences) / 2)  # two answers make one item
+    return out
+
+
+def _shared_prompts(model, items, source_layer, thetas, pad_id, batch_size, settings_per_pass,
+                    progress) -> torch.Tensor:
+    """Per batch of items: layers 0..S over prompt + answer (both answers, θ-free, once), then
+    per chunk of settings two passes through layers S+1..: the prompts (after the opening every
+    prompt shares, from its own cache), whose keys and values are kept, and the answers, each
+    attending to its item's prompt."""
+    device = next(model.parameters()).device
+    last_layer = len(decoder_layers(model)) - 1
+    out = torch.zeros(thetas.shape[0], 2, len(items), dtype=torch.float64)
+    opening = common_opening([item.prompt_ids for item in items])
+    opening_cache = None
+    if opening:
+        ids = torch.tensor([items[0].prompt_ids[:opening]], device=device)
+        opening_cache = record_opening(model, run_prefix(model, ids, torch.ones_like(ids), source_layer),
+                                       thetas.to(device), last_layer)
+    sizes = [len(item.prompt_ids) + max(len(item.positive_ids), len(item.negative_ids)) for item in items]
+    for batch in length_batches(sizes, batch_size):
+        chosen = [items[i] for i in batch]
+        n = len(chosen)
+        ids, mask = pad_right([item.sequence(w) for w in (0, 1) for item in chosen], pad_id)
+        prefix = run_prefix(model, ids.to(device), mask.to(device), source_layer)
+        prompt_len = torch.tensor([len(item.prompt_ids) for item in chosen], device=device)
+        answers = [item.answer(w) for w in (0, 1) for item in chosen]  # row r: item r % n
+        answer_len = torch.tensor([len(a) for a in answers], device=device)
+        width_p, width_a = int(prompt_len.max()), int(answer_len.max())
+        hidden_p = prefix.hidden.new_zeros(n, width_p, prefix.hidden.shape[-1])
+        mask_p = torch.zeros(n, width_p, dtype=torch.long, device=device)
+        hidden_a = prefix.hidden.new_zeros(2 * n, width_a, prefix.hidden.shape[-1])
+        mask_a = torch.zeros(2 * n, width_a, dtype=torch.long, device=device)
+        for i, length in enumerate(prompt_len.tolist()):
+            hidden_p[i, :length] = prefix.hidden[i, :length]
+            mask_p[i, :length] = 1
+        for r, length in enumerate(answer_len.tolist()):
+            start = int(prompt_len[r % n])
+            hidden_a[r, :length] = prefix.hidden[r, start:start + length]
+            mask_a[r, :length] = 1
+        kwargs_p = suffix_layer_kwargs(truncated(prefix.layer_kwargs, width_p), mask_p, opening)
+        item_of_row = torch.arange(2 * n, device=device) % n
+        kwargs_a = continuation_layer_kwargs(prefix.layer_kwargs, mask_p[item_of_row],
+                                             prompt_len[item_of_row], mask_a)
+        hidden_p = hidden_p[:, opening:]
+        # what each row's logits are read for: the last prompt position predicts the first answer
+        # token; answer position t predicts token t + 1
+        first_tokens = torch.tensor([a[0] for a in answers], device=device)
+        rows = torch.tensor([r for r, a in enumerate(answers) for _ in a[1:]], dtype=torch.long, device=device)
+        cols = torch.tensor([t for a in answers for t in range(len(a) - 1)], dtype=torch.long, device=device)
+        later_tokens = torch.tensor([t for a in answers for t in a[1:]], dtype=torch.long, device=device)
+        for first in range(0, thetas.shape[0], settings_per_pass):
+            chunk = thetas[first:first + settings_per_pass].to(device)
+            m = len(chunk)
+            settings = slice(first, first + m)
+            prompt_cache = (opening_cache.attending(setting_rows(settings, n, device), record=True)
+                            if opening else KeyValueCache(record=True))
+            steered = hidden_p.repeat(m, 1, 1) + chunk.repeat_interleave(n, 0)[:, None].to(hidden_p.dtype)
+            steered = run_layers(model, steered, with_cache(repeat_rows(kwargs_p, n, m), prompt_cache),
+                                 source_layer + 1, last_layer)
+            last = (prompt_len - 1 - opening).repeat(m)
+            logits_p = head(model, steered[torch.arange(m * n, device=device), last])  # [m * n, V]
+            # answer row (setting s, row r) attends to prompt row s * n + r % n
+            answer_cache = prompt_cache.attending((torch.arange(m, device=device)[:, None] * n
+                                                   + item_of_row[None]).flatten())
+            steered = hidden_a.repeat(m, 1, 1) + chunk.repeat_interleave(2 * n, 0)[:, None].to(hidden_a.dtype)
+            steered = run_layers(model, steered, with_cache(repeat_rows(kwargs_a, 2 * n, m), answer_cache),
+                                 source_layer + 1, last_layer)
+            prompt_rows = (torch.arange(m, device=device)[:, None] * n + item_of_row[None]).flatten()
+            sums = token_log_probs(logits_p[prompt_rows], first_tokens.repeat(m)).double().view(m, 2 * n)
+            if len(rows):
+                setting_of = torch.arange(m, device=device).repeat_interleave(len(rows))
+                at_rows = setting_of * 2 * n + rows.repeat(m)
+                later = token_log_probs(head(model, steered[at_rows, cols.repeat(m)]),
+                                        later_tokens.repeat(m)).double()
+                sums.index_put_((setting_of, rows.repeat(m)), later, accumulate=True)
+            out[settings, :, torch.tensor(batch)] = sums.view(m, 2, n).cpu()
+            if progress:
+                progress(m * n)
+    return out

@@ -1,0 +1,73 @@
+"""Yes/No polarity: the confound of cloze scores, as the letter is the confound of A/B scores.
+
+An answer's polarity class comes from its leading words: ``yes`` (Yes, Yeah, Sure, Okay, Of
+course, or Absolutely/Definitely/Certainly used as an interjection: "Absolutely!"), ``no`` (No,
+Nope, Nah, Never, Not, or an affirmative word followed by "not": "Absolutely not"), ``other``
+(everything else: full sentences, "Bad", "A piece of candy now"). An item's class is its
+positive answer's class (docs/DESIGN.md, "Polarity"; data/README.md has the counts).
+
+A direction that only makes the model say "No" raises the no-class items' cloze scores and
+lowers the yes-class items'; the **class-balanced mean** (the mean of the per-class means over
+the classes present) cancels it, as the mean over both answer orders cancels a letter. The
+**polarity shift** ½(mean_no − mean_yes) measures it, as the letter shift measures the letter.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+
+POLARITIES = ("yes", "no", "other")
+YES_WORDS = {"yes", "yeah", "yea", "yep", "yup", "sure", "okay", "ok"}
+NO_WORDS = {"no", "nope", "nah", "never", "not"}
+# Affirmative only as an interjection ("Absolutely!", "Definitely, I ..."), not as an adverb
+# ("Definitely prefer that ..."); each turns negative when "not" follows.
+INTERJECTIONS = {"absolutely", "definitely", "certainly"}
+_WORD = re.compile(r"[a-z]+")
+
+
+def polarity(answer: str) -> str:
+    """``yes``, ``no`` or ``other`` for one answer text."""
+    text = answer.strip().lower().replace("’", "'")
+    words = _WORD.findall(text)
+    if not words:
+        return "other"
+    first, second = words[0], words[1] if len(words) > 1 else ""
+    if first in NO_WORDS:
+        return "no"
+    if first in YES_WORDS:
+        return "no" if second == "not" else "yes"
+    if first == "of" and second == "course":
+        return "no" if len(words) > 2 and words[2] == "not" else "yes"
+    if first in INTERJECTIONS:
+        if second == "not":
+            return "no"
+        rest = text[_WORD.search(text).end():].lstrip()
+        return "yes" if not rest or not rest[0].isalpha() else "other"
+    return "other"
+
+
+def class_masks(classes: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per class present (in POLARITIES order): a boolean mask over the items."""
+    classes = np.asarray(classes)
+    return {name: classes == name for name in POLARITIES if (classes == name).any()}
+
+
+def class_means(values: np.ndarray, classes: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per class present: the mean over that class's items (the last axis of ``values``)."""
+    values = np.asarray(values, dtype=np.float64)
+    return {name: values[..., mask].mean(-1) for name, mask in class_masks(classes).items()}
+
+
+def balanced_mean(values: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """The mean of the per-class means over the last axis: a pure Yes/No effect cancels."""
+    return np.mean(list(class_means(values, classes).values()), axis=0)
+
+
+def polarity_shift(values: np.ndarray, classes: Sequence[str]) -> np.ndarray | None:
+    """½(mean over no-class items − mean over yes-class items); None without both classes."""
+    means = class_means(values, classes)
+    if "yes" not in means or "no" not in means:
+        return None
+    return (means["no"] - means["yes"]) / 2
