@@ -1,9 +1,12 @@
 """Figures from the store: PNGs into --out, every number read from the store alone.
 
-Vectors are chosen on validation (engine.analysis) and shown on test. Figures: violins of
-per-question logit differences at --scale and across scales, dose-response curves with 95%
-bootstrap bands, the PI / PI@CAA singular-value spectrum and convergence, the CAA layer sweep and
-the MELBO objective traces. A figure whose data is not in the store is skipped with a message.
+Vectors are chosen on validation by --select-by (engine.analysis) and shown on test. Figures:
+violins of per-question scores (of the score chosen by) at --scale and across scales,
+dose-response curves with 95% bootstrap bands (letter panels: share, order-mean logit
+difference, letter shift, answer mass; cloze panels: class-balanced Δ, the Δ of each polarity
+class, polarity shift), Δ against KL, the PI / PI@CAA singular-value spectrum and convergence,
+the CAA layer sweep and the MELBO objective traces. A figure whose data is not in the store is
+skipped with a message.
 """
 from __future__ import annotations
 
@@ -24,24 +27,58 @@ from engine.analysis import (
     Split,
     behavior_label,  # noqa: E402
     chosen_on,
+    cloze_row_at,
     methods,
     nearest_scale,
     read_split,
     row_at,
     scale_rows,
+    select_by,
     splits_in_store,
 )
 from engine.errors import UserError  # noqa: E402
 from engine.model import REPO_ROOT  # noqa: E402
+from engine.polarity import balanced_mean  # noqa: E402
 from engine.store import open_for_reading, read_vector_groups, store_key  # noqa: E402
 from runners import defaults  # noqa: E402
-from runners.cli import add_behavior, check_kl_max, main_guard, no_evals, resolve_behavior, say  # noqa: E402
+from runners.cli import (  # noqa: E402
+    add_behavior,
+    add_select_by,
+    check_kl_max,
+    main_guard,
+    no_evals,
+    resolve_behavior,
+    say,
+)
 
 COLORS = {"caa": "tab:blue", "pi": "tab:orange", "pi_caa": "tab:green", "melbo": "tab:purple",
           "random": "tab:gray"}
-def diff_label(split: Split) -> str:
+def diff_label(split: Split, by: str = "letter") -> str:
+    if by == "cloze":
+        return (f"log p({behavior_label(split.behavior)} text) − log p(other text), per token  "
+                "[nats; cloze]")
     mean = ", mean of both orders" if split.counterbalanced else ", one order"
     return f"logit({behavior_label(split.behavior)}) − logit(other){mean}  [nats]"
+
+
+def score_rows(group: Group, vector: int | None, split: Split, by: str) -> list:
+    """Rows by scale of the score chosen by: ``Row`` (letter) or ``ClozeRow`` (cloze)."""
+    if by == "cloze":
+        return [cloze_row_at(group, vector, s, split) for s in range(len(group.scales))]
+    return scale_rows(group, vector, split)
+
+
+def score_row_at(group: Group, vector: int | None, s: int, split: Split, by: str):
+    return cloze_row_at(group, vector, s, split) if by == "cloze" else row_at(group, vector, s, split)
+
+
+def per_question(group: Group, by: str) -> np.ndarray:
+    """[k, n_scales, n_q] per-question values of the score chosen by."""
+    return group.cloze if by == "cloze" else group.logit_diff
+
+
+def baseline_values(split: Split, by: str) -> np.ndarray:
+    return split.cloze_baseline if by == "cloze" else split.baseline
 SCALE_LABEL = "scale  (L2 norm of θ added; signed)"
 plt.rcParams.update({"figure.constrained_layout.use": True, "font.size": 11, "axes.titlesize": 12, "figure.dpi": 110,
                      "axes.grid": True, "grid.alpha": 0.3})
@@ -60,6 +97,7 @@ class Data:
     vectors: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
     kl_max: float | None = None  # the report's selection rule
     behavior: str = ""
+    by: str = "letter"  # the score the val choice maximises (engine.analysis.select_by)
 
     @property
     def name(self) -> str:
@@ -67,7 +105,7 @@ class Data:
         return f"{self.key}, {self.behavior}" if self.behavior else self.key
 
 
-def load(store: str, key: str, behavior: str, kl_max: float | None = None) -> Data:
+def load(store: str, key: str, behavior: str, kl_max: float | None = None, by: str = "cloze") -> Data:
     with open_for_reading(store) as h5:
         names = splits_in_store(h5, key, behavior)
         if not names:
@@ -81,7 +119,9 @@ def load(store: str, key: str, behavior: str, kl_max: float | None = None) -> Da
             if group.attrs.get("at_scale") is not None:
                 kept["at_scale"] = np.float64(group.attrs["at_scale"])
             vectors.setdefault(group.method, {})[group.run] = kept
-    return Data(key, splits.get("val"), splits.get("test"), vectors, kl_max, behavior)
+    val = splits.get("val")
+    return Data(key, val, splits.get("test"), vectors, kl_max, behavior,
+                select_by(val, by) if val is not None else by)
 
 
 def color(method: str) -> str:
@@ -107,7 +147,7 @@ def picks(data: Data) -> list[tuple[str, Group, int | None, float]]:
     val, test = need_splits(data)
     out = []
     for method in methods(test):
-        chosen = chosen_on(method, val, test, data.kl_max)
+        chosen = chosen_on(method, val, test, data.kl_max, data.by)
         if chosen is not None:
             group, vector, s = chosen
             out.append((method, group, None if method == "random" else vector,
@@ -118,15 +158,16 @@ def picks(data: Data) -> list[tuple[str, Group, int | None, float]]:
 
 
 def violins(ax, data: Data, scale: float, legend: bool = True) -> None:
-    test = data.test
-    entries = [("baseline\n(unsteered)", test.baseline, "black", 0.0)]
+    test, by = data.test, data.by
+    entries = [("baseline\n(unsteered)", baseline_values(test, by), "black", 0.0)]
     for method, group, vector, sign in picks(data):
         s = nearest_scale(group, sign * abs(scale))
+        values = per_question(group, by)
         if vector is None:
-            entries.append((f"random {group.run}\n{group.logit_diff.shape[0]} dirs pooled",
-                            group.logit_diff[:, s].ravel(), color(method), group.scales[s]))
+            entries.append((f"random {group.run}\n{values.shape[0]} dirs pooled",
+                            values[:, s].ravel(), color(method), group.scales[s]))
         else:
-            entries.append((f"{method} {group.run}\nvector #{vector}", group.logit_diff[vector, s],
+            entries.append((f"{method} {group.run}\nvector #{vector}", values[vector, s],
                             color(method), group.scales[s]))
     parts = ax.violinplot([e[1] for e in entries], showmeans=True, showextrema=False)
     for body, entry in zip(parts["bodies"], entries):
@@ -141,7 +182,7 @@ def violins(ax, data: Data, scale: float, legend: bool = True) -> None:
                 ha="center", va="top", transform=ax.get_xaxis_transform())
     ax.axhline(0, color="black", lw=0.8, ls=":")
     ax.set_xticks(range(1, len(entries) + 1), [e[0] for e in entries], fontsize=9)
-    ax.set_ylabel(diff_label(test))
+    ax.set_ylabel(diff_label(test, by))
     if legend:
         ax.legend(handles=[Line2D([], [], color="black", lw=2, label="mean"),
                            Line2D([], [], color="gray", marker="o", ls="", label="one question\n(random: × direction)"),
@@ -153,10 +194,10 @@ def fig_violin(data: Data, out: Path, scale: float) -> Path:
     need_splits(data)
     fig, ax = plt.subplots(figsize=(3 + 1.5 * (len(picks(data)) + 1), 5.5))
     violins(ax, data, scale)
-    ax.set_title(f"per-question logit diff at scale ±{scale:g} (nearest stored; sign as chosen on val)",
+    ax.set_title(f"per-question {data.by} score at scale ±{scale:g} (nearest stored; sign as chosen on val)",
                  fontsize=10)
     return save(fig, out, f"violin_scale{scale:g}.png",
-                f"{data.name}, test split (n = {len(data.test.baseline)}): chosen on val, shown on test")
+                f"{data.name}, test split (n = {data.test.n_questions}): chosen on val, shown on test")
 
 
 def fig_violin_scales(data: Data, out: Path) -> Path:
@@ -170,57 +211,85 @@ def fig_violin_scales(data: Data, out: Path) -> Path:
         violins(ax, data, scale, legend=ax is axes[0])
         ax.set_title(f"scale ±{scale:g}", fontsize=11)
     return save(fig, out, "violin_scales.png",
-                f"{data.name}, test split (n = {len(test.baseline)}): per-question logit diff by scale\n"
+                f"{data.name}, test split (n = {test.n_questions}): per-question {data.by} score by scale\n"
                 "(vector chosen on val; nearest stored scale, sign as chosen)")
 
 
-def dose_rows(data: Data) -> dict[str, tuple[Group, int | None, list[Row]]]:
-    """Per method: the test group, the vector chosen on val (None: pooled random), its rows by scale."""
-    return {method: (group, vector, scale_rows(group, vector, data.test))
+def dose_rows(data: Data, by: str) -> dict[str, tuple[Group, int | None, list]]:
+    """Per method: the test group, the vector chosen on val (None: pooled random), and its rows of
+    score ``by`` at every stored scale."""
+    return {method: (group, vector, score_rows(group, vector, data.test, by))
             for method, group, vector, _ in picks(data)}
 
 
 def fig_dose(data: Data, out: Path) -> Path:
+    """One panel per number, letter panels then cloze panels, for the setting each method chose
+    on val, at every stored scale: the x axis is shared, so a vector's letter and cloze numbers
+    stand one above the other."""
     val, test = need_splits(data)
-    curves = dose_rows(data)
-    base = test.baseline_row()
-    order_mean = " (mean of both orders)" if test.counterbalanced else " (one order)"
-    panels = [("positive", f"{test.positive_label}  [of questions]"),
-              ("mean_diff", f"mean logit diff{order_mean}  [nats]")]
-    if test.counterbalanced:
-        panels.append(("letter_shift", "letter shift  [nats]\n(as written − mirrored) / 2"))
-    panels.append(("mass", "answer mass  [p(A) + p(B)]"))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.3 * len(panels)), sharex=True,
-                             gridspec_kw={"height_ratios": [3] * (len(panels) - 1) + [2]})
-    for ax, (attr, label) in zip(axes, panels):
-        b = getattr(base, attr)
-        ax.axhline(b.value, color="black", lw=1.5, ls="--", label="baseline (unsteered)")
-        for n, edge in enumerate((b.low, b.high)):
-            ax.axhline(edge, color="black", lw=0.7, ls=":", label=None if n else "baseline 95% CI")
-        for method, (group, vector, rows) in curves.items():
-            x = [r.scale for r in rows]
+    curves = {score: dose_rows(data, score) for score in ("letter", "cloze")
+              if (test.has_letter if score == "letter" else test.has_cloze)}
+    panels = []  # (score, attribute or class, axis label)
+    if test.has_letter:
+        order_mean = " (mean of both orders)" if test.counterbalanced else " (one order)"
+        panels += [("letter", "positive", f"{test.positive_label}  [of questions]"),
+                   ("letter", "mean_diff", f"mean logit diff{order_mean}  [nats]")]
+        if test.counterbalanced:
+            panels.append(("letter", "letter_shift", "letter shift  [nats]\n(as written − mirrored) / 2"))
+        panels.append(("letter", "mass", "answer mass  [p(A) + p(B)]"))
+    if test.has_cloze:
+        panels += [("cloze", "delta", "cloze Δ, class-balanced\n[nats per token]"),
+                   ("cloze", "polarity_shift", "cloze polarity shift\n½(Δ no − Δ yes)  [nats/token]")]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.0 * len(panels)), sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    bases = {"letter": test.baseline_row() if test.has_letter else None,
+             "cloze": test.cloze_baseline_row() if test.has_cloze else None}
+    scales = set()
+    for ax, (score, attr, label) in zip(axes, panels):
+        b = getattr(bases[score], attr)
+        if b is not None and attr not in ("delta", "polarity_shift"):
+            ax.axhline(b.value, color="black", lw=1.5, ls="--", label="baseline (unsteered)")
+            for n, edge in enumerate((b.low, b.high)):
+                ax.axhline(edge, color="black", lw=0.7, ls=":", label=None if n else "baseline 95% CI")
+        else:
+            ax.axhline(0, color="black", lw=1.0, ls="--", label="unsteered (Δ = 0)")
+        for method, (group, vector, rows) in curves[score].items():
             stats = [getattr(r, attr) for r in rows]
-            name = (f"random {group.run} ({group.logit_diff.shape[0]} dirs pooled)" if vector is None
+            keep = [(r.scale, st) for r, st in zip(rows, stats) if st is not None]
+            if not keep:
+                continue
+            x = [k[0] for k in keep]
+            scales.update(x)
+            name = (f"random {group.run} ({group.settings_shape[0]} dirs pooled)" if vector is None
                     else f"{method} {group.run} #{vector}")
-            ax.fill_between(x, [s.low for s in stats], [s.high for s in stats], color=color(method),
+            ax.fill_between(x, [k[1].low for k in keep], [k[1].high for k in keep], color=color(method),
                             alpha=0.2, lw=0)
-            ax.plot(x, [s.value for s in stats], marker="o", ms=4, color=color(method),
+            ax.plot(x, [k[1].value for k in keep], marker="o", ms=4, color=color(method),
                     ls="--" if vector is None else "-", label=name)
-        ax.set_ylabel(label)
+        ax.set_ylabel(label, fontsize=10)
     axes[0].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1))
-    axes[-1].set_ylim(bottom=0)
-    scales = sorted({r.scale for _, _, rows in curves.values() for r in rows})
+    scales = sorted(scales)
     linthresh = min(abs(s) for s in scales if s != 0) if any(scales) else 1.0
     axes[-1].set_xscale("symlog", linthresh=linthresh, linscale=0.3)
     axes[-1].set_xticks(scales, [f"{s:g}" for s in scales], fontsize=9)
     axes[-1].set_xlabel(SCALE_LABEL + ", symlog axis")
-    axes[0].set_title("vector chosen on val; bands: 95% bootstrap CI over questions", fontsize=10)
-    if test.counterbalanced:
-        axes[2].set_title("letter shift: how much of the as-written number is a preference for a "
-                          "letter", fontsize=10)
-    axes[-1].set_title("answer mass: where it falls, the model stops answering in the A/B format",
-                       fontsize=10)
-    return save(fig, out, "dose_response.png", f"{data.name}, test split (n = {len(test.baseline)}): "
+    axes[0].set_title(f"vector chosen on val by the {data.by} score; bands: 95% bootstrap CI over "
+                      "questions", fontsize=10)
+    for ax, (score, attr, _) in zip(axes, panels):
+        if attr == "letter_shift":
+            ax.set_title("letter shift: how much of the as-written number is a preference for a letter",
+                         fontsize=10)
+        if attr == "mass":
+            ax.set_title("answer mass: where it falls, the model stops answering in the A/B format",
+                         fontsize=10)
+            ax.set_ylim(bottom=0)
+        if attr == "delta" and score == "cloze":
+            ax.set_title("cloze (answer texts, no letters): the mean over Yes/No/other polarity classes "
+                         "of each class's Δ", fontsize=10)
+        if attr == "polarity_shift":
+            ax.set_title("polarity shift: what a pure Yes/No direction moves, and the balanced Δ does not",
+                         fontsize=10)
+    return save(fig, out, "dose_response.png", f"{data.name}, test split (n = {test.n_questions}): "
                                                "dose-response")
 
 
@@ -253,6 +322,7 @@ def fig_spectrum(data: Data, out: Path) -> Path:
 
 def fig_layers(data: Data, out: Path, scale: float) -> Path:
     _, test = need_splits(data)
+    by = data.by
     caa = [g for g in test.groups.values() if g.method == "caa"]
     if len({g.source_layer for g in caa}) < 2:
         raise Skip("fewer than 2 CAA layers in the store: run `make caa LAYERS=\"3 5 7\"` and `make eval`")
@@ -262,8 +332,8 @@ def fig_layers(data: Data, out: Path, scale: float) -> Path:
     for g in caa:  # CAA groups hold one vector
         variant = g.run.split("-", 1)[1] if "-" in g.run else "CAA"
         variants.setdefault(variant, []).append(
-            (g.source_layer, row_at(g, 0, nearest_scale(g, abs(scale)), test)))
-    randoms = sorted(((g.source_layer, row_at(g, None, nearest_scale(g, abs(scale)), test))
+            (g.source_layer, score_row_at(g, 0, nearest_scale(g, abs(scale)), test, by)))
+    randoms = sorted(((g.source_layer, score_row_at(g, None, nearest_scale(g, abs(scale)), test, by))
                       for g in test.groups.values() if g.method == "random"), key=lambda p: p[0])
     for n, (variant, points) in enumerate(sorted(variants.items())):
         draw_errorbars(ax, sorted(points, key=lambda p: p[0]), f"C{n}" if n else color("caa"), variant, "o-")
@@ -271,14 +341,16 @@ def fig_layers(data: Data, out: Path, scale: float) -> Path:
         draw_errorbars(ax, randoms, color("random"), "random (pooled dirs)", "s--")
     ax.axhline(0, color="black", lw=1, ls=":", label="baseline (Δ = 0)")
     ax.set(xlabel="source layer S (θ added at layers[S].mlp.down_proj)",
-           ylabel="Δ mean logit diff vs baseline  [nats]",
+           ylabel=("Δ cloze preference, class-balanced  [nats per token]" if by == "cloze"
+                   else "Δ mean logit diff vs baseline  [nats]"),
            title=f"CAA layer sweep at scale +{scale:g} (nearest stored), 95% bootstrap CI")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend()
-    return save(fig, out, "caa_layers.png", f"{data.name}, test split (n = {len(test.baseline)})")
+    return save(fig, out, "caa_layers.png", f"{data.name}, test split (n = {test.n_questions})")
 
 
 def draw_errorbars(ax, points: list[tuple[int, Row]], c: str, label: str, fmt: str) -> None:
+    """Δ with its interval at each (layer, row); rows of either score."""
     x = [p[0] for p in points]
     d = [p[1].delta for p in points]
     ax.errorbar(x, [s.value for s in d], yerr=[[s.value - s.low for s in d], [s.high - s.value for s in d]],
@@ -301,10 +373,12 @@ def fig_melbo(data: Data, out: Path) -> Path:
 
 
 def fig_cost(data: Data, out: Path) -> Path:
-    """Behaviour against cost: every setting of every method as a point, Δ (order mean) against
-    mean KL on neutral text, on test; the random control as a grey cloud; the settings chosen on
-    val marked; the KL rule as a line."""
+    """Behaviour against cost: every setting of every method as a point, Δ of the score chosen by
+    (order-mean logit difference, or class-balanced cloze preference) against mean KL on neutral
+    text, on test; the random control as a grey cloud; the settings chosen on val marked; the KL
+    rule as a line."""
     _, test = need_splits(data)
+    by = data.by
     groups = [g for g in test.groups.values() if g.kl is not None]
     if not groups:
         raise Skip("no KL measured in the store's evals: run `make eval` (it measures KL on neutral text)")
@@ -312,18 +386,21 @@ def fig_cost(data: Data, out: Path) -> Path:
     floor = 1e-5  # KL is plotted on a log axis; exactly-zero costs sit on the floor
     for g in groups:
         kl = np.maximum(g.kl.mean(-1), floor).ravel()
-        delta = (g.logit_diff.mean(-1) - test.baseline.mean()).ravel()
+        if by == "cloze":
+            delta = (balanced_mean(g.cloze, test.polarity) - balanced_mean(test.cloze_baseline, test.polarity)).ravel()
+        else:
+            delta = (g.logit_diff.mean(-1) - test.baseline.mean()).ravel()
         if g.method == "random":
             ax.scatter(kl, delta, s=14, color=color("random"), alpha=0.35, lw=0,
                        label="random directions (every scale)")
         else:
             ax.scatter(kl, delta, s=30, color=color(g.method), alpha=0.8, label=f"{g.label} (every vector, scale)")
     for method in methods(test):
-        chosen = chosen_on(method, data.val, test, data.kl_max)
+        chosen = chosen_on(method, data.val, test, data.kl_max, by)
         if chosen is None or chosen[0].kl is None:
             continue
         group, vector, s = chosen
-        r = row_at(group, None if method == "random" else vector, s, test)
+        r = score_row_at(group, None if method == "random" else vector, s, test, by)
         ax.scatter([max(r.kl.value, floor)], [r.delta.value], s=160, facecolors="none",
                    edgecolors=color(method), lw=2.2, label=f"{method}: chosen on val ({r.scale:+g})")
     if data.kl_max is not None:
@@ -334,7 +411,7 @@ def fig_cost(data: Data, out: Path) -> Path:
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set(xlabel="mean KL(unsteered ‖ steered) per token on neutral text  [nats, log axis]",
-           ylabel=f"Δ {diff_label(test)}",
+           ylabel=f"Δ {diff_label(test, by)}" + (", class-balanced" if by == "cloze" else ""),
            title="behaviour against cost, test split (chosen markers: the setting chosen on val)")
     return save(fig, out, "delta_vs_kl.png", f"{data.name}: what each setting buys and what it costs")
 
@@ -364,17 +441,20 @@ def fig_path(data: Data, out: Path) -> Path:
     axes[1].set(ylabel="principal angles\nto J(0)'s top-k  [°]", ylim=(0, 92))
     axes[1].legend(fontsize=8)
     if panels == 4:
-        caa = [g for g in data.test.groups.values() if g.method == "caa"]
+        caa = sorted((g for g in data.test.groups.values() if g.method == "caa"),
+                     key=lambda g: not g.run.endswith("-answer"))  # the CAA PI@CAA linearises at first
         if caa:
-            group = caa[0]
-            rows = scale_rows(group, 0, data.test)
+            group, by = caa[0], data.by
+            rows = score_rows(group, 0, data.test, by)
             xs = [r.scale for r in rows]
-            for ax, attr, label in ((axes[2], "delta", "CAA Δ (order mean)  [nats]"),
-                                    (axes[3], "mass", "CAA answer mass")):
+            second = ("polarity_shift", "CAA cloze polarity shift") if by == "cloze" else ("mass", "CAA answer mass")
+            for ax, attr, label in ((axes[2], "delta", f"CAA Δ ({by})"), (axes[3], *second)):
                 stats = [getattr(r, attr) for r in rows]
-                ax.fill_between(xs, [s.low for s in stats], [s.high for s in stats], color=color("caa"),
+                if any(st is None for st in stats):
+                    continue
+                ax.fill_between(xs, [st.low for st in stats], [st.high for st in stats], color=color("caa"),
                                 alpha=0.2, lw=0)
-                ax.plot(xs, [s.value for s in stats], "o-", color=color("caa"), label=group.label)
+                ax.plot(xs, [st.value for st in stats], "o-", color=color("caa"), label=group.label)
                 ax.set_ylabel(label)
             axes[2].axhline(0, color="black", lw=0.8, ls=":")
             axes[2].set_title(f"CAA dose-response on test ({group.label}), 95% bootstrap CI", fontsize=10)
@@ -412,11 +492,12 @@ def run() -> None:
                    help="scale of the violin and layer-sweep figures")
     p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
                    help="choose on val only among settings with mean KL on neutral text ≤ this")
+    add_select_by(p)
     add_behavior(p, data=False)
     args = p.parse_args()
     resolve_behavior(args)
     check_kl_max(args.kl_max)
-    data = load(args.store, store_key(args.model), args.behavior, args.kl_max)
+    data = load(args.store, store_key(args.model), args.behavior, args.kl_max, args.select_by)
     written = make_all(data, Path(args.out) / args.behavior, args.scale)
     print("\n".join(str(path) for path in written))
 

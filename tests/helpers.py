@@ -229,3 +229,39 @@ def add_path(path, scales=(8.0, 24.0, 64.0)):
             group["jv_change"] = np.full(3, scale / 100, dtype=np.float32)
             group.attrs.update(source_layer=7, target_layer=20, sign_free=1, at_scale=scale)
     return path
+
+
+# polarity classes of the synthetic store's questions: unequal, as in the data
+CLASSES = np.array(["yes"] * 3 + ["no"] * 6 + ["other"] * 3)
+POLARITY_SIGN = np.where(CLASSES == "no", 1.0, np.where(CLASSES == "yes", -1.0, 0.0))
+# planted cloze effects per unit scale/8: CAA says "No" (polarity only), PI #1 moves the behaviour
+CAA_POLARITY, PI_BEHAVIOUR = 0.8, 0.3
+
+
+def add_cloze(path, seed: int = 3):
+    """Give a write_store store cloze scores: per question a preference (nats per token) and its
+    polarity class; CAA's θ is a pure Yes/No direction (± CAA_POLARITY · scale/8 by class), PI's
+    vector 1 a pure behaviour direction (+ PI_BEHAVIOUR · scale/8 on every question), the rest
+    noise. The letter numbers stay as they are."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "a") as h5:
+        for split in ("val", "test"):
+            node = h5[f"{KEY}/{BEHAVIOR}/evals/{split}"]
+            baseline = rng.normal(0.2, 0.3, N_Q)
+            node["baseline_cloze"] = baseline.astype(np.float32)
+            node["polarity"] = CLASSES.astype("S")
+            node["cloze_n_tokens"] = np.full((2, N_Q), 3, np.int32)
+            for method in node:
+                if not isinstance(node[method], h5py.Group):
+                    continue
+                for run in node[method]:
+                    group = node[f"{method}/{run}"]
+                    k, n_scales, _ = group["logit_diff"].shape
+                    unit = np.asarray(group["scales"][()])[None, :, None] / 8
+                    cloze = baseline + rng.normal(0, 0.02, (k, n_scales, N_Q))
+                    if method == "caa":
+                        cloze = cloze + CAA_POLARITY * unit * POLARITY_SIGN
+                    if method == "pi":
+                        cloze[1] += PI_BEHAVIOUR * unit[0]
+                    group["cloze"] = cloze.astype(np.float32)
+    return path

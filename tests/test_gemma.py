@@ -12,11 +12,12 @@ import torch
 from torch.func import jacfwd
 
 from engine.caa import activations
+from engine.cloze import cloze_items, cloze_logprobs
 from engine.errors import ModelError
 from engine.evaluate import evaluate
 from engine.jacobian import BatchJacobian, math_attention, read_positions
 from engine.prompts import answer_tokens_for, pad_right
-from engine.reference import evaluate_plain, hidden_plain, side_effects_plain
+from engine.reference import cloze_plain, evaluate_plain, hidden_plain, side_effects_plain
 from engine.segment import opening_shareable, run_prefix, segment
 from engine.side_effects import ScoredText, side_effects
 from engine.site import add_at, check_injection_site, head, reading_site, resolve_site
@@ -86,6 +87,16 @@ def test_eval_fast_path_equals_plain_path_in_fp64(gemma, ab_items):
     assert (fast.logit_diff - plain.logit_diff).abs().max() < 1e-9
     assert (fast.answer_mass - plain.answer_mass).abs().max() < 1e-9
     assert (fast.logit_diff[3] - fast.logit_diff[0]).abs().max() > 1e-4
+
+
+def test_cloze_fast_path_equals_plain_path_in_fp64(gemma, ab_items):
+    """Sliding windows: the prompt is not shared between the answers; each runs whole."""
+    items, _ = cloze_items(gemma.tokenizer, ab_items)
+    thetas = _thetas(gemma.d_model)
+    pad = gemma.tokenizer.pad_token_id
+    fast = cloze_logprobs(gemma.model, items, 2, thetas, pad, batch_size=3, settings_per_pass=2)
+    plain = cloze_plain(gemma.model, items, 2, thetas, pad, site="resid")
+    assert (fast - plain).abs().max() < 1e-9 and (fast[3] - fast[0]).abs().max() > 1e-4
 
 
 def test_kl_fast_path_equals_plain_path(gemma):

@@ -7,7 +7,17 @@ import pytest
 
 from engine.analysis import chosen_on, nearest_scale, read_split, scale_rows
 from runners import plot
-from tests.helpers import BEHAVIOR, KEY, PI_TEST_BEST, PI_VAL_BEST, add_kl, add_orders, add_path, write_store
+from tests.helpers import (
+    BEHAVIOR,
+    KEY,
+    PI_TEST_BEST,
+    PI_VAL_BEST,
+    add_cloze,
+    add_kl,
+    add_orders,
+    add_path,
+    write_store,
+)
 
 
 @pytest.fixture
@@ -37,7 +47,7 @@ def test_store_without_pi_data_skips_the_spectrum_with_a_message(tmp_path, capsy
 
 def test_dose_response_shows_the_vector_chosen_on_val_with_its_test_numbers(full_store):
     data = plot.load(full_store, KEY, BEHAVIOR)
-    group, vector, rows = plot.dose_rows(data)["pi"]
+    group, vector, rows = plot.dose_rows(data, "letter")["pi"]
     assert vector == PI_VAL_BEST[0] != PI_TEST_BEST[0]
     with h5py.File(full_store, "r") as h5:
         raw = h5[f"{KEY}/{BEHAVIOR}/evals/test/pi/L7-T20/logit_diff"][vector]
@@ -46,7 +56,7 @@ def test_dose_response_shows_the_vector_chosen_on_val_with_its_test_numbers(full
     np.testing.assert_allclose([r.mean_diff.value for r in rows], raw.mean(-1), rtol=1e-6)
     np.testing.assert_allclose([r.positive.value for r in rows], 100 * (raw > 0).mean(-1))
     assert rows == scale_rows(data.test.groups["pi/L7-T20"], vector, data.test)
-    random_group, pooled, random_rows = plot.dose_rows(data)["random"]
+    random_group, pooled, random_rows = plot.dose_rows(data, "letter")["random"]
     assert pooled is None and random_rows == scale_rows(random_group, None, data.test)
 
 
@@ -83,3 +93,22 @@ def test_delta_against_kl_is_drawn_only_when_kl_was_measured(tmp_path):
         plot.fig_cost(plot.load(write_store(tmp_path / "old.h5"), KEY, BEHAVIOR), tmp_path)
     store = add_kl(write_store(tmp_path / "store.h5"))
     assert plot.fig_cost(plot.load(store, KEY, BEHAVIOR, kl_max=0.05), tmp_path).name == "delta_vs_kl.png"
+
+
+def test_a_store_with_cloze_scores_gains_cloze_panels_and_chooses_by_them(tmp_path, monkeypatch, capsys):
+    store = add_cloze(add_path(add_kl(add_orders(write_store(tmp_path / "store.h5"), letter_spread=1.0))))
+    data = plot.load(store, KEY, BEHAVIOR, kl_max=0.05)
+    assert data.by == "cloze" and plot.load(store, KEY, BEHAVIOR, by="letter").by == "letter"
+    assert plot.load(write_store(tmp_path / "old.h5"), KEY, BEHAVIOR).by == "letter"  # no cloze: letter
+    _, vector, rows = plot.dose_rows(data, "cloze")["pi"]
+    assert vector == 1 and rows[-1].delta.value > 0.2  # the planted behaviour vector
+    panels = {}
+    monkeypatch.setattr(plot, "save", lambda fig, out, name, title: panels.setdefault(
+        name, [ax.get_ylabel() for ax in fig.axes]) or tmp_path / name)
+    plot.fig_dose(data, tmp_path)
+    labels = panels["dose_response.png"]
+    assert len(labels) == 6 and labels[4].startswith("cloze Δ, class-balanced")
+    assert labels[5].startswith("cloze polarity shift")
+    monkeypatch.undo()
+    written = plot.make_all(data, tmp_path / "results", 4.0)
+    assert len(written) == 8 and "skipped" not in capsys.readouterr().err

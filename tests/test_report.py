@@ -5,7 +5,18 @@ import pytest
 from engine.analysis import chosen_on, read_split, row
 from runners import report
 from runners.cli import main_guard
-from tests.helpers import BEHAVIOR, KEY, PI_TEST_BEST, PI_VAL_BEST, SIGNED, add_kl, add_orders, write_store
+from tests.helpers import (
+    BEHAVIOR,
+    KEY,
+    PI_BEHAVIOUR,
+    PI_TEST_BEST,
+    PI_VAL_BEST,
+    SIGNED,
+    add_cloze,
+    add_kl,
+    add_orders,
+    write_store,
+)
 
 
 def test_summary_shows_the_val_choice_with_test_numbers_and_the_test_best_apart(tmp_path):
@@ -82,3 +93,26 @@ def test_report_refuses_a_negative_kl_max(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main_guard(report.run)
     assert exit_info.value.code == 2 and "KL_MAX must be 0 or more" in capsys.readouterr().err
+
+
+def test_the_cloze_summary_shows_a_yes_no_direction_as_polarity_shift_not_behaviour(tmp_path):
+    """Planted: CAA's θ only makes 'No' likelier (pure polarity), PI vector 1 moves every
+    question's behaviour; choosing by the cloze score takes PI #1 at its largest positive scale."""
+    store = add_cloze(add_kl(add_orders(write_store(tmp_path / "store.h5"), letter_spread=0.1)))
+    with h5py.File(store, "r") as h5:
+        val, test = read_split(h5, KEY, BEHAVIOR, "val"), read_split(h5, KEY, BEHAVIOR, "test")
+    assert chosen_on("pi", val, test, by="cloze")[1:] == (1, 5)  # vector 1 at +8
+    assert chosen_on("pi", val, test, by="letter")[1:] != (1, 5)
+    lines = report.summary(val, test, None, "cloze")
+    text = "\n".join(lines)
+    assert "#### Cloze" in text and "#### Letter (A/B logit difference), chosen by the cloze score" in text
+    header = next(line for line in lines if line.startswith("| Method | Vector | Scale | Δ cloze"))
+    assert "Δ yes (n=3)" in header and "Δ no (n=6)" in header and "Δ other (n=3)" in header
+    caa = [c.strip() for c in next(line for line in lines if line.startswith("| caa |")).strip("|").split("|")]
+    assert abs(float(caa[3].split()[0])) < 0.05  # balanced Δ: the polarity cancels
+    assert float(caa[8].split()[0]) > 0.2  # polarity shift: where it shows
+    pi = [c.strip() for c in next(line for line in lines if line.startswith("| pi |")).strip("|").split("|")]
+    assert pi[1] == "L7-T20 #1" and pi[2] == "+8" and abs(float(pi[3].split()[0]) - PI_BEHAVIOUR) < 0.05
+    tables = "\n".join(report.method_tables(test, val, None, "cloze"))
+    assert "#### pi/L7-T20, vector 1 (chosen on val by cloze): cloze" in tables
+    assert "polarity shift" in tables and "**Cloze**" in tables

@@ -89,6 +89,65 @@ def test_eval_with_no_vectors_runs_baseline_and_random_control_and_says_so(tiny_
         assert not np.allclose(by_order[:, :, 0], by_order[:, :, 1])
 
 
+def test_eval_scores_both_ways_and_its_cloze_numbers_are_what_full_logits_give(tiny_dir, tmp_path):
+    import torch
+
+    from engine.cloze import cloze_items
+    from engine.data import load_items
+    from engine.model import load_model
+    from engine.reference import cloze_plain
+
+    store = tmp_path / "store.h5"
+    assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 6).returncode == 0
+    done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 4, "--n-random", 1,
+               "--scales", "3", "--splits", "val test", *SMALL_KL)
+    assert done.returncode == 0, done.stderr
+    key = store_key(str(tiny_dir))
+    with h5py.File(store, "r") as h5:
+        split = h5[f"{key}/survival-instinct/evals/val"]
+        assert split.attrs["score"] == "both" and "baseline_logit_diff" in split
+        assert set(split["caa"]) == {"L1", "L1-answer"}
+        ids = split["question_ids"][()].astype(str)
+        counts, polarity = split["cloze_n_tokens"][()], split["polarity"][()].astype(str)
+        group = split["caa/L1-answer"]
+        logprob, per_token = group["cloze_logprob"][()], group["cloze"][()]  # [1, 1, 2, 4], [1, 1, 4]
+        assert logprob.shape == (1, 1, 2, 4) and per_token.shape == (1, 1, 4)
+        assert np.allclose(per_token, logprob[:, :, 0] / counts[0] - logprob[:, :, 1] / counts[1], atol=1e-5)
+        assert split["cloze_n_chars"].shape == (2, 4) and set(polarity) <= {"yes", "no", "other"}
+        vector = h5[f"{key}/survival-instinct/vectors/caa/L1-answer/vectors"][0]
+        baseline = split["baseline_cloze_logprob"][()]
+    lm = load_model(str(tiny_dir), "fp32")
+    items = {item.id: item for item in load_items("data/survival-instinct.jsonl", "val")}
+    cloze, _ = cloze_items(lm.tokenizer, [items[i] for i in ids])
+    assert [c.polarity for c in cloze] == list(polarity)
+    theta = torch.from_numpy(3 * vector / np.linalg.norm(vector))
+    plain = cloze_plain(lm.model, cloze, 1, torch.stack([torch.zeros_like(theta), theta]),
+                        lm.tokenizer.pad_token_id)
+    assert np.abs(plain[0].numpy() - baseline).max() < 1e-3
+    assert np.abs(plain[1].numpy() - logprob[0, 0]).max() < 1e-3
+    report = run("runners.report", "--model", tiny_dir, "--store", store)
+    assert report.returncode == 0, report.stderr
+    assert "#### Cloze (answer texts, no letters; nats per token)" in report.stdout
+    assert "chosen on validation by the class-balanced cloze preference" in report.stdout
+    assert "#### caa/L1-answer, vector 0 (chosen on val by cloze): cloze" in report.stdout or \
+        "#### caa/L1, vector 0 (chosen on val by cloze): cloze" in report.stdout
+
+
+def test_eval_with_the_cloze_score_alone_writes_no_letter_numbers_and_reports(tiny_dir, tmp_path):
+    store = tmp_path / "store.h5"
+    done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 2,
+               "--scales", "2", "--splits", "val test", "--score", "cloze", "--layer", 1, *SMALL_KL)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(store, "r") as h5:
+        split = h5[f"{store_key(str(tiny_dir))}/survival-instinct/evals/test"]
+        assert "baseline_logit_diff" not in split and "logit_diff" not in split["random/L1"]
+        assert split["random/L1/cloze"].shape == (2, 2, 3)
+    report = run("runners.report", "--model", tiny_dir, "--store", store, "--select-by", "letter")
+    assert report.returncode == 0, report.stderr
+    assert "no letter scores, so every choice below is by the cloze score" in report.stdout
+    assert "#### Letter" not in report.stdout and "#### Cloze" in report.stdout
+
+
 def test_eval_max_vectors_trims_method_groups_but_not_the_random_control(tiny_dir, tmp_path):
     store = tmp_path / "store.h5"
     assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 2).returncode == 0
