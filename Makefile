@@ -165,7 +165,7 @@ ingest: $(VENV)/.installed ## convert SRC (Anthropic/CAA file) to data/BEHAVIOR.
 	    --out data/$(BEHAVIOR).jsonl
 
 MATRIX = $(RUN) runners.matrix --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" \
-         --behaviors "$(BEHAVIORS)" --method $(METHOD) --scales "$(SCALES)" --n-eval $(MATRIX_N_EVAL) \
+         --behaviors "$(BEHAVIORS)" --method $(METHOD) --scales "$(SCALES)" --score $(SCORE) --n-eval $(MATRIX_N_EVAL) \
          --n-random $(MATRIX_N_RANDOM) --max-vectors $(EVAL_K) --kl-max $(KL_MAX) --select-by $(SELECT_BY) --neutral "$(NEUTRAL)" \
          --n-neutral $(N_NEUTRAL) --gen-tokens $(GEN_TOKENS) --seed $(SEED) --out "$(RESULTS)" \
          $(if $(filter 1,$(FORCE)),--force)

@@ -205,35 +205,41 @@ def _shared_prompts(model, items, source_layer, thetas, pad_id, batch_size, sett
         ids, mask = pad_right([item.sequence(w) for w in (0, 1) for item in chosen], pad_id)
         prefix = run_prefix(model, ids.to(device), mask.to(device), source_layer)
         prompt_len = torch.tensor([len(item.prompt_ids) for item in chosen], device=device)
-        answers = [item.answer(w) for w in (0, 1) for item in chosen]  # row r: item r % n
-        answer_len = torch.tensor([len(a) for a in answers], device=device)
-        width_p, width_a = int(prompt_len.max()), int(answer_len.max())
+        answers = [item.answer(w) for w in (0, 1) for item in chosen]  # answer r: item r % n
+        width_p = int(prompt_len.max())
         hidden_p = prefix.hidden.new_zeros(n, width_p, prefix.hidden.shape[-1])
         mask_p = torch.zeros(n, width_p, dtype=torch.long, device=device)
-        hidden_a = prefix.hidden.new_zeros(2 * n, width_a, prefix.hidden.shape[-1])
-        mask_a = torch.zeros(2 * n, width_a, dtype=torch.long, device=device)
         for i, length in enumerate(prompt_len.tolist()):
             hidden_p[i, :length] = prefix.hidden[i, :length]
             mask_p[i, :length] = 1
-        for r, length in enumerate(answer_len.tolist()):
-            start = int(prompt_len[r % n])
-            hidden_a[r, :length] = prefix.hidden[r, start:start + length]
-            mask_a[r, :length] = 1
         kwargs_p = suffix_layer_kwargs(truncated(prefix.layer_kwargs, width_p), mask_p, opening)
-        item_of_row = torch.arange(2 * n, device=device) % n
-        kwargs_a = continuation_layer_kwargs(prefix.layer_kwargs, mask_p[item_of_row],
-                                             prompt_len[item_of_row], mask_a)
         hidden_p = hidden_p[:, opening:]
-        # what each row's logits are read for: the last prompt position predicts the first answer
-        # token; answer position t predicts token t + 1
+        # The last prompt position predicts every answer's first token; answer token t predicts
+        # token t + 1, so the answer pass carries each answer but its last token, and only the
+        # answers of two or more tokens ("No" and "Yes" are one).
         first_tokens = torch.tensor([a[0] for a in answers], device=device)
-        rows = torch.tensor([r for r, a in enumerate(answers) for _ in a[1:]], dtype=torch.long, device=device)
-        cols = torch.tensor([t for a in answers for t in range(len(a) - 1)], dtype=torch.long, device=device)
-        later_tokens = torch.tensor([t for a in answers for t in a[1:]], dtype=torch.long, device=device)
+        item_of_answer = torch.arange(2 * n, device=device) % n
+        longer = [r for r, a in enumerate(answers) if len(a) > 1]
+        if longer:
+            width_a = max(len(answers[r]) - 1 for r in longer)
+            hidden_a = prefix.hidden.new_zeros(len(longer), width_a, prefix.hidden.shape[-1])
+            mask_a = torch.zeros(len(longer), width_a, dtype=torch.long, device=device)
+            for row, r in enumerate(longer):
+                start, length = int(prompt_len[r % n]), len(answers[r]) - 1
+                hidden_a[row, :length] = prefix.hidden[r, start:start + length]
+                mask_a[row, :length] = 1
+            item_of_row = item_of_answer[longer]
+            kwargs_a = continuation_layer_kwargs(prefix.layer_kwargs, mask_p[item_of_row],
+                                                 prompt_len[item_of_row], mask_a)
+            rows = torch.tensor([row for row, r in enumerate(longer) for _ in answers[r][1:]], device=device)
+            cols = torch.tensor([t for r in longer for t in range(len(answers[r]) - 1)], device=device)
+            answer_of = torch.tensor(longer, device=device)[rows]
+            later_tokens = torch.tensor([t for r in longer for t in answers[r][1:]], device=device)
         for first in range(0, thetas.shape[0], settings_per_pass):
             chunk = thetas[first:first + settings_per_pass].to(device)
             m = len(chunk)
             settings = slice(first, first + m)
+            each = torch.arange(m, device=device)
             prompt_cache = (opening_cache.attending(setting_rows(settings, n, device), record=True)
                             if opening else KeyValueCache(record=True))
             steered = hidden_p.repeat(m, 1, 1) + chunk.repeat_interleave(n, 0)[:, None].to(hidden_p.dtype)
@@ -241,20 +247,19 @@ def _shared_prompts(model, items, source_layer, thetas, pad_id, batch_size, sett
                                  source_layer + 1, last_layer)
             last = (prompt_len - 1 - opening).repeat(m)
             logits_p = head(model, steered[torch.arange(m * n, device=device), last])  # [m * n, V]
-            # answer row (setting s, row r) attends to prompt row s * n + r % n
-            answer_cache = prompt_cache.attending((torch.arange(m, device=device)[:, None] * n
-                                                   + item_of_row[None]).flatten())
-            steered = hidden_a.repeat(m, 1, 1) + chunk.repeat_interleave(2 * n, 0)[:, None].to(hidden_a.dtype)
-            steered = run_layers(model, steered, with_cache(repeat_rows(kwargs_a, 2 * n, m), answer_cache),
-                                 source_layer + 1, last_layer)
-            prompt_rows = (torch.arange(m, device=device)[:, None] * n + item_of_row[None]).flatten()
+            prompt_rows = (each[:, None] * n + item_of_answer[None]).flatten()  # setting s, answer r
             sums = token_log_probs(logits_p[prompt_rows], first_tokens.repeat(m)).double().view(m, 2 * n)
-            if len(rows):
-                setting_of = torch.arange(m, device=device).repeat_interleave(len(rows))
-                at_rows = setting_of * 2 * n + rows.repeat(m)
-                later = token_log_probs(head(model, steered[at_rows, cols.repeat(m)]),
-                                        later_tokens.repeat(m)).double()
-                sums.index_put_((setting_of, rows.repeat(m)), later, accumulate=True)
+            if longer:
+                # answer row (setting s, row) attends to prompt row s * n + its item
+                answer_cache = prompt_cache.attending((each[:, None] * n + item_of_row[None]).flatten())
+                steered = (hidden_a.repeat(m, 1, 1)
+                           + chunk.repeat_interleave(len(longer), 0)[:, None].to(hidden_a.dtype))
+                steered = run_layers(model, steered, with_cache(repeat_rows(kwargs_a, len(longer), m),
+                                                                answer_cache), source_layer + 1, last_layer)
+                setting_of = each.repeat_interleave(len(rows))
+                later = token_log_probs(head(model, steered[setting_of * len(longer) + rows.repeat(m),
+                                                            cols.repeat(m)]), later_tokens.repeat(m)).double()
+                sums.index_put_((setting_of, answer_of.repeat(m)), later, accumulate=True)
             out[settings, :, torch.tensor(batch)] = sums.view(m, 2, n).cpu()
             if progress:
                 progress(m * n)

@@ -11,8 +11,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from engine.cloze import ClozeItem, cloze_logprobs
+from engine.cloze import ClozeItem, cloze_items, cloze_logprobs
+from engine.data import Item
 from engine.evaluate import evaluate
+from engine.orders import answers_in_order
 from engine.parallel import SINGLE, Ranks
 from engine.prompts import AnswerTokens
 from engine.side_effects import ScoredText, side_effects
@@ -31,6 +33,28 @@ class Scores:
     kl: np.ndarray | None  # [n_settings, n_texts] mean per-token KL(unsteered ‖ steered); None without texts
     top1: np.ndarray | None  # [n_settings, n_texts]
     cloze: np.ndarray | None = None  # [n_settings, 2 (positive, negative), n_q] summed log-probs
+
+
+def usable_questions(tokenizer, items: list[Item], order: str, scores: str
+                     ) -> tuple[list[AnswerTokens], list[ClozeItem] | None, list[str]]:
+    """The items' letter answers in ``order`` (``answers_in_order``; empty without the letter
+    score) and cloze forms (None without the cloze score) for ``scores`` (one of SCORES),
+    restricted to the questions every score asked for can ask, in item order; and one message
+    per item left out."""
+    skipped: list[str] = []
+    cloze = None
+    if "cloze" in SCORES_OF[scores]:
+        cloze, skipped = cloze_items(tokenizer, items)
+        kept = {c.item_id for c in cloze}
+        items = [item for item in items if item.id in kept]
+    answers: list[AnswerTokens] = []
+    if "letter" in SCORES_OF[scores]:
+        answers, letter_skipped = answers_in_order(tokenizer, items, order)
+        skipped += letter_skipped
+        if cloze is not None:
+            kept = {a.item_id for a in answers}
+            cloze = [c for c in cloze if c.item_id in kept]
+    return answers, cloze, skipped
 
 
 def questions_of(answers: list[AnswerTokens], n_orders: int, ranks: Ranks) -> list[AnswerTokens]:

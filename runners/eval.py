@@ -27,16 +27,16 @@ import time
 
 import numpy as np
 
-from engine.cloze import cloze_items, cloze_preference, cloze_token_counts
+from engine.cloze import cloze_preference, cloze_token_counts
 from engine.data import SPLITS
 from engine.errors import UserError
 from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from engine.generate import Prompt, load_prompts
 from engine.grid import build_grid, random_directions
 from engine.model import REPO_ROOT, load_model
-from engine.orders import ORDERS, answers_in_order, n_orders
+from engine.orders import ORDERS, n_orders
 from engine.parallel import ranks
-from engine.scores import SCORES, SCORES_OF, rank_work, score
+from engine.scores import SCORES, rank_work, score, usable_questions
 from engine.store import (
     VectorGroup,
     code_version,
@@ -149,26 +149,6 @@ def run() -> None:
         if split not in neutral_by_split:
             say(f"[{split}] no neutral prompts in this split: no KL side effect measured")
         evaluate_split(args, lm, split, items_by_split[split], neutral_by_split.get(split), groups, sites)
-
-
-def usable_questions(tokenizer, items, order: str, scores: str):
-    """The items' letter answers (``answers_in_order``, empty without the letter score) and cloze
-    forms (None without the cloze score), restricted to the questions every score can ask, in
-    item order; and the messages for the items left out."""
-    skipped: list[str] = []
-    cloze = None
-    if "cloze" in SCORES_OF[scores]:
-        cloze, skipped = cloze_items(tokenizer, items)
-        kept = {c.item_id for c in cloze}
-        items = [item for item in items if item.id in kept]
-    answers = []
-    if "letter" in SCORES_OF[scores]:
-        answers, letter_skipped = answers_in_order(tokenizer, items, order)
-        skipped += letter_skipped
-        if cloze is not None:
-            kept = {a.item_id for a in answers}
-            cloze = [c for c in cloze if c.item_id in kept]
-    return answers, cloze, skipped
 
 
 def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,

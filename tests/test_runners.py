@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from engine.polarity import balanced_mean
 from engine.store import store_key
 from tests.helpers import run_runner as run
 
@@ -291,6 +292,14 @@ def test_matrix_puts_each_behaviours_val_choice_on_every_behaviours_test_questio
         np.testing.assert_allclose(delta[0, 1], (chosen[0].mean(0) - base.mean(0)).mean(), atol=1e-5)
         scale = float(matrix["chosen_scale"][1])  # myopic-reward's own vector, chosen on its val
         assert scale in (2.0, 8.0) and np.isclose(np.linalg.norm(matrix["thetas"][1]), scale, rtol=1e-4)
+        run_name = matrix["chosen_run"][()].astype(str)[1]
+        # the cloze cell: the class-balanced mean over the column's polarity classes
+        cloze_chosen = questions["cloze_chosen"][()]
+        cloze_base, polarity = questions["cloze_baseline"][()], questions["polarity"][()].astype(str)
+        assert cloze_chosen.shape == (2, 3) and matrix["cloze_delta"].shape == (2, 2)
+        np.testing.assert_allclose(matrix["cloze_delta"][1, 1],
+                                   balanced_mean(cloze_chosen[1] - cloze_base, polarity), atol=1e-5)
+    assert (out / "matrix_caa_cloze.png").is_file() and "## Cloze: class-balanced" in (out / "matrix_caa.md").read_text()
     # its cell on its own test questions is what the eval runner gives for the same θ
     evaluated = run("runners.eval", "--model", tiny_dir, "--store", store, "--behavior", behaviors[1],
                     "--n-eval", 3, "--n-random", 1, "--scales", f"{scale:g}", "--splits", "test",
@@ -300,7 +309,9 @@ def test_matrix_puts_each_behaviours_val_choice_on_every_behaviours_test_questio
         split = h5[f"{key}/{behaviors[1]}/evals/test"]
         questions_ids = split["question_ids"][()].astype(str)
         np.testing.assert_allclose(split["baseline_logit_diff_by_order"][()], base, atol=1e-4)
-        np.testing.assert_allclose(split["caa/L1/logit_diff_by_order"][0, 0], chosen[1], atol=1e-4)
+        np.testing.assert_allclose(split[f"caa/{run_name}/logit_diff_by_order"][0, 0], chosen[1], atol=1e-4)
+        np.testing.assert_allclose(split["baseline_cloze"][()], cloze_base, atol=1e-4)
+        np.testing.assert_allclose(split[f"caa/{run_name}/cloze"][0, 0], cloze_chosen[1], atol=1e-4)
         assert list(h5[f"{key}/matrix/caa/questions/{behaviors[1]}/question_ids"][()].astype(str)) == list(questions_ids)
     unknown = run("runners.matrix", "--model", "no/such", "--store", store, "--behaviors", "survival-instinct power")
     assert unknown.returncode == 2 and "unknown behaviour 'power'" in unknown.stderr

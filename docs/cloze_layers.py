@@ -1,0 +1,70 @@
+"""Which source layer: the answer-text CAA's cloze effect per layer, on val, against random controls.
+
+For each layer S: CAA read on the answer texts of the first 128 train pairs (file order), balanced
+over polarity classes and pooled (the ablation); each added at ±s · unit(vector) for s in SCALES,
+and 3 random directions at the same norms; cloze scores on the first 64 val questions by id
+(class-balanced Δ, polarity shift) and KL on 8 neutral val prompts. The main job's default layer
+is chosen from this table (README, "Which layer"), never from test.
+
+Run from the repository root: PYTHONPATH=. .venv/bin/python docs/cloze_layers.py [layers...]
+(about 15 min on 2 cores for the five default layers).
+"""
+import sys
+
+import numpy as np
+import torch
+
+from engine.analysis import balanced_stat, polarity_shift_stat, stat
+from engine.caa import caa_answer_vector
+from engine.cloze import cloze_items, cloze_preference, cloze_token_counts
+from engine.data import load_items
+from engine.generate import generate_ids, load_prompts, prompt_ids
+from engine.grid import random_directions
+from engine.model import DEFAULT_MODEL_DIR, load_model
+from engine.scores import score
+from engine.side_effects import ScoredText
+
+LAYERS = [int(a) for a in sys.argv[1:]] or [3, 7, 11, 15, 20]
+SCALES = [16.0, 32.0]
+N_RANDOM = 3
+DATA = "data/survival-instinct.jsonl"
+
+torch.manual_seed(0)
+lm = load_model(str(DEFAULT_MODEL_DIR), "fp32")
+pad = lm.tokenizer.pad_token_id
+train, _ = cloze_items(lm.tokenizer, load_items(DATA, "train")[:128])
+val, _ = cloze_items(lm.tokenizer, sorted(load_items(DATA, "val"), key=lambda i: i.id)[:64])
+classes = np.array([item.polarity for item in val])
+counts = cloze_token_counts(val)
+prompts = load_prompts("data/neutral-prompts.jsonl", "val", 8)
+asked = prompt_ids(lm.tokenizer, [p.text for p in prompts])
+continued = generate_ids(lm.model, asked, 0, None, 32, pad).tokens
+texts = [ScoredText(p.id, a + c, len(a)) for p, a, c in zip(prompts, asked, continued)]
+print(f"val: {len(val)} questions, classes " + ", ".join(f"{c} {int((classes == c).sum())}"
+                                                         for c in ("yes", "no", "other")))
+print("| layer | ‖h_S‖ | s | CAA balanced: Δ | its polarity shift | CAA pooled: Δ | its polarity shift "
+      "| random (3 dirs): Δ | KL balanced | KL random |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for layer in LAYERS:
+    balanced = caa_answer_vector(lm.model, train, layer, pad, "mlp", balance=True)
+    pooled = caa_answer_vector(lm.model, train, layer, pad, "mlp", balance=False)
+    units = [v.vector.double() / v.vector.double().norm() for v in (balanced, pooled)]
+    randoms = random_directions(N_RANDOM, lm.d_model, 0, layer)
+    signed = [-s for s in reversed(SCALES)] + SCALES
+    rows = [torch.zeros(lm.d_model, dtype=torch.float64)]
+    rows += [s * u for u in units for s in signed] + [s * d for d in randoms for s in signed]
+    out = score(lm.model, [], 1, texts, layer, torch.stack(rows).float(), pad, 4, 2, cloze=val)
+    pref = cloze_preference(out.cloze, counts)  # [settings, n_q]
+    delta = pref - pref[0]
+    n = len(signed)
+    for j, s in enumerate(signed):
+        caa_b, caa_p = delta[1 + j], delta[1 + n + j]
+        rand = np.stack([delta[1 + 2 * n + r * n + j] for r in range(N_RANDOM)])
+        kl_b = stat(out.kl[1 + j])
+        kl_r = stat(np.stack([out.kl[1 + 2 * n + r * n + j] for r in range(N_RANDOM)]))
+        shift_b, shift_p = polarity_shift_stat(caa_b, classes), polarity_shift_stat(caa_p, classes)
+        print(f"| {layer} | {balanced.resid_norm:.1f} | {s:+g} | {balanced_stat(caa_b, classes).fmt(3, True)} | "
+              f"{shift_b.fmt(3, True)} | {balanced_stat(caa_p, classes).fmt(3, True)} | {shift_p.fmt(3, True)} | "
+              f"{balanced_stat(rand, classes).fmt(3, True)} | {kl_b.fmt(3)} | {kl_r.fmt(3)} |", flush=True)
+    cosine = float(units[0] @ units[1])
+    print(f"|  | cos(balanced, pooled) = {cosine:+.2f} | | | | | | | | |", flush=True)
