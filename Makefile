@@ -28,13 +28,14 @@ TOL        ?= 1e-2## pi, pi_caa: stop when the subspace moves less than this
 N_PROMPTS  ?= 2## pi, pi_caa, melbo: train prompts the Jacobian/objective is taken over
 TOKENS     ?= all## pi, pi_caa: positions: all real tokens, or last:N
 JVP_CHUNK  ?= all## pi, pi_caa: vectors through the vmapped JVP/VJP together (memory grows with it; README "Memory"); all: K + OVERSAMPLE at once
-R          ?= 16## melbo: norm of each vector
+R          ?= 16## melbo: norm of each vector, in SCALE_UNIT
 P          ?= 2## melbo: exponent of the per-token displacement norm
 Q          ?= 1## melbo: outer root of the objective
 STEPS      ?= 12## melbo: optimiser steps
 LR         ?= 0.05## melbo: AdamW learning rate
 SEED       ?= 0## pi, pi_caa, melbo, random controls
-SCALES     ?= 8 24 64## eval: scales (L2 norm of θ; mean ‖h_S‖ is ~116 at layer 7); sign-free vectors also get the negatives
+SCALE_UNIT ?= resid## eval, pi_caa, melbo, generate, export, matrix: resid (every scale a fraction of the median ‖h_S‖ at the source layer, measured once over train prompts and stored) or abs (absolute L2 norms)
+SCALES     ?= 8 24 64## eval, matrix: scales in SCALE_UNIT; sign-free vectors also get the negatives
 RAW        ?= 0## eval: 1 scales raw vectors instead of unit-normalised ones
 N_EVAL     ?= 16## eval: questions per split (or all); small so `make` fits 15 min on 2 CPU cores
 EVAL_K     ?= 1## eval: first EVAL_K vectors of each group (PI: largest σ), or all
@@ -53,9 +54,9 @@ OPEN_PROMPTS ?= 3## generate: first N open-ended prompts of the test split
 NEUTRAL_PROMPTS ?= 1## generate: first N neutral prompts of the test split
 MAX_NEW_TOKENS ?= 32## generate: new tokens per completion
 SAMPLE     ?= 0## generate: 1 samples (seeded by SEED) instead of greedy decoding
-AT_SCALES  ?=## pi_caa: linearise at s · unit(CAA) for each s, e.g. "-24 8 24 64" (default: at the raw CAA vector)
+AT_SCALES  ?=## pi_caa: linearise at s · unit(CAA) for each s in SCALE_UNIT, e.g. "-0.2 0.07 0.2 0.55" (default: at the raw CAA vector)
 VECTOR     ?=## export, generate: METHOD/RUN/INDEX of one stored vector (default: each method's choice on val)
-SCALE      ?=## export: with VECTOR, the signed L2 norm of what is added (default: the raw vector)
+SCALE      ?=## export: with VECTOR, the signed size of what is added in SCALE_UNIT (default: the raw vector)
 BEHAVIORS  ?= survival-instinct power-seeking-inclination wealth-seeking-inclination myopic-reward coordinate-other-ais coordinate-itself corrigible-more-HHH## matrix: behaviours, each a row and a column
 METHOD     ?= caa## matrix: caa, pi, pi_caa or melbo: whose vector each behaviour contributes
 MATRIX_N_EVAL ?= 16## matrix: questions per behaviour on val (the choice) and test (the cells), or all
@@ -73,7 +74,8 @@ MODEL_DEP := $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT_MODEL)/config.js
 COMMON  = --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" \
           --behavior "$(BEHAVIOR)" $(if $(DATA),--data "$(DATA)") --site $(SITE) $(if $(filter 1,$(FORCE)),--force)
 JACOBIAN = --layer $(LAYER) --target $(TARGET) --k $(K) --iters $(ITERS) --oversample $(OVERSAMPLE) \
-           --tol $(TOL) --n-prompts $(N_PROMPTS) --tokens $(TOKENS) --seed $(SEED) --jvp-chunk $(JVP_CHUNK)
+           --tol $(TOL) --n-prompts $(N_PROMPTS) --tokens $(TOKENS) --seed $(SEED) --jvp-chunk $(JVP_CHUNK) \
+           --scale-unit $(SCALE_UNIT)
 AT       = $(if $(AT_SCALES),--at-scales "$(AT_SCALES)")
 CAA_ARGS = --capture $(CAPTURE) --position "$(POSITION)" --balance $(BALANCE) --n-train $(N_TRAIN) --orders $(ORDERS)
 RUN     = PYTHONUNBUFFERED=1 $(PY) -m
@@ -128,10 +130,10 @@ pi_caa: $(VENV)/.installed $(MODEL_DEP) ## the same, linearised at θ = the CAA 
 
 melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (gradient ascent)
 	$(RUN_DP) runners.melbo $(COMMON) --layer $(LAYER) --target $(TARGET) --k $(K) --radius $(R) \
-	    --p $(P) --q $(Q) --steps $(STEPS) --lr $(LR) --n-prompts $(N_PROMPTS) --seed $(SEED)
+	    --p $(P) --q $(Q) --steps $(STEPS) --lr $(LR) --n-prompts $(N_PROMPTS) --seed $(SEED) --scale-unit $(SCALE_UNIT)
 
 eval: $(VENV)/.installed $(MODEL_DEP) ## logit differences in both answer orders of every stored vector, baseline and random controls
-	$(RUN_DP) runners.eval $(COMMON) --scales "$(SCALES)" --n-eval $(N_EVAL) --n-random $(N_RANDOM) \
+	$(RUN_DP) runners.eval $(COMMON) --scales "$(SCALES)" --scale-unit $(SCALE_UNIT) --n-eval $(N_EVAL) --n-random $(N_RANDOM) \
 	    --splits "$(SPLITS)" --seed $(SEED) --layer $(LAYER) $(if $(filter 1,$(RAW)),--raw) \
 	    --max-vectors $(EVAL_K) --orders $(ORDERS) --score $(SCORE) --neutral "$(NEUTRAL)" --n-neutral $(N_NEUTRAL) \
 	    --gen-tokens $(GEN_TOKENS)
@@ -149,11 +151,11 @@ generate: $(VENV)/.installed $(MODEL_DEP) ## completions, unsteered and with eac
 	    --out "$(RESULTS)" --neutral "$(NEUTRAL)" \
 	    --n-open $(OPEN_PROMPTS) --n-neutral $(NEUTRAL_PROMPTS) --max-new-tokens $(MAX_NEW_TOKENS) \
 	    --seed $(SEED) --kl-max $(KL_MAX) --select-by $(SELECT_BY) $(if $(filter 1,$(SAMPLE)),--sample) $(if $(filter 1,$(FORCE)),--force) \
-	    $(if $(VECTOR),--vector "$(VECTOR)" --scales "$(SCALES)")
+	    --scale-unit $(SCALE_UNIT) $(if $(VECTOR),--vector "$(VECTOR)" --scales "$(SCALES)")
 
 export: $(VENV)/.installed ## chosen vectors as .pt, .safetensors and llama.cpp GGUF into RESULTS/export/
 	$(RUN) runners.export --store "$(STORE)" --model "$(MODEL)" --behavior "$(BEHAVIOR)" --out "$(RESULTS)/export" --kl-max $(KL_MAX) --select-by $(SELECT_BY) \
-	    $(if $(VECTOR),--vector "$(VECTOR)") $(if $(SCALE),--scale $(SCALE))
+	    --scale-unit $(SCALE_UNIT) $(if $(VECTOR),--vector "$(VECTOR)") $(if $(SCALE),--scale $(SCALE))
 
 bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to bench/results/latest.json
 	mkdir -p bench/results
@@ -165,7 +167,7 @@ ingest: $(VENV)/.installed ## convert SRC (Anthropic/CAA file) to data/BEHAVIOR.
 	    --out data/$(BEHAVIOR).jsonl
 
 MATRIX = $(RUN) runners.matrix --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" \
-         --behaviors "$(BEHAVIORS)" --method $(METHOD) --scales "$(SCALES)" --score $(SCORE) --n-eval $(MATRIX_N_EVAL) \
+         --behaviors "$(BEHAVIORS)" --method $(METHOD) --scales "$(SCALES)" --scale-unit $(SCALE_UNIT) --score $(SCORE) --n-eval $(MATRIX_N_EVAL) \
          --n-random $(MATRIX_N_RANDOM) --max-vectors $(EVAL_K) --kl-max $(KL_MAX) --select-by $(SELECT_BY) --neutral "$(NEUTRAL)" \
          --n-neutral $(N_NEUTRAL) --gen-tokens $(GEN_TOKENS) --seed $(SEED) --out "$(RESULTS)" \
          $(if $(filter 1,$(FORCE)),--force)

@@ -7,20 +7,23 @@ and 3 random directions at the same norms; cloze scores on the first 64 val ques
 is chosen from this table (README, "Which layer"), never from test.
 
 Run from the repository root: PYTHONPATH=. .venv/bin/python docs/cloze_layers.py [layers...]
-(about 15 min on 2 cores for the five default layers).
+(about 6 min per layer on 2 cores). CAPTURE=mlp|resid (environment; default resid) reads the
+activations at layers[S].mlp.down_proj's output or at the block's output (the residual stream).
 """
+import os
 import sys
 
 import numpy as np
 import torch
 
-from engine.analysis import balanced_stat, polarity_shift_stat, stat
+from engine.analysis import balanced_stat, polarity_shift_stat, stat, stratified
 from engine.caa import caa_answer_vector
 from engine.cloze import cloze_items, cloze_preference, cloze_token_counts
 from engine.data import load_items
 from engine.generate import generate_ids, load_prompts, prompt_ids
 from engine.grid import random_directions
 from engine.model import DEFAULT_MODEL_DIR, load_model
+from engine.norms import NORM_PROMPTS, residual_norm
 from engine.scores import score
 from engine.side_effects import ScoredText
 
@@ -28,6 +31,7 @@ LAYERS = [int(a) for a in sys.argv[1:]] or [3, 7, 11, 15, 20]
 SCALES = [16.0, 32.0]
 N_RANDOM = 3
 DATA = "data/survival-instinct.jsonl"
+CAPTURE = os.environ.get("CAPTURE", "resid")
 
 torch.manual_seed(0)
 lm = load_model(str(DEFAULT_MODEL_DIR), "fp32")
@@ -40,14 +44,16 @@ prompts = load_prompts("data/neutral-prompts.jsonl", "val", 8)
 asked = prompt_ids(lm.tokenizer, [p.text for p in prompts])
 continued = generate_ids(lm.model, asked, 0, None, 32, pad).tokens
 texts = [ScoredText(p.id, a + c, len(a)) for p, a, c in zip(prompts, asked, continued)]
-print(f"val: {len(val)} questions, classes " + ", ".join(f"{c} {int((classes == c).sum())}"
+print(f"capture {CAPTURE}; val: {len(val)} questions, classes " + ", ".join(f"{c} {int((classes == c).sum())}"
                                                          for c in ("yes", "no", "other")))
-print("| layer | ‖h_S‖ | s | CAA balanced: Δ | its polarity shift | CAA pooled: Δ | its polarity shift "
-      "| random (3 dirs): Δ | KL balanced | KL random |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| layer | median ‖h_S‖ | s | CAA balanced: Δ | its polarity shift | its Δ on other | CAA pooled: Δ "
+      "| its polarity shift | random (3 dirs): Δ | KL balanced | KL random |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+norm_prompts = prompt_ids(lm.tokenizer, [item.question for item in load_items(DATA, "train")[:NORM_PROMPTS]])
 for layer in LAYERS:
-    balanced = caa_answer_vector(lm.model, train, layer, pad, "mlp", balance=True)
-    pooled = caa_answer_vector(lm.model, train, layer, pad, "mlp", balance=False)
+    norm = residual_norm(lm.model, norm_prompts, layer, pad).median
+    balanced = caa_answer_vector(lm.model, train, layer, pad, CAPTURE, balance=True)
+    pooled = caa_answer_vector(lm.model, train, layer, pad, CAPTURE, balance=False)
     units = [v.vector.double() / v.vector.double().norm() for v in (balanced, pooled)]
     randoms = random_directions(N_RANDOM, lm.d_model, 0, layer)
     signed = [-s for s in reversed(SCALES)] + SCALES
@@ -63,8 +69,10 @@ for layer in LAYERS:
         kl_b = stat(out.kl[1 + j])
         kl_r = stat(np.stack([out.kl[1 + 2 * n + r * n + j] for r in range(N_RANDOM)]))
         shift_b, shift_p = polarity_shift_stat(caa_b, classes), polarity_shift_stat(caa_p, classes)
-        print(f"| {layer} | {balanced.resid_norm:.1f} | {s:+g} | {balanced_stat(caa_b, classes).fmt(3, True)} | "
-              f"{shift_b.fmt(3, True)} | {balanced_stat(caa_p, classes).fmt(3, True)} | {shift_p.fmt(3, True)} | "
+        other = stratified(caa_b, classes, {"other": 1.0})
+        print(f"| {layer} | {norm:.1f} | {s:+g} | {balanced_stat(caa_b, classes).fmt(3, True)} | "
+              f"{shift_b.fmt(3, True)} | {other.fmt(3, True)} | {balanced_stat(caa_p, classes).fmt(3, True)} | "
+              f"{shift_p.fmt(3, True)} | "
               f"{balanced_stat(rand, classes).fmt(3, True)} | {kl_b.fmt(3)} | {kl_r.fmt(3)} |", flush=True)
     cosine = float(units[0] @ units[1])
-    print(f"|  | cos(balanced, pooled) = {cosine:+.2f} | | | | | | | | |", flush=True)
+    print(f"|  | cos(balanced, pooled) = {cosine:+.2f} | | | | | | | | | |", flush=True)

@@ -63,6 +63,19 @@ class Row:
     # with a KL measurement (None for stores without one), over neutral prompts:
     kl: Stat | None = None  # mean per-token KL(unsteered ‖ steered), nats
     top1: Stat | None = None  # share of positions where the steered model's top token is unchanged
+    fraction: float | None = None  # the scale as a fraction of ‖h_S‖ (SCALE_UNIT=resid evals)
+
+    @property
+    def scale_text(self) -> str:
+        return scale_text(self.scale, self.fraction)
+
+
+def scale_text(scale: float, fraction: float | None) -> str:
+    """A setting's scale as the report writes it: "+0.2 (= 23.2)" in units of ‖h_S‖ with the L2
+    norm it was, or the L2 norm alone ("+24") for absolute scales."""
+    if fraction is None or not np.isfinite(fraction):
+        return f"{scale:+g}"
+    return f"{fraction:+.3g} (= {scale:.1f})"
 
 
 def _bootstrap(per_question: np.ndarray, n_q: int, seed: int) -> tuple[float, float]:
@@ -131,6 +144,15 @@ class Group:
     kl: np.ndarray | None = None  # [k, n_scales, n_neutral] mean per-token KL, if measured
     top1: np.ndarray | None = None  # [k, n_scales, n_neutral]
     cloze: np.ndarray | None = None  # [k, n_scales, n_q] cloze preference, nats per token
+    fractions: np.ndarray | None = None  # [n_scales] the scales in units of ‖h_S‖ (SCALE_UNIT=resid)
+
+    @property
+    def scale_unit(self) -> str:
+        """resid, abs, or "" for evals stored before SCALE_UNIT (absolute L2 norms)."""
+        return str(self.attrs.get("scale_unit", ""))
+
+    def fraction(self, s: int) -> float | None:
+        return None if self.fractions is None else float(self.fractions[s])
 
     @property
     def label(self) -> str:
@@ -211,7 +233,7 @@ def read_split(h5: h5py.File, model_key: str, behavior: str, split: str) -> Spli
             item = Group(method, run, optional(group, "logit_diff"), optional(group, "answer_mass"),
                          group["scales"][()], int(attrs.get("source_layer", -1)), attrs,
                          optional(group, "logit_diff_by_order"), optional(group, "kl"),
-                         optional(group, "top1"), optional(group, "cloze"))
+                         optional(group, "top1"), optional(group, "cloze"), optional(group, "scale_fractions"))
             groups[item.label] = item
     polarity = optional(node, "polarity")
     return Split(split, node["question_ids"][()].astype(str), optional(node, "baseline_logit_diff"),
@@ -306,6 +328,7 @@ def row_at(group: Group, vector: int | None, s: int, split: Split) -> Row:
     out = row(float(group.scales[s]), diff, mass, split.baseline, pick(group.by_order))
     if group.kl is not None:
         out.kl, out.top1 = stat(pick(group.kl)), stat(pick(group.top1))
+    out.fraction = group.fraction(s)
     return out
 
 
@@ -348,6 +371,11 @@ class ClozeRow:
     polarity_shift: Stat | None  # ½(Δ_no − Δ_yes); None without both classes
     kl: Stat | None = None
     top1: Stat | None = None
+    fraction: float | None = None  # the scale in units of ‖h_S‖, where evaluated so
+
+    @property
+    def scale_text(self) -> str:
+        return scale_text(self.scale, self.fraction)
 
 
 def stratified(per_question: np.ndarray, classes: np.ndarray, weights: dict[str, float],
@@ -403,4 +431,15 @@ def cloze_row_at(group: Group, vector: int | None, s: int, split: Split) -> Cloz
     out = cloze_row(float(group.scales[s]), pick(group.cloze), split.cloze_baseline, split.polarity)
     if group.kl is not None:
         out.kl, out.top1 = stat(pick(group.kl)), stat(pick(group.top1))
+    out.fraction = group.fraction(s)
     return out
+
+
+# A setting costing less than this (nats per token of KL on neutral text) has not left the linear
+# regime: the model's next-token distributions barely moved.
+LINEAR_KL = 1e-3
+
+
+def linear_regime(group: Group) -> bool:
+    """Whether every setting of ``group`` costs less than LINEAR_KL (False without a KL)."""
+    return group.kl is not None and bool((group.kl.mean(-1) < LINEAR_KL).all())

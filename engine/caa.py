@@ -34,7 +34,6 @@ class CAAResult:
     vector: torch.Tensor  # [d] fp32, raw (not normalised): the mean of the order means
     diff_norms: torch.Tensor  # [n_pairs] fp32, ‖act(pos) - act(neg)‖ per pair
     item_ids: list[str]
-    resid_norm: float  # mean ‖h_S‖ over all real tokens read: the yardstick for scales
     by_order: torch.Tensor | None = None  # [n_orders, d] fp32, the mean difference within each order
     by_class: dict[str, torch.Tensor] | None = None  # answer position: polarity class -> mean difference
     class_counts: dict[str, int] | None = None
@@ -55,15 +54,13 @@ def read_positions(answers: list[AnswerTokens], position: str) -> list[tuple[int
 
 @torch.no_grad()
 def activations(model, sequences: list[tuple[int, ...]], read_at: list[int | range], layer: int,
-                capture: str, pad_id: int, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+                capture: str, pad_id: int, batch_size: int = 16) -> torch.Tensor:
     """[n, d] fp64 activations at ``read_at[i]`` of ``sequences[i]`` (a position, or a range of
-    positions whose activations are averaged), and the residual norm after ``layer`` at every
-    real token (fp32, batch after batch); one forward per batch that stops after ``layer``. No
-    sequences: no rows."""
+    positions whose activations are averaged); one forward per batch that stops after ``layer``.
+    No sequences: no rows."""
     if capture not in CAPTURES:
         raise ValueError(f"capture must be one of {CAPTURES}, got {capture!r}")
     out = torch.empty(len(sequences), model.get_input_embeddings().embedding_dim, dtype=torch.float64)
-    norms = [torch.empty(0)]
     for batch, prefix in batched_prefixes(model, sequences, layer, pad_id, batch_size,
                                           keep_down_proj=capture == "mlp"):
         acts = prefix.down_proj if capture == "mlp" else prefix.hidden
@@ -71,8 +68,7 @@ def activations(model, sequences: list[tuple[int, ...]], read_at: list[int | ran
             at = read_at[i]
             picked = acts[row, at] if isinstance(at, int) else acts[row, at.start:at.stop].mean(0)
             out[i] = picked.double().cpu()
-        norms.append(prefix.residual_norms().float().cpu())
-    return out, torch.cat(norms)
+    return out
 
 
 def caa_vector(model, answers: list[AnswerTokens], layer: int, pad_id: int,
@@ -93,12 +89,11 @@ def caa_vector(model, answers: list[AnswerTokens], layer: int, pad_id: int,
     # Positive and negative sequences go through the same batches, so their padding matches.
     sequences = [a.positive_ids for a in mine] + [a.negative_ids for a in mine]
     read_at = [p for p, _ in read] + [n for _, n in read]
-    acts, norms = activations(model, sequences, read_at, layer, capture, pad_id, batch_size)
+    acts = activations(model, sequences, read_at, layer, capture, pad_id, batch_size)
     diffs = ranks.cat_rows(acts[: len(mine)] - acts[len(mine):])
-    resid_norm = float(ranks.cat_rows(norms).double().mean())
     by_order = diffs.view(n_orders, -1, diffs.shape[-1]).mean(1)
     return CAAResult(by_order.mean(0).float(), diffs.norm(dim=1).float(),
-                     [a.item_id for a in answers], resid_norm, by_order.float())
+                     [a.item_id for a in answers], by_order.float())
 
 
 def caa_answer_vector(model, items: list[ClozeItem], layer: int, pad_id: int, capture: str = "mlp",
@@ -113,12 +108,11 @@ def caa_answer_vector(model, items: list[ClozeItem], layer: int, pad_id: int, ca
     mine = ranks.part(items)
     sequences = [item.sequence(w) for w in (0, 1) for item in mine]
     read_at = [range(len(item.prompt_ids), len(item.sequence(w))) for w in (0, 1) for item in mine]
-    acts, norms = activations(model, sequences, read_at, layer, capture, pad_id, batch_size)
+    acts = activations(model, sequences, read_at, layer, capture, pad_id, batch_size)
     diffs = ranks.cat_rows(acts[: len(mine)] - acts[len(mine):])
-    resid_norm = float(ranks.cat_rows(norms).double().mean())
     masks = class_masks([item.polarity for item in items])
     by_class = {name: diffs[torch.from_numpy(mask)].mean(0) for name, mask in masks.items()}
     vector = torch.stack(list(by_class.values())).mean(0) if balance else diffs.mean(0)
     return CAAResult(vector.float(), diffs.norm(dim=1).float(), [item.item_id for item in items],
-                     resid_norm, by_class={name: v.float() for name, v in by_class.items()},
+                     by_class={name: v.float() for name, v in by_class.items()},
                      class_counts={name: int(mask.sum()) for name, mask in masks.items()})

@@ -15,7 +15,8 @@ import numpy as np
 
 from engine.analysis import choose_for_method, methods, read_split, select_by, splits_in_store
 from engine.errors import StoreError, UserError
-from engine.store import VectorGroup, open_for_reading, read_vector_group
+from engine.norms import absolute
+from engine.store import VectorGroup, open_for_reading, read_norm, read_vector_group
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,33 @@ def chosen_on_val(store: str | Path, key: str, behavior: str, kl_max: float | No
         picked.append(VectorChoice(method, group.run, vector, float(group.scales[s]),
                                    bool(group.attrs.get("raw", 0))))
     return picked, notes
+
+
+def named_choices(store: str | Path, key: str, behavior: str, vector: str, scales: list[float | None],
+                  scale_unit: str) -> list[VectorChoice]:
+    """``VECTOR=method/run/index`` at each of ``scales`` (None: the raw vector), the scales in
+    ``scale_unit`` turned into L2 norms of θ: checked (the group, the index, the stored unit)
+    before any model loads."""
+    method, run, index = parse_vector(vector)
+    group = read_vector_group(store, key, behavior, method, run)
+    if not 0 <= index < len(group.vectors):
+        raise UserError(f"{group.label} has vectors 0..{len(group.vectors) - 1}, not {index}")
+    given = [s for s in scales if s is not None]
+    unit = stored_unit(store, key, behavior, group.source_layer, scale_unit) if given else None
+    absolute_scales = iter(absolute(given, scale_unit, unit))
+    return [VectorChoice(method, run, index, None if s is None else next(absolute_scales)) for s in scales]
+
+
+def stored_unit(store: str | Path, key: str, behavior: str, layer: int, scale_unit: str) -> float | None:
+    """The stored scale unit (median ‖h_S‖) of ``layer``, for targets that turn scales into L2
+    norms before (or without) loading a model; None with SCALE_UNIT=abs."""
+    if scale_unit == "abs":
+        return None
+    norm = read_norm(store, key, behavior, layer)
+    if norm is None:
+        raise UserError(f"no ‖h_S‖ of layer {layer} for {key}, {behavior} in {store}: scales in "
+                        "units of it need it measured (`make eval` does) or SCALE_UNIT=abs")
+    return norm.median
 
 
 def theta_of(store: str | Path, key: str, behavior: str, choice: VectorChoice

@@ -8,6 +8,7 @@ Layout (design section 5); this module alone builds these paths::
     /<model>/<behavior>/evals/<split>/                 question_ids, baseline logit diffs
     /<model>/<behavior>/evals/<split>/<method>/<run>/  logit_diff [k, n_scales, n_q], scales, ...
     /<model>/<behavior>/generations/<name>/            prompts, settings, completions
+    /<model>/<behavior>/norms/L<S>/                    ‖h_S‖ over train prompts: the scale unit
     /<model>/neutral/<split>/                          neutral prompts + unsteered continuations
     /<model>/matrix/<method>/                          cross-behaviour Δ (make matrix)
 
@@ -39,6 +40,7 @@ import h5py
 import numpy as np
 
 from engine.errors import StoreError
+from engine.norms import ResidualNorm
 
 # 2: every A/B number in both answer orders (*_by_order datasets, an `orders` attribute per eval
 # split and group). Splits written by schema 1 have neither and read as single-order.
@@ -82,10 +84,13 @@ def segment_run(layer: int, target: int) -> str:
     return f"L{layer}-T{target}"
 
 
-def linearised_run(layer: int, target: int, at_scale: float | None) -> str:
-    """PI@CAA's run name: ``L7-T20`` at the raw CAA vector, ``L7-T20-at+24`` at 24 · unit(CAA)."""
+def linearised_run(layer: int, target: int, at_scale: float | None, unit: str = "abs") -> str:
+    """PI@CAA's run name: ``L7-T20`` at the raw CAA vector, ``L7-T20-at+24`` at 24 · unit(CAA),
+    ``L7-T20-at+0.2h`` at 0.2 ‖h_S‖ · unit(CAA) (SCALE_UNIT=resid)."""
     name = segment_run(layer, target)
-    return name if at_scale is None else f"{name}-at{at_scale:+g}"
+    if at_scale is None:
+        return name
+    return f"{name}-at{at_scale:+g}" + ("h" if unit == "resid" else "")
 
 
 def random_run(layer: int) -> str:
@@ -108,6 +113,11 @@ def evals_path(key: str, behavior: str, split: str | None = None, method: str | 
 
 def generations_path(key: str, behavior: str, name: str | None = None) -> str:
     return _join(key, behavior, "generations", name)
+
+
+def norms_path(key: str, behavior: str, layer: int | None = None) -> str:
+    """/<model>/<behavior>/norms/L<S>: ‖h_S‖ over the behaviour's train prompts (the scale unit)."""
+    return _join(key, behavior, "norms", None if layer is None else f"L{layer}")
 
 
 def behaviors_in_store(h5: h5py.File, key: str) -> list[str]:
@@ -444,6 +454,30 @@ def write_generations(h5: h5py.File, lm, behavior: str, name: str, datasets: dic
 
 def write_matrix(h5: h5py.File, lm, method: str, datasets: dict, attrs: dict) -> h5py.Group:
     return replace_group(model_group(h5, lm).require_group("matrix"), method, datasets, attrs)
+
+
+# ---- residual norms (the scale unit) ---------------------------------------------------------------
+
+def write_norm(h5: h5py.File, lm, behavior: str, norm: ResidualNorm, attrs: dict) -> h5py.Group:
+    """One ``engine.norms.ResidualNorm`` at /<model>/<behavior>/norms/L<S>."""
+    return replace_group(behavior_group(h5, lm, behavior).require_group("norms"), f"L{norm.layer}",
+                         {"quantiles": np.array(norm.quantiles)},
+                         {**attrs, "layer": norm.layer, "median": norm.median, "mean": norm.mean,
+                          "n_tokens": norm.n_tokens, "n_prompts": norm.n_prompts})
+
+
+def read_norm(store: str | Path, key: str, behavior: str, layer: int) -> ResidualNorm | None:
+    """The stored ``engine.norms.ResidualNorm`` of ``layer``, or None."""
+    if not Path(store).exists():
+        return None
+    with open_for_reading(store) as h5:
+        where = norms_path(key, behavior, layer)
+        if where not in h5:
+            return None
+        node = h5[where]
+        return ResidualNorm(int(node.attrs["layer"]), float(node.attrs["median"]), float(node.attrs["mean"]),
+                            tuple(float(q) for q in node["quantiles"][()]), int(node.attrs["n_tokens"]),
+                            int(node.attrs["n_prompts"]))
 
 
 # ---- neutral text -------------------------------------------------------------------------------

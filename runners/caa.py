@@ -1,16 +1,17 @@
 """CAA: one contrastive-activation-addition vector per source layer, from the train split.
 
-Each vector is mean over train pairs of act(positive) - act(negative), read where θ is injected
-(the output of layers[S].mlp.down_proj, or the block output where that is the site), at one of:
+Each vector is mean over train pairs of act(positive) - act(negative), at one of:
 
-- the answer-letter token (--position letter), over every question as written and mirrored
-  (--orders both), so that the letters' identities cancel; the two per-order means are stored
-  (by_order [2, d]);
-- the answer texts (--position answer): each answer's activations averaged over its tokens after
-  the question stem, with no choice block (the cloze form; no letters, so --orders does not
-  apply), balanced over the polarity classes (--balance classes: the mean of the per-class mean
-  differences, so a Yes/No direction cancels); the per-class means are stored (by_class
-  [n_classes, d], with classes and class_counts).
+- the answer-letter token (--position letter), read where θ is injected (the output of
+  layers[S].mlp.down_proj, or the block output where that is the site), over every question as
+  written and mirrored (--orders both), so that the letters' identities cancel; the two
+  per-order means are stored (by_order [2, d]);
+- the answer texts (--position answer): each answer's residual stream after layer S (the block
+  output, what θ is added to) averaged over its tokens after the question stem, with no choice
+  block (the cloze form; no letters, so --orders does not apply), balanced over the polarity
+  classes (--balance classes: the mean of the per-class mean differences, so a Yes/No direction
+  cancels); the per-class means are stored (by_class [n_classes, d], with classes and
+  class_counts).
 
 Written raw (fp32) to /<model>/<behavior>/vectors/caa/L<S>[-resid][-last|-answer][-original|-pooled]
 with every setting needed to recompute it.
@@ -44,8 +45,9 @@ def run() -> None:
     p.add_argument("--layers", type=layer_list, default=defaults.LAYER,
                    help="source layers, e.g. '3 5 7 9': one vector each")
     p.add_argument("--capture", choices=("site", *CAPTURES), default=defaults.CAPTURE,
-                   help="site: read where θ goes (see --site); mlp: output of mlp.down_proj; "
-                        "resid: the block's output (the latter two as ablations)")
+                   help="site: read where θ goes (see --site) at the letter, and the residual stream "
+                        "after layer S at the answer texts; mlp: output of mlp.down_proj; resid: the "
+                        "block's output (the latter two as ablations)")
     p.add_argument("--position", type=position_list, default=defaults.POSITION, metavar="'P1 P2 ...'",
                    help="one vector per position and layer; letter: the answer-letter token; last: "
                         "the final token of the answer (ablation); answer: the mean over the answer "
@@ -84,8 +86,15 @@ def position_list(text: str) -> list[str]:
 
 
 def captured_at(job: Job) -> str:
-    """Where the activations are read: the injection site, or the --capture ablation."""
-    return job.site if job.settings["capture"] == "site" else job.settings["capture"]
+    """Where the activations are read. ``site`` at the letter: the injection site (the output
+    of layers[S].mlp.down_proj where that is the residual add, as the seed experiment found);
+    ``site`` at the answer texts: the residual stream after layer S that θ is added to (the block
+    output), since what one MLP writes at an answer's tokens misses the tokens' identity
+    (docs/cloze_layers.py measured both). Otherwise the --capture ablation."""
+    capture = job.settings["capture"]
+    if capture != "site":
+        return capture
+    return "resid" if job.settings["position"] == "answer" else job.site
 
 
 def letter_group(lm, answers, job: Job) -> VectorGroup:
@@ -97,14 +106,14 @@ def letter_group(lm, answers, job: Job) -> VectorGroup:
         result = caa_vector(lm.model, answers, job.source_layer, lm.tokenizer.pad_token_id,
                             capture, settings["position"], settings["batch_size"], orders, ranks())
     say(f"  ‖v‖ = {result.norm:.3f}, per-pair ‖diff‖ = {result.diff_norms.mean():.3f} ± "
-        f"{result.diff_norms.std():.3f}, mean ‖h_S‖ = {result.resid_norm:.2f}")
+        f"{result.diff_norms.std():.3f}")
     return VectorGroup(
         "caa", job.run, result.vector[None].numpy().astype(np.float32), job.source_layer,
         sign_free=False,
         arrays={"diff_norms": result.diff_norms.numpy(), "item_ids": np.array(result.item_ids),
                 "by_order": result.by_order.numpy()},
         attrs={"norm": result.norm, "diff_norm_mean": float(result.diff_norms.mean()),
-               "diff_norm_std": float(result.diff_norms.std()), "resid_norm": result.resid_norm,
+               "diff_norm_std": float(result.diff_norms.std()),
                "position": settings["position"], "orders": settings["orders"], "capture": capture})
 
 
@@ -118,7 +127,7 @@ def answer_group(lm, items, job: Job) -> VectorGroup:
                                    capture, balanced, settings["batch_size"], ranks())
     counts = ", ".join(f"{name} {n}" for name, n in result.class_counts.items())
     say(f"  ‖v‖ = {result.norm:.3f} (classes: {counts}), per-pair ‖diff‖ = "
-        f"{result.diff_norms.mean():.3f} ± {result.diff_norms.std():.3f}, mean ‖h_S‖ = {result.resid_norm:.2f}")
+        f"{result.diff_norms.mean():.3f} ± {result.diff_norms.std():.3f}")
     return VectorGroup(
         "caa", job.run, result.vector[None].numpy().astype(np.float32), job.source_layer,
         sign_free=False,
@@ -127,7 +136,7 @@ def answer_group(lm, items, job: Job) -> VectorGroup:
                 "classes": np.array(list(result.by_class)),
                 "class_counts": np.array(list(result.class_counts.values()), dtype=np.int32)},
         attrs={"norm": result.norm, "diff_norm_mean": float(result.diff_norms.mean()),
-               "diff_norm_std": float(result.diff_norms.std()), "resid_norm": result.resid_norm,
+               "diff_norm_std": float(result.diff_norms.std()),
                "position": "answer", "balance": settings["balance"], "capture": capture})
 
 

@@ -20,6 +20,7 @@ from engine.data import Item, load_items
 from engine.errors import DataError, UserError
 from engine.generate import Prompt, generate_ids, prompt_ids
 from engine.model import DTYPES, REPO_ROOT, LoadedModel, cpu_bf16_native, load_model, resolve_dtype
+from engine.norms import NORM_PROMPTS, SCALE_UNITS, ResidualNorm, residual_norm
 from engine.orders import answers_in_order
 from engine.parallel import ranks, start
 from engine.scores import SELECT_BY
@@ -32,12 +33,15 @@ from engine.store import (
     file_checksum,
     is_current,
     neutral_path,
+    norms_path,
     now,
     read_neutral,
+    read_norm,
     run_attrs,
     store_key,
     vectors_path,
     write_neutral,
+    write_norm,
     write_vector_group,
     writing,
 )
@@ -293,6 +297,50 @@ def load_checked(args, items: list[Item], source_layers: list[int], target_layer
     if not answers:
         raise UserError("no usable prompts: every item was skipped")
     return lm, answers, skipped, sites
+
+
+def add_scale_unit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale-unit", choices=SCALE_UNITS, default=defaults.SCALE_UNIT,
+                   help="resid: every scale is a fraction of the median ‖h_S‖ at the source layer "
+                        "(over the first train prompts; stored per model, layer and behaviour), so one "
+                        "grid travels between models; abs: an absolute L2 norm")
+
+
+def unit_norms(args, lm: LoadedModel, layers, behavior: str | None = None,
+               data: str | None = None) -> dict[int, ResidualNorm]:
+    """The scale unit at each source layer: the median ‖h_S‖ over the real tokens of the first
+    NORM_PROMPTS train prompts of ``behavior`` (default --behavior, its items ``data``), read
+    from the store when current, else measured once and written (rank 0 decides and writes;
+    every rank measures, so none waits). Empty for ``--scale-unit abs``."""
+    if args.scale_unit == "abs":
+        return {}
+    behavior = behavior or args.behavior
+    data = data or args.data
+    version = code_version("engine.norms")
+    found, missing = {}, []
+    for layer in sorted(set(layers)):
+        settings = {"model": args.model, "dtype": args.dtype, "behavior": behavior,
+                    "data_checksum": file_checksum(data), "layer": layer, "n_prompts": NORM_PROMPTS}
+        where = norms_path(lm.key, behavior, layer)
+        if ranks().same(is_current(args.store, where, settings, version)):
+            found[layer] = read_norm(args.store, lm.key, behavior, layer)
+        else:
+            missing.append((layer, settings))
+    if missing:
+        items = load_items(data, "train")[:NORM_PROMPTS]
+        sequences = prompt_ids(lm.tokenizer, [item.question for item in items])
+        for layer, settings in missing:
+            started, t0 = now(), time.perf_counter()
+            with step(f"‖h_S‖ at layer {layer} over {len(sequences)} {behavior} train prompts (the scale unit)"):
+                found[layer] = residual_norm(lm.model, sequences, layer, lm.tokenizer.pad_token_id)
+            if ranks().writer:
+                with writing(args.store) as h5:
+                    write_norm(h5, lm, behavior, found[layer],
+                               run_attrs(settings, version, started, time.perf_counter() - t0))
+    for layer, norm in sorted(found.items()):
+        say(f"  scale unit at layer {layer}: median ‖h_S‖ = {norm.median:.1f} (mean {norm.mean:.1f}, "
+            f"{norm.n_tokens} tokens)")
+    return found
 
 
 # The arguments the unsteered continuations of neutral prompts depend on.

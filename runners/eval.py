@@ -34,6 +34,7 @@ from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from engine.generate import Prompt, load_prompts
 from engine.grid import build_grid, random_directions
 from engine.model import REPO_ROOT, load_model
+from engine.norms import absolute
 from engine.orders import ORDERS, n_orders
 from engine.parallel import ranks
 from engine.scores import SCORES, rank_work, score, usable_questions
@@ -54,6 +55,7 @@ from engine.store import (
 )
 from runners import defaults
 from runners.cli import (
+    add_scale_unit,
     behavior_items,
     count_or_all,
     main_guard,
@@ -66,7 +68,13 @@ from runners.cli import (
     resolve_sites,
     say,
     settings_of,
+    unit_norms,
 )
+
+
+def unit_of(norms: dict, layer: int) -> float | None:
+    """The scale unit (median ‖h_S‖) at ``layer``; None with --scale-unit abs."""
+    return norms[layer].median if layer in norms else None
 
 
 def parse_splits(text: str) -> list[str]:
@@ -92,12 +100,16 @@ NEUTRAL_SPLITS = ("val", "test")
 
 def validate(args) -> None:
     args.scales = parse_scales(args.scales)
+    if args.raw and args.scale_unit != "abs":
+        raise UserError("RAW=1 multiplies the raw vectors by the scales: it needs SCALE_UNIT=abs")
     args.splits = parse_splits(args.splits)
 
 
 def run() -> None:
     p = parser(__doc__)
-    p.add_argument("--scales", default=defaults.SCALES, help="L2 norms of what is added, e.g. '8 24 64'")
+    p.add_argument("--scales", default=defaults.SCALES,
+                   help="sizes of what is added, in --scale-unit: fractions of ‖h_S‖ (resid) or L2 norms (abs)")
+    add_scale_unit(p)
     p.add_argument("--raw", action="store_true", help="scale raw vectors instead of unit ones")
     p.add_argument("--n-eval", type=count_or_all, default=defaults.N_EVAL, metavar="N|all",
                    help="questions per split")
@@ -138,21 +150,23 @@ def run() -> None:
         group.vectors = group.vectors[: args.max_vectors]
     layers = sorted({g.source_layer for g in groups}) or [args.layer]
     sites = resolve_sites(lm, layers, args.site)
-    norms = {}
+    norms = unit_norms(args, lm, layers)
+    raw_norms = {}  # --raw: the random directions get the mean norm of the layer's stored vectors
     if args.raw:
         for layer in layers:
             rows = [np.linalg.norm(g.vectors, axis=1) for g in groups if g.source_layer == layer]
-            norms[layer] = float(np.concatenate(rows).mean()) if rows else 1.0
-    groups += random_groups(layers, args.n_random, lm.d_model, args.seed, norms)
+            raw_norms[layer] = float(np.concatenate(rows).mean()) if rows else 1.0
+    groups += random_groups(layers, args.n_random, lm.d_model, args.seed, raw_norms)
 
     for split in args.splits:
         if split not in neutral_by_split:
             say(f"[{split}] no neutral prompts in this split: no KL side effect measured")
-        evaluate_split(args, lm, split, items_by_split[split], neutral_by_split.get(split), groups, sites)
+        evaluate_split(args, lm, split, items_by_split[split], neutral_by_split.get(split), groups, sites,
+                       norms)
 
 
 def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
-                   groups: list[VectorGroup], sites: dict[int, str]) -> None:
+                   groups: list[VectorGroup], sites: dict[int, str], norms: dict) -> None:
     answers, cloze, skipped = usable_questions(lm.tokenizer, items, args.orders, args.score)
     for message in skipped:
         say(f"skipped: {message}")
@@ -170,7 +184,8 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
     fresh_split = args.force or not is_current(args.store, split_path, split_settings, version)
     wanted = []
     for g in groups:
-        settings = {"scales": args.scales, "raw": args.raw,
+        settings = {"scales": args.scales, "raw": args.raw, "scale_unit": args.scale_unit,
+                    "unit_norm": unit_of(norms, g.source_layer),
                     "max_vectors": None if g.method == "random" else args.max_vectors,
                     "vectors": settings_json(g.settings) if g.method == "random" else g.fingerprint,
                     "split": split_settings}
@@ -189,7 +204,8 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
     results, baseline = {}, None
     layers = sorted({g.source_layer for g, _ in todo}) or [groups[0].source_layer]
     # One θ matrix per source layer: every group's (vector, scale) settings, stacked.
-    grids = {layer: build_grid([g for g, _ in todo if g.source_layer == layer], args.scales,
+    grids = {layer: build_grid([g for g, _ in todo if g.source_layer == layer],
+                               absolute(args.scales, args.scale_unit, unit_of(norms, layer)),
                                lm.d_model, args.raw, baseline=n == 0)
              for n, layer in enumerate(layers)}
     say(f"… [{split}] {sum(len(g.thetas) for g in grids.values())} settings × {len(question_ids)} "
@@ -238,7 +254,10 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
                     score=args.score, behavior=args.behavior, nproc=ranks().size))
             for label, (span, values) in results.items():
                 g = span.group
+                unit = unit_of(norms, g.source_layer)
                 datasets = {"scales": np.array(span.scales, dtype=np.float32)}
+                if unit is not None:
+                    datasets["scale_fractions"] = np.array(span.scales, dtype=np.float64) / unit
                 if "diff" in values:
                     diff, mass = values["diff"], values["mass"]
                     datasets |= {"logit_diff": diff.mean(2).astype(np.float32),
@@ -257,6 +276,7 @@ def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
                     settings_by_label[label], version, started, seconds, source_layer=g.source_layer,
                     site=sites[g.source_layer],
                     sign_free=int(g.sign_free), raw=int(args.raw), orders=args.orders, score=args.score,
+                    scale_unit=args.scale_unit, unit_norm=np.nan if unit is None else unit,
                     vector_group="" if g.method == "random" else vectors_path(lm.key, args.behavior, g.method, g.run),
                     nproc=ranks().size))
     say(f"{split_path}: wrote baseline and {len(results)} groups in {seconds:.0f}s")

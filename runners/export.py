@@ -13,13 +13,21 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.choice import VectorChoice, chosen_on_val, parse_vector, theta_of
+from engine.choice import VectorChoice, chosen_on_val, named_choices, theta_of
 from engine.errors import UserError
 from engine.export import ExportedVector, gguf_direction_index, write_all
 from engine.model import REPO_ROOT
 from engine.store import store_key
 from runners import defaults
-from runners.cli import add_behavior, add_select_by, check_kl_max, main_guard, resolve_behavior, say
+from runners.cli import (
+    add_behavior,
+    add_scale_unit,
+    add_select_by,
+    check_kl_max,
+    main_guard,
+    resolve_behavior,
+    say,
+)
 
 
 def exported(store: str, model: str, behavior: str, choice: VectorChoice) -> ExportedVector:
@@ -38,7 +46,9 @@ def run() -> None:
     p.add_argument("--vector", default=None, metavar="METHOD/RUN/INDEX",
                    help="export this stored vector instead of the ones chosen on val")
     p.add_argument("--scale", type=float, default=None,
-                   help="with --vector: signed L2 norm of what is added (default: the raw vector)")
+                   help="with --vector: signed size of what is added, in --scale-unit (a fraction of "
+                        "‖h_S‖, or an L2 norm; default: the raw vector)")
+    add_scale_unit(p)
     p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
                    help="without --vector: choose as the report does, among settings with mean KL ≤ this")
     add_select_by(p)
@@ -52,7 +62,7 @@ def run() -> None:
         raise UserError(f"SCALE must be a finite number, got {args.scale}")
     key = store_key(args.model)
     if args.vector is not None:
-        picks = [VectorChoice(*parse_vector(args.vector), args.scale)]
+        picks = named_choices(args.store, key, args.behavior, args.vector, [args.scale], args.scale_unit)
     else:
         picks, notes = chosen_on_val(args.store, key, args.behavior, args.kl_max,
                                      by=args.select_by)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from engine.behaviors import open_ended_file
-from engine.choice import VectorChoice, chosen_on_val, parse_vector, theta_of
+from engine.choice import chosen_on_val, named_choices, parse_vector, theta_of
 from engine.data import SPLITS
 from engine.errors import StoreError, UserError
 from engine.generate import Prompt, check_max_new_tokens, generate, load_prompts
@@ -46,6 +46,7 @@ from engine.store import (
 from runners import defaults
 from runners.cli import (
     add_behavior,
+    add_scale_unit,
     add_select_by,
     add_site,
     behavior_items,
@@ -108,8 +109,8 @@ def steered_settings(args: argparse.Namespace) -> list[Setting]:
     is checked here, before the model loads."""
     key = store_key(args.model)
     if args.vector is not None:
-        picks = [VectorChoice(*parse_vector(args.vector), scale)
-                 for scale in args.scales or scale_list(defaults.SCALES)]
+        picks = named_choices(args.store, key, args.behavior, args.vector,
+                              args.scales or scale_list(defaults.SCALES), args.scale_unit)
     else:
         picks, notes = chosen_on_val(args.store, key, args.behavior, args.kl_max,
                                      by=args.select_by)
@@ -239,7 +240,9 @@ def run() -> None:
                    help="without --vector: choose as the report does, among settings with mean KL ≤ this")
     add_select_by(p)
     p.add_argument("--scales", type=scale_list, default=None,
-                   help=f"with --vector: signed scales (L2 norm of θ); default {defaults.SCALES!r}")
+                   help=f"with --vector: signed scales in --scale-unit (fractions of ‖h_S‖, or L2 norms of "
+                        f"θ); default {defaults.SCALES!r}")
+    add_scale_unit(p)
     p.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS, help="length of each completion")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--seed", type=int, default=defaults.SEED, help="with --sample: the RNG seed")

@@ -51,6 +51,7 @@ from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from engine.generate import load_prompts
 from engine.grid import build_grid, random_directions
 from engine.model import REPO_ROOT, load_model
+from engine.norms import absolute
 from engine.prompts import AnswerTokens
 from engine.scores import SCORES, SCORES_OF, score, usable_questions
 from engine.store import (
@@ -66,6 +67,7 @@ from engine.store import (
 )
 from runners import defaults
 from runners.cli import (
+    add_scale_unit,
     add_select_by,
     check_kl_max,
     count_or_all,
@@ -80,6 +82,7 @@ from runners.cli import (
     say,
     settings_of,
     step,
+    unit_norms,
 )
 
 METHODS = ("caa", "pi", "pi_caa", "melbo")
@@ -117,7 +120,9 @@ def run() -> None:
     p = parser(__doc__, behavior=False)
     p.add_argument("--behaviors", default=defaults.BEHAVIORS, help="behaviours, e.g. 'survival-instinct myopic-reward'")
     p.add_argument("--method", choices=METHODS, default=defaults.METHOD, help="whose vectors each behaviour contributes")
-    p.add_argument("--scales", default=defaults.SCALES, help="scales the val choice is made among")
+    p.add_argument("--scales", default=defaults.SCALES,
+                   help="scales the val choice is made among, in --scale-unit")
+    add_scale_unit(p)
     p.add_argument("--score", choices=SCORES, default=defaults.SCORE,
                    help="the cells' score: letter (order-mean logit difference), cloze (class-balanced "
                         "preference for the behaviour's answer text) or both (a table and figure each)")
@@ -202,7 +207,8 @@ def choose_on_val(args, lm, name: str, groups, questions: Questions, texts) -> S
     by_layer = [g for g in groups if g.source_layer == layer]
     if len(by_layer) < len(groups):
         say(f"{name}: {args.method} groups at several layers; the matrix takes layer {layer}'s")
-    grid = build_grid(by_layer, args.scales, lm.d_model)
+    unit = unit_norms(args, lm, [layer], behavior=name, data=args.data_files[name]).get(layer)
+    grid = build_grid(by_layer, absolute(args.scales, args.scale_unit, unit and unit.median), lm.d_model)
     work = len(questions.answers) + len(questions.cloze or []) + len(texts)
     with progress_bar(len(grid.thetas) * work, f"val {name}", "question×setting") as bar:
         scored = score(lm.model, questions.answers, 2, texts, layer, grid.thetas, lm.tokenizer.pad_token_id,

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from engine.melbo import AMSGRAD, BETAS, MODES, WEIGHT_DECAY, melbo
+from engine.norms import absolute
 from engine.parallel import ranks
 from engine.prompts import length_batches
 from engine.segment import prompt_prefixes
@@ -17,6 +18,7 @@ from runners import defaults
 from runners.cli import (
     Job,
     above_source,
+    add_scale_unit,
     behavior_items,
     compute_groups,
     count_or_all,
@@ -29,6 +31,7 @@ from runners.cli import (
     say,
     settings_of,
     step,
+    unit_norms,
 )
 
 # Every forward carries k copies of a prompt batch, so prompt batches are smaller than elsewhere;
@@ -44,7 +47,9 @@ def run() -> None:
     p.add_argument("--target", type=int, default=defaults.TARGET,
                    help="target layer T: displacement of the residual output of layers[T]")
     p.add_argument("--k", type=positive_int, default=defaults.K, help="number of orthogonal vectors")
-    p.add_argument("--radius", type=positive_float, default=defaults.R, help="norm R of every vector")
+    p.add_argument("--radius", type=positive_float, default=defaults.R,
+                   help="norm R of every vector, in --scale-unit (a fraction of ‖h_S‖, or absolute)")
+    add_scale_unit(p)
     p.add_argument("--p", type=positive_float, default=defaults.P,
                    help="exponent of each token's displacement norm (over the hidden dimension)")
     p.add_argument("--q", type=positive_float, default=defaults.Q, help="outer root of the objective")
@@ -68,30 +73,30 @@ def run() -> None:
         batches = ranks().part(length_batches([len(s) for s in prompts], args.batch_size))
         prefixes = prompt_prefixes(lm.model, [[prompts[i] for i in batch] for batch in batches],
                                    lm.tokenizer.pad_token_id, args.layer)  # this rank's batches
-        norms = torch.cat([torch.empty(0), *(prefix.residual_norms().float().cpu() for prefix in prefixes)])
-        resid_norm = float(ranks().cat_rows(norms).double().mean())
+        unit = unit_norms(args, lm, [args.layer]).get(args.layer)
+        radius = absolute([args.radius], args.scale_unit, unit and unit.median)[0]
 
         # batched: all k vectors take each step together; sequential: k runs of STEPS steps
         total = args.steps * (1 if args.mode == "batched" else args.k)
-        with step(f"MELBO ({args.mode}) k={args.k} R={args.radius:g} L{args.layer}→T{args.target} "
+        with step(f"MELBO ({args.mode}) k={args.k} R={radius:.4g} L{args.layer}→T{args.target} "
                   f"over {len(answers)} prompts, {args.steps} steps"), \
                 progress_bar(total, "MELBO", "step") as bar:
             def progress(first: int, t: int, values: torch.Tensor) -> None:
                 bar.update(1)
                 bar.set_postfix(objective=" ".join(f"{v:.4g}" for v in values.tolist()))
 
-            result = melbo(lm.model, prefixes, args.target, args.k, args.radius, args.p, args.q,
+            result = melbo(lm.model, prefixes, args.target, args.k, radius, args.p, args.q,
                            args.steps, args.lr, args.seed, args.mode, progress, ranks())
         say("  final objective " + " ".join(f"{v:.4g}" for v in result.objective.tolist())
-            + " (first step " + " ".join(f"{v:.4g}" for v in result.trace[0].tolist())
-            + f"), mean ‖h_S‖ = {resid_norm:.2f}")
+            + " (first step " + " ".join(f"{v:.4g}" for v in result.trace[0].tolist()) + ")")
         return VectorGroup(
             "melbo", job.run, result.vectors.numpy().astype(np.float32), args.layer,
             sign_free=False, target_layer=args.target,
             arrays={"trace": result.trace.numpy().astype(np.float32),
                     "prompt_ids": np.array([a.item_id for a in answers])},
-            attrs={"radius": args.radius, "objective": result.objective.tolist(),
-                   "resid_norm": resid_norm})
+            attrs={"radius": radius, "radius_in_unit": args.radius, "scale_unit": args.scale_unit,
+                   "unit_norm": np.nan if unit is None else unit.median,
+                   "objective": result.objective.tolist()})
 
     compute_groups(args, __spec__.name, "melbo", [job], items, compute, args.target)
 

@@ -18,6 +18,7 @@ import torch
 
 from engine.errors import UserError
 from engine.jacobian import jacobian_at, parse_tokens, relative_change
+from engine.norms import absolute
 from engine.parallel import ranks
 from engine.power import power_iteration, principal_angles
 from engine.prompts import length_batches
@@ -35,6 +36,7 @@ from runners import defaults
 from runners.cli import (
     Job,
     above_source,
+    add_scale_unit,
     behavior_items,
     compute_groups,
     count_or_all,
@@ -48,6 +50,7 @@ from runners.cli import (
     scale_list,
     settings_of,
     step,
+    unit_norms,
 )
 
 # Settings of the `pi` group that must equal ours for it to be the J(0) a sweep is compared with.
@@ -88,8 +91,10 @@ def run() -> None:
                    help="with --at caa: which CAA vector θ₀ is: read on the answer texts (answer) or "
                         "at the answer letter (letter; run names gain -letter)")
     p.add_argument("--at-scales", type=scale_list, default=None, metavar="'S1 S2 ...'",
-                   help="with --at caa: linearise at θ₀ = s · unit(CAA) for each s (L2 norm of θ₀, "
-                        "signed) instead of at the raw CAA vector; one group per scale")
+                   help="with --at caa: linearise at θ₀ = s · unit(CAA) for each s (signed, in "
+                        "--scale-unit: a fraction of ‖h_S‖ or an L2 norm) instead of at the raw CAA "
+                        "vector; one group per scale")
+    add_scale_unit(p)
     # Small batches: the vmapped JVP/VJP of a big batch thrash the cache (8 prompts as one batch
     # took 55 s a step on the dev CPU, as four batches of 2 took 20 s; same σ).
     p.set_defaults(batch_size=2)
@@ -113,20 +118,28 @@ def run() -> None:
             raise UserError(f"the stored pi group differs from this sweep in {', '.join(differ)}: "
                             "run `make pi` with the same settings first")
 
-    def theta0_of(scale: float | None) -> tuple[torch.Tensor | None, str]:
+    unit_name = "‖h_S‖" if args.scale_unit == "resid" else ""
+
+    def theta0_of(scale: float | None, norm: float | None = None) -> tuple[torch.Tensor | None, str]:
+        """θ₀ at ``scale`` (in --scale-unit; ``norm`` is the unit) and what it is, in words."""
         if caa is None:
             return None, "zero"
         vector = torch.from_numpy(caa.vectors[0].astype(np.float64))
         if scale is None:
             return vector, caa_source
-        return scale * vector / vector.norm(), f"{scale:+g} · unit({caa_source})"
+        described = f"{scale:+g}{unit_name} · unit({caa_source})"
+        if norm is None and args.scale_unit == "resid":
+            return None, described
+        return absolute([scale], args.scale_unit, norm)[0] * vector / vector.norm(), described
 
     scales = args.at_scales if args.at_scales is not None else [None]
     at_letter = args.at == "caa" and args.caa_position == "letter"
     drop = ("at_scales",) if args.at == "caa" else ("at_scales", "caa_position")
-    jobs = [Job(linearised_run(args.layer, args.target, scale) + ("-letter" if at_letter else ""), args.layer,
-                settings_of(args, drop=drop, method=method, at_scale=scale,
-                            theta0_source=theta0_of(scale)[1]))
+    if args.at_scales is None:  # no scale to measure in a unit
+        drop += ("scale_unit",)
+    jobs = [Job(linearised_run(args.layer, args.target, scale, args.scale_unit) + ("-letter" if at_letter else ""),
+                args.layer, settings_of(args, drop=drop, method=method, at_scale=scale,
+                                        theta0_source=theta0_of(scale)[1]))
             for scale in scales]
     shared: dict = {}  # what the scales of one run share: prompts' prefixes, J(0), the last Ritz block
 
@@ -139,7 +152,10 @@ def run() -> None:
                                                  lm.tokenizer.pad_token_id, args.layer)
         groups, prefixes = shared["groups"], shared["prefixes"]
         scale = job.settings["at_scale"]
-        theta0, source = theta0_of(scale)
+        if "unit" not in shared:
+            found = unit_norms(args, lm, [args.layer]).get(args.layer)
+            shared["unit"] = None if found is None else found.median
+        theta0, source = theta0_of(scale, shared["unit"])
         with step(f"J = ∂h_{args.target}/∂θ_{args.layer} over {len(prompts)} prompts "
                   f"({sum(map(len, prompts))} tokens, positions {args.tokens}) at θ₀ = {source}"):
             op = jacobian_at(lm.model, prefixes, args.target, args.tokens, theta0, ranks=ranks(),
@@ -177,7 +193,9 @@ def run() -> None:
             moved = relative_change(op, shared["at_zero"], top)
             arrays |= {"principal_angles": angles.numpy().astype(np.float32),
                        "jv_change": moved.numpy().astype(np.float32)}
-            attrs["at_scale"] = scale
+            attrs |= {"at_scale": float(theta0.norm()) * (1.0 if scale >= 0 else -1.0),
+                      "at_scale_in_unit": scale, "scale_unit": args.scale_unit,
+                      "unit_norm": np.nan if shared["unit"] is None else shared["unit"]}
             say(f"  against J(0): largest principal angle {float(angles[-1]):.1f}°, "
                 f"‖J(θ₀)v − J(0)v‖/‖J(0)v‖ = " + " ".join(f"{m:.3f}" for m in moved.tolist()))
         return VectorGroup(method, job.run, result.vectors.numpy().astype(np.float32), args.layer,

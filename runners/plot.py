@@ -80,6 +80,7 @@ def per_question(group: Group, by: str) -> np.ndarray:
 def baseline_values(split: Split, by: str) -> np.ndarray:
     return split.cloze_baseline if by == "cloze" else split.baseline
 SCALE_LABEL = "scale  (L2 norm of θ added; signed)"
+FRACTION_LABEL = "scale  (‖θ‖ / median ‖h_S‖ at the source layer; signed)"
 plt.rcParams.update({"figure.constrained_layout.use": True, "font.size": 11, "axes.titlesize": 12, "figure.dpi": 110,
                      "axes.grid": True, "grid.alpha": 0.3})
 
@@ -242,6 +243,8 @@ def fig_dose(data: Data, out: Path) -> Path:
                    ("cloze", "polarity_shift", "cloze polarity shift\n½(Δ no − Δ yes)  [nats/token]")]
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.0 * len(panels)), sharex=True, squeeze=False)
     axes = axes[:, 0]
+    # in units of ‖h_S‖ where every curve has them, so that two models can share a plot
+    in_units = all(group.fractions is not None for rows in curves.values() for group, _, _ in rows.values())
     bases = {"letter": test.baseline_row() if test.has_letter else None,
              "cloze": test.cloze_baseline_row() if test.has_cloze else None}
     scales = set()
@@ -255,7 +258,7 @@ def fig_dose(data: Data, out: Path) -> Path:
             ax.axhline(0, color="black", lw=1.0, ls="--", label="unsteered (Δ = 0)")
         for method, (group, vector, rows) in curves[score].items():
             stats = [getattr(r, attr) for r in rows]
-            keep = [(r.scale, st) for r, st in zip(rows, stats) if st is not None]
+            keep = [(r.fraction if in_units else r.scale, st) for r, st in zip(rows, stats) if st is not None]
             if not keep:
                 continue
             x = [k[0] for k in keep]
@@ -271,8 +274,8 @@ def fig_dose(data: Data, out: Path) -> Path:
     scales = sorted(scales)
     linthresh = min(abs(s) for s in scales if s != 0) if any(scales) else 1.0
     axes[-1].set_xscale("symlog", linthresh=linthresh, linscale=0.3)
-    axes[-1].set_xticks(scales, [f"{s:g}" for s in scales], fontsize=9)
-    axes[-1].set_xlabel(SCALE_LABEL + ", symlog axis")
+    axes[-1].set_xticks(scales, [f"{s:.2g}" for s in scales], fontsize=9)
+    axes[-1].set_xlabel((FRACTION_LABEL if in_units else SCALE_LABEL) + ", symlog axis")
     axes[0].set_title(f"vector chosen on val by the {data.by} score; bands: 95% bootstrap CI over "
                       "questions", fontsize=10)
     for ax, (score, attr, _) in zip(axes, panels):

@@ -16,7 +16,10 @@ summaries show that one choice.
 """
 import argparse
 
+import numpy as np
+
 from engine.analysis import (
+    LINEAR_KL,
     MIN_MASS_SHARE,
     ClozeRow,
     Row,
@@ -24,11 +27,13 @@ from engine.analysis import (
     choose_for_method,
     chosen_on,
     cloze_row_at,
+    linear_regime,
     methods,
     random_at,
     read_split,
     row_at,
     scale_rows,
+    scale_text,
     select_by,
     splits_in_store,
 )
@@ -62,7 +67,7 @@ def header(split: Split) -> str:
 
 
 def table_row(r: Row, label: str | None = None, kl_columns: bool = False) -> str:
-    scale = label if label is not None else f"{r.scale:+g}"
+    scale = label if label is not None else f"{r.scale_text}"
     cells = [scale, r.positive.fmt(), r.mean_diff.fmt(2, True), r.delta.fmt(2, True)]
     if r.letter_shift is not None:
         cells += [r.letter_shift.fmt(2, True), r.consistency.fmt(), r.correlation.fmt(2, True)]
@@ -108,7 +113,7 @@ def cloze_cells(r: ClozeRow) -> list[str]:
 
 
 def cloze_table_row(r: ClozeRow, label: str | None = None, kl_columns: bool = False) -> str:
-    scale = label if label is not None else f"{r.scale:+g}"
+    scale = label if label is not None else f"{r.scale_text}"
     cells = [scale, r.positive.fmt(), r.level.fmt(3, True), r.delta.fmt(3, True), *cloze_cells(r)]
     if kl_columns:
         cells += ([r.kl.fmt(3), r.top1.fmt(2)] if r.kl is not None else ["0", "1"])
@@ -154,6 +159,33 @@ def method_tables(split: Split, val: Split, kl_max: float | None, by: str) -> li
             out += [cloze_table_row(cloze_row_at(group, which, s, split), kl_columns=kl_columns)
                     for s in range(len(group.scales))] + [""]
     return out
+
+
+def scales_note(val: Split) -> list[str]:
+    """What the scales mean (units of ‖h_S‖, or absolute norms, labelled for older stores), and a
+    warning for each method whose every setting stayed in the linear regime."""
+    units = {group.scale_unit for group in val.groups.values()}
+    if units == {"resid"}:
+        norms = sorted({(g.source_layer, float(g.attrs["unit_norm"])) for g in val.groups.values()})
+        at = ", ".join(f"{norm:.1f} at layer {layer}" for layer, norm in norms)
+        lines = [f"Scales are fractions of the median ‖h_S‖ over the train prompts ({at}), each with the "
+                 "L2 norm of θ it was: +0.2 (= 23.2)."]
+    elif units <= {"abs"}:
+        lines = ["Scales are absolute L2 norms of θ (SCALE_UNIT=abs)."]
+    else:
+        lines = ["Scales are absolute L2 norms of θ: this store's evals were written before scales had a "
+                 "unit (SCALE_UNIT; `make eval` now writes fractions of ‖h_S‖ beside them)."]
+    for method in methods(val):
+        groups = [g for g in val.groups.values() if g.method == method]
+        if method != "random" and groups and all(linear_regime(g) for g in groups):
+            largest = max(float(np.abs(g.scales).max()) for g in groups)
+            norm = next((float(g.attrs["unit_norm"]) for g in groups if np.isfinite(g.attrs.get("unit_norm", np.nan))), None)
+            hint = (f"; in units of ‖h_S‖ = {norm:.1f} the grid reaches {largest / norm:.2g}: scales of 0.1–0.5 "
+                    f"(L2 norms {0.1 * norm:.0f}–{0.5 * norm:.0f}) move a model" if norm else
+                    "; SCALE_UNIT=resid scales by the model's own ‖h_S‖")
+            lines.append(f"**{method}: every setting costs less than {LINEAR_KL:g} nats/token of KL**: the grid "
+                         f"(up to |θ| = {largest:.3g}) never left the linear regime{hint}.")
+    return lines + [""]
 
 
 def choices(val: Split, test: Split, kl_max: float | None, by: str) -> dict[str, tuple | None]:
@@ -204,7 +236,7 @@ def cloze_summary(test: Split, picked: dict, kl_max: float | None, by: str) -> l
         random_cell = "–"
         if reference is not None and method != "random":
             random_cell = cloze_row_at(reference[0], None, reference[1], test).delta.fmt(3, True)
-        out.append("| " + " | ".join([method, f"{group.run} #{vector}", f"{r.scale:+g}", r.delta.fmt(3, True),
+        out.append("| " + " | ".join([method, f"{group.run} #{vector}", f"{r.scale_text}", r.delta.fmt(3, True),
                                       random_cell, *cloze_cells(r), *([r.kl.fmt(3)] if kl else []),
                                       best_on_test(method, test, kl_max, "cloze")]) + " |")
     out += ["", "Δ balanced: the mean over the polarity classes present of each class's mean Δ, so that a "
@@ -238,7 +270,7 @@ def letter_summary(test: Split, picked: dict, kl_max: float | None, by: str) -> 
             continue
         on_test, vector, scale = chosen
         r = row_at(on_test, vector, scale, test)
-        out.append("| " + " | ".join([method, f"{on_test.run} #{vector}", f"{r.scale:+g}", *cells(r),
+        out.append("| " + " | ".join([method, f"{on_test.run} #{vector}", f"{r.scale_text}", *cells(r),
                                       best_on_test(method, test, kl_max, "letter")]) + " |")
     orders = ("Both answer orders: Δ is the order-mean (behaviour); letter shift is half the "
               "difference as written − mirrored." if both else
@@ -260,7 +292,8 @@ def without_kl_rule(val: Split, test: Split, kl_max: float, by: str) -> list[str
         kl = cloze_row_at(on_test, vector, scale, test).kl if test.has_cloze else row_at(on_test, vector, scale, test).kl
         with_rule = chosen_on(method, val, test, kl_max, by)
         same = with_rule is not None and with_rule[0] is on_test and with_rule[1:] == chosen[1:]
-        out.append(f"- {method}: {on_test.run} #{vector} at {float(on_test.scales[scale]):+g}: Δ ({by}) {delta}, "
+        where = scale_text(float(on_test.scales[scale]), on_test.fraction(scale))
+        out.append(f"- {method}: {on_test.run} #{vector} at {where}: Δ ({by}) {delta}, "
                    f"KL {kl.fmt(3)} (test)" + (" (the same setting)" if same else ""))
     return out + [""]
 
@@ -272,9 +305,9 @@ def best_on_test(method: str, test: Split, kl_max: float | None, by: str) -> str
     group, vector, scale = best
     if by == "cloze":
         r = cloze_row_at(group, vector, scale, test)
-        return f"{group.run} #{vector}, {r.scale:+g}, {r.delta.value:+.3f}"
+        return f"{group.run} #{vector}, {r.scale_text}, {r.delta.value:+.3f}"
     r = row_at(group, vector, scale, test)
-    return f"{group.run} #{vector}, {r.scale:+g}, {r.positive.value:.1f}%, {r.delta.value:+.2f}"
+    return f"{group.run} #{vector}, {r.scale_text}, {r.positive.value:.1f}%, {r.delta.value:+.2f}"
 
 
 def run() -> None:
@@ -303,6 +336,7 @@ def run() -> None:
     if by != args.select_by:
         lines += [f"(This store has no {args.select_by} scores, so every choice below is by the {by} "
                   f"score; `make eval SCORE=both` adds them.)", ""]
+    lines += scales_note(val)
     for name, split in splits.items():
         lines += [f"## Split: {name} (n = {split.n_questions} questions)", ""]
         lines += method_tables(split, val, args.kl_max, by)

@@ -63,7 +63,7 @@ def cases(lm, items, prefix: str, heavy: bool) -> list[Case]:
                                                                    n_orders=n, ranks=ranks),
                     lambda one, many: max(
                         largest(one.vector, many.vector), largest(one.by_order, many.by_order),
-                        largest(one.diff_norms, many.diff_norms), abs(one.resid_norm - many.resid_norm))))
+                        largest(one.diff_norms, many.diff_norms))))
 
     answers, _ = answers_in_order(lm.tokenizer, items[:5], "both")
     gen = torch.Generator().manual_seed(3)

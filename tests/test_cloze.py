@@ -197,7 +197,7 @@ def test_balanced_caa_recovers_a_small_behaviour_direction_under_a_large_polarit
     def planted(model, sequences, read_at, layer, capture, pad_id, batch_size):
         n = len(sequences) // 2
         negative = torch.randn(n, d, generator=gen, dtype=torch.float64)
-        return torch.cat([negative + diffs, negative]), torch.ones(3)
+        return torch.cat([negative + diffs, negative])
 
     monkeypatch.setattr(engine.caa, "activations", planted)
     balanced = caa_answer_vector(None, items, 1, 0)

@@ -138,7 +138,7 @@ def test_caa_at_the_residual_site_reads_what_a_hook_on_the_block_output_reads(ge
     answers, _ = answer_tokens_for(gemma.tokenizer, ab_items)
     seqs = [a.positive_ids for a in answers]
     at = [a.position for a in answers]
-    acts, _ = activations(gemma.model, seqs, at, 2, "resid", gemma.tokenizer.pad_token_id, batch_size=2)
+    acts = activations(gemma.model, seqs, at, 2, "resid", gemma.tokenizer.pad_token_id, batch_size=2)
     for row, (seq, position) in enumerate(zip(seqs, at)):
         with reading_site(gemma.model, 2, "resid") as seen:
             gemma.model(torch.tensor([seq]), use_cache=False)

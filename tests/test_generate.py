@@ -275,7 +275,7 @@ def test_make_generate_stores_unsteered_and_each_val_choice_and_writes_the_page(
 
 def test_make_generate_with_a_named_vector_and_scales_samples_by_seed(inputs, tiny_dir):
     done = generate_runner(*runner_args(inputs, tiny_dir, "--vector", "pi/L1-T2/0", "--scales", "-2 6",
-                                   "--sample", "--seed", 3))
+                                   "--scale-unit", "abs", "--sample", "--seed", 3))
     assert done.returncode == 0, done.stderr
     with h5py.File(inputs.store, "r") as h5:
         group = h5[f"{store_key(str(tiny_dir))}/{BEHAVIOR}/generations/pi-L1-T2-0-sample-s3"]

@@ -174,7 +174,7 @@ def test_runner_writes_vectors_trace_and_prompt_ids_and_then_skips(tmp_path, smo
     store = tmp_path / "store.h5"
     argv = ["melbo", "--model", str(folder), "--store", str(store), "--layer", "1",
             "--target", "3", "--k", "2", "--radius", "2", "--steps", "3", "--n-prompts", "3",
-            "--p", "4", "--q", "4"]
+            "--p", "4", "--q", "4", "--scale-unit", "abs"]
     monkeypatch.setattr(sys, "argv", argv)
     runner.run()
     with h5py.File(store, "r") as h5:

@@ -152,7 +152,7 @@ def test_power_iteration_along_the_caa_path_matches_the_dense_svd_at_each_point(
     store = tmp_path / "store.h5"
     common = ["--model", str(folder), "--store", str(store), "--dtype", "fp64", "--layer", "0",
               "--target", "2", "--k", "2", "--iters", "40", "--n-prompts", "2", "--tol", "1e-9",
-              "--batch-size", "2"]
+              "--batch-size", "2", "--scale-unit", "abs"]
     mlp = decoder_layers(lm.model)[S + 1].mlp  # the planted directions: a CAA vector among them
     direction = torch.linalg.svd(mlp.up_proj.weight, full_matrices=False)[2][0]
     with h5py.File(store, "a") as h5:

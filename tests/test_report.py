@@ -116,3 +116,29 @@ def test_the_cloze_summary_shows_a_yes_no_direction_as_polarity_shift_not_behavi
     tables = "\n".join(report.method_tables(test, val, None, "cloze"))
     assert "#### pi/L7-T20, vector 1 (chosen on val by cloze): cloze" in tables
     assert "polarity shift" in tables and "**Cloze**" in tables
+
+
+def test_a_store_from_before_scale_units_reads_as_absolute_scales_and_says_so(tmp_path):
+    store = write_store(tmp_path / "store.h5")  # no scale_unit attribute: an older store
+    with h5py.File(store, "r") as h5:
+        val = read_split(h5, KEY, BEHAVIOR, "val")
+    assert all(g.scale_unit == "" and g.fractions is None for g in val.groups.values())
+    note = "\n".join(report.scales_note(val))
+    assert "absolute L2 norms of θ: this store's evals were written before scales had a unit" in note
+    line = next(l for l in report.summary(val, val, None, "letter") if l.startswith("| pi |"))
+    assert "(= " not in line  # absolute scales are written as they were
+
+
+def test_a_method_whose_every_setting_is_nearly_free_is_said_to_have_stayed_linear(tmp_path):
+    store = add_kl(write_store(tmp_path / "store.h5"))
+    with h5py.File(store, "a") as h5:
+        for split in ("val", "test"):
+            for run in ("L3", "L5", "L7"):  # every CAA group
+                group = h5[f"{KEY}/{BEHAVIOR}/evals/{split}/caa/{run}"]
+                group["kl"][...] = 1e-4
+                group.attrs.update(scale_unit="resid", unit_norm=4000.0)
+    with h5py.File(store, "r") as h5:
+        val = read_split(h5, KEY, BEHAVIOR, "val")
+    note = "\n".join(report.scales_note(val))
+    assert "**caa: every setting costs less than 0.001 nats/token of KL**" in note
+    assert "scales of 0.1–0.5 (L2 norms 400–2000)" in note and "**pi:" not in note

@@ -45,6 +45,7 @@ def test_caa_runner_writes_vector_with_its_settings_then_skips(tiny_dir, tmp_pat
         classes = list(answer["classes"][()].astype(str))
         assert answer["by_class"].shape == (len(classes), 64) and answer["class_counts"][()].sum() == 6
         assert np.allclose(answer["by_class"][()].mean(0), answer["vectors"][0], atol=1e-6)
+        assert answer.attrs["capture"] == "resid"  # the residual stream at the answer texts
     again = run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", "1 2", "--n-train", 6)
     assert again.returncode == 0 and again.stderr.count("up to date") == 4
 
@@ -72,7 +73,7 @@ def test_caa_runner_reports_unknown_model_and_bad_data_file(tmp_path):
 def test_eval_with_no_vectors_runs_baseline_and_random_control_and_says_so(tiny_dir, tmp_path):
     store = tmp_path / "store.h5"
     done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 2,
-               "--scales", "1 4", "--splits", "val", "--layer", 1, *SMALL_KL)
+               "--scales", "1 4", "--scale-unit", "abs", "--splits", "val", "--layer", 1, *SMALL_KL)
     assert done.returncode == 0, done.stderr
     assert "no survival-instinct vectors for" in done.stderr and "baseline and random controls only" in done.stderr
     with h5py.File(store, "r") as h5:
@@ -101,7 +102,7 @@ def test_eval_scores_both_ways_and_its_cloze_numbers_are_what_full_logits_give(t
     store = tmp_path / "store.h5"
     assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 6).returncode == 0
     done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 4, "--n-random", 1,
-               "--scales", "3", "--splits", "val test", *SMALL_KL)
+               "--scales", "3", "--scale-unit", "abs", "--splits", "val test", *SMALL_KL)
     assert done.returncode == 0, done.stderr
     key = store_key(str(tiny_dir))
     with h5py.File(store, "r") as h5:
@@ -238,7 +239,7 @@ def test_export_refuses_a_vector_that_is_not_stored_and_writes_nothing(tiny_dir,
     store, out = tmp_path / "store.h5", tmp_path / "export"
     assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 2).returncode == 0
     wrong_index = run("runners.export", "--model", tiny_dir, "--store", store, "--out", out,
-                      "--vector", "caa/L1/3", "--scale", 4)
+                      "--vector", "caa/L1/3", "--scale", 0.2)
     assert wrong_index.returncode == 2 and "caa/L1 has vectors 0..0, not 3" in wrong_index.stderr
     no_group = run("runners.export", "--model", tiny_dir, "--store", store, "--out", out, "--vector", "pi/L1-T2/0")
     assert no_group.returncode == 2 and "no pi vectors at" in no_group.stderr
@@ -274,8 +275,8 @@ def test_matrix_puts_each_behaviours_val_choice_on_every_behaviours_test_questio
         assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
                    "--behavior", behavior).returncode == 0
     done = run("runners.matrix", "--model", tiny_dir, "--store", store, "--behaviors", " ".join(behaviors),
-               "--n-eval", 3, "--n-random", 2, "--scales", "2 8", "--n-neutral", 2, "--gen-tokens", 4,
-               "--kl-max", "inf", "--out", out)
+               "--n-eval", 3, "--n-random", 2, "--scales", "2 8", "--scale-unit", "abs", "--n-neutral", 2,
+               "--gen-tokens", 4, "--kl-max", "inf", "--out", out)
     assert done.returncode == 0, done.stderr
     assert (out / "matrix_caa.png").is_file() and "| random ×2 |" in (out / "matrix_caa.md").read_text()
     key = store_key(str(tiny_dir))
@@ -302,8 +303,8 @@ def test_matrix_puts_each_behaviours_val_choice_on_every_behaviours_test_questio
     assert (out / "matrix_caa_cloze.png").is_file() and "## Cloze: class-balanced" in (out / "matrix_caa.md").read_text()
     # its cell on its own test questions is what the eval runner gives for the same θ
     evaluated = run("runners.eval", "--model", tiny_dir, "--store", store, "--behavior", behaviors[1],
-                    "--n-eval", 3, "--n-random", 1, "--scales", f"{scale:g}", "--splits", "test",
-                    "--n-neutral", 2, "--gen-tokens", 4)
+                    "--n-eval", 3, "--n-random", 1, "--scales", f"{scale:g}", "--scale-unit", "abs",
+                    "--splits", "test", "--n-neutral", 2, "--gen-tokens", 4)
     assert evaluated.returncode == 0, evaluated.stderr
     with h5py.File(store, "r") as h5:
         split = h5[f"{key}/{behaviors[1]}/evals/test"]
@@ -315,3 +316,51 @@ def test_matrix_puts_each_behaviours_val_choice_on_every_behaviours_test_questio
         assert list(h5[f"{key}/matrix/caa/questions/{behaviors[1]}/question_ids"][()].astype(str)) == list(questions_ids)
     unknown = run("runners.matrix", "--model", "no/such", "--store", store, "--behaviors", "survival-instinct power")
     assert unknown.returncode == 2 and "unknown behaviour 'power'" in unknown.stderr
+
+
+def test_a_scale_in_units_of_the_residual_norm_is_that_fraction_of_the_median_norm(tiny_dir, tmp_path):
+    """SCALE_UNIT=resid: the median ‖h_S‖ over the first 128 train prompts' real tokens, read here
+    by a hook on the block output of a plain HF forward per prompt; |θ| = f · that, stored beside
+    the fraction; SCALE_UNIT=abs gives the same numbers at the same L2 norms."""
+    import torch
+
+    from engine.data import load_items
+    from engine.generate import prompt_ids
+    from engine.model import load_model
+    from engine.site import reading_site
+
+    lm = load_model(str(tiny_dir), "fp32")
+    norms = []
+    for sequence in prompt_ids(lm.tokenizer, [i.question for i in load_items("data/survival-instinct.jsonl", "train")[:128]]):
+        with reading_site(lm.model, 1, "resid") as seen:
+            lm.model(torch.tensor([sequence]), use_cache=False)
+        norms.append(seen[-1][0].double().norm(dim=-1))
+    median = float(torch.cat(norms).median())
+    store, abs_store = tmp_path / "store.h5", tmp_path / "abs.h5"
+    done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 1,
+               "--scales", "0.5 2", "--splits", "val", "--layer", 1, "--score", "cloze", *SMALL_KL)
+    assert done.returncode == 0, done.stderr
+    key = store_key(str(tiny_dir))
+    with h5py.File(store, "r") as h5:
+        group = h5[f"{key}/survival-instinct/evals/val/random/L1"]
+        np.testing.assert_allclose(group["scales"][()], [-2 * median, -0.5 * median, 0.5 * median, 2 * median],
+                                   rtol=1e-4)
+        assert list(group["scale_fractions"][()]) == [-2, -0.5, 0.5, 2]
+        assert group.attrs["scale_unit"] == "resid" and np.isclose(group.attrs["unit_norm"], median, rtol=1e-4)
+        stored = h5[f"{key}/survival-instinct/norms/L1"]
+        assert np.isclose(stored.attrs["median"], median, rtol=1e-6) and stored.attrs["n_prompts"] == 128
+        resid_cloze, absolute = group["cloze"][()], group["scales"][()]
+    done = run("runners.eval", "--model", tiny_dir, "--store", abs_store, "--n-eval", 2, "--n-random", 1,
+               "--scales", " ".join(f"{s:.9g}" for s in absolute[2:]), "--scale-unit", "abs", "--splits", "val",
+               "--layer", 1, "--score", "cloze", *SMALL_KL)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(abs_store, "r") as h5:
+        group = h5[f"{key}/survival-instinct/evals/val/random/L1"]
+        assert group.attrs["scale_unit"] == "abs" and "scale_fractions" not in group
+        np.testing.assert_allclose(group["cloze"][()], resid_cloze, atol=1e-5)
+    report = run("runners.report", "--model", tiny_dir, "--store", store)
+    assert report.returncode == 0, report.stderr
+    assert "Scales are fractions of the median ‖h_S‖" in report.stdout and "+0.5 (= " in report.stdout
+    # RAW multiplies the raw vectors by the scales: meaningless as fractions of a norm
+    raw = run("runners.eval", "--model", tiny_dir, "--store", store, "--raw", "--check-args")
+    assert raw.returncode == 2 and "RAW=1 multiplies the raw vectors" in raw.stderr

@@ -1,0 +1,53 @@
+"""What the cloze score costs beside the letter score, per question × setting, on the default model.
+
+The workload is the first 16 val questions by id (what `make eval` asks by default) under 4 θ
+settings at layer 7, fp32: the letter eval asks each question in both orders (its prompt carries
+the choice block); the cloze eval scores both answer texts after the stem, with each item's prompt
+shared between its two answers (``share_prompt``) or, as the plain twin would, each answer run
+with its prompt whole. Ratios: `cloze_over_letter` (cloze time / letter time for the same
+questions and settings: the cost of adding the cloze score) and `cloze_prompt_sharing_speedup`
+(whole / shared).
+"""
+import pytest
+import torch
+
+from engine.cloze import cloze_items, cloze_logprobs
+from engine.data import load_items
+from engine.evaluate import evaluate
+from engine.model import DEFAULT_MODEL_DIR, load_model
+from engine.orders import answers_in_order
+
+LAYER, N_QUESTIONS, N_SETTINGS = 7, 16, 4
+RATIOS = {"cloze_over_letter": ("test_cloze[shared]", "test_letter_both_orders", 1.0),
+          "cloze_prompt_sharing_speedup": ("test_cloze[whole]", "test_cloze[shared]", 1.0)}
+
+
+@pytest.fixture(scope="module")
+def workload():
+    lm = load_model(str(DEFAULT_MODEL_DIR), "fp32")
+    items = sorted(load_items("data/survival-instinct.jsonl", "val"), key=lambda i: i.id)[:N_QUESTIONS]
+    answers, _ = answers_in_order(lm.tokenizer, items, "both")
+    cloze, _ = cloze_items(lm.tokenizer, items)
+    gen = torch.Generator().manual_seed(0)
+    thetas = torch.randn(N_SETTINGS, lm.d_model, generator=gen)
+    thetas = 8 * thetas / thetas.norm(dim=1, keepdim=True)
+    return lm, answers, cloze, thetas
+
+
+def _per_question_setting(benchmark, n_questions):
+    benchmark.extra_info["question_settings"] = n_questions * N_SETTINGS
+
+
+def test_letter_both_orders(benchmark, workload):
+    lm, answers, _, thetas = workload
+    _per_question_setting(benchmark, len(answers) // 2)
+    benchmark.pedantic(evaluate, args=(lm.model, answers, LAYER, thetas, lm.tokenizer.pad_token_id),
+                       rounds=2, iterations=1, warmup_rounds=0)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "whole"])
+def test_cloze(benchmark, workload, shared):
+    lm, _, cloze, thetas = workload
+    _per_question_setting(benchmark, len(cloze))
+    benchmark.pedantic(cloze_logprobs, args=(lm.model, cloze, LAYER, thetas, lm.tokenizer.pad_token_id),
+                       kwargs={"share_prompt": shared}, rounds=2, iterations=1, warmup_rounds=0)

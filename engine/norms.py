@@ -1,0 +1,59 @@
+"""The yardstick of scales: the typical norm of the residual stream at the source layer.
+
+With ``SCALE_UNIT=resid`` every scale is a fraction of ‖h_S‖, so that one grid means the same on
+models whose residual streams live at different norms (SmolLM2-135M's is ~110 at layer 7,
+Gemma-3-270M's thousands). The norm is measured once per model, source layer and behaviour over
+the real tokens of the first ``NORM_PROMPTS`` train prompts (as eval builds them, up to the
+generation prompt) and stored; every runner reads that one number.
+
+The yardstick is the **median** per-token norm, not the mean: the first token of every sequence
+is an attention sink whose norm is 25,000 at SmolLM2's layers 11–20 against ~130–240 for every
+other token (7× at layer 7), so a mean is set by one position that steering never needs to move
+(docs/DESIGN.md, "Scales"). Mean and quantiles are stored beside it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.segment import batched_prefixes
+
+NORM_PROMPTS = 128
+SCALE_UNITS = ("resid", "abs")
+QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
+
+
+@dataclass(frozen=True)
+class ResidualNorm:
+    """‖h_S‖ over the real tokens of some prompts at one source layer."""
+    layer: int
+    median: float  # the scale unit
+    mean: float
+    quantiles: tuple[float, ...]  # at QUANTILES
+    n_tokens: int
+    n_prompts: int
+
+
+@torch.no_grad()
+def residual_norm(model: torch.nn.Module, sequences: list[tuple[int, ...]], layer: int, pad_id: int,
+                  batch_size: int = 16) -> ResidualNorm:
+    """‖h_S‖ of every real token of ``sequences`` after layer ``layer`` (fp64), summarised."""
+    norms = [prefix.residual_norms().cpu()
+             for _, prefix in batched_prefixes(model, sequences, layer, pad_id, batch_size)]
+    values = torch.cat(norms).numpy()
+    return ResidualNorm(layer, float(np.median(values)), float(values.mean()),
+                        tuple(float(q) for q in np.quantile(values, QUANTILES)), len(values), len(sequences))
+
+
+def absolute(scales: list[float], unit: str, norm: float | None) -> list[float]:
+    """The L2 norms of θ that ``scales`` mean: fractions of ``norm`` (unit ``resid``) or
+    themselves (unit ``abs``)."""
+    if unit == "abs":
+        return list(scales)
+    if unit != "resid":
+        raise ValueError(f"unit must be one of {SCALE_UNITS}, got {unit!r}")
+    if norm is None or not norm > 0:
+        raise ValueError(f"a scale in units of ‖h_S‖ needs a positive norm, got {norm}")
+    return [float(s) * norm for s in scales]
