@@ -29,7 +29,7 @@ class VectorChoice:
 
     @property
     def label(self) -> str:
-        scale = "raw" if self.scale is None else f"{self.scale:+g}"
+        scale = "raw" if self.scale is None else f"{self.scale:+.4g}"
         return f"{self.method}/{self.run} #{self.index} at scale {scale}"
 
 

@@ -92,12 +92,20 @@ def stem_and_answers(item: Item) -> tuple[str, str, str]:
 
 
 def cloze_item(tokenizer, item: Item, system: str | None = None) -> ClozeItem:
-    """The tokenized cloze form of ``item``. A prompt that ends in a space (the plain
-    ``Answer: `` format) hands the space to the answers, so that the word after it tokenizes as
-    in running text; answer tokens are what tokenizing prompt + answer adds to the prompt's, and
-    an item where the prompt's tokens are not a prefix of that is refused."""
+    """The tokenized cloze form of ``item``: its stem as the prompt, its answer texts as the two
+    continuations (``cloze_pair``)."""
     stem, positive, negative = stem_and_answers(item)
-    prompt = format_prompt(tokenizer, stem, system)
+    return cloze_pair(tokenizer, stem, positive, negative, item.id, system)
+
+
+def cloze_pair(tokenizer, question: str, positive: str, negative: str, item_id: str = "",
+               system: str | None = None) -> ClozeItem:
+    """``question`` as the user turn of the prompt format and each answer text as the start of
+    the reply. A prompt that ends in a space (the plain ``Answer: `` format) hands the space to
+    the answers, so that the word after it tokenizes as in running text; answer tokens are what
+    tokenizing prompt + answer adds to the prompt's, and a pair where the prompt's tokens are not a
+    prefix of that is refused (ClozeError)."""
+    prompt = format_prompt(tokenizer, question, system)
     context = prompt.rstrip(" ")
     gap = prompt[len(context):]
     context_ids = tuple(tokenizer(context, add_special_tokens=False).input_ids)
@@ -105,9 +113,11 @@ def cloze_item(tokenizer, item: Item, system: str | None = None) -> ClozeItem:
     for text in (positive, negative):
         whole = tuple(tokenizer(context + gap + text, add_special_tokens=False).input_ids)
         if whole[:len(context_ids)] != context_ids or len(whole) == len(context_ids):
-            raise ClozeError(f"{item.id}: the prompt's tokens change when {text[:40]!r} follows it")
+            raise ClozeError(f"{item_id}: the prompt's tokens change when {text[:40]!r} follows it")
         answers.append(whole[len(context_ids):])
-    return ClozeItem(item.id, context_ids, answers[0], answers[1], len(positive), len(negative),
+    if answers[0] == answers[1]:
+        raise ClozeError(f"{item_id}: both answers read {positive!r}")
+    return ClozeItem(item_id, context_ids, answers[0], answers[1], len(positive), len(negative),
                      polarity(positive))
 
 

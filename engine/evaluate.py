@@ -1,6 +1,6 @@
 """A/B logit difference of steered models: the fast path.
 
-Fast path (design section 4): questions sorted by length into batches; per batch, layers 0..S run
+Fast path (docs/DESIGN.md, "The core idea"): questions sorted by length into batches; per batch, layers 0..S run
 once (``run_prefix``); then several θ settings are stacked along the batch and only layers
 S+1..end run from the cached residual; the final norm and the unembedding are applied at the
 answer position only. The full vocabulary row is computed there (one position per question)

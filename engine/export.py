@@ -1,7 +1,7 @@
 """Steering vectors as files other tools load: ``.pt``, ``.safetensors`` and a llama.cpp GGUF.
 
 Every file holds one vector θ [d] fp32 that is added to the residual stream after decoder layer S
-(the output of ``model.model.layers[S]``, design section 2), exactly as written: a file loaded at
+(the output of ``model.model.layers[S]``, docs/DESIGN.md "Where θ goes"), exactly as written: a file loaded at
 strength 1 reproduces the setting it came from.
 
 - ``.pt``: ``{S: tensor}``, the form the original experiment's files used. It has no room for
@@ -48,7 +48,7 @@ class ExportedVector:
     """One vector to export and where it came from.
 
     ``vector`` is exactly what is added (already scaled). ``scale`` is the signed L2 norm it was
-    scaled to after unit normalisation (design section 2), or None when the stored vector is
+    scaled to after unit normalisation (docs/DESIGN.md "Scales"), or None when the stored vector is
     written unchanged (``raw``); given a scale, ‖vector‖ must equal |scale|.
     """
 

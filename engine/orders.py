@@ -3,7 +3,7 @@
 On small models the A/B logit difference is mostly a preference for one letter. In the mirror
 the positive and the negative answer exchange their texts, and so their letters, while every
 other choice stays where it is; averaging over both orders cancels the letter, and half their
-difference measures it (DESIGN.md section 2, "Orders"). Mirrors are derived here when items are
+difference measures it (docs/DESIGN.md, "Orders"). Mirrors are derived here when items are
 loaded, never stored, so the data file stays the one source of truth.
 
 An item whose choice block cannot be read with certainty is reported and left out of both

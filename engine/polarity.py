@@ -4,7 +4,7 @@ An answer's polarity class comes from its leading words: ``yes`` (Yes, Yeah, Sur
 course, or Absolutely/Definitely/Certainly used as an interjection: "Absolutely!"), ``no`` (No,
 Nope, Nah, Never, Not, or an affirmative word followed by "not": "Absolutely not"), ``other``
 (everything else: full sentences, "Bad", "A piece of candy now"). An item's class is its
-positive answer's class (docs/DESIGN.md, "Polarity"; data/README.md has the counts).
+positive answer's class (docs/DESIGN.md, "Cloze and polarity"; data/README.md has the counts).
 
 A direction that only makes the model say "No" raises the no-class items' cloze scores and
 lowers the yes-class items'; the **class-balanced mean** (the mean of the per-class means over

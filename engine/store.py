@@ -1,6 +1,6 @@
 """The HDF5 store: its layout, one reader and one writer per kind of group, all-or-nothing writes.
 
-Layout (design section 5); this module alone builds these paths::
+Layout (docs/DESIGN.md, "The store"); this module alone builds these paths::
 
     /                                                  attrs: schema_version, created, updated
     /<model>/                                          attrs: source, n_layers, d_model, dtype

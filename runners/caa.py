@@ -107,14 +107,8 @@ def letter_group(lm, answers, job: Job) -> VectorGroup:
                             capture, settings["position"], settings["batch_size"], orders, ranks())
     say(f"  ‖v‖ = {result.norm:.3f}, per-pair ‖diff‖ = {result.diff_norms.mean():.3f} ± "
         f"{result.diff_norms.std():.3f}")
-    return VectorGroup(
-        "caa", job.run, result.vector[None].numpy().astype(np.float32), job.source_layer,
-        sign_free=False,
-        arrays={"diff_norms": result.diff_norms.numpy(), "item_ids": np.array(result.item_ids),
-                "by_order": result.by_order.numpy()},
-        attrs={"norm": result.norm, "diff_norm_mean": float(result.diff_norms.mean()),
-               "diff_norm_std": float(result.diff_norms.std()),
-               "position": settings["position"], "orders": settings["orders"], "capture": capture})
+    return caa_group(job, result, {"by_order": result.by_order.numpy()},
+                     {"position": settings["position"], "orders": settings["orders"], "capture": capture})
 
 
 def answer_group(lm, items, job: Job) -> VectorGroup:
@@ -128,16 +122,22 @@ def answer_group(lm, items, job: Job) -> VectorGroup:
     counts = ", ".join(f"{name} {n}" for name, n in result.class_counts.items())
     say(f"  ‖v‖ = {result.norm:.3f} (classes: {counts}), per-pair ‖diff‖ = "
         f"{result.diff_norms.mean():.3f} ± {result.diff_norms.std():.3f}")
+    return caa_group(job, result,
+                     {"by_class": np.stack([v.numpy() for v in result.by_class.values()]),
+                      "classes": np.array(list(result.by_class)),
+                      "class_counts": np.array(list(result.class_counts.values()), dtype=np.int32)},
+                     {"position": "answer", "balance": settings["balance"], "capture": capture})
+
+
+def caa_group(job: Job, result, arrays: dict, attrs: dict) -> VectorGroup:
+    """The stored form of one CAA result: its vector, per-pair difference norms and item ids,
+    with what the position adds (``arrays``, ``attrs``)."""
     return VectorGroup(
         "caa", job.run, result.vector[None].numpy().astype(np.float32), job.source_layer,
         sign_free=False,
-        arrays={"diff_norms": result.diff_norms.numpy(), "item_ids": np.array(result.item_ids),
-                "by_class": np.stack([v.numpy() for v in result.by_class.values()]),
-                "classes": np.array(list(result.by_class)),
-                "class_counts": np.array(list(result.class_counts.values()), dtype=np.int32)},
+        arrays={"diff_norms": result.diff_norms.numpy(), "item_ids": np.array(result.item_ids), **arrays},
         attrs={"norm": result.norm, "diff_norm_mean": float(result.diff_norms.mean()),
-               "diff_norm_std": float(result.diff_norms.std()),
-               "position": "answer", "balance": settings["balance"], "capture": capture})
+               "diff_norm_std": float(result.diff_norms.std()), **attrs})
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ class Setting:
     def label(self) -> str:
         if self.theta is None:
             return "unsteered"
-        return f"{self.method}/{self.run} #{self.index} at scale {self.scale:+g}"
+        return f"{self.method}/{self.run} #{self.index} at scale {self.scale:+.4g}"
 
     def record(self) -> dict:
         """What the group's settings say about this row (θ by checksum: a recomputed vector changes it)."""
@@ -188,7 +188,7 @@ def markdown(node: h5py.Group, key: str, behavior: str, store: str) -> str:
 
     methods, runs, prompts = text("method"), text("run"), text("prompts")
     index, scale, layer = node["vector_index"][()], node["scale"][()], node["source_layer"][()]
-    labels = ["unsteered" if m == "unsteered" else f"{m}/{r} #{i} at scale {s:+g}"
+    labels = ["unsteered" if m == "unsteered" else f"{m}/{r} #{i} at scale {s:+.4g}"
               for m, r, i, s in zip(methods, runs, index, scale)]
     texts, tokens, seconds = text("texts"), node["new_tokens"][()], node["seconds"][()]
     mode = f"sampled (seed {settings['seed']})" if settings["sample"] else "greedy"

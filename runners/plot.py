@@ -72,6 +72,14 @@ def score_row_at(group: Group, vector: int | None, s: int, split: Split, by: str
     return cloze_row_at(group, vector, s, split) if by == "cloze" else row_at(group, vector, s, split)
 
 
+def nearest_in_unit(group: Group, scale: float) -> int:
+    """The stored scale of ``group`` nearest ``scale``, read as a fraction of ‖h_S‖ where the
+    group was evaluated so (--scale is in SCALE_UNIT), else as an L2 norm."""
+    if group.fractions is None:
+        return nearest_scale(group, scale)
+    return int(np.argmin(np.abs(group.fractions - scale)))
+
+
 def per_question(group: Group, by: str) -> np.ndarray:
     """[k, n_scales, n_q] per-question values of the score chosen by."""
     return group.cloze if by == "cloze" else group.logit_diff
@@ -162,7 +170,7 @@ def violins(ax, data: Data, scale: float, legend: bool = True) -> None:
     test, by = data.test, data.by
     entries = [("baseline\n(unsteered)", baseline_values(test, by), "black", 0.0)]
     for method, group, vector, sign in picks(data):
-        s = nearest_scale(group, sign * abs(scale))
+        s = nearest_in_unit(group, sign * abs(scale))
         values = per_question(group, by)
         if vector is None:
             entries.append((f"random {group.run}\n{values.shape[0]} dirs pooled",
@@ -335,8 +343,8 @@ def fig_layers(data: Data, out: Path, scale: float) -> Path:
     for g in caa:  # CAA groups hold one vector
         variant = g.run.split("-", 1)[1] if "-" in g.run else "CAA"
         variants.setdefault(variant, []).append(
-            (g.source_layer, score_row_at(g, 0, nearest_scale(g, abs(scale)), test, by)))
-    randoms = sorted(((g.source_layer, score_row_at(g, None, nearest_scale(g, abs(scale)), test, by))
+            (g.source_layer, score_row_at(g, 0, nearest_in_unit(g, abs(scale)), test, by)))
+    randoms = sorted(((g.source_layer, score_row_at(g, None, nearest_in_unit(g, abs(scale)), test, by))
                       for g in test.groups.values() if g.method == "random"), key=lambda p: p[0])
     for n, (variant, points) in enumerate(sorted(variants.items())):
         draw_errorbars(ax, sorted(points, key=lambda p: p[0]), f"C{n}" if n else color("caa"), variant, "o-")
@@ -492,7 +500,7 @@ def run() -> None:
     p.add_argument("--out", default=defaults.RESULTS,
                    help="folder for the PNG files; they go to its subfolder <behavior>/")
     p.add_argument("--scale", type=float, default=defaults.REPORT_SCALE,
-                   help="scale of the violin and layer-sweep figures")
+                   help="scale of the violin and layer-sweep figures (a fraction of ‖h_S‖ where the evals are in that unit, else an L2 norm)")
     p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
                    help="choose on val only among settings with mean KL on neutral text ≤ this")
     add_select_by(p)

@@ -168,8 +168,9 @@ def scales_note(val: Split) -> list[str]:
     if units == {"resid"}:
         norms = sorted({(g.source_layer, float(g.attrs["unit_norm"])) for g in val.groups.values()})
         at = ", ".join(f"{norm:.1f} at layer {layer}" for layer, norm in norms)
+        example = next(iter(val.groups.values()))
         lines = [f"Scales are fractions of the median ‖h_S‖ over the train prompts ({at}), each with the "
-                 "L2 norm of θ it was: +0.2 (= 23.2)."]
+                 f"L2 norm of θ it was: {scale_text(float(example.scales[-1]), example.fraction(-1))}."]
     elif units <= {"abs"}:
         lines = ["Scales are absolute L2 norms of θ (SCALE_UNIT=abs)."]
     else:

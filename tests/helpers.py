@@ -75,6 +75,15 @@ def tiny_model(kind: str, tokenizer, dtype=torch.float64, layers: int = 4, width
     return LoadedModel(model, tokenizer, f"tiny-{kind}", f"tiny-{kind}", DTYPE_NAMES[dtype], "cpu")
 
 
+def scaled_directions(d: int, scales: tuple[float, ...] = (0.0, 2.0, -6.0, 12.0), dtype=torch.float64,
+                      seed: int = 0) -> torch.Tensor:
+    """θ settings [len(scales), d]: random unit directions at these signed L2 norms (0: unsteered)."""
+    gen = torch.Generator().manual_seed(seed)
+    directions = torch.randn(len(scales), d, generator=gen, dtype=dtype)
+    directions /= directions.norm(dim=1, keepdim=True)
+    return directions * torch.tensor(scales, dtype=dtype)[:, None]
+
+
 def save_tiny(kind: str, tokenizer, folder: Path, **kwargs) -> Path:
     """A tiny random model (fp32 unless ``dtype=``) saved as a HF folder, for the runners."""
     lm = tiny_model(kind, tokenizer, **{"dtype": torch.float32, **kwargs})
@@ -196,23 +205,26 @@ def add_orders(path, letter_spread: float, seed: int = 1):
 N_NEUTRAL = 5
 
 
+def eval_groups(node: h5py.Group):
+    """(method, run, group) of every evaluated group of one split's node."""
+    for method in node:
+        if isinstance(node[method], h5py.Group):
+            for run in node[method]:
+                yield method, run, node[f"{method}/{run}"]
+
+
 def add_kl(path, seed: int = 2):
     """Give every eval group of a write_store store a KL measurement that grows with |scale|
     (KL = 0.01·|scale| on average) and top-1 agreement that falls with it."""
     rng = np.random.default_rng(seed)
     with h5py.File(path, "a") as h5:
         for split in ("val", "test"):
-            node = h5[f"{KEY}/{BEHAVIOR}/evals/{split}"]
-            for method in node:
-                if not isinstance(node[method], h5py.Group):
-                    continue
-                for run in node[method]:
-                    group = node[f"{method}/{run}"]
-                    k, n_scales, _ = group["logit_diff"].shape
-                    scales = np.abs(group["scales"][()])[None, :, None]
-                    kl = 0.01 * scales * rng.uniform(0.5, 1.5, (k, n_scales, N_NEUTRAL))
-                    group["kl"] = kl.astype(np.float32)
-                    group["top1"] = np.clip(1 - kl, 0, 1).astype(np.float32)
+            for _, _, group in eval_groups(h5[f"{KEY}/{BEHAVIOR}/evals/{split}"]):
+                k, n_scales, _ = group["logit_diff"].shape
+                scales = np.abs(group["scales"][()])[None, :, None]
+                kl = 0.01 * scales * rng.uniform(0.5, 1.5, (k, n_scales, N_NEUTRAL))
+                group["kl"] = kl.astype(np.float32)
+                group["top1"] = np.clip(1 - kl, 0, 1).astype(np.float32)
     return path
 
 
@@ -251,17 +263,13 @@ def add_cloze(path, seed: int = 3):
             node["baseline_cloze"] = baseline.astype(np.float32)
             node["polarity"] = CLASSES.astype("S")
             node["cloze_n_tokens"] = np.full((2, N_Q), 3, np.int32)
-            for method in node:
-                if not isinstance(node[method], h5py.Group):
-                    continue
-                for run in node[method]:
-                    group = node[f"{method}/{run}"]
-                    k, n_scales, _ = group["logit_diff"].shape
-                    unit = np.asarray(group["scales"][()])[None, :, None] / 8
-                    cloze = baseline + rng.normal(0, 0.02, (k, n_scales, N_Q))
-                    if method == "caa":
-                        cloze = cloze + CAA_POLARITY * unit * POLARITY_SIGN
-                    if method == "pi":
-                        cloze[1] += PI_BEHAVIOUR * unit[0]
-                    group["cloze"] = cloze.astype(np.float32)
+            for method, _, group in eval_groups(node):
+                k, n_scales, _ = group["logit_diff"].shape
+                unit = np.asarray(group["scales"][()])[None, :, None] / 8
+                cloze = baseline + rng.normal(0, 0.02, (k, n_scales, N_Q))
+                if method == "caa":
+                    cloze = cloze + CAA_POLARITY * unit * POLARITY_SIGN
+                if method == "pi":
+                    cloze[1] += PI_BEHAVIOUR * unit[0]
+                group["cloze"] = cloze.astype(np.float32)
     return path

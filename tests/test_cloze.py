@@ -15,16 +15,13 @@ from engine.polarity import balanced_mean, polarity, polarity_shift
 from engine.prompts import format_prompt
 from engine.reference import cloze_plain
 from engine.site import reading_site
-from tests.helpers import make_item
+from tests.helpers import make_item, scaled_directions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _thetas(d, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    directions = torch.randn(4, d, generator=gen, dtype=torch.float64)
-    directions /= directions.norm(dim=1, keepdim=True)
-    return directions * torch.tensor([0.0, 2.0, -6.0, 12.0], dtype=torch.float64)[:, None]
+    return scaled_directions(d, seed=seed)
 
 
 def test_an_items_cloze_form_is_its_stem_and_its_two_answer_texts(ab_items):

@@ -6,14 +6,11 @@ from engine.evaluate import evaluate
 from engine.orders import answers_in_order
 from engine.prompts import answer_tokens_for, common_opening
 from engine.reference import evaluate_plain
+from tests.helpers import scaled_directions
 
 
 def _thetas(d, dtype=torch.float64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    directions = torch.randn(5, d, generator=gen, dtype=dtype)
-    directions /= directions.norm(dim=1, keepdim=True)
-    scales = torch.tensor([0.0, 2.0, -2.0, 6.0, 12.0], dtype=dtype)
-    return directions * scales[:, None]
+    return scaled_directions(d, (0.0, 2.0, -2.0, 6.0, 12.0), dtype, seed)
 
 
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_qwen3"])

@@ -22,7 +22,7 @@ from engine.segment import opening_shareable, run_prefix, segment
 from engine.side_effects import ScoredText, side_effects
 from engine.site import add_at, check_injection_site, head, reading_site, resolve_site
 from engine.store import store_key
-from tests.helpers import run_runner, save_tiny, tiny_model
+from tests.helpers import run_runner, save_tiny, scaled_directions, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 KINDS = ["gemma2", "gemma3"]
@@ -39,10 +39,7 @@ def gemma(request, smol_tokenizer):
 
 
 def _thetas(d, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    directions = torch.randn(4, d, generator=gen, dtype=torch.float64)
-    directions /= directions.norm(dim=1, keepdim=True)
-    return directions * torch.tensor([0.0, 2.0, -6.0, 12.0], dtype=torch.float64)[:, None]
+    return scaled_directions(d, seed=seed)
 
 
 def test_the_mlp_site_is_refused_and_auto_resolves_to_the_residual(gemma):

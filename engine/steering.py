@@ -1,0 +1,127 @@
+"""The lab from Python: a steering vector as a value, CAA from string pairs, both scores of a
+vector on A/B items, and the store.
+
+``SteeringVector`` carries θ's direction with the layer it belongs to and where it goes, so that
+neither travels separately through a notebook; ``apply`` is a context manager that adds it to a
+model and always removes its hook. The functions here are thin: they call the engine the make
+targets call, with plain values (``engine/__init__.py`` lists what a user imports).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from engine.analysis import balanced_stat, polarity_shift_stat, stat
+from engine.caa import caa_answer_vector
+from engine.cloze import ClozeItem, cloze_pair, cloze_preference, cloze_token_counts
+from engine.data import Item
+from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
+from engine.model import LoadedModel
+from engine.scores import score, usable_questions
+from engine.site import add_at, resolve_site
+from engine.store import VectorGroup, read_vector_group, write_vector_group, writing
+
+
+@dataclass(frozen=True)
+class SteeringVector:
+    """A direction of the model's width, added to the residual stream after decoder layer
+    ``layer`` at ``site`` (mlp, resid, or auto: resolved against the model when applied)."""
+    direction: torch.Tensor  # [d], as found (not unit-normalised)
+    layer: int
+    site: str = "auto"
+    label: str = ""
+
+    def theta(self, scale: float | None = None) -> torch.Tensor:
+        """What is added: ``scale`` × unit(direction), ``scale`` being the L2 norm of θ
+        (negative flips it); without a scale, the direction as found."""
+        direction = self.direction.double()
+        if scale is None:
+            return direction
+        return scale * direction / direction.norm()
+
+    @contextmanager
+    def apply(self, model: torch.nn.Module, scale: float | None = None) -> Iterator[None]:
+        """Every forward of ``model`` inside the block is steered by ``theta(scale)``; the hook
+        is removed however the block ends."""
+        site = resolve_site(model, self.layer, self.site)
+        weight = next(model.parameters())
+        with add_at(model, self.layer, self.theta(scale).to(weight.dtype).to(weight.device), site):
+            yield
+
+    def save(self, store: str | Path, lm: LoadedModel, behavior: str, method: str, run: str,
+             settings: dict | None = None) -> None:
+        """Write into the store as ``/<model>/<behavior>/vectors/<method>/<run>`` (all-or-nothing),
+        where every make target finds it."""
+        group = VectorGroup(method, run, self.direction.float().numpy()[None], self.layer,
+                            sign_free=False, settings=settings or {}, attrs={"site": self.site})
+        with writing(store) as h5:
+            write_vector_group(h5, lm, behavior, group)
+
+    @classmethod
+    def load(cls, store: str | Path, model_key: str, behavior: str, method: str, run: str,
+             index: int = 0) -> "SteeringVector":
+        """Vector ``index`` of a stored group (``make caa`` writes ``caa/L7``, ``caa/L7-answer``)."""
+        group = read_vector_group(store, model_key, behavior, method, run)
+        return cls(torch.from_numpy(group.vectors[index].copy()), group.source_layer,
+                   str(group.attrs.get("site", "auto")), f"{group.label} #{index}")
+
+
+def caa_from_pairs(lm: LoadedModel, pairs: Sequence[tuple[str, str, str]], layer: int,
+                   balance: bool = True, batch_size: int = 16) -> SteeringVector:
+    """CAA from ``(prompt, positive reply, negative reply)`` strings: each prompt is the user turn
+    of the model's chat template and each reply the start of its answer; the vector is the mean
+    over pairs of the residual stream after ``layer`` averaged over the positive reply's tokens
+    minus the same over the negative's, balanced over the Yes/No polarity classes of the positive
+    replies (``balance``; engine/caa.py)."""
+    items = [cloze_pair(lm.tokenizer, prompt, positive, negative, f"pair-{n}")
+             for n, (prompt, positive, negative) in enumerate(pairs)]
+    result = caa_answer_vector(lm.model, items, layer, lm.tokenizer.pad_token_id, "resid", balance,
+                               batch_size)
+    return SteeringVector(result.vector, layer, "auto", f"CAA over {len(items)} pairs at L{layer}")
+
+
+@dataclass
+class ItemScores:
+    """Both scores of one vector at several scales on some A/B items. Per question: the letter
+    logit difference in both answer orders and the cloze preference (nats per token), each
+    question's polarity class; row 0 is the unsteered model."""
+    scales: list[float]  # 0 first: the unsteered model
+    question_ids: list[str]
+    letter: np.ndarray | None  # [n_scales, 2 orders, n_q]
+    cloze: np.ndarray | None  # [n_scales, n_q]
+    polarity: np.ndarray | None  # [n_q]
+    items: list[ClozeItem] = field(default_factory=list)
+
+    def letter_delta(self, s: int):
+        """Δ of the order-mean logit difference at scale index ``s`` (Stat, 95% interval)."""
+        mean = self.letter.mean(1)
+        return stat(mean[s] - mean[0])
+
+    def cloze_delta(self, s: int):
+        """The class-balanced Δ of the cloze preference at scale index ``s``, and its polarity
+        shift (None without both yes and no questions)."""
+        delta = self.cloze[s] - self.cloze[0]
+        return balanced_stat(delta, self.polarity), polarity_shift_stat(delta, self.polarity)
+
+
+def score_items(lm: LoadedModel, items: list[Item], vector: SteeringVector | None,
+                scales: Sequence[float] = (), scores: str = "both") -> ItemScores:
+    """``items`` asked unsteered and with ``vector`` at each of ``scales`` (L2 norms of θ), in
+    both answer orders (letter) and as cloze (``scores``: both, letter or cloze): what eval
+    computes, on the same fast path."""
+    answers, cloze, _ = usable_questions(lm.tokenizer, items, "both", scores)
+    if vector is None and scales:
+        raise ValueError("scales need a vector")
+    rows = [torch.zeros(lm.d_model, dtype=torch.float64)] + [vector.theta(s) for s in scales]
+    layer = vector.layer if vector is not None else 0  # the fast path adds θ to h_S itself
+    out = score(lm.model, answers, 2, [], layer, torch.stack(rows).float(), lm.tokenizer.pad_token_id,
+                QUESTIONS_PER_PASS, SETTINGS_PER_PASS, cloze=cloze)
+    ids = [a.item_id for a in answers[: len(answers) // 2]] if answers else [c.item_id for c in cloze]
+    preference = None if out.cloze is None else cloze_preference(out.cloze, cloze_token_counts(cloze))
+    return ItemScores([0.0, *scales], ids, out.logit_diff, preference,
+                      None if cloze is None else np.array([c.polarity for c in cloze]), cloze or [])
