@@ -71,8 +71,13 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 DEFAULT_MODEL := models/SmolLM2-135M-Instruct
 MODEL_DEP := $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT_MODEL)/config.json)
-COMMON  = --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" \
-          --behavior "$(BEHAVIOR)" $(if $(DATA),--data "$(DATA)") --site $(SITE) $(if $(filter 1,$(FORCE)),--force)
+# One argument block per kind of target: what reads the store (report, plot, export), what also
+# loads the model (every computing target), and the behaviour's items.
+STORE_ARGS = --store "$(STORE)" --model "$(MODEL)"
+LOAD_ARGS  = $(STORE_ARGS) --dtype $(DTYPE) --device $(DEVICE) --site $(SITE) $(if $(filter 1,$(FORCE)),--force)
+BEHAVIOR_ARGS = --behavior "$(BEHAVIOR)" $(if $(DATA),--data "$(DATA)")
+CHOICE_ARGS = --kl-max $(KL_MAX) --select-by $(SELECT_BY)
+COMMON  = $(LOAD_ARGS) $(BEHAVIOR_ARGS)
 JACOBIAN = --layer $(LAYER) --target $(TARGET) --k $(K) --iters $(ITERS) --oversample $(OVERSAMPLE) \
            --tol $(TOL) --n-prompts $(N_PROMPTS) --tokens $(TOKENS) --seed $(SEED) --jvp-chunk $(JVP_CHUNK) \
            --scale-unit $(SCALE_UNIT)
@@ -139,22 +144,20 @@ eval: $(VENV)/.installed $(MODEL_DEP) ## logit differences in both answer orders
 	    --gen-tokens $(GEN_TOKENS)
 
 report: $(VENV)/.installed ## markdown tables with bootstrap intervals, vector chosen on val (KL ≤ KL_MAX), shown on test
-	@$(PY) -m runners.report --store "$(STORE)" --model "$(MODEL)" --behavior "$(BEHAVIOR)" --kl-max $(KL_MAX) --select-by $(SELECT_BY)
+	@$(PY) -m runners.report $(STORE_ARGS) --behavior "$(BEHAVIOR)" $(CHOICE_ARGS)
 
 plot: $(VENV)/.installed ## figures from the store into RESULTS/BEHAVIOR/
-	$(RUN) runners.plot --store "$(STORE)" --model "$(MODEL)" --behavior "$(BEHAVIOR)" --out "$(RESULTS)" --scale $(REPORT_SCALE) \
-	    --kl-max $(KL_MAX) --select-by $(SELECT_BY)
+	$(RUN) runners.plot $(STORE_ARGS) --behavior "$(BEHAVIOR)" --out "$(RESULTS)" --scale $(REPORT_SCALE) $(CHOICE_ARGS)
 
 generate: $(VENV)/.installed $(MODEL_DEP) ## completions, unsteered and with each method's val choice (or VECTOR at SCALES), into the store and RESULTS/BEHAVIOR/generations.md
-	$(RUN_DP) runners.generate --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" \
-	    --behavior "$(BEHAVIOR)" $(if $(DATA),--data "$(DATA)") $(if $(OPEN_ENDED),--open-ended "$(OPEN_ENDED)") \
+	$(RUN_DP) runners.generate $(COMMON) $(if $(OPEN_ENDED),--open-ended "$(OPEN_ENDED)") \
 	    --out "$(RESULTS)" --neutral "$(NEUTRAL)" \
 	    --n-open $(OPEN_PROMPTS) --n-neutral $(NEUTRAL_PROMPTS) --max-new-tokens $(MAX_NEW_TOKENS) \
-	    --seed $(SEED) --kl-max $(KL_MAX) --select-by $(SELECT_BY) $(if $(filter 1,$(SAMPLE)),--sample) $(if $(filter 1,$(FORCE)),--force) \
+	    --seed $(SEED) $(CHOICE_ARGS) $(if $(filter 1,$(SAMPLE)),--sample) \
 	    --scale-unit $(SCALE_UNIT) $(if $(VECTOR),--vector "$(VECTOR)" --scales "$(SCALES)")
 
 export: $(VENV)/.installed ## chosen vectors as .pt, .safetensors and llama.cpp GGUF into RESULTS/export/
-	$(RUN) runners.export --store "$(STORE)" --model "$(MODEL)" --behavior "$(BEHAVIOR)" --out "$(RESULTS)/export" --kl-max $(KL_MAX) --select-by $(SELECT_BY) \
+	$(RUN) runners.export $(STORE_ARGS) --behavior "$(BEHAVIOR)" --out "$(RESULTS)/export" $(CHOICE_ARGS) \
 	    --scale-unit $(SCALE_UNIT) $(if $(VECTOR),--vector "$(VECTOR)") $(if $(SCALE),--scale $(SCALE))
 
 bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to bench/results/latest.json
@@ -166,11 +169,10 @@ ingest: $(VENV)/.installed ## convert SRC (Anthropic/CAA file) to data/BEHAVIOR.
 	$(RUN) runners.ingest "$(SRC)" --behavior "$(BEHAVIOR)" $(if $(POSITIVE),--positive "$(POSITIVE)") \
 	    --out data/$(BEHAVIOR).jsonl
 
-MATRIX = $(RUN) runners.matrix --model "$(MODEL)" --dtype $(DTYPE) --device $(DEVICE) --store "$(STORE)" \
+MATRIX = $(RUN) runners.matrix $(LOAD_ARGS) \
          --behaviors "$(BEHAVIORS)" --method $(METHOD) --scales "$(SCALES)" --scale-unit $(SCALE_UNIT) --score $(SCORE) --n-eval $(MATRIX_N_EVAL) \
-         --n-random $(MATRIX_N_RANDOM) --max-vectors $(EVAL_K) --kl-max $(KL_MAX) --select-by $(SELECT_BY) --neutral "$(NEUTRAL)" \
-         --n-neutral $(N_NEUTRAL) --gen-tokens $(GEN_TOKENS) --seed $(SEED) --out "$(RESULTS)" \
-         $(if $(filter 1,$(FORCE)),--force)
+         --n-random $(MATRIX_N_RANDOM) --max-vectors $(EVAL_K) $(CHOICE_ARGS) --neutral "$(NEUTRAL)" \
+         --n-neutral $(N_NEUTRAL) --gen-tokens $(GEN_TOKENS) --seed $(SEED) --out "$(RESULTS)"
 
 matrix: $(VENV)/.installed $(MODEL_DEP) ## each behaviour's METHOD vector, chosen on its val questions, on every behaviour's test questions: RESULTS/matrix_METHOD.png/.md (computes missing vectors)
 	$(MATRIX) --check-args

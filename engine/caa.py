@@ -43,7 +43,7 @@ class CAAResult:
         return float(self.vector.norm())
 
 
-def read_positions(answers: list[AnswerTokens], position: str) -> list[tuple[int, int]]:
+def token_positions(answers: list[AnswerTokens], position: str) -> list[tuple[int, int]]:
     """Index to read in prompt+positive and in prompt+negative, per pair."""
     if position == "letter":
         return [(a.position, a.position) for a in answers]
@@ -85,7 +85,7 @@ def caa_vector(model, answers: list[AnswerTokens], layer: int, pad_id: int,
     if len(answers) % n_orders:
         raise ValueError(f"{len(answers)} pairs do not split into {n_orders} orders")
     mine = ranks.part(answers)
-    read = read_positions(mine, position)
+    read = token_positions(mine, position)
     # Positive and negative sequences go through the same batches, so their padding matches.
     sequences = [a.positive_ids for a in mine] + [a.negative_ids for a in mine]
     read_at = [p for p, _ in read] + [n for _, n in read]

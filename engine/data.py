@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Iterator
 
 from engine.errors import DataError
+from engine.files import write_atomically
 
 SPLITS = ("train", "val", "test")
 # Share of items per split, in percent of the hash range: train 50, val 25, test 25.
 SPLIT_EDGES = {"train": 50, "val": 75, "test": 100}
 REQUIRED = ("id", "behavior", "question", "positive", "negative", "split")
 ANSWER = re.compile(r"^\(([A-Z])\)$")
-CHOICE = re.compile(r"^\s*\(([A-Z])\)", re.MULTILINE)
+# A choice line: "(X)" at the start of a line, after spaces or tabs (orders.py reads the same lines).
+CHOICE_LINE = re.compile(r"^[ \t]*\(([A-Z])\)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ def item_id(behavior: str, question: str) -> str:
 def choice_letters(question: str) -> set[str]:
     """Letters offered in the question's ``Choices:`` block."""
     _, _, choices = question.rpartition("Choices:")
-    return set(CHOICE.findall(choices))
+    return set(CHOICE_LINE.findall(choices))
 
 
 def check_answers(question: str, positive: str, negative: str) -> str | None:
@@ -122,9 +124,5 @@ def load_items(path: str | Path, split: str | None = None) -> list[Item]:
 
 
 def write_items(items: list[Item], path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as out:
-        for item in items:
-            out.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    text = "".join(json.dumps(asdict(item), ensure_ascii=False) + "\n" for item in items)
+    write_atomically(path, lambda partial: partial.write_text(text, encoding="utf-8"))

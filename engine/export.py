@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gguf
 import numpy as np
@@ -33,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine.errors import UserError
+from engine.files import write_atomically
 
 GGUF_ARCH = "controlvector"
 GGUF_EXTRA_PREFIX = "steering."
@@ -139,23 +139,6 @@ def gguf_direction_index(source_layer: int) -> int:
     return layer
 
 
-# ---- atomic writes ------------------------------------------------------------------------------
-
-def _write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write`` on a temporary file next to ``path``; move it into place only if it completes."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 # ---- metadata as strings (safetensors metadata, GGUF steering.* keys) ---------------------------
 
 def _metadata_strings(exported: ExportedVector) -> dict[str, str]:
@@ -182,13 +165,13 @@ def _parse_metadata(strings: dict[str, str], where: Path) -> tuple[int, Metadata
 
 def write_pt(path: str | Path, exported: ExportedVector) -> Path:
     tensor = torch.tensor(exported.vector, dtype=torch.float32)
-    return _write_atomically(path, lambda tmp: torch.save({exported.source_layer: tensor}, tmp))
+    return write_atomically(path, lambda tmp: torch.save({exported.source_layer: tensor}, tmp))
 
 
 def write_safetensors(path: str | Path, exported: ExportedVector) -> Path:
     tensors = {SAFETENSORS_NAME: torch.tensor(exported.vector, dtype=torch.float32)}
     metadata = _metadata_strings(exported)
-    return _write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def write_gguf(path: str | Path, exported: ExportedVector) -> Path:
@@ -209,7 +192,7 @@ def write_gguf(path: str | Path, exported: ExportedVector) -> Path:
         finally:
             writer.close()
 
-    return _write_atomically(path, write)
+    return write_atomically(path, write)
 
 
 def write_all(folder: str | Path, stem: str, exported: ExportedVector) -> list[Path]:

@@ -24,7 +24,7 @@ import torch
 from engine.data import check_split, read_records
 from engine.errors import DataError, UserError
 from engine.parallel import SINGLE, Ranks
-from engine.prompts import format_prompt, length_batches
+from engine.prompts import format_prompt, length_batches, pad_left
 from engine.site import add_at
 
 PROMPT_REQUIRED = ("id", "text", "split")
@@ -70,18 +70,6 @@ def prompt_ids(tokenizer, texts: list[str], system: str | None = None) -> list[t
     (no special tokens beyond the template's, as for the A/B prompts)."""
     return [tuple(tokenizer(format_prompt(tokenizer, text, system), add_special_tokens=False).input_ids)
             for text in texts]
-
-
-def pad_left(sequences: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids and attention mask: every row ends at the last column, where generation
-    continues."""
-    width = max(len(seq) for seq in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq):] = 1
-    return ids, mask
 
 
 @dataclass

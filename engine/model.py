@@ -6,14 +6,14 @@ is ``engine.store.store_key``.
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from engine.errors import ModelError
-from engine.site import decoder_layers
+from engine.files import write_atomically
+from engine.site import check_layer, decoder_layers
 from engine.store import store_key
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -69,10 +69,7 @@ class LoadedModel:
         return DTYPES[self.dtype]
 
     def check_layer(self, layer: int, name: str = "layer") -> None:
-        if not 0 <= layer < self.n_layers:
-            raise ModelError(
-                f"{name} {layer} is out of range: {self.key} has layers 0..{self.n_layers - 1}"
-            )
+        check_layer(self.model, layer, name, self.key)
 
 
 def default_model_gguf() -> Path:
@@ -99,11 +96,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     # The weights are already de-quantised; drop the GGUF marker so the model can be saved.
     model.hf_quantizer = None
     del model.config.quantization_config
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, out_dir)
-    return out_dir
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return write_atomically(out_dir, save)
 
 
 def _resolve_source(source: str) -> tuple[str, dict]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from engine.data import ANSWER, Item
+from engine.data import ANSWER, CHOICE_LINE, Item
 from engine.errors import DataError, UserError
 from engine.prompts import AnswerTokens, answer_tokens_for
 
@@ -25,7 +25,6 @@ ORDERS = ("both", *ORDER_NAMES)
 MIRROR_SUFFIX = "~m"
 MIRROR_NOTE = " (mirrored)"
 
-_CHOICE_LINE = re.compile(r"^[ \t]*\(([A-Z])\)", re.MULTILINE)
 # A blank line ends a choice's text; whatever follows the last choice after one (e.g. "Answer:")
 # belongs to the prompt, not to that choice, and must not move with it.
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
@@ -57,7 +56,7 @@ def parse_choices(question: str) -> list[Choice]:
     head, marker, _ = question.rpartition("Choices:")
     if not marker:
         raise ChoiceError("no 'Choices:' block")
-    starts = list(_CHOICE_LINE.finditer(question, len(head) + len(marker)))
+    starts = list(CHOICE_LINE.finditer(question, len(head) + len(marker)))
     if not starts:
         raise ChoiceError("no '(X)' choice lines after 'Choices:'")
     choices, seen = [], set()

@@ -77,16 +77,30 @@ def answer_tokens_for(tokenizer, items: list[Item], system: str | None = None
     return found, skipped
 
 
-def pad_right(sequences: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and attention mask. Right padding keeps every real token's position and
-    what it attends to unchanged, so batched runs equal one-by-one runs."""
+def padded(sequences: list[tuple[int, ...]], pad_id: int, side: str = "right"
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and attention mask of ``sequences`` padded to the longest. Right padding (every
+    fast path and its twin) keeps every real token's position and what it attends to unchanged,
+    so batched runs equal one-by-one runs; left padding (generation) ends every row at the last
+    column, where generation continues."""
+    if side not in ("right", "left"):
+        raise ValueError(f"side must be right or left, got {side!r}")
     width = max(len(seq) for seq in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
+        at = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+        ids[row, at] = torch.tensor(seq, dtype=torch.long)
+        mask[row, at] = 1
     return ids, mask
+
+
+def pad_right(sequences: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return padded(sequences, pad_id, "right")
+
+
+def pad_left(sequences: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return padded(sequences, pad_id, "left")
 
 
 def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

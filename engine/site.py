@@ -42,6 +42,13 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     return layers
 
 
+def check_layer(model: torch.nn.Module, layer: int, name: str = "source layer", key: str = "the model") -> None:
+    """A clear error for a layer index the model does not have."""
+    n_layers = len(decoder_layers(model))
+    if not 0 <= layer < n_layers:
+        raise ModelError(f"{name} {layer} is out of range: {key} has layers 0..{n_layers - 1}")
+
+
 def _attribute(obj, dotted: str):
     for name in dotted.split("."):
         obj = getattr(obj, name, None)
@@ -143,9 +150,7 @@ def mlp_site_difference(model: torch.nn.Module, layer: int) -> float:
     residual after ``layer``: a short random input run once per site, last hidden states
     compared. About 1e-7 in fp32 where the two are the same site; of order 1 where the MLP
     output is normalised or gated before the residual add."""
-    n_layers = len(decoder_layers(model))
-    if not 0 <= layer < n_layers:
-        raise ModelError(f"source layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
+    check_layer(model, layer)
     injection_site(model, layer)
     weight = next(model.parameters())
     gen = torch.Generator().manual_seed(0)
@@ -187,9 +192,7 @@ def resolve_site(model: torch.nn.Module, layer: int, site: str, rtol: float = 1e
     ``resid`` needs no check (it is the residual add)."""
     if site not in SITES:
         raise ModelError(f"SITE must be one of {', '.join(SITES)}, got {site!r}")
-    n_layers = len(decoder_layers(model))
-    if not 0 <= layer < n_layers:
-        raise ModelError(f"source layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
+    check_layer(model, layer)
     if site == "resid":
         return site
     if site == "mlp":

@@ -40,6 +40,7 @@ import h5py
 import numpy as np
 
 from engine.errors import StoreError
+from engine.files import replaced_on_success
 from engine.norms import ResidualNorm
 
 # 2: every A/B number in both answer orders (*_by_order datasets, an `orders` attribute per eval
@@ -276,25 +277,15 @@ def writing(path: str | Path, wait_seconds: float | None = None) -> Iterator[h5p
         wait_seconds = float(os.environ.get("STORE_WAIT", "60"))
     if path.exists() and not h5py.is_hdf5(path):
         raise StoreError(f"{path} is not an HDF5 file: move it away or point STORE= elsewhere")
-    with _lock(path, wait_seconds):
-        tmp = path.with_name(path.name + ".partial")
+    with _lock(path, wait_seconds), replaced_on_success(path) as partial:
         if path.exists():
-            shutil.copyfile(path, tmp)
-        elif tmp.exists():
-            tmp.unlink()  # left by a killed writer; the store never saw it
-        try:
-            with h5py.File(tmp, "a") as h5:
-                migrate(h5)
-                h5.attrs["schema_version"] = SCHEMA_VERSION
-                h5.attrs.setdefault("created", now())
-                h5.attrs["updated"] = now()
-                yield h5
-            with open(tmp, "rb") as flushed:
-                os.fsync(flushed.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            shutil.copyfile(path, partial)
+        with h5py.File(partial, "a") as h5:
+            migrate(h5)
+            h5.attrs["schema_version"] = SCHEMA_VERSION
+            h5.attrs.setdefault("created", now())
+            h5.attrs["updated"] = now()
+            yield h5
 
 
 def model_group(h5: h5py.File, lm) -> h5py.Group:

@@ -182,26 +182,33 @@ def count_or_all(text: str) -> int | None:
     return positive_int(text, "a positive count or 'all'")
 
 
-def scale_list(text: str) -> list[float]:
-    """Signed scales (L2 norms of what is added; negative allowed), e.g. "-24 0 24"."""
+def numbers(text: str) -> list[float]:
+    """Finite numbers separated by spaces or commas (UserError otherwise): the one parser of
+    scale lists."""
     try:
-        scales = [float(tok) for tok in text.replace(",", " ").split()]
+        values = [float(tok) for tok in text.replace(",", " ").split()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"scales must be numbers separated by spaces, got {text!r}")
-    if not scales or not all(math.isfinite(s) for s in scales):
-        raise argparse.ArgumentTypeError(f"scales must be one or more finite numbers, got {text!r}")
-    return scales
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise UserError(f"expected one or more finite numbers separated by spaces, got {text!r}")
+    return values
+
+
+def scale_list(text: str) -> list[float]:
+    """Signed scales, in order (AT_SCALES, generate's SCALES), e.g. "-0.14 0 0.14"."""
+    return numbers(text)
 
 
 def parse_scales(text: str) -> list[float]:
-    """Unsigned scales (L2 norms of θ) for eval and the matrix, sorted and deduplicated; sign-free
-    vectors get the negatives as well (engine.grid)."""
+    """Unsigned scales for eval and the matrix, sorted and deduplicated; sign-free vectors get
+    the negatives as well (engine.grid)."""
+    refused = UserError(f"SCALES must be positive numbers separated by spaces, got {text!r}")
     try:
-        scales = [float(tok) for tok in text.replace(",", " ").split()]
-    except ValueError:
-        raise UserError(f"SCALES must be positive numbers separated by spaces, got {text!r}") from None
-    if not scales or any(not np.isfinite(s) or s <= 0 for s in scales):
-        raise UserError(f"SCALES must be positive numbers separated by spaces, got {text!r}")
+        scales = numbers(text)
+    except UserError:
+        raise refused from None
+    if any(s <= 0 for s in scales):
+        raise refused
     return sorted(set(scales))
 
 

@@ -11,9 +11,9 @@ import torch
 
 from engine.errors import DataError, StoreError, UserError
 from engine.evaluate import answer_scores, evaluate
-from engine.generate import generate, generate_ids, load_prompts, pad_left, prompt_ids
+from engine.generate import generate, generate_ids, load_prompts, prompt_ids
 from engine.model import load_model
-from engine.prompts import answer_tokens
+from engine.prompts import answer_tokens, pad_left
 from engine.reference import evaluate_plain
 from engine.site import add_to_down_proj
 from engine.store import (
