@@ -131,7 +131,7 @@ def row(scale: float, logit_diff: np.ndarray, mass: np.ndarray, baseline: np.nda
 
 
 @dataclass
-class Group:
+class EvalGroup:
     """One evaluated vector group on one split, as stored."""
     method: str
     run: str
@@ -171,7 +171,7 @@ class Split:
     question_ids: np.ndarray
     baseline: np.ndarray | None  # [n_q] letter; None: no letter score
     baseline_mass: np.ndarray | None
-    groups: dict[str, Group]  # by label
+    groups: dict[str, EvalGroup]  # by label
     orders: str = "original"  # both, original, mirrored; schema-1 stores: original
     behavior: str = DEFAULT_BEHAVIOR
     baseline_by_order: np.ndarray | None = None  # [n_orders, n_q]
@@ -230,7 +230,7 @@ def read_split(h5: h5py.File, model_key: str, behavior: str, split: str) -> Spli
             continue
         for run, group in node[method].items():
             attrs = {key: group.attrs[key] for key in group.attrs}
-            item = Group(method, run, optional(group, "logit_diff"), optional(group, "answer_mass"),
+            item = EvalGroup(method, run, optional(group, "logit_diff"), optional(group, "answer_mass"),
                          group["scales"][()], int(attrs.get("source_layer", -1)), attrs,
                          optional(group, "logit_diff_by_order"), optional(group, "kl"),
                          optional(group, "top1"), optional(group, "cloze"), optional(group, "scale_fractions"))
@@ -259,7 +259,7 @@ def select_by(split: Split, by: str) -> str:
     return by
 
 
-def setting_scores(group: Group, split: Split, by: str) -> np.ndarray:
+def setting_scores(group: EvalGroup, split: Split, by: str) -> np.ndarray:
     """[k, n_scales] what a choice maximises: the mean order-mean logit difference (letter), or
     the class-balanced mean cloze preference (cloze)."""
     if select_by(split, by) == "cloze":
@@ -267,7 +267,7 @@ def setting_scores(group: Group, split: Split, by: str) -> np.ndarray:
     return group.logit_diff.mean(-1)
 
 
-def eligible(group: Group, split: Split, kl_max: float | None = None) -> np.ndarray:
+def eligible(group: EvalGroup, split: Split, kl_max: float | None = None) -> np.ndarray:
     """[k, n_scales] mask of settings where the model still answers in format (the letter
     score's answer mass, where measured) and, with ``kl_max`` and a KL measurement, costs at
     most ``kl_max`` nats per token on neutral text."""
@@ -279,7 +279,7 @@ def eligible(group: Group, split: Split, kl_max: float | None = None) -> np.ndar
     return ok
 
 
-def choose(group: Group, split: Split, kl_max: float | None = None, by: str = "letter"
+def choose(group: EvalGroup, split: Split, kl_max: float | None = None, by: str = "letter"
            ) -> tuple[int, int] | None:
     """(vector, scale index) with the largest score (``setting_scores``) among eligible settings."""
     score = np.where(eligible(group, split, kl_max), setting_scores(group, split, by), -np.inf)
@@ -290,7 +290,7 @@ def choose(group: Group, split: Split, kl_max: float | None = None, by: str = "l
 
 
 def choose_for_method(method: str, split: Split, kl_max: float | None = None, by: str = "letter"
-                      ) -> tuple[Group, int, int] | None:
+                      ) -> tuple[EvalGroup, int, int] | None:
     """The method's best (group, vector, scale) on ``split`` (validation, for honest reports)."""
     best = None
     for group in split.groups.values():
@@ -311,12 +311,12 @@ def methods(split: Split) -> list[str]:
     return [m for m in order if m in found] + sorted(found - set(order))
 
 
-def scale_rows(group: Group, vector: int | None, split: Split) -> list[Row]:
+def scale_rows(group: EvalGroup, vector: int | None, split: Split) -> list[Row]:
     """One row per scale: for one vector, or pooled over all vectors when ``vector`` is None."""
     return [row_at(group, vector, s, split) for s in range(len(group.scales))]
 
 
-def row_at(group: Group, vector: int | None, s: int, split: Split) -> Row:
+def row_at(group: EvalGroup, vector: int | None, s: int, split: Split) -> Row:
     """The row of scale index ``s``: for one vector, or pooled over all when ``vector`` is None."""
     diff = group.logit_diff[:, s] if vector is None else group.logit_diff[vector, s]
     mass = group.mass[:, s] if vector is None else group.mass[vector, s]
@@ -332,13 +332,13 @@ def row_at(group: Group, vector: int | None, s: int, split: Split) -> Row:
     return out
 
 
-def nearest_scale(group: Group, scale: float) -> int:
+def nearest_scale(group: EvalGroup, scale: float) -> int:
     """Index of the stored (signed) scale of ``group`` nearest to ``scale``."""
     return int(np.argmin(np.abs(group.scales - scale)))
 
 
 def chosen_on(method: str, val: Split, split: Split, kl_max: float | None = None, by: str = "letter"
-              ) -> tuple[Group, int, int] | None:
+              ) -> tuple[EvalGroup, int, int] | None:
     """The method's setting chosen on ``val``, looked up in ``split``: (its group there, vector,
     index of the nearest stored scale). None if nothing was chosen or ``split`` lacks the group."""
     chosen = choose_for_method(method, val, kl_max, by)
@@ -349,7 +349,7 @@ def chosen_on(method: str, val: Split, split: Split, kl_max: float | None = None
     return there, vector, nearest_scale(there, float(group.scales[s]))
 
 
-def random_at(split: Split, source_layer: int, scale: float) -> tuple[Group, int] | None:
+def random_at(split: Split, source_layer: int, scale: float) -> tuple[EvalGroup, int] | None:
     """The random control of ``source_layer`` at its stored scale nearest ``scale``: the
     reference a chosen setting has to beat."""
     group = next((g for g in split.groups.values()
@@ -421,7 +421,7 @@ def cloze_row(scale: float, preference: np.ndarray, baseline: np.ndarray, classe
                     polarity_shift_stat(delta, classes))
 
 
-def cloze_row_at(group: Group, vector: int | None, s: int, split: Split) -> ClozeRow:
+def cloze_row_at(group: EvalGroup, vector: int | None, s: int, split: Split) -> ClozeRow:
     """The cloze row of scale index ``s``: for one vector, or pooled when ``vector`` is None."""
     def pick(values: np.ndarray | None) -> np.ndarray | None:
         if values is None:
@@ -440,6 +440,6 @@ def cloze_row_at(group: Group, vector: int | None, s: int, split: Split) -> Cloz
 LINEAR_KL = 1e-3
 
 
-def linear_regime(group: Group) -> bool:
+def linear_regime(group: EvalGroup) -> bool:
     """Whether every setting of ``group`` costs less than LINEAR_KL (False without a KL)."""
     return group.kl is not None and bool((group.kl.mean(-1) < LINEAR_KL).all())

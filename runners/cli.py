@@ -271,6 +271,14 @@ def progress_bar(total: int, description: str, unit: str = "it") -> tqdm:
                 dynamic_ncols=True, file=sys.stderr)
 
 
+def say_skipped(skipped: list[str], any_usable: bool, none_usable: str) -> None:
+    """Say every item left out, and stop with ``none_usable`` when nothing is left."""
+    for message in skipped:
+        say(f"skipped: {message}")
+    if not any_usable:
+        raise UserError(none_usable)
+
+
 def main_guard(run) -> None:
     """Run ``run()``; turn the project's own user-facing errors into one clear line and exit
     status 2. Anything else is a bug and keeps its traceback."""
@@ -299,10 +307,7 @@ def load_checked(args, items: list[Item], source_layers: list[int], target_layer
         answers, skipped = cloze_items(lm.tokenizer, items)
     else:
         answers, skipped = answers_in_order(lm.tokenizer, items, order)
-    for message in skipped:
-        say(f"skipped: {message}")
-    if not answers:
-        raise UserError("no usable prompts: every item was skipped")
+    say_skipped(skipped, bool(answers), "no usable prompts: every item was skipped")
     return lm, answers, skipped, sites
 
 

@@ -67,6 +67,7 @@ from runners.cli import (
     progress_bar,
     resolve_sites,
     say,
+    say_skipped,
     settings_of,
     unit_norms,
 )
@@ -168,10 +169,7 @@ def run() -> None:
 def evaluate_split(args, lm, split: str, items, prompts: list[Prompt] | None,
                    groups: list[VectorGroup], sites: dict[int, str], norms: dict) -> None:
     answers, cloze, skipped = usable_questions(lm.tokenizer, items, args.orders, args.score)
-    for message in skipped:
-        say(f"skipped: {message}")
-    if not answers and not cloze:
-        raise UserError(f"no usable {split} question: every item was skipped")
+    say_skipped(skipped, bool(answers or cloze), f"no usable {split} question: every item was skipped")
     orders = n_orders(args.orders)
     version = code_version(__spec__.name)
     question_ids = ([a.item_id for a in answers[: len(answers) // orders]] if answers

@@ -9,7 +9,7 @@ from collections import Counter
 from engine.behaviors import CATALOGUE, POSITIVE_FIELDS, check_name, ingest
 from engine.data import write_items
 from engine.errors import UserError
-from runners.cli import main_guard, say
+from runners.cli import main_guard, say, say_skipped
 
 
 def run() -> None:
@@ -28,10 +28,7 @@ def run() -> None:
                         f"the behaviour with POSITIVE= ({' or '.join(POSITIVE_FIELDS)}); "
                         "read a few items first, the convention differs between files")
     items, skipped = ingest(args.source, args.behavior, positive)
-    for message in skipped:
-        say(f"skipped: {message}")
-    if not items:
-        raise UserError(f"{args.source}: no usable item; nothing written")
+    say_skipped(skipped, bool(items), f"{args.source}: no usable item; nothing written")
     write_items(items, args.out)
     splits = Counter(item.split for item in items)
     say(f"wrote {len(items)} items to {args.out} (positive = {positive}; {len(skipped)} skipped): "

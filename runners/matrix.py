@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from engine.analysis import (
-    Group,
+    EvalGroup,
     Split,
     Stat,
     choose_for_method,
@@ -80,6 +80,7 @@ from runners.cli import (
     progress_bar,
     resolve_sites,
     say,
+    say_skipped,
     settings_of,
     step,
     unit_norms,
@@ -165,10 +166,8 @@ def run() -> None:
     for split, by_name in items.items():
         for name, chosen in by_name.items():
             answers, cloze, skipped = usable_questions(lm.tokenizer, chosen, "both", args.score)
-            for message in skipped:
-                say(f"skipped: {message}")
-            if not answers and not cloze:
-                raise UserError(f"no usable {split} question of {name}: every item was skipped")
+            say_skipped(skipped, bool(answers or cloze),
+                        f"no usable {split} question of {name}: every item was skipped")
             ids = [a.item_id for a in answers[: len(answers) // 2]] if answers else [c.item_id for c in cloze]
             questions[split, name] = Questions(answers, cloze, ids)
     texts = {split: neutral_texts(args, lm, split, prompts) for split, prompts in neutral.items()}
@@ -229,7 +228,7 @@ def choose_on_val(args, lm, name: str, groups, questions: Questions, texts) -> S
     for span in grid.spans:
         g = span.group
         part = {name_: values[g.label] for name_, values in unpacked.items()}
-        split.groups[g.label] = Group(
+        split.groups[g.label] = EvalGroup(
             g.method, g.run, part["diff"].mean(2) if "diff" in part else None,
             part["mass"].mean(2) if "mass" in part else None, np.array(span.scales), layer, {},
             part.get("diff"), part.get("kl"), part.get("top1"), part.get("cloze"))

@@ -146,11 +146,11 @@ def run() -> None:
     def compute(lm, answers, job: Job) -> VectorGroup:
         prompts = [a.prefix_ids for a in answers]
         if "prefixes" not in shared:  # this rank's share of the batches
-            groups = ranks().part(length_batches([len(s) for s in prompts], args.batch_size))
-            shared["groups"] = groups
-            shared["prefixes"] = prompt_prefixes(lm.model, [[prompts[i] for i in g] for g in groups],
+            batches = ranks().part(length_batches([len(s) for s in prompts], args.batch_size))
+            shared["batches"] = batches
+            shared["prefixes"] = prompt_prefixes(lm.model, [[prompts[i] for i in b] for b in batches],
                                                  lm.tokenizer.pad_token_id, args.layer)
-        groups, prefixes = shared["groups"], shared["prefixes"]
+        batches, prefixes = shared["batches"], shared["prefixes"]
         scale = job.settings["at_scale"]
         if "unit" not in shared:
             found = unit_norms(args, lm, [args.layer]).get(args.layer)
@@ -171,8 +171,8 @@ def run() -> None:
                                      progress=progress, start=shared.get("ritz"), ranks=ranks())
         shared["ritz"] = result.vectors
         positions = []  # (prompt index, token index) of every row of J, batch after batch
-        for group, part in zip(groups, op.parts):
-            positions.extend((group[r], c) for r, c in zip(part.rows.tolist(), part.cols.tolist()))
+        for batch, part in zip(batches, op.parts):
+            positions.extend((batch[r], c) for r, c in zip(part.rows.tolist(), part.cols.tolist()))
         positions = ranks().gather(positions)
         say("  σ = " + " ".join(f"{s:.3f}" for s in result.sigmas.tolist())
             + f"; {result.steps} steps, {'converged' if result.converged else 'NOT converged'}"

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from engine.analysis import (
-    Group,
+    EvalGroup,
     Row,
     Split,
     behavior_label,  # noqa: E402
@@ -61,18 +61,18 @@ def diff_label(split: Split, by: str = "letter") -> str:
     return f"logit({behavior_label(split.behavior)}) − logit(other){mean}  [nats]"
 
 
-def score_rows(group: Group, vector: int | None, split: Split, by: str) -> list:
+def score_rows(group: EvalGroup, vector: int | None, split: Split, by: str) -> list:
     """Rows by scale of the score chosen by: ``Row`` (letter) or ``ClozeRow`` (cloze)."""
     if by == "cloze":
         return [cloze_row_at(group, vector, s, split) for s in range(len(group.scales))]
     return scale_rows(group, vector, split)
 
 
-def score_row_at(group: Group, vector: int | None, s: int, split: Split, by: str):
+def score_row_at(group: EvalGroup, vector: int | None, s: int, split: Split, by: str):
     return cloze_row_at(group, vector, s, split) if by == "cloze" else row_at(group, vector, s, split)
 
 
-def nearest_in_unit(group: Group, scale: float) -> int:
+def nearest_in_unit(group: EvalGroup, scale: float) -> int:
     """The stored scale of ``group`` nearest ``scale``, read as a fraction of ‖h_S‖ where the
     group was evaluated so (--scale is in SCALE_UNIT), else as an L2 norm."""
     if group.fractions is None:
@@ -80,7 +80,7 @@ def nearest_in_unit(group: Group, scale: float) -> int:
     return int(np.argmin(np.abs(group.fractions - scale)))
 
 
-def per_question(group: Group, by: str) -> np.ndarray:
+def per_question(group: EvalGroup, by: str) -> np.ndarray:
     """[k, n_scales, n_q] per-question values of the score chosen by."""
     return group.cloze if by == "cloze" else group.logit_diff
 
@@ -151,7 +151,7 @@ def need_splits(data: Data) -> tuple[Split, Split]:
     return data.val, data.test
 
 
-def picks(data: Data) -> list[tuple[str, Group, int | None, float]]:
+def picks(data: Data) -> list[tuple[str, EvalGroup, int | None, float]]:
     """(method, test group, vector or None for the pooled random control, sign of the chosen scale)."""
     val, test = need_splits(data)
     out = []
@@ -224,7 +224,7 @@ def fig_violin_scales(data: Data, out: Path) -> Path:
                 "(vector chosen on val; nearest stored scale, sign as chosen)")
 
 
-def dose_rows(data: Data, by: str) -> dict[str, tuple[Group, int | None, list]]:
+def dose_rows(data: Data, by: str) -> dict[str, tuple[EvalGroup, int | None, list]]:
     """Per method: the test group, the vector chosen on val (None: pooled random), and its rows of
     score ``by`` at every stored scale."""
     return {method: (group, vector, score_rows(group, vector, data.test, by))
