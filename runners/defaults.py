@@ -57,3 +57,6 @@ BEHAVIORS = ("survival-instinct power-seeking-inclination wealth-seeking-inclina
 METHOD = "caa"
 MATRIX_N_EVAL = "16"
 MATRIX_N_RANDOM = "2"
+LLAMA_SERVER = ".cache/llama.cpp/build/bin/llama-server"
+CHECK_SCALE = "0.28"
+CHECK_PROMPTS = "8"

