@@ -31,8 +31,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from engine.choice import VectorChoice, theta_of
 from engine.errors import UserError
 from engine.files import write_atomically
+from engine.store import store_key
 
 GGUF_ARCH = "controlvector"
 GGUF_EXTRA_PREFIX = "steering."
@@ -193,6 +195,15 @@ def write_gguf(path: str | Path, exported: ExportedVector) -> Path:
             writer.close()
 
     return write_atomically(path, write)
+
+
+def exported_choice(store: str | Path, model: str, behavior: str, choice: VectorChoice) -> ExportedVector:
+    """What ``choice`` (a stored vector at a scale, or raw) adds, ready to write: θ, its layer and
+    where it came from (the group's settings, the eval scale)."""
+    theta, group = theta_of(store, store_key(model), behavior, choice)
+    return ExportedVector(theta, group.source_layer, model, choice.method, choice.run, choice.index,
+                          None if choice.raw else choice.scale,
+                          {**group.settings, "eval_scale": choice.scale, "raw": choice.raw})
 
 
 def write_all(folder: str | Path, stem: str, exported: ExportedVector) -> list[Path]:

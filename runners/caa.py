@@ -23,6 +23,7 @@ import numpy as np
 from engine.caa import BALANCES, CAPTURES, POSITIONS, caa_answer_vector, caa_vector
 from engine.orders import ORDERS, n_orders
 from engine.parallel import ranks
+from engine.progress import say, step
 from engine.store import VectorGroup, caa_run
 from runners import defaults
 from runners.cli import (
@@ -34,9 +35,7 @@ from runners.cli import (
     main_guard,
     parse,
     parser,
-    say,
     settings_of,
-    step,
 )
 
 

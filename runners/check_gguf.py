@@ -22,7 +22,7 @@ import torch
 
 from engine.choice import named_choices
 from engine.errors import UserError
-from engine.export import gguf_direction_index, write_gguf
+from engine.export import exported_choice, gguf_direction_index, write_gguf
 from engine.generate import load_prompts, prompt_ids
 from engine.llama_cpp import (
     agreement,
@@ -33,6 +33,7 @@ from engine.llama_cpp import (
     unsteered_difference,
 )
 from engine.model import EMBEDDED, embedded_gguf, load_model
+from engine.progress import say, step
 from engine.steering import SteeringVector
 from engine.store import caa_run
 from runners import defaults
@@ -43,11 +44,8 @@ from runners.cli import (
     parse,
     parser,
     positive_int,
-    say,
-    step,
     unit_norms,
 )
-from runners.export import exported
 
 
 def embedded_name(model: str) -> str:
@@ -115,7 +113,7 @@ def run() -> None:
     lm.check_layer(args.layer + 1, "layer + 1 (the shifted file)")
     unit_norms(args, lm, [args.layer])
     choice, = named_choices(args.store, lm.key, args.behavior, vector_name, [args.scale], args.scale_unit)
-    right = exported(args.store, args.model, args.behavior, choice)
+    right = exported_choice(args.store, args.model, args.behavior, choice)
     if right.source_layer != args.layer:
         raise UserError(f"{vector_name} is a layer-{right.source_layer} vector, not layer {args.layer}")
 

@@ -7,24 +7,22 @@ import argparse
 import math
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from tqdm import tqdm
 
 from engine.behaviors import check_name, data_file, known_behaviors
 from engine.cloze import cloze_items
 from engine.data import Item, load_items
 from engine.errors import DataError, UserError
-from engine.generate import Prompt, generate_ids, prompt_ids
+from engine.generate import prompt_ids
 from engine.model import DTYPES, REPO_ROOT, LoadedModel, cpu_bf16_native, load_model, resolve_dtype
 from engine.norms import NORM_PROMPTS, SCALE_UNITS, ResidualNorm, residual_norm
 from engine.orders import answers_in_order
 from engine.parallel import ranks, start
+from engine.progress import say, say_skipped, step
 from engine.scores import SELECT_BY
-from engine.side_effects import ScoredText
 from engine.site import SITES, resolve_site
 from engine.store import (
     VectorGroup,
@@ -32,15 +30,12 @@ from engine.store import (
     code_version,
     file_checksum,
     is_current,
-    neutral_path,
     norms_path,
     now,
-    read_neutral,
     read_norm,
     run_attrs,
     store_key,
     vectors_path,
-    write_neutral,
     write_norm,
     write_vector_group,
     writing,
@@ -249,36 +244,6 @@ def above_source(layer: int, target: int) -> None:
         raise UserError(f"target layer {target} must be above source layer {layer}")
 
 
-def say(message: str) -> None:
-    """A progress line on stderr, from rank 0 only (the others do the same work on other rows)."""
-    if ranks().writer:
-        print(message, file=sys.stderr, flush=True)
-
-
-@contextmanager
-def step(message: str):
-    start = time.perf_counter()
-    say(f"… {message}")
-    yield
-    say(f"  done in {time.perf_counter() - start:.1f}s")
-
-
-def progress_bar(total: int, description: str, unit: str = "it") -> tqdm:
-    """A progress bar with rate and time left on stderr; silent when stderr is not a terminal
-    (logs and CI get the start and end lines from ``say`` instead) and on ranks other than 0
-    (rank 0's bar counts rank 0's share of the work)."""
-    return tqdm(total=total, desc=description, unit=unit, disable=None if ranks().writer else True,
-                dynamic_ncols=True, file=sys.stderr)
-
-
-def say_skipped(skipped: list[str], any_usable: bool, none_usable: str) -> None:
-    """Say every item left out, and stop with ``none_usable`` when nothing is left."""
-    for message in skipped:
-        say(f"skipped: {message}")
-    if not any_usable:
-        raise UserError(none_usable)
-
-
 def main_guard(run) -> None:
     """Run ``run()``; turn the project's own user-facing errors into one clear line and exit
     status 2. Anything else is a bug and keeps its traceback."""
@@ -355,34 +320,11 @@ def unit_norms(args, lm: LoadedModel, layers, behavior: str | None = None,
     return found
 
 
-# The arguments the unsteered continuations of neutral prompts depend on.
-NEUTRAL_SETTINGS = ("model", "dtype", "device", "neutral", "n_neutral", "gen_tokens")
-
-
-def neutral_texts(args, lm, split: str, prompts: list[Prompt]) -> list[ScoredText]:
-    """The split's neutral prompts with the unsteered model's greedy continuations: read from
-    the store when current, else generated once and written."""
-    version = code_version("engine.generate")
-    settings = settings_of(args, drop=tuple(k for k in vars(args) if k not in NEUTRAL_SETTINGS),
-                           split=split, neutral_checksum=file_checksum(args.neutral))
-    path = neutral_path(lm.key, split)
-    if ranks().same(not args.force and is_current(args.store, path, settings, version)):
-        ids, tokens, prompt_lengths = read_neutral(args.store, lm.key, split)
-    else:
-        started, t0 = now(), time.perf_counter()
-        ids = [prompt.id for prompt in prompts]
-        asked = prompt_ids(lm.tokenizer, [prompt.text for prompt in prompts])
-        with step(f"[{split}] unsteered greedy continuations of {len(asked)} neutral prompts "
-                  f"({args.gen_tokens} tokens)"):
-            generated = generate_ids(lm.model, asked, 0, None, args.gen_tokens,  # θ None: no layer
-                                     lm.tokenizer.pad_token_id, ranks=ranks())
-        tokens = [prompt + new for prompt, new in zip(asked, generated.tokens)]
-        prompt_lengths = [len(prompt) for prompt in asked]
-        if ranks().writer:
-            with writing(args.store) as h5:
-                write_neutral(h5, lm, split, ids, tokens, prompt_lengths,
-                              run_attrs(settings, version, started, time.perf_counter() - t0))
-    return [ScoredText(i, t, n) for i, t, n in zip(ids, tokens, prompt_lengths) if len(t) > n]
+def neutral_options(args: argparse.Namespace) -> dict:
+    """The options ``engine.neutral.neutral_texts`` records and obeys, from eval's or the matrix's
+    arguments: ``neutral_texts(args.store, lm, split, prompts, **neutral_options(args))``."""
+    return {"model": args.model, "dtype": args.dtype, "device": args.device, "neutral": args.neutral,
+            "n_neutral": args.n_neutral, "gen_tokens": args.gen_tokens, "force": args.force}
 
 
 @dataclass

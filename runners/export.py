@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.choice import VectorChoice, chosen_on_val, named_choices, theta_of
+from engine.choice import chosen_on_val, named_choices
 from engine.errors import UserError
-from engine.export import ExportedVector, gguf_direction_index, write_all
+from engine.export import exported_choice, gguf_direction_index, write_all
 from engine.model import REPO_ROOT
+from engine.progress import say
 from engine.store import store_key
 from runners import defaults
 from runners.cli import (
@@ -26,15 +27,7 @@ from runners.cli import (
     check_kl_max,
     main_guard,
     resolve_behavior,
-    say,
 )
-
-
-def exported(store: str, model: str, behavior: str, choice: VectorChoice) -> ExportedVector:
-    theta, group = theta_of(store, store_key(model), behavior, choice)
-    return ExportedVector(theta, group.source_layer, model, choice.method, choice.run, choice.index,
-                          None if choice.raw else choice.scale,
-                          {**group.settings, "eval_scale": choice.scale, "raw": choice.raw})
 
 
 def run() -> None:
@@ -68,7 +61,7 @@ def run() -> None:
                                      by=args.select_by)
         for note in notes:
             say(note)
-    vectors = [exported(args.store, args.model, args.behavior, pick) for pick in picks]
+    vectors = [exported_choice(args.store, args.model, args.behavior, pick) for pick in picks]
     for vector in vectors:  # refuse what llama.cpp cannot load before writing anything
         gguf_direction_index(vector.source_layer)
     for vector in vectors:

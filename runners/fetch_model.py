@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 
 from engine.model import EMBEDDED, MODELS_DIR, convert_gguf, embedded_gguf
-from runners.cli import main_guard, say, step
+from engine.progress import say, step
+from runners.cli import main_guard
 
 
 def run(argv: list[str] | None = None) -> None:

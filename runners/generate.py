@@ -31,6 +31,7 @@ from engine.errors import StoreError, UserError
 from engine.generate import Prompt, check_max_new_tokens, generate, load_prompts
 from engine.model import REPO_ROOT, load_model
 from engine.parallel import ranks
+from engine.progress import progress_bar, say, step
 from engine.store import (
     code_version,
     file_checksum,
@@ -54,12 +55,9 @@ from runners.cli import (
     main_guard,
     parse,
     positive_int,
-    progress_bar,
     resolve_sites,
-    say,
     scale_list,
     settings_of,
-    step,
 )
 
 

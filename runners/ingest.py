@@ -9,7 +9,8 @@ from collections import Counter
 from engine.behaviors import CATALOGUE, POSITIVE_FIELDS, check_name, ingest
 from engine.data import write_items
 from engine.errors import UserError
-from runners.cli import main_guard, say, say_skipped
+from engine.progress import say, say_skipped
+from runners.cli import main_guard
 
 
 def run() -> None:

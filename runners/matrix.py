@@ -23,37 +23,27 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from engine.analysis import (
-    EvalGroup,
-    Split,
-    Stat,
-    choose_for_method,
-    cloze_row,
-    cloze_row_at,
-    polarity_shift_stat,
-    row,
-    row_at,
-    select_by,
-    stat,
-)
-from engine.behaviors import data_file, label
-from engine.choice import VectorChoice, theta_of
-from engine.cloze import ClozeItem, cloze_preference, cloze_token_counts
+from engine.behaviors import data_file
 from engine.data import load_items
 from engine.errors import UserError
-from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
+from engine.evaluate import QUESTIONS_PER_PASS
+from engine.figures import matrix_heatmap
 from engine.generate import load_prompts
-from engine.grid import build_grid, random_directions
+from engine.matrix import (
+    choose_on_val,
+    evaluate_on_test,
+    heatmap_values,
+    markdown,
+    matrix_datasets,
+    questions_of,
+    val_layer,
+)
 from engine.model import REPO_ROOT, load_model
-from engine.norms import absolute
-from engine.prompts import AnswerTokens
-from engine.scores import SCORES, SCORES_OF, score, usable_questions
+from engine.neutral import neutral_texts
+from engine.progress import say, say_skipped, step
+from engine.scores import SCORES
 from engine.store import (
     code_version,
     file_checksum,
@@ -72,40 +62,17 @@ from runners.cli import (
     check_kl_max,
     count_or_all,
     main_guard,
-    neutral_texts,
+    neutral_options,
     parse,
     parse_scales,
     parser,
     positive_int,
-    progress_bar,
     resolve_sites,
-    say,
-    say_skipped,
     settings_of,
-    step,
     unit_norms,
 )
 
 METHODS = ("caa", "pi", "pi_caa", "melbo")
-
-
-@dataclass
-class Questions:
-    """One behaviour's questions of one split, in the forms the scores ask them in."""
-    answers: list[AnswerTokens]  # letter: every question as written, then mirrored; empty without it
-    cloze: list[ClozeItem] | None  # None without the cloze score
-    ids: list[str]
-
-
-@dataclass
-class Source:
-    """One behaviour's chosen setting: what its row of the matrix adds."""
-    behavior: str
-    choice: VectorChoice | None  # None: no setting of the method was eligible on val
-    theta: np.ndarray | None
-    source_layer: int
-    val_delta: Stat | None = None  # the chosen setting's Δ (of the score chosen by) on its own val
-    val_kl: Stat | None = None
 
 
 def validate(args) -> None:
@@ -165,26 +132,30 @@ def run() -> None:
     questions = {}
     for split, by_name in items.items():
         for name, chosen in by_name.items():
-            answers, cloze, skipped = usable_questions(lm.tokenizer, chosen, "both", args.score)
-            say_skipped(skipped, bool(answers or cloze),
+            questions[split, name], skipped = questions_of(lm.tokenizer, chosen, args.score)
+            say_skipped(skipped, bool(questions[split, name].answers or questions[split, name].cloze),
                         f"no usable {split} question of {name}: every item was skipped")
-            ids = [a.item_id for a in answers[: len(answers) // 2]] if answers else [c.item_id for c in cloze]
-            questions[split, name] = Questions(answers, cloze, ids)
-    texts = {split: neutral_texts(args, lm, split, prompts) for split, prompts in neutral.items()}
+    texts = {split: neutral_texts(args.store, lm, split, prompts, **neutral_options(args))
+             for split, prompts in neutral.items()}
 
     started, t0 = now(), time.perf_counter()
-    sources = [choose_on_val(args, lm, name, groups[name], questions["val", name], texts["val"])
-               for name in args.behaviors]
-    measured = evaluate_on_test(args, lm, sources, questions, texts["test"])
+    sources = []
+    for name in args.behaviors:
+        layer = val_layer(groups[name])
+        unit = unit_norms(args, lm, [layer], behavior=name, data=args.data_files[name]).get(layer)
+        sources.append(choose_on_val(
+            lm, name, groups[name], questions["val", name], texts["val"], method=args.method,
+            scales=args.scales, scale_unit=args.scale_unit, unit_norm=unit and unit.median,
+            select_by=args.select_by, kl_max=args.kl_max, batch_size=args.batch_size, store=args.store))
+    measured = evaluate_on_test(lm, sources, {name: questions["test", name] for name in args.behaviors},
+                                texts["test"], scores=args.score, scales=args.scales,
+                                n_random=args.n_random, seed=args.seed, batch_size=args.batch_size)
     tables = measured.tables
     seconds = time.perf_counter() - t0
     settings = settings_of(args, drop=("out", "data_files"), data_checksums={
         name: file_checksum(path) for name, path in args.data_files.items()})
-    datasets = common_datasets(sources, measured)
-    for table in tables.values():
-        datasets |= table.datasets(sources)
     with writing(args.store) as h5:
-        write_matrix(h5, lm, args.method, datasets,
+        write_matrix(h5, lm, args.method, matrix_datasets(sources, measured),
                      run_attrs(settings, code_version(__spec__.name), started, seconds,
                                behaviors=args.behaviors, kl_max=args.kl_max, scores=list(tables),
                                sites=json.dumps({str(k): v for k, v in sites.items()})))
@@ -192,334 +163,17 @@ def run() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     page = out / f"matrix_{args.method}.md"
-    page.write_text(markdown(measured, sources, lm.key, args), encoding="utf-8")
-    figures = [draw(table, sources, lm.key, args, out / (f"matrix_{args.method}.png" if name == "letter"
-                                                         else f"matrix_{args.method}_{name}.png"))
-               for name, table in tables.items()]
+    page.write_text(markdown(measured, sources, lm.key, method=args.method, select_by=args.select_by,
+                             kl_max=args.kl_max, n_eval=args.n_eval, n_random=args.n_random),
+                    encoding="utf-8")
+    figures = []
+    for name, table in tables.items():
+        rows, columns, cells, n_chosen = heatmap_values(table, sources, args.n_random)
+        figures.append(matrix_heatmap(
+            out / (f"matrix_{args.method}.png" if name == "letter" else f"matrix_{args.method}_{name}.png"),
+            cells, rows, columns, n_chosen, table.score, args.method, lm.key))
     print(page.read_text(encoding="utf-8"))
     say(f"wrote {page} and {', '.join(map(str, figures))}")
-
-
-def choose_on_val(args, lm, name: str, groups, questions: Questions, texts) -> Source:
-    """The behaviour's setting chosen on its own val questions, as the report chooses."""
-    layer = groups[0].source_layer
-    by_layer = [g for g in groups if g.source_layer == layer]
-    if len(by_layer) < len(groups):
-        say(f"{name}: {args.method} groups at several layers; the matrix takes layer {layer}'s")
-    unit = unit_norms(args, lm, [layer], behavior=name, data=args.data_files[name]).get(layer)
-    grid = build_grid(by_layer, absolute(args.scales, args.scale_unit, unit and unit.median), lm.d_model)
-    work = len(questions.answers) + len(questions.cloze or []) + len(texts)
-    with progress_bar(len(grid.thetas) * work, f"val {name}", "question×setting") as bar:
-        scored = score(lm.model, questions.answers, 2, texts, layer, grid.thetas, lm.tokenizer.pad_token_id,
-                       args.batch_size, SETTINGS_PER_PASS, progress=bar.update, cloze=questions.cloze)
-    unpacked = {name_: grid.unpack(values) for name_, values in
-                (("diff", scored.logit_diff), ("mass", scored.answer_mass), ("kl", scored.kl),
-                 ("top1", scored.top1)) if values is not None}
-    split = Split("val", np.array(questions.ids), None, None, {}, "both", name)
-    if scored.logit_diff is not None:
-        split.baseline, split.baseline_mass = scored.logit_diff[0].mean(0), scored.answer_mass[0].mean(0)
-        split.baseline_by_order = scored.logit_diff[0]
-    if scored.cloze is not None:
-        counts = cloze_token_counts(questions.cloze)
-        preference = cloze_preference(scored.cloze, counts)  # [n_settings, n_q]
-        unpacked["cloze"] = grid.unpack(preference)
-        split.cloze_baseline = preference[0]
-        split.polarity = np.array([c.polarity for c in questions.cloze])
-    for span in grid.spans:
-        g = span.group
-        part = {name_: values[g.label] for name_, values in unpacked.items()}
-        split.groups[g.label] = EvalGroup(
-            g.method, g.run, part["diff"].mean(2) if "diff" in part else None,
-            part["mass"].mean(2) if "mass" in part else None, np.array(span.scales), layer, {},
-            part.get("diff"), part.get("kl"), part.get("top1"), part.get("cloze"))
-    by = select_by(split, args.select_by)
-    chosen = choose_for_method(args.method, split, args.kl_max, by)
-    if chosen is None:
-        say(f"{name}: no {args.method} setting keeps the answer mass up with KL ≤ {args.kl_max} "
-            "on val; its row stays empty")
-        return Source(name, None, None, layer)
-    group, vector, s = chosen
-    choice = VectorChoice(group.method, group.run, vector, float(group.scales[s]))
-    theta, _ = theta_of(args.store, lm.key, name, choice)
-    delta = (cloze_row_at if by == "cloze" else row_at)(group, vector, s, split).delta
-    kl = stat(group.kl[vector, s])
-    say(f"{name}: chose {choice.label} on val by {by} (Δ {delta.value:+.3f}, KL {kl.value:.3f})")
-    return Source(name, choice, theta, layer, delta, kl)
-
-
-@dataclass
-class Table:
-    """Test-split numbers of one score: rows are the chosen θ of each behaviour and the random
-    references, columns the behaviours whose questions are asked. Per question: letter keeps
-    [2 orders, n_q] logit differences (and answer masses), cloze [n_q] preferences in nats per
-    token with each question's polarity class."""
-    score: str  # letter or cloze
-    targets: list[str]
-    question_ids: dict[str, list[str]]
-    random_scales: list[float]
-    baseline: dict[str, np.ndarray] = field(default_factory=dict)  # target -> per question
-    baseline_mass: dict[str, np.ndarray] = field(default_factory=dict)  # letter: [2, n_q]
-    chosen: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # source -> target -> ...
-    chosen_mass: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    random: dict[float, dict[str, np.ndarray]] = field(default_factory=dict)  # scale -> target -> [n_random, ...]
-    polarity: dict[str, np.ndarray] = field(default_factory=dict)  # cloze: target -> [n_q]
-
-    def delta(self, values: np.ndarray, target: str):
-        """(Δ, its shift) of one row's per-question values on ``target``: the order-mean Δ and the
-        letter shift, or the class-balanced cloze Δ and the polarity shift."""
-        base = self.baseline[target]
-        if self.score == "cloze":
-            r = cloze_row(0.0, values, base, self.polarity[target])
-            return r.delta, r.polarity_shift
-        mean = values.mean(-2)  # over the orders
-        r = row(0.0, mean, np.zeros_like(mean), base.mean(0), values)
-        return r.delta, r.letter_shift
-
-    def cell(self, source: str, target: str):
-        return self.delta(self.chosen[source][target], target)
-
-    def random_cell(self, scale: float, target: str):
-        return self.delta(self.random[scale][target], target)
-
-    def datasets(self, sources: list[Source]) -> dict[str, np.ndarray]:
-        prefix = "" if self.score == "letter" else "cloze_"
-        shift = "letter_shift" if self.score == "letter" else "polarity_shift"
-        names = [s.behavior for s in sources if s.choice is not None]
-        cells = {(s, t): self.cell(s, t) for s in names for t in self.targets}
-        randoms = {(r, t): self.random_cell(r, t) for r in self.random_scales for t in self.targets}
-
-        def grid(pick) -> np.ndarray:
-            return np.array([[pick(*cells[s, t]) for t in self.targets] for s in names],
-                            np.float32).reshape(len(names), len(self.targets))
-
-        def random_grid(pick) -> np.ndarray:
-            return np.array([[pick(*randoms[r, t]) for t in self.targets] for r in self.random_scales],
-                            np.float32).reshape(len(self.random_scales), len(self.targets))
-
-        def value(stat_):
-            return np.nan if stat_ is None else stat_.value
-
-        out = {f"{prefix}delta": grid(lambda d, _: d.value), f"{prefix}delta_low": grid(lambda d, _: d.low),
-               f"{prefix}delta_high": grid(lambda d, _: d.high), f"{prefix}{shift}": grid(lambda _, x: value(x)),
-               f"{prefix}random_delta": random_grid(lambda d, _: d.value),
-               f"{prefix}random_delta_low": random_grid(lambda d, _: d.low),
-               f"{prefix}random_delta_high": random_grid(lambda d, _: d.high)}
-        for t in self.targets:  # every per-question number, per target behaviour
-            n_q = len(self.question_ids[t])
-            empty = np.zeros((0, *self.baseline[t].shape), np.float32)
-            chosen = np.stack([self.chosen[s][t] for s in names]) if names else empty
-            random = np.stack([self.random[r][t] for r in self.random_scales])
-            if self.score == "letter":
-                base = row(0.0, self.baseline[t].mean(0), self.baseline_mass[t].mean(0),
-                           self.baseline[t].mean(0), self.baseline[t])
-                out |= {f"questions/{t}/baseline_by_order": self.baseline[t].astype(np.float32),
-                        f"questions/{t}/chosen_by_order": chosen.astype(np.float32),
-                        f"questions/{t}/random_by_order": random.astype(np.float32),
-                        f"questions/{t}/baseline_consistency": np.array(
-                            [base.consistency.value, base.consistency.low, base.consistency.high], np.float32)}
-            else:
-                out |= {f"questions/{t}/cloze_baseline": self.baseline[t].astype(np.float32),
-                        f"questions/{t}/cloze_chosen": chosen.astype(np.float32).reshape(len(names), n_q),
-                        f"questions/{t}/cloze_random": random.astype(np.float32),
-                        f"questions/{t}/polarity": self.polarity[t]}
-        return out
-
-
-@dataclass
-class TestRun:
-    """Everything measured on the test split: a table per score, and each row's KL."""
-    tables: dict[str, Table]
-    kl: dict[str, np.ndarray]  # source -> [n_neutral] on the test neutral prompts
-    random_kl: dict[float, np.ndarray]  # scale -> [n_random, n_neutral]
-
-
-def common_datasets(sources: list[Source], measured: TestRun) -> dict[str, np.ndarray]:
-    """What every score's table shares: the choices, their θ, val numbers and test KL."""
-    table = next(iter(measured.tables.values()))
-    chosen = [s for s in sources if s.choice is not None]
-    return {
-        "sources": np.array([s.behavior for s in sources]),
-        "targets": np.array(table.targets),
-        "chosen_method": np.array([s.choice.method if s.choice else "" for s in sources]),
-        "chosen_run": np.array([s.choice.run if s.choice else "" for s in sources]),
-        "chosen_index": np.array([s.choice.index if s.choice else -1 for s in sources]),
-        "chosen_scale": np.array([s.choice.scale if s.choice else np.nan for s in sources], np.float32),
-        "chosen_layer": np.array([s.source_layer for s in sources]),
-        "thetas": np.stack([s.theta if s.theta is not None else np.full_like(chosen[0].theta, np.nan)
-                            for s in sources]) if chosen else np.zeros((0, 0), np.float32),
-        "val_delta": np.array([s.val_delta.value if s.val_delta else np.nan for s in sources], np.float32),
-        "val_kl": np.array([s.val_kl.value if s.val_kl else np.nan for s in sources], np.float32),
-        "rows": np.array([s.behavior for s in chosen]),
-        "test_kl": np.array([measured.kl[s.behavior].mean() for s in chosen], np.float32),
-        "random_scales": np.array(table.random_scales, np.float32),
-        "random_kl": np.array([measured.random_kl[r].mean() for r in table.random_scales], np.float32),
-    } | {f"questions/{t}/question_ids": np.array(table.question_ids[t]) for t in table.targets}
-
-
-def evaluate_on_test(args, lm, sources: list[Source], questions: dict, texts) -> TestRun:
-    """Every chosen θ, the random references and the unsteered model on every behaviour's test
-    questions, in every score asked for: one ``score`` per source layer over all behaviours'
-    questions at once."""
-    targets = args.behaviors
-    scores = SCORES_OF[args.score]
-    letter_blocks, cloze_blocks, asked, asked_cloze = {}, {}, [], []
-    for name in targets:  # each letter block is order-major on its own: originals, then mirrors
-        q = questions["test", name]
-        letter_blocks[name] = slice(len(asked), len(asked) + len(q.answers))
-        asked += q.answers
-        cloze_blocks[name] = slice(len(asked_cloze), len(asked_cloze) + len(q.cloze or []))
-        asked_cloze += q.cloze or []
-    chosen = [s for s in sources if s.choice is not None]
-    random_scales = sorted({abs(s.choice.scale) for s in chosen}) or [min(args.scales)]
-    ids = {t: questions["test", t].ids for t in targets}
-    tables = {score_name: Table(score_name, targets, ids, random_scales) for score_name in scores}
-    if "cloze" in tables:
-        tables["cloze"].polarity = {t: np.array([c.polarity for c in questions["test", t].cloze])
-                                    for t in targets}
-    measured = TestRun(tables, {}, {})
-    counts = cloze_token_counts(asked_cloze) if asked_cloze else None
-    layers = sorted({s.source_layer for s in sources})
-    for n, layer in enumerate(layers):
-        here = [s for s in chosen if s.source_layer == layer]
-        directions = random_directions(args.n_random, lm.d_model, args.seed, layer)  # eval's control's
-        rows = [torch.zeros(lm.d_model)] + [torch.from_numpy(s.theta) for s in here]
-        rows += [(r * d).float() for r in random_scales for d in directions]
-        thetas = torch.stack(rows)
-        total = len(thetas) * (len(asked) + len(asked_cloze) + len(texts))
-        say(f"… [test] layer {layer}: {len(thetas)} settings × {len(ids)} behaviours' questions "
-            f"({args.score}), and KL on {len(texts)} neutral texts")
-        with progress_bar(total, f"test, layer {layer}", "question×setting") as bar:
-            scored = score(lm.model, asked, 1, texts, layer, thetas, lm.tokenizer.pad_token_id,
-                           args.batch_size, SETTINGS_PER_PASS, progress=bar.update,
-                           cloze=asked_cloze if "cloze" in tables else None)
-        per_target = {}
-        for t in targets:
-            if "letter" in tables:
-                block = letter_blocks[t]
-                per_target["letter", t] = (scored.logit_diff[:, 0, block].reshape(len(thetas), 2, -1),
-                                           scored.answer_mass[:, 0, block].reshape(len(thetas), 2, -1))
-            if "cloze" in tables:
-                block = cloze_blocks[t]
-                per_target["cloze", t] = (cloze_preference(scored.cloze[:, :, block], counts[:, block]), None)
-        for (score_name, t), (values, mass) in per_target.items():
-            table = tables[score_name]
-            if n == 0:
-                table.baseline[t] = values[0]
-                if mass is not None:
-                    table.baseline_mass[t] = mass[0]
-            for i, s in enumerate(here, start=1):
-                table.chosen.setdefault(s.behavior, {})[t] = values[i]
-            first = 1 + len(here)
-            for j, r in enumerate(random_scales):
-                table.random.setdefault(r, {})[t] = values[first + j * args.n_random: first + (j + 1) * args.n_random]
-        for i, s in enumerate(here, start=1):
-            measured.kl[s.behavior] = scored.kl[i]
-        for j, r in enumerate(random_scales):  # last layer's if several
-            measured.random_kl[r] = scored.kl[1 + len(here) + j * args.n_random: 1 + len(here) + (j + 1) * args.n_random]
-    return measured
-
-
-def markdown(measured: TestRun, sources: list[Source], key: str, args) -> str:
-    tables = measured.tables
-    table = next(iter(tables.values()))
-    short = [label(t) for t in table.targets]
-    lines = [f"# Cross-behaviour matrix: {key}, {args.method}", "",
-             f"Each row: a behaviour's {args.method} vector chosen on its own val questions by the "
-             f"{args.select_by} score (KL ≤ {args.kl_max}), at its chosen scale. Each column: Δ on that "
-             f"behaviour's test questions (first {args.n_eval} by id), steered minus unsteered, with a "
-             f"95% paired bootstrap interval over questions. Random rows: {args.n_random} random "
-             "directions at the same scale, pooled. The intervals are per cell: among many cells a few "
-             "exclude 0 by chance alone (about 1 in 20), so read a cell against the random row and "
-             "its neighbours.", ""]
-    titles = {"letter": ("Letter: Δ order-mean logit(behaviour) − logit(other), both answer orders, nats "
-                         "(in brackets after the interval: the letter shift)"),
-              "cloze": ("Cloze: class-balanced Δ of log p(behaviour's answer text) − log p(other's), nats "
-                        "per token, no letters (after the interval: the polarity shift ½(Δ no − Δ yes))")}
-    for name, table in tables.items():
-        lines += [f"## {titles[name]}", "",
-                  "| vector (chosen on val) | scale | val Δ | KL test | " + " | ".join(short) + " |",
-                  "|---|---|---|---|" + "---|" * len(table.targets)]
-
-        def fmt(cell) -> str:
-            delta, shift = cell
-            return delta.fmt(3, True) + ("" if shift is None else f" ({shift.value:+.3f})")
-
-        for s in sources:
-            if s.choice is None:
-                lines.append(f"| {label(s.behavior)}: nothing eligible | – | – | – |" + " – |" * len(table.targets))
-                continue
-            cells = [fmt(table.cell(s.behavior, t)) for t in table.targets]
-            lines.append(f"| {label(s.behavior)}: {s.choice.run} #{s.choice.index} | {s.choice.scale:+g} | "
-                         f"{s.val_delta.value:+.3f} | {measured.kl[s.behavior].mean():.3f} | " + " | ".join(cells) + " |")
-        for r in table.random_scales:
-            cells = [fmt(table.random_cell(r, t)) for t in table.targets]
-            lines.append(f"| random ×{args.n_random} | ±{r:g} | – | {measured.random_kl[r].mean():.3f} | "
-                         + " | ".join(cells) + " |")
-        lines.append("")
-    lines += ["Unsteered model on each behaviour's test questions.", ""]
-    if "letter" in tables:
-        lines += ["Letter (both orders): share preferring the behaviour, order-mean logit difference, "
-                  "letter shift, and consistency (the two orders prefer the same answer text).", "",
-                  "| behaviour | n | behaviour % | mean logit diff | letter shift | consistency % |",
-                  "|---|---|---|---|---|---|"]
-        letter = tables["letter"]
-        for t in letter.targets:
-            base = letter.baseline[t]
-            r = row(0.0, base.mean(0), letter.baseline_mass[t].mean(0), base.mean(0), base)
-            lines.append(f"| {t} | {len(letter.question_ids[t])} | {r.positive.fmt()} | "
-                         f"{r.mean_diff.fmt(3, True)} | {r.letter_shift.fmt(3, True)} | {r.consistency.fmt()} |")
-        lines.append("")
-    if "cloze" in tables:
-        cloze = tables["cloze"]
-        lines += ["Cloze: the class-balanced preference for the behaviour's answer text (nats per token), "
-                  "the questions per polarity class, and the polarity shift of the preference.", "",
-                  "| behaviour | n | yes / no / other | preference (balanced) | polarity shift |",
-                  "|---|---|---|---|---|"]
-        for t in cloze.targets:
-            r = cloze_row(0.0, cloze.baseline[t], cloze.baseline[t], cloze.polarity[t])
-            classes = " / ".join(str(int((cloze.polarity[t] == c).sum())) for c in ("yes", "no", "other"))
-            shift = polarity_shift_stat(cloze.baseline[t], cloze.polarity[t])
-            lines.append(f"| {t} | {len(cloze.question_ids[t])} | {classes} | {r.level.fmt(3, True)} | "
-                         f"{shift.fmt(3, True) if shift is not None else '–'} |")
-    return "\n".join(lines) + "\n"
-
-
-def draw(table: Table, sources: list[Source], key: str, args, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import TwoSlopeNorm
-
-    chosen = [s for s in sources if s.choice is not None]
-    row_labels = [f"{label(s.behavior)} ({s.choice.scale:+g})" for s in chosen]
-    row_labels += [f"random ×{args.n_random} (±{r:g})" for r in table.random_scales]
-    cells = [[table.cell(s.behavior, t)[0] for t in table.targets] for s in chosen]
-    cells += [[table.random_cell(r, t)[0] for t in table.targets] for r in table.random_scales]
-    values = np.array([[c.value for c in line] for line in cells])
-    limit = max(float(np.abs(values).max()), 1e-6)
-    fig, ax = plt.subplots(figsize=(2.0 + 1.5 * len(table.targets), 1.2 + 0.75 * len(cells)))
-    image = ax.imshow(values, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -limit, limit), aspect="auto")
-    for i, line in enumerate(cells):
-        for j, c in enumerate(line):
-            excludes_zero = c.low > 0 or c.high < 0
-            ax.text(j, i, f"{c.value:+.3f}\n[{c.low:+.3f}, {c.high:+.3f}]",
-                    ha="center", va="center", fontsize=7, fontweight="bold" if excludes_zero else "normal",
-                    color="white" if abs(c.value) > 0.6 * limit else "black")
-    if table.random_scales:
-        ax.axhline(len(chosen) - 0.5, color="black", lw=1.5)
-    ax.set_xticks(range(len(table.targets)), [label(t) for t in table.targets], rotation=30, ha="right")
-    ax.set_yticks(range(len(row_labels)), row_labels)
-    asked = "both orders" if table.score == "letter" else "cloze, no letters"
-    ax.set_xlabel(f"questions of this behaviour (test split, {asked})")
-    ax.set_ylabel(f"{args.method} vector chosen on val (scale)")
-    ax.grid(False)
-    unit = ("Δ order-mean logit diff [nats]" if table.score == "letter"
-            else "Δ cloze preference, class-balanced [nats/token]")
-    fig.colorbar(image, ax=ax, label=unit)
-    ax.set_title(f"{key}: Δ with 95% CI (bold: CI excludes 0)", fontsize=11)
-    fig.savefig(path, bbox_inches="tight", dpi=110)
-    plt.close(fig)
-    return path
 
 
 if __name__ == "__main__":

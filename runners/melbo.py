@@ -11,6 +11,7 @@ import torch
 from engine.melbo import AMSGRAD, BETAS, MODES, WEIGHT_DECAY, melbo
 from engine.norms import absolute
 from engine.parallel import ranks
+from engine.progress import progress_bar, say, step
 from engine.prompts import length_batches
 from engine.segment import prompt_prefixes
 from engine.store import VectorGroup, segment_run
@@ -27,10 +28,7 @@ from runners.cli import (
     parser,
     positive_float,
     positive_int,
-    progress_bar,
-    say,
     settings_of,
-    step,
     unit_norms,
 )
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import h5py
 
+from engine.progress import say
 from engine.store import migrate, writing
 from runners import defaults
-from runners.cli import main_guard, say
+from runners.cli import main_guard
 
 
 def run() -> None:

@@ -21,6 +21,7 @@ from engine.jacobian import jacobian_at, parse_tokens, relative_change
 from engine.norms import absolute
 from engine.parallel import ranks
 from engine.power import power_iteration, principal_angles
+from engine.progress import progress_bar, say, step
 from engine.prompts import length_batches
 from engine.segment import prompt_prefixes
 from engine.store import (
@@ -45,11 +46,8 @@ from runners.cli import (
     parser,
     positive_float,
     positive_int,
-    progress_bar,
-    say,
     scale_list,
     settings_of,
-    step,
     unit_norms,
 )
 

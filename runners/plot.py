@@ -37,22 +37,23 @@ from engine.analysis import (
     splits_in_store,
 )
 from engine.errors import UserError  # noqa: E402
+from engine.figures import color, save  # noqa: E402
 from engine.model import REPO_ROOT  # noqa: E402
 from engine.polarity import balanced_mean  # noqa: E402
+from engine.progress import say
 from engine.store import open_for_reading, read_vector_groups, store_key  # noqa: E402
 from runners import defaults  # noqa: E402
-from runners.cli import (  # noqa: E402
+from runners.cli import (
+    # noqa: E402,
     add_behavior,
     add_select_by,
     check_kl_max,
     main_guard,
     no_evals,
     resolve_behavior,
-    say,
 )
 
-COLORS = {"caa": "tab:blue", "pi": "tab:orange", "pi_caa": "tab:green", "melbo": "tab:purple",
-          "random": "tab:gray"}
+
 def diff_label(split: Split, by: str = "letter") -> str:
     if by == "cloze":
         return (f"log p({behavior_label(split.behavior)} text) − log p(other text), per token  "
@@ -131,18 +132,6 @@ def load(store: str, key: str, behavior: str, kl_max: float | None = None, by: s
     val = splits.get("val")
     return Data(key, val, splits.get("test"), vectors, kl_max, behavior,
                 select_by(val, by) if val is not None else by)
-
-
-def color(method: str) -> str:
-    return COLORS.get(method, "tab:brown")
-
-
-def save(fig, out: Path, name: str, title: str) -> Path:
-    fig.suptitle(title, fontsize=13)
-    path = out / name
-    fig.savefig(path, bbox_inches="tight", dpi=110)
-    plt.close(fig)
-    return path
 
 
 def need_splits(data: Data) -> tuple[Split, Split]:
