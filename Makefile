@@ -184,7 +184,7 @@ export: $(VENV)/.installed ## chosen vectors as .pt, .safetensors and llama.cpp 
 	$(RUN) runners.export $(STORE_ARGS) --behavior "$(BEHAVIOR)" --out "$(RESULTS)/export" $(CHOICE_ARGS) \
 	    --scale-unit $(SCALE_UNIT) $(if $(VECTOR),--vector "$(VECTOR)") $(if $(SCALE),--scale $(SCALE))
 
-.cache/llama.cpp/build/bin/llama-server: scripts/build_llama_server.sh | $(VENV)/.installed
+.cache/llama.cpp/build/bin/llama-server: | $(VENV)/.installed
 	scripts/build_llama_server.sh .cache/llama.cpp
 
 check-gguf: $(VENV)/.installed $(MODEL_DEP) $(LLAMA_SERVER) caa ## export CAA as a GGUF control vector and check it in llama.cpp's own llama-server against this project's steered model (and the same file with its layer index off by one)
