@@ -1,7 +1,7 @@
 """What the cloze score costs beside the letter score, per question × setting, on the default model.
 
 The workload is the first 16 val questions by id (what `make eval` asks by default) under 4 θ
-settings at layer 7, fp32: the letter eval asks each question in both orders (its prompt carries
+settings at layer 20 (the main job's), fp32: the letter eval asks each question in both orders (its prompt carries
 the choice block); the cloze eval scores both answer texts after the stem, with each item's prompt
 shared between its two answers (``share_prompt``) or, as the plain twin would, each answer run
 with its prompt whole. Ratios: `cloze_over_letter` (cloze time / letter time for the same
@@ -17,7 +17,7 @@ from engine.evaluate import evaluate
 from engine.model import DEFAULT_MODEL_DIR, load_model
 from engine.orders import answers_in_order
 
-LAYER, N_QUESTIONS, N_SETTINGS = 7, 16, 4
+LAYER, N_QUESTIONS, N_SETTINGS = 20, 16, 4
 RATIOS = {"cloze_over_letter": ("test_cloze[shared]", "test_letter_both_orders", 1.0),
           "cloze_prompt_sharing_speedup": ("test_cloze[whole]", "test_cloze[shared]", 1.0)}
 
@@ -30,7 +30,7 @@ def workload():
     cloze, _ = cloze_items(lm.tokenizer, items)
     gen = torch.Generator().manual_seed(0)
     thetas = torch.randn(N_SETTINGS, lm.d_model, generator=gen)
-    thetas = 8 * thetas / thetas.norm(dim=1, keepdim=True)
+    thetas = 33 * thetas / thetas.norm(dim=1, keepdim=True)  # 0.14 of ‖h_20‖
     return lm, answers, cloze, thetas
 
 
