@@ -16,12 +16,12 @@ from engine.behaviors import check_name, data_file, known_behaviors
 from engine.cloze import cloze_items
 from engine.data import Item, load_items
 from engine.errors import DataError, UserError
-from engine.generate import prompt_ids
 from engine.model import DTYPES, REPO_ROOT, LoadedModel, cpu_bf16_native, load_model, resolve_dtype
-from engine.norms import NORM_PROMPTS, SCALE_UNITS, ResidualNorm, residual_norm
+from engine.norms import SCALE_UNITS, ResidualNorm
 from engine.orders import answers_in_order
 from engine.parallel import ranks, start
 from engine.progress import say, say_skipped, step
+from engine.scale_unit import residual_units
 from engine.scores import SELECT_BY
 from engine.site import SITES, resolve_site
 from engine.store import (
@@ -30,13 +30,10 @@ from engine.store import (
     code_version,
     file_checksum,
     is_current,
-    norms_path,
     now,
-    read_norm,
     run_attrs,
     store_key,
     vectors_path,
-    write_norm,
     write_vector_group,
     writing,
 )
@@ -285,39 +282,12 @@ def add_scale_unit(p: argparse.ArgumentParser) -> None:
 
 def unit_norms(args, lm: LoadedModel, layers, behavior: str | None = None,
                data: str | None = None) -> dict[int, ResidualNorm]:
-    """The scale unit at each source layer: the median ‖h_S‖ over the real tokens of the first
-    NORM_PROMPTS train prompts of ``behavior`` (default --behavior, its items ``data``), read
-    from the store when current, else measured once and written (rank 0 decides and writes;
-    every rank measures, so none waits). Empty for ``--scale-unit abs``."""
+    """``engine.scale_unit.residual_units`` for --behavior (or ``behavior``, its items ``data``),
+    from the arguments; empty for ``--scale-unit abs``."""
     if args.scale_unit == "abs":
         return {}
-    behavior = behavior or args.behavior
-    data = data or args.data
-    version = code_version("engine.norms")
-    found, missing = {}, []
-    for layer in sorted(set(layers)):
-        settings = {"model": args.model, "dtype": args.dtype, "behavior": behavior,
-                    "data_checksum": file_checksum(data), "layer": layer, "n_prompts": NORM_PROMPTS}
-        where = norms_path(lm.key, behavior, layer)
-        if ranks().same(is_current(args.store, where, settings, version)):
-            found[layer] = read_norm(args.store, lm.key, behavior, layer)
-        else:
-            missing.append((layer, settings))
-    if missing:
-        items = load_items(data, "train")[:NORM_PROMPTS]
-        sequences = prompt_ids(lm.tokenizer, [item.question for item in items])
-        for layer, settings in missing:
-            started, t0 = now(), time.perf_counter()
-            with step(f"‖h_S‖ at layer {layer} over {len(sequences)} {behavior} train prompts (the scale unit)"):
-                found[layer] = residual_norm(lm.model, sequences, layer, lm.tokenizer.pad_token_id)
-            if ranks().writer:
-                with writing(args.store) as h5:
-                    write_norm(h5, lm, behavior, found[layer],
-                               run_attrs(settings, version, started, time.perf_counter() - t0))
-    for layer, norm in sorted(found.items()):
-        say(f"  scale unit at layer {layer}: median ‖h_S‖ = {norm.median:.1f} (mean {norm.mean:.1f}, "
-            f"{norm.n_tokens} tokens)")
-    return found
+    return residual_units(args.store, lm, layers, model=args.model, dtype=args.dtype,
+                          behavior=behavior or args.behavior, data=data or args.data)
 
 
 def neutral_options(args: argparse.Namespace) -> dict:
