@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -63,12 +64,8 @@ def our_logprobs(model: torch.nn.Module, prompts: list[tuple[int, ...]],
     rows = []
     device = next(model.parameters()).device
     for ids in prompts:
-        with torch.no_grad():
-            if vector is None:
-                logits = model(torch.tensor([ids], device=device)).logits[0, -1]
-            else:
-                with vector.apply(model):
-                    logits = model(torch.tensor([ids], device=device)).logits[0, -1]
+        with torch.no_grad(), (nullcontext() if vector is None else vector.apply(model)):
+            logits = model(torch.tensor([ids], device=device)).logits[0, -1]
         rows.append(torch.log_softmax(logits.double(), -1).cpu().numpy())
     return rows
 
