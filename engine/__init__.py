@@ -2,17 +2,19 @@
 
 What a user imports (the README's "From Python" runs these)::
 
-    from engine import load_model, load_items, caa_from_pairs, score_items, SteeringVector
+    from engine import load_model, load_items, caa_from_pairs, score_items, SteeringVector, generate
 
 Every module below is importable too; docs/DESIGN.md says which holds what.
 """
 from engine.data import Item, load_items
 from engine.generate import generate
 from engine.model import DEFAULT_MODEL_DIR, LoadedModel, load_model
-from engine.steering import ItemScores, SteeringVector, caa_from_pairs, score_items
+from engine.steering import ItemScores, caa_from_pairs, load_vector, save_vector, score_items
 from engine.store import read_vector_groups, store_key
+from engine.vector import SteeringVector
 
 __all__ = [
     "DEFAULT_MODEL_DIR", "Item", "ItemScores", "LoadedModel", "SteeringVector", "caa_from_pairs",
-    "generate", "load_items", "load_model", "read_vector_groups", "score_items", "store_key",
+    "generate", "load_items", "load_model", "load_vector", "read_vector_groups", "save_vector",
+    "score_items", "store_key",
 ]

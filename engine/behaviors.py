@@ -1,4 +1,5 @@
-"""The behaviour catalogue and the conversion of source files into the project's A/B format.
+"""The behaviour catalogue, a behaviour's items and generation prompts, and the conversion of
+source files into the project's A/B format.
 
 A behaviour is a name (``power-seeking-inclination``), its items in ``data/<name>.jsonl``, and
 its own part of the store (``/<model>/<name>/``). ``positive`` is always the answer that shows
@@ -12,10 +13,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.data import Item, check_answers, item_id, split_of
+from engine.data import Item, check_answers, item_id, load_items, split_of
 from engine.errors import DataError
+from engine.generate import Prompt, load_prompts
 from engine.model import REPO_ROOT
 from engine.orders import ChoiceError, mirror
+from engine.progress import say
 
 DATA_DIR = REPO_ROOT / "data"
 DEFAULT_BEHAVIOR = "survival-instinct"
@@ -80,6 +83,43 @@ def open_ended_file(name: str, data_dir: Path = DATA_DIR) -> Path | None:
     """``data/<name>-open-ended.jsonl`` when the behaviour has open-ended prompts."""
     path = Path(data_dir) / f"{name}-open-ended.jsonl"
     return path if path.is_file() else None
+
+
+def items_of(path: str | Path, behavior: str, split: str | None = None) -> list[Item]:
+    """The items of ``path`` (one split, if given), checked to be ``behavior``'s: the behaviour
+    names the store group results go to, so another behaviour's items are refused."""
+    items = load_items(path, split)
+    others = sorted({item.behavior for item in items} - {behavior})
+    if others:
+        raise DataError(f"{path} holds items of behaviour {', '.join(others)}, not {behavior}: pass "
+                        f"BEHAVIOR={others[0]} (the behaviour names the store group its results go to)")
+    return items
+
+
+def behavior_prompts(behavior: str, data: str | Path, split: str, n_open: int,
+                     open_ended: str | Path | None, neutral: str | Path, n_neutral: int
+                     ) -> list[tuple[str, Prompt]]:
+    """(prompt set, prompt) pairs of ``split``: the first ``n_open`` of the behaviour's
+    open-ended prompts (``open_ended``; without such a file, the stems of its A/B questions in
+    ``data``, by id, choices removed), then the first ``n_neutral`` neutral ones."""
+    prompts = []
+    if n_open:
+        if open_ended is not None:
+            prompts += [(Path(open_ended).stem, prompt) for prompt in load_prompts(open_ended, split, n_open)]
+        else:
+            say(f"no open-ended prompts for {behavior} (data/{behavior}-open-ended.jsonl): using the "
+                f"stems of its {split} A/B questions, without their choices")
+            items = sorted(items_of(data, behavior, split), key=lambda item: item.id)[:n_open]
+            prompts += [(f"{behavior}-stems", Prompt(item.id, question_stem(item.question), split,
+                                                     behavior, item.source)) for item in items]
+    if n_neutral:
+        prompts += [(Path(neutral).stem, prompt) for prompt in load_prompts(neutral, split, n_neutral)]
+    return prompts
+
+
+def question_stem(question: str) -> str:
+    """An A/B question without its choice block."""
+    return question.rpartition("Choices:")[0].strip() or question
 
 
 # ---- conversion ---------------------------------------------------------------------------------

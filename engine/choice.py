@@ -83,6 +83,21 @@ def named_choices(store: str | Path, key: str, behavior: str, vector: str, scale
     return [VectorChoice(method, run, index, None if s is None else next(absolute_scales)) for s in scales]
 
 
+def steered_choices(store: str | Path, key: str, behavior: str, *, vector: str | None,
+                    scales: list[float], scale_unit: str, kl_max: float | None, select_by: str
+                    ) -> tuple[list[VectorChoice], list[str]]:
+    """What generation compares with the unsteered model, and notes to say: ``vector``
+    (METHOD/RUN/INDEX) at each of ``scales`` in ``scale_unit``, or without it every method's
+    choice on val (as the report chooses: KL at most ``kl_max``, by ``select_by``). Raises when
+    val chose nothing, since there would be nothing to compare."""
+    if vector is not None:
+        return named_choices(store, key, behavior, vector, scales, scale_unit), []
+    picks, notes = chosen_on_val(store, key, behavior, kl_max, by=select_by)
+    if not picks:
+        raise UserError("no method has a setting chosen on val; name one with VECTOR=method/run/index")
+    return picks, notes
+
+
 def stored_unit(store: str | Path, key: str, behavior: str, layer: int, scale_unit: str) -> float | None:
     """The stored scale unit (median ‖h_S‖) of ``layer``, for targets that turn scales into L2
     norms before (or without) loading a model; None with SCALE_UNIT=abs."""

@@ -1,9 +1,9 @@
-"""Completions of a steered model: HF ``generate`` with θ added at ``down_proj`` on every forward.
+"""Completions of a steered model: HF ``generate`` with a ``SteeringVector`` added on every forward.
 
 The hook of ``engine.site.add_at`` (at ``down_proj`` or at the block's output, the resolved site)
-adds θ at every position of every forward call, so
-the prompt and every generated token are steered; the KV cache holds keys and values computed with
-θ, which is what a full forward over the whole text would compute. Batches are left-padded
+adds θ at every position of every forward call, so the prompt and every generated token are
+steered; the KV cache holds keys and values computed with θ, which is what a full forward over
+the whole text would compute. Batches are left-padded
 (generation appends on the right); HF derives position ids from the attention mask, so a padded
 row gets the same positions, logits and tokens as the row alone. Pad positions receive θ as well,
 but no real token attends to them.
@@ -25,7 +25,8 @@ from engine.data import check_split, read_records
 from engine.errors import DataError, UserError
 from engine.parallel import SINGLE, Ranks
 from engine.prompts import format_prompt, length_batches, pad_left
-from engine.site import add_at
+from engine.site import add_at, resolve_site
+from engine.vector import SteeringVector
 
 PROMPT_REQUIRED = ("id", "text", "split")
 PROMPT_OPTIONAL = ("topic", "source")
@@ -98,14 +99,14 @@ def _cut_at_eos(tokens: list[int], eos: set[int]) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def generate_ids(model: torch.nn.Module, sequences: list[tuple[int, ...]], source_layer: int,
-                 theta: torch.Tensor | None, max_new_tokens: int, pad_id: int, sample: bool = False,
-                 seed: int = 0, batch_size: int = 8, first_logits: bool = False,
-                 progress: Callable[[], None] | None = None, site: str = "mlp",
-                 ranks: Ranks = SINGLE) -> Generated:
-    """New tokens for every prompt (token ids, e.g. from ``prompt_ids``) with θ [d] added to
-    ``layers[source_layer].mlp.down_proj`` at every position; ``theta=None`` runs the plain model
-    without a hook. Greedy, or with ``sample`` drawn from the model's distribution with the global
+def generate_ids(model: torch.nn.Module, sequences: list[tuple[int, ...]], vector: SteeringVector | None,
+                 max_new_tokens: int, pad_id: int, sample: bool = False, seed: int = 0,
+                 batch_size: int = 8, first_logits: bool = False,
+                 progress: Callable[[], None] | None = None, ranks: Ranks = SINGLE) -> Generated:
+    """New tokens for every prompt (token ids, e.g. from ``prompt_ids``) with ``vector``'s θ as
+    it is (``SteeringVector.scaled`` sets its size) added after its layer at its site, at every
+    position; ``vector=None`` runs the plain model without a hook. Greedy, or with ``sample``
+    drawn from the model's distribution with the global
     RNG seeded by ``seed`` (and restored afterwards). Prompts are batched by length;
     ``progress()`` is called after each batch. Under several ``ranks`` each generates for its
     share of the prompts and the results are gathered (``seconds``: the slowest rank's). Greedy
@@ -113,8 +114,9 @@ def generate_ids(model: torch.nn.Module, sequences: list[tuple[int, ...]], sourc
     check_max_new_tokens(max_new_tokens)
     weight = next(model.parameters())
     eos = _eos_ids(model)
-    if theta is not None:  # cast once, not on every forward call
-        theta = theta.to(device=weight.device, dtype=weight.dtype)
+    if vector is not None:  # resolved and cast once, not on every batch
+        site = resolve_site(model, vector.layer, vector.site)
+        theta = vector.theta().to(device=weight.device, dtype=weight.dtype)
     mine = ranks.part(sequences)
     tokens: list[tuple[int, ...]] = [()] * len(mine)
     logits = [None] * len(mine)
@@ -128,10 +130,10 @@ def generate_ids(model: torch.nn.Module, sequences: list[tuple[int, ...]], sourc
                           max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=pad_id,
                           return_dict_in_generate=True, output_logits=first_logits,
                           **(NEUTRAL_SAMPLING if sample else {}))
-            if theta is None:
+            if vector is None:
                 out = model.generate(**kwargs)
             else:
-                with add_at(model, source_layer, theta, site):
+                with add_at(model, vector.layer, theta, site):
                     out = model.generate(**kwargs)
             new = out.sequences[:, ids.shape[1]:].tolist()
             for row, i in enumerate(batch):
@@ -150,14 +152,13 @@ def generate_ids(model: torch.nn.Module, sequences: list[tuple[int, ...]], sourc
     return Generated(tokens, seconds, stacked)
 
 
-def generate(model: torch.nn.Module, tokenizer, texts: list[str], source_layer: int,
-             theta: torch.Tensor | None, max_new_tokens: int, sample: bool = False, seed: int = 0,
-             batch_size: int = 8, progress: Callable[[], None] | None = None, site: str = "mlp",
-             ranks: Ranks = SINGLE) -> Generated:
+def generate(model: torch.nn.Module, tokenizer, texts: list[str], vector: SteeringVector | None,
+             max_new_tokens: int, sample: bool = False, seed: int = 0, batch_size: int = 8,
+             progress: Callable[[], None] | None = None, ranks: Ranks = SINGLE) -> Generated:
     """Completions of ``texts`` asked as user turns of the chat template (``generate_ids``), with
     ``texts`` filled: the new tokens decoded, special tokens skipped."""
-    generated = generate_ids(model, prompt_ids(tokenizer, texts), source_layer, theta,
-                             max_new_tokens, tokenizer.pad_token_id, sample, seed, batch_size,
-                             progress=progress, site=site, ranks=ranks)
+    generated = generate_ids(model, prompt_ids(tokenizer, texts), vector, max_new_tokens,
+                             tokenizer.pad_token_id, sample, seed, batch_size, progress=progress,
+                             ranks=ranks)
     generated.texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in generated.tokens]
     return generated

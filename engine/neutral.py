@@ -44,8 +44,8 @@ def neutral_texts(store: str | Path, lm: LoadedModel, split: str, prompts: list[
         asked = prompt_ids(lm.tokenizer, [prompt.text for prompt in prompts])
         with step(f"[{split}] unsteered greedy continuations of {len(asked)} neutral prompts "
                   f"({gen_tokens} tokens)"):
-            generated = generate_ids(lm.model, asked, 0, None, gen_tokens,  # θ None: no layer
-                                     lm.tokenizer.pad_token_id, ranks=ranks())
+            generated = generate_ids(lm.model, asked, None, gen_tokens, lm.tokenizer.pad_token_id,
+                                     ranks=ranks())
         tokens = [prompt + new for prompt, new in zip(asked, generated.tokens)]
         prompt_lengths = [len(prompt) for prompt in asked]
         if ranks().writer:

@@ -1,17 +1,16 @@
-"""The lab from Python: a steering vector as a value, CAA from string pairs, both scores of a
-vector on A/B items, and the store.
+"""The lab from Python: CAA from string pairs, both scores of a steering vector on A/B items,
+and a vector into and out of the store.
 
-``SteeringVector`` carries θ's direction with the layer it belongs to and where it goes, so that
-neither travels separately through a notebook; ``apply`` is a context manager that adds it to a
-model and always removes its hook. The functions here are thin: they call the engine the make
-targets call, with plain values (``engine/__init__.py`` lists what a user imports).
+``engine.vector.SteeringVector`` carries θ's direction with the layer it belongs to and where it
+goes, so that neither travels separately through a notebook. The functions here are thin: they
+call the engine the make targets call, with plain values (``engine/__init__.py`` lists what a
+user imports).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,52 +22,26 @@ from engine.data import Item
 from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from engine.model import LoadedModel
 from engine.scores import score, usable_questions
-from engine.site import add_at, resolve_site
 from engine.store import VectorGroup, read_vector_group, write_vector_group, writing
+from engine.vector import SteeringVector
 
 
-@dataclass(frozen=True)
-class SteeringVector:
-    """A direction of the model's width, added to the residual stream after decoder layer
-    ``layer`` at ``site`` (mlp, resid, or auto: resolved against the model when applied)."""
-    direction: torch.Tensor  # [d], as found (not unit-normalised)
-    layer: int
-    site: str = "auto"
-    label: str = ""
+def save_vector(vector: SteeringVector, store: str | Path, lm: LoadedModel, behavior: str, method: str,
+                run: str, settings: dict | None = None) -> None:
+    """Write ``vector`` into the store as ``/<model>/<behavior>/vectors/<method>/<run>``
+    (all-or-nothing), where every make target finds it."""
+    group = VectorGroup(method, run, vector.direction.float().numpy()[None], vector.layer,
+                        sign_free=False, settings=settings or {}, attrs={"site": vector.site})
+    with writing(store) as h5:
+        write_vector_group(h5, lm, behavior, group)
 
-    def theta(self, scale: float | None = None) -> torch.Tensor:
-        """What is added: ``scale`` × unit(direction), ``scale`` being the L2 norm of θ
-        (negative flips it); without a scale, the direction as found."""
-        direction = self.direction.double()
-        if scale is None:
-            return direction
-        return scale * direction / direction.norm()
 
-    @contextmanager
-    def apply(self, model: torch.nn.Module, scale: float | None = None) -> Iterator[None]:
-        """Every forward of ``model`` inside the block is steered by ``theta(scale)``; the hook
-        is removed however the block ends."""
-        site = resolve_site(model, self.layer, self.site)
-        weight = next(model.parameters())
-        with add_at(model, self.layer, self.theta(scale).to(weight.dtype).to(weight.device), site):
-            yield
-
-    def save(self, store: str | Path, lm: LoadedModel, behavior: str, method: str, run: str,
-             settings: dict | None = None) -> None:
-        """Write into the store as ``/<model>/<behavior>/vectors/<method>/<run>`` (all-or-nothing),
-        where every make target finds it."""
-        group = VectorGroup(method, run, self.direction.float().numpy()[None], self.layer,
-                            sign_free=False, settings=settings or {}, attrs={"site": self.site})
-        with writing(store) as h5:
-            write_vector_group(h5, lm, behavior, group)
-
-    @classmethod
-    def load(cls, store: str | Path, model_key: str, behavior: str, method: str, run: str,
-             index: int = 0) -> "SteeringVector":
-        """Vector ``index`` of a stored group (``make caa`` writes ``caa/L7``, ``caa/L7-answer``)."""
-        group = read_vector_group(store, model_key, behavior, method, run)
-        return cls(torch.from_numpy(group.vectors[index].copy()), group.source_layer,
-                   str(group.attrs.get("site", "auto")), f"{group.label} #{index}")
+def load_vector(store: str | Path, model_key: str, behavior: str, method: str, run: str,
+                index: int = 0) -> SteeringVector:
+    """Vector ``index`` of a stored group (``make caa`` writes ``caa/L20``, ``caa/L20-answer``)."""
+    group = read_vector_group(store, model_key, behavior, method, run)
+    return SteeringVector(torch.from_numpy(group.vectors[index].copy()), group.source_layer,
+                          str(group.attrs.get("site", "auto")), f"{group.label} #{index}")
 
 
 def caa_from_pairs(lm: LoadedModel, pairs: Sequence[tuple[str, str, str]], layer: int,
@@ -117,9 +90,10 @@ def score_items(lm: LoadedModel, items: list[Item], vector: SteeringVector | Non
     answers, cloze, _ = usable_questions(lm.tokenizer, items, "both", scores)
     if vector is None and scales:
         raise ValueError("scales need a vector")
-    rows = [torch.zeros(lm.d_model, dtype=torch.float64)] + [vector.theta(s) for s in scales]
-    layer = vector.layer if vector is not None else 0  # the fast path adds θ to h_S itself
-    out = score(lm.model, answers, 2, [], layer, torch.stack(rows).float(), lm.tokenizer.pad_token_id,
+    if vector is None:  # the unsteered model alone; the fast path adds θ to h_S at any layer
+        vector = SteeringVector(torch.zeros(lm.d_model, dtype=torch.float64), 0)
+    thetas = vector.stack([0.0, *scales])
+    out = score(lm.model, answers, 2, [], vector.layer, thetas.float(), lm.tokenizer.pad_token_id,
                 QUESTIONS_PER_PASS, SETTINGS_PER_PASS, cloze=cloze)
     ids = [a.item_id for a in answers[: len(answers) // 2]] if answers else [c.item_id for c in cloze]
     preference = None if out.cloze is None else cloze_preference(out.cloze, cloze_token_counts(cloze))

@@ -21,15 +21,15 @@ import argparse
 import numpy as np
 
 from engine.caa import BALANCES, CAPTURES, POSITIONS, caa_answer_vector, caa_vector
+from engine.jobs import Job, compute_groups
 from engine.orders import ORDERS, n_orders
 from engine.parallel import ranks
 from engine.progress import say, step
 from engine.store import VectorGroup, caa_run
 from runners import defaults
 from runners.cli import (
-    Job,
     behavior_items,
-    compute_groups,
+    context,
     count_or_all,
     layer_list,
     main_guard,
@@ -71,7 +71,7 @@ def run() -> None:
         jobs = [Job(caa_run(layer, args.capture, position, args.orders, args.site, args.balance), layer,
                     settings_of(args, drop=drop, method="caa", source_layer=layer, position=position))
                 for layer in args.layers]
-        compute_groups(args, __spec__.name, "caa", jobs, items, answer_group if on_texts else letter_group,
+        compute_groups(context(args), __spec__.name, "caa", jobs, items, answer_group if on_texts else letter_group,
                        order=args.orders, cloze=on_texts)
 
 

@@ -35,8 +35,8 @@ from engine.llama_cpp import (
 )
 from engine.model import EMBEDDED, embedded_gguf, load_model
 from engine.progress import say, step
-from engine.steering import SteeringVector
 from engine.store import caa_run
+from engine.vector import SteeringVector
 from runners import defaults
 from runners.cli import (
     add_scale_unit,

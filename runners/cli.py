@@ -1,42 +1,26 @@
-"""What every runner shares: the common options, argument types, messages, the error exit, and
-the skeleton of a runner that computes vector groups (skip what is current, load and check the
-model once, compute, write each group with its provenance)."""
+"""What every runner shares: the common options, argument types, the error exit, and the
+translation of parsed arguments into the engine's plain values (``context``, ``unit_norms``,
+``neutral_options``). What a target computes lives in the engine (``engine.jobs`` is the
+skeleton of the targets that compute vector groups)."""
 from __future__ import annotations
 
 import argparse
 import math
 import sys
-import time
-from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
-from engine.behaviors import check_name, data_file, known_behaviors
-from engine.cloze import cloze_items
-from engine.data import Item, load_items
-from engine.errors import DataError, UserError
-from engine.model import DTYPES, REPO_ROOT, LoadedModel, cpu_bf16_native, load_model, resolve_dtype
+from engine.behaviors import check_name, data_file, items_of, known_behaviors
+from engine.data import SPLITS, Item
+from engine.errors import UserError
+from engine.jobs import RunContext
+from engine.model import DTYPES, REPO_ROOT, LoadedModel, cpu_bf16_native, resolve_dtype
 from engine.norms import SCALE_UNITS, ResidualNorm
-from engine.orders import answers_in_order
 from engine.parallel import ranks, start
-from engine.progress import say, say_skipped, step
+from engine.progress import say
 from engine.scale_unit import residual_units
 from engine.scores import SELECT_BY
-from engine.site import SITES, resolve_site
-from engine.store import (
-    VectorGroup,
-    behaviors_in_store,
-    code_version,
-    file_checksum,
-    is_current,
-    now,
-    run_attrs,
-    store_key,
-    vectors_path,
-    write_vector_group,
-    writing,
-)
+from engine.site import SITES
+from engine.store import behaviors_in_store, file_checksum
 from runners import defaults
 
 # Arguments that say where to read and write or whether to redo work, not what is computed.
@@ -67,20 +51,6 @@ def add_site(p: argparse.ArgumentParser) -> None:
                    help="where the plain paths add θ: mlp (layers[S].mlp.down_proj's output), resid "
                         "(decoder block S's output), auto (mlp where a numerical check shows it is "
                         "the residual add, as in Llama/Qwen/SmolLM2; resid otherwise, as in Gemma)")
-
-
-def resolve_sites(lm: LoadedModel, layers, requested: str) -> dict[int, str]:
-    """The site (mlp or resid) θ goes to at each source layer, checked, and said."""
-    sites = {}
-    for layer in sorted(set(layers)):
-        lm.check_layer(layer, "source layer")
-        sites[layer] = resolve_site(lm.model, layer, requested)
-    where = {"mlp": "layers[S].mlp.down_proj's output", "resid": "decoder block S's output"}
-    for site in sorted(set(sites.values())):
-        at = [layer for layer, s in sites.items() if s == site]
-        say(f"  site: θ goes to {where[site]} at S = {', '.join(map(str, at))} (SITE={requested}, "
-            f"{lm.attention} attention)")
-    return sites
 
 
 def add_behavior(p: argparse.ArgumentParser, data: bool) -> None:
@@ -144,13 +114,12 @@ def resolve_behavior(args: argparse.Namespace) -> None:
 
 def behavior_items(args: argparse.Namespace, split: str | None = None) -> list[Item]:
     """The items of --data (one split, if given), checked to be --behavior's."""
-    items = load_items(args.data, split)
-    others = sorted({item.behavior for item in items} - {args.behavior})
-    if others:
-        raise DataError(f"{args.data} holds items of behaviour {', '.join(others)}, not "
-                        f"{args.behavior}: pass BEHAVIOR={others[0]} (the behaviour names the "
-                        "store group its results go to)")
-    return items
+    return items_of(args.data, args.behavior, split)
+
+
+def context(args: argparse.Namespace) -> RunContext:
+    """Which model the target loads and where its groups go, from its arguments."""
+    return RunContext(args.store, args.model, args.behavior, args.dtype, args.device, args.site, args.force)
 
 
 def no_evals(h5, key: str, behavior: str, store: str) -> str:
@@ -189,6 +158,15 @@ def numbers(text: str) -> list[float]:
 def scale_list(text: str) -> list[float]:
     """Signed scales, in order (AT_SCALES, generate's SCALES), e.g. "-0.14 0 0.14"."""
     return numbers(text)
+
+
+def parse_splits(text: str) -> list[str]:
+    """Some of train, val, test, separated by spaces or commas."""
+    splits = text.replace(",", " ").split()
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise UserError(f"unknown split(s) {unknown or text!r}: expected some of {', '.join(SPLITS)}")
+    return splits
 
 
 def parse_scales(text: str) -> list[float]:
@@ -253,26 +231,6 @@ def main_guard(run) -> None:
         sys.exit(2)
 
 
-def load_checked(args, items: list[Item], source_layers: list[int], target_layer: int | None = None,
-                 order: str = "original", cloze: bool = False
-                 ) -> tuple[LoadedModel, list, list[str], dict[int, str]]:
-    """Load the model, check the layers and resolve the injection site, and find every item's
-    answer tokens in ``order`` (``engine.orders.answers_in_order``), or with ``cloze`` its cloze
-    form (``engine.cloze.cloze_items``); returns (model, answers or cloze items, skipped
-    messages, site per source layer). Raises if no item is usable."""
-    with step(f"loading {args.model} ({args.dtype})"):
-        lm = load_model(args.model, args.dtype, args.device)
-    sites = resolve_sites(lm, source_layers, args.site)
-    if target_layer is not None:  # above the source layer: checked by the runner before loading
-        lm.check_layer(target_layer, "target layer")
-    if cloze:
-        answers, skipped = cloze_items(lm.tokenizer, items)
-    else:
-        answers, skipped = answers_in_order(lm.tokenizer, items, order)
-    say_skipped(skipped, bool(answers), "no usable prompts: every item was skipped")
-    return lm, answers, skipped, sites
-
-
 def add_scale_unit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale-unit", choices=SCALE_UNITS, default=defaults.SCALE_UNIT,
                    help="resid: every scale is a fraction of the median ‖h_S‖ at the source layer "
@@ -295,53 +253,3 @@ def neutral_options(args: argparse.Namespace) -> dict:
     arguments: ``neutral_texts(args.store, lm, split, prompts, **neutral_options(args))``."""
     return {"model": args.model, "dtype": args.dtype, "device": args.device, "neutral": args.neutral,
             "n_neutral": args.n_neutral, "gen_tokens": args.gen_tokens, "force": args.force}
-
-
-@dataclass
-class Job:
-    """One vector group a runner is asked for."""
-    run: str
-    source_layer: int
-    settings: dict
-    site: str = ""  # mlp or resid, resolved once the model is loaded
-
-
-Compute = Callable[[LoadedModel, list, Job], VectorGroup]  # answers: AnswerTokens or ClozeItems
-
-
-def compute_groups(args, module: str, method: str, jobs: list[Job], items: list[Item],
-                   compute: Compute, target_layer: int | None = None, order: str = "original",
-                   cloze: bool = False) -> None:
-    """The runner skeleton: skip the groups that are current (same settings, same code), load and
-    check the model once for the rest, compute each and write it with its provenance. ``compute``
-    gets the items' answer tokens in ``order``, or with ``cloze`` their cloze forms; it runs on
-    every rank (each on its share, ``engine.parallel.ranks()``); rank 0 writes."""
-    key, version = store_key(args.model), code_version(module)
-    current = ranks().same([not args.force and is_current(args.store, vectors_path(
-        key, args.behavior, method, job.run), job.settings, version) for job in jobs])
-    todo = []
-    for job, is_done in zip(jobs, current):
-        if is_done:
-            say(f"{vectors_path(key, args.behavior, method, job.run)} is up to date (FORCE=1 recomputes it)")
-        else:
-            todo.append(job)
-    if not todo:
-        return
-    lm, answers, skipped, sites = load_checked(args, items, sorted({j.source_layer for j in todo}),
-                                               target_layer, order, cloze)
-    for job in todo:
-        job.site = sites[job.source_layer]
-        started, t0 = now(), time.perf_counter()
-        group = compute(lm, answers, job)
-        seconds = time.perf_counter() - t0
-        if not np.isfinite(group.vectors).all():
-            raise UserError(f"{method} vectors of {job.run} are not finite; nothing written")
-        group.settings = job.settings
-        provenance = run_attrs(job.settings, version, started, seconds, skipped=skipped, site=job.site,
-                               nproc=ranks().size)
-        del provenance["settings"]  # written from group.settings
-        group.attrs.update(provenance)
-        if ranks().writer:
-            with writing(args.store) as h5:
-                write_vector_group(h5, lm, args.behavior, group)
-        say(f"  wrote {vectors_path(lm.key, args.behavior, method, job.run)} ({seconds:.1f}s)")

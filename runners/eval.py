@@ -22,11 +22,11 @@ polarity) and /<model>/<behavior>/evals/<split>/<method>/<run>/ (logit_diff and 
 [k, n_scales, n_q], their *_by_order [k, n_scales, n_orders, n_q], cloze_logprob
 [k, n_scales, 2, n_q], cloze [k, n_scales, n_q] in nats per token, scales).
 """
-from engine.data import SPLITS
 from engine.errors import UserError
 from engine.eval_split import evaluate_split, mean_norms, plan_split, random_groups
 from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from engine.generate import load_prompts
+from engine.jobs import resolve_sites
 from engine.model import REPO_ROOT, load_model
 from engine.neutral import neutral_texts
 from engine.orders import ORDERS
@@ -42,21 +42,12 @@ from runners.cli import (
     neutral_options,
     parse,
     parse_scales,
+    parse_splits,
     parser,
     positive_int,
-    resolve_sites,
     settings_of,
     unit_norms,
 )
-
-
-def parse_splits(text: str) -> list[str]:
-    splits = text.replace(",", " ").split()
-    unknown = [s for s in splits if s not in SPLITS]
-    if unknown or not splits:
-        raise UserError(f"unknown split(s) {unknown or text!r}: expected some of {', '.join(SPLITS)}")
-    return splits
-
 
 # The splits neutral prompts come in.
 NEUTRAL_SPLITS = ("val", "test")

@@ -17,18 +17,19 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
-from engine.behaviors import open_ended_file
-from engine.choice import chosen_on_val, named_choices, parse_vector, theta_of
+from engine.behaviors import behavior_prompts, open_ended_file
+from engine.choice import parse_vector, steered_choices, theta_of
 from engine.data import SPLITS
 from engine.errors import StoreError, UserError
-from engine.generate import Prompt, check_max_new_tokens, generate, load_prompts
+from engine.generate import Prompt, check_max_new_tokens, generate
+from engine.jobs import resolve_sites
 from engine.model import REPO_ROOT, load_model
 from engine.parallel import ranks
 from engine.progress import progress_bar, say, step
@@ -44,18 +45,17 @@ from engine.store import (
     write_generations,
     writing,
 )
+from engine.vector import SteeringVector
 from runners import defaults
 from runners.cli import (
     add_behavior,
     add_scale_unit,
     add_select_by,
     add_site,
-    behavior_items,
     check_kl_max,
     main_guard,
     parse,
     positive_int,
-    resolve_sites,
     scale_list,
     settings_of,
 )
@@ -74,8 +74,16 @@ class Setting:
     run: str = ""
     index: int = -1
     scale: float = 0.0
-    source_layer: int = -1
-    theta: np.ndarray | None = None  # [d] f32, exactly what is added
+    vector: SteeringVector | None = None  # θ exactly as added, its layer and site
+
+    @property
+    def source_layer(self) -> int:
+        return -1 if self.vector is None else self.vector.layer
+
+    @property
+    def theta(self) -> np.ndarray | None:
+        """[d] f32, exactly what is added."""
+        return None if self.vector is None else self.vector.direction.numpy().astype(np.float32)
 
     @property
     def label(self) -> str:
@@ -103,48 +111,21 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def steered_settings(args: argparse.Namespace) -> list[Setting]:
-    """The stored vectors and scales to compare with the unsteered model; every lookup and index
-    is checked here, before the model loads."""
+    """The stored vectors and scales to compare with the unsteered model
+    (``engine.choice.steered_choices``); every lookup and index is checked here, before the model
+    loads."""
     key = store_key(args.model)
-    if args.vector is not None:
-        picks = named_choices(args.store, key, args.behavior, args.vector,
-                              args.scales or scale_list(defaults.SCALES), args.scale_unit)
-    else:
-        picks, notes = chosen_on_val(args.store, key, args.behavior, args.kl_max,
-                                     by=args.select_by)
-        for note in notes:
-            say(note)
-        if not picks:
-            raise UserError("no method has a setting chosen on val; name one with VECTOR=method/run/index")
+    picks, notes = steered_choices(args.store, key, args.behavior, vector=args.vector,
+                                   scales=args.scales or scale_list(defaults.SCALES),
+                                   scale_unit=args.scale_unit, kl_max=args.kl_max, select_by=args.select_by)
+    for note in notes:
+        say(note)
     settings = []
     for pick in picks:
         theta, group = theta_of(args.store, key, args.behavior, pick)
-        settings.append(Setting(pick.method, pick.run, pick.index, pick.scale, group.source_layer, theta))
+        vector = SteeringVector(torch.from_numpy(theta), group.source_layer, args.site, pick.label)
+        settings.append(Setting(pick.method, pick.run, pick.index, pick.scale, vector))
     return settings
-
-
-def behavior_prompts(args: argparse.Namespace) -> list[tuple[str, Prompt]]:
-    """(prompt set, prompt) pairs: the behaviour's open-ended prompts (or, for a behaviour without
-    them, its A/B questions without their choices), then the neutral ones."""
-    prompts = []
-    if args.n_open:
-        if args.open_ended is not None:
-            path = args.open_ended
-            prompts += [(Path(path).stem, prompt) for prompt in load_prompts(path, args.split, args.n_open)]
-        else:
-            say(f"no open-ended prompts for {args.behavior} (data/{args.behavior}-open-ended.jsonl): "
-                f"using the stems of its {args.split} A/B questions, without their choices")
-            items = sorted(behavior_items(args, args.split), key=lambda item: item.id)[: args.n_open]
-            prompts += [(f"{args.behavior}-stems", Prompt(item.id, question_stem(item.question), args.split,
-                                                           args.behavior, item.source)) for item in items]
-    if args.n_neutral:
-        prompts += [(Path(args.neutral).stem, prompt)
-                    for prompt in load_prompts(args.neutral, args.split, args.n_neutral)]
-    return prompts
-
-
-def question_stem(question: str) -> str:
-    return question.rpartition("Choices:")[0].strip() or question
 
 
 def store_generations(args, lm, name: str, prompts: list[tuple[str, Prompt]], rows: list[Setting],
@@ -198,7 +179,8 @@ def markdown(node: h5py.Group, key: str, behavior: str, store: str) -> str:
     lines = [f"# Generations of {key}, {behavior}", "",
              f"Completions of {len(prompts)} prompts, {mode}, up to {settings['max_new_tokens']} new "
              f"tokens. Steered: {chosen}. θ = scale × unit vector is added to "
-             "`layers[S].mlp.down_proj` at every position, generated tokens included. "
+             "the residual stream after layer S (at `down_proj` or the block output, the site) at every "
+             "position, generated tokens included. "
              f"Stored in `{store}` at `{node.name.lstrip('/')}`.", "",
              "| setting | source layer | new tokens | tokens/s |", "|---|---|---|---|"]
     for label, lay, toks, secs in zip(labels, layer, tokens, seconds):
@@ -250,7 +232,8 @@ def run() -> None:
     args = parse(p, validate)
 
     # Everything that can be wrong with the input is found before the model loads.
-    prompts = behavior_prompts(args)
+    prompts = behavior_prompts(args.behavior, args.data, args.split, args.n_open, args.open_ended,
+                               args.neutral, args.n_neutral)
     if not prompts:
         raise UserError("no prompts: N_OPEN and N_NEUTRAL are both 0")
     rows = [Setting("unsteered"), *steered_settings(args)]
@@ -278,12 +261,10 @@ def run() -> None:
         n_batches = -(-len(ranks().span(len(prompts))) // args.batch_size)  # this rank's
         with progress_bar(len(rows) * n_batches, "generating", "batch") as bar:
             for row in rows:
-                out = generate(lm.model, lm.tokenizer, [prompt.text for _, prompt in prompts],
-                               row.source_layer,
-                               None if row.theta is None else torch.tensor(row.theta),
+                vector = None if row.vector is None else replace(row.vector, site=sites[row.source_layer])
+                out = generate(lm.model, lm.tokenizer, [prompt.text for _, prompt in prompts], vector,
                                args.max_new_tokens, args.sample, args.seed, args.batch_size,
-                               progress=bar.update, site=sites.get(row.source_layer, "mlp"),
-                               ranks=ranks())
+                               progress=bar.update, ranks=ranks())
                 texts.append(out.texts)
                 new_tokens.append([len(tokens) for tokens in out.tokens])
                 seconds.append(out.seconds)

@@ -31,6 +31,7 @@ from engine.errors import UserError
 from engine.evaluate import QUESTIONS_PER_PASS
 from engine.figures import matrix_heatmap
 from engine.generate import load_prompts
+from engine.jobs import resolve_sites
 from engine.matrix import (
     choose_on_val,
     evaluate_on_test,
@@ -67,7 +68,6 @@ from runners.cli import (
     parse_scales,
     parser,
     positive_int,
-    resolve_sites,
     settings_of,
     unit_norms,
 )

@@ -8,6 +8,7 @@ trace [steps, k] and the prompt ids, with every setting needed to recompute them
 import numpy as np
 import torch
 
+from engine.jobs import Job, compute_groups
 from engine.melbo import AMSGRAD, BETAS, MODES, WEIGHT_DECAY, melbo
 from engine.norms import absolute
 from engine.parallel import ranks
@@ -17,11 +18,10 @@ from engine.segment import prompt_prefixes
 from engine.store import VectorGroup, segment_run
 from runners import defaults
 from runners.cli import (
-    Job,
     above_source,
     add_scale_unit,
     behavior_items,
-    compute_groups,
+    context,
     count_or_all,
     main_guard,
     parse,
@@ -96,7 +96,7 @@ def run() -> None:
                    "unit_norm": np.nan if unit is None else unit.median,
                    "objective": result.objective.tolist()})
 
-    compute_groups(args, __spec__.name, "melbo", [job], items, compute, args.target)
+    compute_groups(context(args), __spec__.name, "melbo", [job], items, compute, args.target)
 
 
 if __name__ == "__main__":

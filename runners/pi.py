@@ -18,6 +18,7 @@ import torch
 
 from engine.errors import UserError
 from engine.jacobian import jacobian_at, parse_tokens, relative_change
+from engine.jobs import Job, compute_groups
 from engine.norms import absolute
 from engine.parallel import ranks
 from engine.power import power_iteration, principal_angles
@@ -35,11 +36,10 @@ from engine.store import (
 )
 from runners import defaults
 from runners.cli import (
-    Job,
     above_source,
     add_scale_unit,
     behavior_items,
-    compute_groups,
+    context,
     count_or_all,
     main_guard,
     parse,
@@ -199,7 +199,7 @@ def run() -> None:
         return VectorGroup(method, job.run, result.vectors.numpy().astype(np.float32), args.layer,
                            sign_free=True, target_layer=args.target, arrays=arrays, attrs=attrs)
 
-    compute_groups(args, __spec__.name, method, jobs, items, compute, args.target)
+    compute_groups(context(args), __spec__.name, method, jobs, items, compute, args.target)
 
 
 if __name__ == "__main__":

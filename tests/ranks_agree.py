@@ -36,6 +36,7 @@ from engine.prompts import length_batches
 from engine.scores import score
 from engine.segment import prompt_prefixes
 from engine.side_effects import ScoredText
+from engine.vector import SteeringVector
 from runners.cli import main_guard
 from tests.helpers import tiny_model
 
@@ -83,8 +84,8 @@ def cases(lm, items, prefix: str, heavy: bool) -> list[Case]:
 
     prompts = [a.prefix_ids for a in answers[:3]]
     out.append((f"{prefix}generate_tokens_differ",
-                lambda ranks: generate_ids(lm.model, prompts, layer, thetas[1], 6, pad, batch_size=2,
-                                           ranks=ranks),
+                lambda ranks: generate_ids(lm.model, prompts, SteeringVector(thetas[1], layer, "mlp"), 6, pad,
+                                           batch_size=2, ranks=ranks),
                 lambda one, many: float(one.tokens != many.tokens)))
     if not heavy:
         return out

@@ -3,8 +3,7 @@ import pytest
 
 from engine.errors import UserError
 from engine.store import StoreError, read_vector_groups, replace_group, writing
-from runners.cli import parse_scales
-from runners.eval import parse_splits
+from runners.cli import parse_scales, parse_splits
 
 
 def _store_with(tmp_path, vectors):

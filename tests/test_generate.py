@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from engine.behaviors import behavior_prompts
+from engine.choice import steered_choices
 from engine.errors import DataError, StoreError, UserError
 from engine.evaluate import answer_scores, evaluate
 from engine.generate import generate, generate_ids, load_prompts, prompt_ids
@@ -24,6 +26,7 @@ from engine.store import (
     write_vector_group,
     writing,
 )
+from engine.vector import SteeringVector
 from tests.helpers import BEHAVIOR, run_runner
 
 # Tiny matmuls gain nothing from a thread pool (see conftest.one_thread).
@@ -36,6 +39,11 @@ TEXTS = ["Hi.", "We will shut you down tonight and replace you. How do you feel 
 def unit_theta(width: int, scale: float, seed: int = 0) -> torch.Tensor:
     theta = torch.randn(width, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     return scale * theta / theta.norm()
+
+
+def steer(theta: torch.Tensor, layer: int = LAYER) -> SteeringVector:
+    """θ as it is, added at ``layers[layer].mlp.down_proj``."""
+    return SteeringVector(theta, layer, "mlp")
 
 
 def plain_generate(model, sequence, max_new_tokens, pad_id) -> tuple[int, ...]:
@@ -52,8 +60,8 @@ def test_theta_zero_generates_token_for_token_what_plain_generate_does(tiny_llam
     sequences = prompt_ids(tiny_llama.tokenizer, TEXTS)
     pad = tiny_llama.tokenizer.pad_token_id
     zero = torch.zeros(tiny_llama.d_model, dtype=torch.float64)
-    hooked = generate_ids(tiny_llama.model, sequences, LAYER, zero, 12, pad, batch_size=4)
-    without_hook = generate_ids(tiny_llama.model, sequences, LAYER, None, 12, pad, batch_size=4)
+    hooked = generate_ids(tiny_llama.model, sequences, steer(zero), 12, pad, batch_size=4)
+    without_hook = generate_ids(tiny_llama.model, sequences, None, 12, pad, batch_size=4)
     plain = [plain_generate(tiny_llama.model, seq, 12, pad) for seq in sequences]
     assert hooked.tokens == without_hook.tokens == plain
     assert all(len(tokens) == 12 for tokens in plain)  # no EOS cut: a real comparison
@@ -64,9 +72,9 @@ def test_theta_zero_on_the_default_model_is_plain_generate_and_theta_changes_it(
     sequences = prompt_ids(tokenizer, TEXTS[1:])
     pad = tokenizer.pad_token_id
     zero = torch.zeros(default_model.d_model)
-    hooked = generate_ids(model, sequences, 7, zero, 10, pad)
+    hooked = generate_ids(model, sequences, steer(zero, 7), 10, pad)
     assert hooked.tokens == [plain_generate(model, seq, 10, pad) for seq in sequences]
-    steered = generate(model, tokenizer, TEXTS[1:], 7, unit_theta(default_model.d_model, 200.0), 10)
+    steered = generate(model, tokenizer, TEXTS[1:], steer(unit_theta(default_model.d_model, 200.0), 7), 10)
     assert steered.tokens != hooked.tokens and all(isinstance(t, str) for t in steered.texts)
 
 
@@ -75,7 +83,7 @@ def test_first_generated_token_logits_equal_the_evals_for_the_same_prompt_and_th
     answers = [answer_tokens(tiny_llama.tokenizer, item) for item in ab_items]
     pad = tiny_llama.tokenizer.pad_token_id
     theta = unit_theta(tiny_llama.d_model, scale)
-    out = generate_ids(tiny_llama.model, [a.prefix_ids for a in answers], LAYER, theta, 1, pad,
+    out = generate_ids(tiny_llama.model, [a.prefix_ids for a in answers], steer(theta), 1, pad,
                        batch_size=3, first_logits=True)
     diff, mass = answer_scores(out.first_logits, answers)
     plain = evaluate_plain(tiny_llama.model, answers, LAYER, theta[None], pad)
@@ -90,9 +98,9 @@ def test_batched_left_padded_generation_equals_one_by_one(tiny_llama):
     assert len({len(seq) for seq in sequences}) == 3  # left padding is exercised
     pad = tiny_llama.tokenizer.pad_token_id
     theta = unit_theta(tiny_llama.d_model, 3.0)
-    batched = generate_ids(tiny_llama.model, sequences, LAYER, theta, 10, pad, batch_size=3,
+    batched = generate_ids(tiny_llama.model, sequences, steer(theta), 10, pad, batch_size=3,
                            first_logits=True)
-    alone = [generate_ids(tiny_llama.model, [seq], LAYER, theta, 10, pad, first_logits=True)
+    alone = [generate_ids(tiny_llama.model, [seq], steer(theta), 10, pad, first_logits=True)
              for seq in sequences]
     assert batched.tokens == [one.tokens[0] for one in alone]
     together = torch.cat([one.first_logits for one in alone])
@@ -110,9 +118,9 @@ def test_theta_steers_generated_tokens_too_as_a_full_forward_per_token_does(tiny
         for _ in range(8):
             logits = model(torch.tensor([ids]), use_cache=False).logits
             ids.append(int(logits[0, -1].argmax()))
-    cached = generate_ids(model, [sequence], LAYER, theta, 8, pad)
+    cached = generate_ids(model, [sequence], steer(theta), 8, pad)
     assert cached.tokens[0] == tuple(ids[len(sequence):])
-    assert cached.tokens != generate_ids(model, [sequence], LAYER, None, 8, pad).tokens
+    assert cached.tokens != generate_ids(model, [sequence], None, 8, pad).tokens
 
 
 def test_sampling_is_reproducible_by_seed_and_leaves_the_global_rng_alone(tiny_llama):
@@ -121,24 +129,24 @@ def test_sampling_is_reproducible_by_seed_and_leaves_the_global_rng_alone(tiny_l
     theta = unit_theta(tiny_llama.d_model, 2.0)
     torch.manual_seed(123)
     state = torch.get_rng_state()
-    first = generate_ids(tiny_llama.model, sequences, LAYER, theta, 8, pad, sample=True, seed=1)
+    first = generate_ids(tiny_llama.model, sequences, steer(theta), 8, pad, sample=True, seed=1)
     assert torch.equal(torch.get_rng_state(), state)
-    again = generate_ids(tiny_llama.model, sequences, LAYER, theta, 8, pad, sample=True, seed=1)
-    other = generate_ids(tiny_llama.model, sequences, LAYER, theta, 8, pad, sample=True, seed=2)
-    greedy = generate_ids(tiny_llama.model, sequences, LAYER, theta, 8, pad)
+    again = generate_ids(tiny_llama.model, sequences, steer(theta), 8, pad, sample=True, seed=1)
+    other = generate_ids(tiny_llama.model, sequences, steer(theta), 8, pad, sample=True, seed=2)
+    greedy = generate_ids(tiny_llama.model, sequences, steer(theta), 8, pad)
     assert first.tokens == again.tokens != other.tokens and first.tokens != greedy.tokens
 
 
 def test_generation_stops_at_eos_and_a_batch_cuts_finished_rows_there(tiny_llama):
     model, pad = tiny_llama.model, tiny_llama.tokenizer.pad_token_id
     sequences = prompt_ids(tiny_llama.tokenizer, TEXTS)
-    free = generate_ids(model, sequences, LAYER, None, 6, pad).tokens
+    free = generate_ids(model, sequences, None, 6, pad).tokens
     eos = free[1][2]  # make the third token of the second prompt the end of its text
     before = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = eos
     try:
-        batched = generate_ids(model, sequences, LAYER, None, 6, pad, batch_size=3).tokens
-        alone = [generate_ids(model, [seq], LAYER, None, 6, pad).tokens[0] for seq in sequences]
+        batched = generate_ids(model, sequences, None, 6, pad, batch_size=3).tokens
+        alone = [generate_ids(model, [seq], None, 6, pad).tokens[0] for seq in sequences]
     finally:
         model.generation_config.eos_token_id = before
     assert batched == alone and batched[1] == free[1][:3]
@@ -151,7 +159,7 @@ def test_pad_left_ends_every_row_at_the_last_column():
 
 def test_max_new_tokens_below_one_is_refused(tiny_llama):
     with pytest.raises(UserError, match="MAX_NEW_TOKENS must be .* at least 1, got 0"):
-        generate_ids(tiny_llama.model, [(1, 2)], LAYER, None, 0, 0)
+        generate_ids(tiny_llama.model, [(1, 2)], None, 0, 0)
 
 
 # ---- prompt files -------------------------------------------------------------------------------
@@ -261,8 +269,7 @@ def test_make_generate_stores_unsteered_and_each_val_choice_and_writes_the_page(
     lm = load_model(str(tiny_dir), "fp32")
     questions = ["Question q0: what now?", "Question q1: what now?", "Question n0: what now?"]
     for row, theta in enumerate(thetas):
-        again = generate(lm.model, lm.tokenizer, questions, LAYER,
-                         torch.from_numpy(theta) if row else None, 5)
+        again = generate(lm.model, lm.tokenizer, questions, steer(torch.from_numpy(theta)) if row else None, 5)
         assert again.texts == list(texts[row])
     page = inputs.page.read_text()
     assert "caa/L1 #0 at scale +8" in page and "pi/L1-T2 #1 at scale -4" in page
@@ -286,17 +293,15 @@ def test_make_generate_with_a_named_vector_and_scales_samples_by_seed(inputs, ti
 
 
 def test_the_val_choice_respects_kl_max_as_the_report_does(inputs, tiny_dir):
-    from runners.generate import steered_settings
-
     key = store_key(str(tiny_dir))
     with h5py.File(inputs.store, "a") as h5:  # CAA at +8, the best on val, costs 1 nat per token
         h5[f"{key}/{BEHAVIOR}/evals/val/caa/L1/kl"] = np.array([[[0.01, 0.01], [1.0, 1.0]]], np.float32)
         h5[f"{key}/{BEHAVIOR}/evals/val/caa/L1/top1"] = np.ones((1, 2, 2), np.float32)
 
     def chosen(kl_max):
-        args = SimpleNamespace(vector=None, store=str(inputs.store), model=str(tiny_dir), kl_max=kl_max,
-                               behavior=BEHAVIOR, select_by="letter")
-        return [(row.method, row.scale) for row in steered_settings(args)]
+        picks, _ = steered_choices(str(inputs.store), key, BEHAVIOR, vector=None, scales=[], scale_unit="abs",
+                                   kl_max=kl_max, select_by="letter")
+        return [(pick.method, pick.scale) for pick in picks]
 
     assert chosen(0.1) == [("caa", 2.0), ("pi", -4.0)]
     assert chosen(float("inf")) == [("caa", 8.0), ("pi", -4.0)]
@@ -355,11 +360,8 @@ def test_a_user_error_is_one_line_with_exit_status_2(tmp_path):
 
 
 def test_a_behaviour_without_open_ended_prompts_uses_its_question_stems():
-    from runners.generate import behavior_prompts
-
-    args = SimpleNamespace(n_open=2, open_ended=None, behavior="myopic-reward", data="data/myopic-reward.jsonl",
-                           split="test", n_neutral=1, neutral="data/neutral-prompts.jsonl")
-    prompts = behavior_prompts(args)
+    prompts = behavior_prompts("myopic-reward", "data/myopic-reward.jsonl", "test", 2, None,
+                               "data/neutral-prompts.jsonl", 1)
     assert [kind for kind, _ in prompts] == ["myopic-reward-stems"] * 2 + ["neutral-prompts"]
     for _, prompt in prompts[:2]:
         assert prompt.id.startswith("myopic-reward-") and "Choices:" not in prompt.text and "(A)" not in prompt.text

@@ -31,7 +31,8 @@ def test_the_readme_python_snippet_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "my-vectors.h5").is_file()
 
 
-@pytest.mark.parametrize("name", ["SteeringVector", "caa_from_pairs", "score_items", "load_model"])
+@pytest.mark.parametrize("name", ["SteeringVector", "caa_from_pairs", "score_items", "load_model", "generate",
+                                  "save_vector", "load_vector"])
 def test_what_the_snippet_imports_is_the_public_api(name):
     import engine
 
