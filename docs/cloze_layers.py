@@ -42,7 +42,7 @@ classes = np.array([item.polarity for item in val])
 counts = cloze_token_counts(val)
 prompts = load_prompts("data/neutral-prompts.jsonl", "val", 8)
 asked = prompt_ids(lm.tokenizer, [p.text for p in prompts])
-continued = generate_ids(lm.model, asked, 0, None, 32, pad).tokens
+continued = generate_ids(lm.model, asked, None, 32, pad).tokens
 texts = [ScoredText(p.id, a + c, len(a)) for p, a, c in zip(prompts, asked, continued)]
 print(f"capture {CAPTURE}; val: {len(val)} questions, classes " + ", ".join(f"{c} {int((classes == c).sum())}"
                                                          for c in ("yes", "no", "other")))
