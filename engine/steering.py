@@ -93,7 +93,7 @@ def score_items(lm: LoadedModel, items: list[Item], vector: SteeringVector | Non
     if vector is None:  # the unsteered model alone; the fast path adds θ to h_S at any layer
         vector = SteeringVector(torch.zeros(lm.d_model, dtype=torch.float64), 0)
     thetas = vector.stack([0.0, *scales])
-    out = score(lm.model, answers, 2, [], vector.layer, thetas.float(), lm.tokenizer.pad_token_id,
+    out = score(lm.model, answers, 2, [], vector.layer, thetas, lm.tokenizer.pad_token_id,
                 QUESTIONS_PER_PASS, SETTINGS_PER_PASS, cloze=cloze)
     ids = [a.item_id for a in answers[: len(answers) // 2]] if answers else [c.item_id for c in cloze]
     preference = None if out.cloze is None else cloze_preference(out.cloze, cloze_token_counts(cloze))
