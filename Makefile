@@ -40,14 +40,14 @@ TOL        ?= 1e-2## pi, pi_caa: stop when the subspace moves less than this
 N_PROMPTS  ?= 2## pi, pi_caa, melbo: train prompts the Jacobian/objective is taken over
 TOKENS     ?= all## pi, pi_caa: positions: all real tokens, or last:N
 JVP_CHUNK  ?= all## pi, pi_caa: vectors through the vmapped JVP/VJP together (memory grows with it; README "Memory"); all: K + OVERSAMPLE at once
-R          ?= 0.14## melbo: norm of each vector, in SCALE_UNIT
+R          ?= 0.05## melbo: norm of each vector, in SCALE_UNIT (kl: the |θ| at which random directions cost R nats/token; on SmolLM2 at layer 20 |θ| ≈ 33, the 0.14 ‖h_S‖ of before)
 P          ?= 2## melbo: exponent of the per-token displacement norm
 Q          ?= 1## melbo: outer root of the objective
 STEPS      ?= 12## melbo: optimiser steps
 LR         ?= 0.05## melbo: AdamW learning rate
 SEED       ?= 0## pi, pi_caa, melbo, random controls
-SCALE_UNIT ?= resid## eval, pi_caa, melbo, generate, export, matrix: resid (every scale a fraction of the median ‖h_S‖ at the source layer, measured once over train prompts and stored) or abs (absolute L2 norms)
-SCALES     ?= 0.07 0.14 0.28## eval, matrix: scales in SCALE_UNIT (at layer 20 of SmolLM2: |θ| 17, 33, 66); sign-free vectors also get the negatives
+SCALE_UNIT ?= kl## eval, pi_caa, melbo, generate, export, matrix: kl (a scale is a cost: each direction and sign at the |θ| whose mean KL on the val neutral texts is the scale, in nats/token; found by a search and stored), resid (a fraction of the median ‖h_S‖ at the source layer, measured once over train prompts and stored) or abs (absolute L2 norms)
+SCALES     ?= 0.01 0.04 0.16## eval, matrix: scales in SCALE_UNIT (kl: nats/token; 0.04 stays under KL_MAX with room for the search's 10%); sign-free vectors also get the negatives
 RAW        ?= 0## eval: 1 scales raw vectors instead of unit-normalised ones
 N_EVAL     ?= 16## eval: questions per split (or all); small so `make` fits 15 min on 2 CPU cores
 EVAL_K     ?= 1## eval: first EVAL_K vectors of each group (PI: largest σ), or all
@@ -57,7 +57,7 @@ NEUTRAL    ?= data/neutral-prompts.jsonl## eval: harmless prompts the KL side ef
 N_NEUTRAL  ?= 8## eval: neutral prompts per split (or all); 8 so `make` fits 15 min
 GEN_TOKENS ?= 32## eval: tokens of the unsteered greedy continuation the KL is scored on
 KL_MAX     ?= 0.05## report, plot, export, generate: choose on val only among settings with mean KL ≤ this
-REPORT_SCALE ?= 0.14## plot: scale of the violin plot, in SCALE_UNIT
+REPORT_SCALE ?= 0.04## plot: scale of the violin plot, in SCALE_UNIT
 RESULTS    ?= results## plot: folder the figures go to
 NPROC      ?= 1## caa, pi, pi_caa, melbo, eval, generate: processes under torchrun, each on its share of the work (CUDA: NCCL, one GPU each; CPU: gloo); 1: one process, no process group
 FORCE      ?= 0## 1 recomputes groups whose settings and code are unchanged
@@ -74,7 +74,7 @@ METHOD     ?= caa## matrix: caa, pi, pi_caa or melbo: whose vector each behaviou
 MATRIX_N_EVAL ?= 16## matrix: questions per behaviour on val (the choice) and test (the cells), or all
 MATRIX_N_RANDOM ?= 2## matrix: random directions per chosen scale (the reference rows)
 LLAMA_SERVER ?= .cache/llama.cpp/build/bin/llama-server## check-gguf: llama.cpp's llama-server; this default is built once by scripts/build_llama_server.sh (minutes)
-CHECK_SCALE ?= 0.28## check-gguf: signed size of the exported CAA vector (caa/L<LAYER>-answer/0), in SCALE_UNIT
+CHECK_SCALE ?= 0.28## check-gguf: signed size of the exported CAA vector (caa/L<LAYER>-answer/0), in units of ‖h_S‖ (a size, not a cost: the check compares two runtimes at one θ)
 CHECK_PROMPTS ?= 8## check-gguf: prompts compared, half neutral, half A/B test questions
 TEST_WORKERS ?= 2## test, test-fast: pytest-xdist worker processes, a test file each at a time, one torch thread each (0: none, the tests run in pytest's own process with torch's threads)
 BENCH_EVAL_QUESTIONS ?= 16## bench: first val questions of the eval benchmark, or all (bf16 plain loop: ~25 min per setting here)
@@ -93,10 +93,12 @@ STORE_ARGS = --store "$(STORE)" --model "$(MODEL)"
 LOAD_ARGS  = $(STORE_ARGS) --dtype $(DTYPE) --device $(DEVICE) --site $(SITE) $(if $(filter 1,$(FORCE)),--force)
 BEHAVIOR_ARGS = --behavior "$(BEHAVIOR)" $(if $(DATA),--data "$(DATA)")
 CHOICE_ARGS = --kl-max $(KL_MAX) --select-by $(SELECT_BY)
+# the neutral texts KL is measured on, and SCALE_UNIT=kl calibrates on (eval, matrix, melbo, pi)
+NEUTRAL_ARGS = --neutral "$(NEUTRAL)" --n-neutral $(N_NEUTRAL) --gen-tokens $(GEN_TOKENS)
 COMMON  = $(LOAD_ARGS) $(BEHAVIOR_ARGS)
 JACOBIAN = --layer $(LAYER) --target $(TARGET) --k $(K) --iters $(ITERS) --oversample $(OVERSAMPLE) \
            --tol $(TOL) --n-prompts $(N_PROMPTS) --tokens $(TOKENS) --seed $(SEED) --jvp-chunk $(JVP_CHUNK) \
-           --scale-unit $(SCALE_UNIT)
+           --scale-unit $(SCALE_UNIT) $(NEUTRAL_ARGS)
 AT       = $(if $(AT_SCALES),--at-scales "$(AT_SCALES)")
 CAA_ARGS = --capture $(CAPTURE) --position "$(POSITION)" --balance $(BALANCE) --n-train $(N_TRAIN) --orders $(ORDERS)
 RUN     = PYTHONUNBUFFERED=1 $(PY) -m
@@ -159,13 +161,13 @@ pi_caa: $(VENV)/.installed $(MODEL_DEP) ## the same, linearised at θ = the CAA 
 
 melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (gradient ascent)
 	$(RUN_DP) runners.melbo $(COMMON) --layer $(LAYER) --target $(TARGET) --k $(K) --radius $(R) \
-	    --p $(P) --q $(Q) --steps $(STEPS) --lr $(LR) --n-prompts $(N_PROMPTS) --seed $(SEED) --scale-unit $(SCALE_UNIT)
+	    --p $(P) --q $(Q) --steps $(STEPS) --lr $(LR) --n-prompts $(N_PROMPTS) --seed $(SEED) --scale-unit $(SCALE_UNIT) \
+	    $(NEUTRAL_ARGS)
 
 eval: $(VENV)/.installed $(MODEL_DEP) ## logit differences in both answer orders of every stored vector, baseline and random controls
 	$(RUN_DP) runners.eval $(COMMON) --scales "$(SCALES)" --scale-unit $(SCALE_UNIT) --n-eval $(N_EVAL) --n-random $(N_RANDOM) \
 	    --splits "$(SPLITS)" --seed $(SEED) --layer $(LAYER) $(if $(filter 1,$(RAW)),--raw) \
-	    --max-vectors $(EVAL_K) --orders $(ORDERS) --score $(SCORE) --neutral "$(NEUTRAL)" --n-neutral $(N_NEUTRAL) \
-	    --gen-tokens $(GEN_TOKENS)
+	    --max-vectors $(EVAL_K) --orders $(ORDERS) --score $(SCORE) $(NEUTRAL_ARGS)
 
 report: $(VENV)/.installed ## markdown tables with bootstrap intervals, vector chosen on val (KL ≤ KL_MAX), shown on test
 	@$(PY) -m runners.report $(STORE_ARGS) --behavior "$(BEHAVIOR)" $(CHOICE_ARGS)
@@ -188,7 +190,7 @@ export: $(VENV)/.installed ## chosen vectors as .pt, .safetensors and llama.cpp 
 	scripts/build_llama_server.sh .cache/llama.cpp
 
 check-gguf: $(VENV)/.installed $(MODEL_DEP) $(LLAMA_SERVER) caa ## export CAA as a GGUF control vector and check it in llama.cpp's own llama-server against this project's steered model (and the same file with its layer index off by one)
-	$(RUN) runners.check_gguf $(COMMON) --layer $(LAYER) --scale $(CHECK_SCALE) --scale-unit $(SCALE_UNIT) \
+	$(RUN) runners.check_gguf $(COMMON) --layer $(LAYER) --scale $(CHECK_SCALE) \
 	    --server "$(LLAMA_SERVER)" --prompts $(CHECK_PROMPTS) --neutral "$(NEUTRAL)" --out "$(RESULTS)/check-gguf"
 
 bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to bench/results/latest.json
@@ -202,8 +204,8 @@ ingest: $(VENV)/.installed ## convert SRC (Anthropic/CAA file) to data/BEHAVIOR.
 
 MATRIX = $(RUN) runners.matrix $(LOAD_ARGS) \
          --behaviors "$(BEHAVIORS)" --method $(METHOD) --scales "$(SCALES)" --scale-unit $(SCALE_UNIT) --score $(SCORE) --n-eval $(MATRIX_N_EVAL) \
-         --n-random $(MATRIX_N_RANDOM) --max-vectors $(EVAL_K) $(CHOICE_ARGS) --neutral "$(NEUTRAL)" \
-         --n-neutral $(N_NEUTRAL) --gen-tokens $(GEN_TOKENS) --seed $(SEED) --out "$(RESULTS)"
+         --n-random $(MATRIX_N_RANDOM) --max-vectors $(EVAL_K) $(CHOICE_ARGS) $(NEUTRAL_ARGS) \
+         --seed $(SEED) --out "$(RESULTS)"
 
 matrix: $(VENV)/.installed $(MODEL_DEP) ## each behaviour's METHOD vector, chosen on its val questions, on every behaviour's test questions: RESULTS/matrix_METHOD.png/.md (computes missing vectors)
 	$(MATRIX) --check-args

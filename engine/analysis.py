@@ -64,15 +64,19 @@ class Row:
     kl: Stat | None = None  # mean per-token KL(unsteered ‖ steered), nats
     top1: Stat | None = None  # share of positions where the steered model's top token is unchanged
     fraction: float | None = None  # the scale as a fraction of ‖h_S‖ (SCALE_UNIT=resid evals)
+    norm: float | None = None  # SCALE_UNIT=kl: the |θ| the KL target was reached at (pooled: mean)
 
     @property
     def scale_text(self) -> str:
-        return scale_text(self.scale, self.fraction)
+        return scale_text(self.scale, self.fraction, self.norm)
 
 
-def scale_text(scale: float, fraction: float | None) -> str:
-    """A setting's scale as the report writes it: "+0.2 (= 23.2)" in units of ‖h_S‖ with the L2
-    norm it was, or the L2 norm alone ("+24") for absolute scales."""
+def scale_text(scale: float, fraction: float | None, norm: float | None = None) -> str:
+    """A setting's scale as the report writes it: "+0.04 KL (= 31.2)", a KL target with the L2
+    norm of θ that reached it; "+0.2 (= 23.2)" in units of ‖h_S‖ with the L2 norm it was; or the
+    L2 norm alone ("+24") for absolute scales."""
+    if norm is not None and np.isfinite(norm):
+        return f"{scale:+.3g} KL (= {abs(norm):.1f})"
     if fraction is None or not np.isfinite(fraction):
         return f"{scale:+g}"
     return f"{fraction:+.3g} (= {scale:.1f})"
@@ -145,14 +149,31 @@ class EvalGroup:
     top1: np.ndarray | None = None  # [k, n_scales, n_neutral]
     cloze: np.ndarray | None = None  # [k, n_scales, n_q] cloze preference, nats per token
     fractions: np.ndarray | None = None  # [n_scales] the scales in units of ‖h_S‖ (SCALE_UNIT=resid)
+    norms: np.ndarray | None = None  # [k, n_scales] SCALE_UNIT=kl: the signed |θ| each target took
+    reached: np.ndarray | None = None  # [k, n_scales] SCALE_UNIT=kl: whether the search reached it
 
     @property
     def scale_unit(self) -> str:
-        """resid, abs, or "" for evals stored before SCALE_UNIT (absolute L2 norms)."""
+        """kl, resid, abs, or "" for evals stored before SCALE_UNIT (absolute L2 norms)."""
         return str(self.attrs.get("scale_unit", ""))
 
     def fraction(self, s: int) -> float | None:
         return None if self.fractions is None else float(self.fractions[s])
+
+    def norm(self, vector: int | None, s: int) -> float:
+        """The signed L2 norm of θ at scale index ``s``: ``scales[s]``, or with SCALE_UNIT=kl the
+        one calibrated for ``vector`` (pooled over vectors when None: their mean)."""
+        if self.norms is None:
+            return float(self.scales[s])
+        return float(self.norms[:, s].mean() if vector is None else self.norms[vector, s])
+
+    def in_unit(self) -> np.ndarray | None:
+        """[n_scales] the grid in its unit (KL targets, fractions of ‖h_S‖); None for absolute
+        scales, whose unit is the L2 norm itself."""
+        return self.scales if self.norms is not None else self.fractions
+
+    def calibrated_norm(self, vector: int | None, s: int) -> float | None:
+        return None if self.norms is None else self.norm(vector, s)
 
     @property
     def label(self) -> str:
@@ -233,7 +254,8 @@ def read_split(h5: h5py.File, model_key: str, behavior: str, split: str) -> Spli
             item = EvalGroup(method, run, optional(group, "logit_diff"), optional(group, "answer_mass"),
                          group["scales"][()], int(attrs.get("source_layer", -1)), attrs,
                          optional(group, "logit_diff_by_order"), optional(group, "kl"),
-                         optional(group, "top1"), optional(group, "cloze"), optional(group, "scale_fractions"))
+                         optional(group, "top1"), optional(group, "cloze"), optional(group, "scale_fractions"),
+                         optional(group, "norms"), optional(group, "calibration_reached"))
             groups[item.label] = item
     polarity = optional(node, "polarity")
     return Split(split, node["question_ids"][()].astype(str), optional(node, "baseline_logit_diff"),
@@ -328,7 +350,7 @@ def row_at(group: EvalGroup, vector: int | None, s: int, split: Split) -> Row:
     out = row(float(group.scales[s]), diff, mass, split.baseline, pick(group.by_order))
     if group.kl is not None:
         out.kl, out.top1 = stat(pick(group.kl)), stat(pick(group.top1))
-    out.fraction = group.fraction(s)
+    out.fraction, out.norm = group.fraction(s), group.calibrated_norm(vector, s)
     return out
 
 
@@ -372,10 +394,11 @@ class ClozeRow:
     kl: Stat | None = None
     top1: Stat | None = None
     fraction: float | None = None  # the scale in units of ‖h_S‖, where evaluated so
+    norm: float | None = None  # SCALE_UNIT=kl: the |θ| the KL target was reached at (pooled: mean)
 
     @property
     def scale_text(self) -> str:
-        return scale_text(self.scale, self.fraction)
+        return scale_text(self.scale, self.fraction, self.norm)
 
 
 def stratified(per_question: np.ndarray, classes: np.ndarray, weights: dict[str, float],
@@ -431,7 +454,7 @@ def cloze_row_at(group: EvalGroup, vector: int | None, s: int, split: Split) -> 
     out = cloze_row(float(group.scales[s]), pick(group.cloze), split.cloze_baseline, split.polarity)
     if group.kl is not None:
         out.kl, out.top1 = stat(pick(group.kl)), stat(pick(group.top1))
-    out.fraction = group.fraction(s)
+    out.fraction, out.norm = group.fraction(s), group.calibrated_norm(vector, s)
     return out
 
 

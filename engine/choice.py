@@ -63,7 +63,7 @@ def chosen_on_val(store: str | Path, key: str, behavior: str, kl_max: float | No
                          f"{kl_max}) on val; nothing chosen")
             continue
         group, vector, s = chosen
-        picked.append(VectorChoice(method, group.run, vector, float(group.scales[s]),
+        picked.append(VectorChoice(method, group.run, vector, group.norm(vector, s),
                                    bool(group.attrs.get("raw", 0))))
     return picked, notes
 
@@ -78,9 +78,35 @@ def named_choices(store: str | Path, key: str, behavior: str, vector: str, scale
     if not 0 <= index < len(group.vectors):
         raise UserError(f"{group.label} has vectors 0..{len(group.vectors) - 1}, not {index}")
     given = [s for s in scales if s is not None]
-    unit = stored_unit(store, key, behavior, group.source_layer, scale_unit) if given else None
-    absolute_scales = iter(absolute(given, scale_unit, unit))
+    if scale_unit == "kl" and given:
+        absolute_scales = iter(calibrated_norms(store, key, behavior, group, index, given))
+    else:
+        unit = stored_unit(store, key, behavior, group.source_layer, scale_unit) if given else None
+        absolute_scales = iter(absolute(given, scale_unit, unit))
     return [VectorChoice(method, run, index, None if s is None else next(absolute_scales)) for s in scales]
+
+
+def calibrated_norms(store: str | Path, key: str, behavior: str, group: VectorGroup, index: int,
+                     targets: list[float]) -> list[float]:
+    """The signed |θ| at which vector ``index`` of ``group`` cost each of ``targets`` (signed KL
+    targets, SCALE_UNIT=kl): the search is eval's, so the targets must be ones its val eval used."""
+    there = None
+    with open_for_reading(store) as h5:
+        if "val" in splits_in_store(h5, key, behavior):
+            there = read_split(h5, key, behavior, "val").groups.get(group.label)
+    if there is None or there.norms is None:
+        raise UserError(f"no SCALE_UNIT=kl eval of {group.label} on val for {key}, {behavior} in {store}: a KL "
+                        "target's |θ| is found by `make eval` (SCALE_UNIT=kl); or give the scale with "
+                        "SCALE_UNIT=resid or abs")
+    out = []
+    for target in targets:
+        at = np.nonzero(np.isclose(there.scales, target, rtol=1e-4, atol=1e-9))[0]
+        if len(at) == 0:
+            raise UserError(f"{group.label} was calibrated on val at KL targets "
+                            f"{', '.join(f'{s:+g}' for s in there.scales)}, not {target:+g}: use one "
+                            "of those, or `make eval SCALES=...` with it")
+        out.append(there.norm(index, int(at[0])))
+    return out
 
 
 def steered_choices(store: str | Path, key: str, behavior: str, *, vector: str | None,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.calibrate import Calibrator
 from engine.cloze import ClozeItem, cloze_preference, cloze_token_counts
 from engine.data import Item
 from engine.grid import build_grid, random_directions
@@ -117,19 +118,28 @@ def plan_split(store: str | Path, lm: LoadedModel, behavior: str, split: str, it
 
 def evaluate_split(store: str | Path, lm: LoadedModel, plan: SplitPlan, groups: list[VectorGroup],
                    texts: list[ScoredText], sites: dict[int, str], *, batch_size: int,
-                   settings_per_pass: int) -> None:
+                   settings_per_pass: int, calibrator: Calibrator | None = None) -> None:
     """Score every group of ``plan.todo`` (and the unsteered baseline) on the plan's questions and
     KL on ``texts``, and write them to ``store`` (rank 0, one atomic update); ``groups`` are all
-    of eval's groups (the baseline's layer when none is stale), ``sites`` each layer's site."""
+    of eval's groups (the baseline's layer when none is stale), ``sites`` each layer's site.
+    With SCALE_UNIT=kl, ``calibrator`` finds each group's |θ| per KL target (on the val neutral
+    texts, the same for every split)."""
     answers, cloze, todo, units = plan.answers, plan.cloze, plan.todo, plan.units
     orders = n_orders(plan.orders)
     started, t0 = now(), time.perf_counter()
     results, baseline = {}, None
     layers = sorted({g.source_layer for g, _ in todo}) or [groups[0].source_layer]
+    calibrations = {}
+    if plan.scale_unit == "kl":
+        if calibrator is None:
+            raise ValueError("SCALE_UNIT=kl needs a calibrator")
+        calibrations = calibrator.of([g for g, _ in todo])
     # One θ matrix per source layer: every group's (vector, scale) settings, stacked.
     grids = {layer: build_grid([g for g, _ in todo if g.source_layer == layer],
-                               absolute(plan.scales, plan.scale_unit, units.get(layer)),
-                               lm.d_model, plan.raw, baseline=n == 0)
+                               plan.scales if plan.scale_unit == "kl"
+                               else absolute(plan.scales, plan.scale_unit, units.get(layer)),
+                               lm.d_model, plan.raw, baseline=n == 0,
+                               norms={label: cal.norms for label, cal in calibrations.items()})
              for n, layer in enumerate(layers)}
     say(f"… [{plan.split}] {sum(len(g.thetas) for g in grids.values())} settings × {len(plan.question_ids)} "
         f"questions ({plan.scores}: {orders} letter order(s)" + (", cloze" if cloze else "")
@@ -180,7 +190,12 @@ def evaluate_split(store: str | Path, lm: LoadedModel, plan: SplitPlan, groups: 
                 g = span.group
                 unit = units.get(g.source_layer)
                 datasets = {"scales": np.array(span.scales, dtype=np.float32)}
-                if unit is not None:
+                if g.label in calibrations:  # the scales are KL targets, each vector's |θ| its own
+                    cal = calibrations[g.label]
+                    datasets |= {"norms": cal.norms.astype(np.float32),
+                                 "calibration_kl": cal.kl.astype(np.float32),
+                                 "calibration_reached": cal.reached.astype(np.int8)}
+                elif unit is not None:
                     datasets["scale_fractions"] = np.array(span.scales, dtype=np.float64) / unit
                 if "diff" in values:
                     diff, mass = values["diff"], values["mass"]

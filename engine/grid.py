@@ -48,9 +48,11 @@ class Grid:
 
 
 def build_grid(groups: list[VectorGroup], scales: list[float], width: int, raw: bool = False,
-               baseline: bool = True) -> Grid:
+               baseline: bool = True, norms: dict[str, np.ndarray] | None = None) -> Grid:
     """θ = scale × unit(vector) for every vector of every group and every (signed) scale;
-    with ``raw``, θ = scale × vector. ``width`` is the model's d."""
+    with ``raw``, θ = scale × vector. ``width`` is the model's d. ``norms`` (SCALE_UNIT=kl) gives
+    a group, by label, its own signed |θ| per vector and scale [k, n_signed]: θ = norm × unit(vector),
+    the scales then being what those norms stand for (KL targets)."""
     if not groups and not baseline:
         raise ValueError("a grid needs at least one group or the baseline")
     rows: list[torch.Tensor] = []
@@ -61,7 +63,13 @@ def build_grid(groups: list[VectorGroup], scales: list[float], width: int, raw: 
             vectors = vectors / vectors.norm(dim=1, keepdim=True)
         signed = signed_scales(scales, group.sign_free)
         offset = len(rows) + int(baseline)
-        rows += [(v * s).float() for v in vectors for s in signed]
+        if norms is not None and group.label in norms:
+            sizes = np.asarray(norms[group.label], dtype=np.float64)
+            if sizes.shape != (len(vectors), len(signed)):
+                raise ValueError(f"{group.label}: norms {sizes.shape} for {len(vectors)} vectors × {len(signed)} scales")
+            rows += [(v * float(n)).float() for v, row in zip(vectors, sizes) for n in row]
+        else:
+            rows += [(v * s).float() for v in vectors for s in signed]
         spans.append(Span(group, offset, len(vectors), signed))
     if baseline:
         rows.insert(0, torch.zeros(width))

@@ -20,10 +20,12 @@ from engine.analysis import (
     polarity_shift_stat,
     row,
     row_at,
+    scale_text,
     stat,
 )
 from engine.analysis import select_by as available_score
 from engine.behaviors import label
+from engine.calibrate import Calibrator
 from engine.choice import VectorChoice, theta_of
 from engine.cloze import ClozeItem, cloze_preference, cloze_token_counts
 from engine.data import Item
@@ -35,7 +37,7 @@ from engine.progress import progress_bar, say
 from engine.prompts import AnswerTokens
 from engine.scores import SCORES_OF, score, usable_questions
 from engine.side_effects import ScoredText
-from engine.store import VectorGroup
+from engine.store import VectorGroup, random_run
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Source:
     source_layer: int
     val_delta: Stat | None = None  # the chosen setting's Δ (of the score chosen by) on its own val
     val_kl: Stat | None = None
+    grid_scale: float | None = None  # the chosen scale as eval stores it: a KL target (kl), else |θ|
 
 
 def questions_of(tokenizer, items: list[Item], scores: str) -> tuple[Questions, list[str]]:
@@ -73,16 +76,22 @@ def val_layer(groups: list[VectorGroup]) -> int:
 def choose_on_val(lm: LoadedModel, name: str, groups: list[VectorGroup], questions: Questions,
                   texts: list[ScoredText], *, method: str, scales: list[float], scale_unit: str,
                   unit_norm: float | None, select_by: str, kl_max: float, batch_size: int,
-                  store: str | Path) -> Source:
+                  store: str | Path, calibrator: Calibrator | None = None) -> Source:
     """Behaviour ``name``'s setting chosen on its own val ``questions``, as the report chooses:
     its ``method`` groups at ``val_layer(groups)`` scored at ``scales`` (in ``scale_unit``, whose
-    ``unit_norm`` is the median ‖h_S‖ there, None for abs), the largest ``select_by`` score among
-    the settings with KL ≤ ``kl_max``; θ is read from ``store``."""
+    ``unit_norm`` is the median ‖h_S‖ there, None for abs; with kl, ``calibrator`` finds each
+    vector's |θ| per target), the largest ``select_by`` score among the settings with KL ≤
+    ``kl_max``; θ is read from ``store``."""
     layer = val_layer(groups)
     by_layer = [g for g in groups if g.source_layer == layer]
     if len(by_layer) < len(groups):
         say(f"{name}: {method} groups at several layers; the matrix takes layer {layer}'s")
-    grid = build_grid(by_layer, absolute(scales, scale_unit, unit_norm), lm.d_model)
+    norms = {}
+    if scale_unit == "kl":
+        norms = {label_: cal.norms for label_, cal in calibrator.of(by_layer).items()}
+        grid = build_grid(by_layer, scales, lm.d_model, norms=norms)
+    else:
+        grid = build_grid(by_layer, absolute(scales, scale_unit, unit_norm), lm.d_model)
     work = len(questions.answers) + len(questions.cloze or []) + len(texts)
     with progress_bar(len(grid.thetas) * work, f"val {name}", "question×setting") as bar:
         scored = score(lm.model, questions.answers, 2, texts, layer, grid.thetas, lm.tokenizer.pad_token_id,
@@ -106,7 +115,7 @@ def choose_on_val(lm: LoadedModel, name: str, groups: list[VectorGroup], questio
         split.groups[g.label] = EvalGroup(
             g.method, g.run, part["diff"].mean(2) if "diff" in part else None,
             part["mass"].mean(2) if "mass" in part else None, np.array(span.scales), layer, {},
-            part.get("diff"), part.get("kl"), part.get("top1"), part.get("cloze"))
+            part.get("diff"), part.get("kl"), part.get("top1"), part.get("cloze"), norms=norms.get(g.label))
     by = available_score(split, select_by)
     chosen = choose_for_method(method, split, kl_max, by)
     if chosen is None:
@@ -114,12 +123,12 @@ def choose_on_val(lm: LoadedModel, name: str, groups: list[VectorGroup], questio
             "on val; its row stays empty")
         return Source(name, None, None, layer)
     group, vector, s = chosen
-    choice = VectorChoice(group.method, group.run, vector, float(group.scales[s]))
+    choice = VectorChoice(group.method, group.run, vector, group.norm(vector, s))
     theta, _ = theta_of(store, lm.key, name, choice)
     delta = (cloze_row_at if by == "cloze" else row_at)(group, vector, s, split).delta
     kl = stat(group.kl[vector, s])
     say(f"{name}: chose {choice.label} on val by {by} (Δ {delta.value:+.3f}, KL {kl.value:.3f})")
-    return Source(name, choice, theta, layer, delta, kl)
+    return Source(name, choice, theta, layer, delta, kl, float(group.scales[s]))
 
 
 @dataclass
@@ -219,6 +228,7 @@ def common_datasets(sources: list[Source], measured: TestRun) -> dict[str, np.nd
         "chosen_run": np.array([s.choice.run if s.choice else "" for s in sources]),
         "chosen_index": np.array([s.choice.index if s.choice else -1 for s in sources]),
         "chosen_scale": np.array([s.choice.scale if s.choice else np.nan for s in sources], np.float32),
+        "chosen_grid_scale": np.array([s.grid_scale if s.choice else np.nan for s in sources], np.float32),
         "chosen_layer": np.array([s.source_layer for s in sources]),
         "thetas": np.stack([s.theta if s.theta is not None else np.full_like(chosen[0].theta, np.nan)
                             for s in sources]) if chosen else np.zeros((0, 0), np.float32),
@@ -233,11 +243,13 @@ def common_datasets(sources: list[Source], measured: TestRun) -> dict[str, np.nd
 
 def evaluate_on_test(lm: LoadedModel, sources: list[Source], questions: dict[str, Questions],
                      texts: list[ScoredText], *, scores: str, scales: list[float], n_random: int,
-                     seed: int, batch_size: int) -> TestRun:
+                     seed: int, batch_size: int, calibrator: Calibrator | None = None) -> TestRun:
     """Every chosen θ, ``n_random`` random directions (``seed``) at each chosen scale (none chosen:
     the smallest of ``scales``) and the unsteered model on every behaviour's test ``questions``
     (behaviour -> its questions, the columns in order), in each of ``scores`` (letter, cloze or
-    both): one ``score`` per source layer over all behaviours' questions at once."""
+    both): one ``score`` per source layer over all behaviours' questions at once. With
+    ``calibrator`` (SCALE_UNIT=kl) the chosen scales are KL targets and each random direction is
+    added at its own |θ| for each: the references cost what the chosen rows cost."""
     targets = list(questions)
     kinds = SCORES_OF[scores]
     letter_blocks, cloze_blocks, asked, asked_cloze = {}, {}, [], []
@@ -248,7 +260,8 @@ def evaluate_on_test(lm: LoadedModel, sources: list[Source], questions: dict[str
         cloze_blocks[name] = slice(len(asked_cloze), len(asked_cloze) + len(q.cloze or []))
         asked_cloze += q.cloze or []
     chosen = [s for s in sources if s.choice is not None]
-    random_scales = sorted({abs(s.choice.scale) for s in chosen}) or [min(scales)]
+    in_kl = calibrator is not None
+    random_scales = sorted({abs(s.grid_scale) for s in chosen}) or [min(scales)]
     ids = {t: questions[t].ids for t in targets}
     tables = {score_name: Table(score_name, targets, ids, random_scales) for score_name in kinds}
     if "cloze" in tables:
@@ -261,7 +274,13 @@ def evaluate_on_test(lm: LoadedModel, sources: list[Source], questions: dict[str
         here = [s for s in chosen if s.source_layer == layer]
         directions = random_directions(n_random, lm.d_model, seed, layer)  # eval's control's
         rows = [torch.zeros(lm.d_model)] + [torch.from_numpy(s.theta) for s in here]
-        rows += [(r * d).float() for r in random_scales for d in directions]
+        if in_kl:  # each direction at the |θ| that costs each chosen target
+            randoms = VectorGroup("random", random_run(layer), directions.float().numpy(), layer, sign_free=False)
+            sizes = calibrator.of([randoms])[randoms.label].norms  # [n_random, len(calibrator.targets)]
+            at = [int(np.argmin(np.abs(np.array(calibrator.targets) - r))) for r in random_scales]
+            rows += [(sizes[i, column] * d).float() for column in at for i, d in enumerate(directions)]
+        else:
+            rows += [(r * d).float() for r in random_scales for d in directions]
         thetas = torch.stack(rows)
         total = len(thetas) * (len(asked) + len(asked_cloze) + len(texts))
         say(f"… [test] layer {layer}: {len(thetas)} settings × {len(ids)} behaviours' questions "
@@ -298,7 +317,7 @@ def evaluate_on_test(lm: LoadedModel, sources: list[Source], questions: dict[str
 
 
 def markdown(measured: TestRun, sources: list[Source], key: str, *, method: str, select_by: str,
-             kl_max: float, n_eval: int | None, n_random: int) -> str:
+             kl_max: float, n_eval: int | None, n_random: int, scale_unit: str = "abs") -> str:
     """The matrix page: a table per score (the chosen rows, the random rows), then the unsteered
     model on each behaviour's test questions."""
     tables = measured.tables
@@ -309,7 +328,10 @@ def markdown(measured: TestRun, sources: list[Source], key: str, *, method: str,
              f"{select_by} score (KL ≤ {kl_max}), at its chosen scale. Each column: Δ on that "
              f"behaviour's test questions (first {n_eval} by id), steered minus unsteered, with a "
              f"95% paired bootstrap interval over questions. Random rows: {n_random} random "
-             "directions at the same scale, pooled. The intervals are per cell: among many cells a few "
+             "directions at the same scale, pooled" + (
+                 " (scales are KL targets: every row, random ones included, costs its target in nats "
+                 "per token on the val neutral texts, each direction at its own |θ|)" if scale_unit == "kl"
+                 else "") + ". The intervals are per cell: among many cells a few "
              "exclude 0 by chance alone (about 1 in 20), so read a cell against the random row and "
              "its neighbours.", ""]
     titles = {"letter": ("Letter: Δ order-mean logit(behaviour) − logit(other), both answer orders, nats "
@@ -330,11 +352,14 @@ def markdown(measured: TestRun, sources: list[Source], key: str, *, method: str,
                 lines.append(f"| {label(s.behavior)}: nothing eligible | – | – | – |" + " – |" * len(table.targets))
                 continue
             cells = [fmt(table.cell(s.behavior, t)) for t in table.targets]
-            lines.append(f"| {label(s.behavior)}: {s.choice.run} #{s.choice.index} | {s.choice.scale:+g} | "
+            scale = (scale_text(s.grid_scale, None, s.choice.scale) if scale_unit == "kl"
+                     else f"{s.choice.scale:+g}")
+            lines.append(f"| {label(s.behavior)}: {s.choice.run} #{s.choice.index} | {scale} | "
                          f"{s.val_delta.value:+.3f} | {measured.kl[s.behavior].mean():.3f} | " + " | ".join(cells) + " |")
         for r in table.random_scales:
             cells = [fmt(table.random_cell(r, t)) for t in table.targets]
-            lines.append(f"| random ×{n_random} | ±{r:g} | – | {measured.random_kl[r].mean():.3f} | "
+            lines.append(f"| random ×{n_random} | ±{r:g}{' KL' if scale_unit == 'kl' else ''} | – | "
+                         f"{measured.random_kl[r].mean():.3f} | "
                          + " | ".join(cells) + " |")
         lines.append("")
     lines += ["Unsteered model on each behaviour's test questions.", ""]

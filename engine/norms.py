@@ -21,7 +21,7 @@ import torch
 from engine.segment import batched_prefixes
 
 NORM_PROMPTS = 128
-SCALE_UNITS = ("resid", "abs")
+SCALE_UNITS = ("kl", "resid", "abs")
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 
 
@@ -49,9 +49,12 @@ def residual_norm(model: torch.nn.Module, sequences: list[tuple[int, ...]], laye
 
 def absolute(scales: list[float], unit: str, norm: float | None) -> list[float]:
     """The L2 norms of θ that ``scales`` mean: fractions of ``norm`` (unit ``resid``) or
-    themselves (unit ``abs``)."""
+    themselves (unit ``abs``). Unit ``kl`` has no one norm per scale: each direction's is found
+    by ``engine.calibrate``."""
     if unit == "abs":
         return list(scales)
+    if unit == "kl":
+        raise ValueError("a scale in unit kl is a cost, not a norm: calibrate it per direction (engine.calibrate)")
     if unit != "resid":
         raise ValueError(f"unit must be one of {SCALE_UNITS}, got {unit!r}")
     if norm is None or not norm > 0:

@@ -76,8 +76,9 @@ def run() -> None:
     p.add_argument("--vector", default=None, metavar="METHOD/RUN/INDEX",
                    help="the stored vector to export (default: caa/L<layer>-answer/0)")
     p.add_argument("--scale", type=float, default=float(defaults.CHECK_SCALE),
-                   help="signed size of the exported vector, in --scale-unit")
-    add_scale_unit(p)
+                   help="signed size of the exported vector, in --scale-unit (a size, not a cost: the "
+                        "check compares two runtimes at one θ)")
+    add_scale_unit(p, ("resid", "abs"), "resid")
     p.add_argument("--server", default=defaults.LLAMA_SERVER, help="the llama-server binary")
     p.add_argument("--gguf", default=None,
                    help="the GGUF file llama-server loads (default: the embedded model's own)")

@@ -12,8 +12,10 @@ from typing import Callable
 from engine.behaviors import check_name, data_file, items_of, known_behaviors
 from engine.data import SPLITS, Item
 from engine.errors import UserError
+from engine.generate import load_prompts
 from engine.jobs import RunContext
 from engine.model import DTYPES, REPO_ROOT, LoadedModel, cpu_bf16_native, resolve_dtype
+from engine.neutral import neutral_texts
 from engine.norms import SCALE_UNITS, ResidualNorm
 from engine.parallel import ranks, start
 from engine.progress import say
@@ -231,11 +233,15 @@ def main_guard(run) -> None:
         sys.exit(2)
 
 
-def add_scale_unit(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scale-unit", choices=SCALE_UNITS, default=defaults.SCALE_UNIT,
-                   help="resid: every scale is a fraction of the median ‖h_S‖ at the source layer "
-                        "(over the first train prompts; stored per model, layer and behaviour), so one "
-                        "grid travels between models; abs: an absolute L2 norm")
+def add_scale_unit(p: argparse.ArgumentParser, units: tuple[str, ...] = SCALE_UNITS,
+                   default: str = defaults.SCALE_UNIT) -> None:
+    p.add_argument("--scale-unit", choices=units, default=default,
+                   help="kl: a scale is a cost, the mean KL(unsteered ‖ steered) in nats per token on "
+                        "the val neutral texts: each direction and sign gets the |θ| that costs that "
+                        "much (found by a search, stored beside it), so one grid means the same cost "
+                        "for every method and model; resid: a fraction of the median ‖h_S‖ at the "
+                        "source layer (over the first train prompts; stored per model, layer and "
+                        "behaviour); abs: an absolute L2 norm")
 
 
 def unit_norms(args, lm: LoadedModel, layers, behavior: str | None = None,
@@ -246,6 +252,24 @@ def unit_norms(args, lm: LoadedModel, layers, behavior: str | None = None,
         return {}
     return residual_units(args.store, lm, layers, model=args.model, dtype=args.dtype,
                           behavior=behavior or args.behavior, data=data or args.data)
+
+
+def add_neutral(p: argparse.ArgumentParser) -> None:
+    """The neutral texts KL is measured on (eval, the matrix) and, with --scale-unit kl, what
+    scales are calibrated on (also melbo's --radius, pi_caa's --at-scales)."""
+    p.add_argument("--neutral", default=str(REPO_ROOT / defaults.NEUTRAL),
+                   help="neutral prompts (JSONL: id, text, split) for the KL side effect")
+    p.add_argument("--n-neutral", type=count_or_all, default=defaults.N_NEUTRAL, metavar="N|all",
+                   help="neutral prompts per split")
+    p.add_argument("--gen-tokens", type=positive_int, default=defaults.GEN_TOKENS,
+                   help="tokens of the unsteered greedy continuation the KL is scored on")
+
+
+def val_neutral_texts(args: argparse.Namespace, lm: LoadedModel) -> list:
+    """The val neutral texts (``engine.neutral.neutral_texts``, cached in the store): what a
+    scale in unit kl is calibrated on."""
+    return neutral_texts(args.store, lm, "val", load_prompts(args.neutral, "val", args.n_neutral),
+                         **neutral_options(args))
 
 
 def neutral_options(args: argparse.Namespace) -> dict:

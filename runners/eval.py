@@ -14,20 +14,24 @@ random directions per source layer, at every scale, scored two ways (--score bot
 Questions are those usable in every score asked for. Every setting's cost is
 measured too: the mean per-token KL(unsteered ‖ steered) and top-1 agreement over the unsteered
 model's own greedy continuation (GEN_TOKENS) of the split's first N_NEUTRAL neutral prompts,
-computed once per model and stored under /<model>/neutral/<split>. Vectors are unit-normalised before scaling unless
---raw (then the random directions have the mean norm of the layer's stored vectors); sign-free
-vectors (PI, PI@CAA, random) also get the negative scales. Writes
+computed once per model and stored under /<model>/neutral/<split>. Vectors are unit-normalised
+before scaling unless --raw (then the random directions have the mean norm of the layer's stored
+vectors); sign-free vectors (PI, PI@CAA, random) also get the negative scales. With --scale-unit kl
+(the default) the scales are KL targets: each vector and sign is added at the |θ| that costs the
+target on the val neutral texts (engine/calibrate.py), the same |θ| on every split. Writes
 /<model>/<behavior>/evals/<split>/ (question ids, baselines, cloze token and character counts,
 polarity) and /<model>/<behavior>/evals/<split>/<method>/<run>/ (logit_diff and answer_mass
 [k, n_scales, n_q], their *_by_order [k, n_scales, n_orders, n_q], cloze_logprob
-[k, n_scales, 2, n_q], cloze [k, n_scales, n_q] in nats per token, scales).
+[k, n_scales, 2, n_q], cloze [k, n_scales, n_q] in nats per token, scales; with kl, norms
+[k, n_scales], calibration_kl and calibration_reached).
 """
+from engine.calibrate import Calibrator
 from engine.errors import UserError
 from engine.eval_split import evaluate_split, mean_norms, plan_split, random_groups
 from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from engine.generate import load_prompts
 from engine.jobs import resolve_sites
-from engine.model import REPO_ROOT, load_model
+from engine.model import load_model
 from engine.neutral import neutral_texts
 from engine.orders import ORDERS
 from engine.progress import say
@@ -35,6 +39,7 @@ from engine.scores import SCORES
 from engine.store import code_version, read_vector_groups
 from runners import defaults
 from runners.cli import (
+    add_neutral,
     add_scale_unit,
     behavior_items,
     count_or_all,
@@ -47,6 +52,7 @@ from runners.cli import (
     positive_int,
     settings_of,
     unit_norms,
+    val_neutral_texts,
 )
 
 # The splits neutral prompts come in.
@@ -63,7 +69,8 @@ def validate(args) -> None:
 def run() -> None:
     p = parser(__doc__)
     p.add_argument("--scales", default=defaults.SCALES,
-                   help="sizes of what is added, in --scale-unit: fractions of ‖h_S‖ (resid) or L2 norms (abs)")
+                   help="sizes of what is added, in --scale-unit: KL targets in nats per token (kl), "
+                        "fractions of ‖h_S‖ (resid) or L2 norms (abs)")
     add_scale_unit(p)
     p.add_argument("--raw", action="store_true", help="scale raw vectors instead of unit ones")
     p.add_argument("--n-eval", type=count_or_all, default=defaults.N_EVAL, metavar="N|all",
@@ -82,12 +89,7 @@ def run() -> None:
     p.add_argument("--layer", type=int, default=defaults.LAYER,
                    help="source layer for the random control when the store holds no vectors")
     p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the random directions")
-    p.add_argument("--neutral", default=str(REPO_ROOT / defaults.NEUTRAL),
-                   help="neutral prompts (JSONL: id, text, split) for the KL side effect")
-    p.add_argument("--n-neutral", type=count_or_all, default=defaults.N_NEUTRAL, metavar="N|all",
-                   help="neutral prompts per split")
-    p.add_argument("--gen-tokens", type=positive_int, default=defaults.GEN_TOKENS,
-                   help="tokens of the unsteered greedy continuation the KL is scored on")
+    add_neutral(p)
     p.add_argument("--settings-per-pass", type=positive_int, default=SETTINGS_PER_PASS,
                    help="θ settings stacked in one batch (memory vs speed)")
     p.set_defaults(batch_size=QUESTIONS_PER_PASS)
@@ -106,6 +108,10 @@ def run() -> None:
     layers = sorted({g.source_layer for g in groups}) or [args.layer]
     sites = resolve_sites(lm, layers, args.site)
     units = {layer: norm.median for layer, norm in unit_norms(args, lm, layers).items()}
+    calibrator = None
+    if args.scale_unit == "kl":  # every split's |θ| found on the val neutral texts
+        calibrator = Calibrator(lm.model, val_neutral_texts(args, lm), lm.tokenizer.pad_token_id, units,
+                                args.scales, args.batch_size, args.settings_per_pass)
     # --raw: the random directions get the mean norm of the layer's stored vectors
     groups += random_groups(layers, args.n_random, lm.d_model, args.seed,
                             mean_norms(groups, layers) if args.raw else {})
@@ -126,7 +132,7 @@ def run() -> None:
             continue
         texts = [] if prompts is None else neutral_texts(args.store, lm, split, prompts, **neutral_options(args))
         evaluate_split(args.store, lm, plan, groups, texts, sites, batch_size=args.batch_size,
-                       settings_per_pass=args.settings_per_pass)
+                       settings_per_pass=args.settings_per_pass, calibrator=calibrator)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from engine.behaviors import data_file
+from engine.calibrate import Calibrator
 from engine.data import load_items
 from engine.errors import UserError
 from engine.evaluate import QUESTIONS_PER_PASS
@@ -41,7 +42,7 @@ from engine.matrix import (
     questions_of,
     val_layer,
 )
-from engine.model import REPO_ROOT, load_model
+from engine.model import load_model
 from engine.neutral import neutral_texts
 from engine.progress import say, say_skipped, step
 from engine.scores import SCORES
@@ -58,6 +59,7 @@ from engine.store import (
 )
 from runners import defaults
 from runners.cli import (
+    add_neutral,
     add_scale_unit,
     add_select_by,
     check_kl_max,
@@ -104,11 +106,7 @@ def run() -> None:
     p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the random directions")
     p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
                    help="choose on val only among settings with mean KL on neutral text ≤ this")
-    p.add_argument("--neutral", default=str(REPO_ROOT / defaults.NEUTRAL), help="neutral prompts for the KL")
-    p.add_argument("--n-neutral", type=count_or_all, default=defaults.N_NEUTRAL, metavar="N|all",
-                   help="neutral prompts per split")
-    p.add_argument("--gen-tokens", type=positive_int, default=defaults.GEN_TOKENS,
-                   help="tokens of the unsteered continuation the KL is scored on")
+    add_neutral(p)
     p.add_argument("--out", default=defaults.RESULTS, help="folder for matrix_<method>.png and .md")
     p.set_defaults(batch_size=QUESTIONS_PER_PASS)
     args = parse(p, validate)
@@ -140,16 +138,23 @@ def run() -> None:
 
     started, t0 = now(), time.perf_counter()
     sources = []
+    # SCALE_UNIT=kl: every vector's and random direction's |θ| per target, found on the val texts
+    calibrator = (Calibrator(lm.model, texts["val"], lm.tokenizer.pad_token_id, {}, args.scales, args.batch_size)
+                  if args.scale_unit == "kl" else None)
     for name in args.behaviors:
         layer = val_layer(groups[name])
         unit = unit_norms(args, lm, [layer], behavior=name, data=args.data_files[name]).get(layer)
+        if calibrator is not None:  # the search's first probe and ceiling: the first behaviour's ‖h_S‖
+            calibrator.units.setdefault(layer, unit.median)
         sources.append(choose_on_val(
             lm, name, groups[name], questions["val", name], texts["val"], method=args.method,
             scales=args.scales, scale_unit=args.scale_unit, unit_norm=unit and unit.median,
-            select_by=args.select_by, kl_max=args.kl_max, batch_size=args.batch_size, store=args.store))
+            select_by=args.select_by, kl_max=args.kl_max, batch_size=args.batch_size, store=args.store,
+            calibrator=calibrator))
     measured = evaluate_on_test(lm, sources, {name: questions["test", name] for name in args.behaviors},
                                 texts["test"], scores=args.score, scales=args.scales,
-                                n_random=args.n_random, seed=args.seed, batch_size=args.batch_size)
+                                n_random=args.n_random, seed=args.seed, batch_size=args.batch_size,
+                                calibrator=calibrator)
     tables = measured.tables
     seconds = time.perf_counter() - t0
     settings = settings_of(args, drop=("out", "data_files"), data_checksums={
@@ -164,7 +169,8 @@ def run() -> None:
     out.mkdir(parents=True, exist_ok=True)
     page = out / f"matrix_{args.method}.md"
     page.write_text(markdown(measured, sources, lm.key, method=args.method, select_by=args.select_by,
-                             kl_max=args.kl_max, n_eval=args.n_eval, n_random=args.n_random),
+                             kl_max=args.kl_max, n_eval=args.n_eval, n_random=args.n_random,
+                             scale_unit=args.scale_unit),
                     encoding="utf-8")
     figures = []
     for name, table in tables.items():

@@ -8,6 +8,7 @@ trace [steps, k] and the prompt ids, with every setting needed to recompute them
 import numpy as np
 import torch
 
+from engine.calibrate import random_radius
 from engine.jobs import Job, compute_groups
 from engine.melbo import AMSGRAD, BETAS, MODES, WEIGHT_DECAY, melbo
 from engine.norms import absolute
@@ -19,6 +20,7 @@ from engine.store import VectorGroup, segment_run
 from runners import defaults
 from runners.cli import (
     above_source,
+    add_neutral,
     add_scale_unit,
     behavior_items,
     context,
@@ -30,6 +32,7 @@ from runners.cli import (
     positive_int,
     settings_of,
     unit_norms,
+    val_neutral_texts,
 )
 
 # Every forward carries k copies of a prompt batch, so prompt batches are smaller than elsewhere;
@@ -46,8 +49,10 @@ def run() -> None:
                    help="target layer T: displacement of the residual output of layers[T]")
     p.add_argument("--k", type=positive_int, default=defaults.K, help="number of orthogonal vectors")
     p.add_argument("--radius", type=positive_float, default=defaults.R,
-                   help="norm R of every vector, in --scale-unit (a fraction of ‖h_S‖, or absolute)")
+                   help="norm R of every vector, in --scale-unit: with kl, the |θ| at which random "
+                        "directions cost R nats per token (their median), a fraction of ‖h_S‖, or absolute")
     add_scale_unit(p)
+    add_neutral(p)
     p.add_argument("--p", type=positive_float, default=defaults.P,
                    help="exponent of each token's displacement norm (over the hidden dimension)")
     p.add_argument("--q", type=positive_float, default=defaults.Q, help="outer root of the objective")
@@ -72,7 +77,11 @@ def run() -> None:
         prefixes = prompt_prefixes(lm.model, [[prompts[i] for i in batch] for batch in batches],
                                    lm.tokenizer.pad_token_id, args.layer)  # this rank's batches
         unit = unit_norms(args, lm, [args.layer]).get(args.layer)
-        radius = absolute([args.radius], args.scale_unit, unit and unit.median)[0]
+        if args.scale_unit == "kl":  # the size at which random directions cost R nats per token
+            radius, _ = random_radius(lm.model, val_neutral_texts(args, lm), args.layer, args.radius,
+                                      lm.tokenizer.pad_token_id, unit.median, args.seed)
+        else:
+            radius = absolute([args.radius], args.scale_unit, unit and unit.median)[0]
 
         # batched: all k vectors take each step together; sequential: k runs of STEPS steps
         total = args.steps * (1 if args.mode == "batched" else args.k)

@@ -16,6 +16,7 @@ Written: unit vectors (sign-free), σ = ‖J v‖, the residual trace.
 import numpy as np
 import torch
 
+from engine.calibrate import size_at_cost
 from engine.errors import UserError
 from engine.jacobian import jacobian_at, parse_tokens, relative_change
 from engine.jobs import Job, compute_groups
@@ -37,6 +38,7 @@ from engine.store import (
 from runners import defaults
 from runners.cli import (
     above_source,
+    add_neutral,
     add_scale_unit,
     behavior_items,
     context,
@@ -49,6 +51,7 @@ from runners.cli import (
     scale_list,
     settings_of,
     unit_norms,
+    val_neutral_texts,
 )
 
 # Settings of the `pi` group that must equal ours for it to be the J(0) a sweep is compared with.
@@ -93,6 +96,7 @@ def run() -> None:
                         "--scale-unit: a fraction of ‖h_S‖ or an L2 norm) instead of at the raw CAA "
                         "vector; one group per scale")
     add_scale_unit(p)
+    add_neutral(p)
     # Small batches: the vmapped JVP/VJP of a big batch thrash the cache (8 prompts as one batch
     # took 55 s a step on the dev CPU, as four batches of 2 took 20 s; same σ).
     p.set_defaults(batch_size=2)
@@ -116,19 +120,35 @@ def run() -> None:
             raise UserError(f"the stored pi group differs from this sweep in {', '.join(differ)}: "
                             "run `make pi` with the same settings first")
 
-    unit_name = "‖h_S‖" if args.scale_unit == "resid" else ""
+    unit_name = {"resid": "‖h_S‖", "kl": " KL"}.get(args.scale_unit, "")
 
-    def theta0_of(scale: float | None, norm: float | None = None) -> tuple[torch.Tensor | None, str]:
-        """θ₀ at ``scale`` (in --scale-unit; ``norm`` is the unit) and what it is, in words."""
+    def caa_direction() -> torch.Tensor:
+        return torch.from_numpy(caa.vectors[0].astype(np.float64))
+
+    def theta0_of(scale: float | None, size: float | None = None) -> tuple[torch.Tensor | None, str]:
+        """θ₀ at ``scale`` (in --scale-unit; ``size`` is the signed |θ| it means, known once the
+        model is loaded) and what it is, in words."""
         if caa is None:
             return None, "zero"
-        vector = torch.from_numpy(caa.vectors[0].astype(np.float64))
+        vector = caa_direction()
         if scale is None:
             return vector, caa_source
         described = f"{scale:+g}{unit_name} · unit({caa_source})"
-        if norm is None and args.scale_unit == "resid":
+        if size is None:
             return None, described
-        return absolute([scale], args.scale_unit, norm)[0] * vector / vector.norm(), described
+        return size * vector / vector.norm(), described
+
+    def size_of(lm, scale: float | None, unit: float | None) -> float | None:
+        """The signed |θ| ``scale`` means: a fraction of ``unit`` (the median ‖h_S‖), itself, or
+        with --scale-unit kl the size at which the CAA direction costs that KL."""
+        if scale is None:
+            return None
+        if args.scale_unit != "kl":
+            return absolute([scale], args.scale_unit, unit)[0]
+        if "texts" not in shared:
+            shared["texts"] = val_neutral_texts(args, lm)
+        return size_at_cost(lm.model, shared["texts"], args.layer, caa_direction(), scale,
+                            lm.tokenizer.pad_token_id, unit)
 
     scales = args.at_scales if args.at_scales is not None else [None]
     at_letter = args.at == "caa" and args.caa_position == "letter"
@@ -153,7 +173,7 @@ def run() -> None:
         if "unit" not in shared:
             found = unit_norms(args, lm, [args.layer]).get(args.layer)
             shared["unit"] = None if found is None else found.median
-        theta0, source = theta0_of(scale, shared["unit"])
+        theta0, source = theta0_of(scale, size_of(lm, scale, shared["unit"]))
         with step(f"J = ∂h_{args.target}/∂θ_{args.layer} over {len(prompts)} prompts "
                   f"({sum(map(len, prompts))} tokens, positions {args.tokens}) at θ₀ = {source}"):
             op = jacobian_at(lm.model, prefixes, args.target, args.tokens, theta0, ranks=ranks(),

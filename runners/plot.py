@@ -74,11 +74,12 @@ def score_row_at(group: EvalGroup, vector: int | None, s: int, split: Split, by:
 
 
 def nearest_in_unit(group: EvalGroup, scale: float) -> int:
-    """The stored scale of ``group`` nearest ``scale``, read as a fraction of ‖h_S‖ where the
-    group was evaluated so (--scale is in SCALE_UNIT), else as an L2 norm."""
-    if group.fractions is None:
+    """The stored scale of ``group`` nearest ``scale``, read in the group's unit (a KL target, a
+    fraction of ‖h_S‖; --scale is in SCALE_UNIT), else as an L2 norm."""
+    grid = group.in_unit()
+    if grid is None:
         return nearest_scale(group, scale)
-    return int(np.argmin(np.abs(group.fractions - scale)))
+    return int(np.argmin(np.abs(grid - scale)))
 
 
 def per_question(group: EvalGroup, by: str) -> np.ndarray:
@@ -90,6 +91,7 @@ def baseline_values(split: Split, by: str) -> np.ndarray:
     return split.cloze_baseline if by == "cloze" else split.baseline
 SCALE_LABEL = "scale  (L2 norm of θ added; signed)"
 FRACTION_LABEL = "scale  (‖θ‖ / median ‖h_S‖ at the source layer; signed)"
+KL_LABEL = "scale  (KL target: nats/token on val neutral text, each direction at its own ‖θ‖; signed)"
 plt.rcParams.update({"figure.constrained_layout.use": True, "font.size": 11, "axes.titlesize": 12, "figure.dpi": 110,
                      "axes.grid": True, "grid.alpha": 0.3})
 
@@ -240,8 +242,11 @@ def fig_dose(data: Data, out: Path) -> Path:
                    ("cloze", "polarity_shift", "cloze polarity shift\n½(Δ no − Δ yes)  [nats/token]")]
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.0 * len(panels)), sharex=True, squeeze=False)
     axes = axes[:, 0]
-    # in units of ‖h_S‖ where every curve has them, so that two models can share a plot
-    in_units = all(group.fractions is not None for rows in curves.values() for group, _, _ in rows.values())
+    # in the grid's unit (KL targets, fractions of ‖h_S‖) where every curve has it, so that two
+    # models can share a plot; else the L2 norm
+    shown = [group for rows in curves.values() for group, _, _ in rows.values()]
+    in_kl = all(group.norms is not None for group in shown)
+    in_units = in_kl or all(group.fractions is not None for group in shown)
     bases = {"letter": test.baseline_row() if test.has_letter else None,
              "cloze": test.cloze_baseline_row() if test.has_cloze else None}
     scales = set()
@@ -255,7 +260,8 @@ def fig_dose(data: Data, out: Path) -> Path:
             ax.axhline(0, color="black", lw=1.0, ls="--", label="unsteered (Δ = 0)")
         for method, (group, vector, rows) in curves[score].items():
             stats = [getattr(r, attr) for r in rows]
-            keep = [(r.fraction if in_units else r.scale, st) for r, st in zip(rows, stats) if st is not None]
+            keep = [(r.fraction if in_units and not in_kl else r.scale, st)
+                    for r, st in zip(rows, stats) if st is not None]
             if not keep:
                 continue
             x = [k[0] for k in keep]
@@ -272,7 +278,7 @@ def fig_dose(data: Data, out: Path) -> Path:
     linthresh = min(abs(s) for s in scales if s != 0) if any(scales) else 1.0
     axes[-1].set_xscale("symlog", linthresh=linthresh, linscale=0.3)
     axes[-1].set_xticks(scales, [f"{s:.2g}" for s in scales], fontsize=9)
-    axes[-1].set_xlabel((FRACTION_LABEL if in_units else SCALE_LABEL) + ", symlog axis")
+    axes[-1].set_xlabel((KL_LABEL if in_kl else FRACTION_LABEL if in_units else SCALE_LABEL) + ", symlog axis")
     axes[0].set_title(f"vector chosen on val by the {data.by} score; bands: 95% bootstrap CI over "
                       "questions", fontsize=10)
     for ax, (score, attr, _) in zip(axes, panels):
@@ -489,7 +495,7 @@ def run() -> None:
     p.add_argument("--out", default=defaults.RESULTS,
                    help="folder for the PNG files; they go to its subfolder <behavior>/")
     p.add_argument("--scale", type=float, default=defaults.REPORT_SCALE,
-                   help="scale of the violin and layer-sweep figures (a fraction of ‖h_S‖ where the evals are in that unit, else an L2 norm)")
+                   help="scale of the violin and layer-sweep figures, in the evals' unit (a KL target, a fraction of ‖h_S‖), else an L2 norm")
     p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
                    help="choose on val only among settings with mean KL on neutral text ≤ this")
     add_select_by(p)

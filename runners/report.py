@@ -165,7 +165,16 @@ def scales_note(val: Split) -> list[str]:
     """What the scales mean (units of ‖h_S‖, or absolute norms, labelled for older stores), and a
     warning for each method whose every setting stayed in the linear regime."""
     units = {group.scale_unit for group in val.groups.values()}
-    if units == {"resid"}:
+    if units == {"kl"}:
+        example = next(iter(val.groups.values()))
+        missed = sum(int((g.reached == 0).sum()) for g in val.groups.values() if g.reached is not None)
+        lines = ["Scales are costs (SCALE_UNIT=kl): each direction and sign is added at the |θ| whose mean "
+                 "KL(unsteered ‖ steered) on the val neutral texts is the scale in nats per token, found "
+                 f"by a search and shown beside it: {scale_text(float(example.scales[-1]), None, example.norm(0, -1))}. "
+                 "Every method and the random control are compared at the same cost."
+                 + (f" {missed} setting(s) never reached their target below 4 ‖h_S‖: they sit at that "
+                    "size, below the target cost." if missed else "")]
+    elif units == {"resid"}:
         norms = sorted({(g.source_layer, float(g.attrs["unit_norm"])) for g in val.groups.values()})
         at = ", ".join(f"{norm:.1f} at layer {layer}" for layer, norm in norms)
         example = next(iter(val.groups.values()))
@@ -293,7 +302,8 @@ def without_kl_rule(val: Split, test: Split, kl_max: float, by: str) -> list[str
         kl = cloze_row_at(on_test, vector, scale, test).kl if test.has_cloze else row_at(on_test, vector, scale, test).kl
         with_rule = chosen_on(method, val, test, kl_max, by)
         same = with_rule is not None and with_rule[0] is on_test and with_rule[1:] == chosen[1:]
-        where = scale_text(float(on_test.scales[scale]), on_test.fraction(scale))
+        where = scale_text(float(on_test.scales[scale]), on_test.fraction(scale),
+                           on_test.calibrated_norm(vector, scale))
         out.append(f"- {method}: {on_test.run} #{vector} at {where}: Δ ({by}) {delta}, "
                    f"KL {kl.fmt(3)} (test)" + (" (the same setting)" if same else ""))
     return out + [""]

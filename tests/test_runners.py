@@ -212,7 +212,7 @@ def test_export_writes_the_val_choice_and_its_pt_file_reproduces_the_eval(tiny_d
     assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 6,
                "--position", "letter").returncode == 0
     evaluated = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 1,
-                    "--scales", "2 8", "--splits", "val", *SMALL_KL)
+                    "--scales", "0.002 0.005", "--splits", "val", *SMALL_KL)  # KL targets: the default unit
     assert evaluated.returncode == 0, evaluated.stderr
     done = run("runners.export", "--model", tiny_dir, "--store", store, "--out", out)
     assert done.returncode == 0, done.stderr
@@ -224,8 +224,8 @@ def test_export_writes_the_val_choice_and_its_pt_file_reproduces_the_eval(tiny_d
     assert layer == gguf_layer == 1 and (vector == from_safetensors).all() and (vector == from_gguf).all()
     with h5py.File(store, "r") as h5:
         group = h5[f"{key}/survival-instinct/evals/val/caa/L1"]
-        scale = meta["scale"]
-        s = list(group["scales"][()]).index(scale)
+        scale = meta["scale"]  # the |θ| the chosen target took for this vector
+        s = list(group["norms"][0]).index(scale)
         stored = group["logit_diff_by_order"][0, s]  # [2 orders, n_q]
         ids = h5[f"{key}/survival-instinct/evals/val/question_ids"][()].astype(str)
     lm = load_model(str(tiny_dir), "fp32")
@@ -318,6 +318,103 @@ def test_matrix_puts_each_behaviours_val_choice_on_every_behaviours_test_questio
     assert unknown.returncode == 2 and "unknown behaviour 'power'" in unknown.stderr
 
 
+def plain_kl_at(tiny_dir, store, theta, layer: int = 1) -> float:
+    """Mean KL(unsteered ‖ steered) of ``theta`` on the store's val neutral texts, on the plain path."""
+    import torch
+
+    from engine.model import load_model
+    from engine.reference import side_effects_plain
+    from engine.side_effects import ScoredText
+    from engine.store import read_neutral
+
+    lm = load_model(str(tiny_dir), "fp32")
+    ids, tokens, lengths = read_neutral(store, lm.key, "val")
+    texts = [ScoredText(i, tuple(t), n) for i, t, n in zip(ids, tokens, lengths)]
+    theta = torch.as_tensor(np.asarray(theta, dtype=np.float64))[None].float()
+    return float(side_effects_plain(lm.model, texts, layer, theta, lm.tokenizer.pad_token_id).kl.mean())
+
+
+def test_a_scale_in_kl_is_the_norm_at_which_each_direction_costs_it(tiny_dir, tmp_path):
+    """SCALE_UNIT=kl: each vector and sign is added at its own |θ|, found on the val neutral texts,
+    where its KL (measured again on the plain path) is the target; test uses the same |θ|; the
+    report says what the scales are; a named vector's scale is looked up in that calibration."""
+    from engine.choice import named_choices
+    from engine.errors import UserError
+
+    store = tmp_path / "store.h5"
+    caa = run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
+              "--position", "answer")
+    assert caa.returncode == 0, caa.stderr
+    done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 2,
+               "--scales", "0.002 0.005", "--scale-unit", "kl", "--splits", "val test", "--layer", 1,
+               "--score", "cloze", *SMALL_KL)
+    assert done.returncode == 0, done.stderr
+    assert "KL calibration at layer 1" in done.stderr
+    key = store_key(str(tiny_dir))
+    with h5py.File(store, "r") as h5:
+        val = h5[f"{key}/survival-instinct/evals/val/random/L1"]
+        test = h5[f"{key}/survival-instinct/evals/test/random/L1"]
+        np.testing.assert_allclose(val["scales"][()], [-0.005, -0.002, 0.002, 0.005], rtol=1e-6)
+        norms, reached = val["norms"][()], val["calibration_reached"][()]
+        assert norms.shape == (2, 4) and reached.all() and "scale_fractions" not in val
+        assert (np.sign(norms) == np.sign(val["scales"][()])).all()
+        assert (np.abs(norms[:, 3]) > np.abs(norms[:, 2])).all()  # more cost, more θ
+        np.testing.assert_array_equal(test["norms"][()], norms)  # calibrated once, on val texts
+        # eval's own val KL is the calibration's, within the search's 10% of each target
+        np.testing.assert_allclose(val["kl"][()].mean(-1), val["calibration_kl"][()], rtol=1e-4)
+        assert np.all(np.abs(val["kl"][()].mean(-1) / np.abs(val["scales"][()]) - 1) <= 0.1)
+        assert val.attrs["scale_unit"] == "kl"
+        unit = val["vectors"][1] / np.linalg.norm(val["vectors"][1])
+        caa_norms = h5[f"{key}/survival-instinct/evals/val/caa/L1-answer/norms"][()]
+    assert abs(plain_kl_at(tiny_dir, store, norms[1, 3] * unit) / 0.005 - 1) <= 0.1
+    report = run("runners.report", "--model", tiny_dir, "--store", store)
+    assert report.returncode == 0, report.stderr
+    assert "Scales are costs (SCALE_UNIT=kl)" in report.stdout and " KL (= " in report.stdout
+    from runners import plot
+
+    figures = plot.make_all(plot.load(store, key, "survival-instinct"), tmp_path / "results", 0.005)
+    assert {"dose_response.png", "violin_scale0.005.png"} <= {f.name for f in figures}
+    picked, = named_choices(store, key, "survival-instinct", "caa/L1-answer/0", [0.005], "kl")
+    assert np.isclose(picked.scale, caa_norms[0, 1])
+    with pytest.raises(UserError, match="calibrated on val at KL targets"):
+        named_choices(store, key, "survival-instinct", "caa/L1-answer/0", [0.003], "kl")
+
+
+def test_melbo_radius_and_the_pi_caa_point_in_kl_cost_what_they_say(tiny_dir, tmp_path):
+    """SCALE_UNIT=kl outside eval: MELBO's R is the median |θ| at which random directions cost R;
+    PI@CAA's AT_SCALES puts θ₀ on the CAA direction where it costs the scale."""
+    from engine.grid import random_directions
+
+    store = tmp_path / "store.h5"
+    common = ("--model", tiny_dir, "--store", store, "--layer", 1, "--target", 2, "--k", 2,
+              "--n-prompts", 2, "--scale-unit", "kl", *SMALL_KL)
+    melbo = run("runners.melbo", *common, "--radius", 0.004, "--steps", 2)
+    assert melbo.returncode == 0, melbo.stderr
+    key = store_key(str(tiny_dir))
+    with h5py.File(store, "r") as h5:
+        group = h5[f"{key}/survival-instinct/vectors/melbo/L1-T2"]
+        radius = float(group.attrs["radius"])
+        assert group.attrs["radius_in_unit"] == 0.004 and group.attrs["scale_unit"] == "kl"
+        np.testing.assert_allclose(np.linalg.norm(group["vectors"][()], axis=1), radius, rtol=1e-4)
+    costs = [plain_kl_at(tiny_dir, store, radius * d.numpy()) for d in random_directions(4, 64, 0, 1)]
+    assert abs(float(np.median(costs)) / 0.004 - 1) <= 0.2  # the median direction's cost, ±its 10%
+    caa = run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
+              "--position", "answer")
+    assert caa.returncode == 0, caa.stderr
+    pi = run("runners.pi", *common, "--iters", 1, "--oversample", 0)
+    assert pi.returncode == 0, pi.stderr
+    along = run("runners.pi", *common, "--iters", 1, "--oversample", 0, "--at", "caa", "--at-scales", "-0.003")
+    assert along.returncode == 0, along.stderr
+    with h5py.File(store, "r") as h5:
+        at = [g for name, g in h5[f"{key}/survival-instinct/vectors/pi_caa"].items() if "-at" in name]
+        assert len(at) == 1 and at[0].attrs["at_scale_in_unit"] == -0.003
+        size = float(at[0].attrs["at_scale"])
+        direction = h5[f"{key}/survival-instinct/vectors/caa/L1-answer/vectors"][0].astype(np.float64)
+    assert size < 0
+    theta0 = size * direction / np.linalg.norm(direction)
+    assert abs(plain_kl_at(tiny_dir, store, theta0) / 0.003 - 1) <= 0.1
+
+
 def test_a_scale_in_units_of_the_residual_norm_is_that_fraction_of_the_median_norm(tiny_dir, tmp_path):
     """SCALE_UNIT=resid: the median ‖h_S‖ over the first 128 train prompts' real tokens, read here
     by a hook on the block output of a plain HF forward per prompt; |θ| = f · that, stored beside
@@ -338,7 +435,8 @@ def test_a_scale_in_units_of_the_residual_norm_is_that_fraction_of_the_median_no
     median = float(torch.cat(norms).median())
     store, abs_store = tmp_path / "store.h5", tmp_path / "abs.h5"
     done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 1,
-               "--scales", "0.5 2", "--splits", "val", "--layer", 1, "--score", "cloze", *SMALL_KL)
+               "--scales", "0.5 2", "--scale-unit", "resid", "--splits", "val", "--layer", 1, "--score", "cloze",
+               *SMALL_KL)
     assert done.returncode == 0, done.stderr
     key = store_key(str(tiny_dir))
     with h5py.File(store, "r") as h5:
