@@ -11,8 +11,8 @@ KL(unsteered ‖ steered) on the val neutral texts, the statistic eval reports.
 The search (``kl_norms``) is a secant method on log KL against log |θ|, where the curve is close
 to a line of slope 2 (KL is quadratic in θ for small θ): every (direction, target) starts from one
 shared probe, and each round probes all that are not yet within ``rtol`` of their target in one
-stacked pass of the fast path (``engine.side_effects``). The norm returned is always one that was
-probed, so its KL is measured, not extrapolated; a target a direction cannot reach below
+stacked pass of the fast path (``engine.side_effects``). The norm returned is the probe nearest
+the target, so its KL is measured, not extrapolated; a target a direction cannot reach below
 ``max_norm`` is reported as not reached.
 """
 from __future__ import annotations
@@ -80,6 +80,12 @@ def kl_norms(model: torch.nn.Module, texts: list[ScoredText], layer: int, direct
     norm_prev = np.full((n, m), float(start))
     kl_prev = np.repeat(first[:, None], m, axis=1)
     norm_last, kl_last = norm_prev.copy(), kl_prev.copy()
+    norm_best, kl_best = norm_last.copy(), kl_last.copy()  # the probe nearest each target so far
+
+    def miss(kl: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return np.abs(np.log(np.maximum(kl, 1e-300) / target))
+
     slope = np.full((n, m), 2.0)
     for _ in range(max_rounds):
         done = np.abs(kl_last / target - 1) <= rtol
@@ -99,8 +105,10 @@ def kl_norms(model: torch.nn.Module, texts: list[ScoredText], layer: int, direct
         probes += len(kl_new)
         norm_prev[where], kl_prev[where] = norm_last[where], kl_last[where]
         norm_last[where], kl_last[where] = proposed[where], kl_new
-    reached = np.abs(kl_last / target - 1) <= rtol
-    return Calibration(norm_last, kl_last, reached, probes)
+        closer = miss(kl_last) < miss(kl_best)
+        norm_best, kl_best = np.where(closer, norm_last, norm_best), np.where(closer, kl_last, kl_best)
+    reached = np.abs(kl_best / target - 1) <= rtol
+    return Calibration(norm_best, kl_best, reached, probes)
 
 
 @dataclass
