@@ -407,7 +407,7 @@ def test_melbo_radius_and_the_pi_caa_point_in_kl_cost_what_they_say(tiny_dir, tm
     assert along.returncode == 0, along.stderr
     with h5py.File(store, "r") as h5:
         at = [g for name, g in h5[f"{key}/survival-instinct/vectors/pi_caa"].items() if "-at" in name]
-        assert len(at) == 1 and at[0].attrs["at_scale_in_unit"] == -0.003
+        assert len(at) == 1 and at[0].name.endswith("L1-T2-at-0.003kl") and at[0].attrs["at_scale_in_unit"] == -0.003
         size = float(at[0].attrs["at_scale"])
         direction = h5[f"{key}/survival-instinct/vectors/caa/L1-answer/vectors"][0].astype(np.float64)
     assert size < 0

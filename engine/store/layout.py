@@ -51,11 +51,12 @@ def segment_run(layer: int, target: int) -> str:
 
 def linearised_run(layer: int, target: int, at_scale: float | None, unit: str = "abs") -> str:
     """PI@CAA's run name: ``L7-T20`` at the raw CAA vector, ``L7-T20-at+24`` at 24 · unit(CAA),
-    ``L7-T20-at+0.2h`` at 0.2 ‖h_S‖ · unit(CAA) (SCALE_UNIT=resid)."""
+    ``L7-T20-at+0.2h`` at 0.2 ‖h_S‖ · unit(CAA) (SCALE_UNIT=resid), ``L7-T20-at+0.04kl`` where
+    CAA costs 0.04 nats per token (SCALE_UNIT=kl)."""
     name = segment_run(layer, target)
     if at_scale is None:
         return name
-    return f"{name}-at{at_scale:+g}" + ("h" if unit == "resid" else "")
+    return f"{name}-at{at_scale:+g}" + {"resid": "h", "kl": "kl"}.get(unit, "")
 
 
 def random_run(layer: int) -> str:
