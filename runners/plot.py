@@ -429,7 +429,7 @@ def fig_path(data: Data, out: Path) -> Path:
                   if "at_scale" in d)
     at_zero = next(iter(data.vectors.get("pi", {}).values()), None)
     if len(path) < 2 or at_zero is None:
-        raise Skip("fewer than 2 linearisation scales: run `make pi_caa AT_SCALES=\"8 24 64\"`")
+        raise Skip("fewer than 2 linearisation scales: run `make pi_caa AT_SCALES=\"0.01 0.04 0.16\"`")
     panels = 4 if data.test is not None else 2
     fig, axes = plt.subplots(panels, 1, figsize=(8, 2.8 * panels + 1), sharex=True)
     zero_angles = np.zeros_like(path[0][1]["principal_angles"])
