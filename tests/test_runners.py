@@ -318,6 +318,37 @@ def test_matrix_puts_each_behaviours_val_choice_on_every_behaviours_test_questio
     assert unknown.returncode == 2 and "unknown behaviour 'power'" in unknown.stderr
 
 
+def test_the_matrix_in_kl_adds_each_chosen_vector_and_random_reference_at_the_chosen_cost(tiny_dir, tmp_path):
+    """SCALE_UNIT=kl: each behaviour's vector is chosen among KL targets at its own |θ|, the one
+    eval finds for the same vector and target; the random rows are at the chosen targets."""
+    store, out = tmp_path / "store.h5", tmp_path / "results"
+    behaviors = ["survival-instinct", "myopic-reward"]
+    for behavior in behaviors:
+        assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
+                   "--position", "answer", "--behavior", behavior).returncode == 0
+    done = run("runners.matrix", "--model", tiny_dir, "--store", store, "--behaviors", " ".join(behaviors),
+               "--n-eval", 3, "--n-random", 2, "--scales", "0.002 0.005", "--scale-unit", "kl",
+               "--score", "cloze", "--kl-max", "inf", "--out", out, *SMALL_KL)
+    assert done.returncode == 0, done.stderr
+    assert "every row, random ones included, costs its target" in (out / "matrix_caa.md").read_text()
+    key = store_key(str(tiny_dir))
+    with h5py.File(store, "r") as h5:
+        matrix = h5[f"{key}/matrix/caa"]
+        targets, sizes = matrix["chosen_grid_scale"][()], matrix["chosen_scale"][()]
+        assert all(np.isclose(t, 0.002) or np.isclose(t, 0.005) for t in targets)
+        np.testing.assert_allclose(sorted(set(np.round(matrix["random_scales"][()], 6))),
+                                   sorted(set(np.round(targets, 6))), rtol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(matrix["thetas"][()], axis=1), np.abs(sizes), rtol=1e-4)
+    evaluated = run("runners.eval", "--model", tiny_dir, "--store", store, "--behavior", behaviors[1],
+                    "--n-eval", 3, "--n-random", 1, "--scales", "0.002 0.005", "--scale-unit", "kl",
+                    "--score", "cloze", "--splits", "val", *SMALL_KL)
+    assert evaluated.returncode == 0, evaluated.stderr
+    with h5py.File(store, "r") as h5:
+        group = h5[f"{key}/{behaviors[1]}/evals/val/caa/L1-answer"]
+        s = int(np.argmin(np.abs(group["scales"][()] - targets[1])))
+        np.testing.assert_allclose(group["norms"][0, s], sizes[1], rtol=1e-5)
+
+
 def plain_kl_at(tiny_dir, store, theta, layer: int = 1) -> float:
     """Mean KL(unsteered ‖ steered) of ``theta`` on the store's val neutral texts, on the plain path."""
     import torch
