@@ -125,9 +125,10 @@ def choose_on_val(lm: LoadedModel, name: str, groups: list[VectorGroup], questio
     group, vector, s = chosen
     choice = VectorChoice(group.method, group.run, vector, group.norm(vector, s))
     theta, _ = theta_of(store, lm.key, name, choice)
-    delta = (cloze_row_at if by == "cloze" else row_at)(group, vector, s, split).delta
-    kl = stat(group.kl[vector, s])
-    say(f"{name}: chose {choice.label} on val by {by} (Δ {delta.value:+.3f}, KL {kl.value:.3f})")
+    row = (cloze_row_at if by == "cloze" else row_at)(group, vector, s, split)
+    delta, kl = row.delta, stat(group.kl[vector, s])
+    say(f"{name}: chose {group.method}/{group.run} #{vector} at {row.scale_text} on val by {by} "
+        f"(Δ {delta.value:+.3f}, KL {kl.value:.3f})")
     return Source(name, choice, theta, layer, delta, kl, float(group.scales[s]))
 
 
@@ -352,13 +353,11 @@ def markdown(measured: TestRun, sources: list[Source], key: str, *, method: str,
                 lines.append(f"| {label(s.behavior)}: nothing eligible | – | – | – |" + " – |" * len(table.targets))
                 continue
             cells = [fmt(table.cell(s.behavior, t)) for t in table.targets]
-            scale = (scale_text(s.grid_scale, None, s.choice.scale) if scale_unit == "kl"
-                     else f"{s.choice.scale:+g}")
-            lines.append(f"| {label(s.behavior)}: {s.choice.run} #{s.choice.index} | {scale} | "
+            lines.append(f"| {label(s.behavior)}: {s.choice.run} #{s.choice.index} | {chosen_scale_text(s, scale_unit)} | "
                          f"{s.val_delta.value:+.3f} | {measured.kl[s.behavior].mean():.3f} | " + " | ".join(cells) + " |")
         for r in table.random_scales:
             cells = [fmt(table.random_cell(r, t)) for t in table.targets]
-            lines.append(f"| random ×{n_random} | ±{r:g}{' KL' if scale_unit == 'kl' else ''} | – | "
+            lines.append(f"| random ×{n_random} | {random_scale_text(r, scale_unit)} | – | "
                          f"{measured.random_kl[r].mean():.3f} | "
                          + " | ".join(cells) + " |")
         lines.append("")
@@ -398,14 +397,27 @@ def matrix_datasets(sources: list[Source], measured: TestRun) -> dict[str, np.nd
     return datasets
 
 
-def heatmap_values(table: Table, sources: list[Source], n_random: int
+def chosen_scale_text(source: Source, scale_unit: str) -> str:
+    """The scale a behaviour's vector was chosen at, as the report writes scales: "+0.04 KL (= 30.3)"
+    with SCALE_UNIT=kl, else the L2 norm of θ."""
+    if scale_unit == "kl":
+        return scale_text(source.grid_scale, None, source.choice.scale)
+    return f"{source.choice.scale:+.4g}"
+
+
+def random_scale_text(scale: float, scale_unit: str) -> str:
+    """A random reference row's scale: both signs, in the unit the matrix chose in."""
+    return f"±{scale:g}" + (" KL" if scale_unit == "kl" else "")
+
+
+def heatmap_values(table: Table, sources: list[Source], n_random: int, scale_unit: str
                    ) -> tuple[list[str], list[str], np.ndarray, int]:
     """What ``engine.figures.matrix_heatmap`` draws of ``table``: row and column labels, the cells
     [rows, columns, (Δ, low, high)] (the chosen rows, then the random rows) and the chosen rows'
     count."""
     chosen = [s for s in sources if s.choice is not None]
-    rows = [f"{label(s.behavior)} ({s.choice.scale:+g})" for s in chosen]
-    rows += [f"random ×{n_random} (±{r:g})" for r in table.random_scales]
+    rows = [f"{label(s.behavior)}, {chosen_scale_text(s, scale_unit)}" for s in chosen]
+    rows += [f"random ×{n_random}, {random_scale_text(r, scale_unit)}" for r in table.random_scales]
     cells = [[table.cell(s.behavior, t)[0] for t in table.targets] for s in chosen]
     cells += [[table.random_cell(r, t)[0] for t in table.targets] for r in table.random_scales]
     values = np.array([[(c.value, c.low, c.high) for c in line] for line in cells], dtype=float)

@@ -174,7 +174,7 @@ def run() -> None:
                     encoding="utf-8")
     figures = []
     for name, table in tables.items():
-        rows, columns, cells, n_chosen = heatmap_values(table, sources, args.n_random)
+        rows, columns, cells, n_chosen = heatmap_values(table, sources, args.n_random, args.scale_unit)
         figures.append(matrix_heatmap(
             out / (f"matrix_{args.method}.png" if name == "letter" else f"matrix_{args.method}_{name}.png"),
             cells, rows, columns, n_chosen, table.score, args.method, lm.key))

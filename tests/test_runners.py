@@ -3,6 +3,7 @@ in this process (``run_runner``), as `python -m runners.<name>` runs them; the o
 through `make` (a fresh process per target) checks the Makefile's wiring."""
 import json
 import os
+import re
 import subprocess
 
 import h5py
@@ -330,7 +331,9 @@ def test_the_matrix_in_kl_adds_each_chosen_vector_and_random_reference_at_the_ch
                "--n-eval", 3, "--n-random", 2, "--scales", "0.002 0.005", "--scale-unit", "kl",
                "--score", "cloze", "--kl-max", "inf", "--out", out, *SMALL_KL)
     assert done.returncode == 0, done.stderr
-    assert "every row, random ones included, costs its target" in (out / "matrix_caa.md").read_text()
+    page = (out / "matrix_caa.md").read_text()
+    assert "every row, random ones included, costs its target" in page
+    assert re.search(r"\| \+0\.00[25] KL \(= [0-9.]+\) \|", page) and re.search(r"\| random ×2 \| ±0\.00[25] KL \|", page)
     key = store_key(str(tiny_dir))
     with h5py.File(store, "r") as h5:
         matrix = h5[f"{key}/matrix/caa"]
