@@ -3,7 +3,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from engine.errors import ModelError
-from engine.model import LoadedModel, load_model, resolve_dtype
+from engine.model import LoadedModel, gguf_parsed_once, load_model, resolve_dtype
 from engine.site import check_injection_site, injection_site
 from engine.store import store_key
 from runners import cli
@@ -85,3 +85,28 @@ def test_auto_dtype_on_a_cpu_with_native_bf16_says_that_bf16_may_be_faster(
     cli.dtype_hint(requested, device)
     assert ("DTYPE=bf16" in capsys.readouterr().err) == said
     assert resolve_dtype(requested, device) == ("bf16" if device == "cuda" else "fp32")
+
+
+def test_a_gguf_file_is_parsed_once_inside_the_conversion_and_gguf_is_restored_after(tmp_path):
+    """convert_gguf's shortcut: one reader per file and one tensor-name map per (arch, blocks)
+    while it lasts (the conversion's output is bitwise that of transformers' own three parses:
+    checked on both embedded models when it was written); gguf's own functions afterwards."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_uint32("tiny.answer", 42)
+    writer.add_tensor("w", np.arange(6, dtype=np.float32).reshape(2, 3))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with gguf_parsed_once():
+        first = gguf.GGUFReader(str(path))
+        assert gguf.GGUFReader(str(path)) is first and first.fields["tiny.answer"].contents() == 42
+        llama = gguf.MODEL_ARCH.LLAMA
+        assert gguf.get_tensor_name_map(llama, 2) is gguf.get_tensor_name_map(llama, 2)
+    assert gguf.GGUFReader is reader and gguf.get_tensor_name_map is name_map
+    assert gguf.GGUFReader(str(path)) is not first
