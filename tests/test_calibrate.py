@@ -63,3 +63,14 @@ def test_what_cannot_be_searched_is_refused(tiny_llama, targets, start, message)
     with pytest.raises(ValueError, match=message):
         kl_norms(tiny_llama.model, texts(tiny_llama), LAYER, directions(tiny_llama.d_model), targets,
                  tiny_llama.tokenizer.pad_token_id, start=start, max_norm=1.0)
+
+
+def test_a_search_that_stops_on_a_reached_target_keeps_that_probe(monkeypatch):
+    """First probe at 1.101 × the target (outside 10%), the next at 0.905 × (inside): the search
+    stops there, and keeps and reports that probe as reached, though 1.101 is nearer in log KL."""
+    def fake_kl(model, texts, layer, thetas, pad_id, *rest):
+        return np.array([1.101 if abs(float(t.norm()) - 1.0) < 1e-12 else 0.905 for t in thetas])
+
+    monkeypatch.setattr("engine.calibrate.mean_kl", fake_kl)
+    cal = kl_norms(None, ["a neutral text"], LAYER, torch.ones(1, 4), [1.0], 0, start=1.0, max_norm=10.0)
+    assert cal.probes == 2 and cal.reached[0, 0] and cal.kl[0, 0] == 0.905 and cal.norms[0, 0] < 1.0
