@@ -98,6 +98,10 @@ def calibrated_norms(store: str | Path, key: str, behavior: str, group: VectorGr
         raise UserError(f"no SCALE_UNIT=kl eval of {group.label} on val for {key}, {behavior} in {store}: a KL "
                         "target's |θ| is found by `make eval` (SCALE_UNIT=kl); or give the scale with "
                         "SCALE_UNIT=resid or abs")
+    if index >= len(there.norms):
+        raise UserError(f"the val eval of {group.label} calibrated vectors 0..{len(there.norms) - 1}, not "
+                        f"{index}: `make eval EVAL_K={index + 1}` (SCALE_UNIT=kl) finds the |θ| of the first "
+                        f"{index + 1}")
     out = []
     for target in targets:
         at = np.nonzero(np.isclose(there.scales, target, rtol=1e-4, atol=1e-9))[0]

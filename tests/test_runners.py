@@ -5,6 +5,7 @@ import json
 import os
 import re
 import subprocess
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -372,7 +373,7 @@ def test_a_scale_in_kl_is_the_norm_at_which_each_direction_costs_it(tiny_dir, tm
     """SCALE_UNIT=kl: each vector and sign is added at its own |θ|, found on the val neutral texts,
     where its KL (measured again on the plain path) is the target; test uses the same |θ|; the
     report says what the scales are; a named vector's scale is looked up in that calibration."""
-    from engine.choice import named_choices
+    from engine.choice import calibrated_norms, named_choices
     from engine.errors import UserError
 
     store = tmp_path / "store.h5"
@@ -412,6 +413,10 @@ def test_a_scale_in_kl_is_the_norm_at_which_each_direction_costs_it(tiny_dir, tm
     assert np.isclose(picked.scale, caa_norms[0, 1])
     with pytest.raises(UserError, match="calibrated on val at KL targets"):
         named_choices(store, key, "survival-instinct", "caa/L1-answer/0", [0.003], "kl")
+    random_group = SimpleNamespace(label="random/L1")  # a vector past those eval calibrated
+    assert np.isclose(calibrated_norms(store, key, "survival-instinct", random_group, 1, [0.005])[0], norms[1, 3])
+    with pytest.raises(UserError, match=r"calibrated vectors 0\.\.1, not 2: `make eval EVAL_K=3`"):
+        calibrated_norms(store, key, "survival-instinct", random_group, 2, [0.005])
 
 
 def test_melbo_radius_and_the_pi_caa_point_in_kl_cost_what_they_say(tiny_dir, tmp_path):
