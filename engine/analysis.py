@@ -48,8 +48,26 @@ class Stat:
         return f"{self.value:{sign}.{digits}f} [{self.low:{sign}.{digits}f}, {self.high:{sign}.{digits}f}]"
 
 
+class AtScale:
+    """What a row says of its setting's scale; the row holds ``scale``, ``fraction`` (resid) and
+    ``norm`` (kl)."""
+    scale: float
+    fraction: float | None
+    norm: float | None
+
+    @property
+    def scale_text(self) -> str:
+        return scale_text(self.scale, self.fraction, self.norm)
+
+    @property
+    def theta_norm(self) -> float:
+        """The signed L2 norm of θ in every unit: kl's found |θ|, else the stored scale (resid
+        and abs store the norm as the scale)."""
+        return self.norm if self.norm is not None and np.isfinite(self.norm) else self.scale
+
+
 @dataclass
-class Row:
+class Row(AtScale):
     """Numbers of one setting on one split: a vector (or a pool of random ones) at one scale."""
     scale: float
     positive: Stat  # % of questions with (order-mean) logit diff > 0: preferring the behaviour
@@ -65,10 +83,6 @@ class Row:
     top1: Stat | None = None  # share of positions where the steered model's top token is unchanged
     fraction: float | None = None  # the scale as a fraction of ‖h_S‖ (SCALE_UNIT=resid evals)
     norm: float | None = None  # SCALE_UNIT=kl: the |θ| the KL target was reached at (pooled: mean)
-
-    @property
-    def scale_text(self) -> str:
-        return scale_text(self.scale, self.fraction, self.norm)
 
 
 def scale_text(scale: float, fraction: float | None, norm: float | None = None) -> str:
@@ -368,6 +382,11 @@ def chosen_on(method: str, val: Split, split: Split, kl_max: float | None = None
         return None
     group, vector, s = chosen
     there = split.groups[group.label]
+    units = [g.scale_unit or "abs" for g in (group, there)]
+    if units[0] != units[1]:  # 0.04 KL on val is not 0.04 of ‖h_S‖ on test
+        raise StoreError(f"{group.label} was evaluated on val with SCALE_UNIT={units[0]} and on {split.name} "
+                         f"with SCALE_UNIT={units[1]}, so val's choice has no twin there: evaluate both in "
+                         f"one unit (`make eval SPLITS=\"val {split.name}\" SCALE_UNIT=...`)")
     return there, vector, nearest_scale(there, float(group.scales[s]))
 
 
@@ -382,7 +401,7 @@ def random_at(split: Split, source_layer: int, scale: float) -> tuple[EvalGroup,
 # ---- cloze ----------------------------------------------------------------------------------------
 
 @dataclass
-class ClozeRow:
+class ClozeRow(AtScale):
     """Cloze numbers of one setting on one split, class-balanced over polarity classes."""
     scale: float
     positive: Stat  # class-balanced % of questions whose positive answer text is more likely
@@ -395,10 +414,6 @@ class ClozeRow:
     top1: Stat | None = None
     fraction: float | None = None  # the scale in units of ‖h_S‖, where evaluated so
     norm: float | None = None  # SCALE_UNIT=kl: the |θ| the KL target was reached at (pooled: mean)
-
-    @property
-    def scale_text(self) -> str:
-        return scale_text(self.scale, self.fraction, self.norm)
 
 
 def stratified(per_question: np.ndarray, classes: np.ndarray, weights: dict[str, float],

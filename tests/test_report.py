@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from engine.analysis import chosen_on, read_split, row
+from engine.errors import StoreError
 from runners import report
 from runners.cli import main_guard
 from tests.helpers import (
@@ -85,6 +86,19 @@ def test_kl_rule_keeps_the_choice_among_cheap_settings_and_the_report_says_what_
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert float(cells[6].split()[0]) < 0.05  # the chosen setting's KL on test
     assert "KL (nats/token)" in "\n".join(report.method_tables(test, val, 0.025, "letter"))
+
+
+def test_a_val_choice_is_not_looked_up_in_a_split_evaluated_in_another_scale_unit(tmp_path):
+    """0.04 KL on val and 0.04 of ‖h_S‖ on test are different settings: the lookup refuses, and
+    says how to make the splits comparable."""
+    store = write_store(tmp_path / "store.h5")
+    with h5py.File(store, "r") as h5:
+        val, test = read_split(h5, KEY, BEHAVIOR, "val"), read_split(h5, KEY, BEHAVIOR, "test")
+    assert chosen_on("pi", val, test) is not None  # both absolute: the lookup works
+    val.groups["pi/L7-T20"].attrs["scale_unit"] = "kl"
+    test.groups["pi/L7-T20"].attrs["scale_unit"] = "resid"
+    with pytest.raises(StoreError, match="on val with SCALE_UNIT=kl and on test with SCALE_UNIT=resid"):
+        chosen_on("pi", val, test)
 
 
 def test_report_refuses_a_negative_kl_max(tmp_path, monkeypatch, capsys):
