@@ -452,7 +452,7 @@ def fig_path(data: Data, out: Path) -> Path:
         if caa:
             group, by = caa[0], data.by
             rows = score_rows(group, 0, data.test, by)
-            xs = [r.scale for r in rows]
+            xs = [r.theta_norm for r in rows]  # θ₀'s axis: L2 norms, whatever the eval's unit
             second = ("polarity_shift", "CAA cloze polarity shift") if by == "cloze" else ("mass", "CAA answer mass")
             for ax, attr, label in ((axes[2], "delta", f"CAA Δ ({by})"), (axes[3], *second)):
                 stats = [getattr(r, attr) for r in rows]

@@ -172,8 +172,9 @@ def scales_note(val: Split) -> list[str]:
                  "KL(unsteered ‖ steered) on the val neutral texts is the scale in nats per token, found "
                  f"by a search and shown beside it: {scale_text(float(example.scales[-1]), None, example.norm(0, -1))}. "
                  "Every method and the random control are compared at the same cost."
-                 + (f" {missed} setting(s) never reached their target below 4 ‖h_S‖: they sit at that "
-                    "size, below the target cost." if missed else "")]
+                 + (f" {missed} setting(s) missed their target by more than the search's 10% (out of reach "
+                    "below 4 ‖h_S‖, or out of rounds): each sits at the probe nearest its target; read "
+                    "its KL column." if missed else "")]
     elif units == {"resid"}:
         norms = sorted({(g.source_layer, float(g.attrs["unit_norm"])) for g in val.groups.values()})
         at = ", ".join(f"{norm:.1f} at layer {layer}" for layer, norm in norms)
@@ -184,8 +185,8 @@ def scales_note(val: Split) -> list[str]:
         lines = ["Scales are absolute L2 norms of θ (SCALE_UNIT=abs)."]
     else:
         lines = ["Scales are absolute L2 norms of θ: this store's evals were written before scales had a "
-                 "unit (SCALE_UNIT; `make eval` now writes fractions of ‖h_S‖ beside them)."]
-    for method in methods(val):
+                 "unit (SCALE_UNIT; `make eval` now writes KL targets and the |θ| each took)."]
+    for method in methods(val) if units != {"kl"} else []:  # in kl the grid is the cost asked for
         groups = [g for g in val.groups.values() if g.method == method]
         if method != "random" and groups and all(linear_regime(g) for g in groups):
             largest = max(float(np.abs(g.scales).max()) for g in groups)
