@@ -140,6 +140,12 @@ class Calibrator:
     settings_per_pass: int = SETTINGS_PER_PASS
     done: dict[str, GroupCalibration] = field(default_factory=dict)
 
+    def adopt(self, found: dict[str, GroupCalibration]) -> None:
+        """Take calibrations found before (keyed by ``key``), e.g. a stored val eval's, for the
+        groups this one has not searched itself."""
+        for name, calibration in found.items():
+            self.done.setdefault(name, calibration)
+
     def of(self, groups: list[VectorGroup]) -> dict[str, GroupCalibration]:
         """Each group's calibration by label; the new ones searched together, a layer at a time.
         A group is known by its vectors, not its name (behaviours share run names)."""

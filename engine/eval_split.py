@@ -4,16 +4,18 @@ the split's baseline. The runner's docstring lists what is written; docs/DESIGN.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from engine.calibrate import Calibrator
+from engine.calibrate import Calibrator, GroupCalibration
+from engine.calibrate import key as calibration_key
 from engine.cloze import ClozeItem, cloze_preference, cloze_token_counts
 from engine.data import Item
-from engine.grid import build_grid, random_directions
+from engine.grid import build_grid, random_directions, signed_scales
 from engine.model import LoadedModel
 from engine.norms import absolute
 from engine.orders import n_orders
@@ -27,6 +29,7 @@ from engine.store import (
     evals_path,
     is_current,
     now,
+    open_for_reading,
     random_run,
     run_attrs,
     settings_json,
@@ -35,6 +38,39 @@ from engine.store import (
     write_eval_split,
     writing,
 )
+
+
+def vectors_id(group: VectorGroup) -> str:
+    """What an eval group records of the vectors it scored: the random control's settings, or the
+    stored vectors' fingerprint."""
+    return settings_json(group.settings) if group.method == "random" else group.fingerprint
+
+
+def val_calibrations(store: str | Path, key: str, behavior: str, groups: list[VectorGroup],
+                     targets: list[float]) -> dict[str, GroupCalibration]:
+    """What an earlier SCALE_UNIT=kl val eval found for ``groups`` at ``targets``, keyed as
+    ``engine.calibrate.Calibrator`` keys them: a split scored in a later run is scored at val's
+    |θ|, where val's choice was made, not at a new search's. A group counts only if val scored
+    the same vectors (as many of them) in kl at the same targets."""
+    found = {}
+    if not Path(store).exists():
+        return found
+    with open_for_reading(store) as h5:
+        for g in groups:
+            path = evals_path(key, behavior, "val", g.method, g.run)
+            if path not in h5 or "norms" not in h5[path]:
+                continue
+            node = h5[path]
+            settings = json.loads(node.attrs.get("settings", "{}"))
+            norms = node["norms"][()]
+            signed = signed_scales(targets, g.sign_free)
+            if (node.attrs.get("scale_unit") == "kl" and settings.get("vectors") == vectors_id(g)
+                    and norms.shape == (len(g.vectors), len(signed))
+                    and np.allclose(node["scales"][()], signed, rtol=1e-5, atol=0)):
+                found[calibration_key(g)] = GroupCalibration(
+                    norms.astype(np.float64), node["calibration_kl"][()].astype(np.float64),
+                    node["calibration_reached"][()].astype(bool))
+    return found
 
 
 def random_groups(layers: list[int], n_random: int, d_model: int, seed: int,
@@ -104,8 +140,7 @@ def plan_split(store: str | Path, lm: LoadedModel, behavior: str, split: str, it
         settings = {"scales": scales, "raw": raw, "scale_unit": scale_unit,
                     "unit_norm": units.get(g.source_layer),
                     "max_vectors": None if g.method == "random" else max_vectors,
-                    "vectors": settings_json(g.settings) if g.method == "random" else g.fingerprint,
-                    "split": split_settings}
+                    "vectors": vectors_id(g), "split": split_settings}
         stale = fresh_split or not is_current(
             store, evals_path(lm.key, behavior, split, g.method, g.run), settings, version)
         wanted.append((g, settings, stale))

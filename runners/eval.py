@@ -27,7 +27,7 @@ polarity) and /<model>/<behavior>/evals/<split>/<method>/<run>/ (logit_diff and 
 """
 from engine.calibrate import Calibrator
 from engine.errors import UserError
-from engine.eval_split import evaluate_split, mean_norms, plan_split, random_groups
+from engine.eval_split import evaluate_split, mean_norms, plan_split, random_groups, val_calibrations
 from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from engine.generate import load_prompts
 from engine.jobs import resolve_sites
@@ -119,7 +119,9 @@ def run() -> None:
     recorded = settings_of(args, drop=("scales", "raw", "n_random", "max_vectors", "splits", "layer", "seed",
                                        "settings_per_pass", "batch_size"))
     version = code_version(__spec__.name)
-    for split in args.splits:
+    for split in sorted(args.splits, key=lambda name: name != "val"):  # val first: the others take its |θ|
+        if calibrator is not None and split != "val":  # val scored in an earlier run: its |θ|, not a new search's
+            calibrator.adopt(val_calibrations(args.store, lm.key, args.behavior, groups, args.scales))
         prompts = neutral_by_split.get(split)
         if prompts is None:
             say(f"[{split}] no neutral prompts in this split: no KL side effect measured")

@@ -419,6 +419,26 @@ def test_a_scale_in_kl_is_the_norm_at_which_each_direction_costs_it(tiny_dir, tm
         calibrated_norms(store, key, "survival-instinct", random_group, 2, [0.005])
 
 
+def test_a_test_split_scored_in_a_later_run_takes_vals_stored_norms_in_kl(tiny_dir, tmp_path):
+    """Val's choice is made at val's |θ|: a later SPLITS=test run with other neutral texts (a new
+    search there would find other sizes) scores test at the |θ| val stored, not at its own."""
+    store = tmp_path / "store.h5"
+    assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
+               "--position", "answer").returncode == 0
+    common = ("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 1,
+              "--scales", "0.002 0.005", "--scale-unit", "kl", "--layer", 1, "--score", "cloze", "--gen-tokens", 4)
+    assert run(*common, "--splits", "val", "--n-neutral", 2).returncode == 0
+    later = run(*common, "--splits", "test", "--n-neutral", 3)
+    assert later.returncode == 0, later.stderr
+    assert "KL calibration" not in later.stderr  # nothing searched again
+    key = store_key(str(tiny_dir))
+    with h5py.File(store, "r") as h5:
+        for group in ("caa/L1-answer", "random/L1"):
+            val, test = (h5[f"{key}/survival-instinct/evals/{split}/{group}"] for split in ("val", "test"))
+            np.testing.assert_array_equal(test["norms"][()], val["norms"][()])
+            np.testing.assert_array_equal(test["calibration_kl"][()], val["calibration_kl"][()])
+
+
 def test_melbo_radius_and_the_pi_caa_point_in_kl_cost_what_they_say(tiny_dir, tmp_path):
     """SCALE_UNIT=kl outside eval: MELBO's R is the median |θ| at which random directions cost R;
     PI@CAA's AT_SCALES puts θ₀ on the CAA direction where it costs the scale."""
