@@ -21,7 +21,6 @@ from engine.analysis import (
     row,
     row_at,
     scale_text,
-    stat,
 )
 from engine.analysis import select_by as available_score
 from engine.behaviors import label
@@ -126,10 +125,9 @@ def choose_on_val(lm: LoadedModel, name: str, groups: list[VectorGroup], questio
     choice = VectorChoice(group.method, group.run, vector, group.norm(vector, s))
     theta, _ = theta_of(store, lm.key, name, choice)
     row = (cloze_row_at if by == "cloze" else row_at)(group, vector, s, split)
-    delta, kl = row.delta, stat(group.kl[vector, s])
     say(f"{name}: chose {group.method}/{group.run} #{vector} at {row.scale_text} on val by {by} "
-        f"(Δ {delta.value:+.3f}, KL {kl.value:.3f})")
-    return Source(name, choice, theta, layer, delta, kl, float(group.scales[s]))
+        f"(Δ {row.delta.value:+.3f}, KL {row.kl.value:.3f})")
+    return Source(name, choice, theta, layer, row.delta, row.kl, float(group.scales[s]))
 
 
 @dataclass
