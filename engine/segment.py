@@ -72,9 +72,34 @@ def repeat_rows(layer_kwargs: dict, batch: int, times: int) -> dict:
     return rep(layer_kwargs)
 
 
+# The names under which transformers hands a decoder layer its key/value cache: ``past_key_values``
+# up to 5.23, ``cache`` from 5.24 (``past_key_values`` is then a deprecated alias that a decorator
+# drops with a warning when ``cache`` is passed too, as the model itself does).
+CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value")
+
+
+class LayerContractError(RuntimeError):
+    """The model's decoder layers are called in a way the fast paths were not written for."""
+
+
+def cache_argument(kwargs: dict) -> str:
+    """The one cache argument the model passed its decoder layer, by name; a clear error, naming
+    the transformers release, when there is none or more than one."""
+    passed = [name for name in CACHE_ARGUMENTS if name in kwargs]
+    if len(passed) != 1:
+        import transformers
+
+        raise LayerContractError(
+            f"transformers {transformers.__version__} called a decoder layer with "
+            f"{'no cache argument' if not passed else 'the cache arguments ' + ', '.join(passed)} "
+            f"(known: one of {', '.join(CACHE_ARGUMENTS)}); the shared-prefix fast paths would "
+            "attend to the wrong keys. Install a tested release (pyproject.toml) or report this.")
+    return passed[0]
+
+
 def with_cache(layer_kwargs: dict[str, dict], cache) -> dict[str, dict]:
-    """The per-type arguments with ``past_key_values`` set to ``cache`` for every type."""
-    return {kind: {**kwargs, "past_key_values": cache} for kind, kwargs in layer_kwargs.items()}
+    """The per-type arguments with the model's own cache argument set to ``cache``."""
+    return {kind: {**kwargs, cache_argument(kwargs): cache} for kind, kwargs in layer_kwargs.items()}
 
 
 @torch.no_grad()
@@ -91,8 +116,9 @@ def run_prefix(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: 
 
     def record(index: int):
         def pre_hook(_module, _args, kwargs):
+            # The cache argument is kept by name (set to None): ``with_cache`` fills that one in.
             captured["kwargs"].setdefault(layer_type(model, index), {
-                k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "use_cache")})
+                k: None if k in CACHE_ARGUMENTS else v for k, v in kwargs.items() if k != "use_cache"})
             if index > source_layer and complete():
                 raise _PrefixDone
         return pre_hook

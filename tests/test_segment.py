@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from engine.prompts import answer_tokens, pad_right
-from engine.segment import run_prefix, segment
+from engine.segment import (
+    CACHE_ARGUMENTS,
+    LayerContractError,
+    cache_argument,
+    run_prefix,
+    segment,
+    with_cache,
+)
 from engine.site import add_to_down_proj, reading_output
 
 
@@ -42,3 +49,32 @@ def test_batched_prefix_equals_one_by_one(tiny_qwen3, ab_items):
         alone = run_prefix(tiny_qwen3.model, one_ids, one_mask, 2).hidden[0]
         n = int(one_mask.sum())
         assert (batched[row, :n] - alone[:n]).abs().max() < 1e-12
+
+
+def test_the_cache_goes_under_the_name_the_model_passed_it(tiny_llama, ab_items):
+    """transformers 5.24 renamed the decoder layers' cache argument (past_key_values → cache);
+    the captured arguments keep the model's own name so with_cache fills that one in."""
+    ids, mask = _batch(tiny_llama, ab_items)
+    kwargs = run_prefix(tiny_llama.model, ids, mask, source_layer=1).layer_kwargs
+    passed = {cache_argument(k) for k in kwargs.values()}
+    assert len(passed) == 1 and passed <= set(CACHE_ARGUMENTS)
+    marker = object()
+    filled = with_cache(kwargs, marker)
+    assert all(k[cache_argument(k)] is marker for k in filled.values())
+    renamed = {kind: {("cache" if key in CACHE_ARGUMENTS else key): v for key, v in k.items()}
+               for kind, k in kwargs.items()}
+    assert all(k["cache"] is marker for k in with_cache(renamed, marker).values())
+
+
+def test_an_unknown_layer_call_contract_is_refused_with_the_transformers_version(tiny_llama, ab_items):
+    import transformers
+
+    ids, mask = _batch(tiny_llama, ab_items)
+    kwargs = run_prefix(tiny_llama.model, ids, mask, source_layer=1).layer_kwargs
+    no_cache = {kind: {key: v for key, v in k.items() if key not in CACHE_ARGUMENTS}
+                for kind, k in kwargs.items()}
+    with pytest.raises(LayerContractError, match=transformers.__version__):
+        with_cache(no_cache, object())
+    both = {kind: dict(k, cache=None, past_key_values=None) for kind, k in no_cache.items()}
+    with pytest.raises(LayerContractError, match="cache, past_key_values"):
+        with_cache(both, object())
