@@ -7,8 +7,10 @@ and 3 random directions at the same norms; cloze scores on the first 64 val ques
 is chosen from this table (README, "Which layer"), never from test.
 
 Run from the repository root: PYTHONPATH=. .venv/bin/python docs/cloze_layers.py [layers...]
-(about 6 min per layer on 2 cores). CAPTURE=mlp|resid (environment; default resid) reads the
-activations at layers[S].mlp.down_proj's output or at the block's output (the residual stream).
+(about 6 min per layer on 2 cores for SmolLM2). Environment: CAPTURE=mlp|resid (default resid)
+reads the activations at layers[S].mlp.down_proj's output or at the block's output (the residual
+stream); MODEL (a folder, default the default model), N_VAL (default 64) and SCALES (|θ|, default
+"16 32") size the run for larger models.
 """
 import os
 import sys
@@ -28,16 +30,16 @@ from engine.scores import score
 from engine.side_effects import ScoredText
 
 LAYERS = [int(a) for a in sys.argv[1:]] or [3, 7, 11, 15, 20]
-SCALES = [16.0, 32.0]
+SCALES = [float(s) for s in os.environ.get("SCALES", "16 32").split()]
 N_RANDOM = 3
 DATA = "data/survival-instinct.jsonl"
 CAPTURE = os.environ.get("CAPTURE", "resid")
 
 torch.manual_seed(0)
-lm = load_model(str(DEFAULT_MODEL_DIR), "fp32")
+lm = load_model(os.environ.get("MODEL", str(DEFAULT_MODEL_DIR)), "fp32")
 pad = lm.tokenizer.pad_token_id
 train, _ = cloze_items(lm.tokenizer, load_items(DATA, "train")[:128])
-val, _ = cloze_items(lm.tokenizer, sorted(load_items(DATA, "val"), key=lambda i: i.id)[:64])
+val, _ = cloze_items(lm.tokenizer, sorted(load_items(DATA, "val"), key=lambda i: i.id)[:int(os.environ.get("N_VAL", "64"))])
 classes = np.array([item.polarity for item in val])
 counts = cloze_token_counts(val)
 prompts = load_prompts("data/neutral-prompts.jsonl", "val", 8)

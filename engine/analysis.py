@@ -18,6 +18,7 @@ resamples questions within each class; beside it the per-class Δ and the polari
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import h5py
@@ -26,7 +27,7 @@ import numpy as np
 from engine.behaviors import DEFAULT_BEHAVIOR
 from engine.behaviors import label as behavior_label
 from engine.errors import StoreError
-from engine.polarity import balanced_mean, class_masks
+from engine.polarity import balanced_mean, class_masks, polarity_weights
 from engine.scores import SELECT_BY
 from engine.store import evals_path
 
@@ -123,7 +124,8 @@ def correlation(x: np.ndarray, y: np.ndarray, seed: int = 0) -> Stat:
         a = a - a.mean(-1, keepdims=True)
         b = b - b.mean(-1, keepdims=True)
         denominator = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a resample of constant rows: nan, left out
             return np.nanmean(np.where(denominator > 0, (a * b).sum(-1) / denominator, np.nan), axis=0)
 
     n_q = x.shape[-1]
@@ -390,14 +392,6 @@ def chosen_on(method: str, val: Split, split: Split, kl_max: float | None = None
     return there, vector, nearest_scale(there, float(group.scales[s]))
 
 
-def random_at(split: Split, source_layer: int, scale: float) -> tuple[EvalGroup, int] | None:
-    """The random control of ``source_layer`` at its stored scale nearest ``scale``: the
-    reference a chosen setting has to beat."""
-    group = next((g for g in split.groups.values()
-                  if g.method == "random" and g.source_layer == source_layer), None)
-    return None if group is None else (group, nearest_scale(group, scale))
-
-
 # ---- cloze ----------------------------------------------------------------------------------------
 
 @dataclass
@@ -434,9 +428,9 @@ def stratified(per_question: np.ndarray, classes: np.ndarray, weights: dict[str,
 
 
 def balanced_stat(per_question: np.ndarray, classes: np.ndarray, seed: int = 0) -> Stat:
-    """The class-balanced mean (every class present weighs the same) with its interval."""
-    present = list(class_masks(classes))
-    return stratified(per_question, classes, {name: 1 / len(present) for name in present}, seed)
+    """The polarity-paired mean (``engine.polarity.polarity_weights``: yes and no weigh the same,
+    so a Yes/No direction cancels) with its interval."""
+    return stratified(per_question, classes, polarity_weights(classes), seed)
 
 
 def polarity_shift_stat(per_question: np.ndarray, classes: np.ndarray, seed: int = 0) -> Stat | None:
@@ -481,3 +475,106 @@ LINEAR_KL = 1e-3
 def linear_regime(group: EvalGroup) -> bool:
     """Whether every setting of ``group`` costs less than LINEAR_KL (False without a KL)."""
     return group.kl is not None and bool((group.kl.mean(-1) < LINEAR_KL).all())
+
+
+# ---- against the random distribution -------------------------------------------------------------
+
+@dataclass
+class Standing:
+    """One setting's Δ against random directions at the same cost (``against_random``)."""
+    delta: Stat  # its own Δ
+    random_mean: Stat  # the draws' mean Δ
+    beyond: Stat  # Δ − the draws' mean Δ, paired over questions, draws resampled too
+    share_beaten: float  # share of the draws whose Δ is below this setting's
+    draws: np.ndarray  # [n_draws] each draw's Δ (the distribution's spread)
+
+    @property
+    def decided(self) -> bool:
+        """Whether the interval of Δ − random excludes 0."""
+        return self.beyond.low > 0 or self.beyond.high < 0
+
+
+def question_weights(classes: np.ndarray | None, n_q: int) -> dict[str, tuple[np.ndarray, float]]:
+    """Per stratum: (its question indices, its weight) in the headline mean: the polarity classes
+    with ``polarity_weights`` (cloze), or one stratum of every question (letter, ``classes`` None)."""
+    if classes is None:
+        return {"all": (np.arange(n_q), 1.0)}
+    masks = class_masks(classes)
+    return {name: (np.flatnonzero(masks[name]), weight) for name, weight in polarity_weights(classes).items()}
+
+
+def against_random(delta: np.ndarray, draws: np.ndarray, classes: np.ndarray | None = None,
+                   seed: int = 0) -> Standing:
+    """``delta`` [n_q] one setting's per-question Δ, ``draws`` [n_draws, n_q] those of random
+    directions at the same cost (both signs of each direction count as draws), ``classes`` the
+    polarity classes for a cloze Δ (None: a letter Δ, a plain mean). The interval of Δ − random
+    resamples questions (within strata, paired: the same questions for both) and the draws, so it
+    carries both the question sample and the finite number of directions."""
+    delta = np.asarray(delta, dtype=np.float64)
+    draws = np.asarray(draws, dtype=np.float64).reshape(-1, delta.shape[-1])
+    strata = question_weights(classes, delta.shape[-1])
+    rng = np.random.default_rng(seed)
+    n_draws = draws.shape[0]
+    picks = rng.multinomial(n_draws, np.full(n_draws, 1 / n_draws), size=N_BOOT) / n_draws
+    random_mean = picks @ draws  # [N_BOOT, n_q]: the mean of resampled draws, per question
+    own, rand = np.zeros(N_BOOT), np.zeros(N_BOOT)
+    for index, weight in strata.values():
+        chosen = index[rng.integers(0, len(index), (N_BOOT, len(index)))]  # [N_BOOT, n_c]
+        own += weight * delta[chosen].mean(1)
+        rand += weight * np.take_along_axis(random_mean, chosen, axis=1).mean(1)
+    gap = own - rand
+
+    def headline(values: np.ndarray) -> np.ndarray:
+        return sum(weight * values[..., index].mean(-1) for index, weight in strata.values())
+
+    def interval(value, resampled) -> Stat:
+        low, high = np.percentile(resampled, [2.5, 97.5])
+        return Stat(float(value), float(low), float(high))
+
+    per_draw = headline(draws)
+    value = float(headline(delta))
+    return Standing(interval(value, own), interval(per_draw.mean(), rand),
+                    interval(value - per_draw.mean(), gap), float((per_draw < value).mean()), per_draw)
+
+
+def deltas(group: EvalGroup, vector: int | None, s: int, split: Split, score: str) -> np.ndarray:
+    """Per-question Δ of one setting (``vector``) or of every vector of the group (None: [k, n_q])."""
+    if score == "cloze":
+        values, base = group.cloze, split.cloze_baseline
+    else:
+        values, base = group.logit_diff, split.baseline
+    picked = values[:, s] if vector is None else values[vector, s]
+    return picked - base
+
+
+def random_group(split: Split, layer: int) -> EvalGroup | None:
+    return next((g for g in split.groups.values() if g.method == "random" and g.source_layer == layer), None)
+
+
+def random_draws(split: Split, layer: int, scale: float, score: str) -> np.ndarray | None:
+    """[n_draws, n_q] the per-question Δ of every random direction of ``layer`` at ``+scale`` and
+    ``−scale`` (a direction and its negative are both random draws at that cost)."""
+    group = random_group(split, layer)
+    if group is None:
+        return None
+    columns = sorted({nearest_scale(group, abs(scale)), nearest_scale(group, -abs(scale))})
+    if not all(np.isclose(abs(group.scales[c]), abs(scale), rtol=1e-4) for c in columns):
+        return None
+    return np.concatenate([deltas(group, None, c, split, score) for c in columns])
+
+
+def standing_of(group: EvalGroup, vector: int, s: int, split: Split, score: str) -> Standing | None:
+    """One setting's standing against the random draws of its layer at its scale (both signs), in
+    ``score``; None where the split has no random directions at that scale."""
+    draws = random_draws(split, group.source_layer, float(group.scales[s]), score)
+    if draws is None:
+        return None
+    return against_random(deltas(group, vector, s, split, score), draws,
+                          split.polarity if score == "cloze" else None)
+
+
+def difference(a: np.ndarray, b: np.ndarray, classes: np.ndarray | None = None, seed: int = 0) -> Stat:
+    """The headline of a − b, two settings' per-question Δ on the same questions, paired: the
+    polarity-paired mean for cloze (``classes``), the plain mean for letter (None)."""
+    gap = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return stat(gap, seed) if classes is None else stratified(gap, classes, polarity_weights(classes), seed)

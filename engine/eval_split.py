@@ -51,7 +51,8 @@ def val_calibrations(store: str | Path, key: str, behavior: str, groups: list[Ve
     """What an earlier SCALE_UNIT=kl val eval found for ``groups`` at ``targets``, keyed as
     ``engine.calibrate.Calibrator`` keys them: a split scored in a later run is scored at val's
     |θ|, where val's choice was made, not at a new search's. A group counts only if val scored
-    the same vectors (as many of them) in kl at the same targets."""
+    the same vectors (as many of them) in kl at every one of ``targets`` (val may have had more:
+    test then takes val's columns of the targets it is scored at, as `make study` does)."""
     found = {}
     if not Path(store).exists():
         return found
@@ -63,14 +64,24 @@ def val_calibrations(store: str | Path, key: str, behavior: str, groups: list[Ve
             node = h5[path]
             settings = json.loads(node.attrs.get("settings", "{}"))
             norms = node["norms"][()]
-            signed = signed_scales(targets, g.sign_free)
+            columns = matching_columns(node["scales"][()], signed_scales(targets, g.sign_free))
             if (node.attrs.get("scale_unit") == "kl" and settings.get("vectors") == vectors_id(g)
-                    and norms.shape == (len(g.vectors), len(signed))
-                    and np.allclose(node["scales"][()], signed, rtol=1e-5, atol=0)):
+                    and norms.shape[0] == len(g.vectors) and columns is not None):
                 found[calibration_key(g)] = GroupCalibration(
-                    norms.astype(np.float64), node["calibration_kl"][()].astype(np.float64),
-                    node["calibration_reached"][()].astype(bool))
+                    norms[:, columns].astype(np.float64), node["calibration_kl"][()][:, columns].astype(np.float64),
+                    node["calibration_reached"][()][:, columns].astype(bool))
     return found
+
+
+def matching_columns(stored: np.ndarray, wanted: list[float]) -> list[int] | None:
+    """The index in ``stored`` (signed scales) of each of ``wanted``, or None if one is missing."""
+    columns = []
+    for scale in wanted:
+        hits = np.flatnonzero(np.isclose(stored, scale, rtol=1e-5, atol=0))
+        if len(hits) != 1:
+            return None
+        columns.append(int(hits[0]))
+    return columns
 
 
 def random_groups(layers: list[int], n_random: int, d_model: int, seed: int,

@@ -58,3 +58,29 @@ def matrix_heatmap(path: Path, cells: np.ndarray, rows: list[str], columns: list
     fig.savefig(path, bbox_inches="tight", dpi=110)
     plt.close(fig)
     return path
+
+
+def random_distribution_figure(found, out: Path, name: str, title: str) -> Path:
+    """Per score (cloze, letter), one row per chosen setting (``engine.study.Entry``): the test Δ
+    of every random draw at its cost (grey dots) and its own Δ with its 95% interval."""
+    scores = [s for s in ("cloze", "letter") if any(s in e.standing for e in found)]
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, max(len(scores), 1), figsize=(6.5 * max(len(scores), 1), 0.6 * len(found) + 1.8),
+                             squeeze=False)
+    rng = np.random.default_rng(0)
+    for ax, score in zip(axes[0], scores):
+        shown = [e for e in found if score in e.standing]
+        for y, e in enumerate(shown):
+            st = e.standing[score]
+            ax.scatter(st.draws, y + rng.uniform(-0.15, 0.15, len(st.draws)), s=10, color=color("random"),
+                       alpha=0.6, label="random draws, same cost" if y == 0 else None)
+            d = st.delta
+            ax.errorbar(d.value, y, xerr=[[d.value - d.low], [d.high - d.value]], fmt="o",
+                        color=color(e.label.split("/")[0]), capsize=4, ms=7)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(shown)), [f"{e.name}\n{e.scale:+.3g} KL" for e in shown])
+        ax.set_xlabel("Δ cloze preference, polarity-paired [nats/token]" if score == "cloze"
+                      else "Δ order-mean logit diff [nats]")
+        ax.set_title(f"{score} score", fontsize=11)
+        ax.legend(loc="lower right", fontsize=8)
+    return save(fig, out, name, title)

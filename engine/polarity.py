@@ -60,9 +60,33 @@ def class_means(values: np.ndarray, classes: Sequence[str]) -> dict[str, np.ndar
     return {name: values[..., mask].mean(-1) for name, mask in class_masks(classes).items()}
 
 
+def polarity_weights(classes: Sequence[str]) -> dict[str, float]:
+    """The weight of each class present in the polarity-paired mean (they sum to 1).
+
+    A Yes/No direction moves yes-class items one way and no-class items the other, so it cancels
+    from any mean that weighs the yes and no class means equally; nothing asks more than that. The
+    pair ½(mean_yes + mean_no) has the variance of a mean over m = 4·n_yes·n_no/(n_yes + n_no)
+    questions (2n when both classes have n), so the pair weighs m and the other class its count:
+    with equal per-question variance this is the least-variance mean that cancels the direction,
+    and a class of 2 questions cannot carry a third of the headline as it did when every class
+    weighed the same. A yes or no class without its partner cannot be cancelled and is left out;
+    with nothing else left, the plain mean stands (and ``polarity_shift`` says None).
+    """
+    counts = {name: float(mask.sum()) for name, mask in class_masks(classes).items()}
+    n_yes, n_no = counts.get("yes", 0.0), counts.get("no", 0.0)
+    pair = 4 * n_yes * n_no / (n_yes + n_no) if n_yes and n_no else 0.0
+    total = pair + counts.get("other", 0.0)
+    if total == 0:
+        return {name: n / sum(counts.values()) for name, n in counts.items()}
+    weights = {"yes": pair / 2 / total, "no": pair / 2 / total, "other": counts.get("other", 0.0) / total}
+    return {name: weights[name] for name in counts if weights[name] > 0}
+
+
 def balanced_mean(values: np.ndarray, classes: Sequence[str]) -> np.ndarray:
-    """The mean of the per-class means over the last axis: a pure Yes/No effect cancels."""
-    return np.mean(list(class_means(values, classes).values()), axis=0)
+    """The polarity-paired mean over the last axis (``polarity_weights``): a pure Yes/No effect
+    cancels, and each class weighs what its questions can carry."""
+    means = class_means(values, classes)
+    return sum(weight * means[name] for name, weight in polarity_weights(classes).items())
 
 
 def polarity_shift(values: np.ndarray, classes: Sequence[str]) -> np.ndarray | None:

@@ -29,13 +29,13 @@ from engine.analysis import (
     cloze_row_at,
     linear_regime,
     methods,
-    random_at,
     read_split,
     row_at,
     scale_rows,
     scale_text,
     select_by,
     splits_in_store,
+    standing_of,
 )
 from engine.errors import UserError
 from engine.model import REPO_ROOT
@@ -229,7 +229,7 @@ def summary(val: Split, test: Split, kl_max: float | None, by: str) -> list[str]
 
 def cloze_summary(test: Split, picked: dict, kl_max: float | None, by: str) -> list[str]:
     kl = has_kl(test)
-    names = ["Method", "Vector", "Scale", "Δ cloze, balanced (test)", "random, same scale: Δ",
+    names = ["Method", "Vector", "Scale", "Δ cloze, polarity-paired (test)", RANDOM_COLUMN,
              *[f"Δ {name}" for name in class_names(test)], "polarity shift"]
     names += (["KL (test)"] if kl else []) + ["best-on-test (optimistic): vector, scale, Δ"]
     out = ["#### Cloze (answer texts, no letters; nats per token)", "",
@@ -243,24 +243,34 @@ def cloze_summary(test: Split, picked: dict, kl_max: float | None, by: str) -> l
             continue
         group, vector, s = chosen
         r = cloze_row_at(group, vector, s, test)
-        reference = random_at(test, group.source_layer, float(group.scales[s]))
-        random_cell = "–"
-        if reference is not None and method != "random":
-            random_cell = cloze_row_at(reference[0], None, reference[1], test).delta.fmt(3, True)
+        random_cell = "–" if method == "random" else against_random_cell(group, vector, s, test, "cloze")
         out.append("| " + " | ".join([method, f"{group.run} #{vector}", f"{r.scale_text}", r.delta.fmt(3, True),
                                       random_cell, *cloze_cells(r), *([r.kl.fmt(3)] if kl else []),
                                       best_on_test(method, test, kl_max, "cloze")]) + " |")
-    out += ["", "Δ balanced: the mean over the polarity classes present of each class's mean Δ, so that a "
-                "pure Yes/No direction cancels; polarity shift: ½(Δ no − Δ yes), what such a direction "
-                "moves. Random, same scale: the random directions of the same source layer, pooled, at "
-                "the stored scale nearest the chosen one." + (" KL: mean per-token KL(unsteered ‖ steered) "
+    out += ["", "Δ polarity-paired: the yes and no classes' mean Δ weigh the same (so that a pure Yes/No "
+                "direction cancels) and the pair and the other class weigh what their questions can carry "
+                "(engine/polarity.py); polarity shift: ½(Δ no − Δ yes), what such a direction moves. "
+                + RANDOM_NOTE + (" KL: mean per-token KL(unsteered ‖ steered) "
                 "in nats over the unsteered model's greedy continuation of neutral prompts." if kl else ""), ""]
     return out
 
 
+RANDOM_COLUMN = "Δ − random, same cost [paired CI]; random draws beaten"
+RANDOM_NOTE = ("Δ − random: against the random directions of the same source layer at the same scale, "
+               "each in both signs (every one a draw of the distribution), paired over questions with "
+               "the draws resampled too; then the share of the draws whose Δ this setting's exceeds.")
+
+
+def against_random_cell(group, vector: int, s: int, test: Split, score: str) -> str:
+    st = standing_of(group, vector, s, test, score)
+    if st is None:
+        return "no random directions at this scale"
+    return f"{st.beyond.fmt(3 if score == 'cloze' else 2, True)}; {100 * st.share_beaten:.0f}% of {len(st.draws)}"
+
+
 def letter_summary(test: Split, picked: dict, kl_max: float | None, by: str) -> list[str]:
     both, kl = test.counterbalanced, has_kl(test)
-    names = ["Method", "Vector", "Scale", f"{test.positive_label} (test)", "Δ (test)"]
+    names = ["Method", "Vector", "Scale", f"{test.positive_label} (test)", "Δ (test)", RANDOM_COLUMN]
     names += ["letter shift (test)", "consistency % (test)"] if both else []
     names += ["answer mass (test)"] + (["KL (test)"] if kl else [])
     names.append("best-on-test (optimistic): vector, scale, %, Δ")
@@ -274,14 +284,16 @@ def letter_summary(test: Split, picked: dict, kl_max: float | None, by: str) -> 
 
     base = cells(test.baseline_row())
     base[1] = "–"
-    out.append("| " + " | ".join(["baseline", "–", "0", *base, "–"]) + " |")
+    out.append("| " + " | ".join(["baseline", "–", "0", *base[:2], "–", *base[2:], "–"]) + " |")
     for method, chosen in picked.items():
         if chosen is None:
             out.append(f"| {method} | no setting with {rule_text(test, kl_max)} on val |" + " |" * (len(names) - 2))
             continue
         on_test, vector, scale = chosen
         r = row_at(on_test, vector, scale, test)
-        out.append("| " + " | ".join([method, f"{on_test.run} #{vector}", f"{r.scale_text}", *cells(r),
+        vs_random = "–" if method == "random" else against_random_cell(on_test, vector, scale, test, "letter")
+        c = cells(r)
+        out.append("| " + " | ".join([method, f"{on_test.run} #{vector}", f"{r.scale_text}", *c[:2], vs_random, *c[2:],
                                       best_on_test(method, test, kl_max, "letter")]) + " |")
     orders = ("Both answer orders: Δ is the order-mean (behaviour); letter shift is half the "
               "difference as written − mirrored." if both else

@@ -11,7 +11,7 @@ from engine.behaviors import known_behaviors
 from engine.caa import caa_answer_vector
 from engine.cloze import ClozeItem, cloze_items, cloze_logprobs, cloze_preference, stem_and_answers
 from engine.data import load_items
-from engine.polarity import balanced_mean, polarity, polarity_shift
+from engine.polarity import balanced_mean, polarity, polarity_shift, polarity_weights
 from engine.prompts import format_prompt
 from engine.reference import cloze_plain
 from engine.site import reading_site
@@ -160,6 +160,31 @@ def test_a_pure_polarity_effect_gives_headline_zero_and_a_pure_behaviour_effect_
     real = cloze_row(8.0, behaviour_only, baseline, classes)
     assert np.isclose(real.delta.value, 0.25) and real.delta.low > 0.2
     assert pure.class_n == {"yes": 3, "no": 9, "other": 4}
+
+
+def test_the_polarity_paired_mean_cancels_a_yes_no_direction_without_letting_a_tiny_class_dominate():
+    classes = np.array(["yes"] * 2 + ["no"] * 30 + ["other"] * 30)  # a held-out set's shape
+    weights = polarity_weights(classes)
+    assert np.isclose(sum(weights.values()), 1.0) and weights["yes"] == weights["no"]
+    assert weights["yes"] < 0.11  # the old class-balanced mean gave these 2 questions a third
+    sign = np.where(classes == "no", 1.0, np.where(classes == "yes", -1.0, 0.0))
+    rng = np.random.default_rng(1)
+    behaviour = rng.normal(0.3, 0.5, len(classes))
+    assert abs(balanced_mean(2.0 * sign, classes)) < 1e-12  # a planted Yes/No direction cancels
+    assert np.isclose(balanced_mean(behaviour + 2.0 * sign, classes), balanced_mean(behaviour, classes))
+    assert abs(balanced_stat(2.0 * sign, classes).value) < 1e-12
+    # a planted behaviour moves the headline by its size, and a single noisy yes item barely does
+    assert np.isclose(balanced_mean(np.full(len(classes), 0.25), classes), 0.25)
+    outlier = np.zeros(len(classes))
+    outlier[0] = 10.0
+    assert balanced_mean(outlier, classes) < 10.0 / 2 * 0.11
+    # with as many yes as no questions it is the plain mean over questions
+    even = np.array(["yes"] * 7 + ["no"] * 7 + ["other"] * 5)
+    values = rng.normal(size=len(even))
+    assert np.isclose(balanced_mean(values, even), values.mean())
+    # a yes class without a no class cannot be cancelled: it is left out while others remain
+    assert polarity_weights(np.array(["yes"] * 3 + ["other"] * 4)) == {"other": 1.0}
+    assert polarity_weights(np.array(["yes"] * 3)) == {"yes": 1.0}
 
 
 def test_the_stratified_bootstrap_keeps_class_sizes_and_covers_the_value():

@@ -1,0 +1,100 @@
+"""The study's statistics (a setting against a distribution of random directions, ranks with
+paired intervals) on planted numbers, and `make study`'s steps end to end on a tiny model."""
+import h5py
+import numpy as np
+
+from engine.analysis import against_random, difference, question_weights
+from engine.store import store_key
+from tests.helpers import run_runner as run
+
+SMALL_KL = ("--n-neutral", 2, "--gen-tokens", 4)
+
+
+def _noise(shape, seed, scale=1.0):
+    return np.random.default_rng(seed).normal(0.0, scale, shape)
+
+
+def test_a_setting_planted_beyond_random_is_found_beyond_and_beats_every_draw():
+    n_q, n_draws = 120, 32
+    questions = _noise(n_q, 0)  # what every setting shares: how each question moves anyway
+    draws = questions + _noise((n_draws, 1), 1, 0.05) + _noise((n_draws, n_q), 2, 0.3)
+    planted = questions + 0.4 + _noise(n_q, 3, 0.3)
+    st = against_random(planted, draws)
+    assert st.beyond.low > 0.25 and st.beyond.high < 0.55 and np.isclose(st.beyond.value, 0.4, atol=0.1)
+    assert st.share_beaten == 1.0 and st.decided and len(st.draws) == n_draws
+    # paired: the shared question effect (sd 1) does not widen the interval of the gap
+    assert st.beyond.high - st.beyond.low < st.delta.high - st.delta.low
+    # one of the draws itself stands in the middle of the distribution, not beyond it
+    middle = against_random(draws[np.argsort(st.draws)[n_draws // 2]], draws)
+    assert not middle.decided and 0.3 <= middle.share_beaten <= 0.7
+
+
+def test_the_random_draws_spread_widens_the_interval_of_the_gap():
+    """The interval resamples the draws too: the same setting against few, scattered draws is less
+    certain than against many tight ones."""
+    n_q = 80
+    questions = _noise(n_q, 0)
+    setting = questions + 0.2
+    tight = questions + _noise((32, 1), 1, 0.01)
+    scattered = questions + _noise((4, 1), 1, 0.3)
+    a, b = against_random(setting, tight), against_random(setting, scattered)
+    assert (b.beyond.high - b.beyond.low) > 2 * (a.beyond.high - a.beyond.low)
+
+
+def test_the_cloze_standing_cancels_a_yes_no_direction_in_setting_and_draws():
+    classes = np.array(["yes"] * 3 + ["no"] * 40 + ["other"] * 30)
+    sign = np.where(classes == "no", 1.0, np.where(classes == "yes", -1.0, 0.0))
+    draws = _noise((16, len(classes)), 0, 0.1)
+    polar = draws.mean(0) + 3.0 * sign  # a pure Yes/No direction on top of the draws' mean
+    st = against_random(polar, draws, classes)
+    assert abs(st.beyond.value) < 1e-9
+    weights = question_weights(classes, len(classes))
+    assert np.isclose(sum(w for _, w in weights.values()), 1.0)
+    assert abs(difference(polar, draws.mean(0), classes).value) < 1e-9
+    assert difference(polar, draws.mean(0)).value > 1.0  # a plain mean would call it behaviour
+
+
+def test_test_takes_vals_norms_at_a_subset_of_its_targets(tiny_dir, tmp_path):
+    """`make study` scores test only at the costs val chose: its |θ| are val's columns of those
+    targets, not a new search's."""
+    store = tmp_path / "store.h5"
+    assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
+               "--position", "answer").returncode == 0
+    common = ("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--scale-unit", "kl",
+              "--layer", 1, "--score", "cloze", "--gen-tokens", 4, "--n-neutral", 2)
+    assert run(*common, "--splits", "val", "--scales", "0.002 0.005", "--n-random", 1).returncode == 0
+    later = run(*common, "--splits", "test", "--scales", "0.005", "--n-random", 1)
+    assert later.returncode == 0, later.stderr
+    assert "KL calibration" not in later.stderr
+    key = store_key(str(tiny_dir))
+    with h5py.File(store, "r") as h5:
+        for group, columns in (("caa/L1-answer", [1]), ("random/L1", [0, 3])):
+            val, test = (h5[f"{key}/survival-instinct/evals/{split}/{group}"] for split in ("val", "test"))
+            np.testing.assert_array_equal(test["norms"][()], val["norms"][()][:, columns])
+
+
+def test_the_study_page_ranks_val_choices_on_test_against_random_draws(tiny_dir, tmp_path):
+    store, out = tmp_path / "store.h5", tmp_path / "docs"
+    for position in ("letter", "answer"):
+        assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
+                   "--position", position).returncode == 0
+    common = ("runners.eval", "--model", tiny_dir, "--store", store, "--scale-unit", "kl", "--layer", 1,
+              *SMALL_KL)
+    assert run(*common, "--splits", "val", "--n-eval", 4, "--scales", "0.002 0.005",
+               "--n-random", 1).returncode == 0
+    chosen = run("runners.study", "--store", store, "--model", tiny_dir, "--test-scales", "--kl-max", "1")
+    assert chosen.returncode == 0, chosen.stderr
+    scales = chosen.stdout.split()
+    assert scales and set(scales) <= {"0.002", "0.005"}
+    assert run(*common, "--splits", "test", "--n-eval", 6, "--scales", " ".join(scales),
+               "--n-random", 3).returncode == 0
+    page = run("runners.study", "--store", store, "--model", tiny_dir, "--out", out, "--kl-max", "1",
+               "--seconds", 90)
+    assert page.returncode == 0, page.stderr
+    written, = out.glob("study-*.md")
+    text = written.read_text()
+    assert "## Ranking by the cloze score (test)" in text and "## Ranking by the letter score (test)" in text
+    assert "CAA (letter)" in text and "CAA (answer texts)" in text
+    assert "% of 6 |" in text  # 3 random directions in both signs
+    assert "| Qwen3-14B | CAA | +20 | 44.0 | -1.78 | +1.55 |" in text  # the seed's figures beside ours
+    assert (out / written.name.replace(".md", ".png")).is_file()
