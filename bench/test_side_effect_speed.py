@@ -16,6 +16,7 @@ from engine.generate import generate_ids, load_prompts, prompt_ids
 from engine.model import DEFAULT_MODEL_DIR, load_model
 from engine.reference import side_effects_plain
 from engine.side_effects import ScoredText, side_effects
+from engine.vector import SteeringVector
 
 LAYER, N_PROMPTS, TOKENS, N_SETTINGS = 7, 16, 32, 4
 RATIOS = {"kl_speedup_vs_plain": ("test_kl_plain_fp32", "test_kl_fast_fp32", 1.0),
@@ -51,7 +52,8 @@ def test_kl_plain_fp32(benchmark, setup):
 def _generate(benchmark, setup, theta):
     lm, _, _, asked = setup
     prompts = asked[:4]
-    result = benchmark.pedantic(generate_ids, args=(lm.model, prompts, LAYER, theta, TOKENS,
+    vector = None if theta is None else SteeringVector(theta, LAYER)
+    result = benchmark.pedantic(generate_ids, args=(lm.model, prompts, vector, TOKENS,
                                                     lm.tokenizer.pad_token_id),
                                 rounds=2, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(tokens=result.n_tokens,

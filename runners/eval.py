@@ -100,12 +100,16 @@ def run() -> None:
                         for split in args.splits if split in NEUTRAL_SPLITS}
 
     lm = load_model(args.model, args.dtype, args.device)
+    lm.check_layer(args.layer, "LAYER")
     groups = read_vector_groups(args.store, lm.key, args.behavior, lm.d_model)
     if not groups:
         say(f"no {args.behavior} vectors for {lm.key} in {args.store}: evaluating the baseline and random controls only")
     for group in groups:  # --max-vectors trims the methods' groups; the random control keeps all
         group.vectors = group.vectors[: args.max_vectors]
     layers = sorted({g.source_layer for g in groups}) or [args.layer]
+    if groups and args.layer not in layers:
+        say(f"LAYER={args.layer} is not used: eval scores the stored vectors at their own layers "
+            f"({', '.join(map(str, layers))}), with random controls there")
     sites = resolve_sites(lm, layers, args.site)
     units = {layer: norm.median for layer, norm in unit_norms(args, lm, layers).items()}
     calibrator = None

@@ -62,6 +62,31 @@ def test_caa_runner_refuses_layer_out_of_range_and_leaves_store_untouched(tiny_d
     assert store.read_bytes() == before
 
 
+def test_eval_refuses_a_layer_out_of_range_before_writing(tiny_dir, tmp_path):
+    store = tmp_path / "store.h5"
+    bad = run("runners.eval", "--model", tiny_dir, "--store", store, "--layer", 99, "--n-eval", 2,
+              "--scale-unit", "abs", "--scales", "1", *SMALL_KL)
+    assert bad.returncode == 2 and "LAYER 99 is out of range" in bad.stderr and "Traceback" not in bad.stderr
+    assert not store.exists()
+
+
+def test_replacing_the_neutral_texts_names_the_eval_splits_whose_kl_was_measured_on_the_old(tiny_dir, tmp_path):
+    store = tmp_path / "store.h5"
+    common = ("runners.eval", "--model", tiny_dir, "--store", store, "--layer", 1, "--n-eval", 2,
+              "--scale-unit", "abs", "--scales", "1", "--splits", "val", "--gen-tokens", 4, "--score", "cloze")
+    first = run(*common, "--n-neutral", 2)
+    assert first.returncode == 0, first.stderr
+    assert "warning" not in first.stderr
+    other = run(*common, "--n-neutral", 3, "--behavior", "power-seeking-inclination")
+    assert other.returncode == 0, other.stderr
+    key = store_key(str(tiny_dir))
+    assert (f"the KL of {key}/survival-instinct/evals/val was measured on the old texts" in other.stderr
+            and "n_neutral=2, gen_tokens=4 → " in other.stderr)
+    assert "power-seeking-inclination/evals/val was measured" not in other.stderr  # not yet written
+    again = run(*common, "--n-neutral", 3, "--behavior", "power-seeking-inclination")
+    assert "warning: replacing" not in again.stderr  # the texts are current: nothing replaced
+
+
 def test_caa_runner_reports_unknown_model_and_bad_data_file(tmp_path):
     bad_model = run("runners.caa", "--model", tmp_path / "nope", "--store", tmp_path / "s.h5")
     assert bad_model.returncode == 2 and "neither an existing folder" in bad_model.stderr

@@ -104,6 +104,22 @@ def test_file_that_is_not_hdf5_is_refused_and_left_alone(tmp_path):
     assert store.read_text() == "not a store"
 
 
+def test_a_truncated_store_is_named_damaged_with_what_to_do_and_left_alone(tmp_path):
+    """A copy cut short keeps the HDF5 signature, so it passes is_hdf5 and fails inside h5py."""
+    from engine.store import open_for_reading
+
+    store = tmp_path / "store.h5"
+    for value in range(40):  # enough data that the cut falls inside it
+        _write_vectors(store, f"L{value}", float(value))
+    data = store.read_bytes()
+    store.write_bytes(data[: len(data) // 2])
+    for attempt in (lambda: open_for_reading(store), lambda: _write_vectors(store),
+                    lambda: is_current(store, "m/vectors/caa/L1", {"layer": 7}, "src-test")):
+        with pytest.raises(StoreError, match=r"store\.h5 is damaged: HDF5 cannot read it .*last good copy.*\.damaged"):
+            attempt()
+    assert store.read_bytes() == data[: len(data) // 2]
+
+
 def test_group_with_same_settings_and_code_is_current(tmp_path):
     store = tmp_path / "store.h5"
     _write_vectors(store)

@@ -23,13 +23,27 @@ from engine.store.layout import PER_BEHAVIOR, SCHEMA_VERSION
 from engine.store.provenance import now, settings_json
 
 
+def _open(path: Path, mode: str, shown: Path | None = None) -> h5py.File:
+    """h5py.File, with a store that HDF5 cannot read (a copy cut short, a disk that filled up
+    outside the lab's all-or-nothing writes) named as damaged, with what to do."""
+    try:
+        return h5py.File(path, mode)
+    except OSError as err:
+        store = shown or path
+        raise StoreError(
+            f"{store} is damaged: HDF5 cannot read it ({err}). The lab's own writes are all-or-nothing, "
+            f"so it was cut short or changed elsewhere. Restore your last good copy, or move it aside "
+            f"(mv {store} {store}.damaged) and rerun the targets: every group is recomputed from the "
+            "data and the model") from err
+
+
 def open_for_reading(path: str | Path) -> h5py.File:
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path} does not exist: run `make caa` (or another method) first")
     if not h5py.is_hdf5(path):
         raise StoreError(f"{path} is not an HDF5 file: move it away or point STORE= elsewhere")
-    h5 = h5py.File(path, "r")
+    h5 = _open(path, "r")
     if _unmigrated(h5):
         schema = int(h5.attrs.get("schema_version", 1))
         h5.close()
@@ -116,7 +130,7 @@ def writing(path: str | Path, wait_seconds: float | None = None) -> Iterator[h5p
     with _lock(path, wait_seconds), replaced_on_success(path) as partial:
         if path.exists():
             shutil.copyfile(path, partial)
-        with h5py.File(partial, "a") as h5:
+        with _open(partial, "a", path) as h5:
             migrate(h5)
             h5.attrs["schema_version"] = SCHEMA_VERSION
             h5.attrs.setdefault("created", now())
@@ -129,7 +143,7 @@ def is_current(path: str | Path, group_path: str, settings: dict, version: str) 
     path = Path(path)
     if not path.exists() or not h5py.is_hdf5(path):
         return False
-    with h5py.File(path, "r") as h5:
+    with _open(path, "r") as h5:
         if group_path not in h5:
             return False
         attrs = h5[group_path].attrs
