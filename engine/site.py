@@ -16,6 +16,7 @@ path every fast path is tested against.
 """
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -144,14 +145,29 @@ def add_to_block_output(model: torch.nn.Module, layer: int, theta: torch.Tensor)
     return forward_hook(decoder_layers(model)[layer], hook)
 
 
-@torch.no_grad()
+# mlp_site_difference per model, by (layer, dtype, device): the check runs two forwards, and
+# `apply`/`generate` with site="auto" would otherwise run them at every call.
+_SITE_DIFFERENCES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
 def mlp_site_difference(model: torch.nn.Module, layer: int) -> float:
     """Relative difference between adding θ at ``down_proj`` of ``layer`` and adding it to the
     residual after ``layer``: a short random input run once per site, last hidden states
     compared. About 1e-7 in fp32 where the two are the same site; of order 1 where the MLP
-    output is normalised or gated before the residual add."""
+    output is normalised or gated before the residual add. Measured once per model, layer,
+    dtype and device, and remembered while the model lives."""
     check_layer(model, layer)
-    injection_site(model, layer)
+    site = injection_site(model, layer)  # the structure is checked at every call: it is cheap
+    weight = next(model.parameters())
+    known = _SITE_DIFFERENCES.setdefault(model, {})
+    key = (layer, weight.dtype, weight.device, id(decoder_layers(model)[layer].mlp), id(site))
+    if key not in known:
+        known[key] = _measure_site_difference(model, layer)
+    return known[key]
+
+
+@torch.no_grad()
+def _measure_site_difference(model: torch.nn.Module, layer: int) -> float:
     weight = next(model.parameters())
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (1, 8), generator=gen).to(weight.device)

@@ -110,3 +110,24 @@ def test_a_gguf_file_is_parsed_once_inside_the_conversion_and_gguf_is_restored_a
         assert gguf.get_tensor_name_map(llama, 2) is gguf.get_tensor_name_map(llama, 2)
     assert gguf.GGUFReader is reader and gguf.get_tensor_name_map is name_map
     assert gguf.GGUFReader(str(path)) is not first
+
+
+def test_the_site_check_runs_once_per_model_layer_and_dtype():
+    """`apply` and `generate` with site="auto" resolve the site at every call: the numerical check
+    (two forwards) is measured once and remembered; a module swapped in is checked again."""
+    from engine.site import resolve_site
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=3, num_attention_heads=4)).double().eval()
+    forwards = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    assert resolve_site(model, 1, "auto") == "mlp" and len(forwards) == 2
+    assert resolve_site(model, 1, "auto") == "mlp" and len(forwards) == 2  # remembered
+    assert resolve_site(model, 2, "auto") == "mlp" and len(forwards) == 4  # another layer
+    model.float()
+    assert resolve_site(model, 1, "auto") == "mlp" and len(forwards) == 6  # another dtype
+    original = model.model.layers[1].mlp
+    model.model.layers[1].mlp = torch.nn.Module()
+    model.model.layers[1].mlp.down_proj = original.down_proj
+    model.model.layers[1].mlp.forward = lambda x: original(x) * 2.0  # gated: not the residual add
+    assert resolve_site(model, 1, "auto") == "resid" and len(forwards) == 8
