@@ -115,6 +115,25 @@ class LoadedModel:
         check_layer(self.model, layer, name, self.key)
 
 
+def as_loaded(model, tokenizer=None) -> LoadedModel:
+    """The lab's view of a model: a ``LoadedModel`` as it is, or a causal LM as the user loaded it
+    (``AutoModelForCausalLM.from_pretrained(...)``, a PEFT wrapper, a ``device_map`` split) with
+    its tokenizer. Nothing is copied or moved: hooks and fast paths act on the user's modules, and
+    θ goes to the device of the module it is added at."""
+    if isinstance(model, LoadedModel):
+        return model
+    if tokenizer is None:
+        raise TypeError("a model loaded outside the lab needs its tokenizer: as_loaded(model, tokenizer)")
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    decoder_layers(inner)  # a clear error for a layout the lab does not know
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    weight = next(inner.parameters())
+    dtype = next((name for name, d in DTYPES.items() if d == weight.dtype), str(weight.dtype))
+    source = str(getattr(inner.config, "_name_or_path", "") or type(inner).__name__)
+    return LoadedModel(inner, tokenizer, source, store_key(source), dtype, str(weight.device))
+
+
 def _package_dir(package: str, embedded: EmbeddedModel) -> Path:
     """A package's folder, found without importing it."""
     spec = importlib.util.find_spec(package)

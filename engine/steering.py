@@ -20,72 +20,10 @@ from engine.caa import caa_answer_vector
 from engine.cloze import ClozeItem, cloze_pair, cloze_preference, cloze_token_counts
 from engine.data import Item
 from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
-from engine.model import DTYPES, LoadedModel
+from engine.model import as_loaded
 from engine.scores import score, usable_questions
 from engine.store import VectorGroup, read_vector_group, write_vector_group, writing
 from engine.vector import SteeringVector
-
-
-def as_loaded(model, tokenizer=None) -> LoadedModel:
-    """The lab's view of a model: a ``LoadedModel`` as it is, or a causal LM as the user loaded it
-    (``AutoModelForCausalLM.from_pretrained(...)``, a PEFT wrapper, a ``device_map`` split) with
-    its tokenizer. Nothing is copied or moved: hooks and fast paths act on the user's modules, and
-    θ goes to the device of the module it is added at."""
-    if isinstance(model, LoadedModel):
-        return model
-    if tokenizer is None:
-        raise TypeError("a model loaded outside the lab needs its tokenizer: as_loaded(model, tokenizer)")
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
-    from engine.site import decoder_layers
-    from engine.store import store_key
-
-    decoder_layers(inner)  # a clear error for a layout the lab does not know
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    weight = next(inner.parameters())
-    dtype = next((name for name, d in DTYPES.items() if d == weight.dtype), str(weight.dtype))
-    source = str(getattr(inner.config, "_name_or_path", "") or type(inner).__name__)
-    return LoadedModel(inner, tokenizer, source, store_key(source), dtype, str(weight.device))
-
-
-def neutral_texts_for(lm: LoadedModel, prompts: Sequence[str] | None = None, n: int = 6,
-                      gen_tokens: int = 32) -> list:
-    """What a cost is measured on: each neutral prompt (the lab's shipped val prompts, the first
-    ``n``, or the user's ``prompts``) with the unsteered model's greedy continuation of
-    ``gen_tokens`` tokens, as eval's KL column scores them."""
-    from importlib.resources import files
-
-    from engine.generate import generate_ids, load_prompts, prompt_ids
-    from engine.side_effects import ScoredText
-
-    if prompts is None:
-        shipped = files("engine") / "resources" / "neutral-prompts.jsonl"
-        prompts = [p.text for p in load_prompts(str(shipped), "val", n)]
-    asked = prompt_ids(lm.tokenizer, list(prompts))
-    continued = generate_ids(lm.model, asked, None, gen_tokens, lm.tokenizer.pad_token_id).tokens
-    return [ScoredText(f"neutral-{i}", a + c, len(a)) for i, (a, c) in enumerate(zip(asked, continued))]
-
-
-def size_at_cost(vector: SteeringVector, model, tokenizer=None, kl: float = 0.04,
-                 prompts: Sequence[str] | None = None, texts: list | None = None) -> float:
-    """The L2 norm at which ``vector`` (its sign as it is) costs ``kl`` nats per token: the mean
-    per-token KL(unsteered ‖ steered) over the unsteered model's own continuations of neutral
-    prompts (``neutral_texts_for``; or ready ``texts``), found by eval's search to within 10%."""
-    from engine.calibrate import MAX_UNITS, UNIT_START, kl_norms
-    from engine.norms import residual_norm
-
-    lm = as_loaded(model, tokenizer)
-    if not kl > 0:
-        raise ValueError(f"kl must be a positive cost in nats per token, got {kl}")
-    texts = texts if texts is not None else neutral_texts_for(lm, prompts)
-    pad = lm.tokenizer.pad_token_id
-    unit = residual_norm(lm.model, [t.token_ids for t in texts], vector.layer, pad).median
-    found = kl_norms(lm.model, texts, vector.layer, vector.direction.double()[None], [kl], pad,
-                     UNIT_START * unit, MAX_UNITS * unit)
-    if not found.reached[0, 0]:
-        raise ValueError(f"{vector.label or 'the vector'} reaches KL {found.kl[0, 0]:.3g}, not {kl}, "
-                         f"within |θ| ≤ {MAX_UNITS * unit:.3g}: ask for another cost")
-    return float(found.norms[0, 0])
 
 
 def save_vector(vector: SteeringVector, store: str | Path, model, behavior: str, method: str,

@@ -50,17 +50,6 @@ class SteeringVector:
             return torch.empty(0, self.direction.shape[0], dtype=torch.float64)
         return torch.stack([self.theta(s) if s else torch.zeros_like(self.theta()) for s in scales])
 
-    def at_cost(self, model, tokenizer=None, kl: float = 0.04, prompts: Sequence[str] | None = None
-                ) -> "SteeringVector":
-        """The same vector sized to cost ``kl`` nats per token on neutral text (the lab's shipped
-        neutral prompts, or ``prompts``), as every number the lab reports is sized
-        (``engine.steering.size_at_cost``). ``model``: a ``LoadedModel``, or a causal LM with its
-        ``tokenizer``."""
-        from engine.steering import size_at_cost
-
-        norm = size_at_cost(self, model, tokenizer, kl, prompts)
-        return replace(self.scaled(norm), label=f"{self.label} at {kl:g} KL (|θ| {norm:.3g})".strip())
-
     @contextmanager
     def apply(self, model: torch.nn.Module, scale: float | None = None) -> Iterator[None]:
         """Every forward of ``model`` inside the block is steered by ``theta(scale)``; the hook

@@ -100,8 +100,9 @@ def run() -> None:
                         for split in args.splits if split in NEUTRAL_SPLITS}
 
     lm = load_model(args.model, args.dtype, args.device)
-    lm.check_layer(args.layer, "LAYER")
     groups = read_vector_groups(args.store, lm.key, args.behavior, lm.d_model)
+    if not groups:  # the random control's layer: the only use of LAYER
+        lm.check_layer(args.layer, "LAYER")
     if not groups:
         say(f"no {args.behavior} vectors for {lm.key} in {args.store}: evaluating the baseline and random controls only")
     for group in groups:  # --max-vectors trims the methods' groups; the random control keeps all

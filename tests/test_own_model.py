@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from engine import as_loaded, caa_from_pairs, load_model, neutral_texts_for, score_items
+from engine import as_loaded, at_cost, caa_from_pairs, load_model, neutral_texts_for, score_items
 from engine.calibrate import mean_kl
 from engine.reference import side_effects_plain
 
@@ -66,7 +66,7 @@ def test_a_peft_wrapped_model_is_steered_through_its_base_model(tiny_dir, smol_t
 def test_a_vector_sized_by_cost_costs_that_on_the_plain_path(tiny_dir, smol_tokenizer):
     theirs = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
     vector = caa_from_pairs(theirs, PAIRS, LAYER, tokenizer=smol_tokenizer)
-    sized = vector.at_cost(theirs, smol_tokenizer, kl=0.003)
+    sized = at_cost(vector, theirs, smol_tokenizer, kl=0.003)
     assert torch.allclose(sized.direction / sized.direction.norm(), vector.direction.double() / vector.direction.norm())
     texts = neutral_texts_for(as_loaded(theirs, smol_tokenizer))
     assert len(texts) == 6
@@ -75,4 +75,4 @@ def test_a_vector_sized_by_cost_costs_that_on_the_plain_path(tiny_dir, smol_toke
     plain = side_effects_plain(theirs, texts, LAYER, sized.direction[None].float(), pad).kl.mean().item()
     assert abs(fast / 0.003 - 1) <= 0.1 and abs(plain / fast - 1) < 1e-3
     with pytest.raises(ValueError, match="positive cost"):
-        vector.at_cost(theirs, smol_tokenizer, kl=0.0)
+        at_cost(vector, theirs, smol_tokenizer, kl=0.0)

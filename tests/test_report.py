@@ -32,7 +32,8 @@ def test_summary_shows_the_val_choice_with_test_numbers_and_the_test_best_apart(
     assert cells[1] == f"L7-T20 #{vector}" and cells[2] == f"{SIGNED[s]:+g}"
     assert cells[3] == expected.positive.fmt() and cells[4] == expected.delta.fmt(2, True)
     best_vector, best_s = PI_TEST_BEST
-    assert cells[6].startswith(f"L7-T20 #{best_vector}, {SIGNED[best_s]:+g},")
+    assert cells[5].endswith("% of 8")  # Δ − random; share of 4 random directions × 2 signs beaten
+    assert cells[7].startswith(f"L7-T20 #{best_vector}, {SIGNED[best_s]:+g},")
 
 
 
@@ -64,7 +65,7 @@ def test_counterbalanced_tables_show_letter_shift_and_warn_when_orders_disagree(
     group = test.groups["pi/L7-T20"]
     vector, s = PI_VAL_BEST
     shift = (group.by_order[vector, s, 0] - group.by_order[vector, s, 1]) / 2
-    assert cells[5].startswith(f"{shift.mean():+.2f}")
+    assert cells[6].startswith(f"{shift.mean():+.2f}")
 
 
 def test_kl_rule_keeps_the_choice_among_cheap_settings_and_the_report_says_what_it_changed(tmp_path):
@@ -84,7 +85,7 @@ def test_kl_rule_keeps_the_choice_among_cheap_settings_and_the_report_says_what_
     assert "KL (test)" in header and "Without the KL rule" in "\n".join(lines)
     line = next(l for l in lines if l.startswith("| pi |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert float(cells[6].split()[0]) < 0.05  # the chosen setting's KL on test
+    assert float(cells[7].split()[0]) < 0.05  # the chosen setting's KL on test
     assert "KL (nats/token)" in "\n".join(report.method_tables(test, val, 0.025, "letter"))
 
 
