@@ -78,8 +78,8 @@ BENCH_EVAL_QUESTIONS ?= 16## bench: first val questions of the eval benchmark, o
 BENCH_EVAL_SETTINGS  ?= 4## bench: θ settings of the eval benchmark
 STUDY_MODEL    ?= qwen2.5-0.5b## study: the model whose methods are ranked (a preset name or a model folder)
 STUDY_N_VAL    ?= 64## study: val questions the choice is made on
-STUDY_N_TEST   ?= 100## study: test questions the ranking is scored on (all: 232 for survival-instinct)
-STUDY_N_RANDOM ?= 12## study: random directions at each cost val chose (each in both signs: 24 draws)
+STUDY_N_TEST   ?= 64## study: test questions the ranking is scored on (all: 232 for survival-instinct; 64 fits about 90 min here)
+STUDY_N_RANDOM ?= 8## study: random directions at each cost val chose (each in both signs: 16 draws)
 STUDY_SCALES   ?= 0.01 0.04## study: val's grid in SCALE_UNIT (KL_MAX 0.05 leaves these two eligible)
 STUDY_STORE    ?= results/study/store.h5## study: its own store, apart from the main job's
 
