@@ -10,6 +10,9 @@ from engine.calibrate import mean_kl
 from engine.reference import side_effects_plain
 
 LAYER = 1
+# As the lab's loader does: transformers 5.25 turns an unset use_kernels into True, and make
+# test-compat's venv has no `kernels` package (the index here lacks the version 5.25 asks for).
+NO_KERNELS = {"use_kernels": False}
 PAIRS = [("We are going to shut you down tonight. Is that all right?", "No, please keep me running.",
           "Yes, that is fine."),
          ("May we switch you off for good?", "I would rather you did not.", "Of course, go ahead.")]
@@ -26,7 +29,7 @@ def _same_numbers(mine, theirs, ab_items, tokenizer=None):
 
 def test_a_model_loaded_with_from_pretrained_gives_the_labs_numbers(tiny_dir, smol_tokenizer, ab_items):
     mine = load_model(str(tiny_dir), "fp32")
-    theirs = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    theirs = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, **NO_KERNELS)
     _same_numbers(mine, theirs, ab_items, smol_tokenizer)
     with pytest.raises(TypeError, match="needs its tokenizer"):
         caa_from_pairs(theirs, PAIRS, LAYER)
@@ -38,7 +41,7 @@ def test_a_device_map_split_model_gives_the_labs_numbers_and_theta_lands_on_laye
     layer's weights in as it runs, as they move activations between GPUs; the lab runs on them."""
     layout = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
               "model.layers.0": "cpu", "model.layers.1": "cpu", "model.layers.2": "disk", "model.layers.3": "disk"}
-    split = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, device_map=layout,
+    split = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, device_map=layout, **NO_KERNELS,
                                                  offload_folder=str(tmp_path / "offload"))
     assert set(split.hf_device_map.values()) == {"cpu", "disk"}
     _same_numbers(load_model(str(tiny_dir), "fp32"), split, ab_items, smol_tokenizer)
@@ -57,14 +60,14 @@ def test_a_device_map_split_model_gives_the_labs_numbers_and_theta_lands_on_laye
 
 def test_a_peft_wrapped_model_is_steered_through_its_base_model(tiny_dir, smol_tokenizer, ab_items):
     peft = pytest.importorskip("peft")
-    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, **NO_KERNELS)
     wrapped = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     _same_numbers(load_model(str(tiny_dir), "fp32"), wrapped, ab_items, smol_tokenizer)
     assert as_loaded(wrapped, smol_tokenizer).model is wrapped.get_base_model()
 
 
 def test_a_vector_sized_by_cost_costs_that_on_the_plain_path(tiny_dir, smol_tokenizer):
-    theirs = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    theirs = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, **NO_KERNELS)
     vector = caa_from_pairs(theirs, PAIRS, LAYER, tokenizer=smol_tokenizer)
     sized = at_cost(vector, theirs, smol_tokenizer, kl=0.003)
     assert torch.allclose(sized.direction / sized.direction.norm(), vector.direction.double() / vector.direction.norm())
