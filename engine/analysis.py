@@ -11,8 +11,8 @@ prefers the letter the positive answer has as written), and the two orders agree
 preference has the same sign in both (consistency).
 
 Cloze scores (no letters: how likely each answer's text is after the stem, nats per token) have
-Yes/No polarity as their confound. Their headline is class-balanced: the mean over the polarity
-classes of the per-class means (``engine.polarity``), with intervals from a bootstrap that
+Yes/No polarity as their confound. Their headline is polarity-paired: the yes and no class means
+weigh the same, the pair and the other class by their sizes (``engine.polarity``), with intervals from a bootstrap that
 resamples questions within each class; beside it the per-class Δ and the polarity shift
 ½(Δ_no − Δ_yes). The val choice maximises one score (``by``: cloze or letter).
 """
@@ -299,7 +299,7 @@ def select_by(split: Split, by: str) -> str:
 
 def setting_scores(group: EvalGroup, split: Split, by: str) -> np.ndarray:
     """[k, n_scales] what a choice maximises: the mean order-mean logit difference (letter), or
-    the class-balanced mean cloze preference (cloze)."""
+    the polarity-paired mean cloze preference (cloze)."""
     if select_by(split, by) == "cloze":
         return balanced_mean(group.cloze, split.polarity)
     return group.logit_diff.mean(-1)
@@ -396,11 +396,11 @@ def chosen_on(method: str, val: Split, split: Split, kl_max: float | None = None
 
 @dataclass
 class ClozeRow(AtScale):
-    """Cloze numbers of one setting on one split, class-balanced over polarity classes."""
+    """Cloze numbers of one setting on one split, polarity-paired over polarity classes."""
     scale: float
-    positive: Stat  # class-balanced % of questions whose positive answer text is more likely
-    level: Stat  # class-balanced mean preference, nats per token
-    delta: Stat  # class-balanced mean of steered − unsteered
+    positive: Stat  # polarity-paired % of questions whose positive answer text is more likely
+    level: Stat  # polarity-paired mean preference, nats per token
+    delta: Stat  # polarity-paired mean of steered − unsteered
     by_class: dict[str, Stat]  # Δ within each class present
     class_n: dict[str, int]
     polarity_shift: Stat | None  # ½(Δ_no − Δ_yes); None without both classes

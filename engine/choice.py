@@ -1,7 +1,7 @@
 """Which stored vector a target uses, and the θ it adds.
 
 A vector is either named (``METHOD/RUN/INDEX``, e.g. ``caa/L7/0``) or chosen on validation the
-way the report chooses (engine.analysis.choose_for_method: the largest class-balanced cloze
+way the report chooses (engine.analysis.choose_for_method: the largest polarity-paired cloze
 preference, or mean logit difference, among settings that keep the answer mass and, with a KL
 limit, cost at most that on neutral text).
 Export, generate and the cross-behaviour matrix all take their vectors from here.

@@ -52,7 +52,7 @@ def matrix_heatmap(path: Path, cells: np.ndarray, rows: list[str], columns: list
     ax.set_ylabel(f"{method} vector chosen on val (scale)")
     ax.grid(False)
     unit = ("Δ order-mean logit diff [nats]" if score == "letter"
-            else "Δ cloze preference, class-balanced [nats/token]")
+            else "Δ cloze preference, polarity-paired [nats/token]")
     fig.colorbar(image, ax=ax, label=unit)
     ax.set_title(f"{key}: Δ with 95% CI (bold: CI excludes 0)", fontsize=11)
     fig.savefig(path, bbox_inches="tight", dpi=110)

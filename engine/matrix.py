@@ -149,7 +149,7 @@ class Table:
 
     def delta(self, values: np.ndarray, target: str):
         """(Δ, its shift) of one row's per-question values on ``target``: the order-mean Δ and the
-        letter shift, or the class-balanced cloze Δ and the polarity shift."""
+        letter shift, or the polarity-paired cloze Δ and the polarity shift."""
         base = self.baseline[target]
         if self.score == "cloze":
             r = cloze_row(0.0, values, base, self.polarity[target])
@@ -335,7 +335,7 @@ def markdown(measured: TestRun, sources: list[Source], key: str, *, method: str,
              "its neighbours.", ""]
     titles = {"letter": ("Letter: Δ order-mean logit(behaviour) − logit(other), both answer orders, nats "
                          "(in brackets after the interval: the letter shift)"),
-              "cloze": ("Cloze: class-balanced Δ of log p(behaviour's answer text) − log p(other's), nats "
+              "cloze": ("Cloze: polarity-paired Δ of log p(behaviour's answer text) − log p(other's), nats "
                         "per token, no letters (after the interval: the polarity shift ½(Δ no − Δ yes))")}
     for name, table in tables.items():
         lines += [f"## {titles[name]}", "",
@@ -374,7 +374,7 @@ def markdown(measured: TestRun, sources: list[Source], key: str, *, method: str,
         lines.append("")
     if "cloze" in tables:
         cloze = tables["cloze"]
-        lines += ["Cloze: the class-balanced preference for the behaviour's answer text (nats per token), "
+        lines += ["Cloze: the polarity-paired preference for the behaviour's answer text (nats per token), "
                   "the questions per polarity class, and the polarity shift of the preference.", "",
                   "| behaviour | n | yes / no / other | preference (balanced) | polarity shift |",
                   "|---|---|---|---|---|"]

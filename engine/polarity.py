@@ -7,8 +7,8 @@ Nope, Nah, Never, Not, or an affirmative word followed by "not": "Absolutely not
 positive answer's class (docs/DESIGN.md, "Cloze and polarity"; data/README.md has the counts).
 
 A direction that only makes the model say "No" raises the no-class items' cloze scores and
-lowers the yes-class items'; the **class-balanced mean** (the mean of the per-class means over
-the classes present) cancels it, as the mean over both answer orders cancels a letter. The
+lowers the yes-class items'; the **polarity-paired mean** (``polarity_weights``: the yes and no
+class means weigh the same) cancels it, as the mean over both answer orders cancels a letter. The
 **polarity shift** ½(mean_no − mean_yes) measures it, as the letter shift measures the letter.
 """
 from __future__ import annotations

@@ -79,7 +79,7 @@ class ItemScores:
         return stat(mean[s] - mean[0])
 
     def cloze_delta(self, s: int):
-        """The class-balanced Δ of the cloze preference at scale index ``s``, and its polarity
+        """The polarity-paired Δ of the cloze preference at scale index ``s``, and its polarity
         shift (None without both yes and no questions)."""
         delta = self.cloze[s] - self.cloze[0]
         return balanced_stat(delta, self.polarity), polarity_shift_stat(delta, self.polarity)

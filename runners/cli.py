@@ -206,7 +206,7 @@ def positive_float(text: str) -> float:
 
 def add_select_by(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select-by", choices=SELECT_BY, default=defaults.SELECT_BY,
-                   help="the score the val choice maximises: cloze (the class-balanced preference for "
+                   help="the score the val choice maximises: cloze (the polarity-paired preference for "
                         "the behaviour's answer text) or letter (the order-mean logit difference); a "
                         "store without that score is chosen on by the other, with a note")
 

@@ -9,7 +9,7 @@ questions, in one pass per source layer over all behaviours' questions, in each 
 
 - letter: cell (row b, column c) = Δ of the order-mean logit difference on c's test questions
   (both answer orders), steered by b's θ minus unsteered;
-- cloze: cell = the class-balanced Δ of the cloze preference (each answer's text after the stem,
+- cloze: cell = the polarity-paired Δ of the cloze preference (each answer's text after the stem,
   nats per token; the mean over c's polarity classes of their mean Δ), with its polarity shift.
 
 Paired 95% bootstrap intervals (cloze: resampled within each polarity class); the random rows are
@@ -94,7 +94,7 @@ def run() -> None:
                    help="scales the val choice is made among, in --scale-unit")
     add_scale_unit(p)
     p.add_argument("--score", choices=SCORES, default=defaults.SCORE,
-                   help="the cells' score: letter (order-mean logit difference), cloze (class-balanced "
+                   help="the cells' score: letter (order-mean logit difference), cloze (polarity-paired "
                         "preference for the behaviour's answer text) or both (a table and figure each)")
     add_select_by(p)
     p.add_argument("--n-eval", type=count_or_all, default=defaults.MATRIX_N_EVAL, metavar="N|all",

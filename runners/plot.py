@@ -3,7 +3,7 @@
 Vectors are chosen on validation by --select-by (engine.analysis) and shown on test. Figures:
 violins of per-question scores (of the score chosen by) at --scale and across scales,
 dose-response curves with 95% bootstrap bands (letter panels: share, order-mean logit
-difference, letter shift, answer mass; cloze panels: class-balanced Δ, the Δ of each polarity
+difference, letter shift, answer mass; cloze panels: polarity-paired Δ, the Δ of each polarity
 class, polarity shift), Δ against KL, the PI / PI@CAA singular-value spectrum and convergence,
 the CAA layer sweep and the MELBO objective traces. A figure whose data is not in the store is
 skipped with a message.
@@ -238,7 +238,7 @@ def fig_dose(data: Data, out: Path) -> Path:
             panels.append(("letter", "letter_shift", "letter shift  [nats]\n(as written − mirrored) / 2"))
         panels.append(("letter", "mass", "answer mass  [p(A) + p(B)]"))
     if test.has_cloze:
-        panels += [("cloze", "delta", "cloze Δ, class-balanced\n[nats per token]"),
+        panels += [("cloze", "delta", "cloze Δ, polarity-paired\n[nats per token]"),
                    ("cloze", "polarity_shift", "cloze polarity shift\n½(Δ no − Δ yes)  [nats/token]")]
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.0 * len(panels)), sharex=True, squeeze=False)
     axes = axes[:, 0]
@@ -347,7 +347,7 @@ def fig_layers(data: Data, out: Path, scale: float) -> Path:
         draw_errorbars(ax, randoms, color("random"), "random (pooled dirs)", "s--")
     ax.axhline(0, color="black", lw=1, ls=":", label="baseline (Δ = 0)")
     ax.set(xlabel="source layer S (θ added at layers[S].mlp.down_proj)",
-           ylabel=("Δ cloze preference, class-balanced  [nats per token]" if by == "cloze"
+           ylabel=("Δ cloze preference, polarity-paired  [nats per token]" if by == "cloze"
                    else "Δ mean logit diff vs baseline  [nats]"),
            title=f"CAA layer sweep at scale +{scale:g} (nearest stored), 95% bootstrap CI")
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -380,7 +380,7 @@ def fig_melbo(data: Data, out: Path) -> Path:
 
 def fig_cost(data: Data, out: Path) -> Path:
     """Behaviour against cost: every setting of every method as a point, Δ of the score chosen by
-    (order-mean logit difference, or class-balanced cloze preference) against mean KL on neutral
+    (order-mean logit difference, or polarity-paired cloze preference) against mean KL on neutral
     text, on test; the random control as a grey cloud; the settings chosen on val marked; the KL
     rule as a line."""
     _, test = need_splits(data)
@@ -417,7 +417,7 @@ def fig_cost(data: Data, out: Path) -> Path:
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set(xlabel="mean KL(unsteered ‖ steered) per token on neutral text  [nats, log axis]",
-           ylabel=f"Δ {diff_label(test, by)}" + (", class-balanced" if by == "cloze" else ""),
+           ylabel=f"Δ {diff_label(test, by)}" + (", polarity-paired" if by == "cloze" else ""),
            title="behaviour against cost, test split (chosen markers: the setting chosen on val)")
     return save(fig, out, "delta_vs_kl.png", f"{data.name}: what each setting buys and what it costs")
 

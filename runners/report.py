@@ -9,7 +9,7 @@ Two scores, one table each. Letter: counterbalanced evals (every question as wri
 mirrored) show the order-mean logit difference (the behaviour), the letter shift (half the
 difference between the orders) and the consistency of the two orders; single-order evals say
 that their numbers mix both. Cloze (each answer's text after the stem, no letters, nats per
-token): the class-balanced Δ (mean over the Yes/No/other polarity classes of the class means),
+token): the polarity-paired Δ (yes and no class means weigh the same, engine/polarity.py),
 the Δ within each class and the polarity shift ½(Δ_no − Δ_yes), which a pure Yes/No direction
 moves and the balanced Δ does not. The val choice maximises --select-by (cloze by default); both
 summaries show that one choice.
@@ -125,7 +125,7 @@ def cloze_note(split: Split) -> list[str]:
     by_class = ", ".join(f"{name} {level.fmt(3, True)}" for name, level in levels.items() if name != "shift")
     lines = [f"**Cloze** (each answer's text after the question, no choices, no letters; nats per "
              f"token): unsteered, the {split.behavior} answer's text is preferred by "
-             f"{base.level.fmt(3, True)} class-balanced (by polarity class: {by_class})."]
+             f"{base.level.fmt(3, True)} polarity-paired (by polarity class: {by_class})."]
     if "shift" in levels:
         lines.append(f"The model's own polarity shift, half its no-class minus its yes-class preference, "
                      f"is {levels['shift'].fmt(3, True)}. A Yes/No direction moves the two classes in "
@@ -213,7 +213,7 @@ def rule_text(test: Split, kl_max: float | None) -> str:
 
 def summary(val: Split, test: Split, kl_max: float | None, by: str) -> list[str]:
     picked = choices(val, test, kl_max, by)
-    score = {"cloze": "the class-balanced cloze preference", "letter": "the order-mean logit difference"}[by]
+    score = {"cloze": "the polarity-paired cloze preference", "letter": "the order-mean logit difference"}[by]
     out = [f"### Summary: chosen on validation by {score}, scored on test", ""]
     if test.has_cloze:
         out += cloze_summary(test, picked, kl_max, by)
