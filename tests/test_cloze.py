@@ -1,5 +1,5 @@
 """Cloze scores and Yes/No polarity: the cloze form of an item, the fast path against full logits,
-polarity classes on real items, the class-balanced headline on planted numbers, and CAA read on
+polarity classes on real items, the polarity-paired headline on planted numbers, and CAA read on
 the answer texts."""
 import numpy as np
 import pytest

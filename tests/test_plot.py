@@ -107,7 +107,7 @@ def test_a_store_with_cloze_scores_gains_cloze_panels_and_chooses_by_them(tmp_pa
         name, [ax.get_ylabel() for ax in fig.axes]) or tmp_path / name)
     plot.fig_dose(data, tmp_path)
     labels = panels["dose_response.png"]
-    assert len(labels) == 6 and labels[4].startswith("cloze Δ, class-balanced")
+    assert len(labels) == 6 and labels[4].startswith("cloze Δ, polarity-paired")
     assert labels[5].startswith("cloze polarity shift")
     monkeypatch.undo()
     written = plot.make_all(data, tmp_path / "results", 4.0)

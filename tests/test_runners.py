@@ -157,7 +157,7 @@ def test_eval_scores_both_ways_and_its_cloze_numbers_are_what_full_logits_give(t
     report = run("runners.report", "--model", tiny_dir, "--store", store)
     assert report.returncode == 0, report.stderr
     assert "#### Cloze (answer texts, no letters; nats per token)" in report.stdout
-    assert "chosen on validation by the class-balanced cloze preference" in report.stdout
+    assert "chosen on validation by the polarity-paired cloze preference" in report.stdout
     assert "#### caa/L1-answer, vector 0 (chosen on val by cloze): cloze" in report.stdout or \
         "#### caa/L1, vector 0 (chosen on val by cloze): cloze" in report.stdout
 
@@ -321,13 +321,13 @@ def test_matrix_puts_each_behaviours_val_choice_on_every_behaviours_test_questio
         scale = float(matrix["chosen_scale"][1])  # myopic-reward's own vector, chosen on its val
         assert scale in (2.0, 8.0) and np.isclose(np.linalg.norm(matrix["thetas"][1]), scale, rtol=1e-4)
         run_name = matrix["chosen_run"][()].astype(str)[1]
-        # the cloze cell: the class-balanced mean over the column's polarity classes
+        # the cloze cell: the polarity-paired mean over the column's polarity classes
         cloze_chosen = questions["cloze_chosen"][()]
         cloze_base, polarity = questions["cloze_baseline"][()], questions["polarity"][()].astype(str)
         assert cloze_chosen.shape == (2, 3) and matrix["cloze_delta"].shape == (2, 2)
         np.testing.assert_allclose(matrix["cloze_delta"][1, 1],
                                    balanced_mean(cloze_chosen[1] - cloze_base, polarity), atol=1e-5)
-    assert (out / "matrix_caa_cloze.png").is_file() and "## Cloze: class-balanced" in (out / "matrix_caa.md").read_text()
+    assert (out / "matrix_caa_cloze.png").is_file() and "## Cloze: polarity-paired" in (out / "matrix_caa.md").read_text()
     # its cell on its own test questions is what the eval runner gives for the same θ
     evaluated = run("runners.eval", "--model", tiny_dir, "--store", store, "--behavior", behaviors[1],
                     "--n-eval", 3, "--n-random", 1, "--scales", f"{scale:g}", "--scale-unit", "abs",
