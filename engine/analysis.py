@@ -525,7 +525,7 @@ def against_random(delta: np.ndarray, draws: np.ndarray, classes: np.ndarray | N
     gap = own - rand
 
     def headline(values: np.ndarray) -> np.ndarray:
-        return sum(weight * values[..., index].mean(-1) for index, weight in strata.values())
+        return values.mean(-1) if classes is None else balanced_mean(values, classes)
 
     def interval(value, resampled) -> Stat:
         low, high = np.percentile(resampled, [2.5, 97.5])
@@ -555,12 +555,18 @@ def random_draws(split: Split, layer: int, scale: float, score: str) -> np.ndarr
     """[n_draws, n_q] the per-question Δ of every random direction of ``layer`` at ``+scale`` and
     ``−scale`` (a direction and its negative are both random draws at that cost)."""
     group = random_group(split, layer)
-    if group is None:
+    columns = None if group is None else random_columns(group, scale)
+    if columns is None:
         return None
+    return np.concatenate([deltas(group, None, c, split, score) for c in columns])
+
+
+def random_columns(group: EvalGroup, scale: float) -> list[int] | None:
+    """The scale indices of a random group at ``+scale`` and ``−scale``; None if it has neither."""
     columns = sorted({nearest_scale(group, abs(scale)), nearest_scale(group, -abs(scale))})
     if not all(np.isclose(abs(group.scales[c]), abs(scale), rtol=1e-4) for c in columns):
         return None
-    return np.concatenate([deltas(group, None, c, split, score) for c in columns])
+    return columns
 
 
 def standing_of(group: EvalGroup, vector: int, s: int, split: Split, score: str) -> Standing | None:

@@ -23,6 +23,7 @@ from engine.analysis import (
     deltas,
     difference,
     nearest_scale,
+    random_columns,
     random_group,
     row_at,
     select_by,
@@ -157,15 +158,13 @@ def spreads(test: Split, found: list[Entry]) -> list[Spread]:
     out = []
     for scale in sorted({abs(e.scale) for e in found}):
         for score in SCORES:
-            standing = next((e.standing[score] for e in found
-                             if abs(e.scale) == scale and score in e.standing), None)
-            if standing is None:
+            entry = next((e for e in found if abs(e.scale) == scale and score in e.standing), None)
+            if entry is None:
                 continue
-            layer = test.groups[found[0].label].source_layer
-            group = random_group(test, layer)
-            columns = sorted({nearest_scale(group, scale), nearest_scale(group, -scale)})
+            group = random_group(test, test.groups[entry.label].source_layer)
+            columns = random_columns(group, scale)
             kl = stat(np.concatenate([group.kl[:, c] for c in columns])) if group.kl is not None else None
-            out.append(Spread(scale, score, standing.draws, kl))
+            out.append(Spread(scale, score, entry.standing[score].draws, kl))
     return out
 
 

@@ -16,6 +16,7 @@ With --test-scales it prints the positive scales val chose (what `make study` ev
 """
 import argparse
 import datetime
+import os
 import platform
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def run() -> None:
     figure = random_distribution_figure(found, out, f"{name}.png",
                                         f"{key}, {args.behavior}: test Δ against random directions at the same cost")
     lines = [f"# The seed experiment's question on {key} ({date})", "",
-             f"Command: `{args.command}`. Machine: {platform.machine()}, {_cores()} cores"
+             f"Command: `{args.command}`. Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores"
              + (f"; wall time {args.seconds / 60:.0f} min" if args.seconds else "") + ".",
              f"Behaviour {args.behavior}; val {val.n_questions} questions (the choice, by {args.select_by}, "
              f"KL ≤ {args.kl_max}), test {test.n_questions} questions (what is reported).", ""]
@@ -92,12 +93,6 @@ def run() -> None:
     lines += ["", "## Figure", "", f"![test Δ against random]({figure.name})", ""]
     path = write_atomically(out / f"{name}.md", lambda p_: p_.write_text("\n".join(lines)))
     print(f"wrote {path} and {figure}")
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
 
 
 if __name__ == "__main__":
