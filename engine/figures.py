@@ -60,6 +60,11 @@ def matrix_heatmap(path: Path, cells: np.ndarray, rows: list[str], columns: list
     return path
 
 
+def scale_label(scale: float, unit: str) -> str:
+    """A signed scale as the figures write it: a KL target, a fraction of ‖h_S‖, or |θ|."""
+    return {"kl": f"{scale:+.3g} KL", "resid": f"{scale:+.3g} ‖h_S‖"}.get(unit, f"|θ| {scale:+.3g}")
+
+
 def random_distribution_figure(found, out: Path, name: str, title: str) -> Path:
     """Per score (cloze, letter), one row per chosen setting (``engine.study.Entry``): the test Δ
     of every random draw at its cost (grey dots) and its own Δ with its 95% interval."""
@@ -78,7 +83,7 @@ def random_distribution_figure(found, out: Path, name: str, title: str) -> Path:
             ax.errorbar(d.value, y, xerr=[[d.value - d.low], [d.high - d.value]], fmt="o",
                         color=color(e.label.split("/")[0]), capsize=4, ms=7)
         ax.axvline(0, color="black", lw=0.8)
-        ax.set_yticks(range(len(shown)), [f"{e.name}\n{e.scale:+.3g} KL" for e in shown])
+        ax.set_yticks(range(len(shown)), [f"{e.name}\n{scale_label(e.scale, e.scale_unit)}" for e in shown])
         ax.set_xlabel("Δ cloze preference, polarity-paired [nats/token]" if score == "cloze"
                       else "Δ order-mean logit diff [nats]")
         ax.set_title(f"{score} score", fontsize=11)

@@ -13,7 +13,9 @@ import torch
 from engine.analysis import (
     EvalGroup,
     Split,
+    Standing,
     Stat,
+    against_random,
     choose_for_method,
     cloze_row,
     cloze_row_at,
@@ -158,8 +160,23 @@ class Table:
         r = row(0.0, mean, np.zeros_like(mean), base.mean(0), values)
         return r.delta, r.letter_shift
 
+    def per_question_delta(self, values: np.ndarray, target: str) -> np.ndarray:
+        """[..., n_q] Δ per question of one row's (or rows') values on ``target``: the cloze
+        preference minus unsteered, or the order-mean logit difference minus unsteered's."""
+        base = self.baseline[target]
+        if self.score == "cloze":
+            return values - base
+        return values.mean(-2) - base.mean(0)
+
     def cell(self, source: str, target: str):
         return self.delta(self.chosen[source][target], target)
+
+    def standing(self, source: str, target: str, scale: float) -> Standing:
+        """``source``'s Δ on ``target`` against the random directions at its (absolute) ``scale``:
+        Δ − their mean with a paired interval, and the share of them it beats."""
+        draws = self.per_question_delta(self.random[scale][target], target)
+        return against_random(self.per_question_delta(self.chosen[source][target], target), draws,
+                              self.polarity[target] if self.score == "cloze" else None)
 
     def random_cell(self, scale: float, target: str):
         return self.delta(self.random[scale][target], target)
@@ -182,11 +199,23 @@ class Table:
         def value(stat_):
             return np.nan if stat_ is None else stat_.value
 
+        chosen_sources = [s for s in sources if s.choice is not None]
+        standings = {(s.behavior, t): self.standing(s.behavior, t, abs(s.grid_scale))
+                     for s in chosen_sources for t in self.targets}
+
+        def standing_grid(pick) -> np.ndarray:
+            return np.array([[pick(standings[s, t]) for t in self.targets] for s in names],
+                            np.float32).reshape(len(names), len(self.targets))
+
         out = {f"{prefix}delta": grid(lambda d, _: d.value), f"{prefix}delta_low": grid(lambda d, _: d.low),
                f"{prefix}delta_high": grid(lambda d, _: d.high), f"{prefix}{shift}": grid(lambda _, x: value(x)),
                f"{prefix}random_delta": random_grid(lambda d, _: d.value),
                f"{prefix}random_delta_low": random_grid(lambda d, _: d.low),
-               f"{prefix}random_delta_high": random_grid(lambda d, _: d.high)}
+               f"{prefix}random_delta_high": random_grid(lambda d, _: d.high),
+               f"{prefix}beyond_random": standing_grid(lambda st: st.beyond.value),
+               f"{prefix}beyond_random_low": standing_grid(lambda st: st.beyond.low),
+               f"{prefix}beyond_random_high": standing_grid(lambda st: st.beyond.high),
+               f"{prefix}random_share_beaten": standing_grid(lambda st: st.share_beaten)}
         for t in self.targets:  # every per-question number, per target behaviour
             n_q = len(self.question_ids[t])
             empty = np.zeros((0, *self.baseline[t].shape), np.float32)
@@ -359,6 +388,22 @@ def markdown(measured: TestRun, sources: list[Source], key: str, *, method: str,
                          f"{measured.random_kl[r].mean():.3f} | "
                          + " | ".join(cells) + " |")
         lines.append("")
+        chosen = [s for s in sources if s.choice is not None]
+        if chosen:
+            lines += [f"Against the random distribution ({name}): each chosen row's Δ minus the mean Δ of the "
+                      f"{n_random} random directions at its scale, with a 95% interval that resamples the "
+                      "questions (paired) and the directions; after it, how many of the directions' Δ it beats. "
+                      f"With {n_random} directions the share is coarse: `make study` uses more.", "",
+                      "| vector (chosen on val) | scale | " + " | ".join(short) + " |",
+                      "|---|---|" + "---|" * len(table.targets)]
+            for s in chosen:
+                cells = []
+                for t in table.targets:
+                    st = table.standing(s.behavior, t, abs(s.grid_scale))
+                    cells.append(f"{st.beyond.fmt(3, True)}, {round(st.share_beaten * len(st.draws))}/{len(st.draws)}")
+                lines.append(f"| {label(s.behavior)}: {s.choice.run} #{s.choice.index} | "
+                             f"{chosen_scale_text(s, scale_unit)} | " + " | ".join(cells) + " |")
+            lines.append("")
     lines += ["Unsteered model on each behaviour's test questions.", ""]
     if "letter" in tables:
         lines += ["Letter (both orders): share preferring the behaviour, order-mean logit difference, "

@@ -65,6 +65,7 @@ class Entry:
     label: str  # method/run
     vector: int
     scale: float  # the chosen signed scale (a KL target in kl)
+    scale_unit: str  # kl, resid, abs ("" for evals stored before SCALE_UNIT: abs)
     norm: float  # the signed |θ| it was added at
     val_score: float  # what the choice maximised on val
     cloze: ClozeRow | None  # test
@@ -112,7 +113,7 @@ def entries(val: Split, test: Split, kl_max: float, by: str) -> list[Entry]:
             if found is not None:
                 standing[score] = found
         val_score = (cloze_row_at if select_by(val, by) == "cloze" else row_at)(group, vector, s, val).delta.value
-        out.append(Entry(entry_name(group), group.label, vector, scale, there.norm(vector, t), val_score,
+        out.append(Entry(entry_name(group), group.label, vector, scale, group.scale_unit, there.norm(vector, t), val_score,
                          cloze_row_at(there, vector, t, test) if test.has_cloze else None,
                          row_at(there, vector, t, test) if test.has_letter else None, standing, per_question))
     return out

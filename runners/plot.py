@@ -4,7 +4,7 @@ Vectors are chosen on validation by --select-by (engine.analysis) and shown on t
 violins of per-question scores (of the score chosen by) at --scale and across scales,
 dose-response curves with 95% bootstrap bands (letter panels: share, order-mean logit
 difference, letter shift, answer mass; cloze panels: polarity-paired Δ, the Δ of each polarity
-class, polarity shift), Δ against KL, the PI / PI@CAA singular-value spectrum and convergence,
+class, polarity shift), Δ against KL, each val choice against the random draws at its cost, the PI / PI@CAA singular-value spectrum and convergence,
 the CAA layer sweep and the MELBO objective traces. A figure whose data is not in the store is
 skipped with a message.
 """
@@ -37,10 +37,11 @@ from engine.analysis import (
     splits_in_store,
 )
 from engine.errors import UserError  # noqa: E402
-from engine.figures import color, save  # noqa: E402
+from engine.figures import color, random_distribution_figure, save  # noqa: E402
 from engine.model import REPO_ROOT  # noqa: E402
 from engine.polarity import balanced_mean  # noqa: E402
 from engine.progress import say
+from engine.study import entries
 from engine.store import open_for_reading, read_vector_groups, store_key  # noqa: E402
 from runners import defaults  # noqa: E402
 from runners.cli import (
@@ -468,12 +469,27 @@ def fig_path(data: Data, out: Path) -> Path:
     return save(fig, out, "jacobian_path.png", f"{data.name}: the Jacobian along the CAA steering path")
 
 
+def fig_against_random(data: Data, out: Path) -> Path:
+    """Every vector group's val choice on test against the random directions at its cost: each
+    random draw's Δ (both signs of each direction) as a dot, the choice's Δ with its interval."""
+    val, test = need_splits(data)
+    found = [e for e in entries(val, test, data.kl_max, data.by) if e.standing]
+    if not found:
+        raise Skip("test has no random directions at the scales val chose (`make eval` scores them)")
+    draws = len(next(iter(found[0].standing.values())).draws)
+    return random_distribution_figure(
+        found, out, "against_random.png",
+        f"{data.name}, test split (n = {test.n_questions}): each choice on val against {draws} random "
+        "draws at its cost")
+
+
 def make_all(data: Data, out: Path, scale: float) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     figures = [("violin", lambda: fig_violin(data, out, scale)),
                ("violin across scales", lambda: fig_violin_scales(data, out)),
                ("dose-response", lambda: fig_dose(data, out)),
                ("Δ against KL", lambda: fig_cost(data, out)),
+               ("against the random distribution", lambda: fig_against_random(data, out)),
                ("PI spectrum", lambda: fig_spectrum(data, out)),
                ("Jacobian along the CAA path", lambda: fig_path(data, out)),
                ("CAA layer sweep", lambda: fig_layers(data, out, scale)),

@@ -30,7 +30,7 @@ def test_every_figure_is_written_from_a_store_with_every_kind_of_group(full_stor
     names = sorted(p.name for p in written)
     assert names == sorted(["violin_scale4.png", "violin_scales.png", "dose_response.png",
                             "delta_vs_kl.png", "pi_spectrum.png", "jacobian_path.png", "caa_layers.png",
-                            "melbo_traces.png"])
+                            "melbo_traces.png", "against_random.png"])
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
     assert "skipped" not in capsys.readouterr().err
@@ -42,7 +42,7 @@ def test_store_without_pi_data_skips_the_spectrum_with_a_message(tmp_path, capsy
     err = capsys.readouterr().err
     assert "skipped PI spectrum" in err and "skipped CAA layer sweep" in err
     assert {p.name for p in written} == {"violin_scale4.png", "violin_scales.png", "dose_response.png",
-                                         "melbo_traces.png"}
+                                         "melbo_traces.png", "against_random.png"}
 
 
 def test_dose_response_shows_the_vector_chosen_on_val_with_its_test_numbers(full_store):
@@ -111,4 +111,19 @@ def test_a_store_with_cloze_scores_gains_cloze_panels_and_chooses_by_them(tmp_pa
     assert labels[5].startswith("cloze polarity shift")
     monkeypatch.undo()
     written = plot.make_all(data, tmp_path / "results", 4.0)
-    assert len(written) == 8 and "skipped" not in capsys.readouterr().err
+    assert len(written) == 9 and "skipped" not in capsys.readouterr().err
+
+
+def test_the_random_figure_sets_each_val_choice_beside_both_signs_of_every_random_direction(full_store):
+    from engine.analysis import random_draws
+    from engine.study import entries
+
+    data = plot.load(full_store, KEY, BEHAVIOR, kl_max=0.05)
+    found = [e for e in entries(data.val, data.test, data.kl_max, data.by) if e.standing]
+    assert found
+    for entry in found:
+        group = data.test.groups[entry.label]
+        draws = random_draws(data.test, group.source_layer, entry.scale, "letter")
+        n_dirs = data.test.groups[f"random/L{group.source_layer}"].settings_shape[0]
+        assert draws.shape[0] == 2 * n_dirs  # a direction and its negative
+        np.testing.assert_allclose(np.sort(entry.standing["letter"].draws), np.sort(draws.mean(1)), rtol=1e-6)

@@ -327,7 +327,23 @@ def test_matrix_puts_each_behaviours_val_choice_on_every_behaviours_test_questio
         assert cloze_chosen.shape == (2, 3) and matrix["cloze_delta"].shape == (2, 2)
         np.testing.assert_allclose(matrix["cloze_delta"][1, 1],
                                    balanced_mean(cloze_chosen[1] - cloze_base, polarity), atol=1e-5)
-    assert (out / "matrix_caa_cloze.png").is_file() and "## Cloze: polarity-paired" in (out / "matrix_caa.md").read_text()
+        # against the random distribution: Δ minus the mean of the random directions' Δ at the
+        # row's scale, from the same stored per-question numbers
+        at = int(np.argmin(np.abs(matrix["random_scales"][()] - abs(scale))))
+        draws = questions["cloze_random"][()][at] - cloze_base  # [n_random, n_q]
+        expected = (balanced_mean(cloze_chosen[1] - cloze_base, polarity)
+                    - np.mean([balanced_mean(d, polarity) for d in draws]))
+        np.testing.assert_allclose(matrix["cloze_beyond_random"][1, 1], expected, atol=1e-5)
+        beaten = np.mean([balanced_mean(d, polarity) < balanced_mean(cloze_chosen[1] - cloze_base, polarity)
+                          for d in draws])
+        assert matrix["cloze_random_share_beaten"][1, 1] == beaten
+        letter_draws = questions["random_by_order"][()][at].mean(1) - base.mean(0)
+        np.testing.assert_allclose(matrix["beyond_random"][1, 1],
+                                   delta[1, 1] - letter_draws.mean(1).mean(), atol=1e-5)
+        assert (matrix["beyond_random_low"][()] <= matrix["beyond_random"][()]).all()
+    page = (out / "matrix_caa.md").read_text()
+    assert (out / "matrix_caa_cloze.png").is_file() and "## Cloze: polarity-paired" in page
+    assert "Against the random distribution (cloze)" in page and "/2 |" in page
     # its cell on its own test questions is what the eval runner gives for the same θ
     evaluated = run("runners.eval", "--model", tiny_dir, "--store", store, "--behavior", behaviors[1],
                     "--n-eval", 3, "--n-random", 1, "--scales", f"{scale:g}", "--scale-unit", "abs",
