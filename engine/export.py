@@ -1,4 +1,5 @@
-"""Steering vectors as files other tools load: ``.pt``, ``.safetensors`` and a llama.cpp GGUF.
+"""Steering vectors as files other tools load: ``.pt``, ``.safetensors``, a llama.cpp GGUF and
+lm-evaluation-harness's ``steered`` file.
 
 Every file holds one vector θ [d] fp32 that is added to the residual stream after decoder layer S
 (the output of ``model.model.layers[S]``, docs/DESIGN.md "Where θ goes"), exactly as written: a file loaded at
@@ -8,6 +9,12 @@ strength 1 reproduces the setting it came from.
   metadata, so :func:`read_pt` returns an empty dict for it.
 - ``.safetensors``: one tensor named ``direction``; the layer and the settings travel as metadata
   strings (see :func:`_metadata_strings`).
+- ``.lm-eval.pt``: lm-evaluation-harness's ``steered`` model (``lm_eval --model steered
+  --model_args pretrained=…,steer_path=FILE``): ``{"layers.S": {"steering_vector": θ,
+  "steering_coefficient": 1.0, "action": "add", "bias": None, "head_index": None}}``. Its hook
+  point is a module name under ``model.base_model`` (the decoder stack), so θ after decoder layer
+  S is ``layers.S``, not ``model.layers.S``; ``add`` adds θ to that block's output at every
+  position, as this project does. ``make check-lm-eval`` checks it in lm-eval itself.
 - ``.gguf``: a llama.cpp control vector (``--control-vector``): architecture ``controlvector``,
   ``controlvector.model_hint``, ``controlvector.layer_count`` and one f32 tensor
   ``direction.N`` with N from :func:`gguf_direction_index`. The same metadata strings as the
@@ -40,7 +47,8 @@ GGUF_ARCH = "controlvector"
 GGUF_EXTRA_PREFIX = "steering."
 SAFETENSORS_NAME = "direction"
 RAW_SCALE = "raw"
-SUFFIXES = (".pt", ".safetensors", ".gguf")
+LM_EVAL_SUFFIX = ".lm-eval.pt"
+SUFFIXES = (".pt", ".safetensors", ".gguf", LM_EVAL_SUFFIX)
 
 Metadata = dict[str, Any]  # model, method, run, index, scale, settings
 
@@ -170,6 +178,20 @@ def write_pt(path: str | Path, exported: ExportedVector) -> Path:
     return write_atomically(path, lambda tmp: torch.save({exported.source_layer: tensor}, tmp))
 
 
+def lm_eval_hook_point(source_layer: int) -> str:
+    """lm-eval's name for the output of decoder layer S: a module name under
+    ``model.base_model`` (hf_steered resolves hook points there)."""
+    return f"layers.{_non_negative_int(source_layer, 'source layer')}"
+
+
+def write_lm_eval(path: str | Path, exported: ExportedVector) -> Path:
+    """The ``steered`` model's file: θ added, as written, at ``layers.S`` (strength 1)."""
+    config = {lm_eval_hook_point(exported.source_layer): {
+        "steering_vector": torch.tensor(exported.vector, dtype=torch.float32),
+        "steering_coefficient": 1.0, "action": "add", "bias": None, "head_index": None}}
+    return write_atomically(path, lambda tmp: torch.save(config, tmp))
+
+
 def write_safetensors(path: str | Path, exported: ExportedVector) -> Path:
     tensors = {SAFETENSORS_NAME: torch.tensor(exported.vector, dtype=torch.float32)}
     metadata = _metadata_strings(exported)
@@ -207,11 +229,11 @@ def exported_choice(store: str | Path, model: str, behavior: str, choice: Vector
 
 
 def write_all(folder: str | Path, stem: str, exported: ExportedVector) -> list[Path]:
-    """``<stem>.pt``, ``<stem>.safetensors`` and ``<stem>.gguf`` in ``folder``."""
+    """``<stem>.pt``, ``<stem>.safetensors``, ``<stem>.gguf`` and ``<stem>.lm-eval.pt`` in ``folder``."""
     gguf_direction_index(exported.source_layer)  # refuse before writing anything
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    writers = (write_pt, write_safetensors, write_gguf)
+    writers = (write_pt, write_safetensors, write_gguf, write_lm_eval)
     return [write(folder / f"{stem}{suffix}", exported) for write, suffix in zip(writers, SUFFIXES)]
 
 
@@ -226,6 +248,22 @@ def read_pt(path: str | Path) -> tuple[int, np.ndarray, Metadata]:
     if not isinstance(layer, int) or not isinstance(tensor, torch.Tensor) or tensor.ndim != 1:
         raise UserError(f"{path} is not a {{layer: vector}} file")
     return layer, tensor.to(torch.float32).numpy(), {}
+
+
+def read_lm_eval(path: str | Path) -> tuple[int, np.ndarray, Metadata]:
+    """The layer and θ of a ``steered`` file with one ``add`` hook point ``layers.S``, the
+    coefficient applied (no metadata: the format has no room for it)."""
+    path = Path(path)
+    content = torch.load(path, map_location="cpu", weights_only=True)
+    wrong = UserError(f"{path} is not an lm-eval steered file with one 'layers.S' add entry")
+    if not (isinstance(content, dict) and len(content) == 1):
+        raise wrong
+    (point, entry), = content.items()
+    prefix, _, layer = str(point).partition(".")
+    if prefix != "layers" or not layer.isdigit() or not isinstance(entry, dict) or entry.get("action") != "add":
+        raise wrong
+    vector = entry["steering_vector"].to(torch.float32) * float(entry.get("steering_coefficient", 1.0))
+    return int(layer), vector.numpy(), {}
 
 
 def read_safetensors(path: str | Path) -> tuple[int, np.ndarray, Metadata]:

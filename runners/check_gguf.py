@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.choice import named_choices
 from engine.errors import UserError
-from engine.export import exported_choice, gguf_direction_index, write_gguf
+from engine.export import gguf_direction_index, write_gguf
 from engine.generate import load_prompts, prompt_ids
 from engine.llama_cpp import (
     agreement,
@@ -35,17 +34,16 @@ from engine.llama_cpp import (
 )
 from engine.model import EMBEDDED, embedded_gguf, load_model
 from engine.progress import say, step
-from engine.store import caa_run
 from engine.vector import SteeringVector
 from runners import defaults
 from runners.cli import (
-    add_scale_unit,
+    add_check_vector,
     behavior_items,
+    check_vector,
     main_guard,
     parse,
     parser,
     positive_int,
-    unit_norms,
 )
 
 
@@ -72,13 +70,7 @@ def our_logprobs(model: torch.nn.Module, prompts: list[tuple[int, ...]],
 
 def run() -> None:
     p = parser(__doc__)
-    p.add_argument("--layer", type=int, default=int(defaults.LAYER), help="source layer S of the CAA vector")
-    p.add_argument("--vector", default=None, metavar="METHOD/RUN/INDEX",
-                   help="the stored vector to export (default: caa/L<layer>-answer/0)")
-    p.add_argument("--scale", type=float, default=float(defaults.CHECK_SCALE),
-                   help="signed size of the exported vector, in --scale-unit (a size, not a cost: the "
-                        "check compares two runtimes at one θ)")
-    add_scale_unit(p, ("resid", "abs"), "resid")
+    add_check_vector(p, "two runtimes")
     p.add_argument("--server", default=defaults.LLAMA_SERVER, help="the llama-server binary")
     p.add_argument("--gguf", default=None,
                    help="the GGUF file llama-server loads (default: the embedded model's own)")
@@ -106,14 +98,9 @@ def run() -> None:
         gguf_direction_index(args.layer - 1)  # the shifted-down file must be writable too
 
     args = parse(p, validate)
-    vector_name = args.vector or f"caa/{caa_run(args.layer, position='answer')}/0"
     lm = load_model(args.model, args.dtype, args.device)
     lm.check_layer(args.layer + 1, "layer + 1 (the shifted file)")
-    unit_norms(args, lm, [args.layer])
-    choice, = named_choices(args.store, lm.key, args.behavior, vector_name, [args.scale], args.scale_unit)
-    right = exported_choice(args.store, args.model, args.behavior, choice)
-    if right.source_layer != args.layer:
-        raise UserError(f"{vector_name} is a layer-{right.source_layer} vector, not layer {args.layer}")
+    vector_name, choice, right = check_vector(args, lm)
 
     half = args.prompts // 2
     texts = [q.text for q in load_prompts(args.neutral, "test", args.prompts - half)]

@@ -277,3 +277,31 @@ def neutral_options(args: argparse.Namespace) -> dict:
     arguments: ``neutral_texts(args.store, lm, split, prompts, **neutral_options(args))``."""
     return {"model": args.model, "dtype": args.dtype, "device": args.device, "neutral": args.neutral,
             "n_neutral": args.n_neutral, "gen_tokens": args.gen_tokens, "force": args.force}
+
+
+def add_check_vector(p: argparse.ArgumentParser, what: str) -> None:
+    """The options of a check that exports one stored vector and reads it back in another program
+    (check_gguf, check_lm_eval): which vector, at which size."""
+    p.add_argument("--layer", type=int, default=int(defaults.LAYER), help="source layer S of the CAA vector")
+    p.add_argument("--vector", default=None, metavar="METHOD/RUN/INDEX",
+                   help="the stored vector to export (default: caa/L<layer>-answer/0)")
+    p.add_argument("--scale", type=float, default=float(defaults.CHECK_SCALE),
+                   help=f"signed size of the exported vector, in --scale-unit (a size, not a cost: the "
+                        f"check compares {what} at one θ)")
+    add_scale_unit(p, ("resid", "abs"), "resid")
+
+
+def check_vector(args: argparse.Namespace, lm: LoadedModel):
+    """(its name, the choice, the ``ExportedVector``) of a check's --vector at --scale, refused
+    unless it is a vector of --layer."""
+    from engine.choice import named_choices
+    from engine.export import exported_choice
+    from engine.store import caa_run
+
+    name = args.vector or f"caa/{caa_run(args.layer, position='answer')}/0"
+    unit_norms(args, lm, [args.layer])
+    choice, = named_choices(args.store, lm.key, args.behavior, name, [args.scale], args.scale_unit)
+    exported = exported_choice(args.store, args.model, args.behavior, choice)
+    if exported.source_layer != args.layer:
+        raise UserError(f"{name} is a layer-{exported.source_layer} vector, not layer {args.layer}")
+    return name, choice, exported

@@ -3,7 +3,7 @@ Makefile writes them (argparse converts string defaults with the argument's type
 tests/test_defaults.py checks that each Makefile `NAME ?= value` line says the same.
 
 Sized so that `make` (every method, eval, report, figures) finishes in 15 minutes on a 2-core
-CPU; README "Scaling up" shows the sizes for real numbers.
+CPU; docs/usage.md "Scaling up" shows the sizes for real numbers.
 """
 
 MODEL = "models/SmolLM2-135M-Instruct"
@@ -60,3 +60,4 @@ MATRIX_N_RANDOM = "2"
 LLAMA_SERVER = ".cache/llama.cpp/build/bin/llama-server"
 CHECK_SCALE = "0.28"
 CHECK_PROMPTS = "8"
+CHECK_QUESTIONS = "12"

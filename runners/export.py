@@ -1,5 +1,5 @@
-"""Write steering vectors as files other tools load: .pt, .safetensors and a llama.cpp GGUF
-control vector (engine/export.py says what each holds).
+"""Write steering vectors as files other tools load: .pt, .safetensors, a llama.cpp GGUF
+control vector and an lm-evaluation-harness `steered` file (engine/export.py says what each holds).
 
 Without --vector: for every method, the vector and scale chosen on validation (as `make report`
 chooses them). With --vector METHOD/RUN/INDEX: that stored vector, at --scale (the L2 norm of what
@@ -70,7 +70,7 @@ def run() -> None:
         for path in write_all(args.out, stem, vector):
             print(path)
         say(f"{vector.method} {vector.run} #{vector.index} at scale {scale}, layer "
-            f"{vector.source_layer}: {stem}.pt/.safetensors/.gguf (GGUF direction."
+            f"{vector.source_layer}: {stem}.pt/.safetensors/.gguf/.lm-eval.pt (GGUF direction."
             f"{gguf_direction_index(vector.source_layer)})")
 
 

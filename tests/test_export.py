@@ -8,11 +8,14 @@ from engine.errors import UserError
 from engine.export import (
     ExportedVector,
     gguf_direction_index,
+    lm_eval_hook_point,
     read_gguf,
+    read_lm_eval,
     read_pt,
     read_safetensors,
     write_all,
     write_gguf,
+    write_lm_eval,
     write_pt,
     write_safetensors,
 )
@@ -118,13 +121,52 @@ def test_layer_zero_has_no_gguf_slot_and_write_all_then_writes_nothing(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
-def test_write_all_writes_the_three_formats_with_the_same_vector(tmp_path):
+def test_write_all_writes_the_four_formats_with_the_same_vector(tmp_path):
     exported = _exported()
     paths = write_all(tmp_path / "out", "pi_caa-L7-T20-3", exported)
-    assert [p.name for p in paths] == [f"pi_caa-L7-T20-3{s}" for s in (".pt", ".safetensors", ".gguf")]
+    assert [p.name for p in paths] == [f"pi_caa-L7-T20-3{s}" for s in (".pt", ".safetensors", ".gguf", ".lm-eval.pt")]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)
-    for read, path in zip((read_pt, read_safetensors, read_gguf), paths):
-        _assert_same(read(path), exported, with_metadata=read is not read_pt)
+    for read, path in zip((read_pt, read_safetensors, read_gguf, read_lm_eval), paths):
+        _assert_same(read(path), exported, with_metadata=read in (read_safetensors, read_gguf))
+
+
+def test_the_lm_eval_file_is_what_its_steered_model_reads(tmp_path):
+    exported = _exported()
+    content = torch.load(write_lm_eval(tmp_path / "v.lm-eval.pt", exported), weights_only=True)
+    assert list(content) == [f"layers.{LAYER}"]
+    entry = content[f"layers.{LAYER}"]
+    assert entry["action"] == "add" and entry["steering_coefficient"] == 1.0
+    assert entry["bias"] is None and entry["head_index"] is None
+    assert entry["steering_vector"].dtype == torch.float32
+    assert entry["steering_vector"].numpy().tobytes() == exported.vector.tobytes()
+
+
+def test_the_lm_eval_hook_point_adds_theta_where_this_project_does(tiny_llama):
+    """hf_steered hooks the module named by the file's key among ``model.base_model``'s modules
+    and adds the vector to its output; that must be the project's θ after layer S."""
+    from engine.vector import SteeringVector
+
+    model, layer = tiny_llama.model, 2
+    theta = torch.from_numpy(np.random.default_rng(0).standard_normal(tiny_llama.d_model)).to(torch.float64)
+    modules = dict(model.base_model.named_modules())
+    assert f"model.{lm_eval_hook_point(layer)}" not in modules  # the name lm-eval cannot resolve
+    hooked = modules[lm_eval_hook_point(layer)]
+
+    def add(module, args, output):
+        return (output[0] + theta, *output[1:]) if isinstance(output, tuple) else output + theta
+
+    ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
+    with torch.no_grad():
+        handle = hooked.register_forward_hook(add)
+        try:
+            theirs = model(ids).logits
+        finally:
+            handle.remove()
+        with SteeringVector(theta, layer, "resid").apply(model):
+            ours = model(ids).logits
+        plain = model(ids).logits
+    assert (theirs - plain).abs().max() > 1e-3
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -160,15 +202,15 @@ def _scribble_then_fail(obj, path, *args, **kwargs):
     raise OSError("disk full")
 
 
-@pytest.mark.parametrize("fmt", ["pt", "safetensors", "gguf"])
+@pytest.mark.parametrize("fmt", ["pt", "safetensors", "gguf", "lm-eval.pt"])
 def test_a_failing_write_leaves_the_existing_file_intact(tmp_path, monkeypatch, fmt):
     write, read = {"pt": (write_pt, read_pt), "safetensors": (write_safetensors, read_safetensors),
-                   "gguf": (write_gguf, read_gguf)}[fmt]
+                   "gguf": (write_gguf, read_gguf), "lm-eval.pt": (write_lm_eval, read_lm_eval)}[fmt]
     path = tmp_path / f"v.{fmt}"
     first = _exported(scale=None, vector=_vector(seed=1))
     write(path, first)
     before = path.read_bytes()
-    if fmt == "pt":
+    if fmt in ("pt", "lm-eval.pt"):
         monkeypatch.setattr(torch, "save", _scribble_then_fail)
     elif fmt == "safetensors":
         monkeypatch.setattr(export, "save_file", _scribble_then_fail)
@@ -178,4 +220,4 @@ def test_a_failing_write_leaves_the_existing_file_intact(tmp_path, monkeypatch, 
         write(path, _exported(scale=None, vector=_vector(seed=2)))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
-    _assert_same(read(path), first, with_metadata=fmt != "pt")
+    _assert_same(read(path), first, with_metadata=fmt in ("safetensors", "gguf"))

@@ -244,7 +244,7 @@ def test_export_writes_the_val_choice_and_its_pt_file_reproduces_the_eval(tiny_d
     done = run("runners.export", "--model", tiny_dir, "--store", store, "--out", out)
     assert done.returncode == 0, done.stderr
     key = store_key(str(tiny_dir))
-    assert sorted(p.name for p in out.iterdir()) == [f"{key}-survival-instinct-caa-L1-0{s}" for s in (".gguf", ".pt", ".safetensors")]
+    assert sorted(p.name for p in out.iterdir()) == [f"{key}-survival-instinct-caa-L1-0{s}" for s in (".gguf", ".lm-eval.pt", ".pt", ".safetensors")]
     layer, vector, _ = read_pt(out / f"{key}-survival-instinct-caa-L1-0.pt")
     _, from_safetensors, meta = read_safetensors(out / f"{key}-survival-instinct-caa-L1-0.safetensors")
     gguf_layer, from_gguf, _ = read_gguf(out / f"{key}-survival-instinct-caa-L1-0.gguf")
