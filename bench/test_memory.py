@@ -1,5 +1,5 @@
 """Peak memory of one JᵀJV step against k and tokens (and k in chunks), each in a fresh process
-(bench/memory_step.py), with the README's formula beside each measurement:
+(bench/memory_step.py), with docs/usage.md's formula beside each measurement:
 
     linearisation ≈ 10 · L · tokens · (d + d_ff) · bytes
     step          ≈ 2.25 · k_c · L · tokens · (d + d_ff) · bytes,   k_c = min(k, JVP_CHUNK)

@@ -4,7 +4,7 @@ For each layer S: CAA read on the answer texts of the first 128 train pairs (fil
 over polarity classes and pooled (the ablation); each added at ±s · unit(vector) for s in SCALES,
 and 3 random directions at the same norms; cloze scores on the first 64 val questions by id
 (class-balanced Δ, polarity shift) and KL on 8 neutral val prompts. The main job's default layer
-is chosen from this table (README, "Which layer"), never from test.
+is chosen from this table (docs/results.md, "Which layer"), never from test.
 
 Run from the repository root: PYTHONPATH=. .venv/bin/python docs/cloze_layers.py [layers...]
 (about 6 min per layer on 2 cores for SmolLM2). Environment: CAPTURE=mlp|resid (default resid)
@@ -22,9 +22,9 @@ import sys
 import numpy as np
 import torch
 
-from engine.calibrate import MAX_UNITS, UNIT_START, kl_norms
 from engine.analysis import balanced_stat, polarity_shift_stat, stat, stratified
 from engine.caa import caa_answer_vector
+from engine.calibrate import MAX_UNITS, UNIT_START, kl_norms
 from engine.cloze import cloze_items, cloze_preference, cloze_token_counts
 from engine.data import load_items
 from engine.generate import generate_ids, load_prompts, prompt_ids

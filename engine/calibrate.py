@@ -3,7 +3,7 @@
 A scale in units of ‖h_S‖ means a different cost for every direction and every model: on
 Gemma-3-270M at layer 12 a random direction reaches 0.05 nats per token at 0.02–0.04 of ‖h_S‖,
 a power-iteration direction at 0.005 and the CAA direction at 0.25–0.35, where on SmolLM2-135M at
-layer 20 all four lie within 0.07–0.16 (docs/scale_units.py; README, "Scale units"). The one unit
+layer 20 all four lie within 0.07–0.16 (docs/scale_units.py; docs/usage.md, "Scales that travel between models"). The one unit
 that means the same on every direction and model is the cost itself: with ``SCALE_UNIT=kl`` a
 scale t is the |θ| at which that direction, with that sign, costs t nats per token of mean
 KL(unsteered ‖ steered) on the val neutral texts, the statistic eval reports.

@@ -77,7 +77,7 @@ def cpu_bf16_native() -> bool:
 def resolve_dtype(dtype: str, device: str) -> str:
     """``auto`` is bf16 on accelerators and fp32 on CPUs, on every CPU: fp32 is exact enough to
     reproduce across machines, and CPUs without native bf16 (``cpu_bf16_native``) run bf16
-    matmuls several times slower than fp32 (the README's dtype section has the measurements)."""
+    matmuls several times slower than fp32 (docs/conventions.md, "Dtypes", has the measurements)."""
     if dtype == "auto":
         return "fp32" if str(device).startswith("cpu") else "bf16"
     if dtype not in DTYPES:

@@ -38,7 +38,7 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
         raise ModelError(
             f"{type(model).__name__} has no `model.layers` list ({where}): supported are HF "
             "decoder-only models that keep their blocks at `model.layers` (Llama, Qwen2/3, "
-            "Mistral, SmolLM2, Gemma-2/3; README, 'Models')"
+            "Mistral, SmolLM2, Gemma-2/3; docs/models.md)"
         )
     return layers
 

@@ -85,7 +85,7 @@ def run() -> None:
     p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the random start block")
     p.add_argument("--jvp-chunk", type=count_or_all, default=defaults.JVP_CHUNK, metavar="N|all",
                    help="vectors pushed through the vmapped JVP/VJP together: the step's memory grows "
-                        "with this, not with K + OVERSAMPLE (README: memory); all: every vector at once")
+                        "with this, not with K + OVERSAMPLE (docs/usage.md: memory); all: every vector at once")
     p.add_argument("--at", choices=["zero", "caa"], default="zero",
                    help="linearisation point θ₀: 0, or the stored CAA vector of --layer")
     p.add_argument("--caa-position", choices=("answer", "letter"), default=defaults.AT_POSITION,

@@ -41,8 +41,8 @@ from engine.figures import color, random_distribution_figure, save  # noqa: E402
 from engine.model import REPO_ROOT  # noqa: E402
 from engine.polarity import balanced_mean  # noqa: E402
 from engine.progress import say
-from engine.study import entries
 from engine.store import open_for_reading, read_vector_groups, store_key  # noqa: E402
+from engine.study import entries
 from runners import defaults  # noqa: E402
 from runners.cli import (
     # noqa: E402,

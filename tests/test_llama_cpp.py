@@ -1,6 +1,6 @@
 """engine/llama_cpp.py without llama.cpp: the server's lifecycle and requests against a stand-in
 (tests/fixtures/fake_llama_server.py), and the agreement figures against planted changes.
-`make check-gguf` runs the real llama-server (README "llama.cpp round trip")."""
+`make check-gguf` runs the real llama-server (docs/export.md, "llama.cpp round trip")."""
 import sys
 from pathlib import Path
 
