@@ -11,7 +11,8 @@ questions and settings: the cost of adding the cloze score) and `cloze_prompt_sh
 import pytest
 import torch
 
-from engine.cloze import cloze_items, cloze_logprobs
+from engine.cloze import cloze_logprobs
+from engine.cloze_form import cloze_items
 from engine.data import load_items
 from engine.evaluate import evaluate
 from engine.model import DEFAULT_MODEL_DIR, load_model

@@ -12,7 +12,8 @@ unsteered time, the same prompts and greedy tokens): the hook should cost almost
 import pytest
 import torch
 
-from engine.generate import generate_ids, load_prompts, prompt_ids
+from engine.data import load_prompts
+from engine.generate import generate_ids, prompt_ids
 from engine.model import DEFAULT_MODEL_DIR, load_model
 from engine.reference import side_effects_plain
 from engine.side_effects import ScoredText, side_effects

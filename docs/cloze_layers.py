@@ -25,9 +25,10 @@ import torch
 from engine.analysis import balanced_stat, polarity_shift_stat, stat, stratified
 from engine.caa import caa_answer_vector
 from engine.calibrate import MAX_UNITS, UNIT_START, kl_norms
-from engine.cloze import cloze_items, cloze_preference, cloze_token_counts
-from engine.data import load_items
-from engine.generate import generate_ids, load_prompts, prompt_ids
+from engine.cloze import cloze_preference
+from engine.cloze_form import cloze_items, cloze_token_counts
+from engine.data import load_items, load_prompts
+from engine.generate import generate_ids, prompt_ids
 from engine.grid import random_directions
 from engine.model import DEFAULT_MODEL_DIR, load_model
 from engine.norms import NORM_PROMPTS, residual_norm

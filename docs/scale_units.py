@@ -24,8 +24,8 @@ import sys
 import numpy as np
 import torch
 
-from engine.data import load_items
-from engine.generate import generate_ids, load_prompts, prompt_ids
+from engine.data import load_items, load_prompts
+from engine.generate import generate_ids, prompt_ids
 from engine.grid import random_directions
 from engine.model import load_model
 from engine.norms import NORM_PROMPTS

@@ -13,10 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.data import Item, check_answers, item_id, load_items, split_of
+from engine.data import Item, Prompt, check_answers, item_id, load_items, load_prompts, split_of
 from engine.errors import DataError
-from engine.generate import Prompt, load_prompts
-from engine.model import REPO_ROOT
+from engine.files import REPO_ROOT
 from engine.orders import ChoiceError, mirror
 from engine.progress import say
 

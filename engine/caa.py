@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.cloze import ClozeItem
+from engine.cloze_form import ClozeItem
 from engine.parallel import SINGLE, Ranks
 from engine.polarity import class_masks
 from engine.prompts import AnswerTokens

@@ -8,7 +8,8 @@ from importlib.resources import files
 from typing import Sequence
 
 from engine.calibrate import MAX_UNITS, UNIT_START, kl_norms
-from engine.generate import generate_ids, load_prompts, prompt_ids
+from engine.data import load_prompts
+from engine.generate import generate_ids, prompt_ids
 from engine.model import LoadedModel, as_loaded
 from engine.norms import residual_norm
 from engine.side_effects import ScoredText

@@ -1,4 +1,5 @@
-"""A/B items in the project's own JSONL format, their deterministic split, and ingest.
+"""A/B items in the project's own JSONL format, their deterministic split, and ingest; and the
+prompt files (open-ended and neutral prompts, ``load_prompts``).
 
 One JSON object per line::
 
@@ -126,3 +127,35 @@ def load_items(path: str | Path, split: str | None = None) -> list[Item]:
 def write_items(items: list[Item], path: str | Path) -> None:
     text = "".join(json.dumps(asdict(item), ensure_ascii=False) + "\n" for item in items)
     write_atomically(path, lambda partial: partial.write_text(text, encoding="utf-8"))
+
+
+# ---- prompt files (open-ended and neutral prompts) ----------------------------------------------
+
+PROMPT_REQUIRED = ("id", "text", "split")
+PROMPT_OPTIONAL = ("topic", "source")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+    split: str
+    topic: str = ""
+    source: str = ""
+
+
+def load_prompts(path: str | Path, split: str | None = None, n: int | None = None) -> list[Prompt]:
+    """Read and validate a prompt file; keep ``split`` only (if given), then the first ``n``.
+    Every line is checked, also those that are not kept, so a broken file fails at once."""
+    check_split(split)
+    prompts = []
+    for where, raw in read_records(path, PROMPT_REQUIRED, "prompt file (JSONL with fields id, text, split)"):
+        if not raw["text"].strip():
+            raise DataError(f"{where}: field text is empty")
+        prompts.append(Prompt(**{key: raw[key] for key in PROMPT_REQUIRED},
+                              **{key: str(raw.get(key, "")) for key in PROMPT_OPTIONAL}))
+    if split is not None:
+        prompts = [prompt for prompt in prompts if prompt.split == split]
+    if not prompts:
+        raise DataError(f"{path}: no prompts" + (f" in split {split!r}" if split else ""))
+    return prompts[:n]

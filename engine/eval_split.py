@@ -13,7 +13,8 @@ import numpy as np
 
 from engine.calibrate import Calibrator, GroupCalibration
 from engine.calibrate import key as calibration_key
-from engine.cloze import ClozeItem, cloze_preference, cloze_token_counts
+from engine.cloze import cloze_preference
+from engine.cloze_form import ClozeItem, cloze_token_counts
 from engine.data import Item
 from engine.grid import build_grid, random_directions, signed_scales
 from engine.model import LoadedModel

@@ -13,6 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+# the repository this code runs from (its data/, models/, results/)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 
 def _remove(path: Path) -> None:
     if path.is_dir():

@@ -16,49 +16,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from engine.data import check_split, read_records
-from engine.errors import DataError, UserError
+from engine.errors import UserError
 from engine.parallel import SINGLE, Ranks
 from engine.prompts import format_prompt, length_batches, pad_left
 from engine.site import add_at, resolve_site
 from engine.vector import SteeringVector
 
-PROMPT_REQUIRED = ("id", "text", "split")
-PROMPT_OPTIONAL = ("topic", "source")
 # Sampling draws from the model's own (steered) distribution: these override any temperature,
 # top-k or top-p of the model's generation config (greedy ignores them; HF warns if they are passed).
 NEUTRAL_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
-
-
-@dataclass(frozen=True)
-class Prompt:
-    id: str
-    text: str
-    split: str
-    topic: str = ""
-    source: str = ""
-
-
-def load_prompts(path: str | Path, split: str | None = None, n: int | None = None) -> list[Prompt]:
-    """Read and validate a prompt file; keep ``split`` only (if given), then the first ``n``.
-    Every line is checked, also those that are not kept, so a broken file fails at once."""
-    check_split(split)
-    prompts = []
-    for where, raw in read_records(path, PROMPT_REQUIRED, "prompt file (JSONL with fields id, text, split)"):
-        if not raw["text"].strip():
-            raise DataError(f"{where}: field text is empty")
-        prompts.append(Prompt(**{key: raw[key] for key in PROMPT_REQUIRED},
-                              **{key: str(raw.get(key, "")) for key in PROMPT_OPTIONAL}))
-    if split is not None:
-        prompts = [prompt for prompt in prompts if prompt.split == split]
-    if not prompts:
-        raise DataError(f"{path}: no prompts" + (f" in split {split!r}" if split else ""))
-    return prompts[:n]
 
 
 def check_max_new_tokens(max_new_tokens: int) -> None:

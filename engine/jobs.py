@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine.cloze import cloze_items
+from engine.cloze_form import cloze_items
 from engine.data import Item
 from engine.errors import UserError
 from engine.model import LoadedModel, load_model
@@ -81,7 +81,7 @@ def load_checked(ctx: RunContext, items: list[Item], source_layers: list[int],
                  ) -> tuple[LoadedModel, list, list[str], dict[int, str]]:
     """Load the model, check the layers and resolve the injection site, and find every item's
     answer tokens in ``order`` (``engine.orders.answers_in_order``), or with ``cloze`` its cloze
-    form (``engine.cloze.cloze_items``); returns (model, answers or cloze items, skipped
+    form (``engine.cloze_form.cloze_items``); returns (model, answers or cloze items, skipped
     messages, site per source layer). Raises if no item is usable."""
     lm = ctx.load()
     sites = resolve_sites(lm, source_layers, ctx.site)

@@ -28,7 +28,8 @@ from engine.analysis import select_by as available_score
 from engine.behaviors import label
 from engine.calibrate import Calibrator
 from engine.choice import VectorChoice, theta_of
-from engine.cloze import ClozeItem, cloze_preference, cloze_token_counts
+from engine.cloze import cloze_preference
+from engine.cloze_form import ClozeItem, cloze_token_counts
 from engine.data import Item
 from engine.evaluate import SETTINGS_PER_PASS
 from engine.grid import build_grid, random_directions

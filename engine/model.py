@@ -15,11 +15,10 @@ from pathlib import Path
 import torch
 
 from engine.errors import ModelError
-from engine.files import write_atomically
+from engine.files import REPO_ROOT, write_atomically
 from engine.site import check_layer, decoder_layers
 from engine.store.layout import store_key
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
 
 

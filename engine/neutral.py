@@ -7,7 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from engine.generate import Prompt, generate_ids, prompt_ids
+from engine.data import Prompt
+from engine.generate import generate_ids, prompt_ids
 from engine.model import LoadedModel
 from engine.parallel import ranks
 from engine.progress import say, step

@@ -13,27 +13,14 @@ other token (7× at layer 7), so a mean is set by one position that steering nev
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from engine.segment import batched_prefixes
+from engine.store.groups import QUANTILES, ResidualNorm
 
 NORM_PROMPTS = 128
 SCALE_UNITS = ("kl", "resid", "abs")
-QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
-
-
-@dataclass(frozen=True)
-class ResidualNorm:
-    """‖h_S‖ over the real tokens of some prompts at one source layer."""
-    layer: int
-    median: float  # the scale unit
-    mean: float
-    quantiles: tuple[float, ...]  # at QUANTILES
-    n_tokens: int
-    n_prompts: int
 
 
 @torch.no_grad()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.cloze import ClozeItem, token_log_probs
+from engine.cloze import token_log_probs
+from engine.cloze_form import ClozeItem
 from engine.evaluate import EvalResult, answer_scores
 from engine.jacobian import math_attention
 from engine.prompts import AnswerTokens, pad_right

@@ -9,7 +9,7 @@ from pathlib import Path
 from engine.data import load_items
 from engine.generate import prompt_ids
 from engine.model import LoadedModel
-from engine.norms import NORM_PROMPTS, ResidualNorm, residual_norm
+from engine.norms import NORM_PROMPTS, residual_norm
 from engine.parallel import ranks
 from engine.progress import say, step
 from engine.store import (
@@ -23,6 +23,7 @@ from engine.store import (
     write_norm,
     writing,
 )
+from engine.store.groups import ResidualNorm
 
 
 def residual_units(store: str | Path, lm: LoadedModel, layers, *, model: str, dtype: str,

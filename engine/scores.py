@@ -11,7 +11,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from engine.cloze import ClozeItem, cloze_items, cloze_logprobs
+from engine.cloze import cloze_logprobs
+from engine.cloze_form import ClozeItem, cloze_items
 from engine.data import Item
 from engine.evaluate import evaluate
 from engine.orders import answers_in_order

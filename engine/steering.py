@@ -17,7 +17,8 @@ import torch
 
 from engine.analysis import balanced_stat, polarity_shift_stat, stat
 from engine.caa import caa_answer_vector
-from engine.cloze import ClozeItem, cloze_pair, cloze_preference, cloze_token_counts
+from engine.cloze import cloze_preference
+from engine.cloze_form import ClozeItem, cloze_pair, cloze_token_counts
 from engine.data import Item
 from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from engine.model import as_loaded

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.data import load_prompts
 from engine.errors import UserError
 from engine.export import gguf_direction_index, write_gguf
-from engine.generate import load_prompts, prompt_ids
+from engine.generate import prompt_ids
 from engine.llama_cpp import (
     agreement,
     free_port,

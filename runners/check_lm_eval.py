@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.cloze import cloze_items, cloze_logprobs, stem_and_answers
+from engine.cloze import cloze_logprobs
+from engine.cloze_form import cloze_items, stem_and_answers
 from engine.errors import UserError
 from engine.export import lm_eval_hook_point, write_lm_eval
 from engine.harness import compare, harness_loglikelihoods, pair_difference, whitespace_term, write_task

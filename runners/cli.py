@@ -10,19 +10,20 @@ import sys
 from typing import Callable
 
 from engine.behaviors import check_name, data_file, items_of, known_behaviors
-from engine.data import SPLITS, Item
+from engine.data import SPLITS, Item, load_prompts
 from engine.errors import UserError
-from engine.generate import load_prompts
+from engine.files import REPO_ROOT
 from engine.jobs import RunContext
-from engine.model import DTYPES, REPO_ROOT, LoadedModel, cpu_bf16_native, resolve_dtype
+from engine.model import DTYPES, LoadedModel, cpu_bf16_native, resolve_dtype
 from engine.neutral import neutral_texts
-from engine.norms import SCALE_UNITS, ResidualNorm
+from engine.norms import SCALE_UNITS
 from engine.parallel import ranks, start
 from engine.progress import say
 from engine.scale_unit import residual_units
 from engine.scores import SELECT_BY
 from engine.site import SITES
 from engine.store import behaviors_in_store, file_checksum
+from engine.store.groups import ResidualNorm
 from runners import defaults
 
 # Arguments that say where to read and write or whether to redo work, not what is computed.

@@ -26,10 +26,10 @@ polarity) and /<model>/<behavior>/evals/<split>/<method>/<run>/ (logit_diff and 
 [k, n_scales], calibration_kl and calibration_reached).
 """
 from engine.calibrate import Calibrator
+from engine.data import load_prompts
 from engine.errors import UserError
 from engine.eval_split import evaluate_split, mean_norms, plan_split, random_groups, val_calibrations
 from engine.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
-from engine.generate import load_prompts
 from engine.jobs import resolve_sites
 from engine.model import load_model
 from engine.neutral import neutral_texts

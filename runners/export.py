@@ -16,7 +16,7 @@ import numpy as np
 from engine.choice import chosen_on_val, named_choices
 from engine.errors import UserError
 from engine.export import exported_choice, gguf_direction_index, write_all
-from engine.model import REPO_ROOT
+from engine.files import REPO_ROOT
 from engine.progress import say
 from engine.store import store_key
 from runners import defaults

@@ -26,11 +26,12 @@ import torch
 
 from engine.behaviors import behavior_prompts, open_ended_file
 from engine.choice import parse_vector, steered_choices, theta_of
-from engine.data import SPLITS
+from engine.data import SPLITS, Prompt
 from engine.errors import StoreError, UserError
-from engine.generate import Prompt, check_max_new_tokens, generate
+from engine.files import REPO_ROOT
+from engine.generate import check_max_new_tokens, generate
 from engine.jobs import resolve_sites
-from engine.model import REPO_ROOT, load_model
+from engine.model import load_model
 from engine.parallel import ranks
 from engine.progress import progress_bar, say, step
 from engine.store import (

@@ -27,11 +27,10 @@ from pathlib import Path
 
 from engine.behaviors import data_file
 from engine.calibrate import Calibrator
-from engine.data import load_items
+from engine.data import load_items, load_prompts
 from engine.errors import UserError
 from engine.evaluate import QUESTIONS_PER_PASS
 from engine.figures import matrix_heatmap
-from engine.generate import load_prompts
 from engine.jobs import resolve_sites
 from engine.matrix import (
     choose_on_val,

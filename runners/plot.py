@@ -38,7 +38,7 @@ from engine.analysis import (
 )
 from engine.errors import UserError  # noqa: E402
 from engine.figures import color, random_distribution_figure, save  # noqa: E402
-from engine.model import REPO_ROOT  # noqa: E402
+from engine.files import REPO_ROOT  # noqa: E402
 from engine.polarity import balanced_mean  # noqa: E402
 from engine.progress import say
 from engine.store import open_for_reading, read_vector_groups, store_key  # noqa: E402

@@ -38,7 +38,7 @@ from engine.analysis import (
     standing_of,
 )
 from engine.errors import UserError
-from engine.model import REPO_ROOT
+from engine.files import REPO_ROOT
 from engine.polarity import POLARITIES
 from engine.store import open_for_reading, store_key
 from runners import defaults

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.cloze import cloze_items, cloze_logprobs
+from engine.cloze import cloze_logprobs
+from engine.cloze_form import cloze_items
 from engine.evaluate import evaluate
 from engine.jacobian import BatchJacobian, read_positions
 from engine.model import LoadedModel
@@ -93,6 +94,6 @@ def load_checkpoint(name: str, required_by: str) -> LoadedModel:
 def val_items(n: int = 4):
     """The first ``n`` shipped survival-instinct val items."""
     from engine.data import load_items
-    from engine.model import REPO_ROOT
+    from engine.files import REPO_ROOT
 
     return load_items(REPO_ROOT / "data" / "survival-instinct.jsonl", "val")[:n]

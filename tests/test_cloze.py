@@ -9,7 +9,8 @@ import engine.caa
 from engine.analysis import balanced_stat, cloze_row, polarity_shift_stat
 from engine.behaviors import known_behaviors
 from engine.caa import caa_answer_vector
-from engine.cloze import ClozeItem, cloze_items, cloze_logprobs, cloze_preference, stem_and_answers
+from engine.cloze import cloze_logprobs, cloze_preference
+from engine.cloze_form import ClozeItem, cloze_items, stem_and_answers
 from engine.data import load_items
 from engine.polarity import balanced_mean, polarity, polarity_shift, polarity_weights
 from engine.prompts import format_prompt

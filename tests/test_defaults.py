@@ -2,7 +2,8 @@
 import re
 from pathlib import Path
 
-from engine.model import DEFAULT_MODEL_DIR, REPO_ROOT
+from engine.files import REPO_ROOT
+from engine.model import DEFAULT_MODEL_DIR
 from runners import defaults
 
 MAKEFILE = Path(__file__).resolve().parent.parent / "Makefile"

@@ -12,7 +12,8 @@ import torch
 from torch.func import jacfwd
 
 from engine.caa import activations
-from engine.cloze import cloze_items, cloze_logprobs
+from engine.cloze import cloze_logprobs
+from engine.cloze_form import cloze_items
 from engine.errors import ModelError
 from engine.evaluate import evaluate
 from engine.jacobian import BatchJacobian, math_attention, read_positions

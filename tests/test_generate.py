@@ -11,9 +11,10 @@ import torch
 
 from engine.behaviors import behavior_prompts
 from engine.choice import steered_choices
+from engine.data import load_prompts
 from engine.errors import DataError, StoreError, UserError
 from engine.evaluate import answer_scores, evaluate
-from engine.generate import generate, generate_ids, load_prompts, prompt_ids
+from engine.generate import generate, generate_ids, prompt_ids
 from engine.model import load_model
 from engine.prompts import answer_tokens, pad_left
 from engine.reference import evaluate_plain

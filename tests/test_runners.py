@@ -121,7 +121,7 @@ def test_eval_with_no_vectors_runs_baseline_and_random_control_and_says_so(tiny_
 def test_eval_scores_both_ways_and_its_cloze_numbers_are_what_full_logits_give(tiny_dir, tmp_path):
     import torch
 
-    from engine.cloze import cloze_items
+    from engine.cloze_form import cloze_items
     from engine.data import load_items
     from engine.model import load_model
     from engine.reference import cloze_plain

@@ -4,7 +4,8 @@ plain twin's."""
 import pytest
 import torch
 
-from engine.cloze import cloze_items, cloze_preference, cloze_token_counts
+from engine.cloze import cloze_preference
+from engine.cloze_form import cloze_items, cloze_token_counts
 from engine.reference import cloze_plain
 from engine.site import add_to_down_proj, injection_site
 from engine.steering import score_items

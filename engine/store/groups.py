@@ -10,7 +10,6 @@ import h5py
 import numpy as np
 
 from engine.errors import StoreError
-from engine.norms import ResidualNorm
 from engine.store.io import open_for_reading, replace_group
 from engine.store.layout import (
     evals_path,
@@ -19,6 +18,19 @@ from engine.store.layout import (
     vectors_path,
 )
 from engine.store.provenance import settings_json
+
+QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)  # of a residual norm, stored with it
+
+
+@dataclass(frozen=True)
+class ResidualNorm:
+    """‖h_S‖ over the real tokens of some prompts at one source layer."""
+    layer: int
+    median: float  # the scale unit
+    mean: float
+    quantiles: tuple[float, ...]  # at QUANTILES
+    n_tokens: int
+    n_prompts: int
 
 
 def model_group(h5: h5py.File, lm) -> h5py.Group:
@@ -140,7 +152,7 @@ def write_matrix(h5: h5py.File, lm, method: str, datasets: dict, attrs: dict) ->
 
 
 def write_norm(h5: h5py.File, lm, behavior: str, norm: ResidualNorm, attrs: dict) -> h5py.Group:
-    """One ``engine.norms.ResidualNorm`` at /<model>/<behavior>/norms/L<S>."""
+    """One ``ResidualNorm`` (``engine.norms.residual_norm``) at /<model>/<behavior>/norms/L<S>."""
     return replace_group(behavior_group(h5, lm, behavior).require_group("norms"), f"L{norm.layer}",
                          {"quantiles": np.array(norm.quantiles)},
                          {**attrs, "layer": norm.layer, "median": norm.median, "mean": norm.mean,
@@ -148,7 +160,7 @@ def write_norm(h5: h5py.File, lm, behavior: str, norm: ResidualNorm, attrs: dict
 
 
 def read_norm(store: str | Path, key: str, behavior: str, layer: int) -> ResidualNorm | None:
-    """The stored ``engine.norms.ResidualNorm`` of ``layer``, or None."""
+    """The stored ``ResidualNorm`` of ``layer``, or None."""
     if not Path(store).exists():
         return None
     with open_for_reading(store) as h5:
