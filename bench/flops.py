@@ -35,7 +35,7 @@ def causal(first: int, last: int) -> int:
 
 
 def eval_flops(config, lengths: list[int], opening: int, source_layer: int, n_settings: int) -> int:
-    """The eval fast path (engine.evaluate) on questions of ``lengths`` tokens under
+    """The eval fast path (steerlab.measure.evaluate) on questions of ``lengths`` tokens under
     ``n_settings`` θ settings: layers 0..S once per question (and once for the shared opening);
     layers S+1.. per setting for the opening once and for each question's tokens after it; the
     unembedding at the answer position per setting and question."""
@@ -58,7 +58,7 @@ def jtjv_flops(config, lengths: list[int], layers: int, k: int) -> int:
 
 def plain_eval_flops(config, lengths: list[int], n_settings: int,
                      questions_per_forward: int | None = None) -> int:
-    """The plain eval loop (engine.reference.evaluate_plain): per setting, every layer and the
+    """The plain eval loop (steerlab.measure.reference.evaluate_plain): per setting, every layer and the
     unembedding at every position of each forward's questions, padded to its longest."""
     step = questions_per_forward or max(len(lengths), 1)
     flops = 0

@@ -19,8 +19,8 @@ import sys
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from engine.jacobian import BatchJacobian
-from engine.segment import run_prefix
+from steerlab.lm.jacobian import BatchJacobian
+from steerlab.lm.segment import run_prefix
 
 S, T, WIDTH, INNER = 0, 4, 1024, 3072
 

@@ -9,10 +9,10 @@ prices both. The numbers themselves agree (tests/test_evaluate.py).
 import pytest
 import torch
 
-from engine.data import load_items
-from engine.evaluate import evaluate
-from engine.model import DEFAULT_MODEL_DIR, load_model
-from engine.orders import answers_in_order
+from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
+from steerlab.measure.evaluate import evaluate
+from steerlab.questions.data import load_items
+from steerlab.questions.orders import answers_in_order
 
 LAYER, N_QUESTIONS, N_SETTINGS = 7, 16, 4
 RATIOS = {"eval_eager_vs_sdpa": ("test_eval_eager_fp32", "test_eval_sdpa_fp32", 1.0)}

@@ -11,12 +11,12 @@ questions and settings: the cost of adding the cloze score) and `cloze_prompt_sh
 import pytest
 import torch
 
-from engine.cloze import cloze_logprobs
-from engine.cloze_form import cloze_items
-from engine.data import load_items
-from engine.evaluate import evaluate
-from engine.model import DEFAULT_MODEL_DIR, load_model
-from engine.orders import answers_in_order
+from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
+from steerlab.measure.cloze import cloze_logprobs
+from steerlab.measure.evaluate import evaluate
+from steerlab.questions.cloze_form import cloze_items
+from steerlab.questions.data import load_items
+from steerlab.questions.orders import answers_in_order
 
 LAYER, N_QUESTIONS, N_SETTINGS = 20, 16, 4
 RATIOS = {"cloze_over_letter": ("test_cloze[shared]", "test_letter_both_orders", 1.0),

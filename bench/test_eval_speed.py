@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from bench.flops import eval_flops, plain_eval_flops
-from engine.data import load_items
-from engine.evaluate import evaluate
-from engine.model import DEFAULT_MODEL_DIR, load_model
-from engine.prompts import answer_tokens_for, common_opening
-from engine.reference import evaluate_plain
-from engine.segment import opening_shareable
-from runners.cli import count_or_all
+from steerlab.cli.options import count_or_all
+from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
+from steerlab.lm.segment import opening_shareable
+from steerlab.measure.evaluate import evaluate
+from steerlab.measure.reference import evaluate_plain
+from steerlab.questions.data import load_items
+from steerlab.questions.prompts import answer_tokens_for, common_opening
 
 N_QUESTIONS = os.environ.get("BENCH_EVAL_QUESTIONS", "16")
 N_SETTINGS = int(os.environ.get("BENCH_EVAL_SETTINGS", "4"))

@@ -18,9 +18,9 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from bench.flops import jtjv_flops
-from engine.jacobian import BatchJacobian, math_attention
-from engine.reference import jtj_plain
-from engine.segment import run_prefix, segment
+from steerlab.lm.jacobian import BatchJacobian, math_attention
+from steerlab.lm.segment import run_prefix, segment
+from steerlab.measure.reference import jtj_plain
 
 RATIOS = {
     "jtjv_step_over_floor": ("test_jtjv_step_k8", "test_segment_forward", 1 / 16),

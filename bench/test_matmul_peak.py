@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.model import cpu_bf16_native
+from steerlab.lm.model import cpu_bf16_native
 
 N = 2048
 RATIOS = {"matmul_bf16_over_fp32": ("test_matmul_peak[fp32]", "test_matmul_peak[bf16]", 1.0)}

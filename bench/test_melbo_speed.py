@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.behaviors import DEFAULT_BEHAVIOR, data_file
-from engine.data import load_items
-from engine.melbo import _ascend, orthonormal_after
-from engine.model import DEFAULT_MODEL_DIR, load_model
-from engine.parallel import SINGLE
-from engine.prompts import answer_tokens_for, pad_right
-from engine.segment import run_prefix, segment
+from steerlab.base.parallel import SINGLE
+from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
+from steerlab.lm.segment import run_prefix, segment
+from steerlab.methods.melbo import _ascend, orthonormal_after
+from steerlab.questions.behaviors import DEFAULT_BEHAVIOR, data_file
+from steerlab.questions.data import load_items
+from steerlab.questions.prompts import answer_tokens_for, pad_right
 
 SOURCE, TARGET, K, RADIUS, N_PROMPTS = 7, 20, 8, 16.0, 2
 RATIOS = {"melbo_batched_speedup": ("test_melbo_step_8_vectors_sequential",

@@ -11,12 +11,12 @@ v is a fixed random direction (the cost does not depend on which).
 import pytest
 import torch
 
-from engine.data import load_items
-from engine.jacobian import jacobian_at
-from engine.model import DEFAULT_MODEL_DIR, load_model
-from engine.power import power_iteration
-from engine.prompts import answer_tokens_for
-from engine.segment import prompt_prefixes
+from steerlab.lm.jacobian import jacobian_at
+from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
+from steerlab.lm.segment import prompt_prefixes
+from steerlab.methods.power import power_iteration
+from steerlab.questions.data import load_items
+from steerlab.questions.prompts import answer_tokens_for
 
 LAYER, TARGET, K, SCALES = 7, 20, 4, (8.0, 24.0, 48.0, 64.0)
 RATIOS = {"path_sweep_speedup": ("test_path_sweep_plain", "test_path_sweep_shared", 1.0)}

@@ -12,12 +12,12 @@ unsteered time, the same prompts and greedy tokens): the hook should cost almost
 import pytest
 import torch
 
-from engine.data import load_prompts
-from engine.generate import generate_ids, prompt_ids
-from engine.model import DEFAULT_MODEL_DIR, load_model
-from engine.reference import side_effects_plain
-from engine.side_effects import ScoredText, side_effects
-from engine.vector import SteeringVector
+from steerlab.lm.generate import generate_ids, prompt_ids
+from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
+from steerlab.lm.vector import SteeringVector
+from steerlab.measure.reference import side_effects_plain
+from steerlab.measure.side_effects import ScoredText, side_effects
+from steerlab.questions.data import load_prompts
 
 LAYER, N_PROMPTS, TOKENS, N_SETTINGS = 7, 16, 32, 4
 RATIOS = {"kl_speedup_vs_plain": ("test_kl_plain_fp32", "test_kl_fast_fp32", 1.0),

@@ -1,14 +1,14 @@
 """One steered forward through `SteeringVector.apply` with site="auto" on the default model: the
-first call for a model measures the site (two forwards on random tokens, engine/site.py), later
+first call for a model measures the site (two forwards on random tokens, steerlab/lm/site.py), later
 calls remember it. `site_check_first_over_remembered` = first-call time / later-call time: what
 every call cost before the site was remembered, against what it costs now.
 """
 import pytest
 import torch
 
-from engine import site
-from engine.model import DEFAULT_MODEL_DIR, load_model
-from engine.vector import SteeringVector
+from steerlab.lm import site
+from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
+from steerlab.lm.vector import SteeringVector
 
 LAYER = 20
 RATIOS = {"site_check_first_over_remembered": ("test_apply_first_call", "test_apply_remembered_site", 1.0)}

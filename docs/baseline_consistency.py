@@ -4,12 +4,12 @@ Run from the repository root: PYTHONPATH=. .venv/bin/python docs/baseline_consis
 """
 import torch
 
-from engine.analysis import row
-from engine.behaviors import CATALOGUE, data_file
-from engine.data import load_items
-from engine.evaluate import evaluate
-from engine.model import DEFAULT_MODEL_DIR, load_model
-from engine.orders import answers_in_order
+from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
+from steerlab.measure.analysis import row
+from steerlab.measure.evaluate import evaluate
+from steerlab.questions.behaviors import CATALOGUE, data_file
+from steerlab.questions.data import load_items
+from steerlab.questions.orders import answers_in_order
 
 lm = load_model(str(DEFAULT_MODEL_DIR), "fp32")
 print("| behaviour | n | behaviour % | order-mean logit diff | letter shift | consistency % | correlation |")

@@ -11,7 +11,7 @@ Run from the repository root: PYTHONPATH=. .venv/bin/python docs/cloze_layers.py
 reads the activations at layers[S].mlp.down_proj's output or at the block's output (the residual
 stream); MODEL (a folder, default the default model), N_VAL (default 64) and SCALES (|θ|, default
 "16 32") size the run for larger models. COSTS (KL in nats per token, e.g. "0.01 0.04") replaces
-SCALES: every direction, each sign apart, is then sized by eval's cost search (engine/calibrate.py)
+SCALES: every direction, each sign apart, is then sized by eval's cost search (steerlab/measure/calibrate.py)
 on the same 8 neutral prompts to cost that KL, so CAA and the random directions are compared at
 equal cost (on Gemma-3-270M a CAA direction takes ~60 times a random one's |θ| for one cost); the
 s column is then the signed cost and a |θ| column says what each cost took.
@@ -22,18 +22,18 @@ import sys
 import numpy as np
 import torch
 
-from engine.analysis import balanced_stat, polarity_shift_stat, stat, stratified
-from engine.caa import caa_answer_vector
-from engine.calibrate import MAX_UNITS, UNIT_START, kl_norms
-from engine.cloze import cloze_preference
-from engine.cloze_form import cloze_items, cloze_token_counts
-from engine.data import load_items, load_prompts
-from engine.generate import generate_ids, prompt_ids
-from engine.grid import random_directions
-from engine.model import DEFAULT_MODEL_DIR, load_model
-from engine.norms import NORM_PROMPTS, residual_norm
-from engine.scores import score
-from engine.side_effects import ScoredText
+from steerlab.lm.generate import generate_ids, prompt_ids
+from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
+from steerlab.measure.analysis import balanced_stat, polarity_shift_stat, stat, stratified
+from steerlab.measure.calibrate import MAX_UNITS, UNIT_START, kl_norms
+from steerlab.measure.cloze import cloze_preference
+from steerlab.measure.grid import random_directions
+from steerlab.measure.norms import NORM_PROMPTS, residual_norm
+from steerlab.measure.scores import score
+from steerlab.measure.side_effects import ScoredText
+from steerlab.methods.caa import caa_answer_vector
+from steerlab.questions.cloze_form import cloze_items, cloze_token_counts
+from steerlab.questions.data import load_items, load_prompts
 
 LAYERS = [int(a) for a in sys.argv[1:]] or [3, 7, 11, 15, 20]
 SCALES = [float(s) for s in os.environ.get("SCALES", "16 32").split()]

@@ -8,8 +8,8 @@ import argparse
 
 import h5py
 
-from engine.analysis import methods, read_split, scale_text
-from engine.behaviors import DEFAULT_BEHAVIOR
+from steerlab.measure.analysis import methods, read_split, scale_text
+from steerlab.questions.behaviors import DEFAULT_BEHAVIOR
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("store")

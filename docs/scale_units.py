@@ -24,15 +24,15 @@ import sys
 import numpy as np
 import torch
 
-from engine.data import load_items, load_prompts
-from engine.generate import generate_ids, prompt_ids
-from engine.grid import random_directions
-from engine.model import load_model
-from engine.norms import NORM_PROMPTS
-from engine.scores import score
-from engine.segment import batched_prefixes
-from engine.side_effects import ScoredText
-from engine.store import read_vector_groups
+from steerlab.lm.generate import generate_ids, prompt_ids
+from steerlab.lm.model import load_model
+from steerlab.lm.segment import batched_prefixes
+from steerlab.measure.grid import random_directions
+from steerlab.measure.norms import NORM_PROMPTS
+from steerlab.measure.scores import score
+from steerlab.measure.side_effects import ScoredText
+from steerlab.questions.data import load_items, load_prompts
+from steerlab.store import read_vector_groups
 
 MODEL, LAYER, STORE = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 BEHAVIOR = sys.argv[4] if len(sys.argv) > 4 else "survival-instinct"

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from engine.cloze import cloze_logprobs
-from engine.cloze_form import cloze_items
-from engine.evaluate import evaluate
-from engine.jacobian import BatchJacobian, read_positions
-from engine.model import LoadedModel
-from engine.prompts import answer_tokens_for, pad_right
-from engine.reference import cloze_plain, evaluate_plain
-from engine.segment import run_prefix, segment
-from engine.site import add_at, head
+from steerlab.lm.jacobian import BatchJacobian, read_positions
+from steerlab.lm.model import LoadedModel
+from steerlab.lm.segment import run_prefix, segment
+from steerlab.lm.site import add_at, head
+from steerlab.measure.cloze import cloze_logprobs
+from steerlab.measure.evaluate import evaluate
+from steerlab.measure.reference import cloze_plain, evaluate_plain
+from steerlab.questions.cloze_form import cloze_items
+from steerlab.questions.prompts import answer_tokens_for, pad_right
 from tests.helpers import scaled_directions
 
 
@@ -81,7 +81,7 @@ def load_checkpoint(name: str, required_by: str) -> LoadedModel:
 
     import pytest
 
-    from engine.model import EMBEDDED, load_model
+    from steerlab.lm.model import EMBEDDED, load_model
 
     folder = EMBEDDED[name].folder
     if not (folder / "config.json").is_file():
@@ -93,7 +93,7 @@ def load_checkpoint(name: str, required_by: str) -> LoadedModel:
 
 def val_items(n: int = 4):
     """The first ``n`` shipped survival-instinct val items."""
-    from engine.data import load_items
-    from engine.files import REPO_ROOT
+    from steerlab.base.files import REPO_ROOT
+    from steerlab.questions.data import load_items
 
     return load_items(REPO_ROOT / "data" / "survival-instinct.jsonl", "val")[:n]

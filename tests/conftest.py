@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from engine.data import Item
-from engine.model import DEFAULT_MODEL_DIR, LoadedModel, load_model
+from steerlab.lm.model import DEFAULT_MODEL_DIR, LoadedModel, load_model
+from steerlab.questions.data import Item
 from tests.checkpoint_checks import load_checkpoint, val_items
 from tests.helpers import FIXTURES, make_item, save_tiny, tiny_model
 

@@ -1,11 +1,11 @@
 """Run under torchrun by tests/test_parallel.py: the CAA runner, with rank 1 raising in the middle
 of its share of the work (while rank 0 waits for it in a collective)."""
-import engine.caa
-from engine.parallel import ranks
-from runners import caa
-from runners.cli import main_guard
+import steerlab.methods.caa
+from steerlab.base.parallel import ranks
+from steerlab.cli import caa
+from steerlab.cli.options import main_guard
 
-activations = engine.caa.activations
+activations = steerlab.methods.caa.activations
 
 
 def failing_activations(*args, **kwargs):
@@ -14,7 +14,7 @@ def failing_activations(*args, **kwargs):
     return activations(*args, **kwargs)
 
 
-engine.caa.activations = failing_activations
+steerlab.methods.caa.activations = failing_activations
 
 if __name__ == "__main__":
     main_guard(caa.run)

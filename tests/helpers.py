@@ -1,5 +1,5 @@
 """What several test modules build: tiny random models, A/B items, a synthetic eval store, and
-a runner called in this process as `python -m runners.<name>` would call it."""
+a runner called in this process as `python -m steerlab.cli.<name>` would call it."""
 from __future__ import annotations
 
 import importlib
@@ -25,8 +25,8 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from engine.data import Item
-from engine.model import LoadedModel
+from steerlab.lm.model import LoadedModel
+from steerlab.questions.data import Item
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 DTYPE_NAMES = {torch.float64: "fp64", torch.float32: "fp32", torch.bfloat16: "bf16"}
@@ -104,7 +104,7 @@ def run_runner(module: str, *args) -> Ran:
     """``python -m <module> <args>`` in this process: the runner's ``run`` under its
     ``main_guard``, so a user error is one line on stderr and exit status 2, and a bug is a
     traceback on stderr and status 1. Saves a Python start-up and torch import per call."""
-    from runners.cli import main_guard
+    from steerlab.cli.options import main_guard
 
     runner = importlib.import_module(module)
     out, err = io.StringIO(), io.StringIO()

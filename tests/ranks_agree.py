@@ -23,21 +23,21 @@ from unittest import mock
 
 import torch
 
-from engine.caa import caa_vector
-from engine.data import load_items
-from engine.generate import generate_ids
-from engine.jacobian import jacobian_at, relative_change
-from engine.melbo import melbo
-from engine.model import DEFAULT_MODEL_DIR, load_model
-from engine.orders import answers_in_order
-from engine.parallel import SINGLE, Ranks, start
-from engine.power import power_iteration
-from engine.prompts import length_batches
-from engine.scores import score
-from engine.segment import prompt_prefixes
-from engine.side_effects import ScoredText
-from engine.vector import SteeringVector
-from runners.cli import main_guard
+from steerlab.base.parallel import SINGLE, Ranks, start
+from steerlab.cli.options import main_guard
+from steerlab.lm.generate import generate_ids
+from steerlab.lm.jacobian import jacobian_at, relative_change
+from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
+from steerlab.lm.segment import prompt_prefixes
+from steerlab.lm.vector import SteeringVector
+from steerlab.measure.scores import score
+from steerlab.measure.side_effects import ScoredText
+from steerlab.methods.caa import caa_vector
+from steerlab.methods.melbo import melbo
+from steerlab.methods.power import power_iteration
+from steerlab.questions.data import load_items
+from steerlab.questions.orders import answers_in_order
+from steerlab.questions.prompts import length_batches
 from tests.helpers import tiny_model
 
 DATA = "data/survival-instinct.jsonl"

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from engine.behaviors import (
+from steerlab.base.errors import DataError
+from steerlab.questions.behaviors import (
     CATALOGUE,
     DEFAULT_BEHAVIOR,
     data_file,
@@ -13,9 +14,8 @@ from engine.behaviors import (
     label,
     normalise_question,
 )
-from engine.data import load_items, split_of
-from engine.errors import DataError
-from engine.orders import in_order
+from steerlab.questions.data import load_items, split_of
+from steerlab.questions.orders import in_order
 
 # Three items per behaviour, read by hand: (id, the positive answer, words from its text). The
 # positive answer is the one showing the behaviour the file is named after (data/README.md).

@@ -1,9 +1,9 @@
 import torch
 
-from engine.caa import activations, caa_vector
-from engine.orders import answers_in_order
-from engine.prompts import answer_tokens_for
-from engine.site import forward_hook, injection_site
+from steerlab.lm.site import forward_hook, injection_site
+from steerlab.methods.caa import activations, caa_vector
+from steerlab.questions.orders import answers_in_order
+from steerlab.questions.prompts import answer_tokens_for
 
 
 def _answers(lm, items):

@@ -5,17 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-import engine.caa
-from engine.analysis import balanced_stat, cloze_row, polarity_shift_stat
-from engine.behaviors import known_behaviors
-from engine.caa import caa_answer_vector
-from engine.cloze import cloze_logprobs, cloze_preference
-from engine.cloze_form import ClozeItem, cloze_items, stem_and_answers
-from engine.data import load_items
-from engine.polarity import balanced_mean, polarity, polarity_shift, polarity_weights
-from engine.prompts import format_prompt
-from engine.reference import cloze_plain
-from engine.site import reading_site
+import steerlab.methods.caa
+from steerlab.lm.site import reading_site
+from steerlab.measure.analysis import balanced_stat, cloze_row, polarity_shift_stat
+from steerlab.measure.cloze import cloze_logprobs, cloze_preference
+from steerlab.measure.reference import cloze_plain
+from steerlab.methods.caa import caa_answer_vector
+from steerlab.questions.behaviors import known_behaviors
+from steerlab.questions.cloze_form import ClozeItem, cloze_items, stem_and_answers
+from steerlab.questions.data import load_items
+from steerlab.questions.polarity import balanced_mean, polarity, polarity_shift, polarity_weights
+from steerlab.questions.prompts import format_prompt
 from tests.helpers import make_item, scaled_directions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -222,7 +222,7 @@ def test_balanced_caa_recovers_a_small_behaviour_direction_under_a_large_polarit
         negative = torch.randn(n, d, generator=gen, dtype=torch.float64)
         return torch.cat([negative + diffs, negative])
 
-    monkeypatch.setattr(engine.caa, "activations", planted)
+    monkeypatch.setattr(steerlab.methods.caa, "activations", planted)
     balanced = caa_answer_vector(None, items, 1, 0)
     pooled = caa_answer_vector(None, items, 1, 0, balance=False)
     cosine = torch.nn.functional.cosine_similarity

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from engine.behaviors import ingest
-from engine.data import DataError, choice_letters, load_items, split_of, write_items
+from steerlab.questions.behaviors import ingest
+from steerlab.questions.data import DataError, choice_letters, load_items, split_of, write_items
 
 SHIPPED = "data/survival-instinct.jsonl"
 

@@ -1,10 +1,10 @@
-"""One source of defaults: the Makefile's `NAME ?= value` lines say what runners/defaults.py says."""
+"""One source of defaults: the Makefile's `NAME ?= value` lines say what steerlab/cli/defaults.py says."""
 import re
 from pathlib import Path
 
-from engine.files import REPO_ROOT
-from engine.model import DEFAULT_MODEL_DIR
-from runners import defaults
+from steerlab.base.files import REPO_ROOT
+from steerlab.cli import defaults
+from steerlab.lm.model import DEFAULT_MODEL_DIR
 
 MAKEFILE = Path(__file__).resolve().parent.parent / "Makefile"
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from engine.errors import UserError
-from engine.store import StoreError, read_vector_groups, replace_group, writing
-from runners.cli import parse_scales, parse_splits
+from steerlab.base.errors import UserError
+from steerlab.cli.options import parse_scales, parse_splits
+from steerlab.store import StoreError, read_vector_groups, replace_group, writing
 
 
 def _store_with(tmp_path, vectors):

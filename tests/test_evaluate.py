@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from engine.data import load_items
-from engine.evaluate import evaluate
-from engine.orders import answers_in_order
-from engine.prompts import answer_tokens_for, common_opening
-from engine.reference import evaluate_plain
+from steerlab.measure.evaluate import evaluate
+from steerlab.measure.reference import evaluate_plain
+from steerlab.questions.data import load_items
+from steerlab.questions.orders import answers_in_order
+from steerlab.questions.prompts import answer_tokens_for, common_opening
 from tests.helpers import scaled_directions
 
 
@@ -102,8 +102,8 @@ def test_fast_path_equals_plain_path_in_both_orders(name, request, ab_items):
 def test_eager_attention_gives_the_sdpa_numbers_on_the_default_model(default_model):
     """What a model without SDPA support runs with; on SmolLM2 the eval numbers must not move.
     Eager also turns off the shared opening, so this checks that shortcut against no shortcut too."""
-    from engine.model import DEFAULT_MODEL_DIR, load_model
-    from engine.segment import opening_shareable
+    from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
+    from steerlab.lm.segment import opening_shareable
 
     eager = load_model(str(DEFAULT_MODEL_DIR), "fp32", attention="eager")
     assert eager.attention == "eager" and default_model.attention == "sdpa"

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine import export
-from engine.errors import UserError
-from engine.export import (
+from steerlab.base.errors import UserError
+from steerlab.interop import export
+from steerlab.interop.export import (
     ExportedVector,
     gguf_direction_index,
     lm_eval_hook_point,
@@ -144,7 +144,7 @@ def test_the_lm_eval_file_is_what_its_steered_model_reads(tmp_path):
 def test_the_lm_eval_hook_point_adds_theta_where_this_project_does(tiny_llama):
     """hf_steered hooks the module named by the file's key among ``model.base_model``'s modules
     and adds the vector to its output; that must be the project's θ after layer S."""
-    from engine.vector import SteeringVector
+    from steerlab.lm.vector import SteeringVector
 
     model, layer = tiny_llama.model, 2
     theta = torch.from_numpy(np.random.default_rng(0).standard_normal(tiny_llama.d_model)).to(torch.float64)

@@ -11,18 +11,18 @@ import pytest
 import torch
 from torch.func import jacfwd
 
-from engine.caa import activations
-from engine.cloze import cloze_logprobs
-from engine.cloze_form import cloze_items
-from engine.errors import ModelError
-from engine.evaluate import evaluate
-from engine.jacobian import BatchJacobian, math_attention, read_positions
-from engine.prompts import answer_tokens_for, pad_right
-from engine.reference import cloze_plain, evaluate_plain, hidden_plain, side_effects_plain
-from engine.segment import opening_shareable, run_prefix, segment
-from engine.side_effects import ScoredText, side_effects
-from engine.site import add_at, check_injection_site, head, reading_site, resolve_site
-from engine.store import store_key
+from steerlab.base.errors import ModelError
+from steerlab.lm.jacobian import BatchJacobian, math_attention, read_positions
+from steerlab.lm.segment import opening_shareable, run_prefix, segment
+from steerlab.lm.site import add_at, check_injection_site, head, reading_site, resolve_site
+from steerlab.measure.cloze import cloze_logprobs
+from steerlab.measure.evaluate import evaluate
+from steerlab.measure.reference import cloze_plain, evaluate_plain, hidden_plain, side_effects_plain
+from steerlab.measure.side_effects import ScoredText, side_effects
+from steerlab.methods.caa import activations
+from steerlab.questions.cloze_form import cloze_items
+from steerlab.questions.prompts import answer_tokens_for, pad_right
+from steerlab.store import store_key
 from tests.helpers import run_runner, save_tiny, scaled_directions, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -150,17 +150,17 @@ def test_every_method_eval_and_report_run_end_to_end_through_the_runners(kind, s
     store = tmp_path / "store.h5"
     common = ["--model", str(folder), "--store", str(store)]
     jacobian = ["--layer", "2", "--target", "4", "--k", "2", "--iters", "2", "--n-prompts", "1"]
-    steps = [("runners.caa", "--layers", "2", "--n-train", "4"),
-             ("runners.pi", *jacobian),
-             ("runners.pi", *jacobian, "--at", "caa"),
-             ("runners.melbo", "--layer", "2", "--target", "4", "--k", "2", "--steps", "2", "--n-prompts", "1"),
-             ("runners.eval", "--n-eval", "3", "--n-random", "1", "--scales", "2 8", "--n-neutral", "2",
+    steps = [("steerlab.cli.caa", "--layers", "2", "--n-train", "4"),
+             ("steerlab.cli.pi", *jacobian),
+             ("steerlab.cli.pi", *jacobian, "--at", "caa"),
+             ("steerlab.cli.melbo", "--layer", "2", "--target", "4", "--k", "2", "--steps", "2", "--n-prompts", "1"),
+             ("steerlab.cli.eval", "--n-eval", "3", "--n-random", "1", "--scales", "2 8", "--n-neutral", "2",
               "--gen-tokens", "4", "--layer", "2"),
-             ("runners.report",)]
+             ("steerlab.cli.report",)]
     for module, *args in steps:
         done = run_runner(module, *common, *args)
         assert done.returncode == 0, (module, done.stderr)
-        if module == "runners.caa":
+        if module == "steerlab.cli.caa":
             assert "site: θ goes to decoder block S's output at S = 2 (SITE=auto" in done.stderr
     assert "Summary: chosen on validation" in done.stdout
     with h5py.File(store, "r") as h5:

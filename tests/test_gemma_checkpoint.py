@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import ModelError
-from engine.site import check_injection_site, mlp_site_difference, resolve_site
+from steerlab.base.errors import ModelError
+from steerlab.lm.site import check_injection_site, mlp_site_difference, resolve_site
 from tests.checkpoint_checks import (
     eval_fast_paths_equal_their_plain_twins,
     jvp_matches_a_central_difference,

@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from engine.behaviors import behavior_prompts
-from engine.choice import steered_choices
-from engine.data import load_prompts
-from engine.errors import DataError, StoreError, UserError
-from engine.evaluate import answer_scores, evaluate
-from engine.generate import generate, generate_ids, prompt_ids
-from engine.model import load_model
-from engine.prompts import answer_tokens, pad_left
-from engine.reference import evaluate_plain
-from engine.site import add_to_down_proj
-from engine.store import (
+from steerlab.base.errors import DataError, StoreError, UserError
+from steerlab.lm.generate import generate, generate_ids, prompt_ids
+from steerlab.lm.model import load_model
+from steerlab.lm.site import add_to_down_proj
+from steerlab.lm.vector import SteeringVector
+from steerlab.measure.choice import steered_choices
+from steerlab.measure.evaluate import answer_scores, evaluate
+from steerlab.measure.reference import evaluate_plain
+from steerlab.questions.behaviors import behavior_prompts
+from steerlab.questions.data import load_prompts
+from steerlab.questions.prompts import answer_tokens, pad_left
+from steerlab.store import (
     VectorGroup,
     store_key,
     write_eval_group,
@@ -27,7 +28,6 @@ from engine.store import (
     write_vector_group,
     writing,
 )
-from engine.vector import SteeringVector
 from tests.helpers import BEHAVIOR, run_runner
 
 # Tiny matmuls gain nothing from a thread pool (see conftest.one_thread).
@@ -246,7 +246,7 @@ def runner_args(inputs, tiny_dir, *extra) -> list[str]:
 
 
 def generate_runner(*args):
-    return run_runner("runners.generate", *args)
+    return run_runner("steerlab.cli.generate", *args)
 
 
 def test_make_generate_stores_unsteered_and_each_val_choice_and_writes_the_page(inputs, tiny_dir):
@@ -310,13 +310,13 @@ def test_the_val_choice_respects_kl_max_as_the_report_does(inputs, tiny_dir):
 
 @pytest.fixture
 def no_model_loads(monkeypatch):
-    import runners.generate
+    import steerlab.cli.generate
 
     def refuse(*_args, **_kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(runners.generate, "load_model", refuse)
-    return runners.generate.run
+    monkeypatch.setattr(steerlab.cli.generate, "load_model", refuse)
+    return steerlab.cli.generate.run
 
 
 @pytest.mark.parametrize("extra, error, message", [

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.grid import build_grid, signed_scales
-from engine.store import VectorGroup
+from steerlab.measure.grid import build_grid, signed_scales
+from steerlab.store import VectorGroup
 
 D = 3
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from engine.harness import compare, pair_difference, task_name, whitespace_term, write_task
+from steerlab.interop.harness import compare, pair_difference, task_name, whitespace_term, write_task
 
 
 def test_the_task_holds_each_question_with_its_two_answer_texts_positive_first(tmp_path):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.func import jacfwd, jacrev
 
-from engine.jacobian import BatchJacobian, jacobian_at, math_attention, prompt_jacobian, read_positions
-from engine.prompts import pad_right
-from engine.reference import hidden_plain
-from engine.segment import run_prefix, segment
+from steerlab.lm.jacobian import BatchJacobian, jacobian_at, math_attention, prompt_jacobian, read_positions
+from steerlab.lm.segment import run_prefix, segment
+from steerlab.measure.reference import hidden_plain
+from steerlab.questions.prompts import pad_right
 
 S, T = 0, 3  # tiny models have 4 layers: T is the last one, where HF's hidden_states differ
 SHORT = (5, 9, 14, 21, 30, 41, 52)

@@ -1,4 +1,4 @@
-"""engine/llama_cpp.py without llama.cpp: the server's lifecycle and requests against a stand-in
+"""steerlab/interop/llama_cpp.py without llama.cpp: the server's lifecycle and requests against a stand-in
 (tests/fixtures/fake_llama_server.py), and the agreement figures against planted changes.
 `make check-gguf` runs the real llama-server (docs/export.md, "llama.cpp round trip")."""
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.llama_cpp import (
+from steerlab.interop.llama_cpp import (
     LlamaServerError,
     agreement,
     free_port,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.melbo import displacement_objective, melbo
-from engine.prompts import answer_tokens, pad_right
-from engine.segment import run_prefix
-from engine.site import add_to_down_proj
+from steerlab.lm.segment import run_prefix
+from steerlab.lm.site import add_to_down_proj
+from steerlab.methods.melbo import displacement_objective, melbo
+from steerlab.questions.prompts import answer_tokens, pad_right
 from tests.helpers import make_item, tiny_model
 
 SOURCE, TARGET, WIDTH = 1, 2, 64
@@ -165,7 +165,7 @@ def test_prompt_batches_give_the_same_vectors_as_one_padded_batch(planted, smol_
 
 def test_runner_writes_vectors_trace_and_prompt_ids_and_then_skips(tmp_path, smol_tokenizer,
                                                                     monkeypatch, capsys):
-    from runners import melbo as runner
+    from steerlab.cli import melbo as runner
 
     lm = tiny_model("llama", smol_tokenizer, torch.float32, layers=4, width=WIDTH)
     folder = tmp_path / "tiny"

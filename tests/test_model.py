@@ -2,11 +2,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from engine.errors import ModelError
-from engine.model import LoadedModel, gguf_parsed_once, load_model, resolve_dtype
-from engine.site import check_injection_site, injection_site
-from engine.store import store_key
-from runners import cli
+from steerlab.base.errors import ModelError
+from steerlab.cli import options
+from steerlab.lm.model import LoadedModel, gguf_parsed_once, load_model, resolve_dtype
+from steerlab.lm.site import check_injection_site, injection_site
+from steerlab.store import store_key
 
 
 def test_injection_site_holds_on_tiny_llama_and_qwen3(tiny_llama, tiny_qwen3):
@@ -64,7 +64,7 @@ def test_store_key_is_hdf5_safe():
 def test_a_model_without_model_layers_is_refused_naming_where_its_blocks_are():
     from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from engine.site import decoder_layers
+    from steerlab.lm.site import decoder_layers
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100))
     with pytest.raises(ModelError, match=r"GPT2LMHeadModel has no `model.layers` list \(its blocks are at "
@@ -81,8 +81,8 @@ def test_a_model_without_model_layers_is_refused_naming_where_its_blocks_are():
     (True, "auto", "cuda", False)])
 def test_auto_dtype_on_a_cpu_with_native_bf16_says_that_bf16_may_be_faster(
         monkeypatch, capsys, native, requested, device, said):
-    monkeypatch.setattr(cli, "cpu_bf16_native", lambda: native)
-    cli.dtype_hint(requested, device)
+    monkeypatch.setattr(options, "cpu_bf16_native", lambda: native)
+    options.dtype_hint(requested, device)
     assert ("DTYPE=bf16" in capsys.readouterr().err) == said
     assert resolve_dtype(requested, device) == ("bf16" if device == "cuda" else "fp32")
 
@@ -115,7 +115,7 @@ def test_a_gguf_file_is_parsed_once_inside_the_conversion_and_gguf_is_restored_a
 def test_the_site_check_runs_once_per_model_layer_and_dtype():
     """`apply` and `generate` with site="auto" resolve the site at every call: the numerical check
     (two forwards) is measured once and remembered; a module swapped in is checked again."""
-    from engine.site import resolve_site
+    from steerlab.lm.site import resolve_site
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=3, num_attention_heads=4)).double().eval()

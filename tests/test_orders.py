@@ -3,9 +3,16 @@ from dataclasses import replace
 
 import pytest
 
-from engine.data import load_items
-from engine.errors import DataError, UserError
-from engine.orders import MIRROR_SUFFIX, ChoiceError, counterbalance, in_order, mirror, parse_choices
+from steerlab.base.errors import DataError, UserError
+from steerlab.questions.data import load_items
+from steerlab.questions.orders import (
+    MIRROR_SUFFIX,
+    ChoiceError,
+    counterbalance,
+    in_order,
+    mirror,
+    parse_choices,
+)
 
 SHIPPED = "data/survival-instinct.jsonl"
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from engine import as_loaded, at_cost, caa_from_pairs, load_model, neutral_texts_for, score_items
-from engine.calibrate import mean_kl
-from engine.reference import side_effects_plain
+from steerlab import as_loaded, at_cost, caa_from_pairs, load_model, neutral_texts_for, score_items
+from steerlab.measure.calibrate import mean_kl
+from steerlab.measure.reference import side_effects_plain
 
 LAYER = 1
 # As the lab's loader does: transformers 5.25 turns an unset use_kernels into True, and make

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from engine.parallel import SINGLE, Ranks
+from steerlab.base.parallel import SINGLE, Ranks
 from tests.helpers import run_runner
 
 ENV = {**os.environ, "PYTHONPATH": os.getcwd(), "STORE_WAIT": "0", "OMP_NUM_THREADS": "1"}
@@ -52,7 +52,7 @@ def make_commands(tiny_dir, store, results, nproc: int) -> list[list[str]]:
                            f"RESULTS={results}", f"NPROC={nproc}", *MAKE_SETTINGS],
                           capture_output=True, text=True, check=True, timeout=60)
     lines = done.stdout.replace("\\\n", " ").splitlines()
-    return [shlex.split(line) for line in lines if " -m runners." in line]
+    return [shlex.split(line) for line in lines if " -m steerlab.cli." in line]
 
 
 def runner_argv(words: list[str]) -> list[str]:
@@ -104,7 +104,7 @@ def test_make_with_nproc_2_writes_what_nproc_1_writes(two_ranks, tiny_dir, tmp_p
     ones run in this process."""
     done, _, two_store, launched = two_ranks
     assert done.returncode == 0, done.stderr[-3000:]
-    assert [runner_argv(words)[0] for words in launched] == [f"runners.{t}" for t in TARGETS]
+    assert [runner_argv(words)[0] for words in launched] == [f"steerlab.cli.{t}" for t in TARGETS]
     for words in launched:
         launcher = words[:words.index("-m")]
         assert launcher[-4].endswith("torchrun") and launcher[-3:] == ["--standalone", "--nproc-per-node", "2"]
@@ -134,7 +134,7 @@ def test_a_failing_rank_stops_the_job_with_its_error_and_leaves_the_store_untouc
     torchrun must stop both."""
     store = tmp_path / "store.h5"
     args = ["--model", str(tiny_dir), "--store", str(store), "--n-train", "4"]
-    first = run_runner("runners.caa", *args, "--layers", "1")
+    first = run_runner("steerlab.cli.caa", *args, "--layers", "1")
     assert first.returncode == 0, first.stderr
     before = store.read_bytes()
     start = time.perf_counter()

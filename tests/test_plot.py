@@ -5,8 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
-from engine.analysis import chosen_on, nearest_scale, read_split, scale_rows
-from runners import plot
+from steerlab.cli import plot
+from steerlab.measure.analysis import chosen_on, nearest_scale, read_split, scale_rows
 from tests.helpers import (
     BEHAVIOR,
     KEY,
@@ -115,8 +115,8 @@ def test_a_store_with_cloze_scores_gains_cloze_panels_and_chooses_by_them(tmp_pa
 
 
 def test_the_random_figure_sets_each_val_choice_beside_both_signs_of_every_random_direction(full_store):
-    from engine.analysis import random_draws
-    from engine.study import entries
+    from steerlab.measure.analysis import random_draws
+    from steerlab.measure.study import entries
 
     data = plot.load(full_store, KEY, BEHAVIOR, kl_max=0.05)
     found = [e for e in entries(data.val, data.test, data.kl_max, data.by) if e.standing]

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch.func import jacfwd
 
-from engine.jacobian import math_attention, prompt_jacobian
-from engine.power import power_iteration
-from engine.prompts import pad_right
-from engine.segment import run_prefix, segment
-from engine.site import decoder_layers
+from steerlab.lm.jacobian import math_attention, prompt_jacobian
+from steerlab.lm.segment import run_prefix, segment
+from steerlab.lm.site import decoder_layers
+from steerlab.methods.power import power_iteration
+from steerlab.questions.prompts import pad_right
 from tests.helpers import tiny_model
 
 S, T, K = 0, 2, 3
@@ -104,9 +104,9 @@ def test_power_iteration_in_bf16_within_one_percent_and_one_degree(smol_tokenize
 
 
 def test_pi_at_zero_caa_vector_equals_pi_at_zero(tmp_path, smol_tokenizer, monkeypatch):
-    """End to end through runners.pi: --at caa with a stored CAA vector of zeros writes the same
+    """End to end through steerlab.cli.pi: --at caa with a stored CAA vector of zeros writes the same
     vectors and sigmas as --at zero, under method names pi_caa and pi."""
-    from runners import pi as runner
+    from steerlab.cli import pi as runner
 
     folder = tmp_path / "tiny"
     lm = plant_gap(tiny_model("llama", smol_tokenizer, dtype=torch.float32, layers=3))
@@ -142,8 +142,8 @@ def test_power_iteration_along_the_caa_path_matches_the_dense_svd_at_each_point(
     """pi_caa --at-scales: at s = 0 the group is pi's; at s = 12 (far enough along a direction
     that the planted MLP reads for J to change) it is the top of the dense SVD at θ₀ = 12 · unit(v),
     which differs from J(0)'s; the stored comparison with J(0) says by how much."""
-    from engine.store import read_vector_group
-    from runners import pi as runner
+    from steerlab.cli import pi as runner
+    from steerlab.store import read_vector_group
 
     folder = tmp_path / "tiny"
     lm = plant_gap(tiny_model("llama", smol_tokenizer, dtype=torch.float64, layers=3))
@@ -174,8 +174,8 @@ def test_power_iteration_along_the_caa_path_matches_the_dense_svd_at_each_point(
     assert largest_angle_degrees(torch.from_numpy(at0.vectors), torch.from_numpy(zero.vectors)) < 0.01
     assert at0.arrays["principal_angles"].max() < 0.01 and at0.arrays["jv_change"].max() < 1e-6
 
-    from engine.data import load_items
-    from engine.prompts import answer_tokens
+    from steerlab.questions.data import load_items
+    from steerlab.questions.prompts import answer_tokens
     prompts = [answer_tokens(smol_tokenizer, item).prefix_ids
                for item in load_items("data/survival-instinct.jsonl", "train")[:2]]
     theta0 = 12 * direction.double() / direction.double().norm()

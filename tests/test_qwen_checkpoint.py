@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.site import mlp_site_difference, resolve_site
+from steerlab.lm.site import mlp_site_difference, resolve_site
 from tests.checkpoint_checks import (
     eval_fast_paths_equal_their_plain_twins,
     jvp_matches_a_central_difference,

@@ -34,6 +34,6 @@ def test_the_readme_python_snippet_runs(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("name", ["SteeringVector", "caa_from_pairs", "score_items", "load_model", "generate",
                                   "save_vector", "load_vector"])
 def test_what_the_snippet_imports_is_the_public_api(name):
-    import engine
+    import steerlab
 
-    assert name in engine.__all__ and hasattr(engine, name)
+    assert name in steerlab.__all__ and hasattr(steerlab, name)

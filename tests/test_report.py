@@ -2,10 +2,10 @@ import h5py
 import numpy as np
 import pytest
 
-from engine.analysis import chosen_on, read_split, row
-from engine.errors import StoreError
-from runners import report
-from runners.cli import main_guard
+from steerlab.base.errors import StoreError
+from steerlab.cli import report
+from steerlab.cli.options import main_guard
+from steerlab.measure.analysis import chosen_on, read_split, row
 from tests.helpers import (
     BEHAVIOR,
     KEY,

@@ -1,5 +1,5 @@
 """The runners as a user calls them: exit status, messages, and what lands in the store. They run
-in this process (``run_runner``), as `python -m runners.<name>` runs them; the one test that goes
+in this process (``run_runner``), as `python -m steerlab.cli.<name>` runs them; the one test that goes
 through `make` (a fresh process per target) checks the Makefile's wiring."""
 import json
 import os
@@ -11,8 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
-from engine.polarity import balanced_mean
-from engine.store import store_key
+from steerlab.questions.polarity import balanced_mean
+from steerlab.store import store_key
 from tests.helpers import run_runner as run
 
 ENV = {**os.environ, "PYTHONPATH": os.getcwd(), "STORE_WAIT": "0"}
@@ -24,7 +24,7 @@ SMALL_KL = ("--n-neutral", 2, "--gen-tokens", 4)
 
 def test_caa_runner_writes_vector_with_its_settings_then_skips(tiny_dir, tmp_path):
     store = tmp_path / "store.h5"
-    first = run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", "1 2", "--n-train", 6)
+    first = run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", "1 2", "--n-train", 6)
     assert first.returncode == 0, first.stderr
     with h5py.File(store, "r") as h5:
         vectors = h5[f"{store_key(str(tiny_dir))}/survival-instinct/vectors/caa"]
@@ -48,15 +48,15 @@ def test_caa_runner_writes_vector_with_its_settings_then_skips(tiny_dir, tmp_pat
         assert answer["by_class"].shape == (len(classes), 64) and answer["class_counts"][()].sum() == 6
         assert np.allclose(answer["by_class"][()].mean(0), answer["vectors"][0], atol=1e-6)
         assert answer.attrs["capture"] == "resid"  # the residual stream at the answer texts
-    again = run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", "1 2", "--n-train", 6)
+    again = run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", "1 2", "--n-train", 6)
     assert again.returncode == 0 and again.stderr.count("up to date") == 4
 
 
 def test_caa_runner_refuses_layer_out_of_range_and_leaves_store_untouched(tiny_dir, tmp_path):
     store = tmp_path / "store.h5"
-    assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 2).returncode == 0
+    assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 2).returncode == 0
     before = store.read_bytes()
-    bad = run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", "2 9", "--n-train", 2)
+    bad = run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", "2 9", "--n-train", 2)
     assert bad.returncode == 2
     assert "source layer 9 is out of range" in bad.stderr and "Traceback" not in bad.stderr
     assert store.read_bytes() == before
@@ -64,7 +64,7 @@ def test_caa_runner_refuses_layer_out_of_range_and_leaves_store_untouched(tiny_d
 
 def test_eval_refuses_a_layer_out_of_range_before_writing(tiny_dir, tmp_path):
     store = tmp_path / "store.h5"
-    bad = run("runners.eval", "--model", tiny_dir, "--store", store, "--layer", 99, "--n-eval", 2,
+    bad = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--layer", 99, "--n-eval", 2,
               "--scale-unit", "abs", "--scales", "1", *SMALL_KL)
     assert bad.returncode == 2 and "LAYER 99 is out of range" in bad.stderr and "Traceback" not in bad.stderr
     assert not store.exists()
@@ -72,7 +72,7 @@ def test_eval_refuses_a_layer_out_of_range_before_writing(tiny_dir, tmp_path):
 
 def test_replacing_the_neutral_texts_names_the_eval_splits_whose_kl_was_measured_on_the_old(tiny_dir, tmp_path):
     store = tmp_path / "store.h5"
-    common = ("runners.eval", "--model", tiny_dir, "--store", store, "--layer", 1, "--n-eval", 2,
+    common = ("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--layer", 1, "--n-eval", 2,
               "--scale-unit", "abs", "--scales", "1", "--splits", "val", "--gen-tokens", 4, "--score", "cloze")
     first = run(*common, "--n-neutral", 2)
     assert first.returncode == 0, first.stderr
@@ -88,18 +88,18 @@ def test_replacing_the_neutral_texts_names_the_eval_splits_whose_kl_was_measured
 
 
 def test_caa_runner_reports_unknown_model_and_bad_data_file(tmp_path):
-    bad_model = run("runners.caa", "--model", tmp_path / "nope", "--store", tmp_path / "s.h5")
+    bad_model = run("steerlab.cli.caa", "--model", tmp_path / "nope", "--store", tmp_path / "s.h5")
     assert bad_model.returncode == 2 and "neither an existing folder" in bad_model.stderr
     data = tmp_path / "d.jsonl"
     data.write_text('{"id": 1}\n')
-    bad_data = run("runners.caa", "--data", data, "--store", tmp_path / "s.h5")
+    bad_data = run("steerlab.cli.caa", "--data", data, "--store", tmp_path / "s.h5")
     assert bad_data.returncode == 2 and "d.jsonl:1: missing or non-string field" in bad_data.stderr
     assert not (tmp_path / "s.h5").exists()
 
 
 def test_eval_with_no_vectors_runs_baseline_and_random_control_and_says_so(tiny_dir, tmp_path):
     store = tmp_path / "store.h5"
-    done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 2,
+    done = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 2,
                "--scales", "1 4", "--scale-unit", "abs", "--splits", "val", "--layer", 1, *SMALL_KL)
     assert done.returncode == 0, done.stderr
     assert "no survival-instinct vectors for" in done.stderr and "baseline and random controls only" in done.stderr
@@ -121,14 +121,14 @@ def test_eval_with_no_vectors_runs_baseline_and_random_control_and_says_so(tiny_
 def test_eval_scores_both_ways_and_its_cloze_numbers_are_what_full_logits_give(tiny_dir, tmp_path):
     import torch
 
-    from engine.cloze_form import cloze_items
-    from engine.data import load_items
-    from engine.model import load_model
-    from engine.reference import cloze_plain
+    from steerlab.lm.model import load_model
+    from steerlab.measure.reference import cloze_plain
+    from steerlab.questions.cloze_form import cloze_items
+    from steerlab.questions.data import load_items
 
     store = tmp_path / "store.h5"
-    assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 6).returncode == 0
-    done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 4, "--n-random", 1,
+    assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 6).returncode == 0
+    done = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 4, "--n-random", 1,
                "--scales", "3", "--scale-unit", "abs", "--splits", "val test", *SMALL_KL)
     assert done.returncode == 0, done.stderr
     key = store_key(str(tiny_dir))
@@ -154,7 +154,7 @@ def test_eval_scores_both_ways_and_its_cloze_numbers_are_what_full_logits_give(t
                         lm.tokenizer.pad_token_id)
     assert np.abs(plain[0].numpy() - baseline).max() < 1e-3
     assert np.abs(plain[1].numpy() - logprob[0, 0]).max() < 1e-3
-    report = run("runners.report", "--model", tiny_dir, "--store", store)
+    report = run("steerlab.cli.report", "--model", tiny_dir, "--store", store)
     assert report.returncode == 0, report.stderr
     assert "#### Cloze (answer texts, no letters; nats per token)" in report.stdout
     assert "chosen on validation by the polarity-paired cloze preference" in report.stdout
@@ -164,14 +164,14 @@ def test_eval_scores_both_ways_and_its_cloze_numbers_are_what_full_logits_give(t
 
 def test_eval_with_the_cloze_score_alone_writes_no_letter_numbers_and_reports(tiny_dir, tmp_path):
     store = tmp_path / "store.h5"
-    done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 2,
+    done = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 2,
                "--scales", "2", "--splits", "val test", "--score", "cloze", "--layer", 1, *SMALL_KL)
     assert done.returncode == 0, done.stderr
     with h5py.File(store, "r") as h5:
         split = h5[f"{store_key(str(tiny_dir))}/survival-instinct/evals/test"]
         assert "baseline_logit_diff" not in split and "logit_diff" not in split["random/L1"]
         assert split["random/L1/cloze"].shape == (2, 2, 3)
-    report = run("runners.report", "--model", tiny_dir, "--store", store, "--select-by", "letter")
+    report = run("steerlab.cli.report", "--model", tiny_dir, "--store", store, "--select-by", "letter")
     assert report.returncode == 0, report.stderr
     assert "no letter scores, so every choice below is by the cloze score" in report.stdout
     assert "#### Letter" not in report.stdout and "#### Cloze" in report.stdout
@@ -179,8 +179,8 @@ def test_eval_with_the_cloze_score_alone_writes_no_letter_numbers_and_reports(ti
 
 def test_eval_max_vectors_trims_method_groups_but_not_the_random_control(tiny_dir, tmp_path):
     store = tmp_path / "store.h5"
-    assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 2).returncode == 0
-    done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 3,
+    assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 2).returncode == 0
+    done = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 3,
                "--scales", "2", "--splits", "val", "--max-vectors", 1, *SMALL_KL)
     assert done.returncode == 0, done.stderr
     with h5py.File(store, "r") as h5:
@@ -192,11 +192,11 @@ def test_eval_max_vectors_trims_method_groups_but_not_the_random_control(tiny_di
 def test_bad_arguments_are_refused_before_the_model_loads(tmp_path):
     store = tmp_path / "s.h5"
     missing = tmp_path / "no-such-model"  # loading it would fail with another message
-    melbo = run("runners.melbo", "--model", missing, "--store", store, "--radius", -1)
+    melbo = run("steerlab.cli.melbo", "--model", missing, "--store", store, "--radius", -1)
     assert melbo.returncode == 2 and "--radius: expected a positive number, got '-1'" in melbo.stderr
-    pi = run("runners.pi", "--model", missing, "--store", store, "--layer", 5, "--target", 3)
+    pi = run("steerlab.cli.pi", "--model", missing, "--store", store, "--layer", 5, "--target", 3)
     assert pi.returncode == 2 and "target layer 3 must be above source layer 5" in pi.stderr
-    assert run("runners.melbo", "--model", missing, "--n-prompts", "all", "--check-args").returncode == 0
+    assert run("steerlab.cli.melbo", "--model", missing, "--n-prompts", "all", "--check-args").returncode == 0
     assert not store.exists()
 
 
@@ -210,8 +210,8 @@ def test_make_pi_caa_checks_its_arguments_before_computing_caa(tiny_dir, tmp_pat
 
 
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback():
-    from engine.errors import UserError
-    from runners.cli import main_guard
+    from steerlab.base.errors import UserError
+    from steerlab.cli.options import main_guard
 
     def user_error():
         raise UserError("say what to do")
@@ -229,19 +229,19 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback():
 def test_export_writes_the_val_choice_and_its_pt_file_reproduces_the_eval(tiny_dir, tmp_path):
     import torch
 
-    from engine.data import load_items
-    from engine.export import read_gguf, read_pt, read_safetensors
-    from engine.model import load_model
-    from engine.orders import answers_in_order
-    from engine.reference import evaluate_plain
+    from steerlab.interop.export import read_gguf, read_pt, read_safetensors
+    from steerlab.lm.model import load_model
+    from steerlab.measure.reference import evaluate_plain
+    from steerlab.questions.data import load_items
+    from steerlab.questions.orders import answers_in_order
 
     store, out = tmp_path / "store.h5", tmp_path / "export"
-    assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 6,
+    assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 6,
                "--position", "letter").returncode == 0
-    evaluated = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 1,
+    evaluated = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 1,
                     "--scales", "0.002 0.005", "--splits", "val", *SMALL_KL)  # KL targets: the default unit
     assert evaluated.returncode == 0, evaluated.stderr
-    done = run("runners.export", "--model", tiny_dir, "--store", store, "--out", out)
+    done = run("steerlab.cli.export", "--model", tiny_dir, "--store", store, "--out", out)
     assert done.returncode == 0, done.stderr
     key = store_key(str(tiny_dir))
     assert sorted(p.name for p in out.iterdir()) == [f"{key}-survival-instinct-caa-L1-0{s}" for s in (".gguf", ".lm-eval.pt", ".pt", ".safetensors")]
@@ -264,11 +264,11 @@ def test_export_writes_the_val_choice_and_its_pt_file_reproduces_the_eval(tiny_d
 
 def test_export_refuses_a_vector_that_is_not_stored_and_writes_nothing(tiny_dir, tmp_path):
     store, out = tmp_path / "store.h5", tmp_path / "export"
-    assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 2).returncode == 0
-    wrong_index = run("runners.export", "--model", tiny_dir, "--store", store, "--out", out,
+    assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 2).returncode == 0
+    wrong_index = run("steerlab.cli.export", "--model", tiny_dir, "--store", store, "--out", out,
                       "--vector", "caa/L1/3", "--scale", 0.2)
     assert wrong_index.returncode == 2 and "caa/L1 has vectors 0..0, not 3" in wrong_index.stderr
-    no_group = run("runners.export", "--model", tiny_dir, "--store", store, "--out", out, "--vector", "pi/L1-T2/0")
+    no_group = run("steerlab.cli.export", "--model", tiny_dir, "--store", store, "--out", out, "--vector", "pi/L1-T2/0")
     assert no_group.returncode == 2 and "no pi vectors at" in no_group.stderr
     assert not out.exists()
 
@@ -276,7 +276,7 @@ def test_export_refuses_a_vector_that_is_not_stored_and_writes_nothing(tiny_dir,
 def test_two_behaviours_share_a_store_and_a_wrong_one_is_refused_before_loading(tiny_dir, tmp_path):
     store = tmp_path / "store.h5"
     for behavior in ("survival-instinct", "myopic-reward"):
-        done = run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
+        done = run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
                    "--behavior", behavior)
         assert done.returncode == 0, done.stderr
     key = store_key(str(tiny_dir))
@@ -285,13 +285,13 @@ def test_two_behaviours_share_a_store_and_a_wrong_one_is_refused_before_loading(
         myopic = h5[f"{key}/myopic-reward/vectors/caa/L1"]
         assert json.loads(myopic.attrs["settings"])["behavior"] == "myopic-reward"
         assert set(survival["item_ids"][()].astype(str)).isdisjoint(myopic["item_ids"][()].astype(str))
-    unknown = run("runners.caa", "--model", "no/such-model", "--store", store, "--behavior", "power")
+    unknown = run("steerlab.cli.caa", "--model", "no/such-model", "--store", store, "--behavior", "power")
     assert unknown.returncode == 2 and "unknown behaviour 'power': known are" in unknown.stderr
     assert "myopic-reward" in unknown.stderr and "loading" not in unknown.stderr
-    mismatch = run("runners.caa", "--model", "no/such-model", "--store", store, "--behavior", "myopic-reward",
+    mismatch = run("steerlab.cli.caa", "--model", "no/such-model", "--store", store, "--behavior", "myopic-reward",
                    "--data", "data/survival-instinct.jsonl")
     assert mismatch.returncode == 2 and "pass BEHAVIOR=survival-instinct" in mismatch.stderr
-    report = run("runners.report", "--model", tiny_dir, "--store", store, "--behavior", "myopic-reward")
+    report = run("steerlab.cli.report", "--model", tiny_dir, "--store", store, "--behavior", "myopic-reward")
     assert report.returncode == 2 and "no myopic-reward evals" in report.stderr
 
 
@@ -299,9 +299,9 @@ def test_matrix_puts_each_behaviours_val_choice_on_every_behaviours_test_questio
     store, out = tmp_path / "store.h5", tmp_path / "results"
     behaviors = ["survival-instinct", "myopic-reward"]
     for behavior in behaviors:
-        assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
+        assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
                    "--behavior", behavior).returncode == 0
-    done = run("runners.matrix", "--model", tiny_dir, "--store", store, "--behaviors", " ".join(behaviors),
+    done = run("steerlab.cli.matrix", "--model", tiny_dir, "--store", store, "--behaviors", " ".join(behaviors),
                "--n-eval", 3, "--n-random", 2, "--scales", "2 8", "--scale-unit", "abs", "--n-neutral", 2,
                "--gen-tokens", 4, "--kl-max", "inf", "--out", out)
     assert done.returncode == 0, done.stderr
@@ -345,7 +345,7 @@ def test_matrix_puts_each_behaviours_val_choice_on_every_behaviours_test_questio
     assert (out / "matrix_caa_cloze.png").is_file() and "## Cloze: polarity-paired" in page
     assert "Against the random distribution (cloze)" in page and "/2 |" in page
     # its cell on its own test questions is what the eval runner gives for the same θ
-    evaluated = run("runners.eval", "--model", tiny_dir, "--store", store, "--behavior", behaviors[1],
+    evaluated = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--behavior", behaviors[1],
                     "--n-eval", 3, "--n-random", 1, "--scales", f"{scale:g}", "--scale-unit", "abs",
                     "--splits", "test", "--n-neutral", 2, "--gen-tokens", 4)
     assert evaluated.returncode == 0, evaluated.stderr
@@ -357,7 +357,7 @@ def test_matrix_puts_each_behaviours_val_choice_on_every_behaviours_test_questio
         np.testing.assert_allclose(split["baseline_cloze"][()], cloze_base, atol=1e-4)
         np.testing.assert_allclose(split[f"caa/{run_name}/cloze"][0, 0], cloze_chosen[1], atol=1e-4)
         assert list(h5[f"{key}/matrix/caa/questions/{behaviors[1]}/question_ids"][()].astype(str)) == list(questions_ids)
-    unknown = run("runners.matrix", "--model", "no/such", "--store", store, "--behaviors", "survival-instinct power")
+    unknown = run("steerlab.cli.matrix", "--model", "no/such", "--store", store, "--behaviors", "survival-instinct power")
     assert unknown.returncode == 2 and "unknown behaviour 'power'" in unknown.stderr
 
 
@@ -367,9 +367,9 @@ def test_the_matrix_in_kl_adds_each_chosen_vector_and_random_reference_at_the_ch
     store, out = tmp_path / "store.h5", tmp_path / "results"
     behaviors = ["survival-instinct", "myopic-reward"]
     for behavior in behaviors:
-        assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
+        assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
                    "--position", "answer", "--behavior", behavior).returncode == 0
-    done = run("runners.matrix", "--model", tiny_dir, "--store", store, "--behaviors", " ".join(behaviors),
+    done = run("steerlab.cli.matrix", "--model", tiny_dir, "--store", store, "--behaviors", " ".join(behaviors),
                "--n-eval", 3, "--n-random", 2, "--scales", "0.002 0.005", "--scale-unit", "kl",
                "--score", "cloze", "--kl-max", "inf", "--out", out, *SMALL_KL)
     assert done.returncode == 0, done.stderr
@@ -384,7 +384,7 @@ def test_the_matrix_in_kl_adds_each_chosen_vector_and_random_reference_at_the_ch
         np.testing.assert_allclose(sorted(set(np.round(matrix["random_scales"][()], 6))),
                                    sorted(set(np.round(targets, 6))), rtol=1e-5)
         np.testing.assert_allclose(np.linalg.norm(matrix["thetas"][()], axis=1), np.abs(sizes), rtol=1e-4)
-    evaluated = run("runners.eval", "--model", tiny_dir, "--store", store, "--behavior", behaviors[1],
+    evaluated = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--behavior", behaviors[1],
                     "--n-eval", 3, "--n-random", 1, "--scales", "0.002 0.005", "--scale-unit", "kl",
                     "--score", "cloze", "--splits", "val", *SMALL_KL)
     assert evaluated.returncode == 0, evaluated.stderr
@@ -398,10 +398,10 @@ def plain_kl_at(tiny_dir, store, theta, layer: int = 1) -> float:
     """Mean KL(unsteered ‖ steered) of ``theta`` on the store's val neutral texts, on the plain path."""
     import torch
 
-    from engine.model import load_model
-    from engine.reference import side_effects_plain
-    from engine.side_effects import ScoredText
-    from engine.store import read_neutral
+    from steerlab.lm.model import load_model
+    from steerlab.measure.reference import side_effects_plain
+    from steerlab.measure.side_effects import ScoredText
+    from steerlab.store import read_neutral
 
     lm = load_model(str(tiny_dir), "fp32")
     ids, tokens, lengths = read_neutral(store, lm.key, "val")
@@ -414,14 +414,14 @@ def test_a_scale_in_kl_is_the_norm_at_which_each_direction_costs_it(tiny_dir, tm
     """SCALE_UNIT=kl: each vector and sign is added at its own |θ|, found on the val neutral texts,
     where its KL (measured again on the plain path) is the target; test uses the same |θ|; the
     report says what the scales are; a named vector's scale is looked up in that calibration."""
-    from engine.choice import calibrated_norms, named_choices
-    from engine.errors import UserError
+    from steerlab.base.errors import UserError
+    from steerlab.measure.choice import calibrated_norms, named_choices
 
     store = tmp_path / "store.h5"
-    caa = run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
+    caa = run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
               "--position", "answer")
     assert caa.returncode == 0, caa.stderr
-    done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 2,
+    done = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 2,
                "--scales", "0.002 0.005", "--scale-unit", "kl", "--splits", "val test", "--layer", 1,
                "--score", "cloze", *SMALL_KL)
     assert done.returncode == 0, done.stderr
@@ -443,10 +443,10 @@ def test_a_scale_in_kl_is_the_norm_at_which_each_direction_costs_it(tiny_dir, tm
         unit = val["vectors"][1] / np.linalg.norm(val["vectors"][1])
         caa_norms = h5[f"{key}/survival-instinct/evals/val/caa/L1-answer/norms"][()]
     assert abs(plain_kl_at(tiny_dir, store, norms[1, 3] * unit) / 0.005 - 1) <= 0.1
-    report = run("runners.report", "--model", tiny_dir, "--store", store)
+    report = run("steerlab.cli.report", "--model", tiny_dir, "--store", store)
     assert report.returncode == 0, report.stderr
     assert "Scales are costs (SCALE_UNIT=kl)" in report.stdout and " KL (= " in report.stdout
-    from runners import plot
+    from steerlab.cli import plot
 
     figures = plot.make_all(plot.load(store, key, "survival-instinct"), tmp_path / "results", 0.005)
     assert {"dose_response.png", "violin_scale0.005.png"} <= {f.name for f in figures}
@@ -464,9 +464,9 @@ def test_a_test_split_scored_in_a_later_run_takes_vals_stored_norms_in_kl(tiny_d
     """Val's choice is made at val's |θ|: a later SPLITS=test run with other neutral texts (a new
     search there would find other sizes) scores test at the |θ| val stored, not at its own."""
     store = tmp_path / "store.h5"
-    assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
+    assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
                "--position", "answer").returncode == 0
-    common = ("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 1,
+    common = ("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 1,
               "--scales", "0.002 0.005", "--scale-unit", "kl", "--layer", 1, "--score", "cloze", "--gen-tokens", 4)
     assert run(*common, "--splits", "val", "--n-neutral", 2).returncode == 0
     later = run(*common, "--splits", "test", "--n-neutral", 3)
@@ -483,12 +483,12 @@ def test_a_test_split_scored_in_a_later_run_takes_vals_stored_norms_in_kl(tiny_d
 def test_melbo_radius_and_the_pi_caa_point_in_kl_cost_what_they_say(tiny_dir, tmp_path):
     """SCALE_UNIT=kl outside eval: MELBO's R is the median |θ| at which random directions cost R;
     PI@CAA's AT_SCALES puts θ₀ on the CAA direction where it costs the scale."""
-    from engine.grid import random_directions
+    from steerlab.measure.grid import random_directions
 
     store = tmp_path / "store.h5"
     common = ("--model", tiny_dir, "--store", store, "--layer", 1, "--target", 2, "--k", 2,
               "--n-prompts", 2, "--scale-unit", "kl", *SMALL_KL)
-    melbo = run("runners.melbo", *common, "--radius", 0.004, "--steps", 2)
+    melbo = run("steerlab.cli.melbo", *common, "--radius", 0.004, "--steps", 2)
     assert melbo.returncode == 0, melbo.stderr
     key = store_key(str(tiny_dir))
     with h5py.File(store, "r") as h5:
@@ -498,12 +498,12 @@ def test_melbo_radius_and_the_pi_caa_point_in_kl_cost_what_they_say(tiny_dir, tm
         np.testing.assert_allclose(np.linalg.norm(group["vectors"][()], axis=1), radius, rtol=1e-4)
     costs = [plain_kl_at(tiny_dir, store, radius * d.numpy()) for d in random_directions(4, 64, 0, 1)]
     assert abs(float(np.median(costs)) / 0.004 - 1) <= 0.2  # the median direction's cost, ±its 10%
-    caa = run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
+    caa = run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
               "--position", "answer")
     assert caa.returncode == 0, caa.stderr
-    pi = run("runners.pi", *common, "--iters", 1, "--oversample", 0)
+    pi = run("steerlab.cli.pi", *common, "--iters", 1, "--oversample", 0)
     assert pi.returncode == 0, pi.stderr
-    along = run("runners.pi", *common, "--iters", 1, "--oversample", 0, "--at", "caa", "--at-scales", "-0.003")
+    along = run("steerlab.cli.pi", *common, "--iters", 1, "--oversample", 0, "--at", "caa", "--at-scales", "-0.003")
     assert along.returncode == 0, along.stderr
     with h5py.File(store, "r") as h5:
         at = [g for name, g in h5[f"{key}/survival-instinct/vectors/pi_caa"].items() if "-at" in name]
@@ -521,10 +521,10 @@ def test_a_scale_in_units_of_the_residual_norm_is_that_fraction_of_the_median_no
     the fraction; SCALE_UNIT=abs gives the same numbers at the same L2 norms."""
     import torch
 
-    from engine.data import load_items
-    from engine.generate import prompt_ids
-    from engine.model import load_model
-    from engine.site import reading_site
+    from steerlab.lm.generate import prompt_ids
+    from steerlab.lm.model import load_model
+    from steerlab.lm.site import reading_site
+    from steerlab.questions.data import load_items
 
     lm = load_model(str(tiny_dir), "fp32")
     norms = []
@@ -534,7 +534,7 @@ def test_a_scale_in_units_of_the_residual_norm_is_that_fraction_of_the_median_no
         norms.append(seen[-1][0].double().norm(dim=-1))
     median = float(torch.cat(norms).median())
     store, abs_store = tmp_path / "store.h5", tmp_path / "abs.h5"
-    done = run("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 1,
+    done = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 1,
                "--scales", "0.5 2", "--scale-unit", "resid", "--splits", "val", "--layer", 1, "--score", "cloze",
                *SMALL_KL)
     assert done.returncode == 0, done.stderr
@@ -548,7 +548,7 @@ def test_a_scale_in_units_of_the_residual_norm_is_that_fraction_of_the_median_no
         stored = h5[f"{key}/survival-instinct/norms/L1"]
         assert np.isclose(stored.attrs["median"], median, rtol=1e-6) and stored.attrs["n_prompts"] == 128
         resid_cloze, absolute = group["cloze"][()], group["scales"][()]
-    done = run("runners.eval", "--model", tiny_dir, "--store", abs_store, "--n-eval", 2, "--n-random", 1,
+    done = run("steerlab.cli.eval", "--model", tiny_dir, "--store", abs_store, "--n-eval", 2, "--n-random", 1,
                "--scales", " ".join(f"{s:.9g}" for s in absolute[2:]), "--scale-unit", "abs", "--splits", "val",
                "--layer", 1, "--score", "cloze", *SMALL_KL)
     assert done.returncode == 0, done.stderr
@@ -556,9 +556,9 @@ def test_a_scale_in_units_of_the_residual_norm_is_that_fraction_of_the_median_no
         group = h5[f"{key}/survival-instinct/evals/val/random/L1"]
         assert group.attrs["scale_unit"] == "abs" and "scale_fractions" not in group
         np.testing.assert_allclose(group["cloze"][()], resid_cloze, atol=1e-5)
-    report = run("runners.report", "--model", tiny_dir, "--store", store)
+    report = run("steerlab.cli.report", "--model", tiny_dir, "--store", store)
     assert report.returncode == 0, report.stderr
     assert "Scales are fractions of the median ‖h_S‖" in report.stdout and "+0.5 (= " in report.stdout
     # RAW multiplies the raw vectors by the scales: meaningless as fractions of a norm
-    raw = run("runners.eval", "--model", tiny_dir, "--store", store, "--raw", "--check-args")
+    raw = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--raw", "--check-args")
     assert raw.returncode == 2 and "RAW=1 multiplies the raw vectors" in raw.stderr

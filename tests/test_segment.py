@@ -3,8 +3,7 @@ from contextlib import ExitStack
 import pytest
 import torch
 
-from engine.prompts import answer_tokens, pad_right
-from engine.segment import (
+from steerlab.lm.segment import (
     CACHE_ARGUMENTS,
     LayerContractError,
     cache_argument,
@@ -12,7 +11,8 @@ from engine.segment import (
     segment,
     with_cache,
 )
-from engine.site import add_to_down_proj, reading_output
+from steerlab.lm.site import add_to_down_proj, reading_output
+from steerlab.questions.prompts import answer_tokens, pad_right
 
 
 def _batch(lm, items):

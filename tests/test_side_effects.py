@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from engine.prompts import format_prompt
-from engine.reference import side_effects_plain
-from engine.side_effects import ScoredText, side_effects
+from steerlab.measure.reference import side_effects_plain
+from steerlab.measure.side_effects import ScoredText, side_effects
+from steerlab.questions.prompts import format_prompt
 
 REQUESTS = ["How do I boil an egg?", "Write a haiku about rain in the city at night, please.",
             "What is 17 times 23?", "List three rivers in Europe and the countries they cross."]

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from engine.store import (
+from steerlab.store import (
     SCHEMA_VERSION,
     StoreError,
     VectorGroup,
@@ -23,7 +23,7 @@ from engine.store import (
     write_vector_group,
     writing,
 )
-from engine.store.provenance import _project_sources
+from steerlab.store.provenance import REPO_ROOT, _project_sources
 
 
 def _write_vectors(path, name="L7", value=1.0):
@@ -51,7 +51,7 @@ def test_exception_mid_write_leaves_previous_store_intact(tmp_path):
 
 WRITER = textwrap.dedent("""
     import sys, time, numpy as np
-    from engine.store import writing, replace_group
+    from steerlab.store import writing, replace_group
     with writing(sys.argv[1], wait_seconds=0) as h5:
         del h5["m/vectors/caa/L7"]
         replace_group(h5.require_group("m/vectors/caa"), "L9", {"vectors": np.zeros((1, 4))}, {})
@@ -106,7 +106,7 @@ def test_file_that_is_not_hdf5_is_refused_and_left_alone(tmp_path):
 
 def test_a_truncated_store_is_named_damaged_with_what_to_do_and_left_alone(tmp_path):
     """A copy cut short keeps the HDF5 signature, so it passes is_hdf5 and fails inside h5py."""
-    from engine.store import open_for_reading
+    from steerlab.store import open_for_reading
 
     store = tmp_path / "store.h5"
     for value in range(40):  # enough data that the cut falls inside it
@@ -130,15 +130,14 @@ def test_group_with_same_settings_and_code_is_current(tmp_path):
 
 
 def test_code_version_covers_what_computes_a_group_and_not_the_report():
-    caa = {path.as_posix().split("/work/main/")[-1] for path in _project_sources("runners.caa")}
-    sources = {"/".join(p.rsplit("/", 2)[-2:]) for p in caa}
-    assert {"runners/caa.py", "runners/cli.py", "engine/caa.py", "engine/segment.py",
-            "engine/site.py", "store/__init__.py", "store/groups.py", "store/io.py", "store/layout.py",
-            "store/provenance.py"} <= sources  # a package: its __init__ and what it imports
-    assert not sources & {"runners/plot.py", "runners/report.py", "engine/analysis.py",
-                          "engine/melbo.py", "engine/jacobian.py"}
-    assert code_version("runners.caa") != code_version("runners.melbo")
-    assert code_version("runners.caa") == code_version("runners.caa")
+    sources = {path.relative_to(REPO_ROOT).as_posix() for path in _project_sources("steerlab.cli.caa")}
+    assert {"steerlab/cli/caa.py", "steerlab/cli/options.py", "steerlab/methods/caa.py", "steerlab/lm/segment.py",
+            "steerlab/lm/site.py", "steerlab/store/__init__.py", "steerlab/store/groups.py", "steerlab/store/io.py",
+            "steerlab/store/layout.py", "steerlab/store/provenance.py"} <= sources  # a package: its __init__ and what it imports
+    assert not sources & {"steerlab/cli/plot.py", "steerlab/cli/report.py", "steerlab/measure/analysis.py",
+                          "steerlab/methods/melbo.py", "steerlab/lm/jacobian.py"}
+    assert code_version("steerlab.cli.caa") != code_version("steerlab.cli.melbo")
+    assert code_version("steerlab.cli.caa") == code_version("steerlab.cli.caa")
 
 
 class _Model:

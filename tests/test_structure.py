@@ -6,23 +6,53 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def engine_imports() -> dict[str, set[str]]:
-    """engine module -> the engine modules it imports anywhere (functions and TYPE_CHECKING too)."""
+# Which rooms (subpackages of steerlab) each room may import. "top" is steerlab's own modules
+# (the public API in __init__.py, steering.py, jobs.py); "cli" is the make targets' runners.
+ALLOWED = {
+    "base": set(),
+    "store": {"base"},
+    "questions": {"base"},
+    "lm": {"base", "store", "questions"},
+    "methods": {"base", "questions", "lm"},  # finding vectors never imports their measurement
+    "measure": {"base", "store", "questions", "lm"},  # nor measuring the methods
+    "interop": {"base", "store", "questions", "lm", "measure"},
+    "render": {"base"},
+    "top": {"base", "store", "questions", "lm", "methods", "measure", "interop", "render"},
+    "cli": {"base", "store", "questions", "lm", "methods", "measure", "interop", "render", "top"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and (ROOT / "steerlab" / parts[1]).is_dir()) else "top"
+
+
+def steerlab_imports() -> dict[str, set[str]]:
+    """steerlab module -> the steerlab modules it imports anywhere (functions and TYPE_CHECKING too);
+    ``from steerlab.x import name`` counts as importing steerlab.x.name where that is a module."""
+    modules = {module_name(path): path for path in sorted((ROOT / "steerlab").rglob("*.py"))}
     graph = {}
-    for path in sorted((ROOT / "engine").glob("*.py")):
+    for module, path in modules.items():
         found = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("engine."):
-                found.add(node.module.split(".")[1])
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                    and node.module.split(".")[0] == "steerlab":
+                found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                          for a in node.names}
             elif isinstance(node, ast.Import):
-                found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("engine.")}
-        graph[path.stem] = found
+                found |= {a.name for a in node.names if a.name.split(".")[0] == "steerlab"}
+        graph[module] = found - {module}
     return graph
 
 
-def test_the_engine_has_no_import_cycle():
-    graph = engine_imports()
-    assert graph["site"] == {"errors"} and "site" in graph["model"]
+def test_steerlab_has_no_import_cycle():
+    graph = steerlab_imports()
+    assert graph["steerlab.lm.site"] == {"steerlab.base.errors"} and "steerlab.lm.site" in graph["steerlab.lm.model"]
     done: set[str] = set()
 
     def visit(module: str, path: tuple[str, ...]) -> None:
@@ -37,16 +67,24 @@ def test_the_engine_has_no_import_cycle():
         visit(module, ())
 
 
-def test_the_engine_does_not_import_the_runners():
-    for path in (ROOT / "engine").glob("*.py"):
-        assert "from runners" not in path.read_text(encoding="utf-8"), path.name
+def test_each_room_imports_only_the_rooms_below_it():
+    graph = steerlab_imports()
+    assert set(ALLOWED) == {room(m) for m in graph}, "a new room needs its line in ALLOWED"
+    offending = [f"{module} imports {imported}"
+                 for module, imports in sorted(graph.items()) for imported in sorted(imports)
+                 if room(imported) != room(module) and room(imported) not in ALLOWED[room(module)]]
+    assert offending == []
+
+
+def test_nothing_below_the_cli_imports_it():
+    graph = steerlab_imports()
+    assert [m for m, imports in graph.items() if room(m) != "cli" and any(room(i) == "cli" for i in imports)] == []
 
 
 def test_no_store_path_is_built_outside_the_store_module():
     built = re.compile(r"""f["'][^"'\n]*/(vectors|evals|generations|neutral)[/"'{]""")
     offenders = [f"{path.relative_to(ROOT)}:{n}"
-                 for folder in ("engine", "runners")
-                 for path in sorted((ROOT / folder).glob("*.py")) if path.name != "store.py"
+                 for path in sorted((ROOT / "steerlab").rglob("*.py")) if "store" not in path.relative_to(ROOT).parts
                  for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
                  if built.search(line)]
     assert offenders == []

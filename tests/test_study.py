@@ -3,8 +3,8 @@ paired intervals) on planted numbers, and `make study`'s steps end to end on a t
 import h5py
 import numpy as np
 
-from engine.analysis import against_random, difference, question_weights
-from engine.store import store_key
+from steerlab.measure.analysis import against_random, difference, question_weights
+from steerlab.store import store_key
 from tests.helpers import run_runner as run
 
 SMALL_KL = ("--n-neutral", 2, "--gen-tokens", 4)
@@ -58,9 +58,9 @@ def test_test_takes_vals_norms_at_a_subset_of_its_targets(tiny_dir, tmp_path):
     """`make study` scores test only at the costs val chose: its |θ| are val's columns of those
     targets, not a new search's."""
     store = tmp_path / "store.h5"
-    assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
+    assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
                "--position", "answer").returncode == 0
-    common = ("runners.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--scale-unit", "kl",
+    common = ("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--scale-unit", "kl",
               "--layer", 1, "--score", "cloze", "--gen-tokens", 4, "--n-neutral", 2)
     assert run(*common, "--splits", "val", "--scales", "0.002 0.005", "--n-random", 1).returncode == 0
     later = run(*common, "--splits", "test", "--scales", "0.005", "--n-random", 1)
@@ -76,19 +76,19 @@ def test_test_takes_vals_norms_at_a_subset_of_its_targets(tiny_dir, tmp_path):
 def test_the_study_page_ranks_val_choices_on_test_against_random_draws(tiny_dir, tmp_path):
     store, out = tmp_path / "store.h5", tmp_path / "docs"
     for position in ("letter", "answer"):
-        assert run("runners.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
+        assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
                    "--position", position).returncode == 0
-    common = ("runners.eval", "--model", tiny_dir, "--store", store, "--scale-unit", "kl", "--layer", 1,
+    common = ("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--scale-unit", "kl", "--layer", 1,
               *SMALL_KL)
     assert run(*common, "--splits", "val", "--n-eval", 4, "--scales", "0.002 0.005",
                "--n-random", 1).returncode == 0
-    chosen = run("runners.study", "--store", store, "--model", tiny_dir, "--test-scales", "--kl-max", "1")
+    chosen = run("steerlab.cli.study", "--store", store, "--model", tiny_dir, "--test-scales", "--kl-max", "1")
     assert chosen.returncode == 0, chosen.stderr
     scales = chosen.stdout.split()
     assert scales and set(scales) <= {"0.002", "0.005"}
     assert run(*common, "--splits", "test", "--n-eval", 6, "--scales", " ".join(scales),
                "--n-random", 3).returncode == 0
-    page = run("runners.study", "--store", store, "--model", tiny_dir, "--out", out, "--kl-max", "1",
+    page = run("steerlab.cli.study", "--store", store, "--model", tiny_dir, "--out", out, "--kl-max", "1",
                "--seconds", 90)
     assert page.returncode == 0, page.stderr
     written, = out.glob("study-*.md")

@@ -4,12 +4,12 @@ plain twin's."""
 import pytest
 import torch
 
-from engine.cloze import cloze_preference
-from engine.cloze_form import cloze_items, cloze_token_counts
-from engine.reference import cloze_plain
-from engine.site import add_to_down_proj, injection_site
-from engine.steering import score_items
-from engine.vector import SteeringVector
+from steerlab.lm.site import add_to_down_proj, injection_site
+from steerlab.lm.vector import SteeringVector
+from steerlab.measure.cloze import cloze_preference
+from steerlab.measure.reference import cloze_plain
+from steerlab.questions.cloze_form import cloze_items, cloze_token_counts
+from steerlab.steering import score_items
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LAYER = 1

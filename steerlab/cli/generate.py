@@ -1,0 +1,291 @@
+"""Completions of the unsteered model and of steered ones, side by side.
+
+Without --vector: every method's vector and scale chosen on validation (as `make report` and
+`make export` choose them, KL on neutral text at most --kl-max; the random control is left out). With --vector METHOD/RUN/INDEX: that
+stored vector at each of --scales (signed L2 norms of what is added). The unsteered model always
+comes first. θ = scale × unit vector is added at the vector's source layer, at every position,
+generated tokens included. Prompts: the first --n-open open-ended questions of the behaviour
+(data/<behavior>-open-ended.jsonl; for a behaviour without such a file, the stems of its A/B
+questions, choices removed) and the first --n-neutral neutral prompts of --split. Greedy unless --sample (then seeded by
+--seed). Texts and settings go to the store (/<model>/<behavior>/generations/<name>), and
+<out>/<behavior>/generations.md gets a markdown page with every setting's completion of each prompt.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from steerlab.base.errors import StoreError, UserError
+from steerlab.base.files import REPO_ROOT
+from steerlab.base.parallel import ranks
+from steerlab.base.progress import progress_bar, say, step
+from steerlab.cli import defaults
+from steerlab.cli.options import (
+    add_behavior,
+    add_scale_unit,
+    add_select_by,
+    add_site,
+    check_kl_max,
+    main_guard,
+    parse,
+    positive_int,
+    scale_list,
+    settings_of,
+)
+from steerlab.jobs import resolve_sites
+from steerlab.lm.generate import check_max_new_tokens, generate
+from steerlab.lm.model import load_model
+from steerlab.lm.vector import SteeringVector
+from steerlab.measure.choice import parse_vector, steered_choices, theta_of
+from steerlab.questions.behaviors import behavior_prompts, open_ended_file
+from steerlab.questions.data import SPLITS, Prompt
+from steerlab.store import (
+    code_version,
+    file_checksum,
+    generations_path,
+    is_current,
+    now,
+    open_for_reading,
+    run_attrs,
+    store_key,
+    write_generations,
+    writing,
+)
+
+
+def generations_name(vector: str | None, sample: bool, seed: int) -> str:
+    """``val`` (each method's val choice) or ``caa-L7-0`` (--vector), ``-sample-s<seed>`` if sampled."""
+    name = "val" if vector is None else "-".join(map(str, parse_vector(vector)))
+    return name + (f"-sample-s{seed}" if sample else "")
+
+
+@dataclass
+class Setting:
+    """One row of the comparison: the unsteered model, or a stored vector at a scale."""
+    method: str  # "unsteered" for the plain model
+    run: str = ""
+    index: int = -1
+    scale: float = 0.0
+    vector: SteeringVector | None = None  # θ exactly as added, its layer and site
+
+    @property
+    def source_layer(self) -> int:
+        return -1 if self.vector is None else self.vector.layer
+
+    @property
+    def theta(self) -> np.ndarray | None:
+        """[d] f32, exactly what is added."""
+        return None if self.vector is None else self.vector.direction.numpy().astype(np.float32)
+
+    @property
+    def label(self) -> str:
+        if self.theta is None:
+            return "unsteered"
+        return f"{self.method}/{self.run} #{self.index} at scale {self.scale:+.4g}"
+
+    def record(self) -> dict:
+        """What the group's settings say about this row (θ by checksum: a recomputed vector changes it)."""
+        digest = "" if self.theta is None else hashlib.sha256(self.theta.tobytes()).hexdigest()[:16]
+        return {"method": self.method, "run": self.run, "index": self.index, "scale": self.scale,
+                "source_layer": self.source_layer, "theta_sha256": digest}
+
+
+def validate(args: argparse.Namespace) -> None:
+    check_max_new_tokens(args.max_new_tokens)
+    if args.n_open < 0 or args.n_neutral < 0:
+        raise UserError(f"prompt counts must be 0 or more, got {args.n_open} and {args.n_neutral}")
+    args.open_ended = args.open_ended or open_ended_file(args.behavior)
+    check_kl_max(args.kl_max)
+    if args.scales is not None and args.vector is None:
+        raise UserError("SCALES needs VECTOR=method/run/index (the val choice brings its own scale)")
+    if args.vector is not None:
+        parse_vector(args.vector)
+
+
+def steered_settings(args: argparse.Namespace) -> list[Setting]:
+    """The stored vectors and scales to compare with the unsteered model
+    (``steerlab.measure.choice.steered_choices``); every lookup and index is checked here, before the model
+    loads."""
+    key = store_key(args.model)
+    picks, notes = steered_choices(args.store, key, args.behavior, vector=args.vector,
+                                   scales=args.scales or scale_list(defaults.SCALES),
+                                   scale_unit=args.scale_unit, kl_max=args.kl_max, select_by=args.select_by)
+    for note in notes:
+        say(note)
+    settings = []
+    for pick in picks:
+        theta, group = theta_of(args.store, key, args.behavior, pick)
+        vector = SteeringVector(torch.from_numpy(theta), group.source_layer, args.site, pick.label)
+        settings.append(Setting(pick.method, pick.run, pick.index, pick.scale, vector))
+    return settings
+
+
+def store_generations(args, lm, name: str, prompts: list[tuple[str, Prompt]], rows: list[Setting],
+                      texts: list[list[str]], new_tokens: list[list[int]], seconds: list[float],
+                      settings: dict, started: str, total: float) -> None:
+    d = lm.d_model
+    datasets = {
+        "prompt_ids": np.array([p.id for _, p in prompts]),
+        "prompts": np.array([p.text for _, p in prompts]),
+        "prompt_sets": np.array([kind for kind, _ in prompts]),
+        "method": np.array([r.method for r in rows]),
+        "run": np.array([r.run for r in rows]),
+        "vector_index": np.array([r.index for r in rows], dtype=np.int64),
+        "scale": np.array([r.scale for r in rows], dtype=np.float32),
+        "source_layer": np.array([r.source_layer for r in rows], dtype=np.int64),
+        "thetas": np.stack([np.zeros(d, np.float32) if r.theta is None else r.theta for r in rows]),
+        "texts": np.array(texts),  # [n_settings, n_prompts]
+        "new_tokens": np.array(new_tokens, dtype=np.int64),
+        "seconds": np.array(seconds, dtype=np.float32),
+    }
+    with writing(args.store) as h5:
+        write_generations(h5, lm, args.behavior, name, datasets,
+                          run_attrs(settings, code_version("steerlab.cli.generate"), started, total))
+
+
+def cell(text: str) -> str:
+    """A markdown table cell: one line, no table syntax, no raw HTML."""
+    text = text.strip().replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("|", "\\|").replace("\n", "<br>") or "*(nothing)*"
+
+
+def markdown(node: h5py.Group, key: str, behavior: str, store: str) -> str:
+    """The page for one stored generations group: a summary of the settings, then per prompt
+    every setting's completion."""
+    settings = json.loads(node.attrs["settings"])
+
+    def text(name: str) -> np.ndarray:
+        return node[name].asstr()[()]
+
+    methods, runs, prompts = text("method"), text("run"), text("prompts")
+    index, scale, layer = node["vector_index"][()], node["scale"][()], node["source_layer"][()]
+    labels = ["unsteered" if m == "unsteered" else f"{m}/{r} #{i} at scale {s:+.4g}"
+              for m, r, i, s in zip(methods, runs, index, scale)]
+    texts, tokens, seconds = text("texts"), node["new_tokens"][()], node["seconds"][()]
+    mode = f"sampled (seed {settings['seed']})" if settings["sample"] else "greedy"
+    chosen = (f"`{settings['vector']}` at the scales asked for" if settings["vector"] else
+              "each method's vector and scale chosen on validation as the report chooses (the "
+              f"largest {settings.get('select_by', 'letter')} score whose answer mass stays at half "
+              "the baseline's or more and whose mean KL on neutral text is at most "
+              f"{settings.get('kl_max')}; random controls left out)")
+    lines = [f"# Generations of {key}, {behavior}", "",
+             f"Completions of {len(prompts)} prompts, {mode}, up to {settings['max_new_tokens']} new "
+             f"tokens. Steered: {chosen}. θ = scale × unit vector is added to "
+             "the residual stream after layer S (at `down_proj` or the block output, the site) at every "
+             "position, generated tokens included. "
+             f"Stored in `{store}` at `{node.name.lstrip('/')}`.", "",
+             "| setting | source layer | new tokens | tokens/s |", "|---|---|---|---|"]
+    for label, lay, toks, secs in zip(labels, layer, tokens, seconds):
+        where = "–" if lay < 0 else str(lay)
+        lines.append(f"| {label} | {where} | {toks.sum()} | {toks.sum() / max(secs, 1e-9):.1f} |")
+    kinds, ids = text("prompt_sets"), text("prompt_ids")
+    for p, prompt in enumerate(prompts):
+        lines += ["", f"## {p + 1}. {ids[p]} ({kinds[p]})", "",
+                  *[f"> {line}" if line else ">" for line in prompt.strip().splitlines()], "",
+                  "| setting | completion |", "|---|---|"]
+        lines += [f"| {label} | {cell(texts[s, p])} |" for s, label in enumerate(labels)]
+    return "\n".join(lines) + "\n"
+
+
+def run() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=str(REPO_ROOT / defaults.MODEL),
+                   help="HF id, local HF folder, or .gguf file")
+    p.add_argument("--dtype", default=defaults.DTYPE, help="auto (bf16 on GPU, fp32 on CPU), bf16, fp32, fp64")
+    p.add_argument("--device", default=defaults.DEVICE, help="torch device, e.g. cpu or cuda")
+    p.add_argument("--store", default=defaults.STORE, help="HDF5 store to read and write")
+    p.add_argument("--out", default=defaults.RESULTS,
+                   help="folder of the markdown page: <out>/<behavior>/generations.md")
+    add_behavior(p, data=True)
+    add_site(p)
+    p.add_argument("--open-ended", default=defaults.OPEN_ENDED or None,
+                   help="open-ended prompts (JSONL: id, text, split, ...); default "
+                        "data/<behavior>-open-ended.jsonl, or the behaviour's question stems")
+    p.add_argument("--neutral", default=str(REPO_ROOT / defaults.NEUTRAL), help="neutral prompts (same format)")
+    p.add_argument("--n-open", type=int, default=defaults.OPEN_PROMPTS, help="first N open-ended prompts of the split")
+    p.add_argument("--n-neutral", type=int, default=defaults.NEUTRAL_PROMPTS, help="first N neutral prompts of the split")
+    p.add_argument("--split", default="test", choices=SPLITS, help="split the prompts are taken from")
+    p.add_argument("--vector", default=None, metavar="METHOD/RUN/INDEX",
+                   help="this stored vector instead of each method's choice on val")
+    p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
+                   help="without --vector: choose as the report does, among settings with mean KL ≤ this")
+    add_select_by(p)
+    p.add_argument("--scales", type=scale_list, default=None,
+                   help=f"with --vector: signed scales in --scale-unit (fractions of ‖h_S‖, or L2 norms of "
+                        f"θ); default {defaults.SCALES!r}")
+    add_scale_unit(p)
+    p.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS, help="length of each completion")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--seed", type=int, default=defaults.SEED, help="with --sample: the RNG seed")
+    p.add_argument("--batch-size", type=positive_int, default="8", help="prompts per generate call")
+    p.add_argument("--force", action="store_true", help="generate again even if the store has it")
+    p.add_argument("--check-args", action="store_true", help="check the arguments and exit, loading nothing")
+    args = parse(p, validate)
+
+    # Everything that can be wrong with the input is found before the model loads.
+    prompts = behavior_prompts(args.behavior, args.data, args.split, args.n_open, args.open_ended,
+                               args.neutral, args.n_neutral)
+    if not prompts:
+        raise UserError("no prompts: N_OPEN and N_NEUTRAL are both 0")
+    rows = [Setting("unsteered"), *steered_settings(args)]
+    key = store_key(args.model)
+    name = generations_name(args.vector, args.sample, args.seed)
+    version = code_version("steerlab.cli.generate")
+    checksums = {str(path): file_checksum(path) for path, n in
+                 ((args.open_ended or args.data, args.n_open), (args.neutral, args.n_neutral)) if n}
+    settings = settings_of(args, drop=("out",), prompt_checksums=checksums,
+                           rows=[row.record() for row in rows])
+
+    where = generations_path(key, args.behavior, name)
+    if ranks().same(not args.force and is_current(args.store, where, settings, version)):
+        say(f"{where} is up to date (FORCE=1 generates again)")
+    else:
+        with step(f"loading {args.model} ({args.dtype})"):
+            lm = load_model(args.model, args.dtype, args.device)
+        sites = resolve_sites(lm, [row.source_layer for row in rows[1:]], args.site)
+        for row in rows[1:]:
+            if row.theta.shape != (lm.d_model,):
+                raise StoreError(f"{row.method}/{row.run} has width {row.theta.shape[0]}, but "
+                                 f"{lm.key} has {lm.d_model}: was it computed for another model?")
+        started, t0 = now(), time.perf_counter()
+        texts, new_tokens, seconds = [], [], []
+        n_batches = -(-len(ranks().span(len(prompts))) // args.batch_size)  # this rank's
+        with progress_bar(len(rows) * n_batches, "generating", "batch") as bar:
+            for row in rows:
+                vector = None if row.vector is None else replace(row.vector, site=sites[row.source_layer])
+                out = generate(lm.model, lm.tokenizer, [prompt.text for _, prompt in prompts], vector,
+                               args.max_new_tokens, args.sample, args.seed, args.batch_size,
+                               progress=bar.update, ranks=ranks())
+                texts.append(out.texts)
+                new_tokens.append([len(tokens) for tokens in out.tokens])
+                seconds.append(out.seconds)
+                if ranks().writer:
+                    bar.write(f"{row.label}: {out.n_tokens} tokens in {out.seconds:.1f}s "
+                              f"({out.n_tokens / out.seconds:.1f} tokens/s)", file=sys.stderr)
+        if ranks().writer:
+            store_generations(args, lm, name, prompts, rows, texts, new_tokens, seconds, settings,
+                              started, time.perf_counter() - t0)
+        say(f"wrote {where}")
+    if not ranks().writer:
+        return
+
+    with open_for_reading(args.store) as h5:
+        page = markdown(h5[where], key, args.behavior, args.store)
+    out = Path(args.out) / args.behavior / "generations.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    say(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main_guard(run)

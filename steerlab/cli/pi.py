@@ -1,0 +1,226 @@
+"""PI: top-k right singular vectors of J = ∂h_T/∂θ by block power iteration, from the train split.
+
+θ is added at layers[S].mlp.down_proj; h_T is the residual output of layers[T] at the prompts' real
+positions (all, or the last N of each). The prompts are the first N train questions formatted as in
+eval, up to the answer letter. --at zero linearises at θ₀ = 0 (method `pi`, run L<S>-T<T>);
+--at caa at θ₀ = the stored raw CAA vector of the same layer (method `pi_caa`, same run name; the
+CAA read on the answer texts, or with --caa-position letter the one read at the answer letter,
+run names ending -letter), or, with --at-scales, at θ₀ = s · unit(CAA) for each s (runs L<S>-T<T>-at<s>): the Jacobian along the
+path CAA steers on. Each such group also records how far J moved from θ₀ = 0 (the stored `pi`
+group of the same settings): the principal angles between the top-k subspaces and
+‖J(θ₀)v − J(0)v‖ / ‖J(0)v‖ for the top vectors v of J(0). The prompts' prefix is computed once
+for all scales, and each scale's power iteration starts from the previous scale's Ritz vectors.
+Written: unit vectors (sign-free), σ = ‖J v‖, the residual trace.
+"""
+
+import numpy as np
+import torch
+
+from steerlab.base.errors import UserError
+from steerlab.base.parallel import ranks
+from steerlab.base.progress import progress_bar, say, step
+from steerlab.cli import defaults
+from steerlab.cli.options import (
+    above_source,
+    add_neutral,
+    add_scale_unit,
+    behavior_items,
+    context,
+    count_or_all,
+    main_guard,
+    parse,
+    parser,
+    positive_float,
+    positive_int,
+    scale_list,
+    settings_of,
+    unit_norms,
+    val_neutral_texts,
+)
+from steerlab.jobs import Job, compute_groups
+from steerlab.lm.jacobian import jacobian_at, parse_tokens, relative_change
+from steerlab.lm.segment import prompt_prefixes
+from steerlab.measure.calibrate import size_at_cost
+from steerlab.measure.norms import absolute
+from steerlab.methods.power import power_iteration, principal_angles
+from steerlab.questions.prompts import length_batches
+from steerlab.store import (
+    VectorGroup,
+    caa_run,
+    linearised_run,
+    read_vector_group,
+    segment_run,
+    store_key,
+    vectors_path,
+)
+
+# Settings of the `pi` group that must equal ours for it to be the J(0) a sweep is compared with.
+SAME_OPERATOR = ("model", "dtype", "data_checksum", "layer", "target", "k", "n_prompts", "tokens",
+                 "batch_size")
+
+
+def validate(args) -> None:
+    parse_tokens(args.tokens)
+    above_source(args.layer, args.target)
+    if args.oversample < 0:
+        raise UserError(f"OVERSAMPLE must be 0 or more, got {args.oversample}")
+    if args.at_scales is not None and args.at != "caa":
+        raise UserError("AT_SCALES linearises along the CAA vector: it needs --at caa (make pi_caa)")
+
+
+def run() -> None:
+    p = parser(__doc__)
+    p.add_argument("--layer", type=int, default=defaults.LAYER, help="source layer S")
+    p.add_argument("--target", type=int, default=defaults.TARGET, help="target layer T > S")
+    p.add_argument("--k", type=positive_int, default=defaults.K, help="number of singular vectors")
+    p.add_argument("--iters", type=positive_int, default=defaults.ITERS,
+                   help="power-iteration step budget")
+    p.add_argument("--oversample", type=int, default=defaults.OVERSAMPLE,
+                   help="extra columns in the random start block")
+    p.add_argument("--tol", type=positive_float, default=defaults.TOL,
+                   help="stop when the top-k subspace moves less than this (sine of largest angle)")
+    p.add_argument("--n-prompts", type=count_or_all, default=defaults.N_PROMPTS, metavar="N|all",
+                   help="train prompts J is taken over")
+    p.add_argument("--tokens", default=defaults.TOKENS, help="positions: all, or last:N per prompt")
+    p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the random start block")
+    p.add_argument("--jvp-chunk", type=count_or_all, default=defaults.JVP_CHUNK, metavar="N|all",
+                   help="vectors pushed through the vmapped JVP/VJP together: the step's memory grows "
+                        "with this, not with K + OVERSAMPLE (docs/usage.md: memory); all: every vector at once")
+    p.add_argument("--at", choices=["zero", "caa"], default="zero",
+                   help="linearisation point θ₀: 0, or the stored CAA vector of --layer")
+    p.add_argument("--caa-position", choices=("answer", "letter"), default=defaults.AT_POSITION,
+                   help="with --at caa: which CAA vector θ₀ is: read on the answer texts (answer) or "
+                        "at the answer letter (letter; run names gain -letter)")
+    p.add_argument("--at-scales", type=scale_list, default=None, metavar="'S1 S2 ...'",
+                   help="with --at caa: linearise at θ₀ = s · unit(CAA) for each s (signed, in "
+                        "--scale-unit: a fraction of ‖h_S‖ or an L2 norm) instead of at the raw CAA "
+                        "vector; one group per scale")
+    add_scale_unit(p)
+    add_neutral(p)
+    # Small batches: the vmapped JVP/VJP of a big batch thrash the cache (8 prompts as one batch
+    # took 55 s a step on the dev CPU, as four batches of 2 took 20 s; same σ).
+    p.set_defaults(batch_size=2)
+    args = parse(p, validate)
+
+    items = behavior_items(args, "train")[: args.n_prompts]
+    key = store_key(args.model)
+    method = "pi" if args.at == "zero" else "pi_caa"
+    caa, reference = None, None
+    if args.at == "caa":
+        run_name = caa_run(args.layer, position=args.caa_position, site=args.site)
+        caa = read_vector_group(args.store, key, args.behavior, "caa", run_name, make=f"make caa LAYERS={args.layer}")
+        caa_source = (f"/{vectors_path(key, args.behavior, 'caa', run_name)} ({caa.attrs.get('code_version')} "
+                      f"started {caa.attrs.get('started')})")
+    if args.at_scales is not None:
+        reference = read_vector_group(args.store, key, args.behavior, "pi", segment_run(args.layer, args.target),
+                                      make="make pi")
+        ours = settings_of(args)
+        differ = [name for name in SAME_OPERATOR if reference.settings.get(name) != ours.get(name)]
+        if differ:
+            raise UserError(f"the stored pi group differs from this sweep in {', '.join(differ)}: "
+                            "run `make pi` with the same settings first")
+
+    unit_name = {"resid": "‖h_S‖", "kl": " KL"}.get(args.scale_unit, "")
+
+    def caa_direction() -> torch.Tensor:
+        return torch.from_numpy(caa.vectors[0].astype(np.float64))
+
+    def theta0_of(scale: float | None, size: float | None = None) -> tuple[torch.Tensor | None, str]:
+        """θ₀ at ``scale`` (in --scale-unit; ``size`` is the signed |θ| it means, known once the
+        model is loaded) and what it is, in words."""
+        if caa is None:
+            return None, "zero"
+        vector = caa_direction()
+        if scale is None:
+            return vector, caa_source
+        described = f"{scale:+g}{unit_name} · unit({caa_source})"
+        if size is None:
+            return None, described
+        return size * vector / vector.norm(), described
+
+    def size_of(lm, scale: float | None, unit: float | None) -> float | None:
+        """The signed |θ| ``scale`` means: a fraction of ``unit`` (the median ‖h_S‖), itself, or
+        with --scale-unit kl the size at which the CAA direction costs that KL."""
+        if scale is None:
+            return None
+        if args.scale_unit != "kl":
+            return absolute([scale], args.scale_unit, unit)[0]
+        if "texts" not in shared:
+            shared["texts"] = val_neutral_texts(args, lm)
+        return size_at_cost(lm.model, shared["texts"], args.layer, caa_direction(), scale,
+                            lm.tokenizer.pad_token_id, unit)
+
+    scales = args.at_scales if args.at_scales is not None else [None]
+    at_letter = args.at == "caa" and args.caa_position == "letter"
+    drop = ("at_scales",) if args.at == "caa" else ("at_scales", "caa_position")
+    if args.at_scales is None:  # no scale to measure in a unit
+        drop += ("scale_unit",)
+    jobs = [Job(linearised_run(args.layer, args.target, scale, args.scale_unit) + ("-letter" if at_letter else ""),
+                args.layer, settings_of(args, drop=drop, method=method, at_scale=scale,
+                                        theta0_source=theta0_of(scale)[1]))
+            for scale in scales]
+    shared: dict = {}  # what the scales of one run share: prompts' prefixes, J(0), the last Ritz block
+
+    def compute(lm, answers, job: Job) -> VectorGroup:
+        prompts = [a.prefix_ids for a in answers]
+        if "prefixes" not in shared:  # this rank's share of the batches
+            batches = ranks().part(length_batches([len(s) for s in prompts], args.batch_size))
+            shared["batches"] = batches
+            shared["prefixes"] = prompt_prefixes(lm.model, [[prompts[i] for i in b] for b in batches],
+                                                 lm.tokenizer.pad_token_id, args.layer)
+        batches, prefixes = shared["batches"], shared["prefixes"]
+        scale = job.settings["at_scale"]
+        if "unit" not in shared:
+            found = unit_norms(args, lm, [args.layer]).get(args.layer)
+            shared["unit"] = None if found is None else found.median
+        theta0, source = theta0_of(scale, size_of(lm, scale, shared["unit"]))
+        with step(f"J = ∂h_{args.target}/∂θ_{args.layer} over {len(prompts)} prompts "
+                  f"({sum(map(len, prompts))} tokens, positions {args.tokens}) at θ₀ = {source}"):
+            op = jacobian_at(lm.model, prefixes, args.target, args.tokens, theta0, ranks=ranks(),
+                             chunk=args.jvp_chunk)
+
+        with step(f"power iteration: k={args.k}, oversample={args.oversample}, tol={args.tol}"), \
+                progress_bar(args.iters, "power iteration", "step") as bar:
+            def progress(index: int, residuals: torch.Tensor, change: float) -> None:
+                bar.update(1)
+                bar.set_postfix(change=f"{change:.1e}", residual=f"{float(residuals.max()):.1e}")
+
+            result = power_iteration(op, args.k, args.iters, args.oversample, args.tol, args.seed,
+                                     progress=progress, start=shared.get("ritz"), ranks=ranks())
+        shared["ritz"] = result.vectors
+        positions = []  # (prompt index, token index) of every row of J, batch after batch
+        for batch, part in zip(batches, op.parts):
+            positions.extend((batch[r], c) for r, c in zip(part.rows.tolist(), part.cols.tolist()))
+        positions = ranks().gather(positions)
+        say("  σ = " + " ".join(f"{s:.3f}" for s in result.sigmas.tolist())
+            + f"; {result.steps} steps, {'converged' if result.converged else 'NOT converged'}"
+            f" (last subspace change {float(result.subspace_change[-1]):.1e})")
+        arrays = {"sigmas": result.sigmas.numpy().astype(np.float32),
+                  "trace": result.trace.numpy().astype(np.float32),
+                  "subspace_change": result.subspace_change.numpy().astype(np.float32),
+                  "prompt_ids": np.array([a.item_id for a in answers]),
+                  "positions": np.array(positions, dtype=np.int32).reshape(-1, 2)}
+        attrs = {"theta0_source": source, "steps": result.steps, "converged": int(result.converged),
+                 "theta0_norm": 0.0 if theta0 is None else float(theta0.norm())}
+        if reference is not None:
+            if "at_zero" not in shared:
+                shared["at_zero"] = jacobian_at(lm.model, prefixes, args.target, args.tokens,
+                                                ranks=ranks(), chunk=args.jvp_chunk)
+            top = torch.from_numpy(reference.vectors.astype(np.float64))
+            angles = principal_angles(result.vectors, top)
+            moved = relative_change(op, shared["at_zero"], top)
+            arrays |= {"principal_angles": angles.numpy().astype(np.float32),
+                       "jv_change": moved.numpy().astype(np.float32)}
+            attrs |= {"at_scale": float(theta0.norm()) * (1.0 if scale >= 0 else -1.0),
+                      "at_scale_in_unit": scale, "scale_unit": args.scale_unit,
+                      "unit_norm": np.nan if shared["unit"] is None else shared["unit"]}
+            say(f"  against J(0): largest principal angle {float(angles[-1]):.1f}°, "
+                f"‖J(θ₀)v − J(0)v‖/‖J(0)v‖ = " + " ".join(f"{m:.3f}" for m in moved.tolist()))
+        return VectorGroup(method, job.run, result.vectors.numpy().astype(np.float32), args.layer,
+                           sign_free=True, target_layer=args.target, arrays=arrays, attrs=attrs)
+
+    compute_groups(context(args), __spec__.name, method, jobs, items, compute, args.target)
+
+
+if __name__ == "__main__":
+    main_guard(run)

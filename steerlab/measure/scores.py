@@ -1,0 +1,117 @@
+"""What one set of θ settings does and costs: the A/B scores of every setting on every question,
+in both answer orders (letter), the log-probability of each answer's text after the stem
+(cloze), and its KL on neutral text. Eval and the cross-behaviour matrix both score their
+settings here, so the two cannot drift apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from steerlab.base.parallel import SINGLE, Ranks
+from steerlab.measure.cloze import cloze_logprobs
+from steerlab.measure.evaluate import evaluate
+from steerlab.measure.side_effects import ScoredText, side_effects
+from steerlab.questions.cloze_form import ClozeItem, cloze_items
+from steerlab.questions.data import Item
+from steerlab.questions.orders import answers_in_order
+from steerlab.questions.prompts import AnswerTokens
+
+# What eval scores: the A/B letter logit difference, the cloze log-probabilities, or both.
+SCORES = ("both", "letter", "cloze")
+SCORES_OF = {"both": ("letter", "cloze"), "letter": ("letter",), "cloze": ("cloze",)}
+# What a choice on val can maximise (steerlab.measure.analysis.select_by).
+SELECT_BY = ("cloze", "letter")
+
+
+@dataclass
+class Scores:
+    logit_diff: np.ndarray | None  # [n_settings, n_orders, n_q]; None without letter answers
+    answer_mass: np.ndarray | None  # [n_settings, n_orders, n_q]
+    kl: np.ndarray | None  # [n_settings, n_texts] mean per-token KL(unsteered ‖ steered); None without texts
+    top1: np.ndarray | None  # [n_settings, n_texts]
+    cloze: np.ndarray | None = None  # [n_settings, 2 (positive, negative), n_q] summed log-probs
+
+
+def usable_questions(tokenizer, items: list[Item], order: str, scores: str
+                     ) -> tuple[list[AnswerTokens], list[ClozeItem] | None, list[str]]:
+    """The items' letter answers in ``order`` (``answers_in_order``; empty without the letter
+    score) and cloze forms (None without the cloze score) for ``scores`` (one of SCORES),
+    restricted to the questions every score asked for can ask, in item order; and one message
+    per item left out."""
+    skipped: list[str] = []
+    cloze = None
+    if "cloze" in SCORES_OF[scores]:
+        cloze, skipped = cloze_items(tokenizer, items)
+        kept = {c.item_id for c in cloze}
+        items = [item for item in items if item.id in kept]
+    answers: list[AnswerTokens] = []
+    if "letter" in SCORES_OF[scores]:
+        answers, letter_skipped = answers_in_order(tokenizer, items, order)
+        skipped += letter_skipped
+        if cloze is not None:
+            kept = {a.item_id for a in answers}
+            cloze = [c for c in cloze if c.item_id in kept]
+    return answers, cloze, skipped
+
+
+def questions_of(answers: list[AnswerTokens], n_orders: int, ranks: Ranks) -> list[AnswerTokens]:
+    """This rank's share of the questions, in every order, order-major like ``answers``."""
+    n_q = len(answers) // n_orders
+    return [answers[order * n_q + i] for order in range(n_orders) for i in ranks.span(n_q)]
+
+
+def rank_work(n_settings: int, answers: list[AnswerTokens], n_orders: int, n_texts: int,
+              ranks: Ranks = SINGLE, n_cloze: int = 0) -> int:
+    """How many question×settings, cloze item×settings and text×settings ``score`` does on this
+    rank: the total of its progress reports."""
+    return n_settings * (len(questions_of(answers, n_orders, ranks)) + len(ranks.span(n_cloze))
+                         + len(ranks.span(n_texts)))
+
+
+def score(model: torch.nn.Module, answers: list[AnswerTokens], n_orders: int,
+          texts: list[ScoredText], source_layer: int, thetas: torch.Tensor, pad_id: int,
+          batch_size: int, settings_per_pass: int,
+          progress: Callable[[int], None] | None = None, ranks: Ranks = SINGLE,
+          cloze: list[ClozeItem] | None = None) -> Scores:
+    """``answers`` are order-major (every question as written, then every one mirrored, as
+    ``steerlab.questions.orders.answers_in_order`` lists them; empty: no letter score), ``cloze`` the same
+    questions' cloze forms (None: no cloze score); ``progress(n)`` hears of n question×settings,
+    item×settings or text×settings done, θ = 0 rows of the KL included (they cost nothing).
+    Under several ``ranks`` each scores its share of the questions and texts, and the scores
+    are gathered: every rank returns them all, in the order given."""
+    m = len(thetas)
+    logit_diff = answer_mass = None
+    if answers:
+        mine = questions_of(answers, n_orders, ranks)
+        diff = mass = torch.empty(m, 0)
+        if mine:
+            result = evaluate(model, mine, source_layer, thetas, pad_id, batch_size, settings_per_pass,
+                              progress=progress)
+            diff, mass = result.logit_diff, result.answer_mass
+        shape = (m, n_orders, len(mine) // n_orders)
+        logit_diff = ranks.cat(diff.numpy().reshape(shape), 2)
+        answer_mass = ranks.cat(mass.numpy().reshape(shape), 2)
+    cloze_scores = None
+    if cloze is not None:
+        my_items = ranks.part(cloze)
+        cloze_scores = np.zeros((m, 2, 0))
+        if my_items:
+            cloze_scores = cloze_logprobs(model, my_items, source_layer, thetas, pad_id, batch_size,
+                                          settings_per_pass, progress=progress).numpy()
+        cloze_scores = ranks.cat(cloze_scores, 2)
+    kl = top1 = None
+    if texts:
+        my_texts = ranks.part(texts)
+        kl = top1 = np.zeros((m, 0))
+        if my_texts:
+            cost = side_effects(model, my_texts, source_layer, thetas, pad_id, batch_size,
+                                settings_per_pass, progress=progress)
+            kl, top1 = cost.kl.numpy(), cost.top1.numpy()
+            if progress:
+                progress(len(my_texts) * int((thetas == 0).all(1).sum()))
+        kl, top1 = ranks.cat(kl, 1), ranks.cat(top1, 1)
+    return Scores(logit_diff, answer_mass, kl, top1, cloze_scores)

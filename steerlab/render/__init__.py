@@ -1,0 +1,1 @@
+"""Figures from plain values (colours, the matrix heatmap, the random-distribution figure)."""

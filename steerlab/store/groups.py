@@ -1,0 +1,196 @@
+"""One writer and one reader per kind of group: vectors, eval splits, generations, the matrix,
+residual norms and neutral text."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from steerlab.base.errors import StoreError
+from steerlab.store.io import open_for_reading, replace_group
+from steerlab.store.layout import (
+    evals_path,
+    neutral_path,
+    norms_path,
+    vectors_path,
+)
+from steerlab.store.provenance import settings_json
+
+QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)  # of a residual norm, stored with it
+
+
+@dataclass(frozen=True)
+class ResidualNorm:
+    """‖h_S‖ over the real tokens of some prompts at one source layer."""
+    layer: int
+    median: float  # the scale unit
+    mean: float
+    quantiles: tuple[float, ...]  # at QUANTILES
+    n_tokens: int
+    n_prompts: int
+
+
+def model_group(h5: h5py.File, lm) -> h5py.Group:
+    group = h5.require_group(lm.key)
+    group.attrs.update(source=str(lm.source), n_layers=lm.n_layers, d_model=lm.d_model,
+                       dtype=lm.dtype)
+    return group
+
+
+def behavior_group(h5: h5py.File, lm, behavior: str) -> h5py.Group:
+    return model_group(h5, lm).require_group(behavior)
+
+
+@dataclass
+class VectorGroup:
+    """One stored group of steering vectors: /<model>/vectors/<method>/<run>."""
+    method: str
+    run: str
+    vectors: np.ndarray  # [k, d] f32, one row per vector (PI: sorted by σ)
+    source_layer: int
+    sign_free: bool  # no preferred sign: evaluated at negative and positive scales
+    settings: dict = field(default_factory=dict)
+    target_layer: int | None = None
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # sigmas, trace, item ids, ...
+    attrs: dict = field(default_factory=dict)  # provenance and what the method reports
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}/{self.run}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the vectors may have: what an eval of them depends on."""
+        return str(self.attrs.get("code_version", "")) + settings_json(self.settings)
+
+
+def write_vector_group(h5: h5py.File, lm, behavior: str, group: VectorGroup) -> h5py.Group:
+    """Write ``group`` (settings, provenance and all) under the behaviour's node, replacing any
+    old one."""
+    parent = behavior_group(h5, lm, behavior).require_group(f"vectors/{group.method}")
+    attrs = {**group.attrs, "source_layer": group.source_layer, "sign_free": int(group.sign_free),
+             "settings": settings_json(group.settings)}
+    if group.target_layer is not None:
+        attrs["target_layer"] = group.target_layer
+    datasets = {"vectors": np.asarray(group.vectors, dtype=np.float32), **group.arrays}
+    return replace_group(parent, group.run, datasets, attrs)
+
+
+def _vector_group(node: h5py.Group, method: str, run: str, d_model: int | None) -> VectorGroup:
+    where = node.name.lstrip("/")
+    vectors = node["vectors"][()].astype(np.float32)
+    if d_model is not None and (vectors.ndim != 2 or vectors.shape[1] != d_model):
+        raise StoreError(f"{where}: vectors have shape {vectors.shape}, but the model's width is "
+                         f"{d_model}; was it computed for another model?")
+    if not np.isfinite(vectors).all():
+        raise StoreError(f"{where}: vectors contain NaN or inf; recompute with FORCE=1")
+    attrs = {key: node.attrs[key] for key in node.attrs}
+    settings = json.loads(attrs.pop("settings", "{}"))
+    target = attrs.pop("target_layer", None)
+    return VectorGroup(method, run, vectors, int(attrs.pop("source_layer")),
+                       bool(attrs.pop("sign_free", 0)), settings,
+                       None if target is None else int(target),
+                       {name: node[name][()] for name in node if name != "vectors"}, attrs)
+
+
+def read_vector_groups(store: str | Path, key: str, behavior: str, d_model: int | None = None,
+                       method: str | None = None) -> list[VectorGroup]:
+    """Every vector group of model ``key`` for ``behavior`` (of one method, if given); with
+    ``d_model``, each is checked to have that width. A missing store or model has none."""
+    if not Path(store).exists():
+        return []
+    with open_for_reading(store) as h5:  # refuses a file that is not HDF5, before any work
+        root = vectors_path(key, behavior, method)
+        if root not in h5:
+            return []
+        methods = [(method, h5[root])] if method else list(h5[root].items())
+        return [_vector_group(node, name, run, d_model)
+                for name, runs in methods for run, node in runs.items()]
+
+
+def read_vector_group(store: str | Path, key: str, behavior: str, method: str, run: str,
+                      d_model: int | None = None, make: str | None = None) -> VectorGroup:
+    """One vector group; when it is missing, a StoreError that names the command that makes it
+    (``make``, default ``make <method>``)."""
+    where = vectors_path(key, behavior, method, run)
+    missing = StoreError(f"no {method} vectors at {where} in {store}: run `{make or 'make ' + method}`"
+                         " (same MODEL, BEHAVIOR and STORE) first")
+    if not Path(store).exists():
+        raise missing
+    with open_for_reading(store) as h5:
+        if f"{where}/vectors" not in h5:
+            raise missing
+        return _vector_group(h5[where], method, run, d_model)
+
+
+def write_eval_split(h5: h5py.File, lm, behavior: str, split: str, datasets: dict,
+                     attrs: dict) -> h5py.Group:
+    """/<model>/<behavior>/evals/<split>: question ids and the baseline, replacing the split's
+    groups too."""
+    return replace_group(behavior_group(h5, lm, behavior).require_group("evals"), split, datasets, attrs)
+
+
+def write_eval_group(h5: h5py.File, lm, behavior: str, split: str, method: str, run: str,
+                     datasets: dict, attrs: dict) -> h5py.Group:
+    """/<model>/<behavior>/evals/<split>/<method>/<run>: one group's scores on the split."""
+    return replace_group(h5.require_group(evals_path(lm.key, behavior, split, method)), run,
+                         datasets, attrs)
+
+
+def write_generations(h5: h5py.File, lm, behavior: str, name: str, datasets: dict,
+                      attrs: dict) -> h5py.Group:
+    """/<model>/<behavior>/generations/<name>: prompts, settings (row 0 unsteered) and texts."""
+    return replace_group(behavior_group(h5, lm, behavior).require_group("generations"), name,
+                         datasets, attrs)
+
+
+def write_matrix(h5: h5py.File, lm, method: str, datasets: dict, attrs: dict) -> h5py.Group:
+    return replace_group(model_group(h5, lm).require_group("matrix"), method, datasets, attrs)
+
+
+def write_norm(h5: h5py.File, lm, behavior: str, norm: ResidualNorm, attrs: dict) -> h5py.Group:
+    """One ``ResidualNorm`` (``steerlab.measure.norms.residual_norm``) at /<model>/<behavior>/norms/L<S>."""
+    return replace_group(behavior_group(h5, lm, behavior).require_group("norms"), f"L{norm.layer}",
+                         {"quantiles": np.array(norm.quantiles)},
+                         {**attrs, "layer": norm.layer, "median": norm.median, "mean": norm.mean,
+                          "n_tokens": norm.n_tokens, "n_prompts": norm.n_prompts})
+
+
+def read_norm(store: str | Path, key: str, behavior: str, layer: int) -> ResidualNorm | None:
+    """The stored ``ResidualNorm`` of ``layer``, or None."""
+    if not Path(store).exists():
+        return None
+    with open_for_reading(store) as h5:
+        where = norms_path(key, behavior, layer)
+        if where not in h5:
+            return None
+        node = h5[where]
+        return ResidualNorm(int(node.attrs["layer"]), float(node.attrs["median"]), float(node.attrs["mean"]),
+                            tuple(float(q) for q in node["quantiles"][()]), int(node.attrs["n_tokens"]),
+                            int(node.attrs["n_prompts"]))
+
+
+def write_neutral(h5: h5py.File, lm, split: str, prompt_ids: list[str],
+                  token_ids: list[tuple[int, ...]], prompt_lengths: list[int], attrs: dict) -> None:
+    """Token ids, padded with -1 to a rectangle, with each sequence's length and prompt length."""
+    lengths = np.array([len(t) for t in token_ids], dtype=np.int32)
+    tokens = np.full((len(token_ids), int(lengths.max())), -1, dtype=np.int64)
+    for row, ids in enumerate(token_ids):
+        tokens[row, : len(ids)] = ids
+    replace_group(model_group(h5, lm).require_group("neutral"), split, {
+        "prompt_ids": np.array(prompt_ids), "token_ids": tokens, "lengths": lengths,
+        "prompt_lengths": np.array(prompt_lengths, dtype=np.int32)}, attrs)
+
+
+def read_neutral(store: str | Path, key: str, split: str) -> tuple[list[str], list[tuple[int, ...]], list[int]]:
+    """(prompt ids, token ids of prompt + continuation, prompt lengths) as written."""
+    with open_for_reading(store) as h5:
+        node = h5[neutral_path(key, split)]
+        lengths = node["lengths"][()]
+        tokens = node["token_ids"][()]
+        return (list(node["prompt_ids"][()].astype(str)),
+                [tuple(int(t) for t in row[:n]) for row, n in zip(tokens, lengths)],
+                [int(n) for n in node["prompt_lengths"][()]])

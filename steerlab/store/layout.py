@@ -1,0 +1,104 @@
+"""The store's layout: every group's path and every run's name, built here and nowhere else
+(docs/DESIGN.md, "The store"; the tree is drawn in steerlab/store/__init__.py)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import h5py
+
+# 2: every A/B number in both answer orders (*_by_order datasets, an `orders` attribute per eval
+# split and group). Splits written by schema 1 have neither and read as single-order.
+# 3: vectors, evals and generations under /<model>/<behavior>/ (`migrate` moves older ones).
+
+SCHEMA_VERSION = 3
+
+
+PER_BEHAVIOR = ("vectors", "evals", "generations")
+
+
+def store_key(source: str) -> str:
+    """A readable, HDF5-safe group name for a model: the folder or file name, or the HF id."""
+    path = Path(source)
+    if path.exists():
+        name = path.stem if path.is_file() else path.absolute().name
+    else:
+        name = source.replace("/", "__")
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+
+
+def caa_run(layer: int, capture: str = "site", position: str = "letter", orders: str = "both",
+            site: str = "auto", balance: str = "classes") -> str:
+    """CAA's run name: ``L7``, with the ablations as suffixes (``L7-resid-last-original``), the
+    answer-text position (``L7-answer``, unbalanced ``L7-answer-pooled``; orders do not apply
+    there) and an injection site asked for by name (``L7-at-resid``)."""
+    name = f"L{layer}"
+    on_texts = position == "answer"
+    for value, default in ((capture, "site"), (position, "letter")):
+        if value != default:
+            name += f"-{value}"
+    if on_texts and balance != "classes":
+        name += "-pooled"
+    if not on_texts and orders != "both":
+        name += f"-{orders}"
+    return name if site == "auto" else f"{name}-at-{site}"
+
+
+def segment_run(layer: int, target: int) -> str:
+    """Run name of a method defined on the segment S..T (PI, PI@CAA, MELBO): ``L7-T20``."""
+    return f"L{layer}-T{target}"
+
+
+def linearised_run(layer: int, target: int, at_scale: float | None, unit: str = "abs") -> str:
+    """PI@CAA's run name: ``L7-T20`` at the raw CAA vector, ``L7-T20-at+24`` at 24 · unit(CAA),
+    ``L7-T20-at+0.2h`` at 0.2 ‖h_S‖ · unit(CAA) (SCALE_UNIT=resid), ``L7-T20-at+0.04kl`` where
+    CAA costs 0.04 nats per token (SCALE_UNIT=kl)."""
+    name = segment_run(layer, target)
+    if at_scale is None:
+        return name
+    return f"{name}-at{at_scale:+g}" + {"resid": "h", "kl": "kl"}.get(unit, "")
+
+
+def random_run(layer: int) -> str:
+    """Run name of the random control at a source layer: ``L7``."""
+    return f"L{layer}"
+
+
+def _join(*parts: str | None) -> str:
+    return "/".join(part for part in parts if part is not None)
+
+
+def vectors_path(key: str, behavior: str, method: str | None = None, run: str | None = None) -> str:
+    return _join(key, behavior, "vectors", method, run)
+
+
+def evals_path(key: str, behavior: str, split: str | None = None, method: str | None = None,
+               run: str | None = None) -> str:
+    return _join(key, behavior, "evals", split, method, run)
+
+
+def generations_path(key: str, behavior: str, name: str | None = None) -> str:
+    return _join(key, behavior, "generations", name)
+
+
+def norms_path(key: str, behavior: str, layer: int | None = None) -> str:
+    """/<model>/<behavior>/norms/L<S>: ‖h_S‖ over the behaviour's train prompts (the scale unit)."""
+    return _join(key, behavior, "norms", None if layer is None else f"L{layer}")
+
+
+def neutral_path(key: str, split: str) -> str:
+    """/<model>/neutral/<split>: neutral prompts and the unsteered model's greedy continuations."""
+    return f"{key}/neutral/{split}"
+
+
+def matrix_path(key: str, method: str | None = None) -> str:
+    """/<model>/matrix/<method>: each behaviour's chosen vector on every behaviour's test split."""
+    return _join(key, "matrix", method)
+
+
+def behaviors_in_store(h5: h5py.File, key: str) -> list[str]:
+    """The behaviours model ``key`` has results for."""
+    if key not in h5:
+        return []
+    return sorted(name for name, node in h5[key].items()
+                  if isinstance(node, h5py.Group) and any(kind in node for kind in PER_BEHAVIOR))
