@@ -5,8 +5,8 @@ Run from the repository root: PYTHONPATH=. .venv/bin/python docs/baseline_consis
 import torch
 
 from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
-from steerlab.measure.analysis import row
 from steerlab.measure.evaluate import evaluate
+from steerlab.measure.statistics import row
 from steerlab.questions.behaviors import CATALOGUE, data_file
 from steerlab.questions.data import load_items
 from steerlab.questions.orders import answers_in_order

@@ -24,13 +24,13 @@ import torch
 
 from steerlab.lm.generate import generate_ids, prompt_ids
 from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
-from steerlab.measure.analysis import balanced_stat, polarity_shift_stat, stat, stratified
 from steerlab.measure.calibrate import MAX_UNITS, UNIT_START, kl_norms
 from steerlab.measure.cloze import cloze_preference
 from steerlab.measure.grid import random_directions
 from steerlab.measure.norms import NORM_PROMPTS, residual_norm
 from steerlab.measure.scores import score
 from steerlab.measure.side_effects import ScoredText
+from steerlab.measure.statistics import balanced_stat, polarity_shift_stat, stat, stratified
 from steerlab.methods.caa import caa_answer_vector
 from steerlab.questions.cloze_form import cloze_items, cloze_token_counts
 from steerlab.questions.data import load_items, load_prompts

@@ -8,7 +8,8 @@ import argparse
 
 import h5py
 
-from steerlab.measure.analysis import methods, read_split, scale_text
+from steerlab.measure.analysis import methods, read_split
+from steerlab.measure.statistics import scale_text
 from steerlab.questions.behaviors import DEFAULT_BEHAVIOR
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

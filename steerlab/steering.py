@@ -17,10 +17,10 @@ import torch
 
 from steerlab.lm.model import as_loaded
 from steerlab.lm.vector import SteeringVector
-from steerlab.measure.analysis import balanced_stat, polarity_shift_stat, stat
 from steerlab.measure.cloze import cloze_preference
 from steerlab.measure.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from steerlab.measure.scores import score, usable_questions
+from steerlab.measure.statistics import balanced_stat, polarity_shift_stat, stat
 from steerlab.methods.caa import caa_answer_vector
 from steerlab.questions.cloze_form import ClozeItem, cloze_pair, cloze_token_counts
 from steerlab.questions.data import Item

@@ -7,9 +7,9 @@ import torch
 
 import steerlab.methods.caa
 from steerlab.lm.site import reading_site
-from steerlab.measure.analysis import balanced_stat, cloze_row, polarity_shift_stat
 from steerlab.measure.cloze import cloze_logprobs, cloze_preference
 from steerlab.measure.reference import cloze_plain
+from steerlab.measure.statistics import balanced_stat, cloze_row, polarity_shift_stat
 from steerlab.methods.caa import caa_answer_vector
 from steerlab.questions.behaviors import known_behaviors
 from steerlab.questions.cloze_form import ClozeItem, cloze_items, stem_and_answers

@@ -5,7 +5,8 @@ import pytest
 from steerlab.base.errors import StoreError
 from steerlab.cli import report
 from steerlab.cli.options import main_guard
-from steerlab.measure.analysis import chosen_on, read_split, row
+from steerlab.measure.analysis import chosen_on, read_split
+from steerlab.measure.statistics import row
 from tests.helpers import (
     BEHAVIOR,
     KEY,

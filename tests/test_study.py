@@ -3,7 +3,7 @@ paired intervals) on planted numbers, and `make study`'s steps end to end on a t
 import h5py
 import numpy as np
 
-from steerlab.measure.analysis import against_random, difference, question_weights
+from steerlab.measure.statistics import against_random, difference, question_weights
 from steerlab.store import store_key
 from tests.helpers import run_runner as run
 

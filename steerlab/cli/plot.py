@@ -36,9 +36,8 @@ from steerlab.cli.options import (
 )
 from steerlab.measure.analysis import (
     EvalGroup,
-    Row,
     Split,
-    behavior_label,  # noqa: E402
+    behavior_label,
     chosen_on,
     cloze_row_at,
     methods,
@@ -49,6 +48,7 @@ from steerlab.measure.analysis import (
     select_by,
     splits_in_store,
 )
+from steerlab.measure.statistics import Row
 from steerlab.measure.study import entries
 from steerlab.questions.polarity import balanced_mean  # noqa: E402
 from steerlab.render.figures import color, random_distribution_figure, save  # noqa: E402

@@ -32,8 +32,6 @@ from steerlab.cli.options import (
 from steerlab.measure.analysis import (
     LINEAR_KL,
     MIN_MASS_SHARE,
-    ClozeRow,
-    Row,
     Split,
     choose_for_method,
     chosen_on,
@@ -43,11 +41,11 @@ from steerlab.measure.analysis import (
     read_split,
     row_at,
     scale_rows,
-    scale_text,
     select_by,
     splits_in_store,
     standing_of,
 )
+from steerlab.measure.statistics import ClozeRow, Row, scale_text
 from steerlab.questions.polarity import POLARITIES
 from steerlab.store import open_for_reading, store_key
 

@@ -12,20 +12,7 @@ import torch
 
 from steerlab.base.progress import progress_bar, say
 from steerlab.lm.model import LoadedModel
-from steerlab.measure.analysis import (
-    EvalGroup,
-    Split,
-    Standing,
-    Stat,
-    against_random,
-    choose_for_method,
-    cloze_row,
-    cloze_row_at,
-    polarity_shift_stat,
-    row,
-    row_at,
-    scale_text,
-)
+from steerlab.measure.analysis import EvalGroup, Split, choose_for_method, cloze_row_at, row_at
 from steerlab.measure.analysis import select_by as available_score
 from steerlab.measure.calibrate import Calibrator
 from steerlab.measure.choice import VectorChoice, theta_of
@@ -35,6 +22,15 @@ from steerlab.measure.grid import build_grid, random_directions
 from steerlab.measure.norms import absolute
 from steerlab.measure.scores import SCORES_OF, score, usable_questions
 from steerlab.measure.side_effects import ScoredText
+from steerlab.measure.statistics import (
+    Standing,
+    Stat,
+    against_random,
+    cloze_row,
+    polarity_shift_stat,
+    row,
+    scale_text,
+)
 from steerlab.questions.behaviors import label
 from steerlab.questions.cloze_form import ClozeItem, cloze_token_counts
 from steerlab.questions.data import Item

@@ -12,24 +12,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from steerlab.measure.analysis import (
-    ClozeRow,
     EvalGroup,
-    Row,
     Split,
-    Standing,
-    Stat,
     choose,
     cloze_row_at,
     deltas,
-    difference,
     nearest_scale,
     random_columns,
     random_group,
     row_at,
     select_by,
     standing_of,
-    stat,
 )
+from steerlab.measure.statistics import ClozeRow, Row, Standing, Stat, difference, stat
 
 SCORES = ("cloze", "letter")
 
