@@ -45,7 +45,6 @@ from steerlab.cli.options import (
 )
 from steerlab.jobs import resolve_sites
 from steerlab.lm.model import load_model
-from steerlab.measure.calibrate import Calibrator
 from steerlab.measure.evaluate import QUESTIONS_PER_PASS
 from steerlab.measure.matrix import (
     choose_on_val,
@@ -57,6 +56,7 @@ from steerlab.measure.matrix import (
     val_layer,
 )
 from steerlab.measure.neutral import neutral_texts
+from steerlab.measure.scales.calibrate import Calibrator
 from steerlab.measure.scores import SCORES
 from steerlab.questions.behaviors import data_file
 from steerlab.questions.data import load_items, load_prompts

@@ -29,8 +29,8 @@ from steerlab.cli.options import (
 )
 from steerlab.jobs import Job, compute_groups
 from steerlab.lm.segment import prompt_prefixes
-from steerlab.measure.calibrate import random_radius
-from steerlab.measure.norms import absolute
+from steerlab.measure.scales.calibrate import random_radius
+from steerlab.measure.scales.norms import absolute
 from steerlab.methods.melbo import AMSGRAD, BETAS, MODES, WEIGHT_DECAY, melbo
 from steerlab.questions.prompts import length_batches
 from steerlab.store import VectorGroup, segment_run

@@ -40,8 +40,8 @@ from steerlab.cli.options import (
 from steerlab.jobs import Job, compute_groups
 from steerlab.lm.jacobian import jacobian_at, parse_tokens, relative_change
 from steerlab.lm.segment import prompt_prefixes
-from steerlab.measure.calibrate import size_at_cost
-from steerlab.measure.norms import absolute
+from steerlab.measure.scales.calibrate import size_at_cost
+from steerlab.measure.scales.norms import absolute
 from steerlab.methods.power import power_iteration, principal_angles
 from steerlab.questions.prompts import length_batches
 from steerlab.store import (

@@ -15,7 +15,7 @@ import numpy as np
 
 from steerlab.base.errors import StoreError, UserError
 from steerlab.measure.analysis import choose_for_method, methods, read_split, select_by, splits_in_store
-from steerlab.measure.norms import absolute
+from steerlab.measure.scales.norms import absolute
 from steerlab.store import VectorGroup, open_for_reading, read_norm, read_vector_group
 
 

@@ -14,12 +14,12 @@ from steerlab.base.progress import progress_bar, say
 from steerlab.lm.model import LoadedModel
 from steerlab.measure.analysis import EvalGroup, Split, choose_for_method, cloze_row_at, row_at
 from steerlab.measure.analysis import select_by as available_score
-from steerlab.measure.calibrate import Calibrator
 from steerlab.measure.choice import VectorChoice, theta_of
 from steerlab.measure.cloze import cloze_preference
 from steerlab.measure.evaluate import SETTINGS_PER_PASS
 from steerlab.measure.grid import build_grid, random_directions
-from steerlab.measure.norms import absolute
+from steerlab.measure.scales.calibrate import Calibrator
+from steerlab.measure.scales.norms import absolute
 from steerlab.measure.scores import SCORES_OF, score, usable_questions
 from steerlab.measure.side_effects import ScoredText
 from steerlab.measure.statistics import (

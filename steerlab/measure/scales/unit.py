@@ -1,5 +1,5 @@
 """The scale unit of SCALE_UNIT=resid, cached in the store: the median ‖h_S‖ of each source layer
-over the first NORM_PROMPTS train prompts of a behaviour (``steerlab.measure.norms`` measures it), stored at
+over the first NORM_PROMPTS train prompts of a behaviour (``steerlab.measure.scales.norms`` measures it), stored at
 /<model>/<behavior>/norms/L<S> (docs/DESIGN.md, "Scales")."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from steerlab.base.parallel import ranks
 from steerlab.base.progress import say, step
 from steerlab.lm.generate import prompt_ids
 from steerlab.lm.model import LoadedModel
-from steerlab.measure.norms import NORM_PROMPTS, residual_norm
+from steerlab.measure.scales.norms import NORM_PROMPTS, residual_norm
 from steerlab.questions.data import load_items
 from steerlab.store import (
     code_version,
@@ -32,7 +32,7 @@ def residual_units(store: str | Path, lm: LoadedModel, layers, *, model: str, dt
     when current (same model, dtype, data and code), else measured once and written (rank 0
     decides and writes; every rank measures, so none waits). ``model`` and ``dtype`` are
     recorded as given."""
-    version = code_version("steerlab.measure.norms")
+    version = code_version("steerlab.measure.scales.norms")
     found, missing = {}, []
     for layer in sorted(set(layers)):
         settings = {"model": model, "dtype": dtype, "behavior": behavior,

@@ -1,6 +1,6 @@
 """What a steering vector costs, from Python: the size at which it moves the next-token
 distribution on neutral text by a given KL, the unit every number of the lab is reported in
-(eval's KL column and its search, steerlab/measure/calibrate.py)."""
+(eval's KL column and its search, steerlab/measure/scales/calibrate.py)."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -10,8 +10,8 @@ from typing import Sequence
 from steerlab.lm.generate import generate_ids, prompt_ids
 from steerlab.lm.model import LoadedModel, as_loaded
 from steerlab.lm.vector import SteeringVector
-from steerlab.measure.calibrate import MAX_UNITS, UNIT_START, kl_norms
-from steerlab.measure.norms import residual_norm
+from steerlab.measure.scales.calibrate import MAX_UNITS, UNIT_START, kl_norms
+from steerlab.measure.scales.norms import residual_norm
 from steerlab.measure.side_effects import ScoredText
 from steerlab.questions.data import load_prompts
 
