@@ -12,7 +12,7 @@ endif
 
 # ---- variables (override on the command line: make caa LAYERS="3 5 7") -------------------------
 # The defaults live in steerlab/cli/defaults.py; tests/test_defaults.py checks these lines agree.
-MODEL      ?= models/SmolLM2-135M-Instruct## HF id, local HF folder, .gguf file, or gemma-3-270m (installed by `make model MODEL=gemma-3-270m`)
+MODEL      ?= models/SmolLM2-135M-Instruct## HF id, local HF folder, .gguf file, or a preset: gemma-3-270m, qwen2.5-0.5b (installed by `make model MODEL=<preset>`)
 DTYPE      ?= auto## network dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp32, fp64
 DEVICE     ?= cpu## torch device: cpu, cuda, cuda:1, ...
 STORE      ?= store.h5## the HDF5 store every target reads and writes
@@ -26,7 +26,7 @@ POSITION   ?= letter answer## caa: one vector per position: letter (answer-lette
 BALANCE    ?= classes## caa POSITION=answer: classes (mean over Yes/No/other polarity classes of the class means: a Yes/No direction cancels) or none (plain mean; ablation)
 ORDERS     ?= both## caa, eval: both (every question as written and mirrored) or original/mirrored (ablation)
 SCORE      ?= both## eval: letter (A/B logit difference, both orders), cloze (log-prob per token of each answer text after the stem, no letters) or both
-SELECT_BY  ?= cloze## report, plot, export, generate, matrix: the score the val choice maximises: cloze (class-balanced) or letter
+SELECT_BY  ?= cloze## report, plot, export, generate, matrix: the score the val choice maximises: cloze (polarity-paired) or letter
 AT_POSITION ?= answer## pi_caa: which CAA vector θ₀ is: answer (read on the answer texts) or letter
 N_TRAIN    ?= 64## caa: first train pairs (by file order) to average over, or all; 64 so `make` fits 15 min with CAA read at layer 20 in two positions
 TARGET     ?= 27## pi, pi_caa, melbo: target layer T > S (residual output of layers[T])
@@ -110,16 +110,25 @@ RUN     = PYTHONUNBUFFERED=1 $(PY) -m
 RUN_DP  = $(if $(filter 1,$(NPROC)),$(RUN),PYTHONUNBUFFERED=1 $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m)
 
 .DEFAULT_GOAL := all
-.PHONY: all help venv model lint test test-fast test-gemma test-qwen  test-compat study study-test study-page check-gguf check-lm-eval caa pi pi_caa melbo eval report plot export generate bench ingest migrate matrix clean
+.PHONY: all help help-all venv model lint test test-fast test-gemma test-qwen  test-compat study study-test study-page check-gguf check-lm-eval caa pi pi_caa melbo eval report plot export generate bench ingest migrate matrix clean
 
 all: caa pi pi_caa melbo eval report plot generate ## the whole experiment on $(MODEL): every method, eval, report, figures
 	@echo "figures:"; ls -1 $(RESULTS)/$(BEHAVIOR)/*.png 2>/dev/null | sed 's/^/  /'
 
-help: ## list targets and variables
+# The variables a newcomer needs; `make help-all` lists every one, and each runner's --help
+# (.venv/bin/python -m steerlab.cli.eval --help) says what its options mean.
+HELP_VARIABLES := MODEL BEHAVIOR LAYER TARGET K SCALES SCALE_UNIT N_EVAL N_RANDOM SCORE SELECT_BY KL_MAX DTYPE DEVICE NPROC
+HELP_PATTERN := ^  ($(shell echo $(HELP_VARIABLES) | tr ' ' '|'))=
+VARIABLE_LINES = grep -hE '^[A-Z_]+ +[?]=.*\#\# ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z_]+) +[?]= *([^\#]*)\#\# (.*)/  \1=\2|\3/'
+
+help: ## list the targets and the variables a newcomer needs (make help-all: every variable)
 	@echo "targets:"
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z_-]+):.*## (.*)/  \1|\2/' | column -t -s'|'
-	@echo "variables (make TARGET NAME=value):"
-	@grep -E '^[A-Z_]+ +\?=.*## ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z_]+) +\?= *([^#]*)## (.*)/  \1=\2|\3/' | column -t -s'|'
+	@echo "variables (make TARGET NAME=value; 'make help-all' lists every one, each runner's --help the rest):"
+	@$(VARIABLE_LINES) | grep -E '$(HELP_PATTERN)' | column -t -s'|'
+
+help-all: ## every variable with its default and what it does
+	@$(VARIABLE_LINES) | column -t -s'|'
 
 # pip compiles every installed module on one core; compiling them afterwards on every core gives
 # the same .pyc files sooner (here: 52 s + 44 s against 2 min 5 s). Like pip, it skips files that
@@ -218,7 +227,7 @@ melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (
 	    --p $(P) --q $(Q) --steps $(STEPS) --lr $(LR) --n-prompts $(N_PROMPTS) --seed $(SEED) --scale-unit $(SCALE_UNIT) \
 	    $(NEUTRAL_ARGS)
 
-eval: $(VENV)/.installed $(MODEL_DEP) ## logit differences in both answer orders of every stored vector, baseline and random controls
+eval: $(VENV)/.installed $(MODEL_DEP) ## both scores (letter in both answer orders, cloze) of every stored vector, the unsteered model and random directions, with KL on neutral text
 	$(RUN_DP) steerlab.cli.eval $(COMMON) --scales "$(SCALES)" --scale-unit $(SCALE_UNIT) --n-eval $(N_EVAL) --n-random $(N_RANDOM) \
 	    --splits "$(SPLITS)" --seed $(SEED) --layer $(LAYER) $(if $(filter 1,$(RAW)),--raw) \
 	    --max-vectors $(EVAL_K) --orders $(ORDERS) --score $(SCORE) $(NEUTRAL_ARGS)
@@ -236,7 +245,7 @@ generate: $(VENV)/.installed $(MODEL_DEP) ## completions, unsteered and with eac
 	    --seed $(SEED) $(CHOICE_ARGS) $(if $(filter 1,$(SAMPLE)),--sample) \
 	    --scale-unit $(SCALE_UNIT) $(if $(VECTOR),--vector "$(VECTOR)" --scales "$(SCALES)")
 
-export: $(VENV)/.installed ## chosen vectors as .pt, .safetensors and llama.cpp GGUF into RESULTS/export/
+export: $(VENV)/.installed ## chosen vectors as .pt, .safetensors, llama.cpp GGUF and lm-eval steered files into RESULTS/export/
 	$(RUN) steerlab.cli.export $(STORE_ARGS) --behavior "$(BEHAVIOR)" --out "$(RESULTS)/export" $(CHOICE_ARGS) \
 	    --scale-unit $(SCALE_UNIT) $(if $(VECTOR),--vector "$(VECTOR)") $(if $(SCALE),--scale $(SCALE))
 
