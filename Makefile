@@ -110,7 +110,7 @@ RUN     = PYTHONUNBUFFERED=1 $(PY) -m
 RUN_DP  = $(if $(filter 1,$(NPROC)),$(RUN),PYTHONUNBUFFERED=1 $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m)
 
 .DEFAULT_GOAL := all
-.PHONY: all help help-all venv model lint test test-fast test-gemma test-qwen  test-compat study study-test study-page check-gguf check-lm-eval caa pi pi_caa melbo eval report plot export generate bench ingest migrate matrix clean
+.PHONY: all help help-all venv model lint test test-fast test-gemma test-qwen  test-compat study study-test study-page check-gguf check-lm-eval check-install caa pi pi_caa melbo eval report plot export generate bench ingest migrate matrix clean
 
 all: caa pi pi_caa melbo eval report plot generate ## the whole experiment on $(MODEL): every method, eval, report, figures
 	@echo "figures:"; ls -1 $(RESULTS)/$(BEHAVIOR)/*.png 2>/dev/null | sed 's/^/  /'
@@ -175,8 +175,9 @@ test-gemma: $(VENV)/.installed models/gemma-3-270m/config.json ## the real Gemma
 
 # The newest transformers release, in a venv of its own: the next change to the decoder-layer
 # contract fails here, not in a user's notebook (pyproject.toml admits what this and `test` pass).
-# The README snippet is left out: its plain from_pretrained needs the `kernels` package on 5.25,
-# which this venv cannot have (requirements-compat.txt).
+# transformers goes in --no-deps, without the `kernels` package it asks for, so this venv also
+# shows that the lab needs no kernels (it loads with use_kernels=False); the README snippet's plain
+# from_pretrained does need it on 5.25, so it is left out here and runs in `make check-install`.
 COMPAT_VENV := .venv-compat
 COMPAT_TRANSFORMERS ?= 5.25.0
 $(COMPAT_VENV)/.installed: requirements.txt requirements-compat.txt
@@ -190,6 +191,23 @@ test-compat: $(COMPAT_VENV)/.installed $(DEFAULT_MODEL)/config.json ## the tests
 	$(COMPAT_VENV)/bin/python -c "import transformers; print('transformers', transformers.__version__)"
 	$(COMPAT_VENV)/bin/python -m pytest -q tests -n $(TEST_WORKERS) --dist loadfile -m "not slow" -p no:cacheprovider \
 	    --deselect tests/test_readme.py::test_the_readme_python_snippet_runs
+
+# What a researcher meets who adds the lab to an environment of their own: `pip install .` (not
+# -e) into a fresh venv, which takes the newest transformers the index can install under
+# pyproject.toml's range, then the README's Python block from a folder outside the clone that
+# links its data/ and models/ (the installed copy finds them in the working directory). torch is
+# installed first at requirements.txt's pin: unpinned, pip would fetch a CUDA build of several GB.
+INSTALL_VENV := .venv-install
+check-install: $(DEFAULT_MODEL)/config.json ## pip install . into a fresh venv (newest installable transformers), then the README's Python block run against it from outside the clone
+	rm -rf $(INSTALL_VENV) .install-check
+	$(PYTHON) -m venv $(INSTALL_VENV)
+	$(INSTALL_VENV)/bin/pip install -q --disable-pip-version-check $$(grep '^torch==' requirements.txt)
+	$(INSTALL_VENV)/bin/pip install -q --disable-pip-version-check .
+	mkdir -p .install-check && ln -s $(CURDIR)/data $(CURDIR)/models .install-check/
+	cd .install-check && ../$(INSTALL_VENV)/bin/python -c "import steerlab, torch, transformers; \
+	    assert '$(CURDIR)/steerlab' not in steerlab.__file__, steerlab.__file__; \
+	    print('installed:', steerlab.__file__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
+	cd .install-check && ../$(INSTALL_VENV)/bin/python $(CURDIR)/scripts/run_readme_snippet.py $(CURDIR)/README.md
 
 # lm-evaluation-harness in a venv of its own (its ~45 extra packages stay out of .venv):
 # `make check-lm-eval` reads the .lm-eval.pt export and the cloze questions in lm-eval itself.

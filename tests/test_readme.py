@@ -1,19 +1,9 @@
 """The README's "From Python" snippet runs as it stands there, so it cannot rot."""
 import os
-import re
-from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def snippet() -> str:
-    text = README.read_text(encoding="utf-8")
-    section = text.split("## From Python", 1)[1]
-    found = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert found, "the README's From Python section has no python block"
-    return found.group(1)
+from scripts.run_readme_snippet import README, snippet
 
 
 def test_the_readme_python_snippet_runs(tmp_path, monkeypatch, capsys):

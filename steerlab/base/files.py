@@ -4,6 +4,8 @@ What is written goes to a sibling path first (``<name>.partial``) and replaces t
 ``os.replace`` only once the writing has finished and been flushed to disk; an exception, or a
 SIGKILL, leaves the old file (or none) in place and at most a ``.partial`` the next writer
 removes. The store, exported vectors, converted models and ingested data files all write so.
+
+Also where the lab's folders are (``REPO_ROOT``: its data/, models/, results/).
 """
 from __future__ import annotations
 
@@ -13,8 +15,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-# the repository this code runs from (its data/, models/, results/)
-REPO_ROOT = Path(__file__).resolve().parents[2]
+
+def lab_root(environ=os.environ, package_parent: Path = Path(__file__).resolve().parents[2],
+             cwd: Path | None = None) -> Path:
+    """Where data/, models/ and results/ are: $STEERLAB_HOME if set; else the clone this package
+    runs from (``pip install -e .`` or the make targets); else, for an installed copy
+    (``pip install .``), the working directory, as a user runs it from their clone."""
+    if environ.get("STEERLAB_HOME"):
+        return Path(environ["STEERLAB_HOME"]).resolve()
+    if (package_parent / "steerlab").is_dir() and (package_parent / "data").is_dir():
+        return package_parent
+    return (cwd or Path.cwd()).resolve()
+
+
+REPO_ROOT = lab_root()
 
 
 def _remove(path: Path) -> None:
