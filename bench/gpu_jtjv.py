@@ -20,8 +20,8 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from steerlab.lm.jacobian import JVP_MODES, BatchJacobian, math_attention  # noqa: E402
-from steerlab.lm.segment import run_prefix, segment  # noqa: E402
+from steerlab.lm.jacobian import JVP_MODES, BatchJacobian, math_attention
+from steerlab.lm.segment import run_prefix, segment
 
 SHAPES = {  # hidden, intermediate, heads, kv heads, head_dim
     "qwen3-0.6b": (1024, 3072, 16, 8, 128),

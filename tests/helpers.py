@@ -115,7 +115,7 @@ def run_runner(module: str, *args) -> Ran:
             main_guard(runner.run)
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
-        except Exception:  # noqa: BLE001 (a bug: reported as the interpreter would)
+        except Exception:  # a bug: reported as the interpreter would
             traceback.print_exc()
             code = 1
     return Ran(code, out.getvalue(), err.getvalue())

@@ -96,7 +96,7 @@ def test_objective_trace_rises_on_average(batched, sequential):
     """Against fixed earlier vectors (sequential, and vector 0 of either mode) every vector's
     objective rises on average. A later batched vector can lose objective while the vectors
     before it rotate into where it was, so there the sum over vectors must rise."""
-    rising = lambda trace: torch.diff(trace.double(), dim=0).mean(0) > 0  # noqa: E731
+    rising = lambda trace: torch.diff(trace.double(), dim=0).mean(0) > 0
     assert rising(sequential.trace).all()
     assert rising(batched.trace[:, 0]) and rising(batched.trace.sum(1))
     for result in (batched, sequential):

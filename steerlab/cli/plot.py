@@ -17,16 +17,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.lines import Line2D
 
-from steerlab.base.errors import UserError  # noqa: E402
-from steerlab.base.files import REPO_ROOT  # noqa: E402
+from steerlab.base.errors import UserError
+from steerlab.base.files import REPO_ROOT
 from steerlab.base.progress import say
-from steerlab.cli import defaults  # noqa: E402
+from steerlab.cli import defaults
 from steerlab.cli.options import (
-    # noqa: E402,
     add_behavior,
     add_select_by,
     check_kl_max,
@@ -50,9 +49,9 @@ from steerlab.measure.analysis import (
 )
 from steerlab.measure.statistics import Row
 from steerlab.measure.study import entries
-from steerlab.questions.polarity import balanced_mean  # noqa: E402
-from steerlab.render.figures import color, random_distribution_figure, save  # noqa: E402
-from steerlab.store import open_for_reading, read_vector_groups, store_key  # noqa: E402
+from steerlab.questions.polarity import balanced_mean
+from steerlab.render.figures import color, random_distribution_figure, save
+from steerlab.store import open_for_reading, read_vector_groups, store_key
 
 
 def diff_label(split: Split, by: str = "letter") -> str:
