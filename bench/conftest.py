@@ -40,3 +40,9 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     """pytest-benchmark saves ``output_json`` after this hook: the ratios go into the same file."""
     output_json["ratios"] = _ratios(output_json["benchmarks"])
     print("\nratios:", json.dumps(output_json["ratios"], indent=1))
+
+
+def median_seconds(benchmark) -> float | None:
+    """This run's median time of ``benchmark``; None under --benchmark-disable (a smoke run that
+    only checks that every benchmark still runs)."""
+    return None if benchmark.stats is None else benchmark.stats.stats.median

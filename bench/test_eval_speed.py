@@ -15,6 +15,7 @@ import os
 import pytest
 import torch
 
+from bench.conftest import median_seconds
 from bench.flops import eval_flops, plain_eval_flops
 from steerlab.cli.options import count_or_all
 from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
@@ -85,8 +86,10 @@ def _run(benchmark, fn, setup):
     benchmark.extra_info.update(
         questions=len(answers), settings=len(thetas),
         padding_of_one_batch=max(lengths) * len(lengths) / sum(lengths),
-        plain_questions_per_forward=PLAIN_BATCH or len(answers),
-        question_settings_per_second=len(answers) * len(thetas) / benchmark.stats.stats.median)
+        plain_questions_per_forward=PLAIN_BATCH or len(answers))
+    seconds = median_seconds(benchmark)
+    if seconds is not None:
+        benchmark.extra_info["question_settings_per_second"] = len(answers) * len(thetas) / seconds
 
 
 def _fast(*args):

@@ -12,6 +12,7 @@ unsteered time, the same prompts and greedy tokens): the hook should cost almost
 import pytest
 import torch
 
+from bench.conftest import median_seconds
 from steerlab.lm.generate import generate_ids, prompt_ids
 from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
 from steerlab.lm.vector import SteeringVector
@@ -57,8 +58,9 @@ def _generate(benchmark, setup, theta):
     result = benchmark.pedantic(generate_ids, args=(lm.model, prompts, vector, TOKENS,
                                                     lm.tokenizer.pad_token_id),
                                 rounds=2, iterations=1, warmup_rounds=1)
-    benchmark.extra_info.update(tokens=result.n_tokens,
-                                tokens_per_second=result.n_tokens / benchmark.stats.stats.median)
+    seconds = median_seconds(benchmark)
+    if seconds is not None:
+        benchmark.extra_info.update(tokens=result.n_tokens, tokens_per_second=result.n_tokens / seconds)
 
 
 def test_generate_unsteered(benchmark, setup):
