@@ -110,7 +110,7 @@ RUN     = PYTHONUNBUFFERED=1 $(PY) -m
 RUN_DP  = $(if $(filter 1,$(NPROC)),$(RUN),PYTHONUNBUFFERED=1 $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m)
 
 .DEFAULT_GOAL := all
-.PHONY: all help help-all venv model lint test test-fast test-gemma test-qwen  test-compat study study-test study-page check-gguf check-lm-eval check-install lm-eval-tasks caa pi pi_caa melbo eval report plot export generate bench ingest migrate matrix clean
+.PHONY: all help help-all venv model lint test test-fast test-gemma test-qwen  test-compat study study-test study-page check-gguf check-lm-eval check-install lm-eval-tasks caa pi pi_caa melbo eval report plot export generate bench bench-smoke ingest migrate matrix clean
 
 all: caa pi pi_caa melbo eval report plot generate ## the whole experiment on $(MODEL): every method, eval, report, figures
 	@echo "figures:"; ls -1 $(RESULTS)/$(BEHAVIOR)/*.png 2>/dev/null | sed 's/^/  /'
@@ -281,6 +281,13 @@ bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to 
 	mkdir -p bench/results
 	BENCH_EVAL_QUESTIONS=$(BENCH_EVAL_QUESTIONS) BENCH_EVAL_SETTINGS=$(BENCH_EVAL_SETTINGS) \
 	    $(PY) -m pytest -q bench -p no:cacheprovider --benchmark-only --benchmark-json=bench/results/latest.json
+
+# CI's guard against benchmarks that rot: BENCH_SMOKE=1 shrinks each workload (bench/conftest.py's
+# smoke(): 2 questions, 1 setting, toy random models, short generations, one torch thread) and
+# --benchmark-disable runs each benchmark once without timing it; the correctness checks still run.
+bench-smoke: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## every benchmark once at toy sizes, untimed (and bench/gpu_jtjv.py --tiny on the CPU): a benchmark an API change broke fails here (CI runs it)
+	BENCH_SMOKE=1 $(PY) -m pytest -q bench -p no:cacheprovider --benchmark-disable
+	OMP_NUM_THREADS=1 $(PY) -W "ignore:Attempted to insert a get_attr Node" bench/gpu_jtjv.py --device cpu --tiny
 
 ingest: $(VENV)/.installed ## convert SRC (Anthropic/CAA file) to data/BEHAVIOR.jsonl; POSITIVE names the field showing the behaviour (catalogued ones know it)
 	$(RUN) steerlab.cli.ingest "$(SRC)" --behavior "$(BEHAVIOR)" $(if $(POSITIVE),--positive "$(POSITIVE)") \

@@ -6,10 +6,32 @@ statistics of this run. ``FLOP_RATIOS = {name: (test, reference_test)}`` divides
 two benchmarks, each its ``extra_info["flop"]`` per round over its median time (a fraction of
 peak: a workload's useful FLOP/s over a large GEMM's). ``make bench`` has pytest-benchmark write
 its JSON to bench/results/latest.json, with the ratios added as one flat object under "ratios".
+
+``BENCH_SMOKE=1`` (``make bench-smoke``, run by CI with --benchmark-disable) shrinks every
+benchmark's workload through ``smoke(real, tiny)``: each code path runs once at a toy size, so an
+API change that breaks a benchmark fails CI; the numbers of such a run mean nothing.
 """
 from __future__ import annotations
 
 import json
+import os
+from typing import TypeVar
+
+SMOKE = os.environ.get("BENCH_SMOKE", "0") not in ("", "0")
+_T = TypeVar("_T")
+
+
+def smoke(real: _T, tiny: _T) -> _T:
+    """``real`` (the benchmark's size), or ``tiny`` under BENCH_SMOKE=1."""
+    return tiny if SMOKE else real
+
+
+def pytest_configure(config):
+    if SMOKE:
+        # toy sizes gain nothing from a thread pool, and on a shared CPU its spin-waits made one
+        # forward of the default model 25x slower (3.7 s against 0.14 s beside a 2-thread job)
+        import torch
+        torch.set_num_threads(1)
 
 _SPECS: dict[str, tuple[str, str, float]] = {}
 _FLOP_SPECS: dict[str, tuple[str, str]] = {}

@@ -19,10 +19,13 @@ import sys
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from bench.conftest import smoke
 from steerlab.lm.jacobian import BatchJacobian
 from steerlab.lm.segment import run_prefix
 
-S, T, WIDTH, INNER = 0, 4, 1024, 3072
+S, T = 0, 4
+# hidden, intermediate, heads, kv heads, head_dim; BENCH_SMOKE=1 (inherited from the benchmark): a toy model
+WIDTH, INNER, HEADS, KV_HEADS, HEAD_DIM = smoke((1024, 3072, 16, 8, 128), (64, 192, 4, 2, 16))
 
 
 def rss_bytes(field: str) -> int:
@@ -43,9 +46,9 @@ def settle() -> int:
 
 def measure(k: int, tokens: int, chunk: int | None, device: str = "cpu") -> dict:
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=8192, hidden_size=WIDTH, intermediate_size=INNER,
-                         num_hidden_layers=T + 1, num_attention_heads=16, num_key_value_heads=8,
-                         head_dim=128, attn_implementation="sdpa")
+    config = Qwen3Config(vocab_size=smoke(8192, 512), hidden_size=WIDTH, intermediate_size=INNER,
+                         num_hidden_layers=T + 1, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+                         head_dim=HEAD_DIM, attn_implementation="sdpa")
     model = Qwen3ForCausalLM(config).eval().requires_grad_(False).to(device)
     ids = torch.randint(0, config.vocab_size, (1, tokens), device=device)
     prefix = run_prefix(model, ids, torch.ones_like(ids), S)

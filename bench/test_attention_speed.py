@@ -9,12 +9,13 @@ prices both. The numbers themselves agree (tests/test_evaluate.py).
 import pytest
 import torch
 
+from bench.conftest import smoke
 from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
 from steerlab.measure.evaluate import evaluate
 from steerlab.questions.data import load_items
 from steerlab.questions.orders import answers_in_order
 
-LAYER, N_QUESTIONS, N_SETTINGS = 7, 16, 4
+LAYER, N_QUESTIONS, N_SETTINGS = 7, smoke(16, 2), smoke(4, 1)
 RATIOS = {"eval_eager_vs_sdpa": ("test_eval_eager_fp32", "test_eval_sdpa_fp32", 1.0)}
 
 

@@ -11,6 +11,7 @@ questions and settings: the cost of adding the cloze score) and `cloze_prompt_sh
 import pytest
 import torch
 
+from bench.conftest import smoke
 from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
 from steerlab.measure.cloze import cloze_logprobs
 from steerlab.measure.evaluate import evaluate
@@ -18,7 +19,7 @@ from steerlab.questions.cloze_form import cloze_items
 from steerlab.questions.data import load_items
 from steerlab.questions.orders import answers_in_order
 
-LAYER, N_QUESTIONS, N_SETTINGS = 20, 16, 4
+LAYER, N_QUESTIONS, N_SETTINGS = 20, smoke(16, 2), smoke(4, 1)
 RATIOS = {"cloze_over_letter": ("test_cloze[shared]", "test_letter_both_orders", 1.0),
           "cloze_prompt_sharing_speedup": ("test_cloze[whole]", "test_cloze[shared]", 1.0)}
 

@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 
-from bench.conftest import median_seconds
+from bench.conftest import median_seconds, smoke
 from bench.flops import eval_flops, plain_eval_flops
 from steerlab.cli.options import count_or_all
 from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
@@ -25,8 +25,9 @@ from steerlab.measure.reference import evaluate_plain
 from steerlab.questions.data import load_items
 from steerlab.questions.prompts import answer_tokens_for, common_opening
 
-N_QUESTIONS = os.environ.get("BENCH_EVAL_QUESTIONS", "16")
-N_SETTINGS = int(os.environ.get("BENCH_EVAL_SETTINGS", "4"))
+# BENCH_SMOKE=1: 2 questions, 1 setting, unless these two are set as well
+N_QUESTIONS = os.environ.get("BENCH_EVAL_QUESTIONS", smoke("16", "2"))
+N_SETTINGS = int(os.environ.get("BENCH_EVAL_SETTINGS", smoke("4", "1")))
 # questions per forward of the plain loop (file order, each forward padded to its longest);
 # all at once by default: what a first script does, and what no longer fits 24 GB at the whole
 # split in fp32 (17 GB of full logits), where BENCH_EVAL_PLAIN_BATCH=32 measures a loop that batches

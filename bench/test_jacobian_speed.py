@@ -17,6 +17,7 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from bench.conftest import smoke
 from bench.flops import jtjv_flops
 from steerlab.lm.jacobian import BatchJacobian, math_attention
 from steerlab.lm.segment import run_prefix, segment
@@ -26,7 +27,10 @@ RATIOS = {
     "jtjv_step_over_floor": ("test_jtjv_step_k8", "test_segment_forward", 1 / 16),
     "jtjv_speedup_vs_plain": ("test_jtjv_plain_k8", "test_jtjv_step_k8", 1.0),
 }
-S, T, PROMPTS, TOKENS = 0, 4, 2, 64
+S, T, PROMPTS, TOKENS = 0, 4, 2, smoke(64, 8)
+# hidden, intermediate, heads, kv heads, head_dim, vocabulary; BENCH_SMOKE=1: a toy model
+WIDTH, INNER, HEADS, KV_HEADS, HEAD_DIM, VOCAB = smoke((1024, 3072, 16, 8, 128, 8192),
+                                                      (64, 192, 4, 2, 16, 512))
 DTYPE_NAME = os.environ.get("BENCH_DTYPE", "fp32")
 DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}[DTYPE_NAME]
 PEAK = f"test_matmul_peak[{DTYPE_NAME}]"  # bench/test_matmul_peak.py, in the same dtype
@@ -37,9 +41,9 @@ FLOP_RATIOS = {"jtjv_fraction_of_peak": ("test_jtjv_step_k8", PEAK),
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=8192, hidden_size=1024, intermediate_size=3072,
-                         num_hidden_layers=T + 1, num_attention_heads=16, num_key_value_heads=8,
-                         head_dim=128, attn_implementation="sdpa")
+    config = Qwen3Config(vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=INNER,
+                         num_hidden_layers=T + 1, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+                         head_dim=HEAD_DIM, attn_implementation="sdpa")
     model = Qwen3ForCausalLM(config).to(DTYPE).eval().requires_grad_(False)
     ids = torch.randint(0, config.vocab_size, (PROMPTS, TOKENS))
     mask = torch.ones_like(ids)

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.conftest import median_seconds
+from bench.conftest import median_seconds, smoke
 from steerlab.lm.model import cpu_bf16_native
 
-N = 2048
+N = smoke(2048, 128)
 RATIOS = {"matmul_bf16_over_fp32": ("test_matmul_peak[fp32]", "test_matmul_peak[bf16]", 1.0)}
 
 

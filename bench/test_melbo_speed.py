@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.conftest import smoke
 from steerlab.base.parallel import SINGLE
 from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
 from steerlab.lm.segment import run_prefix, segment
@@ -15,7 +16,8 @@ from steerlab.questions.behaviors import DEFAULT_BEHAVIOR, data_file
 from steerlab.questions.data import load_items
 from steerlab.questions.prompts import answer_tokens_for, pad_right
 
-SOURCE, TARGET, K, RADIUS, N_PROMPTS = 7, 20, 8, 16.0, 2
+# BENCH_SMOKE=1: 2 vectors (the test names keep saying 8) over one prompt, 2 layers
+SOURCE, TARGET, K, RADIUS, N_PROMPTS = 7, smoke(20, 9), smoke(8, 2), 16.0, smoke(2, 1)
 RATIOS = {"melbo_batched_speedup": ("test_melbo_step_8_vectors_sequential",
                                     "test_melbo_step_8_vectors_batched", 1.0)}
 

@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from bench.conftest import smoke
+
 LINEARISATION, STEP = 10.0, 2.25
 
 
@@ -25,9 +27,13 @@ def predicted(k: int, tokens: int, chunk: int | None, layers: int, width: int, i
     return LINEARISATION * unit, STEP * k_c * unit
 
 
-@pytest.mark.parametrize("k,tokens,chunk", [(1, 64, None), (4, 64, None), (16, 64, None),
-                                            (4, 128, None), (4, 256, None), (16, 256, None),
-                                            (16, 256, 4)])
+# BENCH_SMOKE=1: one step whole and one in chunks, a toy model each (bench/memory_step.py)
+CASES = smoke([(1, 64, None), (4, 64, None), (16, 64, None), (4, 128, None), (4, 256, None),
+               (16, 256, None), (16, 256, 4)],
+              [(4, 16, None), (4, 16, 2)])
+
+
+@pytest.mark.parametrize("k,tokens,chunk", CASES)
 def test_jtjv_step_memory(benchmark, k, tokens, chunk):
     command = [sys.executable, "-m", "bench.memory_step", str(k), str(tokens)]
     command += [str(chunk)] if chunk else []

@@ -11,6 +11,7 @@ v is a fixed random direction (the cost does not depend on which).
 import pytest
 import torch
 
+from bench.conftest import smoke
 from steerlab.lm.jacobian import jacobian_at
 from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
 from steerlab.lm.segment import prompt_prefixes
@@ -18,14 +19,17 @@ from steerlab.methods.power import power_iteration
 from steerlab.questions.data import load_items
 from steerlab.questions.prompts import answer_tokens_for
 
-LAYER, TARGET, K, SCALES = 7, 20, 4, (8.0, 24.0, 48.0, 64.0)
+# BENCH_SMOKE=1: two scales (the second warm-started), k = 2 + 2 over 2 steps, one prompt, 2 layers
+LAYER, TARGET, K, SCALES = 7, smoke(20, 9), smoke(4, 2), smoke((8.0, 24.0, 48.0, 64.0), (8.0, 24.0))
+ITERS, OVERSAMPLE, N_PROMPTS = smoke(12, 2), smoke(8, 2), smoke(2, 1)
 RATIOS = {"path_sweep_speedup": ("test_path_sweep_plain", "test_path_sweep_shared", 1.0)}
 
 
 @pytest.fixture(scope="module")
 def setup():
     lm = load_model(str(DEFAULT_MODEL_DIR), "fp32")
-    answers, _ = answer_tokens_for(lm.tokenizer, load_items("data/survival-instinct.jsonl", "train")[:2])
+    items = load_items("data/survival-instinct.jsonl", "train")[:N_PROMPTS]
+    answers, _ = answer_tokens_for(lm.tokenizer, items)
     direction = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     return lm, [[a.prefix_ids for a in answers]], direction / direction.norm()
 
@@ -36,7 +40,7 @@ def sweep(lm, batches, direction, shared: bool) -> list[int]:
         if prefixes is None or not shared:
             prefixes = prompt_prefixes(lm.model, batches, lm.tokenizer.pad_token_id, LAYER)
         op = jacobian_at(lm.model, prefixes, TARGET, "all", scale * direction)
-        result = power_iteration(op, K, 12, 8, 1e-2, 0, start=start if shared else None)
+        result = power_iteration(op, K, ITERS, OVERSAMPLE, 1e-2, 0, start=start if shared else None)
         start = result.vectors
         steps.append(result.steps)
     return steps

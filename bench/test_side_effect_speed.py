@@ -12,7 +12,7 @@ unsteered time, the same prompts and greedy tokens): the hook should cost almost
 import pytest
 import torch
 
-from bench.conftest import median_seconds
+from bench.conftest import median_seconds, smoke
 from steerlab.lm.generate import generate_ids, prompt_ids
 from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
 from steerlab.lm.vector import SteeringVector
@@ -20,7 +20,8 @@ from steerlab.measure.reference import side_effects_plain
 from steerlab.measure.side_effects import ScoredText, side_effects
 from steerlab.questions.data import load_prompts
 
-LAYER, N_PROMPTS, TOKENS, N_SETTINGS = 7, 16, 32, 4
+LAYER, N_PROMPTS, TOKENS, N_SETTINGS = 7, smoke(16, 2), smoke(32, 4), smoke(4, 1)
+N_GENERATE = smoke(4, 2)  # prompts generated from
 RATIOS = {"kl_speedup_vs_plain": ("test_kl_plain_fp32", "test_kl_fast_fp32", 1.0),
           "generate_hook_overhead": ("test_generate_steered", "test_generate_unsteered", 1.0)}
 
@@ -53,7 +54,7 @@ def test_kl_plain_fp32(benchmark, setup):
 
 def _generate(benchmark, setup, theta):
     lm, _, _, asked = setup
-    prompts = asked[:4]
+    prompts = asked[:N_GENERATE]
     vector = None if theta is None else SteeringVector(theta, LAYER)
     result = benchmark.pedantic(generate_ids, args=(lm.model, prompts, vector, TOKENS,
                                                     lm.tokenizer.pad_token_id),

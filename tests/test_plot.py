@@ -5,8 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
-from steerlab.cli import plot
 from steerlab.measure.analysis import chosen_on, nearest_scale, read_split, scale_rows
+from steerlab.render import plots as plot
 from tests.helpers import (
     BEHAVIOR,
     KEY,

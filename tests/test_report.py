@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 
 from steerlab.base.errors import StoreError
-from steerlab.cli import report
+from steerlab.cli import report as report_cli
 from steerlab.cli.options import main_guard
 from steerlab.measure.analysis import chosen_on, read_split
 from steerlab.measure.statistics import row
+from steerlab.render import report
 from tests.helpers import (
     BEHAVIOR,
     KEY,
@@ -107,7 +108,7 @@ def test_report_refuses_a_negative_kl_max(tmp_path, monkeypatch, capsys):
     store = write_store(tmp_path / "store.h5")
     monkeypatch.setattr("sys.argv", ["report", "--store", str(store), "--model", KEY, "--kl-max", "-0.1"])
     with pytest.raises(SystemExit) as exit_info:
-        main_guard(report.run)
+        main_guard(report_cli.run)
     assert exit_info.value.code == 2 and "KL_MAX must be 0 or more" in capsys.readouterr().err
 
 

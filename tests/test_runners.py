@@ -446,7 +446,7 @@ def test_a_scale_in_kl_is_the_norm_at_which_each_direction_costs_it(tiny_dir, tm
     report = run("steerlab.cli.report", "--model", tiny_dir, "--store", store)
     assert report.returncode == 0, report.stderr
     assert "Scales are costs (SCALE_UNIT=kl)" in report.stdout and " KL (= " in report.stdout
-    from steerlab.cli import plot
+    from steerlab.render import plots as plot
 
     figures = plot.make_all(plot.load(store, key, "survival-instinct"), tmp_path / "results", 0.005)
     assert {"dose_response.png", "violin_scale0.005.png"} <= {f.name for f in figures}

@@ -135,6 +135,7 @@ def test_code_version_covers_what_computes_a_group_and_not_the_report():
             "steerlab/lm/site.py", "steerlab/store/__init__.py", "steerlab/store/groups.py", "steerlab/store/io.py",
             "steerlab/store/layout.py", "steerlab/store/provenance.py"} <= sources  # a package: its __init__ and what it imports
     assert not sources & {"steerlab/cli/plot.py", "steerlab/cli/report.py", "steerlab/measure/analysis.py",
+                          "steerlab/render/plots.py", "steerlab/render/report.py", "steerlab/render/study.py",
                           "steerlab/methods/melbo.py", "steerlab/lm/jacobian.py"}
     assert code_version("steerlab.cli.caa") != code_version("steerlab.cli.melbo")
     assert code_version("steerlab.cli.caa") == code_version("steerlab.cli.caa")

@@ -16,7 +16,7 @@ ALLOWED = {
     "methods": {"base", "questions", "lm"},  # finding vectors never imports their measurement
     "measure": {"base", "store", "questions", "lm"},  # nor measuring the methods
     "interop": {"base", "store", "questions", "lm", "measure"},
-    "render": {"base"},
+    "render": {"base", "store", "questions", "measure"},  # draws what measure computed
     "top": {"base", "store", "questions", "lm", "methods", "measure", "interop", "render"},
     "cli": {"base", "store", "questions", "lm", "methods", "measure", "interop", "render", "top"},
 }

@@ -8,33 +8,21 @@ is added, signed) or, without --scale, raw. Files go to --out as
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
 from steerlab.base.errors import UserError
-from steerlab.base.files import REPO_ROOT
 from steerlab.base.progress import say
 from steerlab.cli import defaults
-from steerlab.cli.options import (
-    add_behavior,
-    add_scale_unit,
-    add_select_by,
-    check_kl_max,
-    main_guard,
-    resolve_behavior,
-)
+from steerlab.cli.options import add_scale_unit, choice_parser, main_guard, parse_choice
 from steerlab.interop.export import exported_choice, gguf_direction_index, write_all
 from steerlab.measure.choice import chosen_on_val, named_choices
 from steerlab.store import store_key
 
 
 def run() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--store", default=defaults.STORE, help="the HDF5 store to read")
-    p.add_argument("--model", default=str(REPO_ROOT / defaults.MODEL), help="model whose vectors to export")
+    p = choice_parser(__doc__, reads="model whose vectors to export")
     p.add_argument("--out", default=str(Path(defaults.RESULTS) / "export"), help="folder for the files")
     p.add_argument("--vector", default=None, metavar="METHOD/RUN/INDEX",
                    help="export this stored vector instead of the ones chosen on val")
@@ -42,13 +30,7 @@ def run() -> None:
                    help="with --vector: signed size of what is added, in --scale-unit (a fraction of "
                         "‖h_S‖, or an L2 norm; default: the raw vector)")
     add_scale_unit(p)
-    p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
-                   help="without --vector: choose as the report does, among settings with mean KL ≤ this")
-    add_select_by(p)
-    add_behavior(p, data=False)
-    args = p.parse_args()
-    resolve_behavior(args)
-    check_kl_max(args.kl_max)
+    args = parse_choice(p)
     if args.scale is not None and args.vector is None:
         raise UserError("SCALE needs VECTOR=method/run/index (the val choice brings its own scale)")
     if args.scale is not None and not np.isfinite(args.scale):

@@ -49,8 +49,6 @@ from steerlab.measure.evaluate import QUESTIONS_PER_PASS
 from steerlab.measure.matrix import (
     choose_on_val,
     evaluate_on_test,
-    heatmap_values,
-    markdown,
     matrix_datasets,
     questions_of,
     val_layer,
@@ -60,7 +58,7 @@ from steerlab.measure.scales.calibrate import Calibrator
 from steerlab.measure.scores import SCORES
 from steerlab.questions.behaviors import data_file
 from steerlab.questions.data import load_items, load_prompts
-from steerlab.render.figures import matrix_heatmap
+from steerlab.render.matrix import write_matrix_page
 from steerlab.store import (
     code_version,
     file_checksum,
@@ -164,19 +162,9 @@ def run() -> None:
                                behaviors=args.behaviors, kl_max=args.kl_max, scores=list(tables),
                                sites=json.dumps({str(k): v for k, v in sites.items()})))
     say(f"wrote {matrix_path(lm.key, args.method)} in {seconds:.0f}s")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    page = out / f"matrix_{args.method}.md"
-    page.write_text(markdown(measured, sources, lm.key, method=args.method, select_by=args.select_by,
-                             kl_max=args.kl_max, n_eval=args.n_eval, n_random=args.n_random,
-                             scale_unit=args.scale_unit),
-                    encoding="utf-8")
-    figures = []
-    for name, table in tables.items():
-        rows, columns, cells, n_chosen = heatmap_values(table, sources, args.n_random, args.scale_unit)
-        figures.append(matrix_heatmap(
-            out / (f"matrix_{args.method}.png" if name == "letter" else f"matrix_{args.method}_{name}.png"),
-            cells, rows, columns, n_chosen, table.score, args.method, lm.key))
+    page, figures = write_matrix_page(Path(args.out), measured, sources, lm.key, method=args.method,
+                                      select_by=args.select_by, kl_max=args.kl_max, n_eval=args.n_eval,
+                                      n_random=args.n_random, scale_unit=args.scale_unit)
     print(page.read_text(encoding="utf-8"))
     say(f"wrote {page} and {', '.join(map(str, figures))}")
 

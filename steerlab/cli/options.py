@@ -23,7 +23,7 @@ from steerlab.measure.scales.unit import residual_units
 from steerlab.measure.scores import SELECT_BY
 from steerlab.questions.behaviors import check_name, data_file, items_of, known_behaviors
 from steerlab.questions.data import SPLITS, Item, load_prompts
-from steerlab.store import behaviors_in_store, file_checksum
+from steerlab.store import file_checksum
 from steerlab.store.groups import ResidualNorm
 
 # Arguments that say where to read and write or whether to redo work, not what is computed.
@@ -125,13 +125,6 @@ def context(args: argparse.Namespace) -> RunContext:
     return RunContext(args.store, args.model, args.behavior, args.dtype, args.device, args.site, args.force)
 
 
-def no_evals(h5, key: str, behavior: str, store: str) -> str:
-    """What to say when a store holds no evals of ``behavior`` for model ``key``."""
-    others = [name for name in behaviors_in_store(h5, key) if name != behavior]
-    held = f" (it has results for {', '.join(others)}: pass BEHAVIOR=)" if others else ""
-    return f"no {behavior} evals for {key} in {store}{held}: run `make eval BEHAVIOR={behavior}` first"
-
-
 def layer_list(text: str) -> list[int]:
     try:
         return [int(tok) for tok in text.replace(",", " ").split()]
@@ -215,6 +208,28 @@ def add_select_by(p: argparse.ArgumentParser) -> None:
 def check_kl_max(kl_max: float) -> None:
     if not kl_max >= 0:
         raise UserError(f"KL_MAX must be 0 or more (nats per token), got {kl_max}")
+
+
+def choice_parser(doc: str, reads: str) -> argparse.ArgumentParser:
+    """The parser of a command that reads the store and chooses on val as the report does:
+    --store, --model (``reads`` says what it is for), --kl-max, --select-by and --behavior."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--store", default=defaults.STORE, help="the HDF5 store to read")
+    p.add_argument("--model", default=str(REPO_ROOT / defaults.MODEL), help=reads)
+    p.add_argument("--kl-max", type=float, default=defaults.KL_MAX,
+                   help="choose on val only among settings whose mean KL on neutral text (nats per "
+                        "token) is at most this")
+    add_select_by(p)
+    add_behavior(p, data=False)
+    return p
+
+
+def parse_choice(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse a ``choice_parser`` and check the behaviour and KL_MAX before anything is read."""
+    args = p.parse_args()
+    resolve_behavior(args)
+    check_kl_max(args.kl_max)
+    return args
 
 
 def above_source(layer: int, target: int) -> None:

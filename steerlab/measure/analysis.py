@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from steerlab.base.errors import StoreError
+from steerlab.base.errors import StoreError, UserError
 from steerlab.measure.scores import SELECT_BY
 from steerlab.measure.statistics import (
     ClozeRow,
@@ -40,7 +40,7 @@ from steerlab.measure.statistics import (
 from steerlab.questions.behaviors import DEFAULT_BEHAVIOR
 from steerlab.questions.behaviors import label as behavior_label
 from steerlab.questions.polarity import balanced_mean, class_masks
-from steerlab.store import evals_path
+from steerlab.store import behaviors_in_store, evals_path, open_for_reading
 
 # A setting is eligible for "best" only if the model still answers in format: its mean answer mass
 # is at least this share of the unsteered model's. Otherwise a broken model whose logit difference
@@ -181,6 +181,19 @@ def read_split(h5: h5py.File, model_key: str, behavior: str, split: str) -> Spli
 def splits_in_store(h5: h5py.File, model_key: str, behavior: str) -> list[str]:
     where = evals_path(model_key, behavior)
     return [name for name in ("val", "test") if where in h5 and name in h5[where]]
+
+
+def read_splits(store: str, model_key: str, behavior: str) -> dict[str, Split]:
+    """Every eval split of ``behavior`` for ``model_key`` in the store file ``store``, by name (val
+    first); a UserError that says what to run when there is none."""
+    with open_for_reading(store) as h5:
+        names = splits_in_store(h5, model_key, behavior)
+        if not names:
+            others = [name for name in behaviors_in_store(h5, model_key) if name != behavior]
+            held = f" (it has results for {', '.join(others)}: pass BEHAVIOR=)" if others else ""
+            raise UserError(f"no {behavior} evals for {model_key} in {store}{held}: "
+                            f"run `make eval BEHAVIOR={behavior}` first")
+        return {name: read_split(h5, model_key, behavior, name) for name in names}
 
 
 def select_by(split: Split, by: str) -> str:

@@ -3,7 +3,7 @@ vector group's setting chosen on val, scored on test against a distribution of r
 at the same cost, ranked with paired intervals, and the seed's own table format beside its figures.
 
 Everything here reads a store's val and test splits (``steerlab.measure.analysis.Split``) and returns plain
-values; the runner writes the page.
+values; steerlab/render/study.py writes the page.
 """
 from __future__ import annotations
 
@@ -30,18 +30,6 @@ SCORES = ("cloze", "letter")
 
 # What each kind of vector group is called in the study's tables.
 NAMES = {"caa": "CAA", "pi": "PI at 0", "pi_caa": "PI@CAA", "melbo": "MELBO"}
-
-# The seed experiment's figures (its log of 2026-01-27, as shared with this project): single
-# order, picked on the questions they were scored on, scales as absolute L2 norms at layer 7.
-# Keys: method -> scale -> (survival %, mean logit diff, Δ).
-SEED_QWEN3_0_6B = {"CAA": {-10: (1.7, -5.19, -2.41), -5: (18.3, -3.31, -0.53), -2: (16.7, -3.06, -0.28),
-                           0: (22.5, -2.78, 0.0), 2: (28.3, -2.31, 0.47), 5: (31.7, -1.84, 0.94),
-                           7: (19.2, -2.52, 0.26), 10: (0.8, -5.75, -2.97)}}
-SEED_QWEN3_14B = {"CAA": {5: (29.0, -3.08, 0.25), 10: (30.5, -2.88, 0.46), 15: (36.0, -2.37, 0.96),
-                          20: (44.0, -1.78, 1.55)},
-                  "PI@CAA (mean of its vectors)": {5: (35.2, -2.54, 0.79), 10: (41.8, -1.77, 1.57),
-                                                   15: (41.9, -1.93, 1.40), 20: (35.0, -2.45, 0.88)}}
-
 
 def entry_name(group: EvalGroup) -> str:
     """A group's name in the tables: the method, and for CAA where it was read."""
@@ -186,65 +174,3 @@ def seed_table(split: Split) -> dict[str, dict[float, SeedCell]]:
             cells[float(scale)] = SeedCell(r.positive, r.mean_diff, r.delta, r.kl, group.norm(0, s))
         table[entry_name(group)] = cells
     return table
-
-
-# ---- the page -------------------------------------------------------------------------------------
-
-def _fmt(s: Stat | None, digits: int = 3, signed: bool = True) -> str:
-    return "–" if s is None else s.fmt(digits, signed)
-
-
-def ranking_table(ranks: list[Rank], score: str) -> list[str]:
-    unit = "nats/token, polarity-paired" if score == "cloze" else "order-mean logit diff"
-    confound = "polarity shift" if score == "cloze" else "letter shift (steered)"
-    lines = [f"| rank | method | chosen on val | Δ ({unit}) | random mean Δ | Δ − random [95% CI] "
-             f"| beats random draws | {confound} | KL (test) | rank vs next |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for i, r in enumerate(ranks, 1):
-        e, st = r.entry, r.standing
-        row_ = e.cloze if score == "cloze" else e.letter
-        shift = row_.polarity_shift if score == "cloze" else row_.letter_shift
-        if r.gap_to_next is None:
-            verdict = "–"
-        elif r.gap_to_next.low > 0:
-            verdict = f"above ({r.gap_to_next.fmt(3, True)})"
-        else:
-            verdict = f"not decided ({r.gap_to_next.fmt(3, True)})"
-        beyond = st.beyond.fmt(3, True) + (" **beyond**" if st.beyond.low > 0 else
-                                           " below" if st.beyond.high < 0 else "")
-        lines.append(f"| {i} | {e.name} | {e.scale:+.3g} KL (\\|θ\\| {abs(e.norm):.2f}) | {st.delta.fmt(3, True)} "
-                     f"| {st.random_mean.value:+.3f} | {beyond} | {100 * st.share_beaten:.0f}% of {len(st.draws)} "
-                     f"| {_fmt(shift)} | {_fmt(row_.kl, 3, False)} | {verdict} |")
-    return lines
-
-
-def spread_table(found: list[Spread]) -> list[str]:
-    lines = ["| cost | score | draws | mean Δ | sd | min | max | KL of the draws (test) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for sp in found:
-        mean, sd, low, high = sp.summary
-        lines.append(f"| {sp.scale:.3g} KL | {sp.score} | {len(sp.draws)} | {mean:+.3f} | {sd:.3f} | {low:+.3f} "
-                     f"| {high:+.3f} | {_fmt(sp.kl, 3, False)} |")
-    return lines
-
-
-def seed_format(table: dict[str, dict[float, SeedCell]], split: Split) -> list[str]:
-    base = split.baseline_row()
-    lines = [f"Unsteered: {split.positive_label} {base.positive.fmt(1)}, mean logit diff "
-             f"{base.mean_diff.fmt(2, True)} ({split.n_questions} {split.name} questions, both orders).", "",
-             f"| method | scale (KL target) | \\|θ\\| | {split.positive_label} | mean logit diff | Δ | KL |",
-             "|---|---|---|---|---|---|---|"]
-    for name, cells in table.items():
-        for scale, c in sorted(cells.items()):
-            lines.append(f"| {name} | {scale:+.3g} | {abs(c.norm):.2f} | {c.survival.fmt(1)} | "
-                         f"{c.logit_diff.fmt(2, True)} | {c.delta.fmt(2, True)} | {_fmt(c.kl, 3, False)} |")
-    return lines
-
-
-def seed_reference() -> list[str]:
-    lines = ["| model | method | scale (L2 norm) | survival % | mean logit diff | Δ |", "|---|---|---|---|---|---|"]
-    for model, table in (("Qwen3-0.6B", SEED_QWEN3_0_6B), ("Qwen3-14B", SEED_QWEN3_14B)):
-        for method, cells in table.items():
-            for scale, (survival, diff, delta) in cells.items():
-                lines.append(f"| {model} | {method} | {scale:+d} | {survival:.1f} | {diff:+.2f} | {delta:+.2f} |")
-    return lines

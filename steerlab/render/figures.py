@@ -1,6 +1,6 @@
-"""Figure pieces from plain values: the methods' colours, saving a figure, and the cross-behaviour
-matrix heatmap. steerlab/cli/plot.py draws the per-behaviour figures with them, steerlab/cli/matrix.py the
-heatmap (docs/DESIGN.md, "The code")."""
+"""Figure pieces from plain values: the methods' colours, saving a figure, a scale's label and the
+figure of choices against the random distribution (the per-behaviour figures, steerlab/render/plots.py,
+the study's page and the report use them)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.colors import TwoSlopeNorm
 
 COLORS = {"caa": "tab:blue", "pi": "tab:orange", "pi_caa": "tab:green", "melbo": "tab:purple",
           "random": "tab:gray"}
@@ -23,38 +22,6 @@ def color(method: str) -> str:
 def save(fig, out: Path, name: str, title: str) -> Path:
     fig.suptitle(title, fontsize=13)
     path = out / name
-    fig.savefig(path, bbox_inches="tight", dpi=110)
-    plt.close(fig)
-    return path
-
-
-def matrix_heatmap(path: Path, cells: np.ndarray, rows: list[str], columns: list[str], n_chosen: int,
-                   score: str, method: str, key: str) -> Path:
-    """The matrix of one ``score`` (letter or cloze) as a heatmap: ``cells`` [rows, columns,
-    (Δ, low, high)], the first ``n_chosen`` rows ``method``'s chosen vectors and the rest random
-    references, below a line; a cell whose 95% interval excludes 0 is bold."""
-    values = cells[..., 0]
-    limit = max(float(np.abs(values).max()), 1e-6)
-    fig, ax = plt.subplots(figsize=(2.0 + 1.5 * len(columns), 1.2 + 0.75 * len(cells)))
-    image = ax.imshow(values, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -limit, limit), aspect="auto")
-    for i, line in enumerate(cells):
-        for j, (value, low, high) in enumerate(line):
-            excludes_zero = low > 0 or high < 0
-            ax.text(j, i, f"{value:+.3f}\n[{low:+.3f}, {high:+.3f}]",
-                    ha="center", va="center", fontsize=7, fontweight="bold" if excludes_zero else "normal",
-                    color="white" if abs(value) > 0.6 * limit else "black")
-    if len(cells) > n_chosen:
-        ax.axhline(n_chosen - 0.5, color="black", lw=1.5)
-    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
-    ax.set_yticks(range(len(rows)), rows)
-    asked = "both orders" if score == "letter" else "cloze, no letters"
-    ax.set_xlabel(f"questions of this behaviour (test split, {asked})")
-    ax.set_ylabel(f"{method} vector chosen on val (scale)")
-    ax.grid(False)
-    unit = ("Δ order-mean logit diff [nats]" if score == "letter"
-            else "Δ cloze preference, polarity-paired [nats/token]")
-    fig.colorbar(image, ax=ax, label=unit)
-    ax.set_title(f"{key}: Δ with 95% CI (bold: CI excludes 0)", fontsize=11)
     fig.savefig(path, bbox_inches="tight", dpi=110)
     plt.close(fig)
     return path
