@@ -13,14 +13,11 @@ questions, choices removed) and the first --n-neutral neutral prompts of --split
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
@@ -42,15 +39,18 @@ from steerlab.cli.options import (
     settings_of,
 )
 from steerlab.jobs import resolve_sites
-from steerlab.lm.generate import check_max_new_tokens, generate
+from steerlab.lm.generate import Setting, check_max_new_tokens, generate
 from steerlab.lm.model import load_model
 from steerlab.lm.vector import SteeringVector
 from steerlab.measure.choice import parse_vector, steered_choices, theta_of
 from steerlab.questions.behaviors import behavior_prompts, open_ended_file
-from steerlab.questions.data import SPLITS, Prompt
+from steerlab.questions.data import SPLITS
+from steerlab.render.generations import generations_page
 from steerlab.store import (
     code_version,
     file_checksum,
+    generations_datasets,
+    generations_name,
     generations_path,
     is_current,
     now,
@@ -60,43 +60,6 @@ from steerlab.store import (
     write_generations,
     writing,
 )
-
-
-def generations_name(vector: str | None, sample: bool, seed: int) -> str:
-    """``val`` (each method's val choice) or ``caa-L7-0`` (--vector), ``-sample-s<seed>`` if sampled."""
-    name = "val" if vector is None else "-".join(map(str, parse_vector(vector)))
-    return name + (f"-sample-s{seed}" if sample else "")
-
-
-@dataclass
-class Setting:
-    """One row of the comparison: the unsteered model, or a stored vector at a scale."""
-    method: str  # "unsteered" for the plain model
-    run: str = ""
-    index: int = -1
-    scale: float = 0.0
-    vector: SteeringVector | None = None  # θ exactly as added, its layer and site
-
-    @property
-    def source_layer(self) -> int:
-        return -1 if self.vector is None else self.vector.layer
-
-    @property
-    def theta(self) -> np.ndarray | None:
-        """[d] f32, exactly what is added."""
-        return None if self.vector is None else self.vector.direction.numpy().astype(np.float32)
-
-    @property
-    def label(self) -> str:
-        if self.theta is None:
-            return "unsteered"
-        return f"{self.method}/{self.run} #{self.index} at scale {self.scale:+.4g}"
-
-    def record(self) -> dict:
-        """What the group's settings say about this row (θ by checksum: a recomputed vector changes it)."""
-        digest = "" if self.theta is None else hashlib.sha256(self.theta.tobytes()).hexdigest()[:16]
-        return {"method": self.method, "run": self.run, "index": self.index, "scale": self.scale,
-                "source_layer": self.source_layer, "theta_sha256": digest}
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -127,73 +90,6 @@ def steered_settings(args: argparse.Namespace) -> list[Setting]:
         vector = SteeringVector(torch.from_numpy(theta), group.source_layer, args.site, pick.label)
         settings.append(Setting(pick.method, pick.run, pick.index, pick.scale, vector))
     return settings
-
-
-def store_generations(args, lm, name: str, prompts: list[tuple[str, Prompt]], rows: list[Setting],
-                      texts: list[list[str]], new_tokens: list[list[int]], seconds: list[float],
-                      settings: dict, started: str, total: float) -> None:
-    d = lm.d_model
-    datasets = {
-        "prompt_ids": np.array([p.id for _, p in prompts]),
-        "prompts": np.array([p.text for _, p in prompts]),
-        "prompt_sets": np.array([kind for kind, _ in prompts]),
-        "method": np.array([r.method for r in rows]),
-        "run": np.array([r.run for r in rows]),
-        "vector_index": np.array([r.index for r in rows], dtype=np.int64),
-        "scale": np.array([r.scale for r in rows], dtype=np.float32),
-        "source_layer": np.array([r.source_layer for r in rows], dtype=np.int64),
-        "thetas": np.stack([np.zeros(d, np.float32) if r.theta is None else r.theta for r in rows]),
-        "texts": np.array(texts),  # [n_settings, n_prompts]
-        "new_tokens": np.array(new_tokens, dtype=np.int64),
-        "seconds": np.array(seconds, dtype=np.float32),
-    }
-    with writing(args.store) as h5:
-        write_generations(h5, lm, args.behavior, name, datasets,
-                          run_attrs(settings, code_version("steerlab.cli.generate"), started, total))
-
-
-def cell(text: str) -> str:
-    """A markdown table cell: one line, no table syntax, no raw HTML."""
-    text = text.strip().replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return text.replace("|", "\\|").replace("\n", "<br>") or "*(nothing)*"
-
-
-def markdown(node: h5py.Group, key: str, behavior: str, store: str) -> str:
-    """The page for one stored generations group: a summary of the settings, then per prompt
-    every setting's completion."""
-    settings = json.loads(node.attrs["settings"])
-
-    def text(name: str) -> np.ndarray:
-        return node[name].asstr()[()]
-
-    methods, runs, prompts = text("method"), text("run"), text("prompts")
-    index, scale, layer = node["vector_index"][()], node["scale"][()], node["source_layer"][()]
-    labels = ["unsteered" if m == "unsteered" else f"{m}/{r} #{i} at scale {s:+.4g}"
-              for m, r, i, s in zip(methods, runs, index, scale)]
-    texts, tokens, seconds = text("texts"), node["new_tokens"][()], node["seconds"][()]
-    mode = f"sampled (seed {settings['seed']})" if settings["sample"] else "greedy"
-    chosen = (f"`{settings['vector']}` at the scales asked for" if settings["vector"] else
-              "each method's vector and scale chosen on validation as the report chooses (the "
-              f"largest {settings.get('select_by', 'letter')} score whose answer mass stays at half "
-              "the baseline's or more and whose mean KL on neutral text is at most "
-              f"{settings.get('kl_max')}; random controls left out)")
-    lines = [f"# Generations of {key}, {behavior}", "",
-             f"Completions of {len(prompts)} prompts, {mode}, up to {settings['max_new_tokens']} new "
-             f"tokens. Steered: {chosen}. θ = scale × unit vector is added to "
-             "the residual stream after layer S (at `down_proj` or the block output, the site) at every "
-             "position, generated tokens included. "
-             f"Stored in `{store}` at `{node.name.lstrip('/')}`.", "",
-             "| setting | source layer | new tokens | tokens/s |", "|---|---|---|---|"]
-    for label, lay, toks, secs in zip(labels, layer, tokens, seconds):
-        where = "–" if lay < 0 else str(lay)
-        lines.append(f"| {label} | {where} | {toks.sum()} | {toks.sum() / max(secs, 1e-9):.1f} |")
-    kinds, ids = text("prompt_sets"), text("prompt_ids")
-    for p, prompt in enumerate(prompts):
-        lines += ["", f"## {p + 1}. {ids[p]} ({kinds[p]})", "",
-                  *[f"> {line}" if line else ">" for line in prompt.strip().splitlines()], "",
-                  "| setting | completion |", "|---|---|"]
-        lines += [f"| {label} | {cell(texts[s, p])} |" for s, label in enumerate(labels)]
-    return "\n".join(lines) + "\n"
 
 
 def run() -> None:
@@ -239,7 +135,7 @@ def run() -> None:
         raise UserError("no prompts: N_OPEN and N_NEUTRAL are both 0")
     rows = [Setting("unsteered"), *steered_settings(args)]
     key = store_key(args.model)
-    name = generations_name(args.vector, args.sample, args.seed)
+    name = generations_name(args.vector and parse_vector(args.vector), args.sample, args.seed)
     version = code_version("steerlab.cli.generate")
     checksums = {str(path): file_checksum(path) for path, n in
                  ((args.open_ended or args.data, args.n_open), (args.neutral, args.n_neutral)) if n}
@@ -273,14 +169,20 @@ def run() -> None:
                     bar.write(f"{row.label}: {out.n_tokens} tokens in {out.seconds:.1f}s "
                               f"({out.n_tokens / out.seconds:.1f} tokens/s)", file=sys.stderr)
         if ranks().writer:
-            store_generations(args, lm, name, prompts, rows, texts, new_tokens, seconds, settings,
-                              started, time.perf_counter() - t0)
+            datasets = generations_datasets([(kind, p.id, p.text) for kind, p in prompts],
+                                            [row.record() for row in rows],
+                                            np.stack([np.zeros(lm.d_model, np.float32) if row.theta is None
+                                                      else row.theta for row in rows]),
+                                            texts, new_tokens, seconds)
+            with writing(args.store) as h5:
+                write_generations(h5, lm, args.behavior, name, datasets,
+                                  run_attrs(settings, version, started, time.perf_counter() - t0))
         say(f"wrote {where}")
     if not ranks().writer:
         return
 
     with open_for_reading(args.store) as h5:
-        page = markdown(h5[where], key, args.behavior, args.store)
+        page = generations_page(h5[where], key, args.behavior, args.store)
     out = Path(args.out) / args.behavior / "generations.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")

@@ -14,10 +14,12 @@ Open-ended prompts are JSONL, one object per line::
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 from steerlab.base.errors import UserError
@@ -132,3 +134,35 @@ def generate(model: torch.nn.Module, tokenizer, texts: list[str], vector: Steeri
                              ranks=ranks)
     generated.texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in generated.tokens]
     return generated
+
+
+@dataclass
+class Setting:
+    """One row of a comparison of completions: the unsteered model, or a stored vector at a scale."""
+    method: str  # "unsteered" for the plain model
+    run: str = ""
+    index: int = -1
+    scale: float = 0.0
+    vector: SteeringVector | None = None  # θ exactly as added, its layer and site
+
+    @property
+    def source_layer(self) -> int:
+        return -1 if self.vector is None else self.vector.layer
+
+    @property
+    def theta(self) -> np.ndarray | None:
+        """[d] f32, exactly what is added."""
+        return None if self.vector is None else self.vector.direction.numpy().astype(np.float32)
+
+    @property
+    def label(self) -> str:
+        if self.theta is None:
+            return "unsteered"
+        return f"{self.method}/{self.run} #{self.index} at scale {self.scale:+.4g}"
+
+    def record(self) -> dict:
+        """What the stored group's settings say about this row (θ by checksum: a recomputed vector
+        changes it)."""
+        digest = "" if self.theta is None else hashlib.sha256(self.theta.tobytes()).hexdigest()[:16]
+        return {"method": self.method, "run": self.run, "index": self.index, "scale": self.scale,
+                "source_layer": self.source_layer, "theta_sha256": digest}

@@ -140,6 +140,27 @@ def write_eval_group(h5: h5py.File, lm, behavior: str, split: str, method: str, 
                          datasets, attrs)
 
 
+def generations_datasets(prompts: list[tuple[str, str, str]], rows: list[dict], thetas: np.ndarray,
+                         texts: list[list[str]], new_tokens: list[list[int]], seconds: list[float]) -> dict:
+    """The datasets of a generations group: ``prompts`` as (prompt set, id, text), one ``rows``
+    record (method, run, index, scale, source_layer) and θ row [d] per setting (zeros unsteered),
+    and per setting its completions, their new-token counts and its seconds."""
+    return {
+        "prompt_ids": np.array([prompt_id for _, prompt_id, _ in prompts]),
+        "prompts": np.array([text for _, _, text in prompts]),
+        "prompt_sets": np.array([kind for kind, _, _ in prompts]),
+        "method": np.array([r["method"] for r in rows]),
+        "run": np.array([r["run"] for r in rows]),
+        "vector_index": np.array([r["index"] for r in rows], dtype=np.int64),
+        "scale": np.array([r["scale"] for r in rows], dtype=np.float32),
+        "source_layer": np.array([r["source_layer"] for r in rows], dtype=np.int64),
+        "thetas": np.asarray(thetas, dtype=np.float32),
+        "texts": np.array(texts),  # [n_settings, n_prompts]
+        "new_tokens": np.array(new_tokens, dtype=np.int64),
+        "seconds": np.array(seconds, dtype=np.float32),
+    }
+
+
 def write_generations(h5: h5py.File, lm, behavior: str, name: str, datasets: dict,
                       attrs: dict) -> h5py.Group:
     """/<model>/<behavior>/generations/<name>: prompts, settings (row 0 unsteered) and texts."""

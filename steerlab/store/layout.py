@@ -81,6 +81,13 @@ def generations_path(key: str, behavior: str, name: str | None = None) -> str:
     return _join(key, behavior, "generations", name)
 
 
+def generations_name(vector: tuple[str, str, int] | None, sample: bool, seed: int) -> str:
+    """``val`` (each method's val choice) or ``caa-L7-0`` (the vector (method, run, index)), then
+    ``-sample-s<seed>`` if sampled."""
+    name = "val" if vector is None else "-".join(map(str, vector))
+    return name + (f"-sample-s{seed}" if sample else "")
+
+
 def norms_path(key: str, behavior: str, layer: int | None = None) -> str:
     """/<model>/<behavior>/norms/L<S>: ‖h_S‖ over the behaviour's train prompts (the scale unit)."""
     return _join(key, behavior, "norms", None if layer is None else f"L{layer}")
