@@ -10,70 +10,23 @@ ifneq ($(PRESET),)
 include $(PRESET)
 endif
 
-# ---- variables (override on the command line: make caa LAYERS="3 5 7") -------------------------
-# The defaults live in steerlab/cli/defaults.py; tests/test_defaults.py checks these lines agree.
-MODEL      ?= models/SmolLM2-135M-Instruct## HF id, local HF folder, .gguf file, or a preset: gemma-3-270m, qwen2.5-0.5b (installed by `make model MODEL=<preset>`)
-DTYPE      ?= auto## network dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp32, fp64
-DEVICE     ?= cpu## torch device: cpu, cuda, cuda:1, ...
-STORE      ?= store.h5## the HDF5 store every target reads and writes
-BEHAVIOR   ?= survival-instinct## the A/B set: data/BEHAVIOR.jsonl, store group /<model>/BEHAVIOR; an unknown name lists the known
-DATA       ?=## A/B items instead of data/BEHAVIOR.jsonl (their behavior field must be BEHAVIOR)
-LAYER      ?= 20## source layer S: θ is added to the residual stream after layers[S] (see SITE); 20 chosen on val (docs/results.md, "Which layer")
-LAYERS     ?= $(LAYER)## caa: several source layers for a sweep, e.g. "3 5 7 9"
-SITE       ?= auto## where θ is added on the plain paths: mlp (down_proj output), resid (block S output), auto (mlp where it equals the residual add, else resid)
-CAPTURE    ?= site## caa: site (read where θ goes), mlp (down_proj output) or resid (block output): the latter two as ablations
-POSITION   ?= letter answer## caa: one vector per position: letter (answer-letter token), answer (mean over the answer text's tokens after the stem, no choices: the cloze form), last (final token; ablation)
-BALANCE    ?= classes## caa POSITION=answer: classes (mean over Yes/No/other polarity classes of the class means: a Yes/No direction cancels) or none (plain mean; ablation)
-ORDERS     ?= both## caa, eval: both (every question as written and mirrored) or original/mirrored (ablation)
-SCORE      ?= both## eval: letter (A/B logit difference, both orders), cloze (log-prob per token of each answer text after the stem, no letters) or both
-SELECT_BY  ?= cloze## report, plot, export, generate, matrix: the score the val choice maximises: cloze (polarity-paired) or letter
-AT_POSITION ?= answer## pi_caa: which CAA vector θ₀ is: answer (read on the answer texts) or letter
-N_TRAIN    ?= 64## caa: first train pairs (by file order) to average over, or all; 64 so `make` fits 15 min with CAA read at layer 20 in two positions
-TARGET     ?= 27## pi, pi_caa, melbo: target layer T > S (residual output of layers[T])
-K          ?= 4## pi, pi_caa, melbo: number of vectors
-ITERS      ?= 6## pi, pi_caa: power-iteration step budget
-OVERSAMPLE ?= 8## pi, pi_caa: extra columns in the random start block
-TOL        ?= 1e-2## pi, pi_caa: stop when the subspace moves less than this
-N_PROMPTS  ?= 2## pi, pi_caa, melbo: train prompts the Jacobian/objective is taken over
-TOKENS     ?= all## pi, pi_caa: positions: all real tokens, or last:N
-JVP_CHUNK  ?= all## pi, pi_caa: vectors through the vmapped JVP/VJP together (memory grows with it; docs/usage.md "Memory of the Jacobian engine"); all: K + OVERSAMPLE at once
-R          ?= 0.05## melbo: norm of each vector, in SCALE_UNIT (kl: the |θ| at which random directions cost R nats/token; on SmolLM2 at layer 20 |θ| ≈ 33, the 0.14 ‖h_S‖ of before)
-P          ?= 2## melbo: exponent of the per-token displacement norm
-Q          ?= 1## melbo: outer root of the objective
-STEPS      ?= 12## melbo: optimiser steps
-LR         ?= 0.05## melbo: AdamW learning rate
-SEED       ?= 0## pi, pi_caa, melbo, random controls
-SCALE_UNIT ?= kl## eval, pi_caa, melbo, generate, export, matrix: kl (a scale is a cost: each direction and sign at the |θ| whose mean KL on the val neutral texts is the scale, in nats/token; found by a search and stored), resid (a fraction of the median ‖h_S‖ at the source layer, measured once over train prompts and stored) or abs (absolute L2 norms)
-SCALES     ?= 0.01 0.04 0.16## eval, matrix: scales in SCALE_UNIT (kl: nats/token; 0.04 stays under KL_MAX with room for the search's 10%); sign-free vectors also get the negatives
+# ---- variables (set on the command line: make caa LAYERS="3 5 7") -------------------------------
+# The runners own every default (steerlab/cli/defaults.py; `make help-all` prints them with what
+# each means): a target passes a variable on only where it is set, on the command line, in the
+# environment or in a model preset. The few Make needs itself come from the same file.
+include .make/defaults.mk
+.make/defaults.mk: steerlab/cli/defaults.py
+	@mkdir -p $(@D) && $(PYTHON) steerlab/cli/defaults.py make > $@.tmp && mv $@.tmp $@
+
+# Only Make's own (no runner has them), and aliases:
+LAYERS     ?= $(LAYER)## caa: several source layers for a sweep, e.g. "3 5 7 9" (default: LAYER)
 RAW        ?= 0## eval: 1 scales raw vectors instead of unit-normalised ones
-N_EVAL     ?= 12## eval: questions per split (or all); small so `make` fits 15 min on 2 CPU cores (README: N_EVAL=64 for numbers)
-EVAL_K     ?= 1## eval: first EVAL_K vectors of each group (PI: largest σ), or all
-N_RANDOM   ?= 2## eval: norm-matched random directions per source layer (2 so both scores fit `make` in 15 min)
-SPLITS     ?= val test## eval: splits to evaluate
-NEUTRAL    ?= data/neutral-prompts.jsonl## eval: harmless prompts the KL side effect is measured on
-N_NEUTRAL  ?= 6## eval: neutral prompts per split (or all), also what SCALE_UNIT=kl calibrates on; 6 so `make` fits 15 min
-GEN_TOKENS ?= 32## eval: tokens of the unsteered greedy continuation the KL is scored on
-KL_MAX     ?= 0.05## report, plot, export, generate: choose on val only among settings with mean KL ≤ this
-REPORT_SCALE ?= 0.04## plot: scale of the violin plot, in SCALE_UNIT
-RESULTS    ?= results## plot: folder the figures go to
 NPROC      ?= 1## caa, pi, pi_caa, melbo, eval, generate: processes under torchrun, each on its share of the work (CUDA: NCCL, one GPU each; CPU: gloo); 1: one process, no process group
 FORCE      ?= 0## 1 recomputes groups whose settings and code are unchanged
-OPEN_ENDED ?=## generate: open-ended prompts (JSONL: id, text, topic, split, source); default data/BEHAVIOR-open-ended.jsonl, else the A/B question stems
-OPEN_PROMPTS ?= 2## generate: first N open-ended prompts of the test split
-NEUTRAL_PROMPTS ?= 1## generate: first N neutral prompts of the test split
-MAX_NEW_TOKENS ?= 32## generate: new tokens per completion
 SAMPLE     ?= 0## generate: 1 samples (seeded by SEED) instead of greedy decoding
 AT_SCALES  ?=## pi_caa: linearise at s · unit(CAA) for each s in SCALE_UNIT, e.g. "-0.2 0.07 0.2 0.55" (default: at the raw CAA vector)
 VECTOR     ?=## export, generate: METHOD/RUN/INDEX of one stored vector (default: each method's choice on val)
 SCALE      ?=## export: with VECTOR, the signed size of what is added in SCALE_UNIT (default: the raw vector)
-BEHAVIORS  ?= survival-instinct power-seeking-inclination wealth-seeking-inclination myopic-reward coordinate-other-ais coordinate-itself corrigible-more-HHH## matrix: behaviours, each a row and a column
-METHOD     ?= caa## matrix: caa, pi, pi_caa or melbo: whose vector each behaviour contributes
-MATRIX_N_EVAL ?= 16## matrix: questions per behaviour on val (the choice) and test (the cells), or all
-MATRIX_N_RANDOM ?= 2## matrix: random directions per chosen scale (the reference rows)
-LLAMA_SERVER ?= .cache/llama.cpp/build/bin/llama-server## check-gguf: llama.cpp's llama-server; this default is built once by scripts/build_llama_server.sh (minutes)
-CHECK_SCALE ?= 0.28## check-gguf: signed size of the exported CAA vector (caa/L<LAYER>-answer/0), in units of ‖h_S‖ (a size, not a cost: the check compares two runtimes at one θ)
-CHECK_PROMPTS ?= 8## check-gguf: prompts compared, half neutral, half A/B test questions
-CHECK_QUESTIONS ?= 12## check-lm-eval: test questions compared (cloze form, first by id)
 TEST_WORKERS ?= 2## test, test-fast: pytest-xdist worker processes, a test file each at a time, one torch thread each (0: none, the tests run in pytest's own process with torch's threads)
 BENCH_EVAL_QUESTIONS ?= 16## bench: first val questions of the eval benchmark, or all (bf16 plain loop: ~25 min per setting here)
 BENCH_EVAL_SETTINGS  ?= 4## bench: θ settings of the eval benchmark
@@ -88,23 +41,28 @@ STUDY_STORE    ?= results/study/store.h5## study: its own store, apart from the 
 PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
-DEFAULT_MODEL := models/SmolLM2-135M-Instruct
 EMBEDDED_MODELS := $(DEFAULT_MODEL) models/gemma-3-270m models/qwen2.5-0.5b
 MODEL_DEP := $(if $(filter $(EMBEDDED_MODELS),$(MODEL)),$(MODEL)/config.json)
+# $(call arg,--option,NAME): `--option "value"` where NAME is set, else nothing (the runner's default)
+arg = $(if $(strip $($(2))),$(1) "$($(2))")
 # One argument block per kind of target: what reads the store (report, plot, export), what also
 # loads the model (every computing target), and the behaviour's items.
 STORE_ARGS = --store "$(STORE)" --model "$(MODEL)"
-LOAD_ARGS  = $(STORE_ARGS) --dtype $(DTYPE) --device $(DEVICE) --site $(SITE) $(if $(filter 1,$(FORCE)),--force)
-BEHAVIOR_ARGS = --behavior "$(BEHAVIOR)" $(if $(DATA),--data "$(DATA)")
-CHOICE_ARGS = --kl-max $(KL_MAX) --select-by $(SELECT_BY)
+LOAD_ARGS  = $(STORE_ARGS) $(call arg,--dtype,DTYPE) $(call arg,--device,DEVICE) $(call arg,--site,SITE) \
+             $(if $(filter 1,$(FORCE)),--force)
+BEHAVIOR_ARGS = --behavior "$(BEHAVIOR)" $(call arg,--data,DATA)
+CHOICE_ARGS = $(call arg,--kl-max,KL_MAX) $(call arg,--select-by,SELECT_BY)
 # the neutral texts KL is measured on, and SCALE_UNIT=kl calibrates on (eval, matrix, melbo, pi)
-NEUTRAL_ARGS = --neutral "$(NEUTRAL)" --n-neutral $(N_NEUTRAL) --gen-tokens $(GEN_TOKENS)
+NEUTRAL_ARGS = $(call arg,--neutral,NEUTRAL) $(call arg,--n-neutral,N_NEUTRAL) $(call arg,--gen-tokens,GEN_TOKENS)
 COMMON  = $(LOAD_ARGS) $(BEHAVIOR_ARGS)
-JACOBIAN = --layer $(LAYER) --target $(TARGET) --k $(K) --iters $(ITERS) --oversample $(OVERSAMPLE) \
-           --tol $(TOL) --n-prompts $(N_PROMPTS) --tokens $(TOKENS) --seed $(SEED) --jvp-chunk $(JVP_CHUNK) \
-           --scale-unit $(SCALE_UNIT) $(NEUTRAL_ARGS)
-AT       = $(if $(AT_SCALES),--at-scales "$(AT_SCALES)")
-CAA_ARGS = --capture $(CAPTURE) --position "$(POSITION)" --balance $(BALANCE) --n-train $(N_TRAIN) --orders $(ORDERS)
+SEGMENT = $(call arg,--layer,LAYER) $(call arg,--target,TARGET) $(call arg,--k,K) $(call arg,--n-prompts,N_PROMPTS) \
+          $(call arg,--seed,SEED) $(call arg,--scale-unit,SCALE_UNIT) $(NEUTRAL_ARGS)
+JACOBIAN = $(SEGMENT) $(call arg,--iters,ITERS) $(call arg,--oversample,OVERSAMPLE) $(call arg,--tol,TOL) \
+           $(call arg,--tokens,TOKENS) $(call arg,--jvp-chunk,JVP_CHUNK)
+SCALE_ARGS = $(call arg,--scales,SCALES) $(call arg,--scale-unit,SCALE_UNIT)
+AT       = $(call arg,--caa-position,AT_POSITION) $(call arg,--at-scales,AT_SCALES)
+CAA_ARGS = $(call arg,--capture,CAPTURE) $(call arg,--position,POSITION) $(call arg,--balance,BALANCE) \
+           $(call arg,--n-train,N_TRAIN) $(call arg,--orders,ORDERS)
 RUN     = PYTHONUNBUFFERED=1 $(PY) -m
 # the compute targets: NPROC processes under torchrun (a local rendezvous on a free port)
 RUN_DP  = $(if $(filter 1,$(NPROC)),$(RUN),PYTHONUNBUFFERED=1 $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m)
@@ -115,15 +73,17 @@ RUN_DP  = $(if $(filter 1,$(NPROC)),$(RUN),PYTHONUNBUFFERED=1 $(VENV)/bin/torchr
 all: caa pi pi_caa melbo eval report plot generate ## the whole experiment on $(MODEL): every method, eval, report, figures
 	@echo "figures:"; ls -1 $(RESULTS)/$(BEHAVIOR)/*.png 2>/dev/null | sed 's/^/  /'
 
-# The variables a newcomer needs; `make help-all` lists every one, and each runner's --help
-# (.venv/bin/python -m steerlab.cli.eval --help) says what its options mean.
+# The variables a newcomer needs; `make help-all` lists every one: the runners' (their defaults and
+# meanings from steerlab/cli/defaults.py) and Make's own (the `NAME ?= value## meaning` lines here).
+# Each runner's --help (.venv/bin/python -m steerlab.cli.eval --help) says what its options mean.
 HELP_VARIABLES := MODEL BEHAVIOR LAYER TARGET K SCALES SCALE_UNIT N_EVAL N_RANDOM SCORE SELECT_BY KL_MAX DTYPE DEVICE NPROC
 HELP_PATTERN := ^  ($(shell echo $(HELP_VARIABLES) | tr ' ' '|'))=
-VARIABLE_LINES = grep -hE '^[A-Z_]+ +[?]=.*\#\# ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z_]+) +[?]= *([^\#]*)\#\# (.*)/  \1=\2|\3/'
+VARIABLE_LINES = { $(PYTHON) steerlab/cli/defaults.py help; grep -hE '^[A-Z_]+ +[?]=.*\#\# ' $(MAKEFILE_LIST) \
+                   | sed -E 's/^([A-Z_]+) +[?]= *([^\#]*)\#\# (.*)/  \1=\2|\3/'; }
 
 help: ## list the targets and the variables a newcomer needs (make help-all: every variable)
 	@echo "targets:"
-	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z_-]+):.*## (.*)/  \1|\2/' | column -t -s'|'
+	@grep -hE '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z_-]+):.*## (.*)/  \1|\2/' | column -t -s'|'
 	@echo "variables (make TARGET NAME=value; 'make help-all' lists every one, each runner's --help the rest):"
 	@$(VARIABLE_LINES) | grep -E '$(HELP_PATTERN)' | column -t -s'|'
 
@@ -218,8 +178,8 @@ $(LMEVAL_VENV)/.installed: requirements.txt requirements-lmeval.txt
 	touch $@
 
 check-lm-eval: $(LMEVAL_VENV)/.installed $(MODEL_DEP) caa ## export CAA for lm-eval's steered model and check it, and the cloze score, in lm-evaluation-harness itself (and the same file with its hook point off by one)
-	HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 $(LMEVAL_VENV)/bin/python -m steerlab.cli.check_lm_eval $(COMMON) \
-	    --layer $(LAYER) --scale $(CHECK_SCALE) --questions $(CHECK_QUESTIONS) --out "$(RESULTS)/check-lm-eval"
+	$(strip HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 $(LMEVAL_VENV)/bin/python -m steerlab.cli.check_lm_eval $(COMMON) \
+	    $(call arg,--layer,LAYER) $(call arg,--scale,CHECK_SCALE) $(call arg,--questions,CHECK_QUESTIONS) --out "$(RESULTS)/check-lm-eval")
 
 lm-eval-tasks: $(VENV)/.installed ## every behaviour's test questions as lm-evaluation-harness tasks (the group steering_cloze) in RESULTS/lm-eval-tasks/, for any model with --include_path
 	$(RUN) steerlab.cli.lm_eval_tasks --behaviors "$(BEHAVIORS)" --out "$(RESULTS)/lm-eval-tasks"
@@ -228,54 +188,52 @@ test-qwen: $(VENV)/.installed models/qwen2.5-0.5b/config.json ## the real Qwen2.
 	QWEN_CHECKPOINT_REQUIRED=1 $(PY) -m pytest -q -s tests/test_qwen_checkpoint.py
 
 caa: $(VENV)/.installed $(MODEL_DEP) ## CAA vector per layer in LAYERS from the train split
-	$(RUN_DP) steerlab.cli.caa $(COMMON) --layers "$(LAYERS)" $(CAA_ARGS)
+	$(strip $(RUN_DP) steerlab.cli.caa $(COMMON) $(call arg,--layers,LAYERS) $(CAA_ARGS))
 
 pi: $(VENV)/.installed $(MODEL_DEP) ## top-K singular vectors of dh_T/dθ at θ=0 (power iteration)
-	$(RUN_DP) steerlab.cli.pi $(COMMON) $(JACOBIAN)
+	$(strip $(RUN_DP) steerlab.cli.pi $(COMMON) $(JACOBIAN))
 
 # Where `caa` is a goal (`make`, `make caa pi_caa`) CAA has just run: pi_caa need not check its
 # arguments before computing CAA, nor start a process to find it up to date.
 CAA_RUNS = $(filter all caa,$(or $(MAKECMDGOALS),all))
 
 pi_caa: $(VENV)/.installed $(MODEL_DEP) ## the same, linearised at θ = the CAA vector of LAYER, or along it at AT_SCALES (computes CAA, and PI for AT_SCALES, if missing)
-	$(if $(CAA_RUNS),,$(RUN) steerlab.cli.pi $(COMMON) $(JACOBIAN) --at caa --caa-position $(AT_POSITION) $(AT) --check-args)
-	$(if $(CAA_RUNS),,$(RUN_DP) steerlab.cli.caa $(COMMON) --layers "$(LAYER)" $(CAA_ARGS))
+	$(if $(CAA_RUNS),,$(RUN) steerlab.cli.pi $(COMMON) $(JACOBIAN) --at caa $(AT) --check-args)
+	$(if $(CAA_RUNS),,$(RUN_DP) steerlab.cli.caa $(COMMON) $(call arg,--layers,LAYER) $(CAA_ARGS))
 	$(if $(AT_SCALES),$(RUN_DP) steerlab.cli.pi $(COMMON) $(JACOBIAN))
-	$(RUN_DP) steerlab.cli.pi $(COMMON) $(JACOBIAN) --at caa --caa-position $(AT_POSITION) $(AT)
+	$(strip $(RUN_DP) steerlab.cli.pi $(COMMON) $(JACOBIAN) --at caa $(AT))
 
 melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (gradient ascent)
-	$(RUN_DP) steerlab.cli.melbo $(COMMON) --layer $(LAYER) --target $(TARGET) --k $(K) --radius $(R) \
-	    --p $(P) --q $(Q) --steps $(STEPS) --lr $(LR) --n-prompts $(N_PROMPTS) --seed $(SEED) --scale-unit $(SCALE_UNIT) \
-	    $(NEUTRAL_ARGS)
+	$(strip $(RUN_DP) steerlab.cli.melbo $(COMMON) $(SEGMENT) $(call arg,--radius,R) $(call arg,--p,P) $(call arg,--q,Q) \
+	    $(call arg,--steps,STEPS) $(call arg,--lr,LR))
 
 eval: $(VENV)/.installed $(MODEL_DEP) ## both scores (letter in both answer orders, cloze) of every stored vector, the unsteered model and random directions, with KL on neutral text
-	$(RUN_DP) steerlab.cli.eval $(COMMON) --scales "$(SCALES)" --scale-unit $(SCALE_UNIT) --n-eval $(N_EVAL) --n-random $(N_RANDOM) \
-	    --splits "$(SPLITS)" --seed $(SEED) --layer $(LAYER) $(if $(filter 1,$(RAW)),--raw) \
-	    --max-vectors $(EVAL_K) --orders $(ORDERS) --score $(SCORE) $(NEUTRAL_ARGS)
+	$(strip $(RUN_DP) steerlab.cli.eval $(COMMON) $(SCALE_ARGS) $(call arg,--n-eval,N_EVAL) $(call arg,--n-random,N_RANDOM) \
+	    $(call arg,--splits,SPLITS) $(call arg,--seed,SEED) $(call arg,--layer,LAYER) $(if $(filter 1,$(RAW)),--raw) \
+	    $(call arg,--max-vectors,EVAL_K) $(call arg,--orders,ORDERS) $(call arg,--score,SCORE) $(NEUTRAL_ARGS))
 
 report: $(VENV)/.installed ## markdown tables with bootstrap intervals, vector chosen on val (KL ≤ KL_MAX), shown on test
-	@$(PY) -m steerlab.cli.report $(STORE_ARGS) --behavior "$(BEHAVIOR)" $(CHOICE_ARGS)
+	@$(strip $(PY) -m steerlab.cli.report $(STORE_ARGS) --behavior "$(BEHAVIOR)" $(CHOICE_ARGS))
 
 plot: $(VENV)/.installed ## figures from the store into RESULTS/BEHAVIOR/
-	$(RUN) steerlab.cli.plot $(STORE_ARGS) --behavior "$(BEHAVIOR)" --out "$(RESULTS)" --scale $(REPORT_SCALE) $(CHOICE_ARGS)
+	$(strip $(RUN) steerlab.cli.plot $(STORE_ARGS) --behavior "$(BEHAVIOR)" --out "$(RESULTS)" $(call arg,--scale,REPORT_SCALE) $(CHOICE_ARGS))
 
 generate: $(VENV)/.installed $(MODEL_DEP) ## completions, unsteered and with each method's val choice (or VECTOR at SCALES), into the store and RESULTS/BEHAVIOR/generations.md
-	$(RUN_DP) steerlab.cli.generate $(COMMON) $(if $(OPEN_ENDED),--open-ended "$(OPEN_ENDED)") \
-	    --out "$(RESULTS)" --neutral "$(NEUTRAL)" \
-	    --n-open $(OPEN_PROMPTS) --n-neutral $(NEUTRAL_PROMPTS) --max-new-tokens $(MAX_NEW_TOKENS) \
-	    --seed $(SEED) $(CHOICE_ARGS) $(if $(filter 1,$(SAMPLE)),--sample) \
-	    --scale-unit $(SCALE_UNIT) $(if $(VECTOR),--vector "$(VECTOR)" --scales "$(SCALES)")
+	$(strip $(RUN_DP) steerlab.cli.generate $(COMMON) $(call arg,--open-ended,OPEN_ENDED) --out "$(RESULTS)" \
+	    $(call arg,--neutral,NEUTRAL) $(call arg,--n-open,OPEN_PROMPTS) $(call arg,--n-neutral,NEUTRAL_PROMPTS) \
+	    $(call arg,--max-new-tokens,MAX_NEW_TOKENS) $(call arg,--seed,SEED) $(CHOICE_ARGS) $(if $(filter 1,$(SAMPLE)),--sample) \
+	    $(call arg,--scale-unit,SCALE_UNIT) $(if $(VECTOR),--vector "$(VECTOR)" $(call arg,--scales,SCALES)))
 
 export: $(VENV)/.installed ## chosen vectors as .pt, .safetensors, llama.cpp GGUF and lm-eval steered files into RESULTS/export/
-	$(RUN) steerlab.cli.export $(STORE_ARGS) --behavior "$(BEHAVIOR)" --out "$(RESULTS)/export" $(CHOICE_ARGS) \
-	    --scale-unit $(SCALE_UNIT) $(if $(VECTOR),--vector "$(VECTOR)") $(if $(SCALE),--scale $(SCALE))
+	$(strip $(RUN) steerlab.cli.export $(STORE_ARGS) --behavior "$(BEHAVIOR)" --out "$(RESULTS)/export" $(CHOICE_ARGS) \
+	    $(call arg,--scale-unit,SCALE_UNIT) $(call arg,--vector,VECTOR) $(call arg,--scale,SCALE))
 
 .cache/llama.cpp/build/bin/llama-server: | $(VENV)/.installed
 	scripts/build_llama_server.sh .cache/llama.cpp
 
 check-gguf: $(VENV)/.installed $(MODEL_DEP) $(LLAMA_SERVER) caa ## export CAA as a GGUF control vector and check it in llama.cpp's own llama-server against this project's steered model (and the same file with its layer index off by one)
-	$(RUN) steerlab.cli.check_gguf $(COMMON) --layer $(LAYER) --scale $(CHECK_SCALE) \
-	    --server "$(LLAMA_SERVER)" --prompts $(CHECK_PROMPTS) --neutral "$(NEUTRAL)" --out "$(RESULTS)/check-gguf"
+	$(strip $(RUN) steerlab.cli.check_gguf $(COMMON) $(call arg,--layer,LAYER) $(call arg,--scale,CHECK_SCALE) \
+	    --server "$(LLAMA_SERVER)" $(call arg,--prompts,CHECK_PROMPTS) $(call arg,--neutral,NEUTRAL) --out "$(RESULTS)/check-gguf")
 
 bench: $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## benchmarks; ratios to bench/results/latest.json
 	mkdir -p bench/results
@@ -293,10 +251,9 @@ ingest: $(VENV)/.installed ## convert SRC (Anthropic/CAA file) to data/BEHAVIOR.
 	$(RUN) steerlab.cli.ingest "$(SRC)" --behavior "$(BEHAVIOR)" $(if $(POSITIVE),--positive "$(POSITIVE)") \
 	    --out data/$(BEHAVIOR).jsonl
 
-MATRIX = $(RUN) steerlab.cli.matrix $(LOAD_ARGS) \
-         --behaviors "$(BEHAVIORS)" --method $(METHOD) --scales "$(SCALES)" --scale-unit $(SCALE_UNIT) --score $(SCORE) --n-eval $(MATRIX_N_EVAL) \
-         --n-random $(MATRIX_N_RANDOM) --max-vectors $(EVAL_K) $(CHOICE_ARGS) $(NEUTRAL_ARGS) \
-         --seed $(SEED) --out "$(RESULTS)"
+MATRIX = $(RUN) steerlab.cli.matrix $(LOAD_ARGS) --behaviors "$(BEHAVIORS)" --method $(METHOD) $(SCALE_ARGS) \
+         $(call arg,--score,SCORE) $(call arg,--n-eval,MATRIX_N_EVAL) $(call arg,--n-random,MATRIX_N_RANDOM) \
+         $(call arg,--max-vectors,EVAL_K) $(CHOICE_ARGS) $(NEUTRAL_ARGS) $(call arg,--seed,SEED) --out "$(RESULTS)"
 
 matrix: $(VENV)/.installed $(MODEL_DEP) ## each behaviour's METHOD vector, chosen on its val questions, on every behaviour's test questions: RESULTS/matrix_METHOD.png/.md (computes missing vectors)
 	$(MATRIX) --check-args
@@ -322,9 +279,9 @@ study-test: $(VENV)/.installed
 	    SCALES="$$($(PY) -m steerlab.cli.study $(STORE_ARGS) $(CHOICE_ARGS) --test-scales)"
 
 study-page: $(VENV)/.installed
-	$(RUN) steerlab.cli.study $(STORE_ARGS) $(CHOICE_ARGS) --out docs \
+	$(strip $(RUN) steerlab.cli.study $(STORE_ARGS) $(CHOICE_ARGS) --out docs \
 	    --command "make study STUDY_MODEL=$(STUDY_MODEL) STUDY_N_VAL=$(STUDY_N_VAL) STUDY_N_TEST=$(STUDY_N_TEST) STUDY_N_RANDOM=$(STUDY_N_RANDOM)" \
-	    $(if $(wildcard $(STORE).started),--seconds $$(( $$(date +%s) - $$(cat $(STORE).started) )))
+	    $(if $(wildcard $(STORE).started),--seconds $$(( $$(date +%s) - $$(cat $(STORE).started) ))))
 
 migrate: $(VENV)/.installed ## move an older STORE's groups to the current layout (under their behaviour)
 	$(RUN) steerlab.cli.migrate --store "$(STORE)"
