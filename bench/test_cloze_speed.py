@@ -43,7 +43,7 @@ def _per_question_setting(benchmark, n_questions):
 def test_letter_both_orders(benchmark, workload):
     lm, answers, _, thetas = workload
     _per_question_setting(benchmark, len(answers) // 2)
-    benchmark.pedantic(evaluate, args=(lm.model, answers, LAYER, thetas, lm.tokenizer.pad_token_id),
+    benchmark.pedantic(evaluate, args=(lm.model, answers, LAYER, thetas), kwargs={"pad_id": lm.tokenizer.pad_token_id},
                        rounds=2, iterations=1, warmup_rounds=0)
 
 
@@ -51,5 +51,5 @@ def test_letter_both_orders(benchmark, workload):
 def test_cloze(benchmark, workload, shared):
     lm, _, cloze, thetas = workload
     _per_question_setting(benchmark, len(cloze))
-    benchmark.pedantic(cloze_logprobs, args=(lm.model, cloze, LAYER, thetas, lm.tokenizer.pad_token_id),
-                       kwargs={"share_prompt": shared}, rounds=2, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(cloze_logprobs, args=(lm.model, cloze, LAYER, thetas),
+                       kwargs={"pad_id": lm.tokenizer.pad_token_id, "share_prompt": shared}, rounds=2, iterations=1, warmup_rounds=0)

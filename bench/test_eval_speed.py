@@ -93,8 +93,8 @@ def _run(benchmark, fn, setup):
         benchmark.extra_info["question_settings_per_second"] = len(answers) * len(thetas) / seconds
 
 
-def _fast(*args):
-    return evaluate(*args)  # the runner's defaults for batch size and settings per pass
+def _fast(model, answers, layer, thetas, pad_id):
+    return evaluate(model, answers, layer, thetas, pad_id=pad_id)  # the runner's batch size and settings per pass
 
 
 def test_eval_fast_bf16(benchmark, bf16):

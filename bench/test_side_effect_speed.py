@@ -41,7 +41,7 @@ def setup():
 
 def test_kl_fast_fp32(benchmark, setup):
     lm, texts, thetas, _ = setup
-    benchmark.pedantic(side_effects, args=(lm.model, texts, LAYER, thetas, lm.tokenizer.pad_token_id),
+    benchmark.pedantic(side_effects, args=(lm.model, texts, LAYER, thetas), kwargs={"pad_id": lm.tokenizer.pad_token_id},
                        rounds=1, iterations=1, warmup_rounds=0)
     benchmark.extra_info.update(texts=len(texts), settings=len(thetas), tokens_scored=TOKENS)
 
@@ -56,8 +56,8 @@ def _generate(benchmark, setup, theta):
     lm, _, _, asked = setup
     prompts = asked[:N_GENERATE]
     vector = None if theta is None else SteeringVector(theta, LAYER)
-    result = benchmark.pedantic(generate_ids, args=(lm.model, prompts, vector, TOKENS,
-                                                    lm.tokenizer.pad_token_id),
+    result = benchmark.pedantic(generate_ids, args=(lm.model, prompts, vector, TOKENS),
+                                kwargs={"pad_id": lm.tokenizer.pad_token_id},
                                 rounds=2, iterations=1, warmup_rounds=1)
     seconds = median_seconds(benchmark)
     if seconds is not None:

@@ -17,7 +17,7 @@ print("|---|---|---|---|---|---|---|")
 for name in CATALOGUE:
     items = sorted(load_items(data_file(name), "val"), key=lambda i: i.id)[:64]
     answers, skipped = answers_in_order(lm.tokenizer, items, "both")
-    out = evaluate(lm.model, answers, 7, torch.zeros(1, lm.d_model), lm.tokenizer.pad_token_id)
+    out = evaluate(lm.model, answers, 7, torch.zeros(1, lm.d_model), pad_id=lm.tokenizer.pad_token_id)
     by_order = out.logit_diff.numpy().reshape(1, 2, -1)[0]
     r = row(0.0, by_order.mean(0), out.answer_mass.numpy().reshape(2, -1).mean(0), by_order.mean(0), by_order)
     print(f"| {name} | {by_order.shape[1]} | {r.positive.fmt()} | {r.mean_diff.fmt(3, True)} | {r.letter_shift.fmt(3, True)} | {r.consistency.fmt()} | {r.correlation.fmt(2, True)} |")

@@ -51,7 +51,7 @@ classes = np.array([item.polarity for item in val])
 counts = cloze_token_counts(val)
 prompts = load_prompts("data/neutral-prompts.jsonl", "val", 8)
 asked = prompt_ids(lm.tokenizer, [p.text for p in prompts])
-continued = generate_ids(lm.model, asked, None, 32, pad).tokens
+continued = generate_ids(lm.model, asked, None, 32, pad_id=pad).tokens
 texts = [ScoredText(p.id, a + c, len(a)) for p, a, c in zip(prompts, asked, continued)]
 print(f"capture {CAPTURE}; val: {len(val)} questions, classes " + ", ".join(f"{c} {int((classes == c).sum())}"
                                                          for c in ("yes", "no", "other")))
@@ -61,15 +61,15 @@ print("|---|---|---|" + ("---|" if COSTS else "") + "---|---|---|---|---|---|---
 norm_prompts = prompt_ids(lm.tokenizer, [item.question for item in load_items(DATA, "train")[:NORM_PROMPTS]])
 for layer in LAYERS:
     norm = residual_norm(lm.model, norm_prompts, layer, pad).median
-    balanced = caa_answer_vector(lm.model, train, layer, pad, CAPTURE, balance=True)
-    pooled = caa_answer_vector(lm.model, train, layer, pad, CAPTURE, balance=False)
+    balanced = caa_answer_vector(lm.model, train, layer, pad, capture=CAPTURE, balance=True)
+    pooled = caa_answer_vector(lm.model, train, layer, pad, capture=CAPTURE, balance=False)
     units = [v.vector.double() / v.vector.double().norm() for v in (balanced, pooled)]
     randoms = random_directions(N_RANDOM, lm.d_model, 0, layer)
     directions = units + [d.double() / d.double().norm() for d in randoms]
     if COSTS:  # each direction and sign at the |θ| that costs each target
         signed = [-c for c in reversed(COSTS)] + COSTS
-        sizes = {sign: kl_norms(lm.model, texts, layer, torch.stack([sign * u for u in directions]), COSTS, pad,
-                                UNIT_START * norm, MAX_UNITS * norm).norms for sign in (1, -1)}
+        sizes = {sign: kl_norms(lm.model, texts, layer, torch.stack([sign * u for u in directions]), targets=COSTS, pad_id=pad,
+                                start=UNIT_START * norm, max_norm=MAX_UNITS * norm).norms for sign in (1, -1)}
         norms = [[float(sizes[1 if c > 0 else -1][i, COSTS.index(abs(c))]) for c in signed]
                  for i in range(len(directions))]
     else:
@@ -77,7 +77,7 @@ for layer in LAYERS:
         norms = [[abs(s) for s in signed] for _ in directions]
     rows = [torch.zeros(lm.d_model, dtype=torch.float64)]
     rows += [(1 if s > 0 else -1) * n * u for u, ns in zip(directions, norms) for s, n in zip(signed, ns)]
-    out = score(lm.model, [], 1, texts, layer, torch.stack(rows).float(), pad, 4, 2, cloze=val)
+    out = score(lm.model, [], 1, texts, source_layer=layer, thetas=torch.stack(rows).float(), pad_id=pad, batch_size=4, settings_per_pass=2, cloze=val)
     pref = cloze_preference(out.cloze, counts)  # [settings, n_q]
     delta = pref - pref[0]
     n = len(signed)

@@ -75,7 +75,7 @@ for i, v in enumerate(random_directions(N_RANDOM, lm.d_model, 0, LAYER)):
 
 prompts = load_prompts("data/neutral-prompts.jsonl", "val", 8)
 asked = prompt_ids(lm.tokenizer, [p.text for p in prompts])
-continued = generate_ids(lm.model, asked, None, 32, pad).tokens
+continued = generate_ids(lm.model, asked, None, 32, pad_id=pad).tokens
 texts = [ScoredText(p.id, a + c, len(a)) for p, a, c in zip(prompts, asked, continued)]
 
 absolute = [f * median for f in FRACTIONS]
@@ -85,7 +85,7 @@ for name, v, sign_free in directions:
     for sign in ((-1, 1) if sign_free else (1,)):
         where.append((name, sign, len(thetas)))
         thetas += [sign * s * unit for s in absolute]
-out = score(lm.model, [], 1, texts, LAYER, torch.stack(thetas).float(), pad, 4, 4)
+out = score(lm.model, [], 1, texts, source_layer=LAYER, thetas=torch.stack(thetas).float(), pad_id=pad, batch_size=4, settings_per_pass=4)
 kl = out.kl.mean(1)  # [settings]
 
 

@@ -76,7 +76,7 @@ def cases(lm, items, prefix: str, heavy: bool) -> list[Case]:
     for n_q in (5, 1):  # questions 2/3 and 0/1 (and texts 1/2)
         asked = answers[:n_q] + answers[5:5 + n_q]
         out.append((f"{prefix}eval_{n_q}q",
-                    lambda ranks, asked=asked: score(lm.model, asked, 2, texts, layer, thetas, pad, 2, 2,
+                    lambda ranks, asked=asked: score(lm.model, asked, 2, texts, source_layer=layer, thetas=thetas, pad_id=pad, batch_size=2, settings_per_pass=2,
                                                      ranks=ranks),
                     lambda one, many: max(largest(one.logit_diff, many.logit_diff),
                                           largest(one.answer_mass, many.answer_mass),
@@ -84,7 +84,7 @@ def cases(lm, items, prefix: str, heavy: bool) -> list[Case]:
 
     prompts = [a.prefix_ids for a in answers[:3]]
     out.append((f"{prefix}generate_tokens_differ",
-                lambda ranks: generate_ids(lm.model, prompts, SteeringVector(thetas[1], layer, "mlp"), 6, pad,
+                lambda ranks: generate_ids(lm.model, prompts, SteeringVector(thetas[1], layer, "mlp"), 6, pad_id=pad,
                                            batch_size=2, ranks=ranks),
                 lambda one, many: float(one.tokens != many.tokens)))
     if not heavy:
@@ -105,7 +105,7 @@ def cases(lm, items, prefix: str, heavy: bool) -> list[Case]:
             largest(one[0].vectors, many[0].vectors), largest(one[0].sigmas, many[0].sigmas),
             largest(one[0].trace, many[0].trace), largest(one[1], many[1]))))
         out.append((f"{prefix}melbo_{n_prompts}prompts",
-                    lambda ranks, every=every: melbo(lm.model, ranks.part(every), target, 2, 4.0, steps=3,
+                    lambda ranks, every=every: melbo(lm.model, ranks.part(every), target, 2, radius=4.0, steps=3,
                                                      lr=0.05, seed=1, ranks=ranks),
                     lambda one, many: max(largest(one.vectors, many.vectors), largest(one.trace, many.trace),
                                           largest(one.objective, many.objective))))

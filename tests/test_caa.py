@@ -66,7 +66,7 @@ def test_mlp_and_resid_captures_differ_at_the_letter_and_agree_before_it(tiny_ll
 
     def diffs(capture, offset):
         at = [a.position + offset for a in answers] * 2
-        acts = activations(lm.model, seqs, at, layer, capture, pad)
+        acts = activations(lm.model, seqs, at, layer, capture=capture, pad_id=pad)
         return acts[: len(answers)] - acts[len(answers):]
 
     # Before the letter the two prompts are the same tokens: both captures see no difference.

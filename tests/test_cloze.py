@@ -80,8 +80,8 @@ def test_fast_path_equals_plain_path_in_fp64(name, request, ab_items):
     thetas = _thetas(lm.d_model)
     pad = lm.tokenizer.pad_token_id
     plain = cloze_plain(lm.model, items, 1, thetas, pad)
-    shared = cloze_logprobs(lm.model, items, 1, thetas, pad, batch_size=3, settings_per_pass=3)
-    whole = cloze_logprobs(lm.model, items, 1, thetas, pad, batch_size=3, settings_per_pass=3,
+    shared = cloze_logprobs(lm.model, items, 1, thetas, pad_id=pad, batch_size=3, settings_per_pass=3)
+    whole = cloze_logprobs(lm.model, items, 1, thetas, pad_id=pad, batch_size=3, settings_per_pass=3,
                            share_prompt=False)
     assert shared.shape == (4, 2, len(items))
     assert (shared - plain).abs().max() < 1e-9 and (whole - plain).abs().max() < 1e-9
@@ -92,9 +92,9 @@ def test_fast_path_equals_plain_path_in_fp64(name, request, ab_items):
 def test_fast_path_batched_equals_one_by_one(tiny_qwen3, ab_items):
     items, _ = cloze_items(tiny_qwen3.tokenizer, ab_items)
     thetas, pad = _thetas(tiny_qwen3.d_model), tiny_qwen3.tokenizer.pad_token_id
-    together = cloze_logprobs(tiny_qwen3.model, items, 2, thetas, pad, batch_size=4, settings_per_pass=4)
+    together = cloze_logprobs(tiny_qwen3.model, items, 2, thetas, pad_id=pad, batch_size=4, settings_per_pass=4)
     for i, item in enumerate(items):
-        alone = cloze_logprobs(tiny_qwen3.model, [item], 2, thetas, pad, batch_size=1, settings_per_pass=1)
+        alone = cloze_logprobs(tiny_qwen3.model, [item], 2, thetas, pad_id=pad, batch_size=1, settings_per_pass=1)
         assert (alone[:, :, 0] - together[:, :, i]).abs().max() < 1e-10
 
 
@@ -235,7 +235,7 @@ def test_balanced_caa_recovers_a_small_behaviour_direction_under_a_large_polarit
 def test_caa_on_answer_texts_reads_the_mean_over_each_answers_tokens_at_the_site(tiny_llama, ab_items):
     lm, layer = tiny_llama, 1
     items, _ = cloze_items(lm.tokenizer, ab_items)
-    found = caa_answer_vector(lm.model, items, layer, lm.tokenizer.pad_token_id, "mlp", balance=False,
+    found = caa_answer_vector(lm.model, items, layer, lm.tokenizer.pad_token_id, capture="mlp", balance=False,
                               batch_size=3)
     by_hand = []
     for item in items:

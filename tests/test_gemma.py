@@ -80,7 +80,7 @@ def test_eval_fast_path_equals_plain_path_in_fp64(gemma, ab_items):
     answers, _ = answer_tokens_for(gemma.tokenizer, ab_items)
     thetas = _thetas(gemma.d_model)
     pad = gemma.tokenizer.pad_token_id
-    fast = evaluate(gemma.model, answers, 2, thetas, pad, batch_size=3, settings_per_pass=2)
+    fast = evaluate(gemma.model, answers, 2, thetas, pad_id=pad, batch_size=3, settings_per_pass=2)
     plain = evaluate_plain(gemma.model, answers, 2, thetas, pad, site="resid")
     assert (fast.logit_diff - plain.logit_diff).abs().max() < 1e-9
     assert (fast.answer_mass - plain.answer_mass).abs().max() < 1e-9
@@ -92,7 +92,7 @@ def test_cloze_fast_path_equals_plain_path_in_fp64(gemma, ab_items):
     items, _ = cloze_items(gemma.tokenizer, ab_items)
     thetas = _thetas(gemma.d_model)
     pad = gemma.tokenizer.pad_token_id
-    fast = cloze_logprobs(gemma.model, items, 2, thetas, pad, batch_size=3, settings_per_pass=2)
+    fast = cloze_logprobs(gemma.model, items, 2, thetas, pad_id=pad, batch_size=3, settings_per_pass=2)
     plain = cloze_plain(gemma.model, items, 2, thetas, pad, site="resid")
     assert (fast - plain).abs().max() < 1e-9 and (fast[3] - fast[0]).abs().max() > 1e-4
 
@@ -101,7 +101,7 @@ def test_kl_fast_path_equals_plain_path(gemma):
     texts = [ScoredText("a", LONG, 8), ScoredText("b", SHORT, 3)]
     thetas = _thetas(gemma.d_model)
     pad = gemma.tokenizer.pad_token_id
-    fast = side_effects(gemma.model, texts, 2, thetas, pad, batch_size=2, settings_per_pass=3)
+    fast = side_effects(gemma.model, texts, 2, thetas, pad_id=pad, batch_size=2, settings_per_pass=3)
     plain = side_effects_plain(gemma.model, texts, 2, thetas, pad, site="resid")
     assert (fast.kl - plain.kl).abs().max() < 1e-9 and (fast.top1 == plain.top1).all()
 
@@ -128,7 +128,7 @@ def test_jvp_and_vjp_equal_dense_jacobian_and_the_hook_path(gemma):
     jv, jtu = op.jvp(v), op.vjp(u)
     assert (jv - v @ dense.T).abs().max() < tol * dense.abs().max() * v.abs().max() * gemma.d_model
     assert (jtu - u @ dense).abs().max() < tol * dense.abs().max() * u.abs().max() * dense.shape[0]
-    plain = hidden_plain(gemma.model, ids, mask, source, target, theta0, site="resid").reshape(-1)
+    plain = hidden_plain(gemma.model, ids, mask, source, target_layer=target, theta=theta0, site="resid").reshape(-1)
     assert torch.allclose(f(theta0), plain, rtol=0, atol=1e-10 * plain.abs().max())
 
 
@@ -136,7 +136,7 @@ def test_caa_at_the_residual_site_reads_what_a_hook_on_the_block_output_reads(ge
     answers, _ = answer_tokens_for(gemma.tokenizer, ab_items)
     seqs = [a.positive_ids for a in answers]
     at = [a.position for a in answers]
-    acts = activations(gemma.model, seqs, at, 2, "resid", gemma.tokenizer.pad_token_id, batch_size=2)
+    acts = activations(gemma.model, seqs, at, 2, capture="resid", pad_id=gemma.tokenizer.pad_token_id, batch_size=2)
     for row, (seq, position) in enumerate(zip(seqs, at)):
         with reading_site(gemma.model, 2, "resid") as seen:
             gemma.model(torch.tensor([seq]), use_cache=False)

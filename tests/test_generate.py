@@ -61,8 +61,8 @@ def test_theta_zero_generates_token_for_token_what_plain_generate_does(tiny_llam
     sequences = prompt_ids(tiny_llama.tokenizer, TEXTS)
     pad = tiny_llama.tokenizer.pad_token_id
     zero = torch.zeros(tiny_llama.d_model, dtype=torch.float64)
-    hooked = generate_ids(tiny_llama.model, sequences, steer(zero), 12, pad, batch_size=4)
-    without_hook = generate_ids(tiny_llama.model, sequences, None, 12, pad, batch_size=4)
+    hooked = generate_ids(tiny_llama.model, sequences, steer(zero), 12, pad_id=pad, batch_size=4)
+    without_hook = generate_ids(tiny_llama.model, sequences, None, 12, pad_id=pad, batch_size=4)
     plain = [plain_generate(tiny_llama.model, seq, 12, pad) for seq in sequences]
     assert hooked.tokens == without_hook.tokens == plain
     assert all(len(tokens) == 12 for tokens in plain)  # no EOS cut: a real comparison
@@ -73,9 +73,9 @@ def test_theta_zero_on_the_default_model_is_plain_generate_and_theta_changes_it(
     sequences = prompt_ids(tokenizer, TEXTS[1:])
     pad = tokenizer.pad_token_id
     zero = torch.zeros(default_model.d_model)
-    hooked = generate_ids(model, sequences, steer(zero, 7), 10, pad)
+    hooked = generate_ids(model, sequences, steer(zero, 7), 10, pad_id=pad)
     assert hooked.tokens == [plain_generate(model, seq, 10, pad) for seq in sequences]
-    steered = generate(model, tokenizer, TEXTS[1:], steer(unit_theta(default_model.d_model, 200.0), 7), 10)
+    steered = generate(model, tokenizer, TEXTS[1:], steer(unit_theta(default_model.d_model, 200.0), 7), max_new_tokens=10)
     assert steered.tokens != hooked.tokens and all(isinstance(t, str) for t in steered.texts)
 
 
@@ -84,11 +84,11 @@ def test_first_generated_token_logits_equal_the_evals_for_the_same_prompt_and_th
     answers = [answer_tokens(tiny_llama.tokenizer, item) for item in ab_items]
     pad = tiny_llama.tokenizer.pad_token_id
     theta = unit_theta(tiny_llama.d_model, scale)
-    out = generate_ids(tiny_llama.model, [a.prefix_ids for a in answers], steer(theta), 1, pad,
+    out = generate_ids(tiny_llama.model, [a.prefix_ids for a in answers], steer(theta), 1, pad_id=pad,
                        batch_size=3, first_logits=True)
     diff, mass = answer_scores(out.first_logits, answers)
     plain = evaluate_plain(tiny_llama.model, answers, LAYER, theta[None], pad)
-    fast = evaluate(tiny_llama.model, answers, LAYER, theta[None], pad)
+    fast = evaluate(tiny_llama.model, answers, LAYER, theta[None], pad_id=pad)
     for eval_result in (plain, fast):
         assert torch.allclose(diff, eval_result.logit_diff[0], rtol=0, atol=1e-9)
         assert torch.allclose(mass, eval_result.answer_mass[0], rtol=0, atol=1e-9)
@@ -99,9 +99,9 @@ def test_batched_left_padded_generation_equals_one_by_one(tiny_llama):
     assert len({len(seq) for seq in sequences}) == 3  # left padding is exercised
     pad = tiny_llama.tokenizer.pad_token_id
     theta = unit_theta(tiny_llama.d_model, 3.0)
-    batched = generate_ids(tiny_llama.model, sequences, steer(theta), 10, pad, batch_size=3,
+    batched = generate_ids(tiny_llama.model, sequences, steer(theta), 10, pad_id=pad, batch_size=3,
                            first_logits=True)
-    alone = [generate_ids(tiny_llama.model, [seq], steer(theta), 10, pad, first_logits=True)
+    alone = [generate_ids(tiny_llama.model, [seq], steer(theta), 10, pad_id=pad, first_logits=True)
              for seq in sequences]
     assert batched.tokens == [one.tokens[0] for one in alone]
     together = torch.cat([one.first_logits for one in alone])
@@ -119,9 +119,9 @@ def test_theta_steers_generated_tokens_too_as_a_full_forward_per_token_does(tiny
         for _ in range(8):
             logits = model(torch.tensor([ids]), use_cache=False).logits
             ids.append(int(logits[0, -1].argmax()))
-    cached = generate_ids(model, [sequence], steer(theta), 8, pad)
+    cached = generate_ids(model, [sequence], steer(theta), 8, pad_id=pad)
     assert cached.tokens[0] == tuple(ids[len(sequence):])
-    assert cached.tokens != generate_ids(model, [sequence], None, 8, pad).tokens
+    assert cached.tokens != generate_ids(model, [sequence], None, 8, pad_id=pad).tokens
 
 
 def test_sampling_is_reproducible_by_seed_and_leaves_the_global_rng_alone(tiny_llama):
@@ -130,24 +130,24 @@ def test_sampling_is_reproducible_by_seed_and_leaves_the_global_rng_alone(tiny_l
     theta = unit_theta(tiny_llama.d_model, 2.0)
     torch.manual_seed(123)
     state = torch.get_rng_state()
-    first = generate_ids(tiny_llama.model, sequences, steer(theta), 8, pad, sample=True, seed=1)
+    first = generate_ids(tiny_llama.model, sequences, steer(theta), 8, pad_id=pad, sample=True, seed=1)
     assert torch.equal(torch.get_rng_state(), state)
-    again = generate_ids(tiny_llama.model, sequences, steer(theta), 8, pad, sample=True, seed=1)
-    other = generate_ids(tiny_llama.model, sequences, steer(theta), 8, pad, sample=True, seed=2)
-    greedy = generate_ids(tiny_llama.model, sequences, steer(theta), 8, pad)
+    again = generate_ids(tiny_llama.model, sequences, steer(theta), 8, pad_id=pad, sample=True, seed=1)
+    other = generate_ids(tiny_llama.model, sequences, steer(theta), 8, pad_id=pad, sample=True, seed=2)
+    greedy = generate_ids(tiny_llama.model, sequences, steer(theta), 8, pad_id=pad)
     assert first.tokens == again.tokens != other.tokens and first.tokens != greedy.tokens
 
 
 def test_generation_stops_at_eos_and_a_batch_cuts_finished_rows_there(tiny_llama):
     model, pad = tiny_llama.model, tiny_llama.tokenizer.pad_token_id
     sequences = prompt_ids(tiny_llama.tokenizer, TEXTS)
-    free = generate_ids(model, sequences, None, 6, pad).tokens
+    free = generate_ids(model, sequences, None, 6, pad_id=pad).tokens
     eos = free[1][2]  # make the third token of the second prompt the end of its text
     before = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = eos
     try:
-        batched = generate_ids(model, sequences, None, 6, pad, batch_size=3).tokens
-        alone = [generate_ids(model, [seq], None, 6, pad).tokens[0] for seq in sequences]
+        batched = generate_ids(model, sequences, None, 6, pad_id=pad, batch_size=3).tokens
+        alone = [generate_ids(model, [seq], None, 6, pad_id=pad).tokens[0] for seq in sequences]
     finally:
         model.generation_config.eos_token_id = before
     assert batched == alone and batched[1] == free[1][:3]
@@ -160,7 +160,7 @@ def test_pad_left_ends_every_row_at_the_last_column():
 
 def test_max_new_tokens_below_one_is_refused(tiny_llama):
     with pytest.raises(UserError, match="MAX_NEW_TOKENS must be .* at least 1, got 0"):
-        generate_ids(tiny_llama.model, [(1, 2)], None, 0, 0)
+        generate_ids(tiny_llama.model, [(1, 2)], None, 0, pad_id=0)
 
 
 # ---- prompt files -------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ def test_make_generate_stores_unsteered_and_each_val_choice_and_writes_the_page(
     lm = load_model(str(tiny_dir), "fp32")
     questions = ["Question q0: what now?", "Question q1: what now?", "Question n0: what now?"]
     for row, theta in enumerate(thetas):
-        again = generate(lm.model, lm.tokenizer, questions, steer(torch.from_numpy(theta)) if row else None, 5)
+        again = generate(lm.model, lm.tokenizer, questions, steer(torch.from_numpy(theta)) if row else None, max_new_tokens=5)
         assert again.texts == list(texts[row])
     page = inputs.page.read_text()
     assert "caa/L1 #0 at scale +8" in page and "pi/L1-T2 #1 at scale -4" in page

@@ -20,7 +20,7 @@ def hook_path(lm, sequences, theta, target=T):
     """The plain path: full HF forward, θ added by a hook on down_proj, h_T read by a hook on
     layers[T] (not hidden_states, which carry the final norm at the last layer). [n_real, d]."""
     ids, mask = pad_right(sequences, lm.tokenizer.pad_token_id)
-    return hidden_plain(lm.model, ids, mask, S, target, theta).reshape(-1)
+    return hidden_plain(lm.model, ids, mask, S, target_layer=target, theta=theta).reshape(-1)
 
 
 def dense_jacobian(lm, sequences, theta0, mode):

@@ -74,7 +74,7 @@ def test_a_vector_sized_by_cost_costs_that_on_the_plain_path(tiny_dir, smol_toke
     texts = neutral_texts_for(as_loaded(theirs, smol_tokenizer))
     assert len(texts) == 6
     pad = smol_tokenizer.pad_token_id
-    fast = mean_kl(theirs, texts, LAYER, sized.direction[None].float(), pad)[0]
+    fast = mean_kl(theirs, texts, LAYER, sized.direction[None].float(), pad_id=pad)[0]
     plain = side_effects_plain(theirs, texts, LAYER, sized.direction[None].float(), pad).kl.mean().item()
     assert abs(fast / 0.003 - 1) <= 0.1 and abs(plain / fast - 1) < 1e-3
     with pytest.raises(ValueError, match="positive cost"):

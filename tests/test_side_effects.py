@@ -34,7 +34,7 @@ def test_fast_kl_equals_plain_kl_in_fp64(name, request):
     lm = request.getfixturevalue(name)
     scored, settings = texts(lm), thetas(lm.d_model)
     pad = lm.tokenizer.pad_token_id
-    fast = side_effects(lm.model, scored, 1, settings, pad, batch_size=3, settings_per_pass=2)
+    fast = side_effects(lm.model, scored, 1, settings, pad_id=pad, batch_size=3, settings_per_pass=2)
     plain = side_effects_plain(lm.model, scored, 1, settings, pad)
     assert (fast.kl - plain.kl).abs().max() < 1e-9
     assert (fast.top1 - plain.top1).abs().max() < 1e-12
@@ -44,19 +44,19 @@ def test_fast_kl_equals_plain_kl_in_fp64(name, request):
 
 def test_theta_zero_costs_nothing(tiny_llama):
     scored, settings = texts(tiny_llama), thetas(tiny_llama.d_model)
-    result = side_effects(tiny_llama.model, scored, 2, settings, tiny_llama.tokenizer.pad_token_id,
+    result = side_effects(tiny_llama.model, scored, 2, settings, pad_id=tiny_llama.tokenizer.pad_token_id,
                           batch_size=2, settings_per_pass=3)
     assert (result.kl[0] == 0).all() and (result.top1[0] == 1).all()
     assert (result.kl[1:] > 0).all()
     nothing = side_effects(tiny_llama.model, scored, 2, torch.zeros(2, tiny_llama.d_model, dtype=torch.float64),
-                           tiny_llama.tokenizer.pad_token_id)
+                           pad_id=tiny_llama.tokenizer.pad_token_id)
     assert (nothing.kl == 0).all() and (nothing.top1 == 1).all()
 
 
 def test_batched_equals_one_by_one(tiny_qwen3):
     scored, settings = texts(tiny_qwen3), thetas(tiny_qwen3.d_model)
     pad = tiny_qwen3.tokenizer.pad_token_id
-    together = side_effects(tiny_qwen3.model, scored, 1, settings, pad, batch_size=4, settings_per_pass=4)
+    together = side_effects(tiny_qwen3.model, scored, 1, settings, pad_id=pad, batch_size=4, settings_per_pass=4)
     for n, text in enumerate(scored):
-        alone = side_effects(tiny_qwen3.model, [text], 1, settings, pad, batch_size=1, settings_per_pass=1)
+        alone = side_effects(tiny_qwen3.model, [text], 1, settings, pad_id=pad, batch_size=1, settings_per_pass=1)
         assert (alone.kl[:, 0] - together.kl[:, n]).abs().max() < 1e-10

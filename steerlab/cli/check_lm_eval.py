@@ -86,7 +86,7 @@ def run() -> None:
     theta = torch.from_numpy(np.array(right.vector, dtype=np.float32))
     thetas = torch.stack([torch.zeros_like(theta), theta])
     with step(f"this project's cloze scores: {len(cloze)} questions, unsteered and steered"):
-        ours = cloze_logprobs(lm.model, cloze, args.layer, thetas, lm.tokenizer.pad_token_id).numpy()
+        ours = cloze_logprobs(lm.model, cloze, args.layer, thetas, pad_id=lm.tokenizer.pad_token_id).numpy()
     ours = ours.transpose(0, 2, 1)  # [setting, question, (positive, negative)]
 
     out = Path(args.out)

@@ -160,7 +160,7 @@ def run() -> None:
             for row in rows:
                 vector = None if row.vector is None else replace(row.vector, site=sites[row.source_layer])
                 out = generate(lm.model, lm.tokenizer, [prompt.text for _, prompt in prompts], vector,
-                               args.max_new_tokens, args.sample, args.seed, args.batch_size,
+                               max_new_tokens=args.max_new_tokens, sample=args.sample, seed=args.seed, batch_size=args.batch_size,
                                progress=bar.update, ranks=ranks())
                 texts.append(out.texts)
                 new_tokens.append([len(tokens) for tokens in out.tokens])

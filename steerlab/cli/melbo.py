@@ -79,7 +79,7 @@ def run() -> None:
         unit = unit_norms(args, lm, [args.layer]).get(args.layer)
         if args.scale_unit == "kl":  # the size at which random directions cost R nats per token
             radius, _ = random_radius(lm.model, val_neutral_texts(args, lm), args.layer, args.radius,
-                                      lm.tokenizer.pad_token_id, unit.median, args.seed)
+                                      pad_id=lm.tokenizer.pad_token_id, unit=unit.median, seed=args.seed)
         else:
             radius = absolute([args.radius], args.scale_unit, unit and unit.median)[0]
 
@@ -92,8 +92,8 @@ def run() -> None:
                 bar.update(1)
                 bar.set_postfix(objective=" ".join(f"{v:.4g}" for v in values.tolist()))
 
-            result = melbo(lm.model, prefixes, args.target, args.k, radius, args.p, args.q,
-                           args.steps, args.lr, args.seed, args.mode, progress, ranks())
+            result = melbo(lm.model, prefixes, args.target, args.k, radius=radius, p=args.p, q=args.q,
+                           steps=args.steps, lr=args.lr, seed=args.seed, mode=args.mode, progress=progress, ranks=ranks())
         say("  final objective " + " ".join(f"{v:.4g}" for v in result.objective.tolist())
             + " (first step " + " ".join(f"{v:.4g}" for v in result.trace[0].tolist()) + ")")
         return VectorGroup(

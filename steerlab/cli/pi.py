@@ -40,7 +40,7 @@ from steerlab.cli.options import (
 from steerlab.jobs import Job, compute_groups
 from steerlab.lm.jacobian import jacobian_at, parse_tokens, relative_change
 from steerlab.lm.segment import prompt_prefixes
-from steerlab.measure.scales.calibrate import size_at_cost
+from steerlab.measure.scales.calibrate import signed_size_at_cost
 from steerlab.measure.scales.norms import absolute
 from steerlab.methods.power import power_iteration, principal_angles
 from steerlab.questions.prompts import length_batches
@@ -147,8 +147,8 @@ def run() -> None:
             return absolute([scale], args.scale_unit, unit)[0]
         if "texts" not in shared:
             shared["texts"] = val_neutral_texts(args, lm)
-        return size_at_cost(lm.model, shared["texts"], args.layer, caa_direction(), scale,
-                            lm.tokenizer.pad_token_id, unit)
+        return signed_size_at_cost(lm.model, shared["texts"], args.layer, caa_direction(), scale=scale,
+                            pad_id=lm.tokenizer.pad_token_id, unit=unit)
 
     scales = args.at_scales if args.at_scales is not None else [None]
     at_letter = args.at == "caa" and args.caa_position == "letter"
@@ -176,7 +176,7 @@ def run() -> None:
         theta0, source = theta0_of(scale, size_of(lm, scale, shared["unit"]))
         with step(f"J = ∂h_{args.target}/∂θ_{args.layer} over {len(prompts)} prompts "
                   f"({sum(map(len, prompts))} tokens, positions {args.tokens}) at θ₀ = {source}"):
-            op = jacobian_at(lm.model, prefixes, args.target, args.tokens, theta0, ranks=ranks(),
+            op = jacobian_at(lm.model, prefixes, args.target, args.tokens, theta0=theta0, ranks=ranks(),
                              chunk=args.jvp_chunk)
 
         with step(f"power iteration: k={args.k}, oversample={args.oversample}, tol={args.tol}"), \
@@ -185,7 +185,7 @@ def run() -> None:
                 bar.update(1)
                 bar.set_postfix(change=f"{change:.1e}", residual=f"{float(residuals.max()):.1e}")
 
-            result = power_iteration(op, args.k, args.iters, args.oversample, args.tol, args.seed,
+            result = power_iteration(op, args.k, iters=args.iters, oversample=args.oversample, tol=args.tol, seed=args.seed,
                                      progress=progress, start=shared.get("ritz"), ranks=ranks())
         shared["ritz"] = result.vectors
         positions = []  # (prompt index, token index) of every row of J, batch after batch

@@ -72,7 +72,7 @@ def _cut_at_eos(tokens: list[int], eos: set[int]) -> tuple[int, ...]:
 
 @torch.no_grad()
 def generate_ids(model: torch.nn.Module, sequences: list[tuple[int, ...]], vector: SteeringVector | None,
-                 max_new_tokens: int, pad_id: int, sample: bool = False, seed: int = 0,
+                 max_new_tokens: int, *, pad_id: int, sample: bool = False, seed: int = 0,
                  batch_size: int = 8, first_logits: bool = False,
                  progress: Callable[[], None] | None = None, ranks: Ranks = SINGLE) -> Generated:
     """New tokens for every prompt (token ids, e.g. from ``prompt_ids``) with ``vector``'s θ as
@@ -125,12 +125,12 @@ def generate_ids(model: torch.nn.Module, sequences: list[tuple[int, ...]], vecto
 
 
 def generate(model: torch.nn.Module, tokenizer, texts: list[str], vector: SteeringVector | None,
-             max_new_tokens: int, sample: bool = False, seed: int = 0, batch_size: int = 8,
+             *, max_new_tokens: int, sample: bool = False, seed: int = 0, batch_size: int = 8,
              progress: Callable[[], None] | None = None, ranks: Ranks = SINGLE) -> Generated:
     """Completions of ``texts`` asked as user turns of the chat template (``generate_ids``), with
     ``texts`` filled: the new tokens decoded, special tokens skipped."""
     generated = generate_ids(model, prompt_ids(tokenizer, texts), vector, max_new_tokens,
-                             tokenizer.pad_token_id, sample, seed, batch_size, progress=progress,
+                             pad_id=tokenizer.pad_token_id, sample=sample, seed=seed, batch_size=batch_size, progress=progress,
                              ranks=ranks)
     generated.texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in generated.tokens]
     return generated

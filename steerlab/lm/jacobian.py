@@ -156,7 +156,7 @@ class Jacobian:
 
 
 def jacobian_at(model: torch.nn.Module, prefixes: list[Prefix], target_layer: int,
-                tokens: str = "all", theta0: torch.Tensor | None = None,
+                tokens: str = "all", *, theta0: torch.Tensor | None = None,
                 jvp: str = "transpose", ranks: Ranks = SINGLE, chunk: int | None = None) -> Jacobian:
     """J of the prompts behind ``prefixes`` (this rank's share) at θ₀ (default 0); ``chunk``
     vectors at a time through the vmapped JVP and VJP (None: all at once)."""
@@ -169,7 +169,7 @@ def prompt_jacobian(model: torch.nn.Module, batches: list[list[tuple[int, ...]]]
                     theta0: torch.Tensor | None = None, jvp: str = "transpose") -> Jacobian:
     """J of the given prompts (token id sequences, grouped into batches) at θ₀ (default 0)."""
     return jacobian_at(model, prompt_prefixes(model, batches, pad_id, source_layer), target_layer,
-                       tokens, theta0, jvp)
+                       tokens, theta0=theta0, jvp=jvp)
 
 
 def relative_change(moved: Jacobian, reference: Jacobian, vectors: torch.Tensor) -> torch.Tensor:

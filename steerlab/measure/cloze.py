@@ -55,7 +55,7 @@ def token_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 @torch.no_grad()
 def cloze_logprobs(model: torch.nn.Module, items: list[ClozeItem], source_layer: int,
-                   thetas: torch.Tensor, pad_id: int, batch_size: int = QUESTIONS_PER_PASS,
+                   thetas: torch.Tensor, *, pad_id: int, batch_size: int = QUESTIONS_PER_PASS,
                    settings_per_pass: int = SETTINGS_PER_PASS, share_prompt: bool = True,
                    progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """[n_settings, 2 (positive, negative), n_items] fp64: the summed log-probability of each
@@ -64,21 +64,21 @@ def cloze_logprobs(model: torch.nn.Module, items: list[ClozeItem], source_layer:
     ``share_prompt`` is off only to test that sharing changes nothing; models where the opening
     cannot be shared (eager attention, sliding windows) run every answer with its prompt whole."""
     if share_prompt and opening_shareable(model, source_layer):
-        return _shared_prompts(model, items, source_layer, thetas, pad_id, batch_size,
-                               settings_per_pass, progress)
-    return _whole_sequences(model, items, source_layer, thetas, pad_id, batch_size,
-                            settings_per_pass, progress)
+        return _shared_prompts(model, items, source_layer, thetas, pad_id=pad_id, batch_size=batch_size,
+                               settings_per_pass=settings_per_pass, progress=progress)
+    return _whole_sequences(model, items, source_layer, thetas, pad_id=pad_id, batch_size=batch_size,
+                            settings_per_pass=settings_per_pass, progress=progress)
 
 
-def _whole_sequences(model, items, source_layer, thetas, pad_id, batch_size, settings_per_pass,
+def _whole_sequences(model, items, source_layer, thetas, *, pad_id, batch_size, settings_per_pass,
                      progress) -> torch.Tensor:
     """Each answer with its prompt as one sequence, through ``steered_logits``."""
     out = torch.zeros(thetas.shape[0], 2, len(items), dtype=torch.float64)
     sequences = [item.sequence(w) for w in (0, 1) for item in items]
     read_at = [item.read_at(w) for w in (0, 1) for item in items]
     targets = [item.answer(w) for w in (0, 1) for item in items]
-    for done in steered_logits(model, sequences, read_at, source_layer, thetas, pad_id,
-                               2 * batch_size, settings_per_pass):
+    for done in steered_logits(model, sequences, read_at, source_layer, thetas=thetas, pad_id=pad_id,
+                               batch_size=2 * batch_size, settings_per_pass=settings_per_pass):
         n_chunk = done.logits.shape[0]
         wanted = torch.tensor([t for i in done.sequences for t in targets[i]], device=done.logits.device)
         per_token = token_log_probs(done.logits.reshape(-1, done.logits.shape[-1]),
@@ -93,7 +93,7 @@ def _whole_sequences(model, items, source_layer, thetas, pad_id, batch_size, set
     return out
 
 
-def _shared_prompts(model, items, source_layer, thetas, pad_id, batch_size, settings_per_pass,
+def _shared_prompts(model, items, source_layer, thetas, *, pad_id, batch_size, settings_per_pass,
                     progress) -> torch.Tensor:
     """Per batch of items: layers 0..S over prompt + answer (both answers, θ-free, once), then
     per chunk of settings two passes through layers S+1..: the prompts (after the opening every

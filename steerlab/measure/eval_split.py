@@ -195,8 +195,8 @@ def evaluate_split(store: str | Path, lm: LoadedModel, plan: SplitPlan, groups: 
                 for g in grids.values())
     with progress_bar(total, f"eval {plan.split}", "question×setting") as bar:
         for layer, grid in grids.items():
-            scored = score(lm.model, answers, orders, texts, layer, grid.thetas,
-                           lm.tokenizer.pad_token_id, batch_size, settings_per_pass,
+            scored = score(lm.model, answers, orders, texts, source_layer=layer, thetas=grid.thetas,
+                           pad_id=lm.tokenizer.pad_token_id, batch_size=batch_size, settings_per_pass=settings_per_pass,
                            progress=bar.update, ranks=ranks(), cloze=cloze)
             per_setting = {"diff": scored.logit_diff, "mass": scored.answer_mass,  # [n_settings, n_orders, n_q]
                            "cloze": scored.cloze, "kl": scored.kl, "top1": scored.top1}

@@ -67,7 +67,7 @@ class Pass:
 
 @torch.no_grad()
 def steered_logits(model: torch.nn.Module, sequences: list[tuple[int, ...]],
-                   read_at: list[list[int]], source_layer: int, thetas: torch.Tensor, pad_id: int,
+                   read_at: list[list[int]], source_layer: int, *, thetas: torch.Tensor, pad_id: int,
                    batch_size: int = QUESTIONS_PER_PASS, settings_per_pass: int = SETTINGS_PER_PASS,
                    share_opening: bool = True) -> Iterator[Pass]:
     """The fast path's core: logits at positions ``read_at[i]`` of ``sequences[i]`` under every θ
@@ -111,7 +111,7 @@ def steered_logits(model: torch.nn.Module, sequences: list[tuple[int, ...]],
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: int,
-             thetas: torch.Tensor, pad_id: int, batch_size: int = QUESTIONS_PER_PASS,
+             thetas: torch.Tensor, *, pad_id: int, batch_size: int = QUESTIONS_PER_PASS,
              settings_per_pass: int = SETTINGS_PER_PASS, share_opening: bool = True,
              progress: Callable[[int], None] | None = None) -> EvalResult:
     """Logit difference and answer mass for every θ row of ``thetas`` [m, d] (already scaled; a zero
@@ -122,7 +122,7 @@ def evaluate(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: 
     answer_mass = torch.empty(thetas.shape[0], len(answers))
     sequences = [a.prefix_ids for a in answers]
     for done in steered_logits(model, sequences, [[len(s) - 1] for s in sequences], source_layer,
-                               thetas, pad_id, batch_size, settings_per_pass, share_opening):
+                               thetas=thetas, pad_id=pad_id, batch_size=batch_size, settings_per_pass=settings_per_pass, share_opening=share_opening):
         n_chunk, batch = done.logits.shape[0], done.sequences
         diff, mass = answer_scores(done.logits.reshape(n_chunk * len(batch), -1),
                                    [answers[i] for i in batch] * n_chunk)

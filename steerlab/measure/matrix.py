@@ -89,8 +89,8 @@ def choose_on_val(lm: LoadedModel, name: str, groups: list[VectorGroup], questio
         grid = build_grid(by_layer, absolute(scales, scale_unit, unit_norm), lm.d_model)
     work = len(questions.answers) + len(questions.cloze or []) + len(texts)
     with progress_bar(len(grid.thetas) * work, f"val {name}", "question×setting") as bar:
-        scored = score(lm.model, questions.answers, 2, texts, layer, grid.thetas, lm.tokenizer.pad_token_id,
-                       batch_size, SETTINGS_PER_PASS, progress=bar.update, cloze=questions.cloze)
+        scored = score(lm.model, questions.answers, 2, texts, source_layer=layer, thetas=grid.thetas, pad_id=lm.tokenizer.pad_token_id,
+                       batch_size=batch_size, settings_per_pass=SETTINGS_PER_PASS, progress=bar.update, cloze=questions.cloze)
     unpacked = {name_: grid.unpack(values) for name_, values in
                 (("diff", scored.logit_diff), ("mass", scored.answer_mass), ("kl", scored.kl),
                  ("top1", scored.top1)) if values is not None}
@@ -308,8 +308,8 @@ def evaluate_on_test(lm: LoadedModel, sources: list[Source], questions: dict[str
         say(f"… [test] layer {layer}: {len(thetas)} settings × {len(ids)} behaviours' questions "
             f"({scores}), and KL on {len(texts)} neutral texts")
         with progress_bar(total, f"test, layer {layer}", "question×setting") as bar:
-            scored = score(lm.model, asked, 1, texts, layer, thetas, lm.tokenizer.pad_token_id,
-                           batch_size, SETTINGS_PER_PASS, progress=bar.update,
+            scored = score(lm.model, asked, 1, texts, source_layer=layer, thetas=thetas, pad_id=lm.tokenizer.pad_token_id,
+                           batch_size=batch_size, settings_per_pass=SETTINGS_PER_PASS, progress=bar.update,
                            cloze=asked_cloze if "cloze" in tables else None)
         per_target = {}
         for t in targets:

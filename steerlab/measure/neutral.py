@@ -49,15 +49,15 @@ def neutral_texts(store: str | Path, lm: LoadedModel, split: str, prompts: list[
         asked = prompt_ids(lm.tokenizer, [prompt.text for prompt in prompts])
         with step(f"[{split}] unsteered greedy continuations of {len(asked)} neutral prompts "
                   f"({gen_tokens} tokens)"):
-            generated = generate_ids(lm.model, asked, None, gen_tokens, lm.tokenizer.pad_token_id,
+            generated = generate_ids(lm.model, asked, None, gen_tokens, pad_id=lm.tokenizer.pad_token_id,
                                      ranks=ranks())
         tokens = [prompt + new for prompt, new in zip(asked, generated.tokens)]
         prompt_lengths = [len(prompt) for prompt in asked]
         if ranks().writer:
             measured_elsewhere(store, lm.key, split, settings)
             with writing(store) as h5:
-                write_neutral(h5, lm, split, ids, tokens, prompt_lengths,
-                              run_attrs(settings, version, started, time.perf_counter() - t0))
+                write_neutral(h5, lm, split, ids, token_ids=tokens, prompt_lengths=prompt_lengths,
+                              attrs=run_attrs(settings, version, started, time.perf_counter() - t0))
     return [ScoredText(i, t, n) for i, t, n in zip(ids, tokens, prompt_lengths) if len(t) > n]
 
 

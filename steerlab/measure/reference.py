@@ -45,7 +45,7 @@ def evaluate_plain(model: torch.nn.Module, answers: list[AnswerTokens], source_l
 
 
 def hidden_plain(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, source_layer: int,
-                 target_layer: int, theta: torch.Tensor, site: str = "mlp") -> torch.Tensor:
+                 *, target_layer: int, theta: torch.Tensor, site: str = "mlp") -> torch.Tensor:
     """h_T at the real positions, [n_real, d], with θ hooked in at ``site`` of layer S:
     a full HF forward, h_T read from ``layers[T]``'s output (not ``hidden_states``, which carry
     the final norm at the last layer). Differentiable in θ."""
@@ -65,7 +65,7 @@ def jtj_plain(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, sou
     for v in vectors:
         theta = (torch.zeros(v.shape[0], dtype=dtype) if theta0 is None
                  else theta0.to(dtype).clone()).requires_grad_(True)
-        h = hidden_plain(model, ids, mask, source_layer, target_layer, theta, site)
+        h = hidden_plain(model, ids, mask, source_layer, target_layer=target_layer, theta=theta, site=site)
         u = torch.zeros_like(h, requires_grad=True)
         (g,) = torch.autograd.grad(h, theta, u, create_graph=True)
         (jv,) = torch.autograd.grad(g, u, v.to(g.dtype))

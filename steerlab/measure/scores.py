@@ -73,7 +73,7 @@ def rank_work(n_settings: int, answers: list[AnswerTokens], n_orders: int, n_tex
 
 
 def score(model: torch.nn.Module, answers: list[AnswerTokens], n_orders: int,
-          texts: list[ScoredText], source_layer: int, thetas: torch.Tensor, pad_id: int,
+          texts: list[ScoredText], *, source_layer: int, thetas: torch.Tensor, pad_id: int,
           batch_size: int, settings_per_pass: int,
           progress: Callable[[int], None] | None = None, ranks: Ranks = SINGLE,
           cloze: list[ClozeItem] | None = None) -> Scores:
@@ -89,7 +89,7 @@ def score(model: torch.nn.Module, answers: list[AnswerTokens], n_orders: int,
         mine = questions_of(answers, n_orders, ranks)
         diff = mass = torch.empty(m, 0)
         if mine:
-            result = evaluate(model, mine, source_layer, thetas, pad_id, batch_size, settings_per_pass,
+            result = evaluate(model, mine, source_layer, thetas, pad_id=pad_id, batch_size=batch_size, settings_per_pass=settings_per_pass,
                               progress=progress)
             diff, mass = result.logit_diff, result.answer_mass
         shape = (m, n_orders, len(mine) // n_orders)
@@ -100,16 +100,16 @@ def score(model: torch.nn.Module, answers: list[AnswerTokens], n_orders: int,
         my_items = ranks.part(cloze)
         cloze_scores = np.zeros((m, 2, 0))
         if my_items:
-            cloze_scores = cloze_logprobs(model, my_items, source_layer, thetas, pad_id, batch_size,
-                                          settings_per_pass, progress=progress).numpy()
+            cloze_scores = cloze_logprobs(model, my_items, source_layer, thetas, pad_id=pad_id, batch_size=batch_size,
+                                          settings_per_pass=settings_per_pass, progress=progress).numpy()
         cloze_scores = ranks.cat(cloze_scores, 2)
     kl = top1 = None
     if texts:
         my_texts = ranks.part(texts)
         kl = top1 = np.zeros((m, 0))
         if my_texts:
-            cost = side_effects(model, my_texts, source_layer, thetas, pad_id, batch_size,
-                                settings_per_pass, progress=progress)
+            cost = side_effects(model, my_texts, source_layer, thetas, pad_id=pad_id, batch_size=batch_size,
+                                settings_per_pass=settings_per_pass, progress=progress)
             kl, top1 = cost.kl.numpy(), cost.top1.numpy()
             if progress:
                 progress(len(my_texts) * int((thetas == 0).all(1).sum()))

@@ -51,7 +51,7 @@ def compare(unsteered: torch.Tensor, steered: torch.Tensor) -> tuple[torch.Tenso
 
 @torch.no_grad()
 def side_effects(model: torch.nn.Module, texts: list[ScoredText], source_layer: int,
-                 thetas: torch.Tensor, pad_id: int, batch_size: int = QUESTIONS_PER_PASS,
+                 thetas: torch.Tensor, *, pad_id: int, batch_size: int = QUESTIONS_PER_PASS,
                  settings_per_pass: int = SETTINGS_PER_PASS,
                  progress: Callable[[int], None] | None = None) -> SideEffects:
     """KL and top-1 agreement of every θ row of ``thetas`` [m, d] against the unsteered model,
@@ -66,7 +66,7 @@ def side_effects(model: torch.nn.Module, texts: list[ScoredText], source_layer: 
     all_thetas = torch.cat([torch.zeros(1, thetas.shape[1], dtype=thetas.dtype), thetas[steered_rows]])
     unsteered: torch.Tensor | None = None
     for done in steered_logits(model, [t.token_ids for t in texts], [t.read_at for t in texts],
-                               source_layer, all_thetas, pad_id, batch_size, settings_per_pass):
+                               source_layer, thetas=all_thetas, pad_id=pad_id, batch_size=batch_size, settings_per_pass=settings_per_pass):
         logits = done.logits
         if done.settings.start == 0:
             unsteered, logits = logits[0], logits[1:]

@@ -54,7 +54,7 @@ def token_positions(answers: list[AnswerTokens], position: str) -> list[tuple[in
 
 @torch.no_grad()
 def activations(model, sequences: list[tuple[int, ...]], read_at: list[int | range], layer: int,
-                capture: str, pad_id: int, batch_size: int = 16) -> torch.Tensor:
+                *, capture: str, pad_id: int, batch_size: int = 16) -> torch.Tensor:
     """[n, d] fp64 activations at ``read_at[i]`` of ``sequences[i]`` (a position, or a range of
     positions whose activations are averaged); one forward per batch that stops after ``layer``.
     No sequences: no rows."""
@@ -72,7 +72,7 @@ def activations(model, sequences: list[tuple[int, ...]], read_at: list[int | ran
 
 
 def caa_vector(model, answers: list[AnswerTokens], layer: int, pad_id: int,
-               capture: str = "mlp", position: str = "letter", batch_size: int = 16,
+               *, capture: str = "mlp", position: str = "letter", batch_size: int = 16,
                n_orders: int = 1, ranks: Ranks = SINGLE) -> CAAResult:
     """Mean over pairs of act(positive) - act(negative). With ``n_orders`` = 2, ``answers`` holds
     every question as written and then mirrored (``steerlab.questions.orders.answers_in_order``): each letter
@@ -89,14 +89,14 @@ def caa_vector(model, answers: list[AnswerTokens], layer: int, pad_id: int,
     # Positive and negative sequences go through the same batches, so their padding matches.
     sequences = [a.positive_ids for a in mine] + [a.negative_ids for a in mine]
     read_at = [p for p, _ in read] + [n for _, n in read]
-    acts = activations(model, sequences, read_at, layer, capture, pad_id, batch_size)
+    acts = activations(model, sequences, read_at, layer, capture=capture, pad_id=pad_id, batch_size=batch_size)
     diffs = ranks.cat_rows(acts[: len(mine)] - acts[len(mine):])
     by_order = diffs.view(n_orders, -1, diffs.shape[-1]).mean(1)
     return CAAResult(by_order.mean(0).float(), diffs.norm(dim=1).float(),
                      [a.item_id for a in answers], by_order.float())
 
 
-def caa_answer_vector(model, items: list[ClozeItem], layer: int, pad_id: int, capture: str = "mlp",
+def caa_answer_vector(model, items: list[ClozeItem], layer: int, pad_id: int, *, capture: str = "mlp",
                       balance: bool = True, batch_size: int = 16, ranks: Ranks = SINGLE) -> CAAResult:
     """Mean over items of act(positive answer text) − act(negative answer text), each averaged
     over the answer's tokens after the item's prompt (no choices, no letters). With ``balance``
@@ -108,7 +108,7 @@ def caa_answer_vector(model, items: list[ClozeItem], layer: int, pad_id: int, ca
     mine = ranks.part(items)
     sequences = [item.sequence(w) for w in (0, 1) for item in mine]
     read_at = [range(len(item.prompt_ids), len(item.sequence(w))) for w in (0, 1) for item in mine]
-    acts = activations(model, sequences, read_at, layer, capture, pad_id, batch_size)
+    acts = activations(model, sequences, read_at, layer, capture=capture, pad_id=pad_id, batch_size=batch_size)
     diffs = ranks.cat_rows(acts[: len(mine)] - acts[len(mine):])
     masks = class_masks([item.polarity for item in items])
     by_class = {name: diffs[torch.from_numpy(mask)].mean(0) for name, mask in masks.items()}

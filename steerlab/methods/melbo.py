@@ -129,7 +129,7 @@ def _ascend(model: torch.nn.Module, prefixes: list[Prefix], bases: list[torch.Te
 
 @torch.no_grad()
 def displacement_objective(model: torch.nn.Module, prefixes: list[Prefix], vectors: torch.Tensor,
-                           target_layer: int, p: float = 2.0, q: float = 1.0,
+                           target_layer: int, *, p: float = 2.0, q: float = 1.0,
                            ranks: Ranks = SINGLE) -> torch.Tensor:
     """[k] objective of each row of ``vectors`` [k, d] over all the prompt batches, of every rank
     (no gradients)."""
@@ -145,7 +145,7 @@ def displacement_objective(model: torch.nn.Module, prefixes: list[Prefix], vecto
 
 
 def melbo(model: torch.nn.Module, prefixes: Prefix | list[Prefix], target_layer: int, k: int,
-          radius: float, p: float = 2.0, q: float = 1.0, steps: int = 300, lr: float = 1e-3,
+          *, radius: float, p: float = 2.0, q: float = 1.0, steps: int = 300, lr: float = 1e-3,
           seed: int = 0, mode: str = "batched", progress: Progress | None = None,
           ranks: Ranks = SINGLE) -> MelboResult:
     """k MELBO vectors from the cached prefix of each prompt batch (``run_prefix`` at the source
@@ -186,5 +186,5 @@ def melbo(model: torch.nn.Module, prefixes: Prefix | list[Prefix], target_layer:
         vectors, trace = torch.stack(found), torch.cat(traces, dim=1)
     vectors = vectors.float().cpu()
     ranks.check_identical(vectors, "MELBO's vectors")
-    final = displacement_objective(model, prefixes, vectors, target_layer, p, q, ranks)
+    final = displacement_objective(model, prefixes, vectors, target_layer, p=p, q=q, ranks=ranks)
     return MelboResult(vectors, trace, final, mode)

@@ -56,7 +56,7 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.arccos(cosines)).sort().values
 
 
-def power_iteration(op: LinearOperator, k: int, iters: int = 12, oversample: int = 8,
+def power_iteration(op: LinearOperator, k: int, *, iters: int = 12, oversample: int = 8,
                     tol: float = 1e-3, seed: int = 0, dtype: torch.dtype = torch.float64,
                     progress: Callable[[int, torch.Tensor, float], None] | None = None,
                     start: torch.Tensor | None = None, ranks: Ranks = SINGLE) -> PowerResult:

@@ -195,7 +195,7 @@ def read_norm(store: str | Path, key: str, behavior: str, layer: int) -> Residua
 
 
 def write_neutral(h5: h5py.File, lm, split: str, prompt_ids: list[str],
-                  token_ids: list[tuple[int, ...]], prompt_lengths: list[int], attrs: dict) -> None:
+                  *, token_ids: list[tuple[int, ...]], prompt_lengths: list[int], attrs: dict) -> None:
     """Token ids, padded with -1 to a rectangle, with each sequence's length and prompt length."""
     lengths = np.array([len(t) for t in token_ids], dtype=np.int32)
     tokens = np.full((len(token_ids), int(lengths.max())), -1, dtype=np.int64)

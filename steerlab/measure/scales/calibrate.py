@@ -46,14 +46,14 @@ class Calibration:
     probes: int  # settings scored in all
 
 
-def mean_kl(model: torch.nn.Module, texts: list[ScoredText], layer: int, thetas: torch.Tensor, pad_id: int,
+def mean_kl(model: torch.nn.Module, texts: list[ScoredText], layer: int, thetas: torch.Tensor, *, pad_id: int,
             batch_size: int = QUESTIONS_PER_PASS, settings_per_pass: int = SETTINGS_PER_PASS) -> np.ndarray:
     """Mean over ``texts`` of each θ row's per-token KL(unsteered ‖ steered): eval's KL column."""
-    return side_effects(model, texts, layer, thetas, pad_id, batch_size, settings_per_pass).kl.mean(1).numpy()
+    return side_effects(model, texts, layer, thetas, pad_id=pad_id, batch_size=batch_size, settings_per_pass=settings_per_pass).kl.mean(1).numpy()
 
 
 def kl_norms(model: torch.nn.Module, texts: list[ScoredText], layer: int, directions: torch.Tensor,
-             targets: list[float], pad_id: int, start: float, max_norm: float, rtol: float = RTOL,
+             *, targets: list[float], pad_id: int, start: float, max_norm: float, rtol: float = RTOL,
              max_rounds: int = MAX_ROUNDS, batch_size: int = QUESTIONS_PER_PASS,
              settings_per_pass: int = SETTINGS_PER_PASS) -> Calibration:
     """For each row of ``directions`` [n, d] (its sign included) and each target KL (nats per
@@ -72,7 +72,7 @@ def kl_norms(model: torch.nn.Module, texts: list[ScoredText], layer: int, direct
 
     def measure(rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
         thetas = torch.from_numpy(norms)[:, None] * units[torch.from_numpy(rows)]
-        return mean_kl(model, texts, layer, thetas, pad_id, batch_size, settings_per_pass)
+        return mean_kl(model, texts, layer, thetas, pad_id=pad_id, batch_size=batch_size, settings_per_pass=settings_per_pass)
 
     first = measure(np.arange(n), np.full(n, float(start)))
     probes = n
@@ -159,8 +159,8 @@ class Calibrator:
                         where.append((key(g), v, sign))
                         rows.append(sign * torch.from_numpy(vector))
             unit = self.units[layer]
-            found = kl_norms(self.model, self.texts, layer, torch.stack(rows), self.targets, self.pad_id,
-                             UNIT_START * unit, MAX_UNITS * unit, batch_size=self.batch_size,
+            found = kl_norms(self.model, self.texts, layer, torch.stack(rows), targets=self.targets, pad_id=self.pad_id,
+                             start=UNIT_START * unit, max_norm=MAX_UNITS * unit, batch_size=self.batch_size,
                              settings_per_pass=self.settings_per_pass)
             say(f"  KL calibration at layer {layer}: {len(rows)} directions × {len(self.targets)} targets "
                 f"in {found.probes} probes; {int(found.reached.sum())} of {found.reached.size} reached")
@@ -188,25 +188,25 @@ def key(group: VectorGroup) -> str:
 RADIUS_DIRECTIONS = 4  # random directions MELBO's radius is calibrated on (SCALE_UNIT=kl)
 
 
-def random_radius(model: torch.nn.Module, texts: list[ScoredText], layer: int, target: float, pad_id: int,
+def random_radius(model: torch.nn.Module, texts: list[ScoredText], layer: int, target: float, *, pad_id: int,
                   unit: float, seed: int, n: int = RADIUS_DIRECTIONS) -> tuple[float, Calibration]:
     """A size for directions not found yet (MELBO's radius) in unit kl: the median |θ| at which
     ``n`` random directions (eval's control's, ``steerlab.measure.grid.random_directions``) cost ``target``
     nats per token on ``texts``. ``unit`` is the median ‖h_S‖ (the search's first probe and
     ceiling scale with it)."""
     directions = random_directions(n, int(model.config.hidden_size), seed, layer)
-    found = kl_norms(model, texts, layer, directions, [target], pad_id, UNIT_START * unit, MAX_UNITS * unit)
+    found = kl_norms(model, texts, layer, directions, targets=[target], pad_id=pad_id, start=UNIT_START * unit, max_norm=MAX_UNITS * unit)
     return float(np.median(found.norms[:, 0])), found
 
 
-def size_at_cost(model: torch.nn.Module, texts: list[ScoredText], layer: int, direction: torch.Tensor,
-                 scale: float, pad_id: int, unit: float) -> float:
+def signed_size_at_cost(model: torch.nn.Module, texts: list[ScoredText], layer: int, direction: torch.Tensor,
+                 *, scale: float, pad_id: int, unit: float) -> float:
     """One signed scale in unit kl as a signed |θ|: the size at which ``direction`` (flipped for a
     negative ``scale``) costs |scale| nats per token on ``texts``; 0 for 0. ``unit`` is the median
     ‖h_S‖ (the search's first probe and ceiling scale with it)."""
     if scale == 0:
         return 0.0
     sign = 1.0 if scale > 0 else -1.0
-    found = kl_norms(model, texts, layer, sign * direction.double()[None], [abs(scale)], pad_id,
-                     UNIT_START * unit, MAX_UNITS * unit)
+    found = kl_norms(model, texts, layer, sign * direction.double()[None], targets=[abs(scale)], pad_id=pad_id,
+                     start=UNIT_START * unit, max_norm=MAX_UNITS * unit)
     return sign * float(found.norms[0, 0])

@@ -25,7 +25,7 @@ def neutral_texts_for(lm: LoadedModel, prompts: Sequence[str] | None = None, n: 
         shipped = files("steerlab") / "resources" / "neutral-prompts.jsonl"
         prompts = [p.text for p in load_prompts(str(shipped), "val", n)]
     asked = prompt_ids(lm.tokenizer, list(prompts))
-    continued = generate_ids(lm.model, asked, None, gen_tokens, lm.tokenizer.pad_token_id).tokens
+    continued = generate_ids(lm.model, asked, None, gen_tokens, pad_id=lm.tokenizer.pad_token_id).tokens
     return [ScoredText(f"neutral-{i}", a + c, len(a)) for i, (a, c) in enumerate(zip(asked, continued))]
 
 
@@ -40,8 +40,8 @@ def size_at_cost(vector: SteeringVector, model, tokenizer=None, kl: float = 0.04
     texts = texts if texts is not None else neutral_texts_for(lm, prompts)
     pad = lm.tokenizer.pad_token_id
     unit = residual_norm(lm.model, [t.token_ids for t in texts], vector.layer, pad).median
-    found = kl_norms(lm.model, texts, vector.layer, vector.direction.double()[None], [kl], pad,
-                     UNIT_START * unit, MAX_UNITS * unit)
+    found = kl_norms(lm.model, texts, vector.layer, vector.direction.double()[None], targets=[kl], pad_id=pad,
+                     start=UNIT_START * unit, max_norm=MAX_UNITS * unit)
     if not found.reached[0, 0]:
         raise ValueError(f"{vector.label or 'the vector'} reaches KL {found.kl[0, 0]:.3g}, not {kl}, "
                          f"within |θ| ≤ {MAX_UNITS * unit:.3g}: ask for another cost")
