@@ -16,7 +16,7 @@ from steerlab.base.errors import UserError
 from steerlab.base.parallel import ranks
 from steerlab.base.progress import say, say_skipped, step
 from steerlab.lm.model import LoadedModel, load_model
-from steerlab.lm.site import resolve_site
+from steerlab.lm.site import Site, resolve_site
 from steerlab.questions.cloze_form import cloze_items
 from steerlab.questions.data import Item
 from steerlab.questions.orders import answers_in_order
@@ -43,7 +43,7 @@ class RunContext:
     behavior: str
     dtype: str = "fp32"  # resolved: fp32, bf16 or fp64 (steerlab.lm.model.resolve_dtype)
     device: str = "cpu"
-    site: str = "auto"  # mlp, resid or auto (steerlab.lm.site)
+    site: Site = "auto"  # mlp, resid or auto (steerlab.lm.site)
     force: bool = False  # recompute groups that are current
 
     def load(self) -> LoadedModel:
@@ -57,7 +57,7 @@ class Job:
     run: str
     source_layer: int
     settings: dict  # what the group records and is skipped on
-    site: str = field(default="")  # mlp or resid, resolved once the model is loaded
+    site: Site = field(default="")  # mlp or resid, resolved once the model is loaded
 
 
 Compute = Callable[[LoadedModel, list, Job], VectorGroup]  # answers: AnswerTokens or ClozeItems

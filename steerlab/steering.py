@@ -19,7 +19,7 @@ from steerlab.lm.model import as_loaded
 from steerlab.lm.vector import SteeringVector
 from steerlab.measure.cloze import cloze_preference
 from steerlab.measure.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
-from steerlab.measure.scores import score, usable_questions
+from steerlab.measure.scores import Scores, score, usable_questions
 from steerlab.measure.statistics import balanced_stat, polarity_shift_stat, stat
 from steerlab.methods.caa import caa_answer_vector
 from steerlab.questions.cloze_form import ClozeItem, cloze_pair, cloze_token_counts
@@ -87,7 +87,7 @@ class ItemScores:
 
 
 def score_items(model, items: list[Item], vector: SteeringVector | None,
-                scales: Sequence[float] = (), scores: str = "both", tokenizer=None) -> ItemScores:
+                scales: Sequence[float] = (), scores: Scores = "both", tokenizer=None) -> ItemScores:
     """``items`` asked unsteered and with ``vector`` at each of ``scales`` (L2 norms of θ), in
     both answer orders (letter) and as cloze (``scores``: both, letter or cloze): what eval
     computes, on the same fast path. ``model`` as for ``caa_from_pairs``."""

@@ -25,10 +25,10 @@ from steerlab.cli.options import main_guard
 from steerlab.interop.harness import write_group, write_task
 from steerlab.questions.behaviors import data_file, items_of
 from steerlab.questions.cloze_form import ClozeError, stem_and_answers
-from steerlab.questions.data import SPLITS
+from steerlab.questions.data import SPLITS, SplitName
 
 
-def cloze_questions(behavior: str, split: str) -> tuple[list[tuple[str, str, str]], int]:
+def cloze_questions(behavior: str, split: SplitName) -> tuple[list[tuple[str, str, str]], int]:
     """(stem, behaviour's answer text, other answer text) of every ``split`` item of ``behavior``
     that has a cloze form, by id; and how many have none."""
     items = sorted(items_of(data_file(behavior), behavior, split), key=lambda item: item.id)

@@ -92,8 +92,9 @@ def dtype_hint(requested: str, device: str) -> None:
     """Tell a user whose CPU multiplies bf16 natively that DTYPE=bf16 may be faster there (auto
     stays fp32 on every CPU: exact enough to reproduce across machines)."""
     if requested == "auto" and str(device).startswith("cpu") and cpu_bf16_native():
-        say("note: this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX); on one such "
-            "CPU bf16 evals ran 1.7x faster than fp32: DTYPE=bf16 trades fp32's exactness for that")
+        say("note: this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 "
+            "evals can run faster than fp32 (docs/conventions.md, \"Dtypes\"): DTYPE=bf16 trades "
+            "fp32's exactness for that")
 
 
 def settings_of(args: argparse.Namespace, drop: tuple[str, ...] = (), **extra) -> dict:

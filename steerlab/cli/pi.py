@@ -97,8 +97,8 @@ def run() -> None:
                         "vector; one group per scale")
     add_scale_unit(p)
     add_neutral(p)
-    # Small batches: the vmapped JVP/VJP of a big batch thrash the cache (8 prompts as one batch
-    # took 55 s a step on the dev CPU, as four batches of 2 took 20 s; same σ).
+    # Small batches: the vmapped JVP/VJP of a big batch thrash the cache (docs/development.md,
+    # "Performance": small batches, same σ, a fraction of the time).
     p.set_defaults(batch_size=2)
     args = parse(p, validate)
 

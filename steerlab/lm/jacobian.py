@@ -11,8 +11,8 @@ forward), and the JVP is the transpose of that linear map, ``u ↦ Jᵀu``, diff
 (a second ``vjp``, taken at u = 0): J v without rerunning the forward or the backward of θ₀.
 That is ``jvp="transpose"``: no set-up cost beyond one forward and backward. ``jvp="linearize"``
 uses ``torch.func.linearize`` instead, which keeps the forward's primal work as constants of a
-traced tangent-only graph: 1.6-2.3x faster per JVP (measured at width 1024, fp32 and bf16) but
-its ``make_fx`` trace costs seconds per layer on a CPU, so it pays off only over many steps.
+traced tangent-only graph: faster per JVP, but its ``make_fx`` trace costs seconds per layer on
+a CPU, so it pays off only over many steps (docs/development.md, "Performance", has the figures).
 ``vmap`` pushes k vectors through either at once. (``torch.func.jvp`` would recompute the primal
 forward on every call.)
 The network runs in the model's dtype; vectors come in and go out in the caller's dtype (fp32/fp64
@@ -22,6 +22,8 @@ Forward-mode AD does not go through SDPA's flash/efficient kernels, so every eva
 with SDPA restricted to its math backend.
 """
 from __future__ import annotations
+
+from typing import Literal, get_args
 
 import torch
 from torch.func import linearize, vjp, vmap
@@ -59,7 +61,8 @@ def read_positions(attention_mask: torch.Tensor, tokens: str = "all") -> tuple[t
     return rows, cols
 
 
-JVP_MODES = ("transpose", "linearize")
+JvpMode = Literal["transpose", "linearize"]
+JVP_MODES: tuple[JvpMode, ...] = get_args(JvpMode)
 
 
 class BatchJacobian:
@@ -67,7 +70,7 @@ class BatchJacobian:
 
     def __init__(self, model: torch.nn.Module, prefix: Prefix, target_layer: int,
                  tokens: str = "all", theta0: torch.Tensor | None = None,
-                 jvp: str = "transpose", chunk: int | None = None):
+                 jvp: JvpMode = "transpose", chunk: int | None = None):
         if jvp not in JVP_MODES:
             raise ValueError(f"jvp must be one of {JVP_MODES}, got {jvp!r}")
         if chunk is not None and chunk < 1:
@@ -157,7 +160,7 @@ class Jacobian:
 
 def jacobian_at(model: torch.nn.Module, prefixes: list[Prefix], target_layer: int,
                 tokens: str = "all", *, theta0: torch.Tensor | None = None,
-                jvp: str = "transpose", ranks: Ranks = SINGLE, chunk: int | None = None) -> Jacobian:
+                jvp: JvpMode = "transpose", ranks: Ranks = SINGLE, chunk: int | None = None) -> Jacobian:
     """J of the prompts behind ``prefixes`` (this rank's share) at θ₀ (default 0); ``chunk``
     vectors at a time through the vmapped JVP and VJP (None: all at once)."""
     return Jacobian([BatchJacobian(model, prefix, target_layer, tokens, theta0, jvp, chunk)
@@ -166,7 +169,7 @@ def jacobian_at(model: torch.nn.Module, prefixes: list[Prefix], target_layer: in
 
 def prompt_jacobian(model: torch.nn.Module, batches: list[list[tuple[int, ...]]], pad_id: int,
                     source_layer: int, target_layer: int, tokens: str = "all",
-                    theta0: torch.Tensor | None = None, jvp: str = "transpose") -> Jacobian:
+                    theta0: torch.Tensor | None = None, jvp: JvpMode = "transpose") -> Jacobian:
     """J of the given prompts (token id sequences, grouped into batches) at θ₀ (default 0)."""
     return jacobian_at(model, prompt_prefixes(model, batches, pad_id, source_layer), target_layer,
                        tokens, theta0=theta0, jvp=jvp)

@@ -11,6 +11,7 @@ import importlib.util
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
@@ -186,9 +187,9 @@ def default_model_gguf() -> Path:
 @contextmanager
 def gguf_parsed_once():
     """Within it, gguf's file reader and tensor-name map are made once per argument. transformers
-    (5.23) parses a GGUF file's metadata three times (config, tokenizer, weights: 11 s each for
-    SmolLM2's 49k-token vocabulary on a 2-core machine) and builds the name map once per module
-    (397 times, 13 s); the objects are only read, so one of each serves every call."""
+    parses a GGUF file's metadata once for the config, once for the tokenizer and once for the
+    weights, and builds the name map once per module; the objects are only read, so one of each
+    serves every call (docs/development.md, "Performance", says what it saves)."""
     import gguf
 
     reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
@@ -234,10 +235,11 @@ def _resolve_source(source: str) -> tuple[str, dict]:
     return source, {}
 
 
-ATTENTION = ("auto", "sdpa", "eager")
+Attention = Literal["auto", "sdpa", "eager"]
+ATTENTION: tuple[Attention, ...] = get_args(Attention)
 
 
-def load_model(source: str, dtype: str = "auto", device: str = "cpu", attention: str = "auto"
+def load_model(source: str, dtype: str = "auto", device: str = "cpu", attention: Attention = "auto"
                ) -> LoadedModel:
     """Load a HF causal LM by id, local folder or GGUF file, in eval mode, weights frozen.
 

@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import weakref
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal, get_args
 
 import torch
 
 from steerlab.base.errors import ModelError
 
-SITES = ("auto", "mlp", "resid")
+# Where θ is added (or CAA reads): mlp, the down_proj output; resid, the block output; auto,
+# mlp where it equals the residual add, else resid (``resolve_site``).
+Site = Literal["auto", "mlp", "resid"]
+ResolvedSite = Literal["mlp", "resid"]
+SITES: tuple[Site, ...] = get_args(Site)
 # Where other families keep their decoder blocks: named in the refusal, not supported.
 OTHER_LAYOUTS = ("transformer.h", "gpt_neox.layers", "transformer.blocks", "model.decoder.layers")
 
@@ -117,7 +121,7 @@ def add_to_down_proj(model: torch.nn.Module, layer: int, theta: torch.Tensor):
     return forward_hook(injection_site(model, layer), lambda _m, _a, out: _add(out, theta))
 
 
-def add_at(model: torch.nn.Module, layer: int, theta: torch.Tensor, site: str):
+def add_at(model: torch.nn.Module, layer: int, theta: torch.Tensor, site: Site):
     """θ added at ``site`` (``mlp`` or ``resid``, resolved) of ``layer``: the plain paths' hook."""
     if site == "mlp":
         return add_to_down_proj(model, layer, theta)
@@ -126,7 +130,7 @@ def add_at(model: torch.nn.Module, layer: int, theta: torch.Tensor, site: str):
     raise ValueError(f"site must be mlp or resid (resolved), got {site!r}")
 
 
-def reading_site(model: torch.nn.Module, layer: int, site: str):
+def reading_site(model: torch.nn.Module, layer: int, site: Site):
     """A list that receives what is written at ``site`` of ``layer``: ``down_proj``'s output or
     the block's output h_S (CAA reads where θ goes)."""
     if site not in ("mlp", "resid"):
@@ -202,7 +206,7 @@ def check_injection_site(model: torch.nn.Module, layer: int, rtol: float = 1e-3)
     return rel
 
 
-def resolve_site(model: torch.nn.Module, layer: int, site: str, rtol: float = 1e-3) -> str:
+def resolve_site(model: torch.nn.Module, layer: int, site: Site, rtol: float = 1e-3) -> str:
     """``mlp`` or ``resid`` for ``site`` in SITES: ``auto`` is ``mlp`` where the numerical check
     shows it equals the residual add, else ``resid``; ``mlp`` is refused where it does not hold;
     ``resid`` needs no check (it is the residual add)."""

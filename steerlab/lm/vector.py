@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from steerlab.lm.site import add_at, resolve_site
+from steerlab.lm.site import Site, add_at, resolve_site
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class SteeringVector:
     ``layer`` at ``site`` (mlp, resid, or auto: resolved against the model when applied)."""
     direction: torch.Tensor  # [d], as found (not unit-normalised)
     layer: int
-    site: str = "auto"
+    site: Site = "auto"
     label: str = ""
 
     def theta(self, scale: float | None = None) -> torch.Tensor:

@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from steerlab.base.errors import StoreError, UserError
-from steerlab.measure.scores import SELECT_BY
+from steerlab.measure.scores import SELECT_BY, Score
 from steerlab.measure.statistics import (
     ClozeRow,
     Row,
@@ -39,6 +39,8 @@ from steerlab.measure.statistics import (
 )
 from steerlab.questions.behaviors import DEFAULT_BEHAVIOR
 from steerlab.questions.behaviors import label as behavior_label
+from steerlab.questions.data import SplitName
+from steerlab.questions.orders import Orders
 from steerlab.questions.polarity import balanced_mean, class_masks
 from steerlab.store import behaviors_in_store, evals_path, open_for_reading
 
@@ -107,7 +109,7 @@ class Split:
     baseline: np.ndarray | None  # [n_q] letter; None: no letter score
     baseline_mass: np.ndarray | None
     groups: dict[str, EvalGroup]  # by label
-    orders: str = "original"  # both, original, mirrored; schema-1 stores: original
+    orders: Orders = "original"  # both, original, mirrored; schema-1 stores: original
     behavior: str = DEFAULT_BEHAVIOR
     baseline_by_order: np.ndarray | None = None  # [n_orders, n_q]
     cloze_baseline: np.ndarray | None = None  # [n_q] nats per token; None: no cloze score
@@ -149,7 +151,7 @@ class Split:
         return levels | ({"shift": shift} if shift is not None else {})
 
 
-def read_split(h5: h5py.File, model_key: str, behavior: str, split: str) -> Split:
+def read_split(h5: h5py.File, model_key: str, behavior: str, split: SplitName) -> Split:
     where = evals_path(model_key, behavior, split)
     if where not in h5:
         raise StoreError(f"no {behavior} eval of split {split!r} for {model_key} in the store: "
@@ -196,7 +198,7 @@ def read_splits(store: str, model_key: str, behavior: str) -> dict[str, Split]:
         return {name: read_split(h5, model_key, behavior, name) for name in names}
 
 
-def select_by(split: Split, by: str) -> str:
+def select_by(split: Split, by: Score) -> str:
     """The score a choice can maximise on ``split``: ``by``, or the one the split has (a store
     evaluated before cloze scores existed, or with SCORE=letter, chooses by the letter)."""
     if by not in SELECT_BY:
@@ -208,7 +210,7 @@ def select_by(split: Split, by: str) -> str:
     return by
 
 
-def setting_scores(group: EvalGroup, split: Split, by: str) -> np.ndarray:
+def setting_scores(group: EvalGroup, split: Split, by: Score) -> np.ndarray:
     """[k, n_scales] what a choice maximises: the mean order-mean logit difference (letter), or
     the polarity-paired mean cloze preference (cloze)."""
     if select_by(split, by) == "cloze":
@@ -228,7 +230,7 @@ def eligible(group: EvalGroup, split: Split, kl_max: float | None = None) -> np.
     return ok
 
 
-def choose(group: EvalGroup, split: Split, kl_max: float | None = None, by: str = "letter"
+def choose(group: EvalGroup, split: Split, kl_max: float | None = None, by: Score = "letter"
            ) -> tuple[int, int] | None:
     """(vector, scale index) with the largest score (``setting_scores``) among eligible settings."""
     score = np.where(eligible(group, split, kl_max), setting_scores(group, split, by), -np.inf)
@@ -238,7 +240,7 @@ def choose(group: EvalGroup, split: Split, kl_max: float | None = None, by: str 
     return int(vector), int(scale)
 
 
-def choose_for_method(method: str, split: Split, kl_max: float | None = None, by: str = "letter"
+def choose_for_method(method: str, split: Split, kl_max: float | None = None, by: Score = "letter"
                       ) -> tuple[EvalGroup, int, int] | None:
     """The method's best (group, vector, scale) on ``split`` (validation, for honest reports)."""
     best = None
@@ -286,7 +288,7 @@ def nearest_scale(group: EvalGroup, scale: float) -> int:
     return int(np.argmin(np.abs(group.scales - scale)))
 
 
-def chosen_on(method: str, val: Split, split: Split, kl_max: float | None = None, by: str = "letter"
+def chosen_on(method: str, val: Split, split: Split, kl_max: float | None = None, by: Score = "letter"
               ) -> tuple[EvalGroup, int, int] | None:
     """The method's setting chosen on ``val``, looked up in ``split``: (its group there, vector,
     index of the nearest stored scale). None if nothing was chosen or ``split`` lacks the group."""
@@ -333,7 +335,7 @@ def linear_regime(group: EvalGroup) -> bool:
 # ---- against the random distribution -------------------------------------------------------------
 
 
-def deltas(group: EvalGroup, vector: int | None, s: int, split: Split, score: str) -> np.ndarray:
+def deltas(group: EvalGroup, vector: int | None, s: int, split: Split, score: Score) -> np.ndarray:
     """Per-question Δ of one setting (``vector``) or of every vector of the group (None: [k, n_q])."""
     if score == "cloze":
         values, base = group.cloze, split.cloze_baseline
@@ -347,7 +349,7 @@ def random_group(split: Split, layer: int) -> EvalGroup | None:
     return next((g for g in split.groups.values() if g.method == "random" and g.source_layer == layer), None)
 
 
-def random_draws(split: Split, layer: int, scale: float, score: str) -> np.ndarray | None:
+def random_draws(split: Split, layer: int, scale: float, score: Score) -> np.ndarray | None:
     """[n_draws, n_q] the per-question Δ of every random direction of ``layer`` at ``+scale`` and
     ``−scale`` (a direction and its negative are both random draws at that cost)."""
     group = random_group(split, layer)
@@ -365,7 +367,7 @@ def random_columns(group: EvalGroup, scale: float) -> list[int] | None:
     return columns
 
 
-def standing_of(group: EvalGroup, vector: int, s: int, split: Split, score: str) -> Standing | None:
+def standing_of(group: EvalGroup, vector: int, s: int, split: Split, score: Score) -> Standing | None:
     """One setting's standing against the random draws of its layer at its scale (both signs), in
     ``score``; None where the split has no random directions at that scale."""
     draws = random_draws(split, group.source_layer, float(group.scales[s]), score)

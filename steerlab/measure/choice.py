@@ -15,7 +15,8 @@ import numpy as np
 
 from steerlab.base.errors import StoreError, UserError
 from steerlab.measure.analysis import choose_for_method, methods, read_split, select_by, splits_in_store
-from steerlab.measure.scales.norms import absolute
+from steerlab.measure.scales.norms import ScaleUnit, absolute
+from steerlab.measure.scores import Score
 from steerlab.store import VectorGroup, open_for_reading, read_norm, read_vector_group
 
 
@@ -43,7 +44,7 @@ def parse_vector(text: str) -> tuple[str, str, int]:
 
 
 def chosen_on_val(store: str | Path, key: str, behavior: str, kl_max: float | None,
-                  only: str | None = None, by: str = "cloze") -> tuple[list[VectorChoice], list[str]]:
+                  only: str | None = None, by: Score = "cloze") -> tuple[list[VectorChoice], list[str]]:
     """Every method's (or only ``only``'s) setting chosen on the validation split by score
     ``by`` (``steerlab.measure.analysis.select_by``: the other where the store lacks it), and one note
     per method that has none; the random control is never chosen."""
@@ -69,7 +70,7 @@ def chosen_on_val(store: str | Path, key: str, behavior: str, kl_max: float | No
 
 
 def named_choices(store: str | Path, key: str, behavior: str, vector: str, scales: list[float | None],
-                  scale_unit: str) -> list[VectorChoice]:
+                  scale_unit: ScaleUnit) -> list[VectorChoice]:
     """``VECTOR=method/run/index`` at each of ``scales`` (None: the raw vector), the scales in
     ``scale_unit`` turned into L2 norms of θ: checked (the group, the index, the stored unit)
     before any model loads."""
@@ -114,7 +115,7 @@ def calibrated_norms(store: str | Path, key: str, behavior: str, group: VectorGr
 
 
 def steered_choices(store: str | Path, key: str, behavior: str, *, vector: str | None,
-                    scales: list[float], scale_unit: str, kl_max: float | None, select_by: str
+                    scales: list[float], scale_unit: ScaleUnit, kl_max: float | None, select_by: Score
                     ) -> tuple[list[VectorChoice], list[str]]:
     """What generation compares with the unsteered model, and notes to say: ``vector``
     (METHOD/RUN/INDEX) at each of ``scales`` in ``scale_unit``, or without it every method's
@@ -128,7 +129,7 @@ def steered_choices(store: str | Path, key: str, behavior: str, *, vector: str |
     return picks, notes
 
 
-def stored_unit(store: str | Path, key: str, behavior: str, layer: int, scale_unit: str) -> float | None:
+def stored_unit(store: str | Path, key: str, behavior: str, layer: int, scale_unit: ScaleUnit) -> float | None:
     """The stored scale unit (median ‖h_S‖) of ``layer``, for targets that turn scales into L2
     norms before (or without) loading a model; None with SCALE_UNIT=abs."""
     if scale_unit == "abs":

@@ -18,12 +18,12 @@ from steerlab.measure.cloze import cloze_preference
 from steerlab.measure.grid import build_grid, random_directions, signed_scales
 from steerlab.measure.scales.calibrate import Calibrator, GroupCalibration
 from steerlab.measure.scales.calibrate import key as calibration_key
-from steerlab.measure.scales.norms import absolute
-from steerlab.measure.scores import rank_work, score, usable_questions
+from steerlab.measure.scales.norms import ScaleUnit, absolute
+from steerlab.measure.scores import Scores, rank_work, score, usable_questions
 from steerlab.measure.side_effects import ScoredText
 from steerlab.questions.cloze_form import ClozeItem, cloze_token_counts
-from steerlab.questions.data import Item
-from steerlab.questions.orders import n_orders
+from steerlab.questions.data import Item, SplitName
+from steerlab.questions.orders import Orders, n_orders
 from steerlab.questions.prompts import AnswerTokens
 from steerlab.store import (
     VectorGroup,
@@ -108,7 +108,7 @@ def mean_norms(groups: list[VectorGroup], layers: list[int]) -> dict[int, float]
 class SplitPlan:
     """One split's questions and the groups to evaluate on it (``plan_split``)."""
     behavior: str
-    split: str
+    split: SplitName
     answers: list[AnswerTokens]
     cloze: list[ClozeItem] | None
     skipped: list[str]
@@ -117,10 +117,10 @@ class SplitPlan:
     path: str
     fresh: bool  # the split's baseline is rewritten
     todo: list[tuple[VectorGroup, dict]]  # stale groups and their settings
-    orders: str
-    scores: str
+    orders: Orders
+    scores: Scores
     raw: bool
-    scale_unit: str
+    scale_unit: ScaleUnit
     scales: list[float]
     units: dict[int, float]  # layer -> median ‖h_S‖; empty for abs
     version: str
@@ -130,9 +130,9 @@ class SplitPlan:
         return not self.todo and not self.fresh
 
 
-def plan_split(store: str | Path, lm: LoadedModel, behavior: str, split: str, items: list[Item],
-               groups: list[VectorGroup], units: dict[int, float], *, orders: str, scores: str,
-               scales: list[float], raw: bool, scale_unit: str, max_vectors: int | None,
+def plan_split(store: str | Path, lm: LoadedModel, behavior: str, split: SplitName, items: list[Item],
+               groups: list[VectorGroup], units: dict[int, float], *, orders: Orders, scores: Scores,
+               scales: list[float], raw: bool, scale_unit: ScaleUnit, max_vectors: int | None,
                recorded: dict, version: str, force: bool = False) -> SplitPlan:
     """The ``items`` usable in every score of ``scores`` in ``orders``, and which of ``groups`` are
     stale in ``store`` for them: a group's settings are ``scales`` (in ``scale_unit``, whose

@@ -19,8 +19,8 @@ from steerlab.measure.cloze import cloze_preference
 from steerlab.measure.evaluate import SETTINGS_PER_PASS
 from steerlab.measure.grid import build_grid, random_directions
 from steerlab.measure.scales.calibrate import Calibrator
-from steerlab.measure.scales.norms import absolute
-from steerlab.measure.scores import SCORES_OF, score, usable_questions
+from steerlab.measure.scales.norms import ScaleUnit, absolute
+from steerlab.measure.scores import SCORES_OF, Score, Scores, score, usable_questions
 from steerlab.measure.side_effects import ScoredText
 from steerlab.measure.statistics import (
     Standing,
@@ -55,7 +55,7 @@ class Source:
     grid_scale: float | None = None  # the chosen scale as eval stores it: a KL target (kl), else |θ|
 
 
-def questions_of(tokenizer, items: list[Item], scores: str) -> tuple[Questions, list[str]]:
+def questions_of(tokenizer, items: list[Item], scores: Scores) -> tuple[Questions, list[str]]:
     """The ``items`` usable in every one of ``scores`` (letter in both orders), and one message per
     item left out (``steerlab.measure.scores.usable_questions``)."""
     answers, cloze, skipped = usable_questions(tokenizer, items, "both", scores)
@@ -69,8 +69,8 @@ def val_layer(groups: list[VectorGroup]) -> int:
 
 
 def choose_on_val(lm: LoadedModel, name: str, groups: list[VectorGroup], questions: Questions,
-                  texts: list[ScoredText], *, method: str, scales: list[float], scale_unit: str,
-                  unit_norm: float | None, select_by: str, kl_max: float, batch_size: int,
+                  texts: list[ScoredText], *, method: str, scales: list[float], scale_unit: ScaleUnit,
+                  unit_norm: float | None, select_by: Score, kl_max: float, batch_size: int,
                   store: str | Path, calibrator: Calibrator | None = None) -> Source:
     """Behaviour ``name``'s setting chosen on its own val ``questions``, as the report chooses:
     its ``method`` groups at ``val_layer(groups)`` scored at ``scales`` (in ``scale_unit``, whose
@@ -132,7 +132,7 @@ class Table:
     references, columns the behaviours whose questions are asked. Per question: letter keeps
     [2 orders, n_q] logit differences (and answer masses), cloze [n_q] preferences in nats per
     token with each question's polarity class."""
-    score: str  # letter or cloze
+    score: Score  # letter or cloze
     targets: list[str]
     question_ids: dict[str, list[str]]
     random_scales: list[float]
@@ -264,7 +264,7 @@ def common_datasets(sources: list[Source], measured: TestRun) -> dict[str, np.nd
 
 
 def evaluate_on_test(lm: LoadedModel, sources: list[Source], questions: dict[str, Questions],
-                     texts: list[ScoredText], *, scores: str, scales: list[float], n_random: int,
+                     texts: list[ScoredText], *, scores: Scores, scales: list[float], n_random: int,
                      seed: int, batch_size: int, calibrator: Calibrator | None = None) -> TestRun:
     """Every chosen θ, ``n_random`` random directions (``seed``) at each chosen scale (none chosen:
     the smallest of ``scales``) and the unsteered model on every behaviour's test ``questions``

@@ -12,7 +12,7 @@ from steerlab.base.progress import say, step
 from steerlab.lm.generate import generate_ids, prompt_ids
 from steerlab.lm.model import LoadedModel
 from steerlab.measure.side_effects import ScoredText
-from steerlab.questions.data import Prompt
+from steerlab.questions.data import Prompt, SplitName
 from steerlab.store import (
     behaviors_in_store,
     code_version,
@@ -29,7 +29,7 @@ from steerlab.store import (
 )
 
 
-def neutral_texts(store: str | Path, lm: LoadedModel, split: str, prompts: list[Prompt], *,
+def neutral_texts(store: str | Path, lm: LoadedModel, split: SplitName, prompts: list[Prompt], *,
                   model: str, dtype: str, device: str, neutral: str | Path, n_neutral: int | None,
                   gen_tokens: int, force: bool = False) -> list[ScoredText]:
     """The split's neutral ``prompts`` with the unsteered model's greedy continuations of
@@ -65,7 +65,7 @@ def neutral_texts(store: str | Path, lm: LoadedModel, split: str, prompts: list[
 TEXT_SETTINGS = ("neutral", "n_neutral", "gen_tokens")
 
 
-def measured_elsewhere(store: str | Path, key: str, split: str, settings: dict) -> list[str]:
+def measured_elsewhere(store: str | Path, key: str, split: SplitName, settings: dict) -> list[str]:
     """Before the split's neutral texts are replaced: the eval splits (of any behaviour) whose KL
     was measured on other texts than ``settings`` make, each named in a warning, since their KL
     no longer matches what the store holds."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from steerlab.lm.jacobian import math_attention
-from steerlab.lm.site import add_at, decoder_layers, reading_output
+from steerlab.lm.site import Site, add_at, decoder_layers, reading_output
 from steerlab.measure.cloze import token_log_probs
 from steerlab.measure.evaluate import EvalResult, answer_scores
 from steerlab.measure.side_effects import ScoredText, SideEffects, compare
@@ -20,7 +20,7 @@ from steerlab.questions.prompts import AnswerTokens, pad_right
 
 @torch.no_grad()
 def evaluate_plain(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: int,
-                   thetas: torch.Tensor, pad_id: int, site: str = "mlp",
+                   thetas: torch.Tensor, pad_id: int, site: Site = "mlp",
                    questions_per_forward: int | None = None) -> EvalResult:
     """Eval's numbers the plain way: per setting, full forwards with a hook at ``site``, over the
     questions in file order, ``questions_per_forward`` at a time (None: all in one padded batch)."""
@@ -45,7 +45,7 @@ def evaluate_plain(model: torch.nn.Module, answers: list[AnswerTokens], source_l
 
 
 def hidden_plain(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, source_layer: int,
-                 *, target_layer: int, theta: torch.Tensor, site: str = "mlp") -> torch.Tensor:
+                 *, target_layer: int, theta: torch.Tensor, site: Site = "mlp") -> torch.Tensor:
     """h_T at the real positions, [n_real, d], with θ hooked in at ``site`` of layer S:
     a full HF forward, h_T read from ``layers[T]``'s output (not ``hidden_states``, which carry
     the final norm at the last layer). Differentiable in θ."""
@@ -57,7 +57,7 @@ def hidden_plain(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, 
 
 def jtj_plain(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, source_layer: int,
               target_layer: int, vectors: torch.Tensor, theta0: torch.Tensor | None = None,
-              site: str = "mlp") -> torch.Tensor:
+              site: Site = "mlp") -> torch.Tensor:
     """JᵀJ v for each row v of ``vectors`` at θ₀ (default 0), one vector at a time: a full forward
     with θ requiring grad, J v by the double-backward trick, then Jᵀ(J v)."""
     dtype = next(model.parameters()).dtype
@@ -76,7 +76,7 @@ def jtj_plain(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, sou
 
 @torch.no_grad()
 def side_effects_plain(model: torch.nn.Module, texts: list[ScoredText], source_layer: int,
-                       thetas: torch.Tensor, pad_id: int, site: str = "mlp") -> SideEffects:
+                       thetas: torch.Tensor, pad_id: int, site: Site = "mlp") -> SideEffects:
     """KL and top-1 agreement the plain way: one padded batch, one full forward unsteered and one
     per setting with a hook at ``site``, full logits everywhere, read at each text's positions."""
     ids, mask = pad_right([t.token_ids for t in texts], pad_id)
@@ -97,7 +97,7 @@ def side_effects_plain(model: torch.nn.Module, texts: list[ScoredText], source_l
 
 @torch.no_grad()
 def cloze_plain(model: torch.nn.Module, items: list[ClozeItem], source_layer: int,
-                thetas: torch.Tensor, pad_id: int, site: str = "mlp") -> torch.Tensor:
+                thetas: torch.Tensor, pad_id: int, site: Site = "mlp") -> torch.Tensor:
     """Cloze log-probabilities the plain way: per setting, one padded batch of every prompt +
     answer, a full forward with a hook at ``site``, full logits, each answer's tokens read off
     where they are predicted. [n_settings, 2, n_items] fp64, as ``steerlab.measure.cloze.cloze_logprobs``."""

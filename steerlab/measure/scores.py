@@ -6,7 +6,7 @@ settings here, so the two cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import numpy as np
 import torch
@@ -21,10 +21,12 @@ from steerlab.questions.orders import answers_in_order
 from steerlab.questions.prompts import AnswerTokens
 
 # What eval scores: the A/B letter logit difference, the cloze log-probabilities, or both.
-SCORES = ("both", "letter", "cloze")
+Scores = Literal["both", "letter", "cloze"]
+SCORES: tuple[Scores, ...] = get_args(Scores)
 SCORES_OF = {"both": ("letter", "cloze"), "letter": ("letter",), "cloze": ("cloze",)}
 # What a choice on val can maximise (steerlab.measure.analysis.select_by).
-SELECT_BY = ("cloze", "letter")
+Score = Literal["cloze", "letter"]  # one score: what the val choice maximises, what a table shows
+SELECT_BY: tuple[Score, ...] = get_args(Score)
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Scores:
     cloze: np.ndarray | None = None  # [n_settings, 2 (positive, negative), n_q] summed log-probs
 
 
-def usable_questions(tokenizer, items: list[Item], order: str, scores: str
+def usable_questions(tokenizer, items: list[Item], order: str, scores: Scores
                      ) -> tuple[list[AnswerTokens], list[ClozeItem] | None, list[str]]:
     """The items' letter answers in ``order`` (``answers_in_order``; empty without the letter
     score) and cloze forms (None without the cloze score) for ``scores`` (one of SCORES),

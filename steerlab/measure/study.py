@@ -24,9 +24,11 @@ from steerlab.measure.analysis import (
     select_by,
     standing_of,
 )
+from steerlab.measure.scales.norms import ScaleUnit
+from steerlab.measure.scores import SELECT_BY, Score
 from steerlab.measure.statistics import ClozeRow, Row, Standing, Stat, difference, stat
 
-SCORES = ("cloze", "letter")
+SCORES = SELECT_BY  # the ranking tables, cloze first
 
 # What each kind of vector group is called in the study's tables.
 NAMES = {"caa": "CAA", "pi": "PI at 0", "pi_caa": "PI@CAA", "melbo": "MELBO"}
@@ -48,7 +50,7 @@ class Entry:
     label: str  # method/run
     vector: int
     scale: float  # the chosen signed scale (a KL target in kl)
-    scale_unit: str  # kl, resid, abs ("" for evals stored before SCALE_UNIT: abs)
+    scale_unit: ScaleUnit  # kl, resid, abs ("" for evals stored before SCALE_UNIT: abs)
     norm: float  # the signed |θ| it was added at
     val_score: float  # what the choice maximised on val
     cloze: ClozeRow | None  # test
@@ -57,7 +59,7 @@ class Entry:
     per_question: dict[str, np.ndarray]  # score -> [n_q] test Δ
 
 
-def choices(val: Split, kl_max: float, by: str) -> list[tuple[EvalGroup, int, int]]:
+def choices(val: Split, kl_max: float, by: Score) -> list[tuple[EvalGroup, int, int]]:
     """Every non-random group's (group, vector, scale index) chosen on val by ``by`` among the
     settings with KL ≤ ``kl_max`` (``steerlab.measure.analysis.choose``); groups with none are left out."""
     picked = []
@@ -70,12 +72,12 @@ def choices(val: Split, kl_max: float, by: str) -> list[tuple[EvalGroup, int, in
     return picked
 
 
-def test_scales(val: Split, kl_max: float, by: str) -> list[float]:
+def test_scales(val: Split, kl_max: float, by: Score) -> list[float]:
     """The positive scales the val choices sit at: what test needs (random draws take both signs)."""
     return sorted({round(abs(float(g.scales[s])), 10) for g, _, s in choices(val, kl_max, by)})
 
 
-def entries(val: Split, test: Split, kl_max: float, by: str) -> list[Entry]:
+def entries(val: Split, test: Split, kl_max: float, by: Score) -> list[Entry]:
     """The val choice of every group, scored on test against the random draws at its cost."""
     out = []
     for group, vector, s in choices(val, kl_max, by):
@@ -109,7 +111,7 @@ class Rank:
     gap_to_next: Stat | None  # this entry's Δ − the next one's, paired; None for the last
 
 
-def ranking(found: list[Entry], score: str, classes: np.ndarray | None) -> list[Rank]:
+def ranking(found: list[Entry], score: Score, classes: np.ndarray | None) -> list[Rank]:
     """Entries with a standing in ``score``, by Δ − random (largest first), each with its paired
     difference to the next: a rank is decided where that interval excludes 0."""
     ranked = sorted((e for e in found if score in e.standing), key=lambda e: -e.standing[score].beyond.value)
@@ -126,7 +128,7 @@ def ranking(found: list[Entry], score: str, classes: np.ndarray | None) -> list[
 class Spread:
     """The random distribution at one cost in one score: its draws' Δ."""
     scale: float
-    score: str
+    score: Score
     draws: np.ndarray  # [n_draws] headline Δ of each draw
     kl: Stat | None
 

@@ -14,19 +14,23 @@ per-class mean differences (``balance``), so a direction that only says "No" dro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
 from steerlab.base.parallel import SINGLE, Ranks
 from steerlab.lm.segment import batched_prefixes
+from steerlab.lm.site import ResolvedSite
 from steerlab.questions.cloze_form import ClozeItem
 from steerlab.questions.polarity import class_masks
 from steerlab.questions.prompts import AnswerTokens
 
-CAPTURES = ("mlp", "resid")
-POSITIONS = ("letter", "last", "answer")
+CAPTURES: tuple[ResolvedSite, ...] = get_args(ResolvedSite)
+Position = Literal["letter", "last", "answer"]
+POSITIONS: tuple[Position, ...] = get_args(Position)
 # answer position: balanced over polarity classes, or the plain mean over pairs (ablation)
-BALANCES = ("classes", "none")
+Balance = Literal["classes", "none"]
+BALANCES: tuple[Balance, ...] = get_args(Balance)
 
 
 @dataclass
@@ -43,7 +47,7 @@ class CAAResult:
         return float(self.vector.norm())
 
 
-def token_positions(answers: list[AnswerTokens], position: str) -> list[tuple[int, int]]:
+def token_positions(answers: list[AnswerTokens], position: Position) -> list[tuple[int, int]]:
     """Index to read in prompt+positive and in prompt+negative, per pair."""
     if position == "letter":
         return [(a.position, a.position) for a in answers]
@@ -54,7 +58,7 @@ def token_positions(answers: list[AnswerTokens], position: str) -> list[tuple[in
 
 @torch.no_grad()
 def activations(model, sequences: list[tuple[int, ...]], read_at: list[int | range], layer: int,
-                *, capture: str, pad_id: int, batch_size: int = 16) -> torch.Tensor:
+                *, capture: ResolvedSite, pad_id: int, batch_size: int = 16) -> torch.Tensor:
     """[n, d] fp64 activations at ``read_at[i]`` of ``sequences[i]`` (a position, or a range of
     positions whose activations are averaged); one forward per batch that stops after ``layer``.
     No sequences: no rows."""
@@ -72,7 +76,7 @@ def activations(model, sequences: list[tuple[int, ...]], read_at: list[int | ran
 
 
 def caa_vector(model, answers: list[AnswerTokens], layer: int, pad_id: int,
-               *, capture: str = "mlp", position: str = "letter", batch_size: int = 16,
+               *, capture: ResolvedSite = "mlp", position: Position = "letter", batch_size: int = 16,
                n_orders: int = 1, ranks: Ranks = SINGLE) -> CAAResult:
     """Mean over pairs of act(positive) - act(negative). With ``n_orders`` = 2, ``answers`` holds
     every question as written and then mirrored (``steerlab.questions.orders.answers_in_order``): each letter
@@ -96,7 +100,7 @@ def caa_vector(model, answers: list[AnswerTokens], layer: int, pad_id: int,
                      [a.item_id for a in answers], by_order.float())
 
 
-def caa_answer_vector(model, items: list[ClozeItem], layer: int, pad_id: int, *, capture: str = "mlp",
+def caa_answer_vector(model, items: list[ClozeItem], layer: int, pad_id: int, *, capture: ResolvedSite = "mlp",
                       balance: bool = True, batch_size: int = 16, ranks: Ranks = SINGLE) -> CAAResult:
     """Mean over items of act(positive answer text) − act(negative answer text), each averaged
     over the answer's tokens after the item's prompt (no choices, no letters). With ``balance``

@@ -25,7 +25,7 @@ Two modes give the same constraint order:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import torch
 
@@ -33,7 +33,8 @@ from steerlab.base.errors import UserError
 from steerlab.base.parallel import SINGLE, Ranks
 from steerlab.lm.segment import Prefix, segment
 
-MODES = ("batched", "sequential")
+MelboMode = Literal["batched", "sequential"]
+MODES: tuple[MelboMode, ...] = get_args(MelboMode)
 BETAS = (0.9, 0.98)
 WEIGHT_DECAY = 0.0
 AMSGRAD = True
@@ -47,7 +48,7 @@ class MelboResult:
     vectors: torch.Tensor  # [k, d] fp32, rows of norm R, row i orthogonal to rows < i
     trace: torch.Tensor  # [steps, k] fp32, objective of each vector before each step
     objective: torch.Tensor  # [k] fp32, objective of the final vectors
-    mode: str
+    mode: MelboMode
 
 
 def displacement_sum(displacement: torch.Tensor, mask: torch.Tensor, copies: int,
@@ -146,7 +147,7 @@ def displacement_objective(model: torch.nn.Module, prefixes: list[Prefix], vecto
 
 def melbo(model: torch.nn.Module, prefixes: Prefix | list[Prefix], target_layer: int, k: int,
           *, radius: float, p: float = 2.0, q: float = 1.0, steps: int = 300, lr: float = 1e-3,
-          seed: int = 0, mode: str = "batched", progress: Progress | None = None,
+          seed: int = 0, mode: MelboMode = "batched", progress: Progress | None = None,
           ranks: Ranks = SINGLE) -> MelboResult:
     """k MELBO vectors from the cached prefix of each prompt batch (``run_prefix`` at the source
     layer); the objective runs over the prompts of all batches together, and under several

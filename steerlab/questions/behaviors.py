@@ -16,7 +16,16 @@ from pathlib import Path
 from steerlab.base.errors import DataError
 from steerlab.base.files import REPO_ROOT
 from steerlab.base.progress import say
-from steerlab.questions.data import Item, Prompt, check_answers, item_id, load_items, load_prompts, split_of
+from steerlab.questions.data import (
+    Item,
+    Prompt,
+    SplitName,
+    check_answers,
+    item_id,
+    load_items,
+    load_prompts,
+    split_of,
+)
 from steerlab.questions.orders import ChoiceError, mirror
 
 DATA_DIR = REPO_ROOT / "data"
@@ -95,7 +104,7 @@ def items_of(path: str | Path, behavior: str, split: str | None = None) -> list[
     return items
 
 
-def behavior_prompts(behavior: str, data: str | Path, split: str, n_open: int,
+def behavior_prompts(behavior: str, data: str | Path, split: SplitName, n_open: int,
                      open_ended: str | Path | None, neutral: str | Path, n_neutral: int
                      ) -> list[tuple[str, Prompt]]:
     """(prompt set, prompt) pairs of ``split``: the first ``n_open`` of the behaviour's

@@ -17,12 +17,13 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal, get_args
 
 from steerlab.base.errors import DataError
 from steerlab.base.files import write_atomically
 
-SPLITS = ("train", "val", "test")
+SplitName = Literal["train", "val", "test"]
+SPLITS: tuple[SplitName, ...] = get_args(SplitName)
 # Share of items per split, in percent of the hash range: train 50, val 25, test 25.
 SPLIT_EDGES = {"train": 50, "val": 75, "test": 100}
 REQUIRED = ("id", "behavior", "question", "positive", "negative", "split")
@@ -38,7 +39,7 @@ class Item:
     question: str
     positive: str
     negative: str
-    split: str
+    split: SplitName
     source: str = ""
 
 
@@ -139,7 +140,7 @@ PROMPT_OPTIONAL = ("topic", "source")
 class Prompt:
     id: str
     text: str
-    split: str
+    split: SplitName
     topic: str = ""
     source: str = ""
 

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import Literal, get_args
 
 from steerlab.base.errors import DataError, UserError
 from steerlab.questions.data import ANSWER, CHOICE_LINE, Item
 from steerlab.questions.prompts import AnswerTokens, answer_tokens_for
 
+Orders = Literal["both", "original", "mirrored"]
 ORDER_NAMES = ("original", "mirrored")
 # What a run may ask for: both orders (the default everywhere) or one of them as an ablation.
-ORDERS = ("both", *ORDER_NAMES)
+ORDERS: tuple[Orders, ...] = get_args(Orders)
 # Mirrors get a derived id so per-question results of the two orders can be told apart and joined.
 MIRROR_SUFFIX = "~m"
 MIRROR_NOTE = " (mirrored)"

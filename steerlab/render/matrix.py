@@ -12,13 +12,15 @@ import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 
 from steerlab.measure.matrix import Source, Table, TestRun
+from steerlab.measure.scales.norms import ScaleUnit
+from steerlab.measure.scores import Score
 from steerlab.measure.statistics import cloze_row, polarity_shift_stat, row, scale_text
 from steerlab.questions.behaviors import label
 
 
 def write_matrix_page(out: Path, measured: TestRun, sources: list[Source], key: str, *, method: str,
-                      select_by: str, kl_max: float, n_eval: int | None, n_random: int,
-                      scale_unit: str) -> tuple[Path, list[Path]]:
+                      select_by: Score, kl_max: float, n_eval: int | None, n_random: int,
+                      scale_unit: ScaleUnit) -> tuple[Path, list[Path]]:
     """matrix_<method>.md and a heatmap per score (matrix_<method>.png for letter,
     matrix_<method>_cloze.png) into ``out``; returns the page and the figures."""
     out.mkdir(parents=True, exist_ok=True)
@@ -34,8 +36,8 @@ def write_matrix_page(out: Path, measured: TestRun, sources: list[Source], key: 
     return page, figures
 
 
-def page_markdown(measured: TestRun, sources: list[Source], key: str, *, method: str, select_by: str,
-             kl_max: float, n_eval: int | None, n_random: int, scale_unit: str = "abs") -> str:
+def page_markdown(measured: TestRun, sources: list[Source], key: str, *, method: str, select_by: Score,
+             kl_max: float, n_eval: int | None, n_random: int, scale_unit: ScaleUnit = "abs") -> str:
     """The matrix page: a table per score (the chosen rows, the random rows), then the unsteered
     model on each behaviour's test questions."""
     tables = measured.tables
@@ -122,7 +124,7 @@ def page_markdown(measured: TestRun, sources: list[Source], key: str, *, method:
     return "\n".join(lines) + "\n"
 
 
-def chosen_scale_text(source: Source, scale_unit: str) -> str:
+def chosen_scale_text(source: Source, scale_unit: ScaleUnit) -> str:
     """The scale a behaviour's vector was chosen at, as the report writes scales: "+0.04 KL (= 30.3)"
     with SCALE_UNIT=kl, else the L2 norm of θ."""
     if scale_unit == "kl":
@@ -130,12 +132,12 @@ def chosen_scale_text(source: Source, scale_unit: str) -> str:
     return f"{source.choice.scale:+.4g}"
 
 
-def random_scale_text(scale: float, scale_unit: str) -> str:
+def random_scale_text(scale: float, scale_unit: ScaleUnit) -> str:
     """A random reference row's scale: both signs, in the unit the matrix chose in."""
     return f"±{scale:g}" + (" KL" if scale_unit == "kl" else "")
 
 
-def heatmap_values(table: Table, sources: list[Source], n_random: int, scale_unit: str
+def heatmap_values(table: Table, sources: list[Source], n_random: int, scale_unit: ScaleUnit
                    ) -> tuple[list[str], list[str], np.ndarray, int]:
     """What ``matrix_heatmap`` draws of ``table``: row and column labels, the cells
     [rows, columns, (Δ, low, high)] (the chosen rows, then the random rows) and the chosen rows'
@@ -150,7 +152,7 @@ def heatmap_values(table: Table, sources: list[Source], n_random: int, scale_uni
 
 
 def matrix_heatmap(path: Path, cells: np.ndarray, rows: list[str], columns: list[str], n_chosen: int,
-                   score: str, method: str, key: str) -> Path:
+                   score: Score, method: str, key: str) -> Path:
     """The matrix of one ``score`` (letter or cloze) as a heatmap: ``cells`` [rows, columns,
     (Δ, low, high)], the first ``n_chosen`` rows ``method``'s chosen vectors and the rest random
     references, below a line; a cell whose 95% interval excludes 0 is bold."""

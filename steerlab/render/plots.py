@@ -35,6 +35,7 @@ from steerlab.measure.analysis import (
     scale_rows,
     select_by,
 )
+from steerlab.measure.scores import Score
 from steerlab.measure.statistics import Row
 from steerlab.measure.study import entries
 from steerlab.questions.polarity import balanced_mean
@@ -42,7 +43,7 @@ from steerlab.render.figures import color, random_distribution_figure, save
 from steerlab.store import read_vector_groups
 
 
-def diff_label(split: Split, by: str = "letter") -> str:
+def diff_label(split: Split, by: Score = "letter") -> str:
     if by == "cloze":
         return (f"log p({behavior_label(split.behavior)} text) − log p(other text), per token  "
                 "[nats; cloze]")
@@ -50,14 +51,14 @@ def diff_label(split: Split, by: str = "letter") -> str:
     return f"logit({behavior_label(split.behavior)}) − logit(other){mean}  [nats]"
 
 
-def score_rows(group: EvalGroup, vector: int | None, split: Split, by: str) -> list:
+def score_rows(group: EvalGroup, vector: int | None, split: Split, by: Score) -> list:
     """Rows by scale of the score chosen by: ``Row`` (letter) or ``ClozeRow`` (cloze)."""
     if by == "cloze":
         return [cloze_row_at(group, vector, s, split) for s in range(len(group.scales))]
     return scale_rows(group, vector, split)
 
 
-def score_row_at(group: EvalGroup, vector: int | None, s: int, split: Split, by: str):
+def score_row_at(group: EvalGroup, vector: int | None, s: int, split: Split, by: Score):
     return cloze_row_at(group, vector, s, split) if by == "cloze" else row_at(group, vector, s, split)
 
 
@@ -70,12 +71,12 @@ def nearest_in_unit(group: EvalGroup, scale: float) -> int:
     return int(np.argmin(np.abs(grid - scale)))
 
 
-def per_question(group: EvalGroup, by: str) -> np.ndarray:
+def per_question(group: EvalGroup, by: Score) -> np.ndarray:
     """[k, n_scales, n_q] per-question values of the score chosen by."""
     return group.cloze if by == "cloze" else group.logit_diff
 
 
-def baseline_values(split: Split, by: str) -> np.ndarray:
+def baseline_values(split: Split, by: Score) -> np.ndarray:
     return split.cloze_baseline if by == "cloze" else split.baseline
 SCALE_LABEL = "scale  (L2 norm of θ added; signed)"
 FRACTION_LABEL = "scale  (‖θ‖ / median ‖h_S‖ at the source layer; signed)"
@@ -97,7 +98,7 @@ class Data:
     vectors: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
     kl_max: float | None = None  # the report's selection rule
     behavior: str = ""
-    by: str = "letter"  # the score the val choice maximises (steerlab.measure.analysis.select_by)
+    by: Score = "letter"  # the score the val choice maximises (steerlab.measure.analysis.select_by)
 
     @property
     def name(self) -> str:
@@ -105,7 +106,7 @@ class Data:
         return f"{self.key}, {self.behavior}" if self.behavior else self.key
 
 
-def load(store: str, key: str, behavior: str, kl_max: float | None = None, by: str = "cloze") -> Data:
+def load(store: str, key: str, behavior: str, kl_max: float | None = None, by: Score = "cloze") -> Data:
     splits = read_splits(store, key, behavior)
     vectors: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for group in read_vector_groups(store, key, behavior):
@@ -199,7 +200,7 @@ def fig_violin_scales(data: Data, out: Path) -> Path:
                 "(vector chosen on val; nearest stored scale, sign as chosen)")
 
 
-def dose_rows(data: Data, by: str) -> dict[str, tuple[EvalGroup, int | None, list]]:
+def dose_rows(data: Data, by: Score) -> dict[str, tuple[EvalGroup, int | None, list]]:
     """Per method: the test group, the vector chosen on val (None: pooled random), and its rows of
     score ``by`` at every stored scale."""
     return {method: (group, vector, score_rows(group, vector, data.test, by))

@@ -34,6 +34,7 @@ from steerlab.measure.analysis import (
     select_by,
     standing_of,
 )
+from steerlab.measure.scores import Score
 from steerlab.measure.statistics import ClozeRow, Row, scale_text
 from steerlab.questions.polarity import POLARITIES
 
@@ -127,7 +128,7 @@ def cloze_note(split: Split) -> list[str]:
     return lines + [""]
 
 
-def method_tables(split: Split, val: Split, kl_max: float | None, by: str) -> list[str]:
+def method_tables(split: Split, val: Split, kl_max: float | None, by: Score) -> list[str]:
     out = orders_note(split) if split.has_letter else []
     out += cloze_note(split) if split.has_cloze else []
     kl_columns = has_kl(split)
@@ -192,7 +193,7 @@ def scales_note(val: Split) -> list[str]:
     return lines + [""]
 
 
-def choices(val: Split, test: Split, kl_max: float | None, by: str) -> dict[str, tuple | None]:
+def choices(val: Split, test: Split, kl_max: float | None, by: Score) -> dict[str, tuple | None]:
     """Per method: its setting chosen on val by ``by``, looked up on test."""
     return {method: chosen_on(method, val, test, kl_max, by) for method in methods(test)}
 
@@ -204,7 +205,7 @@ def rule_text(test: Split, kl_max: float | None) -> str:
     return " and ".join(parts) or "every setting"
 
 
-def summary(val: Split, test: Split, kl_max: float | None, by: str) -> list[str]:
+def summary(val: Split, test: Split, kl_max: float | None, by: Score) -> list[str]:
     picked = choices(val, test, kl_max, by)
     score = {"cloze": "the polarity-paired cloze preference", "letter": "the order-mean logit difference"}[by]
     out = [f"### Summary: chosen on validation by {score}, scored on test", ""]
@@ -220,7 +221,7 @@ def summary(val: Split, test: Split, kl_max: float | None, by: str) -> list[str]
     return out
 
 
-def cloze_summary(test: Split, picked: dict, kl_max: float | None, by: str) -> list[str]:
+def cloze_summary(test: Split, picked: dict, kl_max: float | None, by: Score) -> list[str]:
     kl = has_kl(test)
     names = ["Method", "Vector", "Scale", "Δ cloze, polarity-paired (test)", RANDOM_COLUMN,
              *[f"Δ {name}" for name in class_names(test)], "polarity shift"]
@@ -254,14 +255,14 @@ RANDOM_NOTE = ("Δ − random: against the random directions of the same source 
                "the draws resampled too; then the share of the draws whose Δ this setting's exceeds.")
 
 
-def against_random_cell(group, vector: int, s: int, test: Split, score: str) -> str:
+def against_random_cell(group, vector: int, s: int, test: Split, score: Score) -> str:
     st = standing_of(group, vector, s, test, score)
     if st is None:
         return "no random directions at this scale"
     return f"{st.beyond.fmt(3 if score == 'cloze' else 2, True)}; {100 * st.share_beaten:.0f}% of {len(st.draws)}"
 
 
-def letter_summary(test: Split, picked: dict, kl_max: float | None, by: str) -> list[str]:
+def letter_summary(test: Split, picked: dict, kl_max: float | None, by: Score) -> list[str]:
     both, kl = test.counterbalanced, has_kl(test)
     names = ["Method", "Vector", "Scale", f"{test.positive_label} (test)", "Δ (test)", RANDOM_COLUMN]
     names += ["letter shift (test)", "consistency % (test)"] if both else []
@@ -294,7 +295,7 @@ def letter_summary(test: Split, picked: dict, kl_max: float | None, by: str) -> 
     return out + ["", orders, ""]
 
 
-def without_kl_rule(val: Split, test: Split, kl_max: float, by: str) -> list[str]:
+def without_kl_rule(val: Split, test: Split, kl_max: float, by: Score) -> list[str]:
     """What each method would report without the KL rule, to show what the rule costs or saves."""
     out = ["Without the KL rule (" + ("answer mass only" if test.has_letter else "every setting")
            + "), validation would choose:", ""]
@@ -315,7 +316,7 @@ def without_kl_rule(val: Split, test: Split, kl_max: float, by: str) -> list[str
     return out + [""]
 
 
-def best_on_test(method: str, test: Split, kl_max: float | None, by: str) -> str:
+def best_on_test(method: str, test: Split, kl_max: float | None, by: Score) -> str:
     best = choose_for_method(method, test, kl_max, by)
     if best is None:
         return "–"
@@ -327,7 +328,7 @@ def best_on_test(method: str, test: Split, kl_max: float | None, by: str) -> str
     return f"{group.run} #{vector}, {r.scale_text}, {r.positive.value:.1f}%, {r.delta.value:+.2f}"
 
 
-def report(splits: dict[str, Split], model_key: str, kl_max: float | None, by: str) -> str:
+def report(splits: dict[str, Split], model_key: str, kl_max: float | None, by: Score) -> str:
     """The whole report of ``splits`` (read by ``steerlab.measure.analysis.read_splits``; val is
     needed, to choose on), each method's setting chosen on val by the score ``by`` (the other
     score where the store lacks it, with a note)."""

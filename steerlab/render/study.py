@@ -18,6 +18,7 @@ from pathlib import Path
 
 from steerlab.base.files import write_atomically
 from steerlab.measure.analysis import Split
+from steerlab.measure.scores import Score
 from steerlab.measure.statistics import Stat
 from steerlab.measure.study import (
     SCORES,
@@ -43,7 +44,7 @@ SEED_QWEN3_14B = {"CAA": {5: (29.0, -3.08, 0.25), 10: (30.5, -2.88, 0.46), 15: (
                                                    15: (41.9, -1.93, 1.40), 20: (35.0, -2.45, 0.88)}}
 
 
-def study_page(val: Split, test: Split, *, model_key: str, kl_max: float, by: str, out: Path,
+def study_page(val: Split, test: Split, *, model_key: str, kl_max: float, by: Score, out: Path,
                command: str, seconds: float | None = None) -> tuple[Path, Path]:
     """Write the page and its figure into ``out``, named for the model and today's date; returns
     both paths. ``command`` and ``seconds`` (the study's wall time) are what the page says ran."""
@@ -76,7 +77,7 @@ def _fmt(s: Stat | None, digits: int = 3, signed: bool = True) -> str:
     return "–" if s is None else s.fmt(digits, signed)
 
 
-def ranking_table(ranks: list[Rank], score: str) -> list[str]:
+def ranking_table(ranks: list[Rank], score: Score) -> list[str]:
     unit = "nats/token, polarity-paired" if score == "cloze" else "order-mean logit diff"
     confound = "polarity shift" if score == "cloze" else "letter shift (steered)"
     lines = [f"| rank | method | chosen on val | Δ ({unit}) | random mean Δ | Δ − random [95% CI] "

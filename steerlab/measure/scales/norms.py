@@ -13,6 +13,8 @@ other token (7× at layer 7), so a mean is set by one position that steering nev
 """
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 import torch
 
@@ -20,7 +22,8 @@ from steerlab.lm.segment import batched_prefixes
 from steerlab.store.groups import QUANTILES, ResidualNorm
 
 NORM_PROMPTS = 128
-SCALE_UNITS = ("kl", "resid", "abs")
+ScaleUnit = Literal["kl", "resid", "abs"]
+SCALE_UNITS: tuple[ScaleUnit, ...] = get_args(ScaleUnit)
 
 
 @torch.no_grad()
