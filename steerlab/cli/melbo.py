@@ -13,11 +13,9 @@ from steerlab.base.progress import progress_bar, say, step
 from steerlab.cli import defaults
 from steerlab.cli.options import (
     above_source,
-    add_neutral,
-    add_scale_unit,
+    add_segment,
     behavior_items,
     context,
-    count_or_all,
     main_guard,
     parse,
     parser,
@@ -43,24 +41,16 @@ BATCH_SIZE = 4
 def run() -> None:
     p = parser(__doc__)
     p.set_defaults(batch_size=BATCH_SIZE)
-    p.add_argument("--layer", type=int, default=defaults.LAYER,
-                   help="source layer S: θ is added to layers[S].mlp.down_proj")
-    p.add_argument("--target", type=int, default=defaults.TARGET,
-                   help="target layer T: displacement of the residual output of layers[T]")
-    p.add_argument("--k", type=positive_int, default=defaults.K, help="number of orthogonal vectors")
+    add_segment(p, vectors="orthogonal vectors", prompts="the objective sums over",
+                seed="the random starting directions")
     p.add_argument("--radius", type=positive_float, default=defaults.R,
                    help="norm R of every vector, in --scale-unit: with kl, the |θ| at which random "
                         "directions cost R nats per token (their median), a fraction of ‖h_S‖, or absolute")
-    add_scale_unit(p)
-    add_neutral(p)
     p.add_argument("--p", type=positive_float, default=defaults.P,
                    help="exponent of each token's displacement norm (over the hidden dimension)")
     p.add_argument("--q", type=positive_float, default=defaults.Q, help="outer root of the objective")
     p.add_argument("--steps", type=positive_int, default=defaults.STEPS, help="AdamW steps per vector")
     p.add_argument("--lr", type=positive_float, default=defaults.LR, help="AdamW learning rate")
-    p.add_argument("--n-prompts", type=count_or_all, default=defaults.N_PROMPTS, metavar="N|all",
-                   help="first N train prompts the objective sums over")
-    p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the random starting directions")
     p.add_argument("--mode", choices=MODES, default="batched",
                    help="batched: all k vectors step together; sequential: one after another "
                         "(the reference procedure)")

@@ -199,6 +199,22 @@ def positive_float(text: str) -> float:
     return value
 
 
+def add_segment(p: argparse.ArgumentParser, vectors: str, prompts: str, seed: str) -> None:
+    """The options PI and MELBO share: the segment S → T, how many vectors (``vectors`` says what
+    they are), the train prompts (``prompts``: what is taken over them), the seed (``seed``: of
+    what), the scale unit and the neutral texts."""
+    p.add_argument("--layer", type=int, default=defaults.LAYER,
+                   help="source layer S: θ is added to layers[S].mlp.down_proj (or the block output: --site)")
+    p.add_argument("--target", type=int, default=defaults.TARGET,
+                   help="target layer T > S: the residual output of layers[T]")
+    p.add_argument("--k", type=positive_int, default=defaults.K, help=f"number of {vectors}")
+    p.add_argument("--n-prompts", type=count_or_all, default=defaults.N_PROMPTS, metavar="N|all",
+                   help=f"first N train prompts {prompts}")
+    p.add_argument("--seed", type=int, default=defaults.SEED, help=f"seed of {seed}")
+    add_scale_unit(p)
+    add_neutral(p)
+
+
 def add_select_by(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select-by", choices=SELECT_BY, default=defaults.SELECT_BY,
                    help="the score the val choice maximises: cloze (the polarity-paired preference for "

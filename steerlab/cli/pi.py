@@ -22,8 +22,7 @@ from steerlab.base.progress import progress_bar, say, step
 from steerlab.cli import defaults
 from steerlab.cli.options import (
     above_source,
-    add_neutral,
-    add_scale_unit,
+    add_segment,
     behavior_items,
     context,
     count_or_all,
@@ -70,19 +69,14 @@ def validate(args) -> None:
 
 def run() -> None:
     p = parser(__doc__)
-    p.add_argument("--layer", type=int, default=defaults.LAYER, help="source layer S")
-    p.add_argument("--target", type=int, default=defaults.TARGET, help="target layer T > S")
-    p.add_argument("--k", type=positive_int, default=defaults.K, help="number of singular vectors")
+    add_segment(p, vectors="singular vectors", prompts="J is taken over", seed="the random start block")
     p.add_argument("--iters", type=positive_int, default=defaults.ITERS,
                    help="power-iteration step budget")
     p.add_argument("--oversample", type=int, default=defaults.OVERSAMPLE,
                    help="extra columns in the random start block")
     p.add_argument("--tol", type=positive_float, default=defaults.TOL,
                    help="stop when the top-k subspace moves less than this (sine of largest angle)")
-    p.add_argument("--n-prompts", type=count_or_all, default=defaults.N_PROMPTS, metavar="N|all",
-                   help="train prompts J is taken over")
     p.add_argument("--tokens", default=defaults.TOKENS, help="positions: all, or last:N per prompt")
-    p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the random start block")
     p.add_argument("--jvp-chunk", type=count_or_all, default=defaults.JVP_CHUNK, metavar="N|all",
                    help="vectors pushed through the vmapped JVP/VJP together: the step's memory grows "
                         "with this, not with K + OVERSAMPLE (docs/usage.md: memory); all: every vector at once")
@@ -95,8 +89,6 @@ def run() -> None:
                    help="with --at caa: linearise at θ₀ = s · unit(CAA) for each s (signed, in "
                         "--scale-unit: a fraction of ‖h_S‖ or an L2 norm) instead of at the raw CAA "
                         "vector; one group per scale")
-    add_scale_unit(p)
-    add_neutral(p)
     # Small batches: the vmapped JVP/VJP of a big batch thrash the cache (docs/development.md,
     # "Performance": small batches, same σ, a fraction of the time).
     p.set_defaults(batch_size=2)

@@ -1,18 +1,8 @@
-"""Markdown tables of the stored evals, with 95% bootstrap intervals over questions.
-
-Per split and method: the vector chosen on validation, at every scale, next to the unsteered
-baseline; the random control pools all its directions. Then the summary: per method the vector
-and scale chosen on validation with its test numbers, and beside it, labelled, the best-on-test
-setting (the optimistic selection that picks on the same questions it scores).
-
-Two scores, one table each. Letter: counterbalanced evals (every question as written and
-mirrored) show the order-mean logit difference (the behaviour), the letter shift (half the
-difference between the orders) and the consistency of the two orders; single-order evals say
-that their numbers mix both. Cloze (each answer's text after the stem, no letters, nats per
-token): the polarity-paired Δ (yes and no class means weigh the same, steerlab/questions/polarity.py),
-the Δ within each class and the polarity shift ½(Δ_no − Δ_yes), which a pure Yes/No direction
-moves and the balanced Δ does not. The val choice maximises --select-by (cloze by default); both
-summaries show that one choice.
+"""Markdown tables of the stored evals (`make report`), with 95% bootstrap intervals over questions:
+per split and method, the setting chosen on validation by --select-by at every scale beside the
+unsteered baseline and the random control; then the summary, each choice scored on test against
+random directions at the same cost, each score beside its confound (the letter shift, the
+polarity shift) and KL. steerlab/render/report.py writes the tables and says what each column is.
 """
 from steerlab.cli.options import choice_parser, main_guard, parse_choice
 from steerlab.measure.analysis import read_splits
