@@ -198,6 +198,11 @@ def choices(val: Split, test: Split, kl_max: float | None, by: Score) -> dict[st
     return {method: chosen_on(method, val, test, kl_max, by) for method in methods(test)}
 
 
+def no_choice_row(method: str, test: Split, kl_max: float | None, n_columns: int) -> str:
+    """A summary row for a method val chose nothing for, saying which rule none passed."""
+    return f"| {method} | no setting with {rule_text(test, kl_max)} on val |" + " |" * (n_columns - 2)
+
+
 def rule_text(test: Split, kl_max: float | None) -> str:
     kl = has_kl(test) and kl_max is not None
     mass = f"answer mass ≥ {MIN_MASS_SHARE:.0%} of baseline" if test.has_letter else ""
@@ -233,7 +238,7 @@ def cloze_summary(test: Split, picked: dict, kl_max: float | None, by: Score) ->
                                   *["–"] * (len(names) - 6 - kl), *(["0"] if kl else []), "–"]) + " |")
     for method, chosen in picked.items():
         if chosen is None:
-            out.append(f"| {method} | no setting with {rule_text(test, kl_max)} on val |" + " |" * (len(names) - 2))
+            out.append(no_choice_row(method, test, kl_max, len(names)))
             continue
         group, vector, s = chosen
         r = cloze_row_at(group, vector, s, test)
@@ -281,7 +286,7 @@ def letter_summary(test: Split, picked: dict, kl_max: float | None, by: Score) -
     out.append("| " + " | ".join(["baseline", "–", "0", *base[:2], "–", *base[2:], "–"]) + " |")
     for method, chosen in picked.items():
         if chosen is None:
-            out.append(f"| {method} | no setting with {rule_text(test, kl_max)} on val |" + " |" * (len(names) - 2))
+            out.append(no_choice_row(method, test, kl_max, len(names)))
             continue
         on_test, vector, scale = chosen
         r = row_at(on_test, vector, scale, test)
