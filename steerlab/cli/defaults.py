@@ -90,9 +90,8 @@ if __name__ == "__main__":
             print(f"{name} ?= {globals()[name]}")
         print(f"DEFAULT_MODEL := {MODEL}")
     elif sys.argv[1:2] == ["help"]:
-        wanted = sys.argv[2:] or list(documented())
         for name, (value, doc) in documented().items():
-            if name in wanted:
+            if name in sys.argv[2:] or len(sys.argv) == 2:
                 print(f"  {name}={value}|{doc}")
     else:
         sys.exit("usage: python3 steerlab/cli/defaults.py make | help [NAME ...]")
