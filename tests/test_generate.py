@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from steerlab.base.errors import DataError, StoreError, UserError
-from steerlab.lm.generate import generate, generate_ids, prompt_ids
+from steerlab.lm.generate import Setting, generate, generate_ids, generate_settings, prompt_ids
 from steerlab.lm.model import load_model
 from steerlab.lm.site import add_to_down_proj
 from steerlab.lm.vector import SteeringVector
@@ -151,6 +151,21 @@ def test_generation_stops_at_eos_and_a_batch_cuts_finished_rows_there(tiny_llama
     finally:
         model.generation_config.eos_token_id = before
     assert batched == alone and batched[1] == free[1][:3]
+
+
+def test_generate_settings_is_generate_per_setting_and_refuses_a_vector_of_another_width(tiny_llama):
+    model, tokenizer = tiny_llama.model, tiny_llama.tokenizer
+    rows = [Setting("unsteered"), Setting("caa", "L1", 0, 8.0, steer(unit_theta(tiny_llama.d_model, 8.0)))]
+    seen = []
+    outs = generate_settings(model, tokenizer, TEXTS, rows, max_new_tokens=6, batch_size=2,
+                             finished=lambda row, out: seen.append(row.method))
+    alone = [generate(model, tokenizer, TEXTS, row.vector, max_new_tokens=6, batch_size=2) for row in rows]
+    assert [out.tokens for out in outs] == [out.tokens for out in alone] and seen == ["unsteered", "caa"]
+    assert outs[0].tokens != outs[1].tokens  # the vector steers: the comparison is not of two equal rows
+    wide = Setting("caa", "L1", 0, 8.0, steer(unit_theta(tiny_llama.d_model + 1, 8.0)))
+    with pytest.raises(UserError, match="caa/L1 has width"):
+        generate_settings(model, tokenizer, TEXTS, [rows[0], wide], max_new_tokens=6,
+                          finished=lambda row, out: pytest.fail("generated before the check"))
 
 
 def test_pad_left_ends_every_row_at_the_last_column():

@@ -12,8 +12,9 @@ import torch
 from torch.func import jacfwd
 
 from steerlab.lm.jacobian import math_attention, prompt_jacobian
-from steerlab.lm.segment import run_prefix, segment
+from steerlab.lm.segment import batched_prefixes, run_prefix, segment
 from steerlab.lm.site import decoder_layers
+from steerlab.methods.pi import drift_from_zero, top_singular
 from steerlab.methods.power import power_iteration
 from steerlab.questions.prompts import pad_right
 from tests.helpers import tiny_model
@@ -85,6 +86,26 @@ def test_power_iteration_matches_dense_svd_in_fp64(gap_model):
     assert torch.allclose(result.vectors.norm(dim=1), torch.ones(K, dtype=torch.float64))
     assert result.trace.shape == (result.steps, K)
     assert result.trace[-1].max() < 1e-6 < result.trace[0].max()
+
+
+def test_top_singular_is_power_iteration_on_the_prompts_jacobian_with_its_rows_named(gap_model):
+    """methods.pi.top_singular over prefixes made one prompt per batch (shortest first, as
+    length_batches sorts them): the same σ and vectors as power_iteration on the Jacobian of the
+    prompts in one batch, and positions that name each prompt's real tokens in batch order; its
+    drift from its own J(0) is none."""
+    pad = gap_model.tokenizer.pad_token_id
+    pairs = list(batched_prefixes(gap_model.model, PROMPTS, S, pad, 1))
+    batches, prefixes = [b for b, _ in pairs], [prefix for _, prefix in pairs]
+    found = top_singular(gap_model.model, prefixes, batches, T, K, iters=40, oversample=8, tol=1e-11)
+    plain = power_iteration(prompt_jacobian(gap_model.model, [PROMPTS], pad, S, T), K, iters=40, oversample=8,
+                            tol=1e-11, seed=0)
+    assert torch.allclose(found.result.sigmas, plain.sigmas, rtol=1e-6, atol=0)
+    assert largest_angle_degrees(found.result.vectors, plain.vectors) < 0.01
+    expected = [(i, t) for batch in batches for i in batch for t in range(len(PROMPTS[i]))]
+    assert found.positions.tolist() == [list(pair) for pair in expected] and found.theta0_norm == 0.0
+    assert found.arrays()["sigmas"].dtype == np.float32 and found.attrs()["steps"] == found.result.steps
+    drift = drift_from_zero(found, found.jacobian, found.result.vectors)
+    assert drift.principal_angles.max() < 1e-3 and drift.jv_change.max() < 1e-12
 
 
 def test_power_iteration_stops_at_step_budget_when_not_converged(gap_model):

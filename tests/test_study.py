@@ -1,9 +1,12 @@
 """The study's statistics (a setting against a distribution of random directions, ranks with
 paired intervals) on planted numbers, and `make study`'s steps end to end on a tiny model."""
+from types import SimpleNamespace
+
 import h5py
 import numpy as np
 
 from steerlab.measure.statistics import against_random, difference, question_weights
+from steerlab.measure.study import entry_name
 from steerlab.store import store_key
 from tests.helpers import run_runner as run
 
@@ -98,3 +101,14 @@ def test_the_study_page_ranks_val_choices_on_test_against_random_draws(tiny_dir,
     assert "% of 6 |" in text  # 3 random directions in both signs
     assert "| Qwen3-14B | CAA | +20 | 44.0 | -1.78 | +1.55 |" in text  # the seed's figures beside ours
     assert (out / written.name.replace(".md", ".png")).is_file()
+
+
+def test_pi_caa_along_the_path_is_named_by_its_point_in_its_unit():
+    def named(method, run):
+        return entry_name(SimpleNamespace(method=method, run=run))
+
+    assert named("pi_caa", "L12-T20") == "PI@CAA"
+    assert named("pi_caa", "L12-T20-at+0.04kl") == "PI@CAA (at CAA +0.04 KL)"
+    assert named("pi_caa", "L12-T20-at-0.2h") == "PI@CAA (at CAA -0.2 ‖h_S‖)"
+    assert named("pi_caa", "L12-T20-at+24") == "PI@CAA (at CAA, |θ₀| +24)"
+    assert named("caa", "L12-answer") == "CAA (answer texts)"

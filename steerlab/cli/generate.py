@@ -21,25 +21,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from steerlab.base.errors import StoreError, UserError
+from steerlab.base.errors import UserError
 from steerlab.base.files import REPO_ROOT
 from steerlab.base.parallel import ranks
 from steerlab.base.progress import progress_bar, say, step
 from steerlab.cli import defaults
 from steerlab.cli.options import (
-    add_behavior,
     add_scale_unit,
     add_select_by,
-    add_site,
     check_kl_max,
     main_guard,
     parse,
-    positive_int,
+    parser,
     scale_list,
     settings_of,
 )
 from steerlab.jobs import resolve_sites
-from steerlab.lm.generate import Setting, check_max_new_tokens, generate
+from steerlab.lm.generate import Setting, check_max_new_tokens, generate_settings
 from steerlab.lm.model import load_model
 from steerlab.lm.vector import SteeringVector
 from steerlab.measure.choice import parse_vector, steered_choices, theta_of
@@ -93,17 +91,9 @@ def steered_settings(args: argparse.Namespace) -> list[Setting]:
 
 
 def run() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=str(REPO_ROOT / defaults.MODEL),
-                   help="HF id, local HF folder, or .gguf file")
-    p.add_argument("--dtype", default=defaults.DTYPE, help="auto (bf16 on GPU, fp32 on CPU), bf16, fp32, fp64")
-    p.add_argument("--device", default=defaults.DEVICE, help="torch device, e.g. cpu or cuda")
-    p.add_argument("--store", default=defaults.STORE, help="HDF5 store to read and write")
+    p = parser(__doc__)
     p.add_argument("--out", default=defaults.RESULTS,
                    help="folder of the markdown page: <out>/<behavior>/generations.md")
-    add_behavior(p, data=True)
-    add_site(p)
     p.add_argument("--open-ended", default=defaults.OPEN_ENDED or None,
                    help="open-ended prompts (JSONL: id, text, split, ...); default "
                         "data/<behavior>-open-ended.jsonl, or the behaviour's question stems")
@@ -123,9 +113,7 @@ def run() -> None:
     p.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS, help="length of each completion")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--seed", type=int, default=defaults.SEED, help="with --sample: the RNG seed")
-    p.add_argument("--batch-size", type=positive_int, default="8", help="prompts per generate call")
-    p.add_argument("--force", action="store_true", help="generate again even if the store has it")
-    p.add_argument("--check-args", action="store_true", help="check the arguments and exit, loading nothing")
+    p.set_defaults(batch_size=8)  # prompts per generate call
     args = parse(p, validate)
 
     # Everything that can be wrong with the input is found before the model loads.
@@ -149,31 +137,27 @@ def run() -> None:
         with step(f"loading {args.model} ({args.dtype})"):
             lm = load_model(args.model, args.dtype, args.device)
         sites = resolve_sites(lm, [row.source_layer for row in rows[1:]], args.site)
-        for row in rows[1:]:
-            if row.theta.shape != (lm.d_model,):
-                raise StoreError(f"{row.method}/{row.run} has width {row.theta.shape[0]}, but "
-                                 f"{lm.key} has {lm.d_model}: was it computed for another model?")
+        rows = [row if row.vector is None else replace(row, vector=replace(row.vector, site=sites[row.source_layer]))
+                for row in rows]
         started, t0 = now(), time.perf_counter()
-        texts, new_tokens, seconds = [], [], []
         n_batches = -(-len(ranks().span(len(prompts))) // args.batch_size)  # this rank's
         with progress_bar(len(rows) * n_batches, "generating", "batch") as bar:
-            for row in rows:
-                vector = None if row.vector is None else replace(row.vector, site=sites[row.source_layer])
-                out = generate(lm.model, lm.tokenizer, [prompt.text for _, prompt in prompts], vector,
-                               max_new_tokens=args.max_new_tokens, sample=args.sample, seed=args.seed, batch_size=args.batch_size,
-                               progress=bar.update, ranks=ranks())
-                texts.append(out.texts)
-                new_tokens.append([len(tokens) for tokens in out.tokens])
-                seconds.append(out.seconds)
+            def finished(row: Setting, out) -> None:
                 if ranks().writer:
                     bar.write(f"{row.label}: {out.n_tokens} tokens in {out.seconds:.1f}s "
                               f"({out.n_tokens / out.seconds:.1f} tokens/s)", file=sys.stderr)
+
+            outs = generate_settings(lm.model, lm.tokenizer, [prompt.text for _, prompt in prompts], rows,
+                                     max_new_tokens=args.max_new_tokens, sample=args.sample, seed=args.seed,
+                                     batch_size=args.batch_size, progress=bar.update, finished=finished, ranks=ranks())
         if ranks().writer:
             datasets = generations_datasets([(kind, p.id, p.text) for kind, p in prompts],
                                             [row.record() for row in rows],
                                             np.stack([np.zeros(lm.d_model, np.float32) if row.theta is None
                                                       else row.theta for row in rows]),
-                                            texts, new_tokens, seconds)
+                                            [out.texts for out in outs],
+                                            [[len(tokens) for tokens in out.tokens] for out in outs],
+                                            [out.seconds for out in outs])
             with writing(args.store) as h5:
                 write_generations(h5, lm, args.behavior, name, datasets,
                                   run_attrs(settings, version, started, time.perf_counter() - t0))

@@ -26,11 +26,10 @@ from steerlab.cli.options import (
     val_neutral_texts,
 )
 from steerlab.jobs import Job, compute_groups
-from steerlab.lm.segment import prompt_prefixes
+from steerlab.lm.segment import batched_prefixes
 from steerlab.measure.scales.calibrate import random_radius
 from steerlab.measure.scales.norms import absolute
 from steerlab.methods.melbo import AMSGRAD, BETAS, MODES, WEIGHT_DECAY, melbo
-from steerlab.questions.prompts import length_batches
 from steerlab.store import VectorGroup, segment_run
 
 # Every forward carries k copies of a prompt batch, so prompt batches are smaller than elsewhere;
@@ -62,10 +61,9 @@ def run() -> None:
                           amsgrad=AMSGRAD))
 
     def compute(lm, answers, job: Job) -> VectorGroup:
-        prompts = [a.prefix_ids for a in answers]
-        batches = ranks().part(length_batches([len(s) for s in prompts], args.batch_size))
-        prefixes = prompt_prefixes(lm.model, [[prompts[i] for i in batch] for batch in batches],
-                                   lm.tokenizer.pad_token_id, args.layer)  # this rank's batches
+        prefixes = [prefix for _, prefix in batched_prefixes(  # this rank's batches
+            lm.model, [a.prefix_ids for a in answers], args.layer, lm.tokenizer.pad_token_id, args.batch_size,
+            ranks=ranks())]
         unit = unit_norms(args, lm, [args.layer]).get(args.layer)
         if args.scale_unit == "kl":  # the size at which random directions cost R nats per token
             radius, _ = random_radius(lm.model, val_neutral_texts(args, lm), args.layer, args.radius,

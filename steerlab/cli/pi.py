@@ -13,6 +13,8 @@ for all scales, and each scale's power iteration starts from the previous scale'
 Written: unit vectors (sign-free), σ = ‖J v‖, the residual trace.
 """
 
+import argparse
+
 import numpy as np
 import torch
 
@@ -37,12 +39,11 @@ from steerlab.cli.options import (
     val_neutral_texts,
 )
 from steerlab.jobs import Job, compute_groups
-from steerlab.lm.jacobian import jacobian_at, parse_tokens, relative_change
-from steerlab.lm.segment import prompt_prefixes
+from steerlab.lm.jacobian import jacobian_at, parse_tokens
+from steerlab.lm.segment import batched_prefixes
 from steerlab.measure.scales.calibrate import signed_size_at_cost
 from steerlab.measure.scales.norms import absolute
-from steerlab.methods.power import power_iteration, principal_angles
-from steerlab.questions.prompts import length_batches
+from steerlab.methods.pi import drift_from_zero, top_singular
 from steerlab.store import (
     VectorGroup,
     caa_run,
@@ -67,6 +68,26 @@ def validate(args) -> None:
         raise UserError("AT_SCALES linearises along the CAA vector: it needs --at caa (make pi_caa)")
 
 
+def stored_caa(args: argparse.Namespace, key: str) -> tuple[VectorGroup, str]:
+    """The CAA group θ₀ is taken from, and where it came from, in words."""
+    run_name = caa_run(args.layer, position=args.caa_position, site=args.site)
+    caa = read_vector_group(args.store, key, args.behavior, "caa", run_name, make=f"make caa LAYERS={args.layer}")
+    return caa, (f"/{vectors_path(key, args.behavior, 'caa', run_name)} ({caa.attrs.get('code_version')} "
+                 f"started {caa.attrs.get('started')})")
+
+
+def stored_pi(args: argparse.Namespace, key: str) -> VectorGroup:
+    """The stored J(0) group a sweep is compared with; it must have been found like ours."""
+    reference = read_vector_group(args.store, key, args.behavior, "pi", segment_run(args.layer, args.target),
+                                  make="make pi")
+    ours = settings_of(args)
+    differ = [name for name in SAME_OPERATOR if reference.settings.get(name) != ours.get(name)]
+    if differ:
+        raise UserError(f"the stored pi group differs from this sweep in {', '.join(differ)}: "
+                        "run `make pi` with the same settings first")
+    return reference
+
+
 def run() -> None:
     p = parser(__doc__)
     add_segment(p, vectors="singular vectors", prompts="J is taken over", seed="the random start block")
@@ -87,7 +108,7 @@ def run() -> None:
                         "at the answer letter (letter; run names gain -letter)")
     p.add_argument("--at-scales", type=scale_list, default=None, metavar="'S1 S2 ...'",
                    help="with --at caa: linearise at θ₀ = s · unit(CAA) for each s (signed, in "
-                        "--scale-unit: a fraction of ‖h_S‖ or an L2 norm) instead of at the raw CAA "
+                        "--scale-unit: a KL cost, a fraction of ‖h_S‖ or an L2 norm) instead of at the raw CAA "
                         "vector; one group per scale")
     # Small batches: the vmapped JVP/VJP of a big batch thrash the cache (docs/development.md,
     # "Performance": small batches, same σ, a fraction of the time).
@@ -97,50 +118,24 @@ def run() -> None:
     items = behavior_items(args, "train")[: args.n_prompts]
     key = store_key(args.model)
     method = "pi" if args.at == "zero" else "pi_caa"
-    caa, reference = None, None
-    if args.at == "caa":
-        run_name = caa_run(args.layer, position=args.caa_position, site=args.site)
-        caa = read_vector_group(args.store, key, args.behavior, "caa", run_name, make=f"make caa LAYERS={args.layer}")
-        caa_source = (f"/{vectors_path(key, args.behavior, 'caa', run_name)} ({caa.attrs.get('code_version')} "
-                      f"started {caa.attrs.get('started')})")
-    if args.at_scales is not None:
-        reference = read_vector_group(args.store, key, args.behavior, "pi", segment_run(args.layer, args.target),
-                                      make="make pi")
-        ours = settings_of(args)
-        differ = [name for name in SAME_OPERATOR if reference.settings.get(name) != ours.get(name)]
-        if differ:
-            raise UserError(f"the stored pi group differs from this sweep in {', '.join(differ)}: "
-                            "run `make pi` with the same settings first")
-
+    caa, caa_source = stored_caa(args, key) if args.at == "caa" else (None, "zero")
+    reference = stored_pi(args, key) if args.at_scales is not None else None
     unit_name = {"resid": "‖h_S‖", "kl": " KL"}.get(args.scale_unit, "")
 
-    def caa_direction() -> torch.Tensor:
-        return torch.from_numpy(caa.vectors[0].astype(np.float64))
+    def described(scale: float | None) -> str:
+        """θ₀ in words."""
+        return caa_source if scale is None else f"{scale:+g}{unit_name} · unit({caa_source})"
 
-    def theta0_of(scale: float | None, size: float | None = None) -> tuple[torch.Tensor | None, str]:
-        """θ₀ at ``scale`` (in --scale-unit; ``size`` is the signed |θ| it means, known once the
-        model is loaded) and what it is, in words."""
-        if caa is None:
-            return None, "zero"
-        vector = caa_direction()
-        if scale is None:
-            return vector, caa_source
-        described = f"{scale:+g}{unit_name} · unit({caa_source})"
-        if size is None:
-            return None, described
-        return size * vector / vector.norm(), described
-
-    def size_of(lm, scale: float | None, unit: float | None) -> float | None:
-        """The signed |θ| ``scale`` means: a fraction of ``unit`` (the median ‖h_S‖), itself, or
-        with --scale-unit kl the size at which the CAA direction costs that KL."""
-        if scale is None:
-            return None
-        if args.scale_unit != "kl":
-            return absolute([scale], args.scale_unit, unit)[0]
-        if "texts" not in shared:
-            shared["texts"] = val_neutral_texts(args, lm)
-        return signed_size_at_cost(lm.model, shared["texts"], args.layer, caa_direction(), scale=scale,
-                            pad_id=lm.tokenizer.pad_token_id, unit=unit)
+    def theta0_at(lm, scale: float | None) -> torch.Tensor | None:
+        """θ₀: 0, the raw CAA vector, or the CAA direction at ``scale`` in --scale-unit (a fraction of
+        the median ‖h_S‖, an L2 norm, or the size at which the direction costs that KL)."""
+        direction = None if caa is None else torch.from_numpy(caa.vectors[0].astype(np.float64))
+        if direction is None or scale is None:
+            return direction
+        size = (signed_size_at_cost(lm.model, val_neutral_texts(args, lm), args.layer, direction, scale=scale,
+                                    pad_id=lm.tokenizer.pad_token_id, unit=shared["unit"])
+                if args.scale_unit == "kl" else absolute([scale], args.scale_unit, shared["unit"])[0])
+        return size * direction / direction.norm()
 
     scales = args.at_scales if args.at_scales is not None else [None]
     at_letter = args.at == "caa" and args.caa_position == "letter"
@@ -149,66 +144,47 @@ def run() -> None:
         drop += ("scale_unit",)
     jobs = [Job(linearised_run(args.layer, args.target, scale, args.scale_unit) + ("-letter" if at_letter else ""),
                 args.layer, settings_of(args, drop=drop, method=method, at_scale=scale,
-                                        theta0_source=theta0_of(scale)[1]))
+                                        theta0_source=described(scale)))
             for scale in scales]
-    shared: dict = {}  # what the scales of one run share: prompts' prefixes, J(0), the last Ritz block
+    shared: dict = {}  # what the scales of one run share: prompts' prefixes, the unit, J(0), the last Ritz block
 
     def compute(lm, answers, job: Job) -> VectorGroup:
         prompts = [a.prefix_ids for a in answers]
         if "prefixes" not in shared:  # this rank's share of the batches
-            batches = ranks().part(length_batches([len(s) for s in prompts], args.batch_size))
-            shared["batches"] = batches
-            shared["prefixes"] = prompt_prefixes(lm.model, [[prompts[i] for i in b] for b in batches],
-                                                 lm.tokenizer.pad_token_id, args.layer)
-        batches, prefixes = shared["batches"], shared["prefixes"]
-        scale = job.settings["at_scale"]
-        if "unit" not in shared:
+            pairs = list(batched_prefixes(lm.model, prompts, args.layer, lm.tokenizer.pad_token_id, args.batch_size,
+                                          ranks=ranks()))
+            shared["batches"], shared["prefixes"] = [b for b, _ in pairs], [prefix for _, prefix in pairs]
             found = unit_norms(args, lm, [args.layer]).get(args.layer)
             shared["unit"] = None if found is None else found.median
-        theta0, source = theta0_of(scale, size_of(lm, scale, shared["unit"]))
-        with step(f"J = ∂h_{args.target}/∂θ_{args.layer} over {len(prompts)} prompts "
-                  f"({sum(map(len, prompts))} tokens, positions {args.tokens}) at θ₀ = {source}"):
-            op = jacobian_at(lm.model, prefixes, args.target, args.tokens, theta0=theta0, ranks=ranks(),
-                             chunk=args.jvp_chunk)
-
-        with step(f"power iteration: k={args.k}, oversample={args.oversample}, tol={args.tol}"), \
+        scale = job.settings["at_scale"]
+        theta0, source = theta0_at(lm, scale), described(scale)
+        with step(f"J = ∂h_{args.target}/∂θ_{args.layer} over {len(prompts)} prompts ({sum(map(len, prompts))} "
+                  f"tokens, positions {args.tokens}) at θ₀ = {source}; power iteration: k={args.k}, "
+                  f"oversample={args.oversample}, tol={args.tol}"), \
                 progress_bar(args.iters, "power iteration", "step") as bar:
             def progress(index: int, residuals: torch.Tensor, change: float) -> None:
                 bar.update(1)
                 bar.set_postfix(change=f"{change:.1e}", residual=f"{float(residuals.max()):.1e}")
 
-            result = power_iteration(op, args.k, iters=args.iters, oversample=args.oversample, tol=args.tol, seed=args.seed,
-                                     progress=progress, start=shared.get("ritz"), ranks=ranks())
-        shared["ritz"] = result.vectors
-        positions = []  # (prompt index, token index) of every row of J, batch after batch
-        for batch, part in zip(batches, op.parts):
-            positions.extend((batch[r], c) for r, c in zip(part.rows.tolist(), part.cols.tolist()))
-        positions = ranks().gather(positions)
-        say("  σ = " + " ".join(f"{s:.3f}" for s in result.sigmas.tolist())
-            + f"; {result.steps} steps, {'converged' if result.converged else 'NOT converged'}"
-            f" (last subspace change {float(result.subspace_change[-1]):.1e})")
-        arrays = {"sigmas": result.sigmas.numpy().astype(np.float32),
-                  "trace": result.trace.numpy().astype(np.float32),
-                  "subspace_change": result.subspace_change.numpy().astype(np.float32),
-                  "prompt_ids": np.array([a.item_id for a in answers]),
-                  "positions": np.array(positions, dtype=np.int32).reshape(-1, 2)}
-        attrs = {"theta0_source": source, "steps": result.steps, "converged": int(result.converged),
-                 "theta0_norm": 0.0 if theta0 is None else float(theta0.norm())}
+            found = top_singular(lm.model, shared["prefixes"], shared["batches"], args.target, args.k,
+                                 tokens=args.tokens, theta0=theta0, iters=args.iters, oversample=args.oversample,
+                                 tol=args.tol, seed=args.seed, start=shared.get("ritz"), chunk=args.jvp_chunk,
+                                 ranks=ranks(), progress=progress)
+        shared["ritz"] = found.result.vectors
+        say(f"  {found.summary()}")
+        arrays = found.arrays() | {"prompt_ids": np.array([a.item_id for a in answers])}
+        attrs = found.attrs() | {"theta0_source": source}
         if reference is not None:
             if "at_zero" not in shared:
-                shared["at_zero"] = jacobian_at(lm.model, prefixes, args.target, args.tokens,
+                shared["at_zero"] = jacobian_at(lm.model, shared["prefixes"], args.target, args.tokens,
                                                 ranks=ranks(), chunk=args.jvp_chunk)
-            top = torch.from_numpy(reference.vectors.astype(np.float64))
-            angles = principal_angles(result.vectors, top)
-            moved = relative_change(op, shared["at_zero"], top)
-            arrays |= {"principal_angles": angles.numpy().astype(np.float32),
-                       "jv_change": moved.numpy().astype(np.float32)}
-            attrs |= {"at_scale": float(theta0.norm()) * (1.0 if scale >= 0 else -1.0),
+            drift = drift_from_zero(found, shared["at_zero"], torch.from_numpy(reference.vectors.astype(np.float64)))
+            say(f"  against J(0): {drift.summary()}")
+            arrays |= drift.arrays()
+            attrs |= {"at_scale": attrs["theta0_norm"] * (1.0 if scale >= 0 else -1.0),
                       "at_scale_in_unit": scale, "scale_unit": args.scale_unit,
                       "unit_norm": np.nan if shared["unit"] is None else shared["unit"]}
-            say(f"  against J(0): largest principal angle {float(angles[-1]):.1f}°, "
-                f"‖J(θ₀)v − J(0)v‖/‖J(0)v‖ = " + " ".join(f"{m:.3f}" for m in moved.tolist()))
-        return VectorGroup(method, job.run, result.vectors.numpy().astype(np.float32), args.layer,
+        return VectorGroup(method, job.run, found.result.vectors.numpy().astype(np.float32), args.layer,
                            sign_free=True, target_layer=args.target, arrays=arrays, attrs=attrs)
 
     compute_groups(context(args), __spec__.name, method, jobs, items, compute, args.target)

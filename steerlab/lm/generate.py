@@ -166,3 +166,24 @@ class Setting:
         digest = "" if self.theta is None else hashlib.sha256(self.theta.tobytes()).hexdigest()[:16]
         return {"method": self.method, "run": self.run, "index": self.index, "scale": self.scale,
                 "source_layer": self.source_layer, "theta_sha256": digest}
+
+
+def generate_settings(model: torch.nn.Module, tokenizer, texts: list[str], settings: list[Setting], *,
+                      max_new_tokens: int, sample: bool = False, seed: int = 0, batch_size: int = 8,
+                      progress: Callable[[], None] | None = None,
+                      finished: Callable[[Setting, Generated], None] | None = None,
+                      ranks: Ranks = SINGLE) -> list[Generated]:
+    """``generate`` for each setting in turn (the same prompts, seed and length), at each setting's
+    own site; ``finished(setting, generated)`` is called after each."""
+    width = model.get_input_embeddings().embedding_dim
+    for setting in settings:
+        if setting.theta is not None and setting.theta.shape != (width,):
+            raise UserError(f"{setting.method}/{setting.run} has width {setting.theta.shape[0]}, but the model "
+                             f"has {width}: was it computed for another model?")
+    outs = []
+    for setting in settings:
+        outs.append(generate(model, tokenizer, texts, setting.vector, max_new_tokens=max_new_tokens, sample=sample,
+                             seed=seed, batch_size=batch_size, progress=progress, ranks=ranks))
+        if finished is not None:
+            finished(setting, outs[-1])
+    return outs

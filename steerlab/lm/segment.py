@@ -22,6 +22,7 @@ from typing import Iterator
 
 import torch
 
+from steerlab.base.parallel import SINGLE, Ranks
 from steerlab.lm.site import decoder_layers, injection_site, layer_type
 from steerlab.questions.prompts import length_batches, pad_right
 
@@ -149,12 +150,12 @@ def run_prefix(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: 
 
 
 def batched_prefixes(model: torch.nn.Module, sequences: list[tuple[int, ...]], source_layer: int,
-                     pad_id: int, batch_size: int, keep_down_proj: bool = False
+                     pad_id: int, batch_size: int, keep_down_proj: bool = False, *, ranks: Ranks = SINGLE
                      ) -> Iterator[tuple[list[int], Prefix]]:
-    """``sequences`` in length-sorted, right-padded batches, each with its prefix:
-    (indices into ``sequences``, Prefix), one batch at a time."""
+    """``sequences`` in length-sorted, right-padded batches (this rank's share of them), each with
+    its prefix: (indices into ``sequences``, Prefix), one batch at a time."""
     device = next(model.parameters()).device
-    for batch in length_batches([len(seq) for seq in sequences], batch_size):
+    for batch in ranks.part(length_batches([len(seq) for seq in sequences], batch_size)):
         ids, mask = pad_right([sequences[i] for i in batch], pad_id)
         yield batch, run_prefix(model, ids.to(device), mask.to(device), source_layer, keep_down_proj)
 

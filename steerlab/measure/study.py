@@ -38,8 +38,12 @@ def entry_name(group: EvalGroup) -> str:
     name = NAMES.get(group.method, group.method)
     if group.method == "caa":
         return f"{name} ({'answer texts' if group.run.endswith('-answer') else 'letter'})"
-    if group.method == "pi_caa" and "-at" in group.run:
-        return f"{name} ({group.run.split('-at', 1)[1]})"
+    if group.method == "pi_caa" and "-at" in group.run:  # linearised along the CAA path
+        point = group.run.split("-at", 1)[1]
+        for suffix, unit in (("kl", " KL"), ("h", " ‖h_S‖")):
+            if point.endswith(suffix):
+                return f"{name} (at CAA {point.removesuffix(suffix)}{unit})"
+        return f"{name} (at CAA, |θ₀| {point})"
     return name
 
 
