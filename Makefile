@@ -35,6 +35,7 @@ STUDY_N_VAL    ?= 64## study: val questions the choice is made on
 STUDY_N_TEST   ?= 128## study: test questions the ranking is scored on (all: 232 for survival-instinct); 128 decided the first rank on Qwen2.5-0.5B in 142 min here beside other jobs, 64 (79 min) did not
 STUDY_N_RANDOM ?= 8## study: random directions at each cost val chose (each in both signs: 16 draws)
 STUDY_SCALES   ?= 0.01 0.04## study: val's grid in SCALE_UNIT (KL_MAX 0.05 leaves these two eligible)
+STUDY_AT_SCALES ?= 0.04 0.16## study: the points along the CAA path (in SCALE_UNIT) where PI@CAA is also linearised, beside the raw CAA vector
 STUDY_STORE    ?= results/study/store.h5## study: its own store, apart from the main job's
 
 # ---- plumbing ------------------------------------------------------------------------------------
@@ -270,6 +271,7 @@ STUDY = $(MAKE) --no-print-directory MODEL=$(STUDY_MODEL) STORE=$(STUDY_STORE)
 study: ## the seed's comparison on STUDY_MODEL: each method chosen on val, ranked on test against a distribution of random directions at the same cost, with paired intervals (writes docs/study-*.md)
 	@mkdir -p $(dir $(STUDY_STORE)) && date +%s > $(STUDY_STORE).started
 	$(STUDY) caa pi pi_caa melbo
+	$(if $(strip $(STUDY_AT_SCALES)),$(STUDY) pi_caa AT_SCALES="$(STUDY_AT_SCALES)")
 	$(STUDY) eval SPLITS=val N_EVAL=$(STUDY_N_VAL) N_RANDOM=1 SCALES="$(STUDY_SCALES)"
 	$(STUDY) study-test study-page
 
@@ -280,7 +282,7 @@ study-test: $(VENV)/.installed
 
 study-page: $(VENV)/.installed
 	$(strip $(RUN) steerlab.cli.study $(STORE_ARGS) $(CHOICE_ARGS) --out docs \
-	    --command "make study STUDY_MODEL=$(STUDY_MODEL) STUDY_N_VAL=$(STUDY_N_VAL) STUDY_N_TEST=$(STUDY_N_TEST) STUDY_N_RANDOM=$(STUDY_N_RANDOM)" \
+	    --command "make study STUDY_MODEL=$(STUDY_MODEL) STUDY_N_VAL=$(STUDY_N_VAL) STUDY_N_TEST=$(STUDY_N_TEST) STUDY_N_RANDOM=$(STUDY_N_RANDOM) STUDY_AT_SCALES='$(STUDY_AT_SCALES)'" \
 	    $(if $(wildcard $(STORE).started),--seconds $$(( $$(date +%s) - $$(cat $(STORE).started) ))))
 
 migrate: $(VENV)/.installed ## move an older STORE's groups to the current layout (under their behaviour)
