@@ -107,7 +107,7 @@ def test_pi_caa_along_the_path_is_named_by_its_point_in_its_unit():
     def named(method, run):
         return entry_name(SimpleNamespace(method=method, run=run))
 
-    assert named("pi_caa", "L12-T20") == "PI@CAA"
+    assert named("pi_caa", "L12-T20") == "PI@CAA (raw CAA)"
     assert named("pi_caa", "L12-T20-at+0.04kl") == "PI@CAA (at CAA +0.04 KL)"
     assert named("pi_caa", "L12-T20-at-0.2h") == "PI@CAA (at CAA -0.2 ‖h_S‖)"
     assert named("pi_caa", "L12-T20-at+24") == "PI@CAA (at CAA, |θ₀| +24)"

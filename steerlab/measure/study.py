@@ -44,6 +44,8 @@ def entry_name(group: EvalGroup) -> str:
             if point.endswith(suffix):
                 return f"{name} (at CAA {point.removesuffix(suffix)}{unit})"
         return f"{name} (at CAA, |θ₀| {point})"
+    if group.method == "pi_caa":
+        return f"{name} (raw CAA)"
     return name
 
 

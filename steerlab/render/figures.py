@@ -38,7 +38,7 @@ def random_distribution_figure(found, out: Path, name: str, title: str) -> Path:
     scores = [s for s in ("cloze", "letter") if any(s in e.standing for e in found)]
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, max(len(scores), 1), figsize=(6.5 * max(len(scores), 1), 0.6 * len(found) + 1.8),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")  # room for each panel's row names
     rng = np.random.default_rng(0)
     for ax, score in zip(axes[0], scores):
         shown = [e for e in found if score in e.standing]
