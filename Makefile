@@ -262,9 +262,10 @@ matrix: $(VENV)/.installed $(MODEL_DEP) ## each behaviour's METHOD vector, chose
 	$(MATRIX)
 
 # ---- the study: the seed experiment's comparison, decided on one model (steerlab/cli/study.py) ----------
-# Every method's vectors; val scored at STUDY_SCALES (the choice: KL ≤ KL_MAX, by SELECT_BY); test
+# Every method's vectors (PI@CAA also along the CAA path, at STUDY_AT_SCALES); val scored at STUDY_SCALES
+# (the choice: KL ≤ KL_MAX, by SELECT_BY); test
 # scored only at the costs val chose, with STUDY_N_RANDOM random directions there (both signs of
-# each are draws of the distribution); then docs/study-<model>-<date>.md. Sized for about 2.5 h
+# each are draws of the distribution); then docs/study-<model>-<date>.md. Sized for about 3 h
 # on 2 cores with Qwen2.5-0.5B (its page says what it took).
 STUDY = $(MAKE) --no-print-directory MODEL=$(STUDY_MODEL) STORE=$(STUDY_STORE)
 
