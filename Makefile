@@ -262,11 +262,11 @@ matrix: $(VENV)/.installed $(MODEL_DEP) ## each behaviour's METHOD vector, chose
 	$(MATRIX)
 
 # ---- the study: the seed experiment's comparison, decided on one model (steerlab/cli/study.py) ----------
-# Every method's vectors (PI@CAA also along the CAA path, at STUDY_AT_SCALES); val scored at STUDY_SCALES
-# (the choice: KL ≤ KL_MAX, by SELECT_BY); test
-# scored only at the costs val chose, with STUDY_N_RANDOM random directions there (both signs of
-# each are draws of the distribution); then docs/study-<model>-<date>.md. Sized for about 3 h
-# on 2 cores with Qwen2.5-0.5B (its page says what it took).
+# Every method's vectors (PI@CAA also along the CAA path, at STUDY_AT_SCALES); val scored at
+# STUDY_SCALES (the choice: KL ≤ KL_MAX, by SELECT_BY); test scored only at the costs val chose,
+# with STUDY_N_RANDOM random directions there (both signs of each are draws of the distribution);
+# then docs/study-<model>-<date>.md. Sized for about 3 h on 2 cores with Qwen2.5-0.5B (its page
+# says what it took).
 STUDY = $(MAKE) --no-print-directory MODEL=$(STUDY_MODEL) STORE=$(STUDY_STORE)
 
 study: ## the seed's comparison on STUDY_MODEL: each method chosen on val, ranked on test against a distribution of random directions at the same cost, with paired intervals (writes docs/study-*.md)
