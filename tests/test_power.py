@@ -187,6 +187,8 @@ def test_power_iteration_along_the_caa_path_matches_the_dense_svd_at_each_point(
     with pytest.raises(ValueError, match="no pi vectors at .* run `make pi`"):
         run("--at", "caa", "--at-scales", "0 12")
     run("--at", "zero")
+    with pytest.raises(ValueError, match="pi/L0-T2 in .* was computed with another k, n_prompts: run `make pi`"):
+        run("--at", "caa", "--at-scales", "0 12", "--k", "3", "--n-prompts", "1")  # not the J(0) stored
     run("--at", "caa", "--at-scales", "0 12")
     zero = read_vector_group(store, "tiny", "survival-instinct", "pi", "L0-T2")
     at0 = read_vector_group(store, "tiny", "survival-instinct", "pi_caa", "L0-T2-at+0")

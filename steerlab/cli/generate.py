@@ -19,7 +19,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from steerlab.base.errors import UserError
 from steerlab.base.files import REPO_ROOT
@@ -39,8 +38,7 @@ from steerlab.cli.options import (
 from steerlab.jobs import resolve_sites
 from steerlab.lm.generate import Setting, check_max_new_tokens, generate_settings
 from steerlab.lm.model import load_model
-from steerlab.lm.vector import SteeringVector
-from steerlab.measure.choice import parse_vector, steered_choices, theta_of
+from steerlab.measure.choice import generation_settings, parse_vector
 from steerlab.questions.behaviors import behavior_prompts, open_ended_file
 from steerlab.questions.data import SPLITS
 from steerlab.render.generations import generations_page
@@ -70,24 +68,6 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError("SCALES needs VECTOR=method/run/index (the val choice brings its own scale)")
     if args.vector is not None:
         parse_vector(args.vector)
-
-
-def steered_settings(args: argparse.Namespace) -> list[Setting]:
-    """The stored vectors and scales to compare with the unsteered model
-    (``steerlab.measure.choice.steered_choices``); every lookup and index is checked here, before the model
-    loads."""
-    key = store_key(args.model)
-    picks, notes = steered_choices(args.store, key, args.behavior, vector=args.vector,
-                                   scales=args.scales or scale_list(defaults.SCALES),
-                                   scale_unit=args.scale_unit, kl_max=args.kl_max, select_by=args.select_by)
-    for note in notes:
-        say(note)
-    settings = []
-    for pick in picks:
-        theta, group = theta_of(args.store, key, args.behavior, pick)
-        vector = SteeringVector(torch.from_numpy(theta), group.source_layer, args.site, pick.label)
-        settings.append(Setting(pick.method, pick.run, pick.index, pick.scale, vector))
-    return settings
 
 
 def run() -> None:
@@ -121,7 +101,12 @@ def run() -> None:
                                args.neutral, args.n_neutral)
     if not prompts:
         raise UserError("no prompts: N_OPEN and N_NEUTRAL are both 0")
-    rows = [Setting("unsteered"), *steered_settings(args)]
+    steered, notes = generation_settings(args.store, store_key(args.model), args.behavior, vector=args.vector,
+                                         scales=args.scales or scale_list(defaults.SCALES), scale_unit=args.scale_unit,
+                                         kl_max=args.kl_max, select_by=args.select_by, site=args.site)
+    for note in notes:
+        say(note)
+    rows = [Setting("unsteered"), *steered]
     key = store_key(args.model)
     name = generations_name(args.vector and parse_vector(args.vector), args.sample, args.seed)
     version = code_version("steerlab.cli.generate")

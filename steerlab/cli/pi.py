@@ -78,14 +78,9 @@ def stored_caa(args: argparse.Namespace, key: str) -> tuple[VectorGroup, str]:
 
 def stored_pi(args: argparse.Namespace, key: str) -> VectorGroup:
     """The stored J(0) group a sweep is compared with; it must have been found like ours."""
-    reference = read_vector_group(args.store, key, args.behavior, "pi", segment_run(args.layer, args.target),
-                                  make="make pi")
     ours = settings_of(args)
-    differ = [name for name in SAME_OPERATOR if reference.settings.get(name) != ours.get(name)]
-    if differ:
-        raise UserError(f"the stored pi group differs from this sweep in {', '.join(differ)}: "
-                        "run `make pi` with the same settings first")
-    return reference
+    return read_vector_group(args.store, key, args.behavior, "pi", segment_run(args.layer, args.target),
+                             make="make pi", same_as={name: ours.get(name) for name in SAME_OPERATOR})
 
 
 def run() -> None:

@@ -12,8 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from steerlab.base.errors import StoreError, UserError
+from steerlab.lm.generate import Setting
+from steerlab.lm.site import Site
+from steerlab.lm.vector import SteeringVector
 from steerlab.measure.analysis import choose_for_method, methods, read_split, select_by, splits_in_store
 from steerlab.measure.scales.norms import ScaleUnit, absolute
 from steerlab.measure.scores import Score
@@ -156,3 +160,18 @@ def theta_of(store: str | Path, key: str, behavior: str, choice: VectorChoice
                              f"{choice.scale:+g}: its norm is 0")
         vector = choice.scale * (vector if choice.raw else vector / norm)
     return vector.astype(np.float32), group
+
+
+def generation_settings(store: str | Path, key: str, behavior: str, *, vector: str | None, scales: list[float],
+                        scale_unit: ScaleUnit, kl_max: float | None, select_by: Score, site: Site
+                        ) -> tuple[list[Setting], list[str]]:
+    """``steered_choices`` as rows of a comparison of completions (θ read, scaled and checked now,
+    before any model loads), and the notes to say."""
+    picks, notes = steered_choices(store, key, behavior, vector=vector, scales=scales, scale_unit=scale_unit,
+                                   kl_max=kl_max, select_by=select_by)
+    settings = []
+    for pick in picks:
+        theta, group = theta_of(store, key, behavior, pick)
+        vector_added = SteeringVector(torch.from_numpy(theta), group.source_layer, site, pick.label)
+        settings.append(Setting(pick.method, pick.run, pick.index, pick.scale, vector_added))
+    return settings, notes

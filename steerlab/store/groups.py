@@ -112,18 +112,26 @@ def read_vector_groups(store: str | Path, key: str, behavior: str, d_model: int 
 
 
 def read_vector_group(store: str | Path, key: str, behavior: str, method: str, run: str,
-                      d_model: int | None = None, make: str | None = None) -> VectorGroup:
-    """One vector group; when it is missing, a StoreError that names the command that makes it
-    (``make``, default ``make <method>``)."""
+                      d_model: int | None = None, make: str | None = None,
+                      same_as: dict | None = None) -> VectorGroup:
+    """One vector group; when it is missing, or was computed with settings other than ``same_as``
+    (name: value, for the names that must agree), a StoreError that names the command that makes
+    it (``make``, default ``make <method>``)."""
     where = vectors_path(key, behavior, method, run)
-    missing = StoreError(f"no {method} vectors at {where} in {store}: run `{make or 'make ' + method}`"
+    make = make or f"make {method}"
+    missing = StoreError(f"no {method} vectors at {where} in {store}: run `{make}`"
                          " (same MODEL, BEHAVIOR and STORE) first")
     if not Path(store).exists():
         raise missing
     with open_for_reading(store) as h5:
         if f"{where}/vectors" not in h5:
             raise missing
-        return _vector_group(h5[where], method, run, d_model)
+        group = _vector_group(h5[where], method, run, d_model)
+    differ = [name for name, value in (same_as or {}).items() if group.settings.get(name) != value]
+    if differ:
+        raise StoreError(f"{where} in {store} was computed with another {', '.join(differ)}: run `{make}` "
+                         "with the same settings first")
+    return group
 
 
 def write_eval_split(h5: h5py.File, lm, behavior: str, split: str, datasets: dict,
