@@ -101,13 +101,13 @@ def run() -> None:
                                args.neutral, args.n_neutral)
     if not prompts:
         raise UserError("no prompts: N_OPEN and N_NEUTRAL are both 0")
-    steered, notes = generation_settings(args.store, store_key(args.model), args.behavior, vector=args.vector,
+    key = store_key(args.model)
+    steered, notes = generation_settings(args.store, key, args.behavior, vector=args.vector,
                                          scales=args.scales or scale_list(defaults.SCALES), scale_unit=args.scale_unit,
                                          kl_max=args.kl_max, select_by=args.select_by, site=args.site)
     for note in notes:
         say(note)
     rows = [Setting("unsteered"), *steered]
-    key = store_key(args.model)
     name = generations_name(args.vector and parse_vector(args.vector), args.sample, args.seed)
     version = code_version("steerlab.cli.generate")
     checksums = {str(path): file_checksum(path) for path, n in

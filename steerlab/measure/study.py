@@ -27,6 +27,7 @@ from steerlab.measure.analysis import (
 from steerlab.measure.scales.norms import ScaleUnit
 from steerlab.measure.scores import SELECT_BY, Score
 from steerlab.measure.statistics import ClozeRow, Row, Standing, Stat, difference, stat
+from steerlab.store import linearised_point
 
 SCORES = SELECT_BY  # the ranking tables, cloze first
 
@@ -38,14 +39,13 @@ def entry_name(group: EvalGroup) -> str:
     name = NAMES.get(group.method, group.method)
     if group.method == "caa":
         return f"{name} ({'answer texts' if group.run.endswith('-answer') else 'letter'})"
-    if group.method == "pi_caa" and "-at" in group.run:  # linearised along the CAA path
-        point = group.run.split("-at", 1)[1]
-        for suffix, unit in (("kl", " KL"), ("h", " ‖h_S‖")):
-            if point.endswith(suffix):
-                return f"{name} (at CAA {point.removesuffix(suffix)}{unit})"
-        return f"{name} (at CAA, |θ₀| {point})"
     if group.method == "pi_caa":
-        return f"{name} (raw CAA)"
+        point = linearised_point(group.run)
+        if point is None:
+            return f"{name} (raw CAA)"
+        scale, unit = point  # linearised along the CAA path
+        where = {"kl": f"{scale} KL", "resid": f"{scale} ‖h_S‖"}.get(unit)
+        return f"{name} (at CAA {where})" if where else f"{name} (at CAA, |θ₀| {scale})"
     return name
 
 

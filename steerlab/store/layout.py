@@ -56,7 +56,22 @@ def linearised_run(layer: int, target: int, at_scale: float | None, unit: str = 
     name = segment_run(layer, target)
     if at_scale is None:
         return name
-    return f"{name}-at{at_scale:+g}" + {"resid": "h", "kl": "kl"}.get(unit, "")
+    return f"{name}-at{at_scale:+g}" + AT_SUFFIXES.get(unit, "")
+
+
+AT_SUFFIXES = {"resid": "h", "kl": "kl"}  # a linearised run's scale unit, as its name ends (abs: none)
+
+
+def linearised_point(run: str) -> tuple[str, str] | None:
+    """The point a ``linearised_run`` name was taken at: (signed scale as written, its unit), or
+    None for a run at the raw CAA vector."""
+    if "-at" not in run:
+        return None
+    point = run.split("-at", 1)[1]
+    for unit, suffix in AT_SUFFIXES.items():
+        if point.endswith(suffix):
+            return point.removesuffix(suffix), unit
+    return point, "abs"
 
 
 def random_run(layer: int) -> str:
