@@ -28,7 +28,7 @@ from steerlab.lm.generate import generate_ids, prompt_ids
 from steerlab.lm.model import load_model
 from steerlab.lm.segment import batched_prefixes
 from steerlab.measure.grid import random_directions
-from steerlab.measure.scales.norms import NORM_PROMPTS
+from steerlab.measure.scales import NORM_PROMPTS
 from steerlab.measure.scores import score
 from steerlab.measure.side_effects import ScoredText
 from steerlab.questions.data import load_items, load_prompts

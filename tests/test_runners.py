@@ -5,6 +5,7 @@ import json
 import os
 import re
 import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 
 import h5py
@@ -562,3 +563,56 @@ def test_a_scale_in_units_of_the_residual_norm_is_that_fraction_of_the_median_no
     # RAW multiplies the raw vectors by the scales: meaningless as fractions of a norm
     raw = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--raw", "--check-args")
     assert raw.returncode == 2 and "RAW=1 multiplies the raw vectors" in raw.stderr
+
+
+def _functions_run(module: str, *args) -> set[tuple[str, str]]:
+    """The project's top-level definitions (module file, name) whose code ran in the runner."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    from steerlab.store.provenance import PACKAGE_PARENT
+
+    package = str(PACKAGE_PARENT / "steerlab")
+    called: set[tuple[str, int]] = set()
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(package):
+            called.add((frame.f_code.co_filename, frame.f_code.co_firstlineno))
+
+    sys.setprofile(profile)
+    try:
+        ran = run(module, *args)
+    finally:
+        sys.setprofile(None)
+    assert ran.returncode == 0, ran.stderr
+    found = set()
+    for filename in {f for f, _ in called}:
+        body = ast.parse(Path(filename).read_text(encoding="utf-8")).body
+        for _, line in (c for c in called if c[0] == filename):
+            for node in body:
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.lineno <= line <= node.end_lineno:
+                    found.add((filename, node.name))
+    return found
+
+
+def test_the_code_hash_reaches_every_function_a_runner_runs(tiny_dir, tmp_path):
+    """A stored group is current only while the code it was computed by is unchanged: the hash's
+    static reach (names through imports, steerlab.store.provenance) must hold every project
+    function that ran, or an edit to one would leave stale numbers current."""
+    from steerlab.store.provenance import PACKAGE_PARENT, _reached
+
+    store = tmp_path / "store.h5"
+    common = ("--model", tiny_dir, "--store", store)
+    kl = ("--scale-unit", "kl", *SMALL_KL)
+    pi = ("--layer", 1, "--target", 2, "--k", 2, "--n-prompts", 2, "--iters", 1, "--oversample", 0)
+    runs = [("steerlab.cli.caa", ("--layers", 1, "--n-train", 4, "--position", "answer")),
+            ("steerlab.cli.pi", pi),
+            ("steerlab.cli.pi", (*pi, *kl, "--at", "caa", "--at-scales", "0.003", "--caa-position", "answer")),
+            ("steerlab.cli.eval", (*kl, "--layer", 1, "--n-eval", 2, "--n-random", 1, "--scales", "0.003"))]
+    for module, args in runs:
+        reached = {entry.split("\0")[0] for entry in _reached(module, None, PACKAGE_PARENT)}
+        ran = _functions_run(module, *common, *args)
+        assert len(ran) > 20
+        missing = sorted(f"{Path(file).name}:{name}" for file, name in ran if name not in reached)
+        assert not missing, f"{module} ran code its hash does not reach: {missing}"

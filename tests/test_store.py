@@ -23,7 +23,7 @@ from steerlab.store import (
     write_vector_group,
     writing,
 )
-from steerlab.store.provenance import REPO_ROOT, _project_sources
+from steerlab.store.provenance import PACKAGE_PARENT, _reached
 
 
 def _write_vectors(path, name="L7", value=1.0):
@@ -130,15 +130,38 @@ def test_group_with_same_settings_and_code_is_current(tmp_path):
 
 
 def test_code_version_covers_what_computes_a_group_and_not_the_report():
-    sources = {path.relative_to(REPO_ROOT).as_posix() for path in _project_sources("steerlab.cli.caa")}
-    assert {"steerlab/cli/caa.py", "steerlab/cli/options.py", "steerlab/methods/caa.py", "steerlab/lm/segment.py",
-            "steerlab/lm/site.py", "steerlab/store/__init__.py", "steerlab/store/groups.py", "steerlab/store/io.py",
-            "steerlab/store/layout.py", "steerlab/store/provenance.py"} <= sources  # a package: its __init__ and what it imports
-    assert not sources & {"steerlab/cli/plot.py", "steerlab/cli/report.py", "steerlab/measure/analysis.py",
-                          "steerlab/render/plots.py", "steerlab/render/report.py", "steerlab/render/study.py",
-                          "steerlab/methods/melbo.py", "steerlab/lm/jacobian.py"}
+    reached = {entry.split("\0")[0] for entry in _reached("steerlab.cli.caa", None, PACKAGE_PARENT)}
+    assert {"run", "caa_vector", "compute_groups", "answer_tokens", "injection_site", "write_vector_group",
+            "code_version"} <= reached
+    assert not reached & {"melbo", "displacement_objective", "write_matrix_page", "random_distribution_figure",
+                          "generations_page", "load"}  # another method, the pages, the figures
     assert code_version("steerlab.cli.caa") != code_version("steerlab.cli.melbo")
     assert code_version("steerlab.cli.caa") == code_version("steerlab.cli.caa")
+
+
+def _package(root, **files):
+    for name, text in files.items():
+        path = root / "steerlab" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+
+def test_code_version_follows_names_not_files(tmp_path):
+    """Where a definition sits, its docstring and its comments do not count; its code does."""
+    run = "from steerlab.maths import double\n\ndef main():\n    return double(2)\n"
+    maths = 'def double(x):\n    """Twice x."""\n    return 2 * x\n\ndef unused():\n    return 0\n'
+    _package(tmp_path, **{"__init__.py": "", "run.py": run, "maths.py": maths})
+    first = code_version("steerlab.run", parent=tmp_path)
+    _package(tmp_path, **{"maths.py": maths.replace("Twice x.", "x, doubled.").replace("return 0", "return 1")
+                          .replace("return 2 * x", "return 2 * x  # exact in floats")})
+    assert code_version("steerlab.run", parent=tmp_path) == first  # a docstring, a comment, unreached code
+    _package(tmp_path, **{"maths.py": "", "shelf/__init__.py": "from steerlab.shelf.twice import *\n",
+                          "shelf/twice.py": "def double(x):\n    return 2 * x\n",
+                          "run.py": run.replace("steerlab.maths", "steerlab.shelf")})
+    assert code_version("steerlab.run", parent=tmp_path) == first  # moved to another module, re-exported
+    _package(tmp_path, **{"shelf/twice.py": "def double(x):\n    return x + x\n"})
+    assert code_version("steerlab.run", parent=tmp_path) != first  # the code it runs changed
+    assert code_version("steerlab.run:main", parent=tmp_path) == code_version("steerlab.run", parent=tmp_path)
 
 
 class _Model:

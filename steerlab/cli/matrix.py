@@ -54,7 +54,7 @@ from steerlab.measure.matrix import (
     val_layer,
 )
 from steerlab.measure.neutral import neutral_texts
-from steerlab.measure.scales.calibrate import Calibrator
+from steerlab.measure.scales import Calibrator
 from steerlab.measure.scores import SCORES
 from steerlab.questions.behaviors import data_file
 from steerlab.questions.data import load_items, load_prompts

@@ -18,8 +18,7 @@ from steerlab.jobs import RunContext
 from steerlab.lm.model import DTYPES, LoadedModel, cpu_bf16_native, resolve_dtype
 from steerlab.lm.site import SITES
 from steerlab.measure.neutral import neutral_texts
-from steerlab.measure.scales.norms import SCALE_UNITS
-from steerlab.measure.scales.unit import residual_units
+from steerlab.measure.scales import SCALE_UNITS, residual_units
 from steerlab.measure.scores import SELECT_BY
 from steerlab.questions.behaviors import check_name, data_file, items_of, known_behaviors
 from steerlab.questions.data import SPLITS, Item, load_prompts
@@ -279,7 +278,7 @@ def add_scale_unit(p: argparse.ArgumentParser, units: tuple[str, ...] = SCALE_UN
 
 def unit_norms(args, lm: LoadedModel, layers, behavior: str | None = None,
                data: str | None = None) -> dict[int, ResidualNorm]:
-    """``steerlab.measure.scales.unit.residual_units`` for --behavior (or ``behavior``, its items ``data``),
+    """``steerlab.measure.scales.residual_units`` for --behavior (or ``behavior``, its items ``data``),
     from the arguments; empty for ``--scale-unit abs``."""
     if args.scale_unit == "abs":
         return {}

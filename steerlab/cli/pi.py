@@ -41,8 +41,7 @@ from steerlab.cli.options import (
 from steerlab.jobs import Job, compute_groups
 from steerlab.lm.jacobian import jacobian_at, parse_tokens
 from steerlab.lm.segment import batched_prefixes
-from steerlab.measure.scales.calibrate import signed_size_at_cost
-from steerlab.measure.scales.norms import absolute
+from steerlab.measure.scales import absolute, signed_size_at_cost
 from steerlab.methods.pi import drift_from_zero, top_singular
 from steerlab.store import (
     VectorGroup,

@@ -19,7 +19,7 @@ from steerlab.lm.generate import Setting
 from steerlab.lm.site import Site
 from steerlab.lm.vector import SteeringVector
 from steerlab.measure.analysis import choose_for_method, methods, read_split, select_by, splits_in_store
-from steerlab.measure.scales.norms import ScaleUnit, absolute
+from steerlab.measure.scales import ScaleUnit, absolute
 from steerlab.measure.scores import Score
 from steerlab.store import VectorGroup, open_for_reading, read_norm, read_vector_group
 

@@ -18,8 +18,7 @@ from steerlab.measure.choice import VectorChoice, theta_of
 from steerlab.measure.cloze import cloze_preference
 from steerlab.measure.evaluate import SETTINGS_PER_PASS
 from steerlab.measure.grid import build_grid, random_directions
-from steerlab.measure.scales.calibrate import Calibrator
-from steerlab.measure.scales.norms import ScaleUnit, absolute
+from steerlab.measure.scales import Calibrator, ScaleUnit, absolute
 from steerlab.measure.scores import SCORES_OF, Score, Scores, score, usable_questions
 from steerlab.measure.side_effects import ScoredText
 from steerlab.measure.statistics import (

@@ -24,7 +24,7 @@ from steerlab.measure.analysis import (
     select_by,
     standing_of,
 )
-from steerlab.measure.scales.norms import ScaleUnit
+from steerlab.measure.scales import ScaleUnit
 from steerlab.measure.scores import SELECT_BY, Score
 from steerlab.measure.statistics import ClozeRow, Row, Standing, Stat, difference, stat
 from steerlab.store import linearised_point

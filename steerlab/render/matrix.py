@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 
 from steerlab.measure.matrix import Source, Table, TestRun
-from steerlab.measure.scales.norms import ScaleUnit
+from steerlab.measure.scales import ScaleUnit
 from steerlab.measure.scores import Score
 from steerlab.measure.statistics import cloze_row, polarity_shift_stat, row, scale_text
 from steerlab.questions.behaviors import label

@@ -181,7 +181,7 @@ def write_matrix(h5: h5py.File, lm, method: str, datasets: dict, attrs: dict) ->
 
 
 def write_norm(h5: h5py.File, lm, behavior: str, norm: ResidualNorm, attrs: dict) -> h5py.Group:
-    """One ``ResidualNorm`` (``steerlab.measure.scales.norms.residual_norm``) at /<model>/<behavior>/norms/L<S>."""
+    """One ``ResidualNorm`` (``steerlab.measure.scales.residual_norm``) at /<model>/<behavior>/norms/L<S>."""
     return replace_group(behavior_group(h5, lm, behavior).require_group("norms"), f"L{norm.layer}",
                          {"quantiles": np.array(norm.quantiles)},
                          {**attrs, "layer": norm.layer, "median": norm.median, "mean": norm.mean,

@@ -1,33 +1,128 @@
-"""``SCALE_UNIT=kl``: the size of θ at which a direction costs a given KL on neutral text.
+"""Scales: how big θ is, in the three units a scale can be read in (SCALE_UNIT), and what a
+vector costs.
 
-A scale in units of ‖h_S‖ means a different cost for every direction and every model: on
-Gemma-3-270M at layer 12 a random direction reaches 0.05 nats per token at 0.02–0.04 of ‖h_S‖,
-a power-iteration direction at 0.005 and the CAA direction at 0.25–0.35, where on SmolLM2-135M at
-layer 20 all four lie within 0.07–0.16 (docs/scale_units.py; docs/usage.md, "Scales that travel between models"). The one unit
-that means the same on every direction and model is the cost itself: with ``SCALE_UNIT=kl`` a
-scale t is the |θ| at which that direction, with that sign, costs t nats per token of mean
-KL(unsteered ‖ steered) on the val neutral texts, the statistic eval reports.
+- ``abs``: a scale is an L2 norm of θ.
+- ``resid``: a scale is a fraction of ‖h_S‖, the typical norm of the residual stream at the
+  source layer, so that one grid means the same on models whose residual streams live at
+  different norms. The norm is measured once per model, source layer and behaviour over the real
+  tokens of the first ``NORM_PROMPTS`` train prompts (as eval builds them, up to the generation
+  prompt) and stored at /<model>/<behavior>/norms/L<S>; every runner reads that one number. It
+  is the **median** per-token norm, not the mean: the first token of every sequence is an
+  attention sink whose norm is orders of magnitude above every other token's, so a mean is set by
+  one position that steering never needs to move (docs/DESIGN.md, "Scales"). Mean and quantiles
+  are stored beside it.
+- ``kl`` (the default): a scale t is the |θ| at which that direction, with that sign, costs t
+  nats per token of mean KL(unsteered ‖ steered) on the val neutral texts, the statistic eval
+  reports. A norm means a different cost for every direction and every model; the cost means the
+  same on all (docs/usage.md, "Scales that travel between models"). The search (``kl_norms``) is
+  a secant method on log KL against log |θ|, where the curve is close to a line of slope 2 (KL is
+  quadratic in θ for small θ): every (direction, target) starts from one shared probe, and each
+  round probes all that are not yet within ``rtol`` of their target in one stacked pass of the
+  fast path (``steerlab.measure.side_effects``). The norm returned is the probe nearest the
+  target, so its KL is measured, not extrapolated; a target a direction cannot reach below
+  ``max_norm`` is reported as not reached.
 
-The search (``kl_norms``) is a secant method on log KL against log |θ|, where the curve is close
-to a line of slope 2 (KL is quadratic in θ for small θ): every (direction, target) starts from one
-shared probe, and each round probes all that are not yet within ``rtol`` of their target in one
-stacked pass of the fast path (``steerlab.measure.side_effects``). The norm returned is the probe nearest
-the target, so its KL is measured, not extrapolated; a target a direction cannot reach below
-``max_norm`` is reported as not reached.
+From Python, ``at_cost`` and ``size_at_cost`` size a ``SteeringVector`` by its cost.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
+from importlib.resources import files
+from pathlib import Path
+from typing import Literal, Sequence, get_args
 
 import numpy as np
 import torch
 
-from steerlab.base.progress import say
+from steerlab.base.parallel import ranks
+from steerlab.base.progress import say, step
+from steerlab.lm.generate import generate_ids, prompt_ids
+from steerlab.lm.model import LoadedModel, as_loaded
+from steerlab.lm.segment import batched_prefixes
+from steerlab.lm.vector import SteeringVector
 from steerlab.measure.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from steerlab.measure.grid import random_directions, signed_scales
 from steerlab.measure.side_effects import ScoredText, side_effects
-from steerlab.store import VectorGroup
+from steerlab.questions.data import load_items, load_prompts
+from steerlab.store import (
+    VectorGroup,
+    code_version,
+    file_checksum,
+    is_current,
+    norms_path,
+    now,
+    read_norm,
+    run_attrs,
+    write_norm,
+    writing,
+)
+from steerlab.store.groups import QUANTILES, ResidualNorm
+
+NORM_PROMPTS = 128
+ScaleUnit = Literal["kl", "resid", "abs"]
+SCALE_UNITS: tuple[ScaleUnit, ...] = get_args(ScaleUnit)
+
+
+@torch.no_grad()
+def residual_norm(model: torch.nn.Module, sequences: list[tuple[int, ...]], layer: int, pad_id: int,
+                  batch_size: int = 16) -> ResidualNorm:
+    """‖h_S‖ of every real token of ``sequences`` after layer ``layer`` (fp64), summarised."""
+    norms = [prefix.residual_norms().cpu()
+             for _, prefix in batched_prefixes(model, sequences, layer, pad_id, batch_size)]
+    values = torch.cat(norms).numpy()
+    return ResidualNorm(layer, float(np.median(values)), float(values.mean()),
+                        tuple(float(q) for q in np.quantile(values, QUANTILES)), len(values), len(sequences))
+
+
+def absolute(scales: list[float], unit: str, norm: float | None) -> list[float]:
+    """The L2 norms of θ that ``scales`` mean: fractions of ``norm`` (unit ``resid``) or
+    themselves (unit ``abs``). Unit ``kl`` has no one norm per scale: each direction's is found
+    by ``steerlab.measure.scales``."""
+    if unit == "abs":
+        return list(scales)
+    if unit == "kl":
+        raise ValueError("a scale in unit kl is a cost, not a norm: calibrate it per direction (steerlab.measure.scales)")
+    if unit != "resid":
+        raise ValueError(f"unit must be one of {SCALE_UNITS}, got {unit!r}")
+    if norm is None or not norm > 0:
+        raise ValueError(f"a scale in units of ‖h_S‖ needs a positive norm, got {norm}")
+    return [float(s) * norm for s in scales]
+
+
+def residual_units(store: str | Path, lm: LoadedModel, layers, *, model: str, dtype: str,
+                   behavior: str, data: str | Path) -> dict[int, ResidualNorm]:
+    """The unit at each of ``layers`` for ``behavior`` (its items ``data``): read from ``store``
+    when current (same model, dtype, data and code), else measured once and written (rank 0
+    decides and writes; every rank measures, so none waits). ``model`` and ``dtype`` are
+    recorded as given."""
+    version = code_version("steerlab.measure.scales:residual_units")
+    found, missing = {}, []
+    for layer in sorted(set(layers)):
+        settings = {"model": model, "dtype": dtype, "behavior": behavior,
+                    "data_checksum": file_checksum(data), "layer": layer, "n_prompts": NORM_PROMPTS}
+        where = norms_path(lm.key, behavior, layer)
+        if ranks().same(is_current(store, where, settings, version)):
+            found[layer] = read_norm(store, lm.key, behavior, layer)
+        else:
+            missing.append((layer, settings))
+    if missing:
+        items = load_items(data, "train")[:NORM_PROMPTS]
+        sequences = prompt_ids(lm.tokenizer, [item.question for item in items])
+        for layer, settings in missing:
+            started, t0 = now(), time.perf_counter()
+            with step(f"‖h_S‖ at layer {layer} over {len(sequences)} {behavior} train prompts (the scale unit)"):
+                found[layer] = residual_norm(lm.model, sequences, layer, lm.tokenizer.pad_token_id)
+            if ranks().writer:
+                with writing(store) as h5:
+                    write_norm(h5, lm, behavior, found[layer],
+                               run_attrs(settings, version, started, time.perf_counter() - t0))
+    for layer, norm in sorted(found.items()):
+        say(f"  scale unit at layer {layer}: median ‖h_S‖ = {norm.median:.1f} (mean {norm.mean:.1f}, "
+            f"{norm.n_tokens} tokens)")
+    return found
+
 
 MAX_ROUNDS = 6
 UNIT_START = 1 / 32  # the first probe, in units of the median ‖h_S‖ (quadratic regime on both models)
@@ -149,14 +244,14 @@ class Calibrator:
     def of(self, groups: list[VectorGroup]) -> dict[str, GroupCalibration]:
         """Each group's calibration by label; the new ones searched together, a layer at a time.
         A group is known by its vectors, not its name (behaviours share run names)."""
-        new = {key(g): g for g in groups if key(g) not in self.done}
+        new = {calibration_key(g): g for g in groups if calibration_key(g) not in self.done}
         for layer in sorted({g.source_layer for g in new.values()}):
             here = [g for g in new.values() if g.source_layer == layer]
             rows, where = [], []  # every (group, vector, sign) as one signed direction
             for g in here:
                 for v, vector in enumerate(np.asarray(g.vectors, dtype=np.float64)):
                     for sign in ((-1.0, 1.0) if g.sign_free else (1.0,)):
-                        where.append((key(g), v, sign))
+                        where.append((calibration_key(g), v, sign))
                         rows.append(sign * torch.from_numpy(vector))
             unit = self.units[layer]
             found = kl_norms(self.model, self.texts, layer, torch.stack(rows), targets=self.targets, pad_id=self.pad_id,
@@ -166,7 +261,7 @@ class Calibrator:
                 f"in {found.probes} probes; {int(found.reached.sum())} of {found.reached.size} reached")
             for g in here:
                 shape = (len(g.vectors), len(signed_scales(self.targets, g.sign_free)))
-                self.done[key(g)] = GroupCalibration(np.zeros(shape), np.zeros(shape), np.zeros(shape, bool))
+                self.done[calibration_key(g)] = GroupCalibration(np.zeros(shape), np.zeros(shape), np.zeros(shape, bool))
             m = len(self.targets)
             for row, (name, v, sign) in enumerate(where):
                 cal = self.done[name]
@@ -176,10 +271,10 @@ class Calibrator:
                     cal.norms[v, column] = sign * found.norms[row, target]
                     cal.kl[v, column] = found.kl[row, target]
                     cal.reached[v, column] = found.reached[row, target]
-        return {g.label: self.done[key(g)] for g in groups}
+        return {g.label: self.done[calibration_key(g)] for g in groups}
 
 
-def key(group: VectorGroup) -> str:
+def calibration_key(group: VectorGroup) -> str:
     """What a calibration depends on of a group: its layer, sign-freedom and vectors."""
     digest = hashlib.sha256(np.ascontiguousarray(group.vectors, dtype=np.float32).tobytes()).hexdigest()[:16]
     return f"{group.label}@L{group.source_layer}{'±' if group.sign_free else '+'}{digest}"
@@ -210,3 +305,44 @@ def signed_size_at_cost(model: torch.nn.Module, texts: list[ScoredText], layer: 
     found = kl_norms(model, texts, layer, sign * direction.double()[None], targets=[abs(scale)], pad_id=pad_id,
                      start=UNIT_START * unit, max_norm=MAX_UNITS * unit)
     return sign * float(found.norms[0, 0])
+
+
+def neutral_texts_for(lm: LoadedModel, prompts: Sequence[str] | None = None, n: int = 6,
+                      gen_tokens: int = 32) -> list:
+    """What a cost is measured on: each neutral prompt (the lab's shipped val prompts, the first
+    ``n``, or the user's ``prompts``) with the unsteered model's greedy continuation of
+    ``gen_tokens`` tokens, as eval's KL column scores them."""
+    if prompts is None:
+        shipped = files("steerlab") / "resources" / "neutral-prompts.jsonl"
+        prompts = [p.text for p in load_prompts(str(shipped), "val", n)]
+    asked = prompt_ids(lm.tokenizer, list(prompts))
+    continued = generate_ids(lm.model, asked, None, gen_tokens, pad_id=lm.tokenizer.pad_token_id).tokens
+    return [ScoredText(f"neutral-{i}", a + c, len(a)) for i, (a, c) in enumerate(zip(asked, continued))]
+
+
+def size_at_cost(vector: SteeringVector, model, tokenizer=None, kl: float = 0.04,
+                 prompts: Sequence[str] | None = None, texts: list | None = None) -> float:
+    """The L2 norm at which ``vector`` (its sign as it is) costs ``kl`` nats per token: the mean
+    per-token KL(unsteered ‖ steered) over the unsteered model's own continuations of neutral
+    prompts (``neutral_texts_for``; or ready ``texts``), found by eval's search to within 10%."""
+    lm = as_loaded(model, tokenizer)
+    if not kl > 0:
+        raise ValueError(f"kl must be a positive cost in nats per token, got {kl}")
+    texts = texts if texts is not None else neutral_texts_for(lm, prompts)
+    pad = lm.tokenizer.pad_token_id
+    unit = residual_norm(lm.model, [t.token_ids for t in texts], vector.layer, pad).median
+    found = kl_norms(lm.model, texts, vector.layer, vector.direction.double()[None], targets=[kl], pad_id=pad,
+                     start=UNIT_START * unit, max_norm=MAX_UNITS * unit)
+    if not found.reached[0, 0]:
+        raise ValueError(f"{vector.label or 'the vector'} reaches KL {found.kl[0, 0]:.3g}, not {kl}, "
+                         f"within |θ| ≤ {MAX_UNITS * unit:.3g}: ask for another cost")
+    return float(found.norms[0, 0])
+
+
+def at_cost(vector: SteeringVector, model, tokenizer=None, kl: float = 0.04,
+            prompts: Sequence[str] | None = None) -> SteeringVector:
+    """``vector`` sized to cost ``kl`` nats per token on neutral text (the lab's shipped neutral
+    prompts, or ``prompts``; ``size_at_cost``). ``model``: a ``LoadedModel``, or a causal LM with
+    its ``tokenizer``."""
+    norm = size_at_cost(vector, model, tokenizer, kl, prompts)
+    return replace(vector.scaled(norm), label=f"{vector.label} at {kl:g} KL (|θ| {norm:.3g})".strip())
