@@ -1,15 +1,10 @@
-"""PI: top-k right singular vectors of J = ∂h_T/∂θ by block power iteration, from the train split.
-
-θ is added at layers[S].mlp.down_proj; h_T is the residual output of layers[T] at the prompts' real
-positions (all, or the last N of each). The prompts are the first N train questions formatted as in
-eval, up to the answer letter. --at zero linearises at θ₀ = 0 (method `pi`, run L<S>-T<T>);
---at caa at θ₀ = the stored raw CAA vector of the same layer (method `pi_caa`, same run name; the
-CAA read on the answer texts, or with --caa-position letter the one read at the answer letter,
-run names ending -letter), or, with --at-scales, at θ₀ = s · unit(CAA) for each s (runs L<S>-T<T>-at<s>): the Jacobian along the
-path CAA steers on. Each such group also records how far J moved from θ₀ = 0 (the stored `pi`
-group of the same settings): the principal angles between the top-k subspaces and
-‖J(θ₀)v − J(0)v‖ / ‖J(0)v‖ for the top vectors v of J(0). The prompts' prefix is computed once
-for all scales, and each scale's power iteration starts from the previous scale's Ritz vectors.
+"""PI: the top-k right singular vectors of J = ∂h_T/∂θ by block power iteration (θ added after
+layer S, h_T the residual output of layer T at the prompts' positions), over the first N train
+questions formatted as in eval up to the answer letter. --at zero: at θ₀ = 0 (method `pi`, run
+L<S>-T<T>); --at caa: at θ₀ = the stored raw CAA vector of the layer (method `pi_caa`; with
+--caa-position letter the one read at the letter, runs ending -letter), or with --at-scales at
+θ₀ = s · unit(CAA) for each s (runs L<S>-T<T>-at<s>, the path CAA steers on; each also records how
+far J moved from the stored `pi` group's J(0): principal angles and ‖J(θ₀)v − J(0)v‖/‖J(0)v‖).
 Written: unit vectors (sign-free), σ = ‖J v‖, the residual trace.
 """
 
@@ -39,10 +34,9 @@ from steerlab.cli.options import (
     val_neutral_texts,
 )
 from steerlab.jobs import Job, compute_groups
-from steerlab.lm.jacobian import jacobian_at, parse_tokens
-from steerlab.lm.segment import batched_prefixes
-from steerlab.measure.scales import absolute, signed_size_at_cost
-from steerlab.methods.pi import drift_from_zero, top_singular
+from steerlab.lm.jacobian import parse_tokens
+from steerlab.measure.scales import theta_at_scale
+from steerlab.methods.pi import Sweep
 from steerlab.store import (
     VectorGroup,
     caa_run,
@@ -73,13 +67,6 @@ def stored_caa(args: argparse.Namespace, key: str) -> tuple[VectorGroup, str]:
     caa = read_vector_group(args.store, key, args.behavior, "caa", run_name, make=f"make caa LAYERS={args.layer}")
     return caa, (f"/{vectors_path(key, args.behavior, 'caa', run_name)} ({caa.attrs.get('code_version')} "
                  f"started {caa.attrs.get('started')})")
-
-
-def stored_pi(args: argparse.Namespace, key: str) -> VectorGroup:
-    """The stored J(0) group a sweep is compared with; it must have been found like ours."""
-    ours = settings_of(args)
-    return read_vector_group(args.store, key, args.behavior, "pi", segment_run(args.layer, args.target),
-                             make="make pi", same_as={name: ours.get(name) for name in SAME_OPERATOR})
 
 
 def run() -> None:
@@ -113,23 +100,14 @@ def run() -> None:
     key = store_key(args.model)
     method = "pi" if args.at == "zero" else "pi_caa"
     caa, caa_source = stored_caa(args, key) if args.at == "caa" else (None, "zero")
-    reference = stored_pi(args, key) if args.at_scales is not None else None
+    reference = None if args.at_scales is None else read_vector_group(  # the J(0) found as ours
+        args.store, key, args.behavior, "pi", segment_run(args.layer, args.target), make="make pi",
+        same_as={name: settings_of(args).get(name) for name in SAME_OPERATOR})
     unit_name = {"resid": "‖h_S‖", "kl": " KL"}.get(args.scale_unit, "")
 
     def described(scale: float | None) -> str:
         """θ₀ in words."""
         return caa_source if scale is None else f"{scale:+g}{unit_name} · unit({caa_source})"
-
-    def theta0_at(lm, scale: float | None) -> torch.Tensor | None:
-        """θ₀: 0, the raw CAA vector, or the CAA direction at ``scale`` in --scale-unit (a fraction of
-        the median ‖h_S‖, an L2 norm, or the size at which the direction costs that KL)."""
-        direction = None if caa is None else torch.from_numpy(caa.vectors[0].astype(np.float64))
-        if direction is None or scale is None:
-            return direction
-        size = (signed_size_at_cost(lm.model, val_neutral_texts(args, lm), args.layer, direction, scale=scale,
-                                    pad_id=lm.tokenizer.pad_token_id, unit=shared["unit"])
-                if args.scale_unit == "kl" else absolute([scale], args.scale_unit, shared["unit"])[0])
-        return size * direction / direction.norm()
 
     scales = args.at_scales if args.at_scales is not None else [None]
     at_letter = args.at == "caa" and args.caa_position == "letter"
@@ -140,39 +118,36 @@ def run() -> None:
                 args.layer, settings_of(args, drop=drop, method=method, at_scale=scale,
                                         theta0_source=described(scale)))
             for scale in scales]
-    shared: dict = {}  # what the scales of one run share: prompts' prefixes, the unit, J(0), the last Ritz block
+    shared: dict = {}  # what the scales of one run share: the sweep (prompts' prefixes, J(0), last vectors), the unit
 
     def compute(lm, answers, job: Job) -> VectorGroup:
-        prompts = [a.prefix_ids for a in answers]
-        if "prefixes" not in shared:  # this rank's share of the batches
-            pairs = list(batched_prefixes(lm.model, prompts, args.layer, lm.tokenizer.pad_token_id, args.batch_size,
-                                          ranks=ranks()))
-            shared["batches"], shared["prefixes"] = [b for b, _ in pairs], [prefix for _, prefix in pairs]
+        if "sweep" not in shared:
+            shared["sweep"] = Sweep(lm.model, [a.prefix_ids for a in answers], args.layer, args.target,
+                                    pad_id=lm.tokenizer.pad_token_id, batch_size=args.batch_size, tokens=args.tokens,
+                                    chunk=args.jvp_chunk, ranks=ranks())
             found = unit_norms(args, lm, [args.layer]).get(args.layer)
             shared["unit"] = None if found is None else found.median
-        scale = job.settings["at_scale"]
-        theta0, source = theta0_at(lm, scale), described(scale)
-        with step(f"J = ∂h_{args.target}/∂θ_{args.layer} over {len(prompts)} prompts ({sum(map(len, prompts))} "
-                  f"tokens, positions {args.tokens}) at θ₀ = {source}; power iteration: k={args.k}, "
-                  f"oversample={args.oversample}, tol={args.tol}"), \
+        scale, sweep = job.settings["at_scale"], shared["sweep"]
+        theta0 = None if caa is None else torch.from_numpy(caa.vectors[0].astype(np.float64))
+        if theta0 is not None and scale is not None:  # the CAA direction at that scale
+            theta0 = theta_at_scale(lm.model, theta0, scale, args.scale_unit, layer=args.layer, pad_id=lm.tokenizer.pad_token_id,
+                                    texts=val_neutral_texts(args, lm) if args.scale_unit == "kl" else [],
+                                    unit_norm=shared["unit"])
+        with step(f"J = ∂h_{args.target}/∂θ_{args.layer} over {len(answers)} prompts "
+                  f"({sum(len(a.prefix_ids) for a in answers)} tokens, positions {args.tokens}) at θ₀ = "
+                  f"{described(scale)}; power iteration: k={args.k}, oversample={args.oversample}, tol={args.tol}"), \
                 progress_bar(args.iters, "power iteration", "step") as bar:
             def progress(index: int, residuals: torch.Tensor, change: float) -> None:
                 bar.update(1)
                 bar.set_postfix(change=f"{change:.1e}", residual=f"{float(residuals.max()):.1e}")
 
-            found = top_singular(lm.model, shared["prefixes"], shared["batches"], args.target, args.k,
-                                 tokens=args.tokens, theta0=theta0, iters=args.iters, oversample=args.oversample,
-                                 tol=args.tol, seed=args.seed, start=shared.get("ritz"), chunk=args.jvp_chunk,
-                                 ranks=ranks(), progress=progress)
-        shared["ritz"] = found.result.vectors
+            found = sweep.at(theta0, args.k, iters=args.iters, oversample=args.oversample, tol=args.tol,
+                             seed=args.seed, progress=progress)
         say(f"  {found.summary()}")
         arrays = found.arrays() | {"prompt_ids": np.array([a.item_id for a in answers])}
-        attrs = found.attrs() | {"theta0_source": source}
+        attrs = found.attrs() | {"theta0_source": described(scale)}
         if reference is not None:
-            if "at_zero" not in shared:
-                shared["at_zero"] = jacobian_at(lm.model, shared["prefixes"], args.target, args.tokens,
-                                                ranks=ranks(), chunk=args.jvp_chunk)
-            drift = drift_from_zero(found, shared["at_zero"], torch.from_numpy(reference.vectors.astype(np.float64)))
+            drift = sweep.drift(found, torch.from_numpy(reference.vectors.astype(np.float64)))
             say(f"  against J(0): {drift.summary()}")
             arrays |= drift.arrays()
             attrs |= {"at_scale": attrs["theta0_norm"] * (1.0 if scale >= 0 else -1.0),

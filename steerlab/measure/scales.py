@@ -307,6 +307,16 @@ def signed_size_at_cost(model: torch.nn.Module, texts: list[ScoredText], layer: 
     return sign * float(found.norms[0, 0])
 
 
+def theta_at_scale(model: torch.nn.Module, direction: torch.Tensor, scale: float, unit: ScaleUnit, *, layer: int,
+                   texts: list[ScoredText], pad_id: int, unit_norm: float | None) -> torch.Tensor:
+    """θ on ``direction`` at ``scale`` in ``unit``: an L2 norm (abs), a fraction of ``unit_norm``, the
+    median ‖h_S‖ (resid), or the size at which the direction, flipped for a negative scale, costs
+    |scale| nats per token on ``texts`` (kl; ``unit_norm`` bounds the search)."""
+    size = (signed_size_at_cost(model, texts, layer, direction, scale=scale, pad_id=pad_id, unit=unit_norm)
+            if unit == "kl" else absolute([scale], unit, unit_norm)[0])
+    return size * direction / direction.norm()
+
+
 def neutral_texts_for(lm: LoadedModel, prompts: Sequence[str] | None = None, n: int = 6,
                       gen_tokens: int = 32) -> list:
     """What a cost is measured on: each neutral prompt (the lab's shipped val prompts, the first

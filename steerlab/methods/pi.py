@@ -15,7 +15,7 @@ import torch
 
 from steerlab.base.parallel import SINGLE, Ranks
 from steerlab.lm.jacobian import Jacobian, jacobian_at, relative_change
-from steerlab.lm.segment import Prefix
+from steerlab.lm.segment import Prefix, batched_prefixes
 from steerlab.methods.power import PowerResult, power_iteration, principal_angles
 
 
@@ -85,3 +85,32 @@ def drift_from_zero(at_theta0: Linearised, at_zero: Jacobian, top_at_zero: torch
     map moved along those vectors."""
     return Drift(principal_angles(at_theta0.result.vectors, top_at_zero),
                  relative_change(at_theta0.jacobian, at_zero, top_at_zero))
+
+
+class Sweep:
+    """PI at one θ₀ after another over the same prompts: their forward up to the source layer is
+    done once (this rank's share of the batches), each point's iteration starts from the last
+    point's vectors, and J(0) is computed once, when a point is first compared with it."""
+
+    def __init__(self, model: torch.nn.Module, prompts: list[tuple[int, ...]], source_layer: int, target_layer: int,
+                 *, pad_id: int, batch_size: int, tokens: str = "all", chunk: int | None = None,
+                 ranks: Ranks = SINGLE):
+        pairs = list(batched_prefixes(model, prompts, source_layer, pad_id, batch_size, ranks=ranks))
+        self.batches, self.prefixes = [batch for batch, _ in pairs], [prefix for _, prefix in pairs]
+        self.model, self.target_layer, self.tokens, self.chunk, self.ranks = model, target_layer, tokens, chunk, ranks
+        self.last: torch.Tensor | None = None  # the last point's top vectors
+        self.at_zero: Jacobian | None = None
+
+    def at(self, theta0: torch.Tensor | None, k: int, **iteration) -> Linearised:
+        """``top_singular`` at ``theta0``; ``iteration``: its iters, oversample, tol, seed, progress."""
+        found = top_singular(self.model, self.prefixes, self.batches, self.target_layer, k, tokens=self.tokens,
+                             theta0=theta0, start=self.last, chunk=self.chunk, ranks=self.ranks, **iteration)
+        self.last = found.result.vectors
+        return found
+
+    def drift(self, found: Linearised, top_at_zero: torch.Tensor) -> Drift:
+        """``drift_from_zero`` of a point of this sweep, against J(0)'s top vectors [k, d]."""
+        if self.at_zero is None:
+            self.at_zero = jacobian_at(self.model, self.prefixes, self.target_layer, self.tokens, ranks=self.ranks,
+                                       chunk=self.chunk)
+        return drift_from_zero(found, self.at_zero, top_at_zero)
