@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from steerlab.base.errors import UserError
-from steerlab.base.progress import say, say_skipped, step
+from steerlab.base.progress import say, step
 from steerlab.cli import defaults
 from steerlab.cli.options import (
     add_neutral,
@@ -46,15 +46,8 @@ from steerlab.cli.options import (
 from steerlab.jobs import resolve_sites
 from steerlab.lm.model import load_model
 from steerlab.measure.evaluate import QUESTIONS_PER_PASS
-from steerlab.measure.matrix import (
-    choose_on_val,
-    evaluate_on_test,
-    matrix_datasets,
-    questions_of,
-    val_layer,
-)
+from steerlab.measure.matrix import cross_behaviour, matrix_datasets, questions_by_split, val_layer
 from steerlab.measure.neutral import neutral_texts
-from steerlab.measure.scales import Calibrator
 from steerlab.measure.scores import SCORES
 from steerlab.questions.behaviors import data_file
 from steerlab.questions.data import load_items, load_prompts
@@ -124,34 +117,19 @@ def run() -> None:
     with step(f"loading {args.model} ({args.dtype})"):
         lm = load_model(args.model, args.dtype, args.device)
     sites = resolve_sites(lm, [g.source_layer for gs in groups.values() for g in gs], args.site)
-    questions = {}
-    for split, by_name in items.items():
-        for name, chosen in by_name.items():
-            questions[split, name], skipped = questions_of(lm.tokenizer, chosen, args.score)
-            say_skipped(skipped, bool(questions[split, name].answers or questions[split, name].cloze),
-                        f"no usable {split} question of {name}: every item was skipped")
+    questions = questions_by_split(lm.tokenizer, items, args.score)
     texts = {split: neutral_texts(args.store, lm, split, prompts, **neutral_options(args))
              for split, prompts in neutral.items()}
+    units = {}
+    for name in args.behaviors:
+        unit = unit_norms(args, lm, [val_layer(groups[name])], behavior=name, data=args.data_files[name])
+        units[name] = unit[val_layer(groups[name])].median if unit else None
 
     started, t0 = now(), time.perf_counter()
-    sources = []
-    # SCALE_UNIT=kl: every vector's and random direction's |θ| per target, found on the val texts
-    calibrator = (Calibrator(lm.model, texts["val"], lm.tokenizer.pad_token_id, {}, args.scales, args.batch_size)
-                  if args.scale_unit == "kl" else None)
-    for name in args.behaviors:
-        layer = val_layer(groups[name])
-        unit = unit_norms(args, lm, [layer], behavior=name, data=args.data_files[name]).get(layer)
-        if calibrator is not None:  # the search's first probe and ceiling: the first behaviour's ‖h_S‖
-            calibrator.units.setdefault(layer, unit.median)
-        sources.append(choose_on_val(
-            lm, name, groups[name], questions["val", name], texts["val"], method=args.method,
-            scales=args.scales, scale_unit=args.scale_unit, unit_norm=unit and unit.median,
-            select_by=args.select_by, kl_max=args.kl_max, batch_size=args.batch_size, store=args.store,
-            calibrator=calibrator))
-    measured = evaluate_on_test(lm, sources, {name: questions["test", name] for name in args.behaviors},
-                                texts["test"], scores=args.score, scales=args.scales,
-                                n_random=args.n_random, seed=args.seed, batch_size=args.batch_size,
-                                calibrator=calibrator)
+    sources, measured = cross_behaviour(
+        lm, groups, questions, texts, method=args.method, scales=args.scales, scale_unit=args.scale_unit, units=units,
+        select_by=args.select_by, kl_max=args.kl_max, scores=args.score, n_random=args.n_random, seed=args.seed,
+        batch_size=args.batch_size, store=args.store)
     tables = measured.tables
     seconds = time.perf_counter() - t0
     settings = settings_of(args, drop=("out", "data_files"), data_checksums={

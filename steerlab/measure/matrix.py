@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from steerlab.base.progress import progress_bar, say
+from steerlab.base.progress import progress_bar, say, say_skipped
 from steerlab.lm.model import LoadedModel
 from steerlab.measure.analysis import EvalGroup, Split, choose_for_method, cloze_row_at, row_at
 from steerlab.measure.analysis import select_by as available_score
@@ -60,6 +60,20 @@ def questions_of(tokenizer, items: list[Item], scores: Scores) -> tuple[Question
     answers, cloze, skipped = usable_questions(tokenizer, items, "both", scores)
     ids = [a.item_id for a in answers[: len(answers) // 2]] if answers else [c.item_id for c in cloze]
     return Questions(answers, cloze, ids), skipped
+
+
+def questions_by_split(tokenizer, items: dict[str, dict[str, list[Item]]], scores: Scores
+                       ) -> dict[tuple[str, str], Questions]:
+    """``questions_of`` for each split's behaviours' ``items`` (split -> behaviour -> items), keyed
+    (split, behaviour); each item left out is said, and a behaviour with no usable question in a
+    split stops the run."""
+    found = {}
+    for split, by_name in items.items():
+        for name, chosen in by_name.items():
+            found[split, name], skipped = questions_of(tokenizer, chosen, scores)
+            say_skipped(skipped, bool(found[split, name].answers or found[split, name].cloze),
+                        f"no usable {split} question of {name}: every item was skipped")
+    return found
 
 
 def val_layer(groups: list[VectorGroup]) -> int:
@@ -335,6 +349,32 @@ def evaluate_on_test(lm: LoadedModel, sources: list[Source], questions: dict[str
         for j, r in enumerate(random_scales):  # last layer's if several
             measured.random_kl[r] = scored.kl[1 + len(here) + j * n_random: 1 + len(here) + (j + 1) * n_random]
     return measured
+
+
+def cross_behaviour(lm: LoadedModel, groups: dict[str, list[VectorGroup]], questions: dict[tuple[str, str], Questions],
+                    texts: dict[str, list[ScoredText]], *, method: str, scales: list[float], scale_unit: ScaleUnit,
+                    units: dict[str, float | None], select_by: Score, kl_max: float, scores: Scores, n_random: int,
+                    seed: int, batch_size: int, store: str | Path) -> tuple[list[Source], TestRun]:
+    """The matrix: each behaviour's setting chosen on its val questions (``choose_on_val``; its
+    ``groups``, ``units`` its median ‖h_S‖ at ``val_layer``, None for abs), then every choice,
+    random directions and the unsteered model on every behaviour's test questions
+    (``evaluate_on_test``). ``questions`` and ``texts`` are keyed by split as ``questions_by_split``
+    and the neutral texts of "val" and "test". With SCALE_UNIT=kl one calibrator, on the val texts,
+    sizes every vector and random direction."""
+    calibrator = (Calibrator(lm.model, texts["val"], lm.tokenizer.pad_token_id, {}, scales, batch_size)
+                  if scale_unit == "kl" else None)
+    sources = []
+    for name, found in groups.items():
+        if calibrator is not None:  # the search's first probe and ceiling: the first behaviour's ‖h_S‖
+            calibrator.units.setdefault(val_layer(found), units[name])
+        sources.append(choose_on_val(
+            lm, name, found, questions["val", name], texts["val"], method=method, scales=scales,
+            scale_unit=scale_unit, unit_norm=units[name], select_by=select_by, kl_max=kl_max,
+            batch_size=batch_size, store=store, calibrator=calibrator))
+    measured = evaluate_on_test(lm, sources, {name: questions["test", name] for name in groups}, texts["test"],
+                                scores=scores, scales=scales, n_random=n_random, seed=seed, batch_size=batch_size,
+                                calibrator=calibrator)
+    return sources, measured
 
 
 def matrix_datasets(sources: list[Source], measured: TestRun) -> dict[str, np.ndarray]:
