@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +34,11 @@ from steerlab.cli.options import (
 from steerlab.interop.export import gguf_direction_index, write_gguf
 from steerlab.interop.llama_cpp import (
     agreement,
+    agreement_page,
     free_port,
     llama_server,
     next_token_logprobs,
+    project_logprobs,
     server_command,
     unsteered_difference,
 )
@@ -54,18 +55,6 @@ def embedded_name(model: str) -> str:
             return name
     raise UserError(f"{model} is not an embedded model ({', '.join(EMBEDDED)}): llama-server needs "
                     "the GGUF file the model came from; pass it with --gguf")
-
-
-def our_logprobs(model: torch.nn.Module, prompts: list[tuple[int, ...]],
-                 vector: SteeringVector | None) -> list[np.ndarray]:
-    """Next-token log-softmax after each prompt, fp64, optionally with θ applied."""
-    rows = []
-    device = next(model.parameters()).device
-    for ids in prompts:
-        with torch.no_grad(), (nullcontext() if vector is None else vector.apply(model)):
-            logits = model(torch.tensor([ids], device=device)).logits[0, -1]
-        rows.append(torch.log_softmax(logits.double(), -1).cpu().numpy())
-    return rows
 
 
 def run() -> None:
@@ -107,8 +96,8 @@ def run() -> None:
     texts += [item.question for item in behavior_items(args, "test")[:half]]
     prompts = prompt_ids(lm.tokenizer, texts)
     steer = SteeringVector(torch.from_numpy(np.array(right.vector)), args.layer, args.site)
-    ours_base = our_logprobs(lm.model, prompts, None)
-    ours_moved = our_logprobs(lm.model, prompts, steer)
+    ours_base = project_logprobs(lm.model, prompts, None)
+    ours_moved = project_logprobs(lm.model, prompts, steer)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,19 +121,11 @@ def run() -> None:
     results = {shift: agreement(answers[None], answers[shift], ours_base, ours_moved)
                for shift in (0, -1, +1)}
     apart = unsteered_difference(answers[None], ours_base)
-    lines = [
-        f"# llama.cpp round trip: {vector_name} at {args.scale:+g} ({args.scale_unit}; |θ| = "
-        f"{abs(choice.scale):.1f}), {lm.key}", "",
-        f"Server: {args.server}; model file: {gguf.name}; {len(prompts)} prompts, top {args.n_probs} "
-        f"tokens. Unsteered log-probs of the two runtimes differ by up to {apart:.3f}.", "",
-        "| file (θ after layer S = " + str(args.layer) + ") | tokens | corr. of Δ log p | max abs ΔΔ "
-        "| max abs Δ (project) |", "|---|---|---|---|---|",
-        results[0].row(f"right: direction.{args.layer}"),
-        results[-1].row(f"shifted: direction.{args.layer - 1}"),
-        results[+1].row(f"shifted: direction.{args.layer + 1}"),
-    ]
-    (out / "agreement.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    page = agreement_page(results, title=f"{vector_name} at {args.scale:+g} ({args.scale_unit}; |θ| = "
+                          f"{abs(choice.scale):.1f}), {lm.key}", server=args.server, gguf=gguf.name,
+                          n_prompts=len(prompts), n_probs=args.n_probs, apart=apart, layer=args.layer)
+    (out / "agreement.md").write_text(page)
+    print(page, end="")
     best_wrong = max(results[-1].correlation, results[+1].correlation)
     if results[0].correlation < args.min_correlation or results[0].correlation < best_wrong + args.margin:
         say(f"FAILED: the right file correlates at {results[0].correlation:.3f} (needs ≥ "

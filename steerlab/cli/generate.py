@@ -16,7 +16,6 @@ import argparse
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
@@ -41,7 +40,7 @@ from steerlab.lm.model import load_model
 from steerlab.measure.choice import generation_settings, parse_vector
 from steerlab.questions.behaviors import behavior_prompts, open_ended_file
 from steerlab.questions.data import SPLITS
-from steerlab.render.generations import generations_page
+from steerlab.render.generations import write_generations_page
 from steerlab.store import (
     code_version,
     file_checksum,
@@ -50,7 +49,6 @@ from steerlab.store import (
     generations_path,
     is_current,
     now,
-    open_for_reading,
     run_attrs,
     store_key,
     write_generations,
@@ -109,7 +107,7 @@ def run() -> None:
         say(note)
     rows = [Setting("unsteered"), *steered]
     name = generations_name(args.vector and parse_vector(args.vector), args.sample, args.seed)
-    version = code_version("steerlab.cli.generate")
+    version = code_version(__spec__.name)
     checksums = {str(path): file_checksum(path) for path, n in
                  ((args.open_ended or args.data, args.n_open), (args.neutral, args.n_neutral)) if n}
     settings = settings_of(args, drop=("out",), prompt_checksums=checksums,
@@ -150,12 +148,7 @@ def run() -> None:
     if not ranks().writer:
         return
 
-    with open_for_reading(args.store) as h5:
-        page = generations_page(h5[where], key, args.behavior, args.store)
-    out = Path(args.out) / args.behavior / "generations.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    say(f"wrote {out}")
+    say(f"wrote {write_generations_page(args.store, where, key, args.behavior, args.out)}")
 
 
 if __name__ == "__main__":

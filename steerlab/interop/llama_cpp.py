@@ -19,14 +19,16 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+import torch
 
 from steerlab.base.errors import UserError
+from steerlab.lm.vector import SteeringVector
 
 
 class LlamaServerError(UserError):
@@ -159,3 +161,32 @@ def unsteered_difference(unsteered: Sequence[dict[int, float]], ours_unsteered: 
     far apart the two runtimes already are (quantised against de-quantised weights)."""
     return max(abs(lp - float(ours[token])) for base, ours in zip(unsteered, ours_unsteered, strict=True)
                for token, lp in base.items())
+
+
+def project_logprobs(model: torch.nn.Module, prompts: list[tuple[int, ...]],
+                     vector: SteeringVector | None) -> list[np.ndarray]:
+    """The project's side: the next-token log-softmax after each prompt (token ids), fp64, with
+    ``vector`` applied (None: unsteered)."""
+    rows = []
+    device = next(model.parameters()).device
+    for ids in prompts:
+        with torch.no_grad(), (nullcontext() if vector is None else vector.apply(model)):
+            logits = model(torch.tensor([ids], device=device)).logits[0, -1]
+        rows.append(torch.log_softmax(logits.double(), -1).cpu().numpy())
+    return rows
+
+
+def agreement_page(results: dict[int, Agreement], *, title: str, server: str, gguf: str, n_prompts: int,
+                   n_probs: int, apart: float, layer: int) -> str:
+    """The check's markdown page: one row per exported file (``results`` by layer shift: 0 is the
+    right file, ±1 the shifted ones), under how far apart the runtimes are unsteered."""
+    return "\n".join([
+        f"# llama.cpp round trip: {title}", "",
+        f"Server: {server}; model file: {gguf}; {n_prompts} prompts, top {n_probs} tokens. Unsteered "
+        f"log-probs of the two runtimes differ by up to {apart:.3f}.", "",
+        f"| file (θ after layer S = {layer}) | tokens | corr. of Δ log p | max abs ΔΔ | max abs Δ (project) |",
+        "|---|---|---|---|---|",
+        results[0].row(f"right: direction.{layer}"),
+        results[-1].row(f"shifted: direction.{layer - 1}"),
+        results[+1].row(f"shifted: direction.{layer + 1}"),
+    ]) + "\n"

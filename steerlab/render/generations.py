@@ -3,9 +3,12 @@ setting's completion of each prompt, read from the store alone."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
+
+from steerlab.store import open_for_reading
 
 
 def cell(text: str) -> str:
@@ -50,3 +53,14 @@ def generations_page(node: h5py.Group, key: str, behavior: str, store: str) -> s
                   "| setting | completion |", "|---|---|"]
         lines += [f"| {label} | {cell(texts[s, p])} |" for s, label in enumerate(labels)]
     return "\n".join(lines) + "\n"
+
+
+def write_generations_page(store: str | Path, where: str, key: str, behavior: str, out: str | Path) -> Path:
+    """``generations_page`` of the group at ``where`` in ``store``, written to
+    <out>/<behavior>/generations.md; returns that path."""
+    with open_for_reading(store) as h5:
+        page = generations_page(h5[where], key, behavior, str(store))
+    path = Path(out) / behavior / "generations.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
