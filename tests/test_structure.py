@@ -96,3 +96,13 @@ def test_every_benchmark_module_imports():
 
     for path in sorted((ROOT / "bench").glob("test_*.py")):
         importlib.import_module(f"bench.{path.stem}")
+
+
+def test_pip_install_ships_every_package_of_the_tree():
+    """pyproject.toml names the packages setuptools installs: a room added or removed without its
+    line there breaks `pip install .` (make check-install) or leaves a room out of it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    in_tree = {module_name(path) for path in (ROOT / "steerlab").rglob("__init__.py")}
+    assert listed == in_tree
