@@ -69,7 +69,9 @@ RUN     = PYTHONUNBUFFERED=1 $(PY) -m
 RUN_DP  = $(if $(filter 1,$(NPROC)),$(RUN),PYTHONUNBUFFERED=1 $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m)
 
 .DEFAULT_GOAL := all
-.PHONY: all help help-all venv model lint test test-fast test-gemma test-qwen  test-compat study study-test study-page check-gguf check-lm-eval check-install lm-eval-tasks caa pi pi_caa melbo eval report plot export generate bench bench-smoke ingest migrate matrix clean
+.PHONY: all help help-all venv model lint test test-fast test-gemma test-qwen test-compat \
+	study study-test study-page check-gguf check-lm-eval check-install lm-eval-tasks \
+	caa pi pi_caa melbo eval report plot export generate bench bench-smoke ingest migrate matrix clean
 
 all: caa pi pi_caa melbo eval report plot generate ## the whole experiment on $(MODEL): every method, eval, report, figures
 	@echo "figures:"; ls -1 $(RESULTS)/$(BEHAVIOR)/*.png 2>/dev/null | sed 's/^/  /'
