@@ -164,6 +164,30 @@ def test_code_version_follows_names_not_files(tmp_path):
     assert code_version("steerlab.run:main", parent=tmp_path) == code_version("steerlab.run", parent=tmp_path)
 
 
+def test_code_version_reaches_what_runs_on_import_and_every_import_of_a_name(tmp_path):
+    """Code a module runs on import (its package's too), names defined inside a top-level ``try``,
+    and both of two local imports under one name count; a root that names nothing is an error."""
+    _package(tmp_path, **{
+        "__init__.py": "SETUP = []\nSETUP.append(1)\n",
+        "run.py": ("try:\n    from steerlab.fast import helper\nexcept ImportError:\n    helper = None\n\n"
+                   "def one():\n    from steerlab.a import step as go\n    return go()\n\n"
+                   "def two():\n    from steerlab.b import step as go\n    return go(helper)\n"),
+        "fast.py": "def helper():\n    return 1\n", "a.py": "def step():\n    return 1\n",
+        "b.py": "def step(x=None):\n    return 2\n"})
+    first = code_version("steerlab.run", parent=tmp_path)
+    for name, text in {"__init__.py": "SETUP = []\nSETUP.append(2)\n", "fast.py": "def helper():\n    return 3\n",
+                       "a.py": "def step():\n    return 4\n", "b.py": "def step(x=None):\n    return 5\n"}.items():
+        before = (tmp_path / "steerlab" / name).read_text(encoding="utf-8")
+        _package(tmp_path, **{name: text})
+        assert code_version("steerlab.run", parent=tmp_path) != first, name
+        _package(tmp_path, **{name: before})
+    assert code_version("steerlab.run", parent=tmp_path) == first
+    with pytest.raises(ValueError, match="names no project module"):
+        code_version("steerlab.run:three", parent=tmp_path)
+    with pytest.raises(ValueError, match="names no project module"):
+        code_version("steerlab.nowhere", parent=tmp_path)
+
+
 class _Model:
     key, source, n_layers, d_model, dtype = "m", "m", 2, 4, "fp32"
 

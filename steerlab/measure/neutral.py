@@ -36,7 +36,9 @@ def neutral_texts(store: str | Path, lm: LoadedModel, split: SplitName, prompts:
     ``gen_tokens``: read from ``store`` when current (same settings, same code), else generated
     once and written (rank 0 decides and writes). ``model``, ``dtype``, ``device``, ``neutral``
     (the prompts' file, also checksummed) and ``n_neutral`` are recorded as given."""
-    version = code_version("steerlab.measure.neutral:neutral_texts")
+    # the texts also depend on how the prompts were read and the model loaded, done by the callers
+    version = code_version("steerlab.measure.neutral:neutral_texts", "steerlab.questions.data:load_prompts",
+                           "steerlab.lm.model:load_model")
     settings = {"model": model, "dtype": dtype, "device": device, "neutral": neutral,
                 "n_neutral": n_neutral, "gen_tokens": gen_tokens, "split": split,
                 "neutral_checksum": file_checksum(neutral)}

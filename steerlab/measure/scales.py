@@ -97,7 +97,7 @@ def residual_units(store: str | Path, lm: LoadedModel, layers, *, model: str, dt
     when current (same model, dtype, data and code), else measured once and written (rank 0
     decides and writes; every rank measures, so none waits). ``model`` and ``dtype`` are
     recorded as given."""
-    version = code_version("steerlab.measure.scales:residual_units")
+    version = code_version("steerlab.measure.scales:residual_units", "steerlab.lm.model:load_model")
     found, missing = {}, []
     for layer in sorted(set(layers)):
         settings = {"model": model, "dtype": dtype, "behavior": behavior,

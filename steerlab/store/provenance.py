@@ -8,8 +8,9 @@ and re-exports, and hashes each by its name and its code (``ast.unparse``, docst
 never by the module it sits in. So moving a function to another module, splitting a module, or
 editing a docstring, a comment or the layout of a line recomputes nothing; changing the code of
 a reached definition recomputes every group it reaches; a definition nothing reaches (another
-method, the report, the figures) never counts. Top-level statements that define no name (an
-``if`` at import time) count whenever their module is reached."""
+method, the report, the figures) never counts. Top-level statements that run on import and
+define no plain name (an ``if``, a ``try``, a call) count whenever their module, or a module
+below their package, is reached."""
 from __future__ import annotations
 
 import ast
@@ -29,14 +30,17 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def code_version(root: str, *, parent: Path = PACKAGE_PARENT) -> str:
-    """Hash of the code that computes a group, from ``root``: a module (``"steerlab.cli.caa"``: all
-    its top-level code) or one definition in it (``"steerlab.measure.scales:residual_norm"``).
-    ``parent`` is the folder the project's packages are in."""
-    module, _, name = root.partition(":")
-    definitions = _reached(module, name or None, parent)
+def code_version(*roots: str, parent: Path = PACKAGE_PARENT) -> str:
+    """Hash of the code that computes a group, from ``roots``: modules (``"steerlab.cli.caa"``: all
+    their top-level code) or definitions in them (``"steerlab.measure.scales:residual_units"``).
+    ``parent`` is the folder the project's packages are in. A root that names nothing is an error:
+    a renamed function must not leave a hash that no edit changes."""
+    reached: set[str] = set()
+    for root in roots:
+        module, _, name = root.partition(":")
+        reached |= _reached(module, name or None, parent)
     digest = hashlib.sha256()
-    for name_and_code in sorted(definitions):
+    for name_and_code in sorted(reached):
         digest.update(name_and_code.encode() + b"\0")
     return "src-" + digest.hexdigest()[:12]
 
@@ -54,13 +58,15 @@ class _Module:
     """One project module, as the hash reads it."""
     definitions: dict[str, list[_Statement]] = field(default_factory=dict)  # top-level name → its statements
     loose: list[_Statement] = field(default_factory=list)  # top-level statements that define no name
-    imported: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # local name → (module, attribute)
+    # local name → every (module, attribute) it is imported as, a function's own imports included
+    imported: dict[str, list[tuple[str, str | None]]] = field(default_factory=dict)
     starred: list[str] = field(default_factory=list)  # modules imported with *
 
 
 def _reached(module: str, name: str | None, parent: Path) -> set[str]:
-    """``name \0 code`` of every definition and loose statement reached from ``module`` (all of
-    it) or from its definition ``name``."""
+    """``name \0 code`` of every definition reached from ``module`` (all of it) or from its
+    definition ``name``, and the loose statements of every module visited and of the packages
+    above it (they run on import)."""
     modules: dict[str, _Module | None] = {}
 
     def load(where: str) -> _Module | None:
@@ -68,56 +74,60 @@ def _reached(module: str, name: str | None, parent: Path) -> set[str]:
             modules[where] = _load(where, parent)
         return modules[where]
 
+    if load(module) is None or (name is not None and name not in load(module).definitions):
+        raise ValueError(f"code_version: {module}{':' + name if name else ''} names no project module or "
+                         "top-level definition")
     out: set[str] = set()
     seen: set[tuple[str, str | None]] = set()
     todo: list[tuple[str, str | None]] = [(module, name)]
+    visited: set[str] = set()  # modules whose loose statements are in
     while todo:
         where, what = todo.pop()
-        if what is not None:  # a name used in `where`: find the module that defines it
-            found = _resolve(load, where, (what,))
-            if found is None:
-                continue
-            where, what = found
-        if (where, what) in seen:
+        if (where, what) in seen or load(where) is None:
             continue
         seen.add((where, what))
         parsed = load(where)
-        statements = parsed.loose + ([s for group in parsed.definitions.values() for s in group]
-                                     if what is None else parsed.definitions[what])
+        statements = ([s for group in parsed.definitions.values() for s in group] if what is None
+                      else parsed.definitions.get(what, []))
+        if where not in visited:  # the first visit: its loose statements, and its packages'
+            visited.add(where)
+            statements = statements + parsed.loose
+            packages = where.split(".")
+            todo += [(".".join(packages[:n]), "") for n in range(1, len(packages))]
         for statement in statements:
             out.add(f"{statement.label}\0{statement.code}")
-            todo += [found for chain in statement.chains if (found := _resolve(load, where, chain)) is not None]
+            todo += [found for chain in statement.chains for found in _resolve(load, where, chain)]
     return out
 
 
-def _resolve(load, module: str, chain: tuple[str, ...], depth: int = 0) -> tuple[str, str | None] | None:
+def _resolve(load, module: str, chain: tuple[str, ...], depth: int = 0) -> list[tuple[str, str | None]]:
     """Where a dotted name used in ``module`` is defined: (its module, its top-level name), or
-    (a module, None) when the name is a whole module; None outside the project."""
+    (a module, None) when the name is a whole module; one entry per import of that name, none
+    outside the project."""
     parsed = load(module)
     if parsed is None or depth > 50:
-        return None
+        return []
     head, rest = chain[0], chain[1:]
-    if head in parsed.definitions:
-        return module, head
-    target = None
-    if head in parsed.imported:
-        source, attribute = parsed.imported[head]
+    # a name can be defined here and imported too (`try: from x import f` / `except: f = None`)
+    targets: list[tuple[str, str | None]] = [(module, head)] if head in parsed.definitions else []
+    for source, attribute in parsed.imported.get(head, []):
         if attribute is None:
-            target = (source, None) if load(source) else None
+            targets += [(source, None)] if load(source) else []
         elif load(f"{source}.{attribute}") is not None:
-            target = (f"{source}.{attribute}", None)
+            targets.append((f"{source}.{attribute}", None))
         else:
-            target = _resolve(load, source, (attribute,), depth + 1)
-    else:
+            targets += _resolve(load, source, (attribute,), depth + 1)
+    if not targets:
         for starred in parsed.starred:
-            target = _resolve(load, starred, (head,), depth + 1)
-            if target is not None:
+            targets = _resolve(load, starred, (head,), depth + 1)
+            if targets:
                 break
-        if target is None and load(f"{module}.{head}") is not None:  # a submodule
-            target = (f"{module}.{head}", None)
-    if target is None or target[1] is not None or not rest:
-        return target
-    return _resolve(load, target[0], rest, depth + 1) or target  # an attribute of a module
+        if not targets and load(f"{module}.{head}") is not None:  # a submodule
+            targets = [(f"{module}.{head}", None)]
+    found = []
+    for target in targets:  # an attribute of a module: what it names there, or the whole module
+        found += (rest and target[1] is None and _resolve(load, target[0], rest, depth + 1)) or [target]
+    return found
 
 
 def _load(module: str, parent: Path) -> _Module | None:
@@ -139,10 +149,10 @@ def _parse(source: str, package: str) -> _Module:
         if isinstance(node, ast.Import):  # imports anywhere, a function's own included
             for alias in node.names:
                 if alias.asname:
-                    found.imported[alias.asname] = (alias.name, None)
+                    found.imported.setdefault(alias.asname, []).append((alias.name, None))
                 else:  # `import a.b` binds `a`
                     top = alias.name.split(".")[0]
-                    found.imported.setdefault(top, (top, None))
+                    found.imported.setdefault(top, []).append((top, None))
         elif isinstance(node, ast.ImportFrom):
             source = node.module or ""
             if node.level:
@@ -152,7 +162,7 @@ def _parse(source: str, package: str) -> _Module:
                 if alias.name == "*":
                     found.starred.append(source)
                 else:
-                    found.imported[alias.asname or alias.name] = (source, alias.name)
+                    found.imported.setdefault(alias.asname or alias.name, []).append((source, alias.name))
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body \
                 and _is_docstring(node.body[0]):
             node.body = node.body[1:] or [ast.Pass()]
@@ -163,17 +173,45 @@ def _parse(source: str, package: str) -> _Module:
         read = _Statement(names[0] if names else "", ast.unparse(statement), _chains(statement))
         for name in names:
             found.definitions.setdefault(name, []).append(read)
-        if not names:
+        if not names or isinstance(statement, _COMPOUND):  # runs on import, whatever it defines
             found.loose.append(read)
     return found
 
 
+_COMPOUND = (ast.If, ast.Try, ast.With, ast.For, ast.While)
+
+
 def _defined_names(statement: ast.stmt) -> list[str]:
+    """The module-level names a top-level statement binds; a compound one (``if``, ``try``,
+    ``with``, ``for``) binds what its body defines."""
     if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         return [statement.name]
-    targets = (statement.targets if isinstance(statement, ast.Assign)
-               else [statement.target] if isinstance(statement, (ast.AnnAssign, ast.AugAssign)) else [])
-    return [node.id for target in targets for node in ast.walk(target) if isinstance(node, ast.Name)]
+    if isinstance(statement, ast.Assign):
+        return [name for target in statement.targets for name in _bound(target)]
+    if isinstance(statement, (ast.AnnAssign, ast.AugAssign)):
+        return _bound(statement.target)
+    if isinstance(statement, _COMPOUND):
+        bodies = [statement.body, getattr(statement, "orelse", []), getattr(statement, "finalbody", []),
+                  *[handler.body for handler in getattr(statement, "handlers", [])]]
+        names = [name for body in bodies for inner in body for name in _defined_names(inner)]
+        if isinstance(statement, ast.For):
+            names += _bound(statement.target)
+        return list(dict.fromkeys(names))
+    return []
+
+
+def _bound(target: ast.expr) -> list[str]:
+    """The names an assignment target binds: ``a``, ``a, b``, ``*a``; ``t[k] = …`` and ``t.x = …``
+    change ``t``."""
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [name for element in target.elts for name in _bound(element)]
+    if isinstance(target, ast.Starred):
+        return _bound(target.value)
+    while isinstance(target, (ast.Subscript, ast.Attribute)):
+        target = target.value
+    return [target.id] if isinstance(target, ast.Name) else []
 
 
 def _is_docstring(statement: ast.stmt) -> bool:
