@@ -162,6 +162,9 @@ def test_code_version_follows_names_not_files(tmp_path):
     _package(tmp_path, **{"shelf/twice.py": "def double(x):\n    return x + x\n"})
     assert code_version("steerlab.run", parent=tmp_path) != first  # the code it runs changed
     assert code_version("steerlab.run:main", parent=tmp_path) == code_version("steerlab.run", parent=tmp_path)
+    changed = code_version("steerlab.run", parent=tmp_path)
+    (tmp_path / "steerlab" / "shelf" / "twice" / "__pycache__").mkdir(parents=True)  # left by a package made a module
+    assert code_version("steerlab.run", parent=tmp_path) == changed
 
 
 def test_code_version_reaches_what_runs_on_import_and_every_import_of_a_name(tmp_path):

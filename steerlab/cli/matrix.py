@@ -120,12 +120,12 @@ def run() -> None:
     questions = questions_by_split(lm.tokenizer, items, args.score)
     texts = {split: neutral_texts(args.store, lm, split, prompts, **neutral_options(args))
              for split, prompts in neutral.items()}
+
+    started, t0 = now(), time.perf_counter()
     units = {}
     for name in args.behaviors:
         unit = unit_norms(args, lm, [val_layer(groups[name])], behavior=name, data=args.data_files[name])
         units[name] = unit[val_layer(groups[name])].median if unit else None
-
-    started, t0 = now(), time.perf_counter()
     sources, measured = cross_behaviour(
         lm, groups, questions, texts, method=args.method, scales=args.scales, scale_unit=args.scale_unit, units=units,
         select_by=args.select_by, kl_max=args.kl_max, scores=args.score, n_random=args.n_random, seed=args.seed,

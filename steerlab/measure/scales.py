@@ -79,11 +79,11 @@ def residual_norm(model: torch.nn.Module, sequences: list[tuple[int, ...]], laye
 def absolute(scales: list[float], unit: str, norm: float | None) -> list[float]:
     """The L2 norms of θ that ``scales`` mean: fractions of ``norm`` (unit ``resid``) or
     themselves (unit ``abs``). Unit ``kl`` has no one norm per scale: each direction's is found
-    by ``steerlab.measure.scales``."""
+    by ``kl_norms`` (``Calibrator``, ``signed_size_at_cost``)."""
     if unit == "abs":
         return list(scales)
     if unit == "kl":
-        raise ValueError("a scale in unit kl is a cost, not a norm: calibrate it per direction (steerlab.measure.scales)")
+        raise ValueError("a scale in unit kl is a cost, not a norm: calibrate it per direction (kl_norms, Calibrator)")
     if unit != "resid":
         raise ValueError(f"unit must be one of {SCALE_UNITS}, got {unit!r}")
     if norm is None or not norm > 0:

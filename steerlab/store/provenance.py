@@ -8,9 +8,9 @@ and re-exports, and hashes each by its name and its code (``ast.unparse``, docst
 never by the module it sits in. So moving a function to another module, splitting a module, or
 editing a docstring, a comment or the layout of a line recomputes nothing; changing the code of
 a reached definition recomputes every group it reaches; a definition nothing reaches (another
-method, the report, the figures) never counts. Top-level statements that run on import and
-define no plain name (an ``if``, a ``try``, a call) count whenever their module, or a module
-below their package, is reached."""
+method, the report, the figures) never counts. Top-level statements that run on import beyond
+binding a name (a call, and every top-level ``if``, ``try``, ``with`` or ``for``, whatever it
+defines) count whenever their module, or a module below their package, is reached."""
 from __future__ import annotations
 
 import ast
@@ -134,7 +134,8 @@ def _load(module: str, parent: Path) -> _Module | None:
     if module.split(".")[0] not in PROJECT_PACKAGES:
         return None
     stem = parent / module.replace(".", "/")
-    path = stem / "__init__.py" if stem.is_dir() else stem.with_suffix(".py")
+    init = stem / "__init__.py"  # a folder without one (a leftover __pycache__) is no package
+    path = init if init.is_file() else stem.with_suffix(".py")
     if not path.is_file():
         return None
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
