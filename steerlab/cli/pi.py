@@ -114,11 +114,11 @@ def run() -> None:
     drop = ("at_scales",) if args.at == "caa" else ("at_scales", "caa_position")
     if args.at_scales is None:  # no scale to measure in a unit
         drop += ("scale_unit",)
-    jobs = [Job(linearised_run(args.layer, args.target, scale, args.scale_unit) + ("-letter" if at_letter else ""),
+    jobs = [Job(linearised_run(args.layer, args.target, scale, args.scale_unit, letter=at_letter),
                 args.layer, settings_of(args, drop=drop, method=method, at_scale=scale,
                                         theta0_source=described(scale)))
             for scale in scales]
-    shared: dict = {}  # what the scales of one run share: the sweep (prompts' prefixes, J(0), last vectors), the unit
+    shared: dict = {}  # what the scales of one run share: the sweep (prompts' prefixes, J(0), last vectors), the unit, the texts
 
     def compute(lm, answers, job: Job) -> VectorGroup:
         if "sweep" not in shared:
@@ -127,12 +127,12 @@ def run() -> None:
                                     chunk=args.jvp_chunk, ranks=ranks())
             found = unit_norms(args, lm, [args.layer]).get(args.layer)
             shared["unit"] = None if found is None else found.median
+            shared["texts"] = val_neutral_texts(args, lm) if args.scale_unit == "kl" and args.at_scales else []
         scale, sweep = job.settings["at_scale"], shared["sweep"]
         theta0 = None if caa is None else torch.from_numpy(caa.vectors[0].astype(np.float64))
         if theta0 is not None and scale is not None:  # the CAA direction at that scale
-            theta0 = theta_at_scale(lm.model, theta0, scale, args.scale_unit, layer=args.layer, pad_id=lm.tokenizer.pad_token_id,
-                                    texts=val_neutral_texts(args, lm) if args.scale_unit == "kl" else [],
-                                    unit_norm=shared["unit"])
+            theta0 = theta_at_scale(lm.model, theta0, scale, args.scale_unit, layer=args.layer,
+                                    pad_id=lm.tokenizer.pad_token_id, texts=shared["texts"], unit_norm=shared["unit"])
         with step(f"J = ∂h_{args.target}/∂θ_{args.layer} over {len(answers)} prompts "
                   f"({sum(len(a.prefix_ids) for a in answers)} tokens, positions {args.tokens}) at θ₀ = "
                   f"{described(scale)}; power iteration: k={args.k}, oversample={args.oversample}, tol={args.tol}"), \

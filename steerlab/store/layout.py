@@ -49,17 +49,20 @@ def segment_run(layer: int, target: int) -> str:
     return f"L{layer}-T{target}"
 
 
-def linearised_run(layer: int, target: int, at_scale: float | None, unit: str = "abs") -> str:
+def linearised_run(layer: int, target: int, at_scale: float | None, unit: str = "abs", *, letter: bool = False
+                   ) -> str:
     """PI@CAA's run name: ``L7-T20`` at the raw CAA vector, ``L7-T20-at+24`` at 24 · unit(CAA),
     ``L7-T20-at+0.2h`` at 0.2 ‖h_S‖ · unit(CAA) (SCALE_UNIT=resid), ``L7-T20-at+0.04kl`` where
-    CAA costs 0.04 nats per token (SCALE_UNIT=kl)."""
+    CAA costs 0.04 nats per token (SCALE_UNIT=kl); ending ``-letter`` with ``letter`` (the CAA
+    vector read at the answer letter)."""
     name = segment_run(layer, target)
-    if at_scale is None:
-        return name
-    return f"{name}-at{at_scale:+g}" + AT_SUFFIXES.get(unit, "")
+    if at_scale is not None:
+        name += f"-at{at_scale:+g}" + AT_SUFFIXES.get(unit, "")
+    return name + (LETTER_SUFFIX if letter else "")
 
 
 AT_SUFFIXES = {"resid": "h", "kl": "kl"}  # a linearised run's scale unit, as its name ends (abs: none)
+LETTER_SUFFIX = "-letter"  # a linearised run at the CAA vector read at the answer letter
 
 
 def linearised_point(run: str) -> tuple[str, str] | None:
@@ -67,7 +70,7 @@ def linearised_point(run: str) -> tuple[str, str] | None:
     None for a run at the raw CAA vector."""
     if "-at" not in run:
         return None
-    point = run.split("-at", 1)[1]
+    point = run.split("-at", 1)[1].removesuffix(LETTER_SUFFIX)
     for unit, suffix in AT_SUFFIXES.items():
         if point.endswith(suffix):
             return point.removesuffix(suffix), unit
