@@ -35,7 +35,7 @@ def causal(first: int, last: int) -> int:
 
 
 def eval_flops(config, lengths: list[int], opening: int, source_layer: int, n_settings: int) -> int:
-    """The eval fast path (steerlab.measure.evaluate) on questions of ``lengths`` tokens under
+    """The eval fast path (steerlab.measure.letter) on questions of ``lengths`` tokens under
     ``n_settings`` θ settings: layers 0..S once per question (and once for the shared opening);
     layers S+1.. per setting for the opening once and for each question's tokens after it; the
     unembedding at the answer position per setting and question."""
@@ -58,7 +58,7 @@ def jtjv_flops(config, lengths: list[int], layers: int, k: int) -> int:
 
 def plain_eval_flops(config, lengths: list[int], n_settings: int,
                      questions_per_forward: int | None = None) -> int:
-    """The plain eval loop (steerlab.measure.reference.evaluate_plain): per setting, every layer and the
+    """The plain eval loop (steerlab.measure.reference.letter_plain): per setting, every layer and the
     unembedding at every position of each forward's questions, padded to its longest."""
     step = questions_per_forward or max(len(lengths), 1)
     flops = 0
@@ -68,3 +68,22 @@ def plain_eval_flops(config, lengths: list[int], n_settings: int,
         flops += len(chunk) * (run_flops(config, padded, causal(0, padded), config.num_hidden_layers)
                                + padded * 2 * config.hidden_size * config.vocab_size)
     return n_settings * flops
+
+
+def shared_flops(config, layout, reads: list[list[int]], source_layer: int, n_settings: int) -> int:
+    """The steered forward (steerlab.lm.steered) on a request laid out as ``layout``
+    (``shared_layout``: opening, stems, each sequence up to its last read): layers 0..S once per
+    sequence and once for the opening; layers S+1.. per setting for the opening once, each stem's
+    tokens after it once, and each sequence's tokens after its stem; the unembedding at every read
+    position per setting."""
+    before, after = source_layer + 1, config.num_hidden_layers - source_layer - 1
+    opening = layout.opening
+    flops = run_flops(config, opening, causal(0, opening), before)
+    flops += n_settings * run_flops(config, opening, causal(0, opening), after)
+    for group, stem in zip(layout.groups, layout.stem):
+        flops += n_settings * run_flops(config, stem - opening, causal(opening, stem), after)
+        for i in group:
+            length = len(layout.needed[i])
+            flops += run_flops(config, length, causal(0, length), before)
+            flops += n_settings * run_flops(config, length - stem, causal(stem, length), after)
+    return flops + n_settings * sum(len(at) for at in reads) * 2 * config.hidden_size * config.vocab_size

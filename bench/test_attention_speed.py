@@ -4,14 +4,14 @@ model supports it; Gemma-2 runs eager because transformers has no SDPA for it).
 The workload is `make eval`'s per split: the first 16 val questions in both answer orders, 4 θ
 settings, fp32. With eager attention the fast path also runs every sequence whole (the shared
 opening needs SDPA's boolean mask), so the ratio `eval_eager_vs_sdpa` = eager time / SDPA time
-prices both. The numbers themselves agree (tests/test_evaluate.py).
+prices both. The numbers themselves agree (tests/test_letter.py).
 """
 import pytest
 import torch
 
 from bench.conftest import smoke
 from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
-from steerlab.measure.evaluate import evaluate
+from steerlab.measure.letter import letter_scores
 from steerlab.questions.data import load_items
 from steerlab.questions.orders import answers_in_order
 
@@ -32,7 +32,7 @@ def setup():
 def _eval(benchmark, setup, name):
     models, answers, thetas = setup
     lm = models[name]
-    benchmark.pedantic(evaluate, args=(lm.model, answers, LAYER, thetas), kwargs={"pad_id": lm.tokenizer.pad_token_id},
+    benchmark.pedantic(letter_scores, args=(lm.model, answers, LAYER, thetas), kwargs={"pad_id": lm.tokenizer.pad_token_id},
                        rounds=2, iterations=1, warmup_rounds=0)
     benchmark.extra_info.update(questions=len(answers), settings=len(thetas), attention=name)
 

@@ -3,7 +3,7 @@
 The workload is the first 16 val questions by id (what `make eval` asks by default) under 4 θ
 settings at layer 20 (the main job's), fp32: the letter eval asks each question in both orders (its prompt carries
 the choice block); the cloze eval scores both answer texts after the stem, with each item's prompt
-shared between its two answers (``share_prompt``) or, as the plain twin would, each answer run
+shared between its two answers (``share``) or, as the plain twin would, each answer run
 with its prompt whole. Ratios: `cloze_over_letter` (cloze time / letter time for the same
 questions and settings: the cost of adding the cloze score) and `cloze_prompt_sharing_speedup`
 (whole / shared).
@@ -14,7 +14,7 @@ import torch
 from bench.conftest import smoke
 from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
 from steerlab.measure.cloze import cloze_logprobs
-from steerlab.measure.evaluate import evaluate
+from steerlab.measure.letter import letter_scores
 from steerlab.questions.cloze_form import cloze_items
 from steerlab.questions.data import load_items
 from steerlab.questions.orders import answers_in_order
@@ -43,7 +43,7 @@ def _per_question_setting(benchmark, n_questions):
 def test_letter_both_orders(benchmark, workload):
     lm, answers, _, thetas = workload
     _per_question_setting(benchmark, len(answers) // 2)
-    benchmark.pedantic(evaluate, args=(lm.model, answers, LAYER, thetas), kwargs={"pad_id": lm.tokenizer.pad_token_id},
+    benchmark.pedantic(letter_scores, args=(lm.model, answers, LAYER, thetas), kwargs={"pad_id": lm.tokenizer.pad_token_id},
                        rounds=2, iterations=1, warmup_rounds=0)
 
 
@@ -52,4 +52,4 @@ def test_cloze(benchmark, workload, shared):
     lm, _, cloze, thetas = workload
     _per_question_setting(benchmark, len(cloze))
     benchmark.pedantic(cloze_logprobs, args=(lm.model, cloze, LAYER, thetas),
-                       kwargs={"pad_id": lm.tokenizer.pad_token_id, "share_prompt": shared}, rounds=2, iterations=1, warmup_rounds=0)
+                       kwargs={"pad_id": lm.tokenizer.pad_token_id, "share": shared}, rounds=2, iterations=1, warmup_rounds=0)

@@ -20,8 +20,8 @@ from bench.flops import eval_flops, plain_eval_flops
 from steerlab.cli.options import count_or_all
 from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
 from steerlab.lm.segment import opening_shareable
-from steerlab.measure.evaluate import evaluate
-from steerlab.measure.reference import evaluate_plain
+from steerlab.measure.letter import letter_scores
+from steerlab.measure.reference import letter_plain
 from steerlab.questions.data import load_items
 from steerlab.questions.prompts import answer_tokens_for, common_opening
 
@@ -94,7 +94,7 @@ def _run(benchmark, fn, setup):
 
 
 def _fast(model, answers, layer, thetas, pad_id):
-    return evaluate(model, answers, layer, thetas, pad_id=pad_id)  # the runner's batch size and settings per pass
+    return letter_scores(model, answers, layer, thetas, pad_id=pad_id)  # the runner's batch size and settings per pass
 
 
 def test_eval_fast_bf16(benchmark, bf16):
@@ -102,7 +102,7 @@ def test_eval_fast_bf16(benchmark, bf16):
 
 
 def _plain(model, answers, layer, thetas, pad):
-    return evaluate_plain(model, answers, layer, thetas, pad, questions_per_forward=PLAIN_BATCH)
+    return letter_plain(model, answers, layer, thetas, pad, questions_per_forward=PLAIN_BATCH)
 
 
 def test_eval_plain_bf16(benchmark, bf16):

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from steerlab.lm.model import as_loaded
+from steerlab.lm.steered import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from steerlab.lm.vector import SteeringVector
 from steerlab.measure.cloze import cloze_preference
-from steerlab.measure.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
-from steerlab.measure.scores import Scores, score, usable_questions
+from steerlab.measure.scores import ScoreSet, question_ids, score, usable_questions
 from steerlab.measure.statistics import balanced_stat, polarity_shift_stat, stat
 from steerlab.methods.caa import caa_answer_vector
 from steerlab.questions.cloze_form import ClozeItem, cloze_pair, cloze_token_counts
@@ -87,7 +87,7 @@ class ItemScores:
 
 
 def score_items(model, items: list[Item], vector: SteeringVector | None,
-                scales: Sequence[float] = (), scores: Scores = "both", tokenizer=None) -> ItemScores:
+                scales: Sequence[float] = (), scores: ScoreSet = "both", tokenizer=None) -> ItemScores:
     """``items`` asked unsteered and with ``vector`` at each of ``scales`` (L2 norms of θ), in
     both answer orders (letter) and as cloze (``scores``: both, letter or cloze): what eval
     computes, on the same fast path. ``model`` as for ``caa_from_pairs``."""
@@ -100,7 +100,7 @@ def score_items(model, items: list[Item], vector: SteeringVector | None,
     thetas = vector.stack([0.0, *scales])
     out = score(lm.model, answers, 2, [], source_layer=vector.layer, thetas=thetas, pad_id=lm.tokenizer.pad_token_id,
                 batch_size=QUESTIONS_PER_PASS, settings_per_pass=SETTINGS_PER_PASS, cloze=cloze)
-    ids = [a.item_id for a in answers[: len(answers) // 2]] if answers else [c.item_id for c in cloze]
+    ids = question_ids(answers, cloze, 2)
     preference = None if out.cloze is None else cloze_preference(out.cloze, cloze_token_counts(cloze))
     return ItemScores([0.0, *scales], ids, out.logit_diff, preference,
                       None if cloze is None else np.array([c.polarity for c in cloze]), cloze or [])

@@ -10,8 +10,8 @@ from steerlab.lm.model import LoadedModel
 from steerlab.lm.segment import run_prefix, segment
 from steerlab.lm.site import add_at, head
 from steerlab.measure.cloze import cloze_logprobs
-from steerlab.measure.evaluate import evaluate
-from steerlab.measure.reference import cloze_plain, evaluate_plain
+from steerlab.measure.letter import letter_scores
+from steerlab.measure.reference import cloze_plain, letter_plain
 from steerlab.questions.cloze_form import cloze_items
 from steerlab.questions.prompts import answer_tokens_for, pad_right
 from tests.helpers import scaled_directions
@@ -42,8 +42,8 @@ def eval_fast_paths_equal_their_plain_twins(lm: LoadedModel, items, source: int,
     pad = lm.tokenizer.pad_token_id
     thetas = scaled_directions(lm.d_model, scales=(size, -size), seed=0)
     answers, _ = answer_tokens_for(lm.tokenizer, items)
-    fast = evaluate(lm.model, answers, source, thetas, pad_id=pad, batch_size=2, settings_per_pass=2)
-    plain = evaluate_plain(lm.model, answers, source, thetas, pad, site=site)
+    fast = letter_scores(lm.model, answers, source, thetas, pad_id=pad, batch_size=2, settings_per_pass=2)
+    plain = letter_plain(lm.model, answers, source, thetas, pad, site=site)
     letter = (fast.logit_diff - plain.logit_diff).abs().max().item()
     cloze_in, _ = cloze_items(lm.tokenizer, items)
     fast_cloze = cloze_logprobs(lm.model, cloze_in, source, thetas, pad_id=pad, batch_size=2, settings_per_pass=2)

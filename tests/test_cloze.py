@@ -82,7 +82,7 @@ def test_fast_path_equals_plain_path_in_fp64(name, request, ab_items):
     plain = cloze_plain(lm.model, items, 1, thetas, pad)
     shared = cloze_logprobs(lm.model, items, 1, thetas, pad_id=pad, batch_size=3, settings_per_pass=3)
     whole = cloze_logprobs(lm.model, items, 1, thetas, pad_id=pad, batch_size=3, settings_per_pass=3,
-                           share_prompt=False)
+                           share=False)
     assert shared.shape == (4, 2, len(items))
     assert (shared - plain).abs().max() < 1e-9 and (whole - plain).abs().max() < 1e-9
     assert (plain[3] - plain[0]).abs().max() > 1e-4  # θ really steers both answers

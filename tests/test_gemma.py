@@ -16,8 +16,8 @@ from steerlab.lm.jacobian import BatchJacobian, math_attention, read_positions
 from steerlab.lm.segment import opening_shareable, run_prefix, segment
 from steerlab.lm.site import add_at, check_injection_site, head, reading_site, resolve_site
 from steerlab.measure.cloze import cloze_logprobs
-from steerlab.measure.evaluate import evaluate
-from steerlab.measure.reference import cloze_plain, evaluate_plain, hidden_plain, side_effects_plain
+from steerlab.measure.letter import letter_scores
+from steerlab.measure.reference import cloze_plain, hidden_plain, letter_plain, side_effects_plain
 from steerlab.measure.side_effects import ScoredText, side_effects
 from steerlab.methods.caa import activations
 from steerlab.questions.cloze_form import cloze_items
@@ -80,8 +80,8 @@ def test_eval_fast_path_equals_plain_path_in_fp64(gemma, ab_items):
     answers, _ = answer_tokens_for(gemma.tokenizer, ab_items)
     thetas = _thetas(gemma.d_model)
     pad = gemma.tokenizer.pad_token_id
-    fast = evaluate(gemma.model, answers, 2, thetas, pad_id=pad, batch_size=3, settings_per_pass=2)
-    plain = evaluate_plain(gemma.model, answers, 2, thetas, pad, site="resid")
+    fast = letter_scores(gemma.model, answers, 2, thetas, pad_id=pad, batch_size=3, settings_per_pass=2)
+    plain = letter_plain(gemma.model, answers, 2, thetas, pad, site="resid")
     assert (fast.logit_diff - plain.logit_diff).abs().max() < 1e-9
     assert (fast.answer_mass - plain.answer_mass).abs().max() < 1e-9
     assert (fast.logit_diff[3] - fast.logit_diff[0]).abs().max() > 1e-4

@@ -15,8 +15,8 @@ from steerlab.lm.model import load_model
 from steerlab.lm.site import add_to_down_proj
 from steerlab.lm.vector import SteeringVector
 from steerlab.measure.choice import steered_choices
-from steerlab.measure.evaluate import answer_scores, evaluate
-from steerlab.measure.reference import evaluate_plain
+from steerlab.measure.letter import answer_scores, letter_scores
+from steerlab.measure.reference import letter_plain
 from steerlab.questions.behaviors import behavior_prompts
 from steerlab.questions.data import load_prompts
 from steerlab.questions.prompts import answer_tokens, pad_left
@@ -87,8 +87,8 @@ def test_first_generated_token_logits_equal_the_evals_for_the_same_prompt_and_th
     out = generate_ids(tiny_llama.model, [a.prefix_ids for a in answers], steer(theta), 1, pad_id=pad,
                        batch_size=3, first_logits=True)
     diff, mass = answer_scores(out.first_logits, answers)
-    plain = evaluate_plain(tiny_llama.model, answers, LAYER, theta[None], pad)
-    fast = evaluate(tiny_llama.model, answers, LAYER, theta[None], pad_id=pad)
+    plain = letter_plain(tiny_llama.model, answers, LAYER, theta[None], pad)
+    fast = letter_scores(tiny_llama.model, answers, LAYER, theta[None], pad_id=pad)
     for eval_result in (plain, fast):
         assert torch.allclose(diff, eval_result.logit_diff[0], rtol=0, atol=1e-9)
         assert torch.allclose(mass, eval_result.answer_mass[0], rtol=0, atol=1e-9)

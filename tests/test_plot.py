@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
-from steerlab.measure.analysis import chosen_on, nearest_scale, read_split, scale_rows
+from steerlab.measure.analysis import nearest_scale, read_split, scale_rows, val_choice_in
 from steerlab.render import plots as plot
 from tests.helpers import (
     BEHAVIOR,
@@ -72,7 +72,7 @@ def test_chosen_on_looks_up_the_nearest_stored_scale_in_the_other_split(full_sto
         node = h5[f"{KEY}/{BEHAVIOR}/evals/test/pi/L7-T20"]
         node["scales"][...] = np.array([-8, -3, -2, 2, 3, 8], dtype=np.float32)
         val, test = read_split(h5, KEY, BEHAVIOR, "val"), read_split(h5, KEY, BEHAVIOR, "test")
-    group, vector, s = chosen_on("pi", val, test)
+    group, vector, s = val_choice_in("pi", val, test)
     assert group is test.groups["pi/L7-T20"] and vector == PI_VAL_BEST[0] and group.scales[s] == -3
     assert nearest_scale(group, 5.0) == 4 and nearest_scale(group, -100) == 0
 

@@ -5,7 +5,7 @@ import pytest
 from steerlab.base.errors import StoreError
 from steerlab.cli import report as report_cli
 from steerlab.cli.options import main_guard
-from steerlab.measure.analysis import chosen_on, read_split
+from steerlab.measure.analysis import read_split, val_choice_in
 from steerlab.measure.statistics import row
 from steerlab.render import report
 from tests.helpers import (
@@ -75,8 +75,8 @@ def test_kl_rule_keeps_the_choice_among_cheap_settings_and_the_report_says_what_
     store = add_kl(write_store(tmp_path / "store.h5"))
     with h5py.File(store, "r") as h5:
         val, test = read_split(h5, KEY, BEHAVIOR, "val"), read_split(h5, KEY, BEHAVIOR, "test")
-    free = chosen_on("pi", val, test)
-    ruled = chosen_on("pi", val, test, kl_max=0.025)
+    free = val_choice_in("pi", val, test)
+    ruled = val_choice_in("pi", val, test, kl_max=0.025)
     assert free[1:] == (PI_VAL_BEST[0], PI_VAL_BEST[1])
     assert ruled is not None and ruled[1:] != free[1:]
     assert ruled[0].kl[ruled[1], ruled[2]].mean() <= 0.025  # chosen on val; its val twin is cheap too
@@ -97,11 +97,11 @@ def test_a_val_choice_is_not_looked_up_in_a_split_evaluated_in_another_scale_uni
     store = write_store(tmp_path / "store.h5")
     with h5py.File(store, "r") as h5:
         val, test = read_split(h5, KEY, BEHAVIOR, "val"), read_split(h5, KEY, BEHAVIOR, "test")
-    assert chosen_on("pi", val, test) is not None  # both absolute: the lookup works
+    assert val_choice_in("pi", val, test) is not None  # both absolute: the lookup works
     val.groups["pi/L7-T20"].attrs["scale_unit"] = "kl"
     test.groups["pi/L7-T20"].attrs["scale_unit"] = "resid"
     with pytest.raises(StoreError, match="on val with SCALE_UNIT=kl and on test with SCALE_UNIT=resid"):
-        chosen_on("pi", val, test)
+        val_choice_in("pi", val, test)
 
 
 def test_report_refuses_a_negative_kl_max(tmp_path, monkeypatch, capsys):
@@ -118,8 +118,8 @@ def test_the_cloze_summary_shows_a_yes_no_direction_as_polarity_shift_not_behavi
     store = add_cloze(add_kl(add_orders(write_store(tmp_path / "store.h5"), letter_spread=0.1)))
     with h5py.File(store, "r") as h5:
         val, test = read_split(h5, KEY, BEHAVIOR, "val"), read_split(h5, KEY, BEHAVIOR, "test")
-    assert chosen_on("pi", val, test, by="cloze")[1:] == (1, 5)  # vector 1 at +8
-    assert chosen_on("pi", val, test, by="letter")[1:] != (1, 5)
+    assert val_choice_in("pi", val, test, by="cloze")[1:] == (1, 5)  # vector 1 at +8
+    assert val_choice_in("pi", val, test, by="letter")[1:] != (1, 5)
     lines = report.summary(val, test, None, "cloze")
     text = "\n".join(lines)
     assert "#### Cloze" in text and "#### Letter (A/B logit difference), chosen by the cloze score" in text

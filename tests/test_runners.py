@@ -232,7 +232,7 @@ def test_export_writes_the_val_choice_and_its_pt_file_reproduces_the_eval(tiny_d
 
     from steerlab.interop.export import read_gguf, read_pt, read_safetensors
     from steerlab.lm.model import load_model
-    from steerlab.measure.reference import evaluate_plain
+    from steerlab.measure.reference import letter_plain
     from steerlab.questions.data import load_items
     from steerlab.questions.orders import answers_in_order
 
@@ -259,7 +259,7 @@ def test_export_writes_the_val_choice_and_its_pt_file_reproduces_the_eval(tiny_d
     lm = load_model(str(tiny_dir), "fp32")
     items = {item.id: item for item in load_items("data/survival-instinct.jsonl", "val")}
     answers, _ = answers_in_order(lm.tokenizer, [items[i] for i in ids], "both")
-    plain = evaluate_plain(lm.model, answers, layer, torch.from_numpy(vector)[None], lm.tokenizer.pad_token_id)
+    plain = letter_plain(lm.model, answers, layer, torch.from_numpy(vector)[None], lm.tokenizer.pad_token_id)
     assert np.abs(plain.logit_diff[0].numpy().reshape(2, -1) - stored).max() < 1e-4
 
 

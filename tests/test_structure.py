@@ -106,3 +106,16 @@ def test_pip_install_ships_every_package_of_the_tree():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
     in_tree = {module_name(path) for path in (ROOT / "steerlab").rglob("__init__.py")}
     assert listed == in_tree
+
+
+def test_measurement_reaches_the_model_through_the_steered_forward_not_the_segment_primitives():
+    """measure/ turns logits into scores: the segment's primitives (caches, masks, layer runs)
+    stay inside lm/, behind steerlab.lm.steered."""
+    import ast
+
+    offending = []
+    for path in sorted((ROOT / "steerlab" / "measure").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "steerlab.lm.segment":
+                offending += [f"{path.name}: {alias.name}" for alias in node.names if alias.name != "residual_norms"]
+    assert offending == []

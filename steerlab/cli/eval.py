@@ -46,6 +46,7 @@ from steerlab.cli.options import (
 )
 from steerlab.jobs import resolve_sites
 from steerlab.lm.model import load_model
+from steerlab.lm.steered import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from steerlab.measure.eval_split import (
     evaluate_split,
     mean_norms,
@@ -53,10 +54,9 @@ from steerlab.measure.eval_split import (
     random_groups,
     val_calibrations,
 )
-from steerlab.measure.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from steerlab.measure.neutral import neutral_texts
 from steerlab.measure.scales import Calibrator
-from steerlab.measure.scores import SCORES
+from steerlab.measure.scores import SCORE_SETS
 from steerlab.questions.data import load_prompts
 from steerlab.questions.orders import ORDERS
 from steerlab.store import code_version, read_vector_groups
@@ -89,7 +89,7 @@ def run() -> None:
     p.add_argument("--orders", choices=ORDERS, default=defaults.ORDERS,
                    help="both: every question as written and mirrored; original or mirrored: one "
                         "order only (an ablation: its numbers mix behaviour and letter preference)")
-    p.add_argument("--score", choices=SCORES, default=defaults.SCORE,
+    p.add_argument("--score", choices=SCORE_SETS, default=defaults.SCORE,
                    help="letter: A/B logit difference in both orders; cloze: log-probability of "
                         "each answer's text after the stem, no letters; both")
     p.add_argument("--layer", type=int, default=defaults.LAYER,

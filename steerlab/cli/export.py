@@ -17,7 +17,7 @@ from steerlab.base.progress import say
 from steerlab.cli import defaults
 from steerlab.cli.options import add_scale_unit, choice_parser, main_guard, parse_choice
 from steerlab.interop.export import exported_choice, gguf_direction_index, write_all
-from steerlab.measure.choice import chosen_on_val, named_choices
+from steerlab.measure.choice import named_choices, stored_val_choices
 from steerlab.store import store_key
 
 
@@ -39,7 +39,7 @@ def run() -> None:
     if args.vector is not None:
         picks = named_choices(args.store, key, args.behavior, args.vector, [args.scale], args.scale_unit)
     else:
-        picks, notes = chosen_on_val(args.store, key, args.behavior, args.kl_max,
+        picks, notes = stored_val_choices(args.store, key, args.behavior, args.kl_max,
                                      by=args.select_by)
         for note in notes:
             say(note)

@@ -45,10 +45,10 @@ from steerlab.cli.options import (
 )
 from steerlab.jobs import resolve_sites
 from steerlab.lm.model import load_model
-from steerlab.measure.evaluate import QUESTIONS_PER_PASS
+from steerlab.lm.steered import QUESTIONS_PER_PASS
 from steerlab.measure.matrix import cross_behaviour, matrix_datasets, questions_by_split, val_layer
 from steerlab.measure.neutral import neutral_texts
-from steerlab.measure.scores import SCORES
+from steerlab.measure.scores import SCORE_SETS
 from steerlab.questions.behaviors import data_file
 from steerlab.questions.data import load_items, load_prompts
 from steerlab.render.matrix import write_matrix_page
@@ -83,7 +83,7 @@ def run() -> None:
     p.add_argument("--scales", default=defaults.SCALES,
                    help="scales the val choice is made among, in --scale-unit")
     add_scale_unit(p)
-    p.add_argument("--score", choices=SCORES, default=defaults.SCORE,
+    p.add_argument("--score", choices=SCORE_SETS, default=defaults.SCORE,
                    help="the cells' score: letter (order-mean logit difference), cloze (polarity-paired "
                         "preference for the behaviour's answer text) or both (a table and figure each)")
     add_select_by(p)

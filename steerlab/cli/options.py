@@ -19,7 +19,7 @@ from steerlab.lm.model import DTYPES, LoadedModel, cpu_bf16_native, resolve_dtyp
 from steerlab.lm.site import SITES
 from steerlab.measure.neutral import neutral_texts
 from steerlab.measure.scales import SCALE_UNITS, residual_units
-from steerlab.measure.scores import SELECT_BY
+from steerlab.measure.scores import SCORE_NAMES
 from steerlab.questions.behaviors import check_name, data_file, items_of, known_behaviors
 from steerlab.questions.data import SPLITS, Item, load_prompts
 from steerlab.store import file_checksum
@@ -215,7 +215,7 @@ def add_segment(p: argparse.ArgumentParser, vectors: str, prompts: str, seed: st
 
 
 def add_select_by(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--select-by", choices=SELECT_BY, default=defaults.SELECT_BY,
+    p.add_argument("--select-by", choices=SCORE_NAMES, default=defaults.SELECT_BY,
                    help="the score the val choice maximises: cloze (the polarity-paired preference for "
                         "the behaviour's answer text) or letter (the order-mean logit difference); a "
                         "store without that score is chosen on by the other, with a note")

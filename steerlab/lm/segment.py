@@ -160,6 +160,14 @@ def batched_prefixes(model: torch.nn.Module, sequences: list[tuple[int, ...]], s
         yield batch, run_prefix(model, ids.to(device), mask.to(device), source_layer, keep_down_proj)
 
 
+@torch.no_grad()
+def residual_norms(model: torch.nn.Module, sequences: list[tuple[int, ...]], source_layer: int, pad_id: int,
+                   batch_size: int = 16) -> torch.Tensor:
+    """‖h_S‖ of every real token of ``sequences`` after layer ``source_layer``, fp64 on the CPU."""
+    return torch.cat([prefix.residual_norms().cpu()
+                      for _, prefix in batched_prefixes(model, sequences, source_layer, pad_id, batch_size)])
+
+
 def prompt_prefixes(model: torch.nn.Module, batches: list[list[tuple[int, ...]]], pad_id: int,
                     source_layer: int) -> list[Prefix]:
     """The cached prefix (layers 0..S) of each batch of prompts (token id sequences): what every

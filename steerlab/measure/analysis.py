@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from steerlab.base.errors import StoreError, UserError
-from steerlab.measure.scores import SELECT_BY, Score
+from steerlab.measure.scores import SCORE_NAMES, Score
 from steerlab.measure.statistics import (
     ClozeRow,
     Row,
@@ -201,8 +201,8 @@ def read_splits(store: str, model_key: str, behavior: str) -> dict[str, Split]:
 def select_by(split: Split, by: Score) -> str:
     """The score a choice can maximise on ``split``: ``by``, or the one the split has (a store
     evaluated before cloze scores existed, or with SCORE=letter, chooses by the letter)."""
-    if by not in SELECT_BY:
-        raise ValueError(f"by must be one of {SELECT_BY}, got {by!r}")
+    if by not in SCORE_NAMES:
+        raise ValueError(f"by must be one of {SCORE_NAMES}, got {by!r}")
     if by == "cloze" and not split.has_cloze:
         return "letter"
     if by == "letter" and not split.has_letter:
@@ -230,7 +230,7 @@ def eligible(group: EvalGroup, split: Split, kl_max: float | None = None) -> np.
     return ok
 
 
-def choose(group: EvalGroup, split: Split, kl_max: float | None = None, by: Score = "letter"
+def best_setting(group: EvalGroup, split: Split, kl_max: float | None = None, by: Score = "letter"
            ) -> tuple[int, int] | None:
     """(vector, scale index) with the largest score (``setting_scores``) among eligible settings."""
     score = np.where(eligible(group, split, kl_max), setting_scores(group, split, by), -np.inf)
@@ -240,14 +240,14 @@ def choose(group: EvalGroup, split: Split, kl_max: float | None = None, by: Scor
     return int(vector), int(scale)
 
 
-def choose_for_method(method: str, split: Split, kl_max: float | None = None, by: Score = "letter"
+def best_of_method(method: str, split: Split, kl_max: float | None = None, by: Score = "letter"
                       ) -> tuple[EvalGroup, int, int] | None:
     """The method's best (group, vector, scale) on ``split`` (validation, for honest reports)."""
     best = None
     for group in split.groups.values():
         if group.method != method:
             continue
-        picked = choose(group, split, kl_max, by)
+        picked = best_setting(group, split, kl_max, by)
         if picked is None:
             continue
         value = setting_scores(group, split, by)[picked]
@@ -288,11 +288,11 @@ def nearest_scale(group: EvalGroup, scale: float) -> int:
     return int(np.argmin(np.abs(group.scales - scale)))
 
 
-def chosen_on(method: str, val: Split, split: Split, kl_max: float | None = None, by: Score = "letter"
+def val_choice_in(method: str, val: Split, split: Split, kl_max: float | None = None, by: Score = "letter"
               ) -> tuple[EvalGroup, int, int] | None:
     """The method's setting chosen on ``val``, looked up in ``split``: (its group there, vector,
     index of the nearest stored scale). None if nothing was chosen or ``split`` lacks the group."""
-    chosen = choose_for_method(method, val, kl_max, by)
+    chosen = best_of_method(method, val, kl_max, by)
     if chosen is None or chosen[0].label not in split.groups:
         return None
     group, vector, s = chosen

@@ -1,7 +1,7 @@
 """Which stored vector a target uses, and the θ it adds.
 
 A vector is either named (``METHOD/RUN/INDEX``, e.g. ``caa/L7/0``) or chosen on validation the
-way the report chooses (steerlab.measure.analysis.choose_for_method: the largest polarity-paired cloze
+way the report chooses (steerlab.measure.analysis.best_of_method: the largest polarity-paired cloze
 preference, or mean logit difference, among settings that keep the answer mass and, with a KL
 limit, cost at most that on neutral text).
 Export, generate and the cross-behaviour matrix all take their vectors from here.
@@ -18,7 +18,7 @@ from steerlab.base.errors import StoreError, UserError
 from steerlab.lm.generate import Setting
 from steerlab.lm.site import Site
 from steerlab.lm.vector import SteeringVector
-from steerlab.measure.analysis import choose_for_method, methods, read_split, select_by, splits_in_store
+from steerlab.measure.analysis import best_of_method, methods, read_split, select_by, splits_in_store
 from steerlab.measure.scales import ScaleUnit, absolute
 from steerlab.measure.scores import Score
 from steerlab.store import VectorGroup, open_for_reading, read_norm, read_vector_group
@@ -47,7 +47,7 @@ def parse_vector(text: str) -> tuple[str, str, int]:
     return method, run, int(index)
 
 
-def chosen_on_val(store: str | Path, key: str, behavior: str, kl_max: float | None,
+def stored_val_choices(store: str | Path, key: str, behavior: str, kl_max: float | None,
                   only: str | None = None, by: Score = "cloze") -> tuple[list[VectorChoice], list[str]]:
     """Every method's (or only ``only``'s) setting chosen on the validation split by score
     ``by`` (``steerlab.measure.analysis.select_by``: the other where the store lacks it), and one note
@@ -62,7 +62,7 @@ def chosen_on_val(store: str | Path, key: str, behavior: str, kl_max: float | No
     for method in methods(val) if only is None else [only]:
         if method == "random":
             continue
-        chosen = choose_for_method(method, val, kl_max, by)
+        chosen = best_of_method(method, val, kl_max, by)
         if chosen is None:
             notes.append(f"{behavior}: no {method} setting keeps the answer mass up (and KL ≤ "
                          f"{kl_max}) on val; nothing chosen")
@@ -127,7 +127,7 @@ def steered_choices(store: str | Path, key: str, behavior: str, *, vector: str |
     val chose nothing, since there would be nothing to compare."""
     if vector is not None:
         return named_choices(store, key, behavior, vector, scales, scale_unit), []
-    picks, notes = chosen_on_val(store, key, behavior, kl_max, by=select_by)
+    picks, notes = stored_val_choices(store, key, behavior, kl_max, by=select_by)
     if not picks:
         raise UserError("no method has a setting chosen on val; name one with VECTOR=method/run/index")
     return picks, notes

@@ -17,7 +17,7 @@ from steerlab.lm.model import LoadedModel
 from steerlab.measure.cloze import cloze_preference
 from steerlab.measure.grid import build_grid, random_directions, signed_scales
 from steerlab.measure.scales import Calibrator, GroupCalibration, ScaleUnit, absolute, calibration_key
-from steerlab.measure.scores import Scores, rank_work, score, usable_questions
+from steerlab.measure.scores import ScoreSet, question_ids, rank_work, score, usable_questions
 from steerlab.measure.side_effects import ScoredText
 from steerlab.questions.cloze_form import ClozeItem, cloze_token_counts
 from steerlab.questions.data import Item, SplitName
@@ -116,7 +116,7 @@ class SplitPlan:
     fresh: bool  # the split's baseline is rewritten
     todo: list[tuple[VectorGroup, dict]]  # stale groups and their settings
     orders: Orders
-    scores: Scores
+    scores: ScoreSet
     raw: bool
     scale_unit: ScaleUnit
     scales: list[float]
@@ -129,7 +129,7 @@ class SplitPlan:
 
 
 def plan_split(store: str | Path, lm: LoadedModel, behavior: str, split: SplitName, items: list[Item],
-               groups: list[VectorGroup], units: dict[int, float], *, orders: Orders, scores: Scores,
+               groups: list[VectorGroup], units: dict[int, float], *, orders: Orders, scores: ScoreSet,
                scales: list[float], raw: bool, scale_unit: ScaleUnit, max_vectors: int | None,
                recorded: dict, version: str, force: bool = False) -> SplitPlan:
     """The ``items`` usable in every score of ``scores`` in ``orders``, and which of ``groups`` are
@@ -139,10 +139,9 @@ def plan_split(store: str | Path, lm: LoadedModel, behavior: str, split: SplitNa
     0's reading of the store decides for every rank."""
     answers, cloze, skipped = usable_questions(lm.tokenizer, items, orders, scores)
     say_skipped(skipped, bool(answers or cloze), f"no usable {split} question: every item was skipped")
-    question_ids = ([a.item_id for a in answers[: len(answers) // n_orders(orders)]] if answers
-                    else [c.item_id for c in cloze])
+    ids = question_ids(answers, cloze, n_orders(orders))
     split_settings = {**recorded, "split": split, "question_ids_sha": hashlib.sha256(
-        " ".join(question_ids).encode()).hexdigest()[:16]}
+        " ".join(ids).encode()).hexdigest()[:16]}
     split_path = evals_path(lm.key, behavior, split)
     fresh_split = force or not is_current(store, split_path, split_settings, version)
     wanted = []
@@ -157,7 +156,7 @@ def plan_split(store: str | Path, lm: LoadedModel, behavior: str, split: SplitNa
     # rank 0's reading of the store decides for every rank, so that all run the same passes
     fresh_split, stale = ranks().same((fresh_split, [stale for _, _, stale in wanted]))
     todo = [(g, settings) for (g, settings, _), redo in zip(wanted, stale) if redo]
-    return SplitPlan(behavior, split, answers, cloze, skipped, question_ids, split_settings, split_path,
+    return SplitPlan(behavior, split, answers, cloze, skipped, ids, split_settings, split_path,
                      fresh_split, todo, orders, scores, raw, scale_unit, scales, units, version)
 
 

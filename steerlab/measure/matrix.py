@@ -12,14 +12,14 @@ import torch
 
 from steerlab.base.progress import progress_bar, say, say_skipped
 from steerlab.lm.model import LoadedModel
-from steerlab.measure.analysis import EvalGroup, Split, choose_for_method, cloze_row_at, row_at
+from steerlab.lm.steered import SETTINGS_PER_PASS
+from steerlab.measure.analysis import EvalGroup, Split, best_of_method, cloze_row_at, row_at
 from steerlab.measure.analysis import select_by as available_score
 from steerlab.measure.choice import VectorChoice, theta_of
 from steerlab.measure.cloze import cloze_preference
-from steerlab.measure.evaluate import SETTINGS_PER_PASS
 from steerlab.measure.grid import build_grid, random_directions
 from steerlab.measure.scales import Calibrator, ScaleUnit, absolute
-from steerlab.measure.scores import SCORES_OF, Score, Scores, score, usable_questions
+from steerlab.measure.scores import SCORES_IN, Score, ScoreSet, question_ids, score, usable_questions
 from steerlab.measure.side_effects import ScoredText
 from steerlab.measure.statistics import (
     Standing,
@@ -54,15 +54,15 @@ class Source:
     grid_scale: float | None = None  # the chosen scale as eval stores it: a KL target (kl), else |θ|
 
 
-def questions_of(tokenizer, items: list[Item], scores: Scores) -> tuple[Questions, list[str]]:
+def questions_of(tokenizer, items: list[Item], scores: ScoreSet) -> tuple[Questions, list[str]]:
     """The ``items`` usable in every one of ``scores`` (letter in both orders), and one message per
     item left out (``steerlab.measure.scores.usable_questions``)."""
     answers, cloze, skipped = usable_questions(tokenizer, items, "both", scores)
-    ids = [a.item_id for a in answers[: len(answers) // 2]] if answers else [c.item_id for c in cloze]
+    ids = question_ids(answers, cloze, 2)
     return Questions(answers, cloze, ids), skipped
 
 
-def questions_by_split(tokenizer, items: dict[str, dict[str, list[Item]]], scores: Scores
+def questions_by_split(tokenizer, items: dict[str, dict[str, list[Item]]], scores: ScoreSet
                        ) -> dict[tuple[str, str], Questions]:
     """``questions_of`` for each split's behaviours' ``items`` (split -> behaviour -> items), keyed
     (split, behaviour); each item left out is said, and a behaviour with no usable question in a
@@ -81,7 +81,7 @@ def val_layer(groups: list[VectorGroup]) -> int:
     return groups[0].source_layer
 
 
-def choose_on_val(lm: LoadedModel, name: str, groups: list[VectorGroup], questions: Questions,
+def behaviour_source(lm: LoadedModel, name: str, groups: list[VectorGroup], questions: Questions,
                   texts: list[ScoredText], *, method: str, scales: list[float], scale_unit: ScaleUnit,
                   unit_norm: float | None, select_by: Score, kl_max: float, batch_size: int,
                   store: str | Path, calibrator: Calibrator | None = None) -> Source:
@@ -125,7 +125,7 @@ def choose_on_val(lm: LoadedModel, name: str, groups: list[VectorGroup], questio
             part["mass"].mean(2) if "mass" in part else None, np.array(span.scales), layer, {},
             part.get("diff"), part.get("kl"), part.get("top1"), part.get("cloze"), norms=norms.get(g.label))
     by = available_score(split, select_by)
-    chosen = choose_for_method(method, split, kl_max, by)
+    chosen = best_of_method(method, split, kl_max, by)
     if chosen is None:
         say(f"{name}: no {method} setting keeps the answer mass up with KL ≤ {kl_max} "
             "on val; its row stays empty")
@@ -277,7 +277,7 @@ def common_datasets(sources: list[Source], measured: TestRun) -> dict[str, np.nd
 
 
 def evaluate_on_test(lm: LoadedModel, sources: list[Source], questions: dict[str, Questions],
-                     texts: list[ScoredText], *, scores: Scores, scales: list[float], n_random: int,
+                     texts: list[ScoredText], *, scores: ScoreSet, scales: list[float], n_random: int,
                      seed: int, batch_size: int, calibrator: Calibrator | None = None) -> TestRun:
     """Every chosen θ, ``n_random`` random directions (``seed``) at each chosen scale (none chosen:
     the smallest of ``scales``) and the unsteered model on every behaviour's test ``questions``
@@ -286,7 +286,7 @@ def evaluate_on_test(lm: LoadedModel, sources: list[Source], questions: dict[str
     ``calibrator`` (SCALE_UNIT=kl) the chosen scales are KL targets and each random direction is
     added at its own |θ| for each: the references cost what the chosen rows cost."""
     targets = list(questions)
-    kinds = SCORES_OF[scores]
+    kinds = SCORES_IN[scores]
     letter_blocks, cloze_blocks, asked, asked_cloze = {}, {}, [], []
     for name in targets:  # each letter block is order-major on its own: originals, then mirrors
         q = questions[name]
@@ -353,9 +353,9 @@ def evaluate_on_test(lm: LoadedModel, sources: list[Source], questions: dict[str
 
 def cross_behaviour(lm: LoadedModel, groups: dict[str, list[VectorGroup]], questions: dict[tuple[str, str], Questions],
                     texts: dict[str, list[ScoredText]], *, method: str, scales: list[float], scale_unit: ScaleUnit,
-                    units: dict[str, float | None], select_by: Score, kl_max: float, scores: Scores, n_random: int,
+                    units: dict[str, float | None], select_by: Score, kl_max: float, scores: ScoreSet, n_random: int,
                     seed: int, batch_size: int, store: str | Path) -> tuple[list[Source], TestRun]:
-    """The matrix: each behaviour's setting chosen on its val questions (``choose_on_val``; its
+    """The matrix: each behaviour's setting chosen on its val questions (``behaviour_source``; its
     ``groups``, ``units`` its median ‖h_S‖ at ``val_layer``, None for abs), then every choice,
     random directions and the unsteered model on every behaviour's test questions
     (``evaluate_on_test``). ``questions`` and ``texts`` are keyed by split as ``questions_by_split``
@@ -367,7 +367,7 @@ def cross_behaviour(lm: LoadedModel, groups: dict[str, list[VectorGroup]], quest
     for name, found in groups.items():
         if calibrator is not None:  # the search's first probe and ceiling: the first behaviour's ‖h_S‖
             calibrator.units.setdefault(val_layer(found), units[name])
-        sources.append(choose_on_val(
+        sources.append(behaviour_source(
             lm, name, found, questions["val", name], texts["val"], method=method, scales=scales,
             scale_unit=scale_unit, unit_norm=units[name], select_by=select_by, kl_max=kl_max,
             batch_size=batch_size, store=store, calibrator=calibrator))

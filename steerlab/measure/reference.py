@@ -1,6 +1,6 @@
 """The plain paths every fast path is tested against: full HF forwards with θ added by a hook.
 
-Nothing here is cached or stacked; this is what a first script would do. ``evaluate_plain`` is
+Nothing here is cached or stacked; this is what a first script would do. ``letter_plain`` is
 eval's twin (all questions in one padded batch, full logits), ``hidden_plain`` reads h_T with θ
 hooked in, ``jtj_plain`` is one JᵀJ v per vector by a fresh autograd graph each time, and
 ``side_effects_plain`` is the KL on neutral text from full logits.
@@ -12,16 +12,16 @@ import torch
 from steerlab.lm.jacobian import math_attention
 from steerlab.lm.site import Site, add_at, decoder_layers, reading_output
 from steerlab.measure.cloze import token_log_probs
-from steerlab.measure.evaluate import EvalResult, answer_scores
+from steerlab.measure.letter import LetterScores, answer_scores
 from steerlab.measure.side_effects import ScoredText, SideEffects, compare
 from steerlab.questions.cloze_form import ClozeItem
 from steerlab.questions.prompts import AnswerTokens, pad_right
 
 
 @torch.no_grad()
-def evaluate_plain(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: int,
+def letter_plain(model: torch.nn.Module, answers: list[AnswerTokens], source_layer: int,
                    thetas: torch.Tensor, pad_id: int, site: Site = "mlp",
-                   questions_per_forward: int | None = None) -> EvalResult:
+                   questions_per_forward: int | None = None) -> LetterScores:
     """Eval's numbers the plain way: per setting, full forwards with a hook at ``site``, over the
     questions in file order, ``questions_per_forward`` at a time (None: all in one padded batch)."""
     device = next(model.parameters()).device
@@ -41,7 +41,7 @@ def evaluate_plain(model: torch.nn.Module, answers: list[AnswerTokens], source_l
             mass.append(scores[1])
         diffs.append(torch.cat(diff))
         masses.append(torch.cat(mass))
-    return EvalResult(torch.stack(diffs), torch.stack(masses))
+    return LetterScores(torch.stack(diffs), torch.stack(masses))
 
 
 def hidden_plain(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, source_layer: int,

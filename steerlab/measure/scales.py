@@ -40,9 +40,9 @@ from steerlab.base.parallel import ranks
 from steerlab.base.progress import say, step
 from steerlab.lm.generate import generate_ids, prompt_ids
 from steerlab.lm.model import LoadedModel, as_loaded
-from steerlab.lm.segment import batched_prefixes
+from steerlab.lm.segment import residual_norms
+from steerlab.lm.steered import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from steerlab.lm.vector import SteeringVector
-from steerlab.measure.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from steerlab.measure.grid import random_directions, signed_scales
 from steerlab.measure.side_effects import ScoredText, side_effects
 from steerlab.questions.data import load_items, load_prompts
@@ -69,9 +69,7 @@ SCALE_UNITS: tuple[ScaleUnit, ...] = get_args(ScaleUnit)
 def residual_norm(model: torch.nn.Module, sequences: list[tuple[int, ...]], layer: int, pad_id: int,
                   batch_size: int = 16) -> ResidualNorm:
     """‖h_S‖ of every real token of ``sequences`` after layer ``layer`` (fp64), summarised."""
-    norms = [prefix.residual_norms().cpu()
-             for _, prefix in batched_prefixes(model, sequences, layer, pad_id, batch_size)]
-    values = torch.cat(norms).numpy()
+    values = residual_norms(model, sequences, layer, pad_id, batch_size).numpy()
     return ResidualNorm(layer, float(np.median(values)), float(values.mean()),
                         tuple(float(q) for q in np.quantile(values, QUANTILES)), len(values), len(sequences))
 

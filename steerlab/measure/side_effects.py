@@ -5,8 +5,9 @@ per model and stored, so every setting is scored on the same tokens). At every p
 predicts a continuation token, the steered and the unsteered next-token distributions are
 compared: the cost of a setting on a prompt is the mean over those positions of
 KL(unsteered ‖ steered), and its top-1 agreement the share of positions where both pick the same
-token. Computed on the fast path (``steerlab.measure.evaluate.steered_logits``), with the unsteered model as
-an extra θ = 0 setting in the same passes; ``steerlab.measure.reference.side_effects_plain`` is its twin.
+token. Computed from the steered forward (``steerlab.lm.steered``), with the unsteered model as
+an extra θ = 0 setting in the same passes; ``steerlab.measure.reference.side_effects_plain`` is
+its twin.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from steerlab.measure.evaluate import QUESTIONS_PER_PASS, SETTINGS_PER_PASS, steered_logits
+from steerlab.lm.steered import QUESTIONS_PER_PASS, SETTINGS_PER_PASS, steered_logits
 
 
 @dataclass
@@ -52,11 +53,11 @@ def compare(unsteered: torch.Tensor, steered: torch.Tensor) -> tuple[torch.Tenso
 @torch.no_grad()
 def side_effects(model: torch.nn.Module, texts: list[ScoredText], source_layer: int,
                  thetas: torch.Tensor, *, pad_id: int, batch_size: int = QUESTIONS_PER_PASS,
-                 settings_per_pass: int = SETTINGS_PER_PASS,
+                 settings_per_pass: int = SETTINGS_PER_PASS, share: bool = True,
                  progress: Callable[[int], None] | None = None) -> SideEffects:
     """KL and top-1 agreement of every θ row of ``thetas`` [m, d] against the unsteered model,
-    per text: the fast path. Rows with θ = 0 are the unsteered model itself: they are not run
-    again and score exactly 0 and 1."""
+    per text. Rows with θ = 0 are the unsteered model itself: they are not run again and score
+    exactly 0 and 1. ``share`` is off only to test that sharing changes nothing."""
     steered_rows = torch.nonzero((thetas != 0).any(1)).flatten()
     kl = torch.zeros(thetas.shape[0], len(texts), dtype=torch.float64)
     top1 = torch.ones_like(kl)
@@ -65,8 +66,9 @@ def side_effects(model: torch.nn.Module, texts: list[ScoredText], source_layer: 
     # setting 0 of every batch is the unsteered model: its pass comes first within the batch
     all_thetas = torch.cat([torch.zeros(1, thetas.shape[1], dtype=thetas.dtype), thetas[steered_rows]])
     unsteered: torch.Tensor | None = None
-    for done in steered_logits(model, [t.token_ids for t in texts], [t.read_at for t in texts],
-                               source_layer, thetas=all_thetas, pad_id=pad_id, batch_size=batch_size, settings_per_pass=settings_per_pass):
+    for done in steered_logits(model, [t.token_ids for t in texts], [t.read_at for t in texts], source_layer,
+                               thetas=all_thetas, pad_id=pad_id, batch_size=batch_size,
+                               settings_per_pass=settings_per_pass, share=share):
         logits = done.logits
         if done.settings.start == 0:
             unsteered, logits = logits[0], logits[1:]
@@ -74,10 +76,11 @@ def side_effects(model: torch.nn.Module, texts: list[ScoredText], source_layer: 
         rows = steered_rows[first:first + len(logits)]
         per_kl, per_top1 = compare(unsteered, logits)
         # mean over each text's own positions
-        for column, (index, count) in enumerate(zip(done.sequences, done.counts)):
-            start = sum(done.counts[:column])
+        start = 0
+        for index, count in zip(done.sequences, done.counts):
             kl[rows, index] = per_kl[:, start:start + count].mean(1)
             top1[rows, index] = per_top1[:, start:start + count].mean(1)
+            start += count
         if progress:
             progress(len(logits) * len(done.sequences))
     return SideEffects(kl, top1)

@@ -14,7 +14,7 @@ import numpy as np
 from steerlab.measure.analysis import (
     EvalGroup,
     Split,
-    choose,
+    best_setting,
     cloze_row_at,
     deltas,
     nearest_scale,
@@ -25,11 +25,9 @@ from steerlab.measure.analysis import (
     standing_of,
 )
 from steerlab.measure.scales import ScaleUnit
-from steerlab.measure.scores import SELECT_BY, Score
+from steerlab.measure.scores import SCORE_NAMES, Score
 from steerlab.measure.statistics import ClozeRow, Row, Standing, Stat, difference, stat
 from steerlab.store import linearised_point
-
-SCORES = SELECT_BY  # the ranking tables, cloze first
 
 # What each kind of vector group is called in the study's tables.
 NAMES = {"caa": "CAA", "pi": "PI at 0", "pi_caa": "PI@CAA", "melbo": "MELBO"}
@@ -67,12 +65,12 @@ class Entry:
 
 def choices(val: Split, kl_max: float, by: Score) -> list[tuple[EvalGroup, int, int]]:
     """Every non-random group's (group, vector, scale index) chosen on val by ``by`` among the
-    settings with KL ≤ ``kl_max`` (``steerlab.measure.analysis.choose``); groups with none are left out."""
+    settings with KL ≤ ``kl_max`` (``steerlab.measure.analysis.best_setting``); groups with none are left out."""
     picked = []
     for group in val.groups.values():
         if group.method == "random":
             continue
-        chosen = choose(group, val, kl_max, select_by(val, by))
+        chosen = best_setting(group, val, kl_max, select_by(val, by))
         if chosen is not None:
             picked.append((group, *chosen))
     return picked
@@ -95,7 +93,7 @@ def entries(val: Split, test: Split, kl_max: float, by: Score) -> list[Entry]:
         if not np.isclose(there.scales[t], scale, rtol=1e-4):
             continue  # test was not scored at this scale
         standing, per_question = {}, {}
-        for score in SCORES:
+        for score in SCORE_NAMES:
             has = test.has_cloze if score == "cloze" else test.has_letter
             if not has:
                 continue
@@ -149,7 +147,7 @@ def spreads(test: Split, found: list[Entry]) -> list[Spread]:
     """The random distribution at every cost a choice sits at, per score."""
     out = []
     for scale in sorted({abs(e.scale) for e in found}):
-        for score in SCORES:
+        for score in SCORE_NAMES:
             entry = next((e for e in found if abs(e.scale) == scale and score in e.standing), None)
             if entry is None:
                 continue

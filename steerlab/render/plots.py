@@ -26,7 +26,6 @@ from steerlab.measure.analysis import (
     EvalGroup,
     Split,
     behavior_label,
-    chosen_on,
     cloze_row_at,
     methods,
     nearest_scale,
@@ -34,6 +33,7 @@ from steerlab.measure.analysis import (
     row_at,
     scale_rows,
     select_by,
+    val_choice_in,
 )
 from steerlab.measure.scores import Score
 from steerlab.measure.statistics import Row
@@ -132,7 +132,7 @@ def picks(data: Data) -> list[tuple[str, EvalGroup, int | None, float]]:
     val, test = need_splits(data)
     out = []
     for method in methods(test):
-        chosen = chosen_on(method, val, test, data.kl_max, data.by)
+        chosen = val_choice_in(method, val, test, data.kl_max, data.by)
         if chosen is not None:
             group, vector, s = chosen
             out.append((method, group, None if method == "random" else vector,
@@ -387,7 +387,7 @@ def fig_cost(data: Data, out: Path) -> Path:
         else:
             ax.scatter(kl, delta, s=30, color=color(g.method), alpha=0.8, label=f"{g.label} (every vector, scale)")
     for method in methods(test):
-        chosen = chosen_on(method, data.val, test, data.kl_max, by)
+        chosen = val_choice_in(method, data.val, test, data.kl_max, by)
         if chosen is None or chosen[0].kl is None:
             continue
         group, vector, s = chosen

@@ -24,8 +24,7 @@ from steerlab.measure.analysis import (
     LINEAR_KL,
     MIN_MASS_SHARE,
     Split,
-    choose_for_method,
-    chosen_on,
+    best_of_method,
     cloze_row_at,
     linear_regime,
     methods,
@@ -33,6 +32,7 @@ from steerlab.measure.analysis import (
     scale_rows,
     select_by,
     standing_of,
+    val_choice_in,
 )
 from steerlab.measure.scores import Score
 from steerlab.measure.statistics import ClozeRow, Row, scale_text
@@ -133,7 +133,7 @@ def method_tables(split: Split, val: Split, kl_max: float | None, by: Score) -> 
     out += cloze_note(split) if split.has_cloze else []
     kl_columns = has_kl(split)
     for method in methods(split):
-        chosen = chosen_on(method, val, split, kl_max, by)
+        chosen = val_choice_in(method, val, split, kl_max, by)
         if chosen is None:
             continue
         group, vector, _ = chosen
@@ -195,7 +195,7 @@ def scales_note(val: Split) -> list[str]:
 
 def choices(val: Split, test: Split, kl_max: float | None, by: Score) -> dict[str, tuple | None]:
     """Per method: its setting chosen on val by ``by``, looked up on test."""
-    return {method: chosen_on(method, val, test, kl_max, by) for method in methods(test)}
+    return {method: val_choice_in(method, val, test, kl_max, by) for method in methods(test)}
 
 
 def no_choice_row(method: str, test: Split, kl_max: float | None, n_columns: int) -> str:
@@ -305,14 +305,14 @@ def without_kl_rule(val: Split, test: Split, kl_max: float, by: Score) -> list[s
     out = ["Without the KL rule (" + ("answer mass only" if test.has_letter else "every setting")
            + "), validation would choose:", ""]
     for method in methods(test):
-        chosen = chosen_on(method, val, test, None, by)
+        chosen = val_choice_in(method, val, test, None, by)
         if chosen is None:
             continue
         on_test, vector, scale = chosen
         delta = (cloze_row_at(on_test, vector, scale, test).delta.fmt(3, True) if by == "cloze"
                  else row_at(on_test, vector, scale, test).delta.fmt(2, True))
         kl = cloze_row_at(on_test, vector, scale, test).kl if test.has_cloze else row_at(on_test, vector, scale, test).kl
-        with_rule = chosen_on(method, val, test, kl_max, by)
+        with_rule = val_choice_in(method, val, test, kl_max, by)
         same = with_rule is not None and with_rule[0] is on_test and with_rule[1:] == chosen[1:]
         where = scale_text(float(on_test.scales[scale]), on_test.fraction(scale),
                            on_test.calibrated_norm(vector, scale))
@@ -322,7 +322,7 @@ def without_kl_rule(val: Split, test: Split, kl_max: float, by: Score) -> list[s
 
 
 def best_on_test(method: str, test: Split, kl_max: float | None, by: Score) -> str:
-    best = choose_for_method(method, test, kl_max, by)
+    best = best_of_method(method, test, kl_max, by)
     if best is None:
         return "–"
     group, vector, scale = best

@@ -18,10 +18,9 @@ from pathlib import Path
 
 from steerlab.base.files import write_atomically
 from steerlab.measure.analysis import Split
-from steerlab.measure.scores import Score
+from steerlab.measure.scores import SCORE_NAMES, Score
 from steerlab.measure.statistics import Stat
 from steerlab.measure.study import (
-    SCORES,
     Rank,
     SeedCell,
     Spread,
@@ -58,7 +57,7 @@ def study_page(val: Split, test: Split, *, model_key: str, kl_max: float, by: Sc
              + (f"; wall time {seconds / 60:.0f} min" if seconds else "") + ".",
              f"Behaviour {val.behavior}; val {val.n_questions} questions (the choice, by {by}, "
              f"KL ≤ {kl_max}), test {test.n_questions} questions (what is reported).", ""]
-    for score in SCORES:
+    for score in SCORE_NAMES:
         ranks = ranking(found, score, test.polarity if score == "cloze" else None)
         if not ranks:
             continue

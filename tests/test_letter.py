@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from steerlab.measure.evaluate import evaluate
-from steerlab.measure.reference import evaluate_plain
+from steerlab.measure.letter import letter_scores
+from steerlab.measure.reference import letter_plain
 from steerlab.questions.data import load_items
 from steerlab.questions.orders import answers_in_order
 from steerlab.questions.prompts import answer_tokens_for, common_opening
@@ -19,11 +19,11 @@ def test_fast_path_equals_plain_path_in_fp64(name, request, ab_items):
     answers, _ = answer_tokens_for(lm.tokenizer, ab_items)
     thetas = _thetas(lm.d_model)
     pad = lm.tokenizer.pad_token_id
-    fast = evaluate(lm.model, answers, 1, thetas, pad_id=pad, batch_size=3, settings_per_pass=2)
-    plain = evaluate_plain(lm.model, answers, 1, thetas, pad)
+    fast = letter_scores(lm.model, answers, 1, thetas, pad_id=pad, batch_size=3, settings_per_pass=2)
+    plain = letter_plain(lm.model, answers, 1, thetas, pad)
     assert (fast.logit_diff - plain.logit_diff).abs().max() < 1e-9
     assert (fast.answer_mass - plain.answer_mass).abs().max() < 1e-9
-    in_chunks = evaluate_plain(lm.model, answers, 1, thetas, pad, questions_per_forward=2)
+    in_chunks = letter_plain(lm.model, answers, 1, thetas, pad, questions_per_forward=2)
     assert (in_chunks.logit_diff - plain.logit_diff).abs().max() < 1e-9
     # the settings really steer: scale 12 moves the logit difference
     assert (fast.logit_diff[4] - fast.logit_diff[0]).abs().max() > 1e-4
@@ -33,9 +33,9 @@ def test_fast_path_batched_equals_one_by_one(tiny_qwen3, ab_items):
     answers, _ = answer_tokens_for(tiny_qwen3.tokenizer, ab_items)
     thetas = _thetas(tiny_qwen3.d_model)
     pad = tiny_qwen3.tokenizer.pad_token_id
-    together = evaluate(tiny_qwen3.model, answers, 2, thetas, pad_id=pad, batch_size=4, settings_per_pass=5)
+    together = letter_scores(tiny_qwen3.model, answers, 2, thetas, pad_id=pad, batch_size=4, settings_per_pass=5)
     for q, answer in enumerate(answers):
-        alone = evaluate(tiny_qwen3.model, [answer], 2, thetas, pad_id=pad, batch_size=1, settings_per_pass=1)
+        alone = letter_scores(tiny_qwen3.model, [answer], 2, thetas, pad_id=pad, batch_size=1, settings_per_pass=1)
         assert (alone.logit_diff[:, 0] - together.logit_diff[:, q]).abs().max() < 1e-10
 
 
@@ -50,8 +50,8 @@ def test_fast_path_in_bf16_is_as_close_to_fp32_as_the_plain_path(default_model, 
         answers, _ = answer_tokens_for(lm.tokenizer, items)
         thetas = _thetas(lm.d_model, torch.float32)[[0, 3, 4]] * 2  # unsteered, |θ| = 12 and 24
         pad = lm.tokenizer.pad_token_id
-        errors[lm.dtype] = (evaluate(lm.model, answers, 7, thetas, pad_id=pad, batch_size=3),
-                            evaluate_plain(lm.model, answers, 7, thetas, pad))
+        errors[lm.dtype] = (letter_scores(lm.model, answers, 7, thetas, pad_id=pad, batch_size=3),
+                            letter_plain(lm.model, answers, 7, thetas, pad))
     fast32, plain32 = errors["fp32"]
     assert (fast32.logit_diff - plain32.logit_diff).abs().max() < 1e-3
     fast16, plain16 = errors["bf16"]
@@ -76,9 +76,9 @@ def test_shared_opening_changes_nothing(tiny_llama, ab_items):
     assert common_opening([a.prefix_ids for a in answers]) > 5
     thetas = _thetas(tiny_llama.d_model)
     pad = tiny_llama.tokenizer.pad_token_id
-    shared = evaluate(tiny_llama.model, answers, 0, thetas, pad_id=pad, batch_size=2, settings_per_pass=3)
-    alone = evaluate(tiny_llama.model, answers, 0, thetas, pad_id=pad, batch_size=2, settings_per_pass=3,
-                     share_opening=False)
+    shared = letter_scores(tiny_llama.model, answers, 0, thetas, pad_id=pad, batch_size=2, settings_per_pass=3)
+    alone = letter_scores(tiny_llama.model, answers, 0, thetas, pad_id=pad, batch_size=2, settings_per_pass=3,
+                     share=False)
     assert (shared.logit_diff - alone.logit_diff).abs().max() < 1e-10
     assert (shared.answer_mass - alone.answer_mass).abs().max() < 1e-12
 
@@ -93,8 +93,8 @@ def test_fast_path_equals_plain_path_in_both_orders(name, request, ab_items):
     assert [a.positive_id for a in answers[half:]] == [a.negative_id for a in answers[:half]]
     thetas = _thetas(lm.d_model)
     pad = lm.tokenizer.pad_token_id
-    fast = evaluate(lm.model, answers, 1, thetas, pad_id=pad, batch_size=3, settings_per_pass=2)
-    plain = evaluate_plain(lm.model, answers, 1, thetas, pad)
+    fast = letter_scores(lm.model, answers, 1, thetas, pad_id=pad, batch_size=3, settings_per_pass=2)
+    plain = letter_plain(lm.model, answers, 1, thetas, pad)
     assert (fast.logit_diff - plain.logit_diff).abs().max() < 1e-9
     assert (fast.answer_mass - plain.answer_mass).abs().max() < 1e-9
 
@@ -112,7 +112,7 @@ def test_eager_attention_gives_the_sdpa_numbers_on_the_default_model(default_mod
     answers, _ = answer_tokens_for(default_model.tokenizer, items)
     thetas = _thetas(default_model.d_model, torch.float32)[[0, 3, 4]] * 2
     pad = default_model.tokenizer.pad_token_id
-    sdpa = evaluate(default_model.model, answers, 7, thetas, pad_id=pad)
-    plain = evaluate(eager.model, answers, 7, thetas, pad_id=pad)
+    sdpa = letter_scores(default_model.model, answers, 7, thetas, pad_id=pad)
+    plain = letter_scores(eager.model, answers, 7, thetas, pad_id=pad)
     assert (sdpa.logit_diff - plain.logit_diff).abs().max() < 1e-3
     assert (sdpa.answer_mass - plain.answer_mass).abs().max() < 1e-4

@@ -1,0 +1,221 @@
+"""The steered forward: next-token logits at chosen positions of token sequences, with θ added
+after layer S, for a stack of θ settings (docs/DESIGN.md, "The core idea").
+
+Per batch, layers 0..S run once without θ (``run_prefix``). Above S each setting is its own rows
+of one stacked batch, and three kinds of sharing cut what passes through layers S+1.. per setting:
+
+- the **opening** every sequence starts with (the chat template's system turn) runs once per
+  setting, its keys and values cached;
+- sequences given one **stem** (the four continuations of a question: the letter prompt in both
+  orders and the cloze prompt with each answer) run their longest common prefix once per setting,
+  and each continuation attends to its stem's cached keys and values;
+- the **head** (final norm and unembedding) runs only at the positions read.
+
+Tokens after a sequence's last read position are never run. A stem ends before its sequences'
+first read position, so every read falls in a continuation. Models whose masks these shortcuts
+cannot rebuild (eager attention, sliding windows: ``opening_shareable``) run every sequence
+whole with the model's own masks, with the same numbers.
+
+Its plain twins (a full HF forward with θ hooked in) are in ``steerlab.measure.reference``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from steerlab.lm.segment import (
+    KeyValueCache,
+    continuation_layer_kwargs,
+    opening_shareable,
+    record_opening,
+    repeat_rows,
+    run_layers,
+    run_prefix,
+    setting_rows,
+    suffix_layer_kwargs,
+    truncated,
+    with_cache,
+)
+from steerlab.lm.site import decoder_layers, head
+from steerlab.questions.prompts import common_opening, length_batches, pad_right
+
+# About 8 sequences per pass is fastest on the 2-core dev CPU (docs/development.md,
+# "Performance"); GPUs want far more. A pass holds QUESTIONS_PER_PASS stems (or sequences) of
+# SETTINGS_PER_PASS settings.
+QUESTIONS_PER_PASS = 4
+SETTINGS_PER_PASS = 2
+
+
+@dataclass
+class Pass:
+    """Logits of one pass: some sequences under some settings."""
+    sequences: list[int]  # indices into the sequences given
+    settings: slice  # rows of thetas
+    logits: torch.Tensor  # [n_settings_in_pass, n_read, vocab]: per sequence, its read positions in order
+    counts: list[int]  # positions read per sequence, in the order of ``sequences``
+
+    def part(self, start: int, stop: int) -> "Pass | None":
+        """The pass restricted to sequences ``start..stop-1`` of the request, renumbered from 0
+        (one part of a request that asked for several kinds of sequences); None if it has none."""
+        offsets = [0]
+        for count in self.counts:
+            offsets.append(offsets[-1] + count)
+        kept = [k for k, i in enumerate(self.sequences) if start <= i < stop]
+        if not kept:
+            return None
+        columns = torch.tensor([c for k in kept for c in range(offsets[k], offsets[k + 1])],
+                               device=self.logits.device)
+        return Pass([self.sequences[k] - start for k in kept], self.settings, self.logits[:, columns],
+                    [self.counts[k] for k in kept])
+
+
+@dataclass(frozen=True)
+class SharedLayout:
+    """Where the shared parts of a request end: the opening (all sequences) and each stem."""
+    opening: int
+    stem: list[int]  # per group: its stem's length (== opening: no stem of its own)
+    groups: list[list[int]]  # per group: its sequences' indices
+    needed: list[tuple[int, ...]]  # each sequence up to its last read position
+    shared: bool  # False: every sequence runs whole
+
+
+def shared_layout(model: torch.nn.Module, sequences: Sequence[tuple[int, ...]], read_at: Sequence[list[int]],
+                  source_layer: int, stems: Sequence[int] | None = None, share: bool = True) -> SharedLayout:
+    """How ``steered_logits`` runs a request: the opening every sequence shares, each stem's
+    length (its sequences' common prefix, ending before their first read), or every sequence
+    whole (``shared`` False) where the model's masks cannot be rebuilt."""
+    if len(sequences) != len(read_at):
+        raise ValueError(f"{len(sequences)} sequences but {len(read_at)} lists of read positions")
+    for seq, at in zip(sequences, read_at):
+        if not at or min(at) < 0 or max(at) >= len(seq):
+            raise ValueError(f"read positions {at} outside a sequence of {len(seq)} tokens")
+    needed = [tuple(seq[: max(at) + 1]) for seq, at in zip(sequences, read_at)]
+    members: dict[int, list[int]] = {}
+    for index, stem in enumerate(range(len(sequences)) if stems is None else stems):
+        members.setdefault(stem, []).append(index)
+    groups = list(members.values())
+    shared = share and opening_shareable(model, source_layer)
+    opening = min(common_opening(needed), min(min(at) for at in read_at)) if shared else 0
+    stem = [opening] * len(groups)
+    if shared and opening > 0:  # a stem's pad queries attend to the opening, never to nothing
+        for g, indices in enumerate(groups):
+            if len(indices) > 1:
+                first_read = min(min(read_at[i]) for i in indices)
+                stem[g] = max(opening, min(common_opening([needed[i] for i in indices]), first_read))
+    if shared and opening == 0:
+        shared = False  # nothing cached to attend to: whole sequences, the model's own masks
+    return SharedLayout(opening, stem, groups, needed, shared)
+
+
+@torch.no_grad()
+def steered_logits(model: torch.nn.Module, sequences: Sequence[tuple[int, ...]], read_at: Sequence[list[int]],
+                   source_layer: int, *, thetas: torch.Tensor, pad_id: int, stems: Sequence[int] | None = None,
+                   batch_size: int = QUESTIONS_PER_PASS, settings_per_pass: int = SETTINGS_PER_PASS,
+                   share: bool = True) -> Iterator[Pass]:
+    """Logits at positions ``read_at[i]`` of ``sequences[i]`` under every θ row of ``thetas``
+    [m, d] (already scaled; a zero row is the unsteered model), one pass at a time: batches of
+    ``batch_size`` stems (sequences with the same ``stems[i]``; None: each sequence its own),
+    each under chunks of ``settings_per_pass`` settings in order. ``share`` False runs every
+    sequence whole through layers S+1.. (the structure of the plain twin, to test that sharing
+    changes nothing)."""
+    layout = shared_layout(model, sequences, read_at, source_layer, stems, share)
+    device = next(model.parameters()).device
+    last_layer = len(decoder_layers(model)) - 1
+    thetas = thetas.to(device)
+    opening_cache = None
+    if layout.shared:
+        ids = torch.tensor([layout.needed[0][: layout.opening]], device=device)
+        opening_cache = record_opening(model, run_prefix(model, ids, torch.ones_like(ids), source_layer),
+                                       thetas, last_layer)
+    sizes = [layout.stem[g] + max(len(layout.needed[i]) - layout.stem[g] for i in indices)
+             for g, indices in enumerate(layout.groups)]
+    for batch in length_batches(sizes, batch_size):
+        rows = [i for g in batch for i in layout.groups[g]]
+        ids, mask = pad_right([layout.needed[i] for i in rows], pad_id)
+        prefix = run_prefix(model, ids.to(device), mask.to(device), source_layer)
+        counts = [len(read_at[i]) for i in rows]
+        passes = (_stem_passes(model, prefix, layout, batch, read_at, thetas, opening_cache,
+                               settings_per_pass, last_layer)
+                  if layout.shared else
+                  _whole_passes(model, prefix, [read_at[i] for i in rows], thetas, settings_per_pass, last_layer))
+        for settings, logits in passes:
+            yield Pass(rows, settings, logits, counts)
+
+
+def _whole_passes(model, prefix, reads: list[list[int]], thetas: torch.Tensor, settings_per_pass: int,
+                  last_layer: int) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Every sequence whole through layers S+1.., with the model's own masks."""
+    device, n = prefix.hidden.device, prefix.batch_size
+    row_of = torch.tensor([r for r, at in enumerate(reads) for _ in at], device=device)
+    col_of = torch.tensor([c for at in reads for c in at], device=device)
+    for first in range(0, thetas.shape[0], settings_per_pass):
+        chunk = thetas[first:first + settings_per_pass]
+        m = len(chunk)
+        steered = prefix.hidden.repeat(m, 1, 1) + chunk.repeat_interleave(n, 0)[:, None].to(prefix.hidden.dtype)
+        steered = run_layers(model, steered, repeat_rows(prefix.layer_kwargs, n, m), prefix.source_layer + 1,
+                             last_layer)
+        read_rows = torch.arange(m, device=device)[:, None] * n + row_of[None]
+        yield slice(first, first + m), head(model, steered[read_rows, col_of[None].expand_as(read_rows)])
+
+
+def _stem_passes(model, prefix, layout: SharedLayout, batch: list[int], read_at, thetas: torch.Tensor,
+                 opening_cache: KeyValueCache, settings_per_pass: int, last_layer: int
+                 ) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Per chunk of settings: the batch's stems (after the opening), their keys and values kept,
+    then every sequence's continuation attending to its stem."""
+    device, hidden = prefix.hidden.device, prefix.hidden
+    opening, d = layout.opening, hidden.shape[-1]
+    n_g = len(batch)
+    row = 0
+    first_row, group_of, starts, tails = [], [], [], []  # per group: its first row; per sequence: ...
+    for g_index, g in enumerate(batch):
+        first_row.append(row)
+        for i in layout.groups[g]:
+            group_of.append(g_index)
+            starts.append(layout.stem[g])
+            tails.append(len(layout.needed[i]) - layout.stem[g])
+            row += 1
+    n_t = row
+    group_of_t = torch.tensor(group_of, device=device)
+    starts_t = torch.tensor(starts, device=device)
+    stem_len = [layout.stem[g] for g in batch]
+    width_s = max(stem_len)
+    has_stems = width_s > opening
+    mask_s = torch.zeros(n_g, width_s, dtype=torch.long, device=device)
+    for g_index, length in enumerate(stem_len):
+        mask_s[g_index, :length] = 1
+    if has_stems:
+        hidden_s = hidden.new_zeros(n_g, width_s - opening, d)
+        for g_index, length in enumerate(stem_len):
+            hidden_s[g_index, : length - opening] = hidden[first_row[g_index], opening:length]
+        kwargs_s = suffix_layer_kwargs(truncated(prefix.layer_kwargs, width_s), mask_s, opening)
+    width_t = max(tails)
+    hidden_t = hidden.new_zeros(n_t, width_t, d)
+    mask_t = torch.zeros(n_t, width_t, dtype=torch.long, device=device)
+    for r in range(n_t):
+        hidden_t[r, : tails[r]] = hidden[r, starts[r]:starts[r] + tails[r]]
+        mask_t[r, : tails[r]] = 1
+    kwargs_t = continuation_layer_kwargs(prefix.layer_kwargs, mask_s[group_of_t], starts_t, mask_t)
+    reads = [at for g in batch for at in (read_at[i] for i in layout.groups[g])]
+    row_of = torch.tensor([r for r, at in enumerate(reads) for _ in at], device=device)
+    col_of = torch.tensor([c - starts[r] for r, at in enumerate(reads) for c in at], device=device)
+    for first in range(0, thetas.shape[0], settings_per_pass):
+        chunk = thetas[first:first + settings_per_pass]
+        m = len(chunk)
+        settings = slice(first, first + m)
+        each = torch.arange(m, device=device)
+        if has_stems:
+            stem_cache = opening_cache.attending(setting_rows(settings, n_g, device), record=True)
+            steered = hidden_s.repeat(m, 1, 1) + chunk.repeat_interleave(n_g, 0)[:, None].to(hidden.dtype)
+            run_layers(model, steered, with_cache(repeat_rows(kwargs_s, n_g, m), stem_cache),
+                       prefix.source_layer + 1, last_layer)
+            tail_cache = stem_cache.attending((each[:, None] * n_g + group_of_t[None]).flatten())
+        else:
+            tail_cache = opening_cache.attending(setting_rows(settings, n_t, device))
+        steered = hidden_t.repeat(m, 1, 1) + chunk.repeat_interleave(n_t, 0)[:, None].to(hidden.dtype)
+        steered = run_layers(model, steered, with_cache(repeat_rows(kwargs_t, n_t, m), tail_cache),
+                             prefix.source_layer + 1, last_layer)
+        read_rows = each[:, None] * n_t + row_of[None]
+        yield settings, head(model, steered[read_rows, col_of[None].expand_as(read_rows)])
