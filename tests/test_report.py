@@ -159,3 +159,21 @@ def test_a_method_whose_every_setting_is_nearly_free_is_said_to_have_stayed_line
     note = "\n".join(report.scales_note(val))
     assert "**caa: every setting costs less than 0.001 nats/token of KL**" in note
     assert "scales of 0.1–0.5 (L2 norms 400–2000)" in note and "**pi:" not in note
+
+
+def test_the_report_names_groups_computed_under_other_library_releases():
+    import json
+
+    from steerlab.measure.analysis import EvalGroup, Split, other_libraries
+    from steerlab.store import library_versions
+
+    here = library_versions()
+
+    def group(method, libraries):
+        attrs = {} if libraries is None else {"libraries": json.dumps(libraries)}
+        return EvalGroup(method, "L1", None, None, np.zeros(1), 1, attrs)
+
+    groups = [group("caa", here), group("pi", {**here, "torch": "1.0"}), group("melbo", None)]
+    split = Split("val", np.array(["q"]), None, None, {g.label: g for g in groups})
+    lines = other_libraries({"val": split})
+    assert len(lines) == 1 and "pi/L1" in lines[0] and "torch 1.0" in lines[0] and here["torch"] in lines[0]

@@ -139,6 +139,26 @@ def test_code_version_covers_what_computes_a_group_and_not_the_report():
     assert code_version("steerlab.cli.caa") == code_version("steerlab.cli.caa")
 
 
+def test_a_group_computed_under_other_library_releases_is_not_current(tmp_path, monkeypatch):
+    import steerlab.store.provenance as provenance
+
+    store, where, settings = tmp_path / "s.h5", "/m/g", {"k": 1}
+    version = code_version("steerlab.cli.caa")
+    with writing(store) as h5:
+        replace_group(h5, "m/g", {"x": np.zeros(2)}, run_attrs(settings, version, "t", 1.0))
+        assert json.loads(h5["m/g"].attrs["libraries"]) == provenance.library_versions()
+    assert is_current(store, where, settings, code_version("steerlab.cli.caa"))
+    for name in provenance.COMPUTING_LIBRARIES:
+        real = provenance.library_versions
+
+        def other(real=real, name=name):
+            return {**real(), name: "0.0.1"}
+
+        monkeypatch.setattr(provenance, "library_versions", other)
+        assert not is_current(store, where, settings, code_version("steerlab.cli.caa")), name
+        monkeypatch.setattr(provenance, "library_versions", real)
+
+
 def _package(root, **files):
     for name, text in files.items():
         path = root / "steerlab" / name

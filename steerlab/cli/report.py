@@ -5,7 +5,7 @@ random directions at the same cost, each score beside its confound (the letter s
 polarity shift) and KL. steerlab/render/report.py writes the tables and says what each column is.
 """
 from steerlab.cli.options import choice_parser, main_guard, parse_choice
-from steerlab.measure.analysis import read_splits
+from steerlab.measure.analysis import other_libraries, read_splits
 from steerlab.render.report import report
 from steerlab.store import store_key
 
@@ -13,7 +13,10 @@ from steerlab.store import store_key
 def run() -> None:
     args = parse_choice(choice_parser(__doc__, reads="model whose evals to report"))
     key = store_key(args.model)
-    print(report(read_splits(args.store, key, args.behavior), key, args.kl_max, args.select_by))
+    splits = read_splits(args.store, key, args.behavior)
+    for line in other_libraries(splits):
+        print(f"note: {line}; `make eval FORCE=1` recomputes it here")
+    print(report(splits, key, args.kl_max, args.select_by))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ resamples questions within each class; beside it the per-class Δ and the polari
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import h5py
@@ -42,7 +43,7 @@ from steerlab.questions.behaviors import label as behavior_label
 from steerlab.questions.data import SplitName
 from steerlab.questions.orders import Orders
 from steerlab.questions.polarity import balanced_mean, class_masks
-from steerlab.store import behaviors_in_store, evals_path, open_for_reading
+from steerlab.store import behaviors_in_store, evals_path, library_versions, open_for_reading
 
 # A setting is eligible for "best" only if the model still answers in format: its mean answer mass
 # is at least this share of the unsteered model's. Otherwise a broken model whose logit difference
@@ -196,6 +197,23 @@ def read_splits(store: str, model_key: str, behavior: str) -> dict[str, Split]:
             raise UserError(f"no {behavior} evals for {model_key} in {store}{held}: "
                             f"run `make eval BEHAVIOR={behavior}` first")
         return {name: read_split(h5, model_key, behavior, name) for name in names}
+
+
+def other_libraries(splits: dict[str, Split]) -> list[str]:
+    """One line per stored eval group computed under other releases of the computing libraries
+    than this environment's (``steerlab.store.library_versions``): its numbers may not be what
+    rerunning it here gives. Groups stored before releases were recorded are not listed."""
+    here = library_versions()
+    lines = []
+    for split in splits.values():
+        for group in split.groups.values():
+            recorded = json.loads(str(group.attrs.get("libraries", "{}")))
+            differ = {name: version for name, version in recorded.items() if here.get(name) != version}
+            if differ:
+                was = ", ".join(f"{name} {version}" for name, version in sorted(differ.items()))
+                now = ", ".join(f"{name} {here.get(name)}" for name in sorted(differ))
+                lines.append(f"{split.name}/{group.label} was computed under {was} (here: {now})")
+    return lines
 
 
 def select_by(split: Split, by: Score) -> str:

@@ -1,6 +1,6 @@
 """What every computed group records about how it was made: its settings, the hash of the code
-that computes it (so unchanged work is skipped and changed code recomputes), the commit, when and
-how long.
+that computes it and of the computing libraries' releases (so unchanged work is skipped, and
+changed code or another torch, transformers or numpy recomputes), the commit, when and how long.
 
 The code hash follows names, not files. From its root (a runner module, or one function) it
 reaches every top-level definition of the project that the reached code names, through imports
@@ -30,11 +30,31 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# The libraries whose releases change the numbers a group holds (transformers 5.24 changed the
+# decoder layers' cache argument; torch's kernels, numpy's RNG and reductions).
+COMPUTING_LIBRARIES = ("torch", "transformers", "numpy")
+
+
+def library_versions() -> dict[str, str]:
+    """The installed release of each of ``COMPUTING_LIBRARIES`` ("" where one is missing)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in COMPUTING_LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = ""
+    return found
+
+
 def code_version(*roots: str, parent: Path = PACKAGE_PARENT) -> str:
-    """Hash of the code that computes a group, from ``roots``: modules (``"steerlab.cli.caa"``: all
-    their top-level code) or definitions in them (``"steerlab.measure.scales:residual_units"``).
-    ``parent`` is the folder the project's packages are in. A root that names nothing is an error:
-    a renamed function must not leave a hash that no edit changes."""
+    """Hash of what computes a group: the code reached from ``roots`` (modules, ``"steerlab.cli.caa"``:
+    all their top-level code; or definitions in them, ``"steerlab.measure.scales:residual_units"``)
+    and the releases of the computing libraries (``library_versions``), so a group computed under
+    another torch, transformers or numpy is recomputed. ``parent`` is the folder the project's
+    packages are in. A root that names nothing is an error: a renamed function must not leave a
+    hash that no edit changes."""
     reached: set[str] = set()
     for root in roots:
         module, _, name = root.partition(":")
@@ -42,6 +62,7 @@ def code_version(*roots: str, parent: Path = PACKAGE_PARENT) -> str:
     digest = hashlib.sha256()
     for name_and_code in sorted(reached):
         digest.update(name_and_code.encode() + b"\0")
+    digest.update(json.dumps(library_versions(), sort_keys=True).encode())
     return "src-" + digest.hexdigest()[:12]
 
 
@@ -256,4 +277,5 @@ def settings_json(settings: dict) -> str:
 def run_attrs(settings: dict, version: str, started: str, seconds: float, **extra) -> dict:
     """The attributes every computed group carries."""
     return {"settings": settings_json(settings), "code_version": version,
+            "libraries": json.dumps(library_versions(), sort_keys=True),
             "git_commit": git_commit(), "started": started, "seconds": round(seconds, 3), **extra}
