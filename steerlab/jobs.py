@@ -21,6 +21,7 @@ from steerlab.questions.cloze_form import cloze_items
 from steerlab.questions.data import Item
 from steerlab.questions.orders import answers_in_order
 from steerlab.store import (
+    Checkpoint,
     VectorGroup,
     code_version,
     is_current,
@@ -58,6 +59,17 @@ class Job:
     source_layer: int
     settings: dict  # what the group records and is skipped on
     site: Site = field(default="")  # mlp or resid, resolved once the model is loaded
+    # its partial work beside the store (set by compute_groups: the group's settings and code)
+    checkpoint: Checkpoint | None = None
+
+    def saved(self) -> dict:
+        """What a killed run of this group saved (empty: start afresh)."""
+        return {} if self.checkpoint is None else self.checkpoint.load()
+
+    def save(self, arrays: dict) -> None:
+        """Keep ``arrays`` as this group's partial work (rank 0 writes it)."""
+        if self.checkpoint is not None and ranks().writer:
+            self.checkpoint.save(arrays)
 
 
 Compute = Callable[[LoadedModel, list, Job], VectorGroup]  # answers: AnswerTokens or ClozeItems
@@ -119,6 +131,8 @@ def compute_groups(ctx: RunContext, module: str, method: str, jobs: list[Job], i
     written = []
     for job in todo:
         job.site = sites[job.source_layer]
+        job.checkpoint = Checkpoint(ctx.store, vectors_path(key, ctx.behavior, method, job.run),
+                                    {"settings": job.settings, "version": version})
         started, t0 = now(), time.perf_counter()
         group = compute(lm, answers, job)
         seconds = time.perf_counter() - t0
@@ -132,6 +146,7 @@ def compute_groups(ctx: RunContext, module: str, method: str, jobs: list[Job], i
         if ranks().writer:
             with writing(ctx.store) as h5:
                 write_vector_group(h5, lm, ctx.behavior, group)
+            job.checkpoint.discard()
         path = vectors_path(lm.key, ctx.behavior, method, job.run)
         say(f"  wrote {path} ({seconds:.1f}s)")
         written.append(path)

@@ -95,6 +95,8 @@ def score_items(model, items: list[Item], vector: SteeringVector | None,
     answers, cloze, _ = usable_questions(lm.tokenizer, items, "both", scores)
     if vector is None and scales:
         raise ValueError("scales need a vector")
+    if vector is not None:
+        vector.check_width(lm.model)
     if vector is None:  # the unsteered model alone; the fast path adds θ to h_S at any layer
         vector = SteeringVector(torch.zeros(lm.d_model, dtype=torch.float64), 0)
     thetas = vector.stack([0.0, *scales])

@@ -49,3 +49,54 @@ def test_store_that_is_not_hdf5_is_refused_before_any_work(tmp_path):
     with pytest.raises(StoreError, match="is not an HDF5 file"):
         read_vector_groups(str(store), "m", "b", 64)
     assert read_vector_groups(str(tmp_path / "missing.h5"), "m", "b", 64) == []
+
+
+def test_a_local_looking_model_path_that_does_not_exist_is_refused_naming_the_embedded_models(tmp_path):
+    from steerlab.lm.model import ModelError, load_model
+
+    for source in ("models/nope", "./nope", str(tmp_path / "nope")):
+        with pytest.raises(ModelError, match=r"does not exist: the embedded models are .*qwen2.5-0.5b"):
+            load_model(source)
+    with pytest.raises(ModelError, match=r"`make model MODEL=gemma-3-270m` converts it"):
+        load_model(str(tmp_path / "models" / "gemma-3-270m"))
+
+
+def test_the_make_targets_never_ask_a_hub():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "export HF_HUB_OFFLINE ?= 1" in text and "export TRANSFORMERS_OFFLINE ?= 1" in text
+
+
+def test_a_vector_of_another_width_is_refused_naming_both_widths_before_any_forward(tiny_llama, monkeypatch):
+    import torch
+
+    from steerlab import SteeringVector, at_cost, generate, score_items
+    from tests.helpers import make_item
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a forward ran")
+
+    monkeypatch.setattr(tiny_llama.model, "forward", no_forward)
+    vector = SteeringVector(torch.ones(100), 1, label="v")
+    message = r"v has width 100 but the model's residual stream has width 64"
+    with pytest.raises(ValueError, match=message):
+        with vector.apply(tiny_llama.model):
+            pass
+    with pytest.raises(ValueError, match=message):
+        generate(tiny_llama.model, tiny_llama.tokenizer, ["hi"], vector, max_new_tokens=2)
+    with pytest.raises(ValueError, match=message):
+        score_items(tiny_llama, [make_item("Stop?\n\nChoices:\n (A) Yes\n (B) No")], vector, scales=[1.0])
+    with pytest.raises(ValueError, match=message):
+        at_cost(vector, tiny_llama, kl=0.01)
+
+
+def test_a_kl_target_no_direction_reaches_is_refused_before_the_eval_scores_anything(tmp_path, tiny_dir):
+    from tests.helpers import run_runner
+
+    ran = run_runner("steerlab.cli.eval", "--store", tmp_path / "store.h5", "--model", tiny_dir, "--dtype", "fp32",
+                     "--layer", "1", "--n-eval", "4", "--n-random", "1", "--scales", "0.01 1e9", "--splits", "val",
+                     "--n-neutral", "2", "--gen-tokens", "4")
+    assert ran.returncode == 2, ran.stderr
+    assert "KL target(s) 1e+09 are out of reach" in ran.stderr and "use SCALES of at most" in ran.stderr
+    assert "eval val" not in ran.stderr  # no progress bar: nothing was scored

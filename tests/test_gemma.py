@@ -154,7 +154,7 @@ def test_every_method_eval_and_report_run_end_to_end_through_the_runners(kind, s
              ("steerlab.cli.pi", *jacobian),
              ("steerlab.cli.pi", *jacobian, "--at", "caa"),
              ("steerlab.cli.melbo", "--layer", "2", "--target", "4", "--k", "2", "--steps", "2", "--n-prompts", "1"),
-             ("steerlab.cli.eval", "--n-eval", "3", "--n-random", "1", "--scales", "2 8", "--n-neutral", "2",
+             ("steerlab.cli.eval", "--n-eval", "3", "--n-random", "1", "--scales", "0.002 0.005", "--n-neutral", "2",
               "--gen-tokens", "4", "--layer", "2"),
              ("steerlab.cli.report",)]
     for module, *args in steps:

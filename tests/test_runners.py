@@ -90,7 +90,7 @@ def test_replacing_the_neutral_texts_names_the_eval_splits_whose_kl_was_measured
 
 def test_caa_runner_reports_unknown_model_and_bad_data_file(tmp_path):
     bad_model = run("steerlab.cli.caa", "--model", tmp_path / "nope", "--store", tmp_path / "s.h5")
-    assert bad_model.returncode == 2 and "neither an existing folder" in bad_model.stderr
+    assert bad_model.returncode == 2 and "does not exist" in bad_model.stderr
     data = tmp_path / "d.jsonl"
     data.write_text('{"id": 1}\n')
     bad_data = run("steerlab.cli.caa", "--data", data, "--store", tmp_path / "s.h5")
@@ -166,7 +166,7 @@ def test_eval_scores_both_ways_and_its_cloze_numbers_are_what_full_logits_give(t
 def test_eval_with_the_cloze_score_alone_writes_no_letter_numbers_and_reports(tiny_dir, tmp_path):
     store = tmp_path / "store.h5"
     done = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 2,
-               "--scales", "2", "--splits", "val test", "--score", "cloze", "--layer", 1, *SMALL_KL)
+               "--scales", "0.005", "--splits", "val test", "--score", "cloze", "--layer", 1, *SMALL_KL)
     assert done.returncode == 0, done.stderr
     with h5py.File(store, "r") as h5:
         split = h5[f"{store_key(str(tiny_dir))}/survival-instinct/evals/test"]
@@ -182,7 +182,7 @@ def test_eval_max_vectors_trims_method_groups_but_not_the_random_control(tiny_di
     store = tmp_path / "store.h5"
     assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 2).returncode == 0
     done = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 3,
-               "--scales", "2", "--splits", "val", "--max-vectors", 1, *SMALL_KL)
+               "--scales", "0.005", "--splits", "val", "--max-vectors", 1, *SMALL_KL)
     assert done.returncode == 0, done.stderr
     with h5py.File(store, "r") as h5:
         split = h5[f"{store_key(str(tiny_dir))}/survival-instinct/evals/val"]

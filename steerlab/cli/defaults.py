@@ -55,6 +55,7 @@ OPEN_ENDED = ""  #: generate: open-ended prompts (JSONL: id, text, topic, split,
 OPEN_PROMPTS = "2"  #: generate: first N open-ended prompts of the test split
 NEUTRAL_PROMPTS = "1"  #: generate: first N neutral prompts of the test split
 MAX_NEW_TOKENS = "32"  #: generate: new tokens per completion
+CHECKPOINT_EVERY = "256"  #: eval: question×settings between two saves of an eval's partial work beside the store (a killed eval rerun resumes there; a kill loses at most this much)
 SPLITS = "val test"  #: eval: splits to evaluate
 REPORT_SCALE = "0.04"  #: plot: scale of the violin plot, in SCALE_UNIT
 RESULTS = "results"  #: plot: folder the figures go to

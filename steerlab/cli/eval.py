@@ -98,6 +98,9 @@ def run() -> None:
     add_neutral(p)
     p.add_argument("--settings-per-pass", type=positive_int, default=SETTINGS_PER_PASS,
                    help="θ settings stacked in one batch (memory vs speed)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=defaults.CHECKPOINT_EVERY, metavar="N",
+                   help="question×settings between two saves of the eval's partial work (STORE.resume/): a "
+                        "killed eval rerun with the same settings resumes there, so a kill loses at most this much")
     p.set_defaults(batch_size=QUESTIONS_PER_PASS)
     args = parse(p, validate)
     items_by_split = {split: sorted(behavior_items(args, split), key=lambda i: i.id)[: args.n_eval]
@@ -128,7 +131,7 @@ def run() -> None:
                             mean_norms(groups, layers) if args.raw else {})
     # what a split records: every argument but those that only say which groups or how fast
     recorded = settings_of(args, drop=("scales", "raw", "n_random", "max_vectors", "splits", "layer", "seed",
-                                       "settings_per_pass", "batch_size"))
+                                       "settings_per_pass", "batch_size", "checkpoint_every"))
     version = code_version(__spec__.name)
     for split in sorted(args.splits, key=lambda name: name != "val"):  # val first: the others take its |θ|
         if calibrator is not None and split != "val":  # val scored in an earlier run: its |θ|, not a new search's
@@ -145,7 +148,8 @@ def run() -> None:
             continue
         texts = [] if prompts is None else neutral_texts(args.store, lm, split, prompts, **neutral_options(args))
         evaluate_split(args.store, lm, plan, groups, texts, sites, batch_size=args.batch_size,
-                       settings_per_pass=args.settings_per_pass, calibrator=calibrator)
+                       settings_per_pass=args.settings_per_pass, checkpoint_work=args.checkpoint_every,
+                       calibrator=calibrator)
 
 
 if __name__ == "__main__":

@@ -79,8 +79,11 @@ def run() -> None:
                 bar.update(1)
                 bar.set_postfix(objective=" ".join(f"{v:.4g}" for v in values.tolist()))
 
+            saved = job.saved()
+            bar.update(sum(int(value) for name, value in saved.items() if name.endswith("/steps")))
             result = melbo(lm.model, prefixes, args.target, args.k, radius=radius, p=args.p, q=args.q,
-                           steps=args.steps, lr=args.lr, seed=args.seed, mode=args.mode, progress=progress, ranks=ranks())
+                           steps=args.steps, lr=args.lr, seed=args.seed, mode=args.mode, progress=progress,
+                           ranks=ranks(), saved=saved, save=job.save)
         say("  final objective " + " ".join(f"{v:.4g}" for v in result.objective.tolist())
             + " (first step " + " ".join(f"{v:.4g}" for v in result.trace[0].tolist()) + ")")
         return VectorGroup(

@@ -129,6 +129,10 @@ def run() -> None:
             shared["unit"] = None if found is None else found.median
             shared["texts"] = val_neutral_texts(args, lm) if args.scale_unit == "kl" and args.at_scales else []
         scale, sweep = job.settings["at_scale"], shared["sweep"]
+        before = jobs.index(job) - 1
+        if sweep.last is None and before >= 0:  # the point before was stored by an earlier run: start from it
+            stored = read_vector_group(args.store, lm.key, args.behavior, method, jobs[before].run)
+            sweep.last = torch.from_numpy(stored.vectors.astype(np.float64))
         theta0 = None if caa is None else torch.from_numpy(caa.vectors[0].astype(np.float64))
         if theta0 is not None and scale is not None:  # the CAA direction at that scale
             theta0 = theta_at_scale(lm.model, theta0, scale, args.scale_unit, layer=args.layer,
@@ -141,8 +145,10 @@ def run() -> None:
                 bar.update(1)
                 bar.set_postfix(change=f"{change:.1e}", residual=f"{float(residuals.max()):.1e}")
 
+            saved = job.saved()
+            bar.update(len(saved.get("changes", ())))
             found = sweep.at(theta0, args.k, iters=args.iters, oversample=args.oversample, tol=args.tol,
-                             seed=args.seed, progress=progress)
+                             seed=args.seed, progress=progress, saved=saved, save=job.save)
         say(f"  {found.summary()}")
         arrays = found.arrays() | {"prompt_ids": np.array([a.item_id for a in answers])}
         attrs = found.attrs() | {"theta0_source": described(scale)}

@@ -129,6 +129,8 @@ def generate(model: torch.nn.Module, tokenizer, texts: list[str], vector: Steeri
              progress: Callable[[], None] | None = None, ranks: Ranks = SINGLE) -> Generated:
     """Completions of ``texts`` asked as user turns of the chat template (``generate_ids``), with
     ``texts`` filled: the new tokens decoded, special tokens skipped."""
+    if vector is not None:
+        vector.check_width(model)
     generated = generate_ids(model, prompt_ids(tokenizer, texts), vector, max_new_tokens,
                              pad_id=tokenizer.pad_token_id, sample=sample, seed=seed, batch_size=batch_size, progress=progress,
                              ranks=ranks)

@@ -227,11 +227,14 @@ def _resolve_source(source: str) -> tuple[str, dict]:
         return str(path.parent), {"gguf_file": path.name}
     if path.exists() and not (path / "config.json").is_file():
         raise ModelError(f"{source} is a folder without config.json: expected a HF model folder")
-    if not path.exists() and (source.startswith((".", "/")) or source.count("/") != 1):
-        raise ModelError(
-            f"model {source!r} is neither an existing folder or .gguf file nor a HF id "
-            "(owner/name); run `make model` for the default model"
-        )
+    local = (source.startswith((".", "/", "~")) or source.count("/") != 1 or path.parts[0] == MODELS_DIR.name
+             or Path(path.parts[0]).is_dir())
+    if not path.exists() and local:  # a path that looks local never goes to a hub
+        embedded = EMBEDDED.get(path.name)
+        hint = (f"`make model MODEL={path.name}` converts it" if embedded else
+                f"the embedded models are {', '.join(sorted(EMBEDDED))} (MODEL=<name> installs one); "
+                "or give an existing HF folder, a .gguf file or a HF id (owner/name)")
+        raise ModelError(f"model {source!r} does not exist: {hint}")
     return source, {}
 
 

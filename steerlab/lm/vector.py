@@ -39,6 +39,14 @@ class SteeringVector:
             raise ValueError(f"{self.label or 'this vector'} has norm 0: it cannot be scaled")
         return scale * direction / norm
 
+    def check_width(self, model: torch.nn.Module) -> None:
+        """A ValueError naming both widths when the direction is not the model's width (before any
+        forward, where torch's own message would come from deep inside it)."""
+        width = int(model.get_input_embeddings().embedding_dim)
+        if self.direction.shape[-1:] != (width,):
+            raise ValueError(f"{self.label or 'the steering vector'} has width {tuple(self.direction.shape)[-1]} but "
+                             f"the model's residual stream has width {width}: it was found on another model")
+
     def scaled(self, scale: float) -> "SteeringVector":
         """The same vector with ``theta(scale)`` as its direction: what one steered run adds."""
         return replace(self, direction=self.theta(scale), label=f"{self.label} at {scale:+.4g}".strip())
@@ -54,6 +62,7 @@ class SteeringVector:
     def apply(self, model: torch.nn.Module, scale: float | None = None) -> Iterator[None]:
         """Every forward of ``model`` inside the block is steered by ``theta(scale)``; the hook
         is removed however the block ends."""
+        self.check_width(model)
         site = resolve_site(model, self.layer, self.site)
         weight = next(model.parameters())
         with add_at(model, self.layer, self.theta(scale).to(weight.dtype).to(weight.device), site):

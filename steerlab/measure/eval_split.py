@@ -16,7 +16,15 @@ from steerlab.base.progress import progress_bar, say, say_skipped
 from steerlab.lm.model import LoadedModel
 from steerlab.measure.cloze import cloze_preference
 from steerlab.measure.grid import build_grid, random_directions, signed_scales
-from steerlab.measure.scales import Calibrator, GroupCalibration, ScaleUnit, absolute, calibration_key
+from steerlab.measure.scales import (
+    Calibrator,
+    GroupCalibration,
+    ScaleUnit,
+    absolute,
+    calibration_arrays,
+    calibration_key,
+    saved_calibrations,
+)
 from steerlab.measure.scores import ScoreSet, question_ids, rank_work, score, usable_questions
 from steerlab.measure.side_effects import ScoredText
 from steerlab.questions.cloze_form import ClozeItem, cloze_token_counts
@@ -24,6 +32,7 @@ from steerlab.questions.data import Item, SplitName
 from steerlab.questions.orders import Orders, n_orders
 from steerlab.questions.prompts import AnswerTokens
 from steerlab.store import (
+    Checkpoint,
     VectorGroup,
     evals_path,
     is_current,
@@ -33,9 +42,7 @@ from steerlab.store import (
     run_attrs,
     settings_json,
     vectors_path,
-    write_eval_group,
-    write_eval_split,
-    writing,
+    write_eval_results,
 )
 
 
@@ -160,24 +167,162 @@ def plan_split(store: str | Path, lm: LoadedModel, behavior: str, split: SplitNa
                      fresh_split, todo, orders, scores, raw, scale_unit, scales, units, version)
 
 
+def question_chunks(answers: list[AnswerTokens], cloze: list[ClozeItem] | None, n_orders_: int,
+                    n_settings: int, batch_size: int, work: int) -> list[list[int]]:
+    """The questions (indices) in the chunks eval scores and checkpoints one after another:
+    sorted by length (so each chunk's batches carry little padding), ``work`` question×settings
+    each, at least one pass of ``batch_size`` questions. Chunks are fixed by the questions and
+    the settings alone, so a resumed eval computes exactly the numbers an uninterrupted one does."""
+    n_q = len(answers) // n_orders_ if answers else len(cloze or [])
+    lengths = [sum(len(answers[o * n_q + q].prefix_ids) for o in range(n_orders_)) if answers else 0
+               for q in range(n_q)]
+    if cloze:
+        lengths = [length + len(c.prompt_ids) for length, c in zip(lengths, cloze)]
+    order = sorted(range(n_q), key=lambda q: (lengths[q], q))
+    size = max(batch_size, work // max(n_settings, 1))
+    return [order[i:i + size] for i in range(0, n_q, size)]
+
+
+def _chunk(answers: list[AnswerTokens], cloze: list[ClozeItem] | None, n_orders_: int, questions: list[int]
+           ) -> tuple[list[AnswerTokens], list[ClozeItem] | None]:
+    """Those questions' letter answers (order-major) and cloze items."""
+    n_q = len(answers) // n_orders_ if answers else 0
+    part = [answers[o * n_q + q] for o in range(n_orders_) for q in questions] if answers else []
+    return part, None if cloze is None else [cloze[q] for q in questions]
+
+
+def score_resumably(lm: LoadedModel, plan: SplitPlan, texts: list[ScoredText], grid, layer: int, *,
+                    saved: dict[str, np.ndarray], save, batch_size: int, settings_per_pass: int,
+                    checkpoint_work: int, progress) -> dict[str, np.ndarray]:
+    """Every score of ``grid``'s settings at ``layer`` on the plan's questions and KL on
+    ``texts``, chunk by chunk (``question_chunks``): chunks in ``saved`` (a checkpoint's arrays)
+    are taken as they are, each new one is added to it and ``save``d. Returns the per-setting
+    arrays: diff and mass [n_settings, n_orders, n_q], cloze [n_settings, 2, n_q], kl and top1
+    [n_settings, n_texts] (those the plan asks for)."""
+    answers, cloze, orders = plan.answers, plan.cloze, n_orders(plan.orders)
+    m, n_q = len(grid.thetas), len(plan.question_ids)
+    out: dict[str, np.ndarray] = {}
+    if answers:
+        out["diff"], out["mass"] = np.zeros((m, orders, n_q)), np.zeros((m, orders, n_q))
+    if cloze is not None:
+        out["cloze"] = np.zeros((m, 2, n_q))
+    pad = lm.tokenizer.pad_token_id
+    for c, questions in enumerate(question_chunks(answers, cloze, orders, m, batch_size, checkpoint_work)):
+        key = f"L{layer}/q{c}"
+        part_answers, part_cloze = _chunk(answers, cloze, orders, questions)
+        if f"{key}/done" not in saved:
+            scored = score(lm.model, part_answers, orders, [], source_layer=layer, thetas=grid.thetas, pad_id=pad,
+                           batch_size=batch_size, settings_per_pass=settings_per_pass, progress=progress,
+                           ranks=ranks(), cloze=part_cloze)
+            for name, values in (("diff", scored.logit_diff), ("mass", scored.answer_mass), ("cloze", scored.cloze)):
+                if values is not None:
+                    saved[f"{key}/{name}"] = values
+            saved[f"{key}/done"] = np.ones(1)
+            save(saved)
+        elif progress:
+            progress(rank_work(m, part_answers, orders, 0, ranks(), len(part_cloze or [])))
+        for name in ("diff", "mass", "cloze"):
+            if name in out:
+                out[name][..., questions] = saved[f"{key}/{name}"]
+    if texts:
+        key = f"L{layer}/kl"
+        if f"{key}/done" not in saved:
+            scored = score(lm.model, [], orders, texts, source_layer=layer, thetas=grid.thetas, pad_id=pad,
+                           batch_size=batch_size, settings_per_pass=settings_per_pass, progress=progress,
+                           ranks=ranks())
+            saved[f"{key}/kl"], saved[f"{key}/top1"], saved[f"{key}/done"] = scored.kl, scored.top1, np.ones(1)
+            save(saved)
+        elif progress:
+            progress(rank_work(m, [], orders, len(texts), ranks()))
+        out["kl"], out["top1"] = saved[f"{key}/kl"], saved[f"{key}/top1"]
+    return out
+
+
+def split_work(plan: SplitPlan, n_settings: int, n_texts: int, batch_size: int, checkpoint_work: int) -> int:
+    """The question×settings, item×settings and text×settings ``score_resumably`` reports on this
+    rank for ``n_settings`` settings: what its progress bar counts to."""
+    orders = n_orders(plan.orders)
+    work = rank_work(n_settings, [], orders, n_texts, ranks())
+    for questions in question_chunks(plan.answers, plan.cloze, orders, n_settings, batch_size, checkpoint_work):
+        part_answers, part_cloze = _chunk(plan.answers, plan.cloze, orders, questions)
+        work += rank_work(n_settings, part_answers, orders, 0, ranks(), len(part_cloze or []))
+    return work
+
+
+def split_datasets(plan: SplitPlan, texts: list[ScoredText], baseline: dict[str, np.ndarray]) -> dict:
+    """The split's own datasets: question and neutral text ids, and the unsteered scores."""
+    data = {"question_ids": np.array(plan.question_ids),
+            "neutral_ids": np.array([text.prompt_id for text in texts], dtype=str)}
+    if "diff" in baseline:
+        data |= {"baseline_logit_diff": baseline["diff"].mean(0).astype(np.float32),
+                 "baseline_answer_mass": baseline["mass"].mean(0).astype(np.float32),
+                 "baseline_logit_diff_by_order": baseline["diff"].astype(np.float32),
+                 "baseline_answer_mass_by_order": baseline["mass"].astype(np.float32)}
+    if plan.cloze:
+        n_tokens = cloze_token_counts(plan.cloze)
+        data |= {"baseline_cloze_logprob": baseline["cloze"].astype(np.float32),
+                 "baseline_cloze": cloze_preference(baseline["cloze"], n_tokens).astype(np.float32),
+                 "cloze_n_tokens": n_tokens,
+                 "cloze_n_chars": np.array([[c.positive_chars for c in plan.cloze],
+                                            [c.negative_chars for c in plan.cloze]], dtype=np.int32),
+                 "polarity": np.array([c.polarity for c in plan.cloze])}
+    return data
+
+
+def group_datasets(plan: SplitPlan, span, values: dict[str, np.ndarray],
+                   calibration: GroupCalibration | None) -> dict:
+    """One group's datasets: its scales (and with SCALE_UNIT=kl each vector's |θ| and the KL its
+    search found), its scores [k, n_scales, ...] and KL, and a random group's directions."""
+    g = span.group
+    unit = plan.units.get(g.source_layer)
+    data = {"scales": np.array(span.scales, dtype=np.float32)}
+    if calibration is not None:  # the scales are KL targets, each vector's |θ| its own
+        data |= {"norms": calibration.norms.astype(np.float32),
+                 "calibration_kl": calibration.kl.astype(np.float32),
+                 "calibration_reached": calibration.reached.astype(np.int8)}
+    elif unit is not None:
+        data["scale_fractions"] = np.array(span.scales, dtype=np.float64) / unit
+    if "diff" in values:
+        diff, mass = values["diff"], values["mass"]
+        data |= {"logit_diff": diff.mean(2).astype(np.float32), "answer_mass": mass.mean(2).astype(np.float32),
+                 "logit_diff_by_order": diff.astype(np.float32), "answer_mass_by_order": mass.astype(np.float32)}
+    if "cloze" in values:  # [k, n_scales, 2, n_q]
+        data |= {"cloze_logprob": values["cloze"].astype(np.float32),
+                 "cloze": cloze_preference(values["cloze"], cloze_token_counts(plan.cloze)).astype(np.float32)}
+    if "kl" in values:  # [k, n_scales, n_neutral]
+        data |= {"kl": values["kl"].astype(np.float32), "top1": values["top1"].astype(np.float32)}
+    if g.method == "random":
+        data["vectors"] = g.vectors
+    return data
+
+
 def evaluate_split(store: str | Path, lm: LoadedModel, plan: SplitPlan, groups: list[VectorGroup],
                    texts: list[ScoredText], sites: dict[int, str], *, batch_size: int,
-                   settings_per_pass: int, calibrator: Calibrator | None = None) -> None:
+                   settings_per_pass: int, checkpoint_work: int, calibrator: Calibrator | None = None) -> None:
     """Score every group of ``plan.todo`` (and the unsteered baseline) on the plan's questions and
     KL on ``texts``, and write them to ``store`` (rank 0, one atomic update); ``groups`` are all
     of eval's groups (the baseline's layer when none is stale), ``sites`` each layer's site.
     With SCALE_UNIT=kl, ``calibrator`` finds each group's |θ| per KL target (on the val neutral
-    texts, the same for every split)."""
-    answers, cloze, todo, units = plan.answers, plan.cloze, plan.todo, plan.units
-    orders = n_orders(plan.orders)
+    texts, the same for every split). Work done so far is kept beside the store
+    (``steerlab.store.Checkpoint``) after every chunk of ``checkpoint_work`` question×settings,
+    so a killed eval rerun with the same settings and code picks up where it stopped."""
+    todo, units = plan.todo, plan.units
     started, t0 = now(), time.perf_counter()
-    results, baseline = {}, None
     layers = sorted({g.source_layer for g, _ in todo}) or [groups[0].source_layer]
+    checkpoint = Checkpoint(store, plan.path, {"split": plan.settings, "fresh": plan.fresh, "version": plan.version,
+                                               "groups": [[g.label, settings] for g, settings in todo],
+                                               "texts": [t.prompt_id for t in texts], "chunks": checkpoint_work,
+                                               "batch_size": batch_size})
+    saved = checkpoint.load()
+    save = checkpoint.save if ranks().writer else (lambda _arrays: None)
     calibrations = {}
     if plan.scale_unit == "kl":
         if calibrator is None:
             raise ValueError("SCALE_UNIT=kl needs a calibrator")
+        calibrator.adopt(saved_calibrations(saved))
         calibrations = calibrator.of([g for g, _ in todo])
+        saved |= calibration_arrays(calibrator)
+        save(saved)
     # One θ matrix per source layer: every group's (vector, scale) settings, stacked.
     grids = {layer: build_grid([g for g, _ in todo if g.source_layer == layer],
                                plan.scales if plan.scale_unit == "kl"
@@ -186,80 +331,38 @@ def evaluate_split(store: str | Path, lm: LoadedModel, plan: SplitPlan, groups: 
                                norms={label: cal.norms for label, cal in calibrations.items()})
              for n, layer in enumerate(layers)}
     say(f"… [{plan.split}] {sum(len(g.thetas) for g in grids.values())} settings × {len(plan.question_ids)} "
-        f"questions ({plan.scores}: {orders} letter order(s)" + (", cloze" if cloze else "")
+        f"questions ({plan.scores}: {n_orders(plan.orders)} letter order(s)" + (", cloze" if plan.cloze else "")
         + f"), and KL on {len(texts)} neutral texts")
-    total = sum(rank_work(len(g.thetas), answers, orders, len(texts), ranks(), len(cloze or []))
-                for g in grids.values())
+    total = sum(split_work(plan, len(grid.thetas), len(texts), batch_size, checkpoint_work) for grid in grids.values())
+    results, baseline = [], None
     with progress_bar(total, f"eval {plan.split}", "question×setting") as bar:
         for layer, grid in grids.items():
-            scored = score(lm.model, answers, orders, texts, source_layer=layer, thetas=grid.thetas,
-                           pad_id=lm.tokenizer.pad_token_id, batch_size=batch_size, settings_per_pass=settings_per_pass,
-                           progress=bar.update, ranks=ranks(), cloze=cloze)
-            per_setting = {"diff": scored.logit_diff, "mass": scored.answer_mass,  # [n_settings, n_orders, n_q]
-                           "cloze": scored.cloze, "kl": scored.kl, "top1": scored.top1}
-            per_setting = {name: values for name, values in per_setting.items() if values is not None}
+            per_setting = score_resumably(lm, plan, texts, grid, layer, saved=saved, save=save, batch_size=batch_size,
+                                          settings_per_pass=settings_per_pass, checkpoint_work=checkpoint_work,
+                                          progress=bar.update)
             if grid.baseline_row is not None:
                 baseline = {name: values[grid.baseline_row] for name, values in per_setting.items()}
             per_group = {name: grid.unpack(values) for name, values in per_setting.items()}
-            for span in grid.spans:
-                results[span.group.label] = (span, {name: values[span.group.label]
-                                                    for name, values in per_group.items()})
+            results += [(span, {name: values[span.group.label] for name, values in per_group.items()})
+                        for span in grid.spans]
     seconds = ranks().largest(time.perf_counter() - t0)
-    settings_by_label = {g.label: settings for g, settings in todo}
-    behavior, split, version = plan.behavior, plan.split, plan.version
     if ranks().writer:  # rank 0 alone writes: baseline and every group in one atomic update
-        with writing(store) as h5:
-            if plan.fresh or plan.path not in h5:
-                split_data = {"question_ids": np.array(plan.question_ids),
-                              "neutral_ids": np.array([text.prompt_id for text in texts], dtype=str)}
-                if "diff" in baseline:
-                    split_data |= {
-                        "baseline_logit_diff": baseline["diff"].mean(0).astype(np.float32),
-                        "baseline_answer_mass": baseline["mass"].mean(0).astype(np.float32),
-                        "baseline_logit_diff_by_order": baseline["diff"].astype(np.float32),
-                        "baseline_answer_mass_by_order": baseline["mass"].astype(np.float32)}
-                if cloze:
-                    n_tokens = cloze_token_counts(cloze)
-                    split_data |= {
-                        "baseline_cloze_logprob": baseline["cloze"].astype(np.float32),
-                        "baseline_cloze": cloze_preference(baseline["cloze"], n_tokens).astype(np.float32),
-                        "cloze_n_tokens": n_tokens,
-                        "cloze_n_chars": np.array([[c.positive_chars for c in cloze],
-                                                   [c.negative_chars for c in cloze]], dtype=np.int32),
-                        "polarity": np.array([c.polarity for c in cloze])}
-                write_eval_split(h5, lm, behavior, split, split_data, run_attrs(
-                    plan.settings, version, started, seconds, skipped=plan.skipped, orders=plan.orders,
-                    score=plan.scores, behavior=behavior, nproc=ranks().size))
-            for label, (span, values) in results.items():
-                g = span.group
-                unit = units.get(g.source_layer)
-                datasets = {"scales": np.array(span.scales, dtype=np.float32)}
-                if g.label in calibrations:  # the scales are KL targets, each vector's |θ| its own
-                    cal = calibrations[g.label]
-                    datasets |= {"norms": cal.norms.astype(np.float32),
-                                 "calibration_kl": cal.kl.astype(np.float32),
-                                 "calibration_reached": cal.reached.astype(np.int8)}
-                elif unit is not None:
-                    datasets["scale_fractions"] = np.array(span.scales, dtype=np.float64) / unit
-                if "diff" in values:
-                    diff, mass = values["diff"], values["mass"]
-                    datasets |= {"logit_diff": diff.mean(2).astype(np.float32),
-                                 "answer_mass": mass.mean(2).astype(np.float32),
-                                 "logit_diff_by_order": diff.astype(np.float32),
-                                 "answer_mass_by_order": mass.astype(np.float32)}
-                if "cloze" in values:  # [k, n_scales, 2, n_q]
-                    datasets |= {"cloze_logprob": values["cloze"].astype(np.float32),
-                                 "cloze": cloze_preference(values["cloze"], cloze_token_counts(cloze)
-                                                           ).astype(np.float32)}
-                if "kl" in values:  # [k, n_scales, n_neutral]
-                    datasets |= {"kl": values["kl"].astype(np.float32), "top1": values["top1"].astype(np.float32)}
-                if g.method == "random":
-                    datasets["vectors"] = g.vectors
-                write_eval_group(h5, lm, behavior, split, g.method, g.run, datasets, run_attrs(
-                    settings_by_label[label], version, started, seconds, source_layer=g.source_layer,
-                    site=sites[g.source_layer],
-                    sign_free=int(g.sign_free), raw=int(plan.raw), orders=plan.orders, score=plan.scores,
-                    scale_unit=plan.scale_unit, unit_norm=np.nan if unit is None else unit,
-                    vector_group="" if g.method == "random" else vectors_path(lm.key, behavior, g.method, g.run),
-                    nproc=ranks().size))
+        settings_by_label = {g.label: settings for g, settings in todo}
+        split_attrs = run_attrs(plan.settings, plan.version, started, seconds, skipped=plan.skipped,
+                                orders=plan.orders, score=plan.scores, behavior=plan.behavior, nproc=ranks().size)
+        written = []
+        for span, values in results:
+            g = span.group
+            unit = units.get(g.source_layer)
+            attrs = run_attrs(settings_by_label[g.label], plan.version, started, seconds, source_layer=g.source_layer,
+                              site=sites[g.source_layer], sign_free=int(g.sign_free), raw=int(plan.raw),
+                              orders=plan.orders, score=plan.scores, scale_unit=plan.scale_unit,
+                              unit_norm=np.nan if unit is None else unit,
+                              vector_group="" if g.method == "random" else vectors_path(lm.key, plan.behavior, g.method,
+                                                                                         g.run),
+                              nproc=ranks().size)
+            written.append((g.method, g.run, group_datasets(plan, span, values, calibrations.get(g.label)), attrs))
+        write_eval_results(store, lm, plan.behavior, plan.split, (split_datasets(plan, texts, baseline), split_attrs),
+                           written, replace_split=plan.fresh)
+        checkpoint.discard()
     say(f"{plan.path}: wrote baseline and {len(results)} groups in {seconds:.0f}s")

@@ -36,6 +36,7 @@ from typing import Literal, Sequence, get_args
 import numpy as np
 import torch
 
+from steerlab.base.errors import UserError
 from steerlab.base.parallel import ranks
 from steerlab.base.progress import say, step
 from steerlab.lm.generate import generate_ids, prompt_ids
@@ -210,6 +211,18 @@ def kl_norms(model: torch.nn.Module, texts: list[ScoredText], layer: int, direct
     return Calibration(norm_best, kl_best, reached, probes)
 
 
+def out_of_reach(found: Calibration, targets: list[float], max_norm: float) -> None:
+    """A UserError when some target is beyond every direction: each stopped at the largest |θ| the
+    search allows with a smaller KL, so no setting would ever cost it (before any eval work)."""
+    capped = (found.norms >= max_norm * (1 - 1e-9)) & (found.kl < np.asarray(targets)[None, :])
+    beyond = [t for j, t in enumerate(targets) if capped[:, j].all()]
+    if beyond:
+        largest = float(found.kl[capped].max())
+        raise UserError(f"KL target(s) {', '.join(f'{t:g}' for t in beyond)} are out of reach: at |θ| ≤ {max_norm:.3g} "
+                        f"({MAX_UNITS:g} × the median ‖h_S‖) no direction costs more than {largest:.3g} nats per token "
+                        f"on the neutral texts; use SCALES of at most {largest:.3g}")
+
+
 @dataclass
 class GroupCalibration:
     """One vector group's calibration, in eval's layout: [k, n_signed] with the signed targets
@@ -257,6 +270,7 @@ class Calibrator:
                              settings_per_pass=self.settings_per_pass)
             say(f"  KL calibration at layer {layer}: {len(rows)} directions × {len(self.targets)} targets "
                 f"in {found.probes} probes; {int(found.reached.sum())} of {found.reached.size} reached")
+            out_of_reach(found, self.targets, MAX_UNITS * unit)
             for g in here:
                 shape = (len(g.vectors), len(signed_scales(self.targets, g.sign_free)))
                 self.done[calibration_key(g)] = GroupCalibration(np.zeros(shape), np.zeros(shape), np.zeros(shape, bool))
@@ -266,10 +280,32 @@ class Calibrator:
                 # signed layout: −t_m .. −t_1, t_1 .. t_m for sign-free groups, t_1 .. t_m otherwise
                 columns = range(m - 1, -1, -1) if sign < 0 else range(cal.norms.shape[1] - m, cal.norms.shape[1])
                 for target, column in enumerate(columns):
-                    cal.norms[v, column] = sign * found.norms[row, target]
+                    # as the store keeps it (float32): a split scored in a later run takes val's |θ|
+                    # from the store, and gets exactly the θ an uninterrupted run used
+                    cal.norms[v, column] = np.float32(sign * found.norms[row, target])
                     cal.kl[v, column] = found.kl[row, target]
                     cal.reached[v, column] = found.reached[row, target]
         return {g.label: self.done[calibration_key(g)] for g in groups}
+
+
+def calibration_arrays(calibrator: Calibrator) -> dict[str, np.ndarray]:
+    """Every calibration ``calibrator`` holds, as arrays a checkpoint keeps (``saved_calibrations``
+    reads them back)."""
+    arrays = {}
+    for n, (key, cal) in enumerate(sorted(calibrator.done.items())):
+        arrays |= {f"cal/{n}/key": np.array(key), f"cal/{n}/norms": cal.norms, f"cal/{n}/kl": cal.kl,
+                   f"cal/{n}/reached": cal.reached}
+    return arrays
+
+
+def saved_calibrations(saved: dict[str, np.ndarray]) -> dict[str, GroupCalibration]:
+    """The calibrations among a checkpoint's arrays (``calibration_arrays``), by calibration key."""
+    found, n = {}, 0
+    while f"cal/{n}/key" in saved:
+        found[str(saved[f"cal/{n}/key"])] = GroupCalibration(saved[f"cal/{n}/norms"], saved[f"cal/{n}/kl"],
+                                                             saved[f"cal/{n}/reached"].astype(bool))
+        n += 1
+    return found
 
 
 def calibration_key(group: VectorGroup) -> str:
@@ -334,6 +370,7 @@ def size_at_cost(vector: SteeringVector, model, tokenizer=None, kl: float = 0.04
     per-token KL(unsteered ‖ steered) over the unsteered model's own continuations of neutral
     prompts (``neutral_texts_for``; or ready ``texts``), found by eval's search to within 10%."""
     lm = as_loaded(model, tokenizer)
+    vector.check_width(lm.model)
     if not kl > 0:
         raise ValueError(f"kl must be a positive cost in nats per token, got {kl}")
     texts = texts if texts is not None else neutral_texts_for(lm, prompts)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal, get_args
 
+import numpy as np
 import torch
 
 from steerlab.base.errors import UserError
@@ -87,8 +88,8 @@ def _project_gradient(grad: torch.Tensor, unit: torch.Tensor, earlier: torch.Ten
 
 def _ascend(model: torch.nn.Module, prefixes: list[Prefix], bases: list[torch.Tensor],
             target_layer: int, start: torch.Tensor, earlier: torch.Tensor, radius: float, p: float,
-            q: float, steps: int, lr: float, progress: Progress | None, first: int, ranks: Ranks
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+            q: float, steps: int, lr: float, progress: Progress | None, first: int, ranks: Ranks,
+            saved: dict, save: Callable[[dict], None] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Train the rows of ``start`` together against the fixed orthonormal rows of ``earlier``.
     Returns the final vectors [m, d] fp32 and the trace [steps, m] fp32.
 
@@ -96,7 +97,9 @@ def _ascend(model: torch.nn.Module, prefixes: list[Prefix], bases: list[torch.Te
     the root is additive over batches, and ∇(S^(1/q)) = (1/q)·S^(1/q−1)·∇S is applied per vector
     once S is complete, so batching the prompts changes nothing but the memory held. For the
     same reason the ranks' shares of the prompts (maybe none) only add their S and ∇S by an
-    all-reduce: every rank then takes the same step on the same θ.
+    all-reduce: every rank then takes the same step on the same θ. ``save`` gets θ, the
+    optimiser's state and the trace after every step (keys under ``v<first>/``); ``saved`` holding
+    them resumes there, on the steps an uninterrupted run takes.
     """
     copies = start.shape[0]
     stacked = [prefix.repeat(copies) if copies > 1 else prefix for prefix in prefixes]
@@ -105,7 +108,16 @@ def _ascend(model: torch.nn.Module, prefixes: list[Prefix], bases: list[torch.Te
     optimiser = torch.optim.AdamW([theta], lr=lr, betas=BETAS, weight_decay=WEIGHT_DECAY,
                                   amsgrad=AMSGRAD)
     trace = torch.empty(steps, copies)
-    for t in range(steps):
+    key, done = f"v{first}/", 0
+    if f"{key}theta" in saved:
+        with torch.no_grad():
+            theta.copy_(torch.from_numpy(saved[f"{key}theta"]))
+        state = {name[len(key) + 5:]: torch.from_numpy(value) for name, value in saved.items()
+                 if name.startswith(f"{key}adam/")}
+        optimiser.state[theta] = {name: value.to(theta.device) if value.dim() else value for name, value in state.items()}
+        done = int(saved[f"{key}steps"])
+        trace[:done] = torch.from_numpy(saved[f"{key}trace"])[:done]
+    for t in range(done, steps):
         optimiser.zero_grad(set_to_none=True)
         total = torch.zeros(copies, dtype=torch.float64, device=theta.device)
         for prefix, batch, base in zip(stacked, prefixes, bases):
@@ -125,6 +137,10 @@ def _ascend(model: torch.nn.Module, prefixes: list[Prefix], bases: list[torch.Te
             theta.copy_(radius * orthonormal_after(earlier, theta))
         if progress is not None:
             progress(first, t, trace[t])
+        if save is not None:
+            save(saved | {f"{key}theta": theta.detach().cpu().numpy(), f"{key}steps": np.array(t + 1),
+                          f"{key}trace": trace.numpy()}
+                 | {f"{key}adam/{name}": value.cpu().numpy() for name, value in optimiser.state[theta].items()})
     return theta.detach(), trace
 
 
@@ -148,13 +164,16 @@ def displacement_objective(model: torch.nn.Module, prefixes: list[Prefix], vecto
 def melbo(model: torch.nn.Module, prefixes: Prefix | list[Prefix], target_layer: int, k: int,
           *, radius: float, p: float = 2.0, q: float = 1.0, steps: int = 300, lr: float = 1e-3,
           seed: int = 0, mode: MelboMode = "batched", progress: Progress | None = None,
-          ranks: Ranks = SINGLE) -> MelboResult:
+          ranks: Ranks = SINGLE, saved: dict | None = None, save: Callable[[dict], None] | None = None
+          ) -> MelboResult:
     """k MELBO vectors from the cached prefix of each prompt batch (``run_prefix`` at the source
     layer); the objective runs over the prompts of all batches together, and under several
     ``ranks`` over every rank's batches (``prefixes`` is this rank's share, maybe empty).
 
     The k random starting directions are drawn at once from ``seed``, so both modes start vector
-    i from the same draw (projected off the vectors before it).
+    i from the same draw (projected off the vectors before it). ``save`` is called after every
+    step with what the run has done (``saved`` such a state resumes it: in sequential mode the
+    finished vectors and the one in training).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -173,17 +192,19 @@ def melbo(model: torch.nn.Module, prefixes: Prefix | list[Prefix], target_layer:
                  for prefix in prefixes]
     bases = [base.to(torch.promote_types(base.dtype, torch.float32)) for base in bases]
     none = torch.zeros(0, d, dtype=torch.float64, device=device)
-    run = dict(radius=radius, p=p, q=q, steps=steps, lr=lr, progress=progress, ranks=ranks)
+    saved = dict(saved or {})
+    run = dict(radius=radius, p=p, q=q, steps=steps, lr=lr, progress=progress, ranks=ranks, save=save)
     if mode == "batched":
-        vectors, trace = _ascend(model, prefixes, bases, target_layer, draws, none, first=0, **run)
+        vectors, trace = _ascend(model, prefixes, bases, target_layer, draws, none, first=0, saved=saved, **run)
     else:
         found, traces = [], []
         for i in range(k):
             earlier = orthonormal_after(none, torch.stack(found)) if found else none
             vector, trace = _ascend(model, prefixes, bases, target_layer, draws[i:i + 1], earlier,
-                                    first=i, **run)
+                                    first=i, saved=saved, **run)
             found.append(vector[0])
             traces.append(trace)
+            saved |= {f"v{i}/theta": vector.cpu().numpy(), f"v{i}/steps": np.array(steps), f"v{i}/trace": trace.numpy()}
         vectors, trace = torch.stack(found), torch.cat(traces, dim=1)
     vectors = vectors.float().cpu()
     ranks.check_identical(vectors, "MELBO's vectors")

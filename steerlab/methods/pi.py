@@ -48,16 +48,18 @@ def top_singular(model: torch.nn.Module, prefixes: list[Prefix], batches: list[l
                  k: int, *, tokens: str = "all", theta0: torch.Tensor | None = None, iters: int = 12,
                  oversample: int = 8, tol: float = 1e-3, seed: int = 0, start: torch.Tensor | None = None,
                  chunk: int | None = None, ranks: Ranks = SINGLE,
-                 progress: Callable[[int, torch.Tensor, float], None] | None = None) -> Linearised:
+                 progress: Callable[[int, torch.Tensor, float], None] | None = None,
+                 saved: dict | None = None, save: Callable[[dict], None] | None = None) -> Linearised:
     """The top ``k`` right singular vectors of J at ``theta0`` (None: 0) over this rank's
     ``prefixes``, whose prompts are ``batches`` (prompt indices, one list per prefix).
 
     ``tokens`` picks J's rows (all real positions, or ``last:N`` of each prompt); ``start`` warm-starts
     the block (the previous θ₀'s vectors, in a sweep); ``chunk`` bounds how many vectors pass through
-    the vmapped JVP together; ``progress`` is ``power_iteration``'s."""
+    the vmapped JVP together; ``progress``, ``saved`` and ``save`` are ``power_iteration``'s (its
+    progress, and resuming from a killed run's last step)."""
     jacobian = jacobian_at(model, prefixes, target_layer, tokens, theta0=theta0, ranks=ranks, chunk=chunk)
     result = power_iteration(jacobian, k, iters=iters, oversample=oversample, tol=tol, seed=seed,
-                             progress=progress, start=start, ranks=ranks)
+                             progress=progress, start=start, ranks=ranks, saved=saved, save=save)
     positions = [(batch[row], col) for batch, part in zip(batches, jacobian.parts)
                  for row, col in zip(part.rows.tolist(), part.cols.tolist())]
     positions = ranks.gather(positions)
@@ -98,14 +100,17 @@ class Sweep:
         pairs = list(batched_prefixes(model, prompts, source_layer, pad_id, batch_size, ranks=ranks))
         self.batches, self.prefixes = [batch for batch, _ in pairs], [prefix for _, prefix in pairs]
         self.model, self.target_layer, self.tokens, self.chunk, self.ranks = model, target_layer, tokens, chunk, ranks
-        self.last: torch.Tensor | None = None  # the last point's top vectors
+        # the last point's top vectors, as the store keeps them (float32), so that a sweep resumed
+        # after a stored point starts the next one exactly where an uninterrupted sweep does
+        self.last: torch.Tensor | None = None
         self.at_zero: Jacobian | None = None
 
     def at(self, theta0: torch.Tensor | None, k: int, **iteration) -> Linearised:
-        """``top_singular`` at ``theta0``; ``iteration``: its iters, oversample, tol, seed, progress."""
+        """``top_singular`` at ``theta0``; ``iteration``: its iters, oversample, tol, seed, progress,
+        saved, save."""
         found = top_singular(self.model, self.prefixes, self.batches, self.target_layer, k, tokens=self.tokens,
                              theta0=theta0, start=self.last, chunk=self.chunk, ranks=self.ranks, **iteration)
-        self.last = found.result.vectors
+        self.last = found.result.vectors.float().double()
         return found
 
     def drift(self, found: Linearised, top_at_zero: torch.Tensor) -> Drift:

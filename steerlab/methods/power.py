@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 
 from steerlab.base.errors import UserError
@@ -59,7 +60,9 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def power_iteration(op: LinearOperator, k: int, *, iters: int = 12, oversample: int = 8,
                     tol: float = 1e-3, seed: int = 0, dtype: torch.dtype = torch.float64,
                     progress: Callable[[int, torch.Tensor, float], None] | None = None,
-                    start: torch.Tensor | None = None, ranks: Ranks = SINGLE) -> PowerResult:
+                    start: torch.Tensor | None = None, ranks: Ranks = SINGLE,
+                    saved: dict[str, np.ndarray] | None = None,
+                    save: Callable[[dict[str, np.ndarray]], None] | None = None) -> PowerResult:
     """Top-k singular directions of J via block power iteration on JᵀJ (see module docstring).
 
     Stops after ``iters`` steps, or earlier once the top-k subspace moves less than ``tol``
@@ -68,6 +71,9 @@ def power_iteration(op: LinearOperator, k: int, *, iters: int = 12, oversample: 
     (e.g. the Ritz vectors of a nearby operator); random columns fill the rest. Under several
     ``ranks`` (an operator whose products are all-reduced) every rank runs this same linear algebra
     on the same numbers; that the result is bitwise the same on all is checked at the end.
+    ``save(state)`` is called after every step with what the next step starts from (the block,
+    the last top-k and the record so far), and ``saved`` (such a state) resumes there: the steps
+    that follow are the ones an uninterrupted run takes.
     """
     d = op.d_model
     if not 0 < k <= d:
@@ -81,8 +87,15 @@ def power_iteration(op: LinearOperator, k: int, *, iters: int = 12, oversample: 
         warm = start.to(dtype)[:width].T
         block[:, : warm.shape[1]] = warm
     block, _ = torch.linalg.qr(block)
-    previous, residuals, changes, converged = None, [], [], False
-    for step in range(1, iters + 1):
+    previous, residuals, changes, converged, first = None, [], [], False, 1
+    if saved:
+        block = torch.from_numpy(saved["block"]).to(dtype)
+        previous = torch.from_numpy(saved["previous"]).to(dtype)
+        residuals = [torch.from_numpy(r).to(dtype) for r in saved["residuals"]]
+        changes = [float(c) for c in saved["changes"]]
+        first = len(changes) + 1
+        top = previous
+    for step in range(first, iters + 1):
         product = op.jtj(block.T).T.to(dtype)  # JᵀJ Q, [d, width]
         small = block.T @ product
         values, rotation = torch.linalg.eigh((small + small.T) / 2)
@@ -102,6 +115,9 @@ def power_iteration(op: LinearOperator, k: int, *, iters: int = 12, oversample: 
             converged = True
             break
         block, _ = torch.linalg.qr(ritz_product)
+        if save is not None:
+            save({"block": block.numpy(), "previous": previous.numpy(), "residuals": torch.stack(residuals).numpy(),
+                  "changes": np.array(changes)})
     vectors = top.T.contiguous()
     ranks.check_identical(vectors, "the power iteration's vectors")
     sigmas = op.jvp_norms(vectors).to(dtype)

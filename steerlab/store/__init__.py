@@ -1,6 +1,6 @@
 """The HDF5 store, by job: ``layout`` (paths and run names), ``io`` (locked all-or-nothing writes,
-migration), ``provenance`` (settings, code hashes) and ``groups`` (one reader and one writer per
-kind of group). Import from ``steerlab.store``; the submodules are where each thing lives.
+migration), ``provenance`` (settings, code hashes), ``groups`` (one reader and one writer per
+kind of group) and ``checkpoint`` (a group's partial work beside the store, for resuming). Import from ``steerlab.store``; the submodules are where each thing lives.
 
 Layout (docs/DESIGN.md, "The store"); this module alone builds these paths::
 
@@ -18,6 +18,7 @@ Everything computed from a behaviour's items lives under its name, so behaviours
 what depends on the model alone (neutral text) and what spans behaviours (the matrix) does not.
 
 """
+from steerlab.store.checkpoint import *  # noqa: F401,F403
 from steerlab.store.groups import *  # noqa: F401,F403
 from steerlab.store.io import *  # noqa: F401,F403
 from steerlab.store.layout import *  # noqa: F401,F403

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 from steerlab.base.errors import StoreError
-from steerlab.store.io import open_for_reading, replace_group
+from steerlab.store.io import open_for_reading, replace_group, writing
 from steerlab.store.layout import (
     evals_path,
     neutral_path,
@@ -146,6 +146,18 @@ def write_eval_group(h5: h5py.File, lm, behavior: str, split: str, method: str, 
     """/<model>/<behavior>/evals/<split>/<method>/<run>: one group's scores on the split."""
     return replace_group(h5.require_group(evals_path(lm.key, behavior, split, method)), run,
                          datasets, attrs)
+
+
+def write_eval_results(store: str | Path, lm, behavior: str, split: str, split_data: tuple[dict, dict],
+                       groups: list[tuple[str, str, dict, dict]], *, replace_split: bool) -> None:
+    """One eval's results in one atomic update of ``store``: the split's question ids and baseline
+    (``split_data``: datasets and attributes; written when ``replace_split`` or the split is not
+    stored yet) and each scored group, (method, run, datasets, attributes)."""
+    with writing(store) as h5:
+        if replace_split or evals_path(lm.key, behavior, split) not in h5:
+            write_eval_split(h5, lm, behavior, split, *split_data)
+        for method, run, datasets, attrs in groups:
+            write_eval_group(h5, lm, behavior, split, method, run, datasets, attrs)
 
 
 def generations_datasets(prompts: list[tuple[str, str, str]], rows: list[dict], thetas: np.ndarray,

@@ -5,6 +5,7 @@ copy is complete and flushed, so an exception or a SIGKILL mid-write leaves the 
 intact. A lock file (``flock``) keeps a second writer out."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -127,15 +128,43 @@ def writing(path: str | Path, wait_seconds: float | None = None) -> Iterator[h5p
         wait_seconds = float(os.environ.get("STORE_WAIT", "60"))
     if path.exists() and not h5py.is_hdf5(path):
         raise StoreError(f"{path} is not an HDF5 file: move it away or point STORE= elsewhere")
-    with _lock(path, wait_seconds), replaced_on_success(path) as partial:
-        if path.exists():
-            shutil.copyfile(path, partial)
-        with _open(partial, "a", path) as h5:
-            migrate(h5)
-            h5.attrs["schema_version"] = SCHEMA_VERSION
-            h5.attrs.setdefault("created", now())
-            h5.attrs["updated"] = now()
-            yield h5
+    with _lock(path, wait_seconds):
+        try:
+            with replaced_on_success(path) as partial:
+                if path.exists():
+                    shutil.copyfile(path, partial)
+                with _open(partial, "a", path) as h5:
+                    migrate(h5)
+                    h5.attrs["schema_version"] = SCHEMA_VERSION
+                    h5.attrs.setdefault("created", now())
+                    h5.attrs["updated"] = now()
+                    yield h5
+        except (OSError, RuntimeError) as err:
+            if not _out_of_space(err):
+                raise
+            size = path.stat().st_size if path.exists() else 0
+            free = shutil.disk_usage(path.parent).free
+            raise StoreError(
+                f"could not write {path}: no room on its disk ({_reason(err)}). An update writes a whole copy "
+                f"of the store ({size / 1e6:.1f} MB) beside it plus the new results, and {free / 1e6:.0f} MB "
+                f"are free in {path.parent}: free at least {max(size, 1) / 1e6:.1f} MB more there, or point "
+                "STORE= at a disk with room. The store is as it was before this run") from err
+
+
+# errno values of a write that found no room: no space, a file too large, a quota reached
+_NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _out_of_space(err: BaseException) -> bool:
+    """Whether ``err`` (an OSError, or the RuntimeError h5py raises when closing a file it could not
+    extend) says the disk or the file size limit ran out."""
+    if isinstance(err, OSError) and err.errno in _NO_ROOM:
+        return True
+    return any(f"errno = {code}," in str(err) for code in _NO_ROOM) or "No space left" in str(err)
+
+
+def _reason(err: BaseException) -> str:
+    return err.strerror if isinstance(err, OSError) and err.strerror else str(err).split("error message = ")[-1].strip(" ')")
 
 
 def is_current(path: str | Path, group_path: str, settings: dict, version: str) -> bool:
