@@ -23,7 +23,7 @@ with SDPA restricted to its math backend.
 """
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Callable, Literal, get_args
 
 import torch
 from torch.func import linearize, vjp, vmap
@@ -70,13 +70,17 @@ class BatchJacobian:
 
     def __init__(self, model: torch.nn.Module, prefix: Prefix, target_layer: int,
                  tokens: str = "all", theta0: torch.Tensor | None = None,
-                 jvp: JvpMode = "transpose", chunk: int | None = None):
+                 jvp: JvpMode = "transpose", chunk: int | None = None,
+                 positions: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 readout: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """``positions`` (rows, columns) replaces ``tokens`` as the positions read; ``readout``
+        maps the residuals read there [n, d] to the output (e.g. the head's logits [n, vocab])."""
         if jvp not in JVP_MODES:
             raise ValueError(f"jvp must be one of {JVP_MODES}, got {jvp!r}")
         if chunk is not None and chunk < 1:
             raise ValueError(f"chunk must be a positive number of vectors, got {chunk}")
         self.chunk = chunk
-        self.rows, self.cols = read_positions(prefix.attention_mask, tokens)
+        self.rows, self.cols = positions if positions is not None else read_positions(prefix.attention_mask, tokens)
         self.d_model = prefix.hidden.shape[-1]
         self.model_dtype = prefix.hidden.dtype
         self.device = prefix.hidden.device
@@ -85,7 +89,8 @@ class BatchJacobian:
         primal = theta0.to(self.device, self.model_dtype)
 
         def f(theta: torch.Tensor) -> torch.Tensor:
-            return segment(model, prefix, theta, target_layer)[self.rows, self.cols].reshape(-1)
+            read = segment(model, prefix, theta, target_layer)[self.rows, self.cols]
+            return (read if readout is None else readout(read)).reshape(-1)
 
         with math_attention():
             self.output, self._vjp = vjp(f, primal)

@@ -21,12 +21,13 @@ Its plain twins (a full HF forward with θ hooked in) are in ``steerlab.measure.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from steerlab.lm.segment import (
     KeyValueCache,
+    batched_prefixes,
     continuation_layer_kwargs,
     opening_shareable,
     record_opening,
@@ -219,3 +220,39 @@ def _stem_passes(model, prefix, layout: SharedLayout, batch: list[int], read_at,
                              prefix.source_layer + 1, last_layer)
         read_rows = each[:, None] * n_t + row_of[None]
         yield settings, head(model, steered[read_rows, col_of[None].expand_as(read_rows)])
+
+
+# What a gradient request scores: the logits at a batch's read positions [n_read, vocab] (sequence
+# after sequence, each its read positions in order), the indices of the batch's sequences and how
+# many positions each read; one value per sequence, differentiable.
+Objective = Callable[[torch.Tensor, list[int], list[int]], torch.Tensor]
+
+
+def sequence_gradients(model: torch.nn.Module, sequences: Sequence[tuple[int, ...]], read_at: Sequence[list[int]],
+                       source_layer: int, objective: Objective, *, pad_id: int, batch_size: int = QUESTIONS_PER_PASS,
+                       theta0: torch.Tensor | None = None,
+                       progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """[n_sequences, d] fp64: for each sequence, the gradient with respect to θ (added after
+    layer S at every position, so the gradient sums over positions) of ``objective``'s value for
+    it, at ``theta0`` (default 0). One backward per batch: each sequence has its own θ row, so the
+    gradient of the batch's sum is every sequence's own gradient. Runs whole sequences with the
+    model's own masks; the plain twin is a finite difference of the same objective."""
+    needed = [tuple(seq[: max(at) + 1]) for seq, at in zip(sequences, read_at)]
+    d = model.get_input_embeddings().embedding_dim
+    last_layer = len(decoder_layers(model)) - 1
+    out = torch.zeros(len(sequences), d, dtype=torch.float64)
+    for batch, prefix in batched_prefixes(model, needed, source_layer, pad_id, batch_size):
+        device, dtype = prefix.hidden.device, prefix.hidden.dtype
+        reads = [read_at[i] for i in batch]
+        rows = torch.tensor([r for r, at in enumerate(reads) for _ in at], device=device)
+        cols = torch.tensor([c for at in reads for c in at], device=device)
+        theta = torch.zeros(len(batch), d, dtype=dtype, device=device, requires_grad=True)
+        start = prefix.hidden if theta0 is None else prefix.hidden + theta0.to(device, dtype)
+        with torch.enable_grad():
+            hidden = run_layers(model, start + theta[:, None, :], prefix.layer_kwargs, source_layer + 1, last_layer)
+            values = objective(head(model, hidden[rows, cols]), batch, [len(at) for at in reads])
+            (grad,) = torch.autograd.grad(values.sum(), theta)
+        out[batch] = grad.double().cpu()
+        if progress:
+            progress(len(batch))
+    return out
