@@ -26,6 +26,7 @@ include .make/defaults.mk
 # Only Make's own (no runner has them), and aliases:
 LAYERS     ?= $(LAYER)## caa: several source layers for a sweep, e.g. "3 5 7 9" (default: LAYER)
 RAW        ?= 0## eval: 1 scales raw vectors instead of unit-normalised ones
+LAMBDAS    ?=## ceiling: regularisers of F + λI in units of F's mean eigenvalue, e.g. "0.1 1 inf" (default: the runner's)
 NPROC      ?= 1## caa, pi, pi_caa, melbo, eval, generate: processes under torchrun, each on its share of the work (CUDA: NCCL, one GPU each; CPU: gloo); 1: one process, no process group
 FORCE      ?= 0## 1 recomputes groups whose settings and code are unchanged
 SAMPLE     ?= 0## generate: 1 samples (seeded by SEED) instead of greedy decoding
@@ -37,10 +38,13 @@ BENCH_EVAL_QUESTIONS ?= 16## bench: first val questions of the eval benchmark, o
 BENCH_EVAL_SETTINGS  ?= 4## bench: θ settings of the eval benchmark
 STUDY_MODEL    ?= qwen2.5-0.5b## study: the model whose methods are ranked (a preset name or a model folder)
 STUDY_N_VAL    ?= 64## study: val questions the choice is made on
-STUDY_N_TEST   ?= 128## study: test questions the ranking is scored on (all: 232 for survival-instinct); 128 decided the first rank on Qwen2.5-0.5B in 142 min here beside other jobs, 64 (79 min) did not
-STUDY_N_RANDOM ?= 8## study: random directions at each cost val chose (each in both signs: 16 draws)
+STUDY_N_TEST   ?= all## study: test questions the ranking is scored on (all: 232 for survival-instinct)
+STUDY_N_RANDOM ?= 4## study: measured random directions at each cost val chose (each in both signs: 8 draws), which validate the first-order null of thousands
+STUDY_ITERS    ?= 60## study: PI's step budget; it stops earlier once converged (TOL)
+STUDY_TOL      ?= 1e-3## study: PI's convergence: the top-k subspace moves less than this between steps
+STUDY_N_DOSE   ?= 48## study: test questions on the dose ladder (the first by id)
 STUDY_SCALES   ?= 0.01 0.04## study: val's grid in SCALE_UNIT (KL_MAX 0.05 leaves these two eligible)
-STUDY_AT_SCALES ?= 0.04 0.16## study: the points along the CAA path (in SCALE_UNIT) where PI@CAA is also linearised, beside the raw CAA vector
+STUDY_AT_SCALES ?=## study: points along the CAA path (in SCALE_UNIT) where PI@CAA is also linearised, e.g. "0.04 0.16" (off: docs/study-qwen2.5-0.5b-2026-12-03.md settled it)
 STUDY_STORE    ?= results/study/store.h5## study: its own store, apart from the main job's
 
 # ---- plumbing ------------------------------------------------------------------------------------
@@ -76,7 +80,8 @@ RUN_DP  = $(if $(filter 1,$(NPROC)),$(RUN),PYTHONUNBUFFERED=1 $(VENV)/bin/torchr
 .DEFAULT_GOAL := all
 .PHONY: all help help-all venv model lint test test-fast test-gemma test-qwen test-compat \
 	study study-test study-page check-gguf check-lm-eval check-install lm-eval-tasks \
-	caa pi pi_caa melbo eval report plot export generate bench bench-smoke ingest migrate matrix clean
+	caa pi pi_caa melbo gradients ceiling dose transfer eval report plot export generate bench bench-smoke ingest \
+	migrate matrix clean
 
 all: caa pi pi_caa melbo eval report plot generate ## the whole experiment on $(MODEL): every method, eval, report, figures
 	@echo "figures:"; ls -1 $(RESULTS)/$(BEHAVIOR)/*.png 2>/dev/null | sed 's/^/  /'
@@ -215,6 +220,25 @@ melbo: $(VENV)/.installed $(MODEL_DEP) ## K orthogonal MELBO vectors of norm R (
 	$(strip $(RUN_DP) steerlab.cli.melbo $(COMMON) $(SEGMENT) $(call arg,--radius,R) $(call arg,--p,P) $(call arg,--q,Q) \
 	    $(call arg,--steps,STEPS) $(call arg,--lr,LR))
 
+gradients: $(VENV)/.installed $(MODEL_DEP) ## what first order needs: the KL's Fisher at θ = 0 (top eigenpairs) and each train and test question's gradient of both scores, at LAYER
+	$(strip $(RUN) steerlab.cli.gradients $(COMMON) $(call arg,--layer,LAYER) $(call arg,--splits,GRADIENT_SPLITS) \
+	    $(call arg,--n-train,N_TRAIN) $(call arg,--n-eval,N_EVAL) $(call arg,--fisher-k,FISHER_K) \
+	    $(call arg,--fisher-oversample,FISHER_OVERSAMPLE) $(call arg,--fisher-iters,FISHER_ITERS) \
+	    $(call arg,--probes,FISHER_PROBES) $(call arg,--seed,SEED) $(NEUTRAL_ARGS))
+
+ceiling: $(VENV)/.installed ## the best direction at a given KL cost to first order, (F + λI)⁻¹ ḡ fitted on train, one vector per λ (needs `make gradients`)
+	$(strip $(RUN) steerlab.cli.ceiling $(STORE_ARGS) $(BEHAVIOR_ARGS) $(call arg,--layer,LAYER) $(call arg,--fit-on,FIT_ON) \
+	    $(call arg,--lambdas,LAMBDAS) $(if $(filter 1,$(FORCE)),--force))
+
+dose: $(VENV)/.installed $(MODEL_DEP) ## each method's val choice and random directions at a ladder of KL costs (DOSE_COSTS) until the model breaks
+	$(strip $(RUN) steerlab.cli.dose $(COMMON) $(call arg,--costs,DOSE_COSTS) $(call arg,--n-eval,N_DOSE) \
+	    $(call arg,--n-random,DOSE_N_RANDOM) $(call arg,--sample-tokens,DOSE_SAMPLE_TOKENS) $(CHOICE_ARGS) \
+	    $(call arg,--seed,SEED) $(NEUTRAL_ARGS))
+
+transfer: $(VENV)/.installed $(MODEL_DEP) ## BEHAVIOR's chosen vectors (the ceiling's and CAA's) on every behaviour's test questions: does a vector carry the behaviour or the score's form?
+	$(strip $(RUN) steerlab.cli.transfer $(COMMON) $(call arg,--behaviors,BEHAVIORS) $(call arg,--methods,TRANSFER_METHODS) \
+	    $(call arg,--n-eval,TRANSFER_N_EVAL) $(CHOICE_ARGS))
+
 eval: $(VENV)/.installed $(MODEL_DEP) ## both scores (letter in both answer orders, cloze) of every stored vector, the unsteered model and random directions, with KL on neutral text
 	$(strip $(RUN_DP) steerlab.cli.eval $(COMMON) $(SCALE_ARGS) $(call arg,--n-eval,N_EVAL) $(call arg,--n-random,N_RANDOM) \
 	    $(call arg,--splits,SPLITS) $(call arg,--seed,SEED) $(call arg,--layer,LAYER) $(if $(filter 1,$(RAW)),--raw) \
@@ -270,19 +294,31 @@ matrix: $(VENV)/.installed $(MODEL_DEP) ## each behaviour's METHOD vector, chose
 	$(MATRIX)
 
 # ---- the study: the seed experiment's comparison, decided on one model (steerlab/cli/study.py) ----------
-# Every method's vectors (PI@CAA also along the CAA path, at STUDY_AT_SCALES); val scored at
-# STUDY_SCALES (the choice: KL ≤ KL_MAX, by SELECT_BY); test scored only at the costs val chose,
-# with STUDY_N_RANDOM random directions there (both signs of each are draws of the distribution);
-# then docs/study-<model>-<date>.md. Sized for about 3 h on 2 cores with Qwen2.5-0.5B (its page
-# says what it took).
+# Stages, each timed with its peak memory into $(STUDY_STORE).stages (steerlab/cli/stage.py):
+# every method's vectors (PI run to convergence: STUDY_ITERS steps at most, TOL); the first-order
+# inputs (the KL's Fisher, the train and test questions' score gradients) and the ceiling fitted
+# on them; val scored at STUDY_SCALES (the choice: KL ≤ KL_MAX, by SELECT_BY); test scored only at
+# the costs val chose, with STUDY_N_RANDOM measured random directions there (the first-order null
+# gives thousands more); the prompting baseline; the dose ladder to breakdown on STUDY_N_DOSE test
+# questions; the chosen vectors on every behaviour's questions (behaviour or form?); steered
+# generations; then docs/study-<model>-<date>.md. Every stage resumes where a kill left it: rerun
+# the same command. Sized for about 4 h on 2 cores with Qwen2.5-0.5B (its page says what it took).
 STUDY = $(MAKE) --no-print-directory MODEL=$(STUDY_MODEL) STORE=$(STUDY_STORE)
+STAGE = $(PY) -m steerlab.cli.stage --record $(STUDY_STORE).stages --name
 
-study: ## the seed's comparison on STUDY_MODEL: each method chosen on val, ranked on test against a distribution of random directions at the same cost, with paired intervals (writes docs/study-*.md)
-	@mkdir -p $(dir $(STUDY_STORE)) && date +%s > $(STUDY_STORE).started
-	$(STUDY) caa pi pi_caa melbo
-	$(if $(strip $(STUDY_AT_SCALES)),$(STUDY) pi_caa AT_SCALES="$(STUDY_AT_SCALES)")
-	$(STUDY) eval SPLITS=val N_EVAL=$(STUDY_N_VAL) N_RANDOM=1 SCALES="$(STUDY_SCALES)"
-	$(STUDY) study-test study-page
+study: $(VENV)/.installed ## the seed's comparison on STUDY_MODEL: each method chosen on val, ranked on test between the first-order random null and the ceiling at the same cost, corrected for multiplicity, with the prompting baseline and the dose ladder (writes docs/study-*.md)
+	@mkdir -p $(dir $(STUDY_STORE))
+	$(STAGE) vectors -- $(STUDY) caa pi pi_caa melbo ITERS=$(STUDY_ITERS) TOL=$(STUDY_TOL)
+	$(if $(strip $(STUDY_AT_SCALES)),$(STAGE) path -- $(STUDY) pi_caa AT_SCALES="$(STUDY_AT_SCALES)" ITERS=$(STUDY_ITERS) TOL=$(STUDY_TOL))
+	$(STAGE) first_order -- $(STUDY) gradients N_EVAL=$(STUDY_N_TEST)
+	$(STAGE) ceiling -- $(STUDY) ceiling
+	$(STAGE) val -- $(STUDY) eval SPLITS=val N_EVAL=$(STUDY_N_VAL) N_RANDOM=1 SCALES="$(STUDY_SCALES)"
+	$(STAGE) test -- $(STUDY) study-test
+	$(STAGE) prompting -- $(STUDY) prompting SPLITS=test N_EVAL=$(STUDY_N_TEST)
+	$(STAGE) dose -- $(STUDY) dose N_DOSE=$(STUDY_N_DOSE)
+	$(STAGE) transfer -- $(STUDY) transfer
+	$(STAGE) generate -- $(STUDY) generate
+	$(STUDY) study-page
 
 # the two steps of `study` that need the preset's MODEL: test at val's costs, and the page
 study-test: $(VENV)/.installed
@@ -291,11 +327,10 @@ study-test: $(VENV)/.installed
 
 study-page: $(VENV)/.installed
 	$(strip $(RUN) steerlab.cli.study $(STORE_ARGS) $(CHOICE_ARGS) --out docs \
-	    --command "make study STUDY_MODEL=$(STUDY_MODEL) STUDY_N_VAL=$(STUDY_N_VAL) STUDY_N_TEST=$(STUDY_N_TEST) STUDY_N_RANDOM=$(STUDY_N_RANDOM) STUDY_AT_SCALES='$(STUDY_AT_SCALES)'" \
-	    $(if $(wildcard $(STORE).started),--seconds $$(( $$(date +%s) - $$(cat $(STORE).started) ))))
+	    --command "make study STUDY_MODEL=$(STUDY_MODEL) STUDY_N_VAL=$(STUDY_N_VAL) STUDY_N_TEST=$(STUDY_N_TEST) STUDY_N_RANDOM=$(STUDY_N_RANDOM) STUDY_N_DOSE=$(STUDY_N_DOSE) STUDY_AT_SCALES='$(STUDY_AT_SCALES)'")
 
 migrate: $(VENV)/.installed ## move an older STORE's groups to the current layout (under their behaviour)
 	$(RUN) steerlab.cli.migrate --store "$(STORE)"
 
 clean: ## remove the store and figures (keeps .venv and models/)
-	rm -rf $(STORE) $(STORE).lock $(STORE).partial $(STORE).resume $(RESULTS)
+	rm -rf $(STORE) $(STORE).lock $(STORE).partial $(STORE).resume $(STORE).stages $(RESULTS)

@@ -76,31 +76,50 @@ def test_test_takes_vals_norms_at_a_subset_of_its_targets(tiny_dir, tmp_path):
             np.testing.assert_array_equal(test["norms"][()], val["norms"][()][:, columns])
 
 
-def test_the_study_page_ranks_val_choices_on_test_against_random_draws(tiny_dir, tmp_path):
+def test_the_study_page_ranks_val_choices_between_the_first_order_null_and_the_ceiling(tiny_dir, tmp_path):
+    """Every stage of `make study` on a tiny model (PI, MELBO, prompting and generations aside), then the page."""
     store, out = tmp_path / "store.h5", tmp_path / "docs"
+    model = ("--model", tiny_dir, "--store", store)
     for position in ("letter", "answer"):
-        assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
-                   "--position", position).returncode == 0
-    common = ("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--scale-unit", "kl", "--layer", 1,
-              *SMALL_KL)
+        assert run("steerlab.cli.caa", *model, "--layers", 1, "--n-train", 4, "--position", position).returncode == 0
+    steps = [("steerlab.cli.gradients", "--layer", 1, "--n-train", 6, "--n-eval", 6, "--fisher-k", 8,
+              "--fisher-oversample", 4, "--fisher-iters", 2, "--probes", 4, *SMALL_KL),
+             ("steerlab.cli.ceiling", "--layer", 1)]
+    for module, *args in steps:
+        done = run(module, *model, *args)
+        assert done.returncode == 0, (module, done.stderr[-2000:])
+    common = ("steerlab.cli.eval", *model, "--scale-unit", "kl", "--layer", 1, *SMALL_KL)
     assert run(*common, "--splits", "val", "--n-eval", 4, "--scales", "0.002 0.005",
                "--n-random", 1).returncode == 0
-    chosen = run("steerlab.cli.study", "--store", store, "--model", tiny_dir, "--test-scales", "--kl-max", "1")
+    chosen = run("steerlab.cli.study", *model, "--test-scales", "--kl-max", "1")
     assert chosen.returncode == 0, chosen.stderr
     scales = chosen.stdout.split()
     assert scales and set(scales) <= {"0.002", "0.005"}
     assert run(*common, "--splits", "test", "--n-eval", 6, "--scales", " ".join(scales),
                "--n-random", 3).returncode == 0
-    page = run("steerlab.cli.study", "--store", store, "--model", tiny_dir, "--out", out, "--kl-max", "1",
-               "--seconds", 90)
+    for module, *args in [("steerlab.cli.dose", "--costs", "0.001 0.004", "--n-eval", 4, "--n-random", 1,
+                           "--sample-tokens", 3, "--kl-max", "1", *SMALL_KL),
+                          ("steerlab.cli.transfer", "--behaviors", "survival-instinct myopic-reward", "--n-eval", 4,
+                           "--kl-max", "1")]:
+        done = run(module, *model, *args)
+        assert done.returncode == 0, (module, done.stderr[-2000:])
+    (tmp_path / "store.h5.stages").write_text("vectors 60.0 1048576\nval 30.0 2097152\nval 12.0 1048576\n")
+    page = run("steerlab.cli.study", *model, "--out", out, "--kl-max", "1")
     assert page.returncode == 0, page.stderr
     written, = out.glob("study-*.md")
     text = written.read_text()
     assert "## Ranking by the cloze score (test)" in text and "## Ranking by the letter score (test)" in text
-    assert "CAA (letter)" in text and "CAA (answer texts)" in text
+    assert "CAA (letter)" in text and "CAA (answer texts)" in text and "Ceiling (fit on cloze)" in text
     assert "% of 6 |" in text  # 3 random directions in both signs
+    assert "| val | 0.7 min | 2.0 GiB |" in text  # a stage run twice: its times summed, its peak the larger
+    assert "4000 random directions at its cost, to first order" in text and "Holm" in text
+    assert "### The first-order null against measured draws" in text and "| 6 |" in text
+    assert "CAA's mean cosine between each training pair's difference" in text
+    assert "## At what cost: the ladder to breakdown (test)" in text and "-dose.png" in text
+    assert "## Behaviour or form?" in text and "myopic-reward" in text
     assert "| Qwen3-14B | CAA | +20 | 44.0 | -1.78 | +1.55 |" in text  # the seed's figures beside ours
     assert (out / written.name.replace(".md", ".png")).is_file()
+    assert (out / written.name.replace(".md", "-dose.png")).is_file()
 
 
 def test_pi_caa_along_the_path_is_named_by_its_point_in_its_unit():

@@ -134,8 +134,10 @@ def caa_group(job: Job, result, arrays: dict, attrs: dict) -> VectorGroup:
     return VectorGroup(
         "caa", job.run, result.vector[None].numpy().astype(np.float32), job.source_layer,
         sign_free=False,
-        arrays={"diff_norms": result.diff_norms.numpy(), "item_ids": np.array(result.item_ids), **arrays},
-        attrs={"norm": result.norm, "diff_norm_mean": float(result.diff_norms.mean()),
+        arrays={"diff_norms": result.diff_norms.numpy(), "pair_cosines": result.pair_cosines.numpy(),
+                "item_ids": np.array(result.item_ids), **arrays},
+        attrs={"norm": result.norm, "pair_cosine_mean": float(result.pair_cosines.mean()),
+               "diff_norm_mean": float(result.diff_norms.mean()),
                "diff_norm_std": float(result.diff_norms.std()), **attrs})
 
 

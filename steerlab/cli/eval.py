@@ -114,8 +114,9 @@ def run() -> None:
         lm.check_layer(args.layer, "LAYER")
     if not groups:
         say(f"no {args.behavior} vectors for {lm.key} in {args.store}: evaluating the baseline and random controls only")
-    for group in groups:  # --max-vectors trims the methods' groups; the random control keeps all
-        group.vectors = group.vectors[: args.max_vectors]
+    for group in groups:  # --max-vectors trims the methods' groups (not the ceiling's λ candidates)
+        if not group.attrs.get("vectors_are_candidates"):
+            group.vectors = group.vectors[: args.max_vectors]
     layers = sorted({g.source_layer for g in groups}) or [args.layer]
     if groups and args.layer not in layers:
         say(f"LAYER={args.layer} is not used: eval scores the stored vectors at their own layers "

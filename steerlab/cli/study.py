@@ -36,8 +36,8 @@ def run() -> None:
         return
     if "test" not in splits:
         raise UserError(f"no test eval of {args.behavior} for {key} in {args.store}")
-    path, figure = study_page(splits["val"], splits["test"], model_key=key, kl_max=args.kl_max, by=args.select_by,
-                              out=Path(args.out), command=args.command, seconds=args.seconds)
+    path, figure = study_page(args.store, splits["val"], splits["test"], model_key=key, kl_max=args.kl_max,
+                              by=args.select_by, out=Path(args.out), command=args.command, seconds=args.seconds)
     print(f"wrote {path} and {figure}")
 
 

@@ -9,12 +9,16 @@ value and gradient vanish and its Hessian is
 J_t = ∂logits_t/∂θ at position t, w_t = 1 / (texts × the text's positions). So a direction r at
 size |θ| costs ½|θ|² rᵀFr to second order, and the size at which it costs c is √(2c / rᵀFr).
 F v is one JVP and one VJP through layers S+1.. and the head (``steerlab.lm.jacobian.BatchJacobian``
-reading logits); F is never formed. ``rayleigh`` is vᵀF v for many v at once.
+reading logits); F is never formed. ``rayleigh`` is vᵀF v for many v at once. ``FisherSpectrum``
+is F's top eigenpairs and the level of the rest (``residual_level``): what the first-order null
+and the ceiling direction use in place of F.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from steerlab.lm.jacobian import BatchJacobian
@@ -76,3 +80,52 @@ class KLFisher:
 
     def jvp_norms(self, vectors: torch.Tensor) -> torch.Tensor:
         return self.rayleigh(vectors).clamp_min(0).sqrt().to(vectors.dtype)
+
+
+@dataclass(frozen=True)
+class FisherSpectrum:
+    """F approximated by its top eigenpairs and one level for the rest:
+    F̃ = U diag(values) Uᵀ + residual (I − U Uᵀ), U = ``vectors``ᵀ. Exact along U; elsewhere the
+    mean eigenvalue outside U, which is what a random direction sees (its rᵀF r concentrates
+    near it in high dimension)."""
+    values: np.ndarray  # [k] descending
+    vectors: np.ndarray  # [k, d] orthonormal rows
+    residual: float  # mean eigenvalue of F outside span(vectors), ≥ 0
+
+    @property
+    def d_model(self) -> int:
+        return self.vectors.shape[1]
+
+    def mean_eigenvalue(self) -> float:
+        """tr(F̃) / d: the scale the regulariser λ is given in."""
+        return float((self.values.sum() + self.residual * (self.d_model - len(self.values))) / self.d_model)
+
+    def quadratic(self, directions: np.ndarray) -> np.ndarray:
+        """rᵀF̃r for each row r of ``directions`` [n, d]."""
+        r = np.asarray(directions, dtype=np.float64)
+        along = r @ self.vectors.T
+        return (along ** 2) @ self.values + self.residual * ((r * r).sum(1) - (along ** 2).sum(1))
+
+    def solve(self, gradient: np.ndarray, lam: float) -> np.ndarray:
+        """(F̃ + λI)⁻¹ g for g [d] (or [n, d], row by row); λ > 0 unless F̃ is invertible."""
+        g = np.asarray(gradient, dtype=np.float64)
+        along = g @ self.vectors.T
+        inside = (along / (self.values + lam)) @ self.vectors
+        return inside + (g - along @ self.vectors) / (self.residual + lam)
+
+    def condition(self, lam: float) -> float:
+        """The condition number of F̃ + λI (inf where it is singular)."""
+        smallest = min(float(self.values.min(initial=np.inf)), self.residual) + lam
+        largest = max(float(self.values.max(initial=0.0)), self.residual) + lam
+        return np.inf if smallest <= 0 else largest / smallest
+
+
+def residual_level(fisher: KLFisher, vectors: torch.Tensor, *, n_probes: int, seed: int) -> float:
+    """The mean eigenvalue of F outside span(``vectors``) (orthonormal rows [k, d]): Hutchinson's
+    estimate of tr((I − P) F (I − P)) from ``n_probes`` Gaussian probes projected off the span,
+    over the d − k dimensions left."""
+    gen = torch.Generator().manual_seed(seed)
+    probes = torch.randn(n_probes, fisher.d_model, generator=gen, dtype=torch.float64)
+    basis = vectors.double()
+    probes = probes - (probes @ basis.T) @ basis
+    return max(float(fisher.rayleigh(probes).mean()) / (fisher.d_model - len(basis)), 0.0)

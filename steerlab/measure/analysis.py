@@ -68,6 +68,7 @@ class EvalGroup:
     fractions: np.ndarray | None = None  # [n_scales] the scales in units of ‖h_S‖ (SCALE_UNIT=resid)
     norms: np.ndarray | None = None  # [k, n_scales] SCALE_UNIT=kl: the signed |θ| each target took
     reached: np.ndarray | None = None  # [k, n_scales] SCALE_UNIT=kl: whether the search reached it
+    vectors: np.ndarray | None = None  # [k, d] the directions scored, stored for the random control
 
     @property
     def scale_unit(self) -> str:
@@ -172,7 +173,8 @@ def read_split(h5: h5py.File, model_key: str, behavior: str, split: SplitName) -
                          group["scales"][()], int(attrs.get("source_layer", -1)), attrs,
                          optional(group, "logit_diff_by_order"), optional(group, "kl"),
                          optional(group, "top1"), optional(group, "cloze"), optional(group, "scale_fractions"),
-                         optional(group, "norms"), optional(group, "calibration_reached"))
+                         optional(group, "norms"), optional(group, "calibration_reached"),
+                         optional(group, "vectors"))
             groups[item.label] = item
     polarity = optional(node, "polarity")
     return Split(split, node["question_ids"][()].astype(str), optional(node, "baseline_logit_diff"),
@@ -275,7 +277,7 @@ def best_of_method(method: str, split: Split, kl_max: float | None = None, by: S
 
 
 def methods(split: Split) -> list[str]:
-    order = ["caa", "pi", "pi_caa", "melbo", "random"]
+    order = ["caa", "pi", "pi_caa", "melbo", "ceiling", "random"]
     found = {group.method for group in split.groups.values()}
     return [m for m in order if m in found] + sorted(found - set(order))
 

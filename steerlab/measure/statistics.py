@@ -215,6 +215,15 @@ def question_weights(classes: np.ndarray | None, n_q: int) -> dict[str, tuple[np
     return {name: (np.flatnonzero(masks[name]), weight) for name, weight in polarity_weights(classes).items()}
 
 
+def headline_weights(classes: np.ndarray | None, n_q: int) -> np.ndarray:
+    """[n_q] each question's weight in the headline mean (they sum to 1): the polarity-paired
+    mean's for cloze (``classes``), the plain mean's for letter (None)."""
+    weights = np.zeros(n_q)
+    for index, weight in question_weights(classes, n_q).values():
+        weights[index] = weight / len(index)
+    return weights
+
+
 def against_random(delta: np.ndarray, draws: np.ndarray, classes: np.ndarray | None = None,
                    seed: int = 0) -> Standing:
     """``delta`` [n_q] one setting's per-question Δ, ``draws`` [n_draws, n_q] those of random
@@ -254,3 +263,47 @@ def difference(a: np.ndarray, b: np.ndarray, classes: np.ndarray | None = None, 
     polarity-paired mean for cloze (``classes``), the plain mean for letter (None)."""
     gap = np.asarray(a, np.float64) - np.asarray(b, np.float64)
     return stat(gap, seed) if classes is None else stratified(gap, classes, polarity_weights(classes), seed)
+
+
+def holm(p_values: list[float], alpha: float = 0.05) -> tuple[list[float], list[bool]]:
+    """Holm's step-down correction of the claims with these p-values: each claim's adjusted
+    p-value (max over the claims before it in ascending order of (m − i) · p_(i), capped at 1) and
+    whether it holds at family-wise level ``alpha``. The family is every claim passed together."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [1.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted, [a <= alpha for a in adjusted]
+
+
+def paired_p_value(a: np.ndarray, b: np.ndarray, classes: np.ndarray | None = None, seed: int = 0) -> float:
+    """Two-sided bootstrap p-value that the headline of a − b (paired per question; polarity-
+    paired for cloze) is 0: twice the share of resamples on the far side of 0, at least 1/N_BOOT."""
+    gap = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    rng = np.random.default_rng(seed)
+    resampled = np.zeros(N_BOOT)
+    for index, weight in question_weights(classes, gap.shape[-1]).values():
+        resampled += weight * gap[index[rng.integers(0, len(index), (N_BOOT, len(index)))]].mean(1)
+    far = min((resampled <= 0).mean(), (resampled >= 0).mean())
+    return float(min(1.0, max(2 * far, 1.0 / N_BOOT)))
+
+
+def ratio(a: np.ndarray, b: np.ndarray, classes: np.ndarray | None = None, seed: int = 0) -> Stat:
+    """The headline of ``a`` over the headline of ``b`` (per-question values on the same questions;
+    polarity-paired for cloze), with a 95% bootstrap interval that resamples the questions of both
+    together. An interval whose resamples put b's headline at or across 0 is as wide as that says."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    rng = np.random.default_rng(seed)
+    top, bottom = np.zeros(N_BOOT), np.zeros(N_BOOT)
+    value_top = value_bottom = 0.0
+    for index, weight in question_weights(classes, a.shape[-1]).values():
+        chosen = index[rng.integers(0, len(index), (N_BOOT, len(index)))]
+        top += weight * a[chosen].mean(1)
+        bottom += weight * b[chosen].mean(1)
+        value_top += weight * a[index].mean()
+        value_bottom += weight * b[index].mean()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low, high = np.percentile(top / bottom, [2.5, 97.5])
+    return Stat(value_top / value_bottom if value_bottom else float("nan"), float(low), float(high))

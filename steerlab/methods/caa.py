@@ -41,6 +41,7 @@ class CAAResult:
     by_order: torch.Tensor | None = None  # [n_orders, d] fp32, the mean difference within each order
     by_class: dict[str, torch.Tensor] | None = None  # answer position: polarity class -> mean difference
     class_counts: dict[str, int] | None = None
+    pair_cosines: torch.Tensor | None = None  # [n_pairs] fp32, cos(act(pos) - act(neg), vector) per pair
 
     @property
     def norm(self) -> float:
@@ -96,8 +97,9 @@ def caa_vector(model, answers: list[AnswerTokens], layer: int, pad_id: int,
     acts = activations(model, sequences, read_at, layer, capture=capture, pad_id=pad_id, batch_size=batch_size)
     diffs = ranks.cat_rows(acts[: len(mine)] - acts[len(mine):])
     by_order = diffs.view(n_orders, -1, diffs.shape[-1]).mean(1)
-    return CAAResult(by_order.mean(0).float(), diffs.norm(dim=1).float(),
-                     [a.item_id for a in answers], by_order.float())
+    vector = by_order.mean(0)
+    return CAAResult(vector.float(), diffs.norm(dim=1).float(), [a.item_id for a in answers], by_order.float(),
+                     pair_cosines=pair_cosines(diffs, vector))
 
 
 def caa_answer_vector(model, items: list[ClozeItem], layer: int, pad_id: int, *, capture: ResolvedSite = "mlp",
@@ -119,4 +121,12 @@ def caa_answer_vector(model, items: list[ClozeItem], layer: int, pad_id: int, *,
     vector = torch.stack(list(by_class.values())).mean(0) if balance else diffs.mean(0)
     return CAAResult(vector.float(), diffs.norm(dim=1).float(), [item.item_id for item in items],
                      by_class={name: v.float() for name, v in by_class.items()},
-                     class_counts={name: int(mask.sum()) for name, mask in masks.items()})
+                     class_counts={name: int(mask.sum()) for name, mask in masks.items()},
+                     pair_cosines=pair_cosines(diffs, vector))
+
+
+def pair_cosines(diffs: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """[n_pairs] fp32: the cosine between each pair's difference and the CAA vector (their mean
+    is a cheap predictor of how steerable the behaviour is: Braun et al. 2025)."""
+    norms = diffs.norm(dim=1) * vector.norm()
+    return torch.where(norms > 0, diffs @ vector / norms.clamp_min(1e-30), torch.zeros_like(norms)).float()

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 COLORS = {"caa": "tab:blue", "pi": "tab:orange", "pi_caa": "tab:green", "melbo": "tab:purple",
-          "random": "tab:gray"}
+          "ceiling": "tab:red", "prompting": "tab:olive", "random": "tab:gray"}
 
 
 def color(method: str) -> str:
@@ -55,4 +55,49 @@ def random_distribution_figure(found, out: Path, name: str, title: str) -> Path:
                       else "Δ order-mean logit diff [nats]")
         ax.set_title(f"{score} score", fontsize=11)
         ax.legend(loc="lower right", fontsize=8)
+    return save(fig, out, name, title)
+
+
+def dose_figure(curves, bands: dict, prompting, out: Path, name: str, title: str) -> Path:
+    """Per score, Δ against the measured KL (log axis): one line per direction (label, DoseCurve)
+    with its 95% intervals, measured random directions in grey, the first-order random band
+    (``bands``: score -> cost -> (5th, 95th percentile)) shaded, each method's first-order
+    prediction dashed, and the prompting baseline as a point at its own KL."""
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), squeeze=False, layout="constrained")
+    for ax, score in zip(axes[0], ("cloze", "letter")):
+        band = bands.get(score)
+        if band:
+            costs = sorted(band)
+            ax.fill_between(costs, [band[c][0] for c in costs], [band[c][1] for c in costs], color="tab:gray",
+                            alpha=0.2, label="random, first order (5–95%)")
+        for label, curve in curves:
+            shown = [i for i, d in enumerate(curve.delta[score]) if d is not None]
+            if not shown:
+                continue
+            x = curve.kl[shown]
+            values = np.array([curve.delta[score][i].value for i in shown])
+            if curve.random:
+                ax.plot(x, values, color=color("random"), lw=0.8, alpha=0.7)
+                continue
+            low = values - np.array([curve.delta[score][i].low for i in shown])
+            high = np.array([curve.delta[score][i].high for i in shown]) - values
+            method = curve.label.split("/")[0]
+            ax.errorbar(x, values, yerr=[low, high], fmt="o-", color=color(method), capsize=3, label=label)
+            predicted = curve.predicted[score][shown]
+            if np.isfinite(predicted).any():
+                ax.plot(x, predicted, "--", color=color(method), lw=1, alpha=0.8)
+        if prompting is not None:
+            for row in prompting.rows():
+                stat_ = row.cloze if score == "cloze" else row.letter
+                if stat_ is not None and row.kl is not None:
+                    ax.errorbar(row.kl.value, stat_.value, yerr=[[stat_.value - stat_.low], [stat_.high - stat_.value]],
+                                fmt="*", ms=12, color=color("prompting"), label=f"prompting: {row.name}")
+        ax.set_xscale("log")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel("KL on neutral text [nats/token], measured")
+        ax.set_ylabel("Δ cloze preference, polarity-paired [nats/token]" if score == "cloze"
+                      else "Δ order-mean logit diff")
+        ax.set_title(f"{score} score (dashed: first order)", fontsize=11)
+        ax.legend(fontsize=7, loc="best")
     return save(fig, out, name, title)

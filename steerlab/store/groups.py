@@ -12,9 +12,13 @@ import numpy as np
 from steerlab.base.errors import StoreError
 from steerlab.store.io import open_for_reading, replace_group, writing
 from steerlab.store.layout import (
+    dose_path,
     evals_path,
+    fisher_path,
+    gradients_path,
     neutral_path,
     norms_path,
+    transfer_path,
     vectors_path,
 )
 from steerlab.store.provenance import settings_json
@@ -235,3 +239,84 @@ def read_neutral(store: str | Path, key: str, split: str) -> tuple[list[str], li
         return (list(node["prompt_ids"][()].astype(str)),
                 [tuple(int(t) for t in row[:n]) for row, n in zip(tokens, lengths)],
                 [int(n) for n in node["prompt_lengths"][()]])
+
+
+def write_fisher(h5: h5py.File, lm, layer: int, datasets: dict, attrs: dict) -> h5py.Group:
+    """/<model>/fisher/L<S>: values [k], vectors [k, d], residual (the level of the rest)."""
+    model_group(h5, lm)
+    parent, _, name = fisher_path(lm.key, layer).rpartition("/")
+    return replace_group(h5.require_group(parent), name, datasets, attrs)
+
+
+def read_fisher(store: str | Path, key: str, layer: int) -> dict[str, np.ndarray] | None:
+    """The stored Fisher approximation at ``layer`` as arrays (values, vectors, residual), or None."""
+    if not Path(store).is_file():
+        return None
+    with open_for_reading(store) as h5:
+        path = fisher_path(key, layer)
+        if path not in h5:
+            return None
+        return {name: h5[path][name][()] for name in h5[path]}
+
+
+def write_gradients(h5: h5py.File, lm, behavior: str, split: str, layer: int, datasets: dict,
+                    attrs: dict) -> h5py.Group:
+    """/<model>/<behavior>/gradients/<split>/L<S>: question_ids, letter and cloze [n_q, d], polarity."""
+    parent, _, name = gradients_path(lm.key, behavior, split, layer).rpartition("/")
+    behavior_group(h5, lm, behavior)
+    return replace_group(h5.require_group(parent), name, datasets, attrs)
+
+
+def read_gradients(store: str | Path, key: str, behavior: str, split: str, layer: int
+                   ) -> dict[str, np.ndarray] | None:
+    """The stored gradients of ``split``'s questions at ``layer`` as arrays, or None."""
+    if not Path(store).is_file():
+        return None
+    with open_for_reading(store) as h5:
+        path = gradients_path(key, behavior, split, layer)
+        if path not in h5:
+            return None
+        return {name: _values(dataset) for name, dataset in h5[path].items()}
+
+
+def write_dose(h5: h5py.File, lm, behavior: str, split: str, datasets: dict, attrs: dict) -> h5py.Group:
+    """/<model>/<behavior>/dose/<split>: directions, costs and every measurement of the ladder."""
+    parent, _, name = dose_path(lm.key, behavior, split).rpartition("/")
+    behavior_group(h5, lm, behavior)
+    return replace_group(h5.require_group(parent), name, datasets, attrs)
+
+
+def read_dose(store: str | Path, key: str, behavior: str, split: str) -> tuple[dict, dict] | None:
+    """The stored ladder's datasets (strings as str) and attributes, or None."""
+    if not Path(store).is_file():
+        return None
+    with open_for_reading(store) as h5:
+        path = dose_path(key, behavior, split)
+        if path not in h5:
+            return None
+        node = h5[path]
+        return {name: _values(dataset) for name, dataset in node.items()}, dict(node.attrs)
+
+
+def write_transfer(h5: h5py.File, lm, behavior: str, other: str, datasets: dict, attrs: dict) -> h5py.Group:
+    """/<model>/<behavior>/transfer/<other>: the settings' scores on another behaviour's questions."""
+    behavior_group(h5, lm, behavior)
+    return replace_group(h5.require_group(transfer_path(lm.key, behavior)), other, datasets, attrs)
+
+
+def read_transfers(store: str | Path, key: str, behavior: str) -> dict[str, dict[str, np.ndarray]]:
+    """Every stored transfer of ``behavior``'s choices, by the behaviour asked (strings as str)."""
+    if not Path(store).is_file():
+        return {}
+    with open_for_reading(store) as h5:
+        path = transfer_path(key, behavior)
+        if path not in h5:
+            return {}
+        return {other: {name: _values(dataset) for name, dataset in node.items()} for other, node in h5[path].items()}
+
+
+def _values(dataset: h5py.Dataset) -> np.ndarray:
+    """A dataset's values, strings (stored as UTF-8) as str."""
+    if dataset.dtype.kind in "OS":
+        return np.array(dataset.asstr()[()], dtype=str)
+    return dataset[()]

@@ -116,6 +116,27 @@ def neutral_path(key: str, split: str) -> str:
     return f"{key}/neutral/{split}"
 
 
+def fisher_path(key: str, layer: int) -> str:
+    """/<model>/fisher/L<S>: the KL's Fisher at θ = 0 on the val neutral texts (top eigenpairs and
+    the level of the rest)."""
+    return f"{key}/fisher/L{layer}"
+
+
+def gradients_path(key: str, behavior: str, split: str, layer: int) -> str:
+    """/<model>/<behavior>/gradients/<split>/L<S>: each question's gradient of both scores at θ = 0."""
+    return f"{key}/{behavior}/gradients/{split}/L{layer}"
+
+
+def dose_path(key: str, behavior: str, split: str) -> str:
+    """/<model>/<behavior>/dose/<split>: the val choices (and random directions) at a ladder of KL costs."""
+    return f"{key}/{behavior}/dose/{split}"
+
+
+def transfer_path(key: str, behavior: str, other: str | None = None) -> str:
+    """/<model>/<behavior>/transfer/<other>: the behaviour's chosen vectors on another's test questions."""
+    return _join(key, behavior, "transfer", other)
+
+
 def matrix_path(key: str, method: str | None = None) -> str:
     """/<model>/matrix/<method>: each behaviour's chosen vector on every behaviour's test split."""
     return _join(key, "matrix", method)
