@@ -40,7 +40,7 @@ def test_one_process_has_no_group_and_its_collectives_return_their_input():
 
 
 MAKE_SETTINGS = ["DTYPE=fp64", "LAYER=1", "TARGET=3", "N_TRAIN=5", "N_PROMPTS=3", "K=2", "ITERS=3", "STEPS=3",
-                 "N_EVAL=3", "SCALES=4", "N_RANDOM=1", "N_NEUTRAL=3", "GEN_TOKENS=4", "SPLITS=val",
+                 "N_EVAL=3", "SCALES=0.005", "N_RANDOM=1", "N_NEUTRAL=3", "GEN_TOKENS=4", "SPLITS=val",
                  "OPEN_PROMPTS=1", "NEUTRAL_PROMPTS=2", "MAX_NEW_TOKENS=4", "KL_MAX=100"]
 TARGETS = ["caa", "pi", "melbo", "eval", "generate"]
 
