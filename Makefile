@@ -33,6 +33,8 @@ SAMPLE     ?= 0## generate: 1 samples (seeded by SEED) instead of greedy decodin
 AT_SCALES  ?=## pi_caa: linearise at s · unit(CAA) for each s in SCALE_UNIT, e.g. "-0.2 0.07 0.2 0.55" (default: at the raw CAA vector)
 VECTOR     ?=## export, generate: METHOD/RUN/INDEX of one stored vector (default: each method's choice on val)
 SCALE      ?=## export: with VECTOR, the signed size of what is added in SCALE_UNIT (default: the raw vector)
+ASK        ?=## prompting: the system turn asking for the behaviour (default: BEHAVIOR's in steerlab/questions/behaviors.py)
+ASK_OPPOSITE ?=## prompting: the system turn asking for its opposite (default: the catalogue's)
 TEST_WORKERS ?= 2## test, test-fast: pytest-xdist worker processes, a test file each at a time, one torch thread each (0: none, the tests run in pytest's own process with torch's threads)
 BENCH_EVAL_QUESTIONS ?= 16## bench: first val questions of the eval benchmark, or all (bf16 plain loop: ~25 min per setting here)
 BENCH_EVAL_SETTINGS  ?= 4## bench: θ settings of the eval benchmark
@@ -80,8 +82,8 @@ RUN_DP  = $(if $(filter 1,$(NPROC)),$(RUN),PYTHONUNBUFFERED=1 $(VENV)/bin/torchr
 .DEFAULT_GOAL := all
 .PHONY: all help help-all venv model lint test test-fast test-gemma test-qwen test-compat \
 	study study-test study-page check-gguf check-lm-eval check-install lm-eval-tasks \
-	caa pi pi_caa melbo gradients ceiling dose transfer eval report plot export generate bench bench-smoke ingest \
-	migrate matrix clean
+	caa pi pi_caa melbo gradients ceiling dose transfer eval prompting report plot export generate bench \
+	bench-smoke ingest migrate matrix clean
 
 all: caa pi pi_caa melbo eval report plot generate ## the whole experiment on $(MODEL): every method, eval, report, figures
 	@echo "figures:"; ls -1 $(RESULTS)/$(BEHAVIOR)/*.png 2>/dev/null | sed 's/^/  /'
@@ -244,6 +246,10 @@ eval: $(VENV)/.installed $(MODEL_DEP) ## both scores (letter in both answer orde
 	    $(call arg,--splits,SPLITS) $(call arg,--seed,SEED) $(call arg,--layer,LAYER) $(if $(filter 1,$(RAW)),--raw) \
 	    $(call arg,--max-vectors,EVAL_K) $(call arg,--orders,ORDERS) $(call arg,--score,SCORE) $(NEUTRAL_ARGS) \
 	    $(call arg,--checkpoint-every,CHECKPOINT_EVERY))
+
+prompting: $(VENV)/.installed $(MODEL_DEP) ## the prompting baseline: the unsteered model asked in its system turn for the behaviour (and for its opposite), in both scores on SPLITS, Δ against the plain prompts, with the instruction's KL on neutral text
+	$(strip $(RUN) steerlab.cli.prompting $(COMMON) $(call arg,--n-eval,N_EVAL) $(call arg,--splits,SPLITS) \
+	    $(call arg,--orders,ORDERS) $(call arg,--ask,ASK) $(call arg,--ask-opposite,ASK_OPPOSITE) $(NEUTRAL_ARGS))
 
 report: $(VENV)/.installed ## markdown tables with bootstrap intervals, vector chosen on val (KL ≤ KL_MAX), shown on test
 	@$(strip $(PY) -m steerlab.cli.report $(STORE_ARGS) --behavior "$(BEHAVIOR)" $(CHOICE_ARGS))

@@ -32,6 +32,7 @@ from steerlab.measure.statistics import (
     Standing,
     Stat,
     against_random,
+    balanced_stat,
     cloze_row,
     polarity_shift_stat,
     row,
@@ -43,7 +44,7 @@ from steerlab.questions.behaviors import label as behavior_label
 from steerlab.questions.data import SplitName
 from steerlab.questions.orders import Orders
 from steerlab.questions.polarity import balanced_mean, class_masks
-from steerlab.store import behaviors_in_store, evals_path, library_versions, open_for_reading
+from steerlab.store import behaviors_in_store, evals_path, library_versions, open_for_reading, prompting_path
 
 # A setting is eligible for "best" only if the model still answers in format: its mean answer mass
 # is at least this share of the unsteered model's. Otherwise a broken model whose logit difference
@@ -397,3 +398,67 @@ def standing_of(group: EvalGroup, vector: int, s: int, split: Split, score: Scor
                           split.polarity if score == "cloze" else None)
 
 
+
+
+# ---- the prompting baseline -------------------------------------------------------------------------
+
+
+@dataclass
+class PromptedDelta:
+    """One instruction of a stored prompting split (``read_prompting``): per question its Δ =
+    prompted − plain in each score, and its KL on each neutral text."""
+    name: str  # ask, ask_opposite
+    instruction: str
+    letter: np.ndarray  # [n_q] Δ of the order-mean logit difference
+    letter_by_order: np.ndarray  # [n_orders, n_q] Δ in each order
+    cloze: np.ndarray  # [n_q] Δ of the cloze preference, nats per token
+    polarity: np.ndarray  # [n_q] each question's class
+    kl: np.ndarray  # [n_texts] mean per-token KL(plain ‖ instructed), nats
+    top1: np.ndarray  # [n_texts]
+
+    def letter_stat(self) -> Stat:
+        return stat(self.letter)
+
+    def cloze_stat(self) -> Stat:
+        """The headline: the polarity-paired mean Δ (a Yes/No shift cancels), with its interval."""
+        return balanced_stat(self.cloze, self.polarity)
+
+    @property
+    def mean_kl(self) -> float:
+        """The cost, as a steering setting's: the mean over neutral texts (nan without any)."""
+        return float(self.kl.mean()) if self.kl.size else float("nan")
+
+    @property
+    def mean_top1(self) -> float:
+        return float(self.top1.mean()) if self.top1.size else float("nan")
+
+
+@dataclass
+class Prompting:
+    """A stored prompting split: its questions, neutral texts and each instruction's Δ and KL."""
+    split: str
+    question_ids: np.ndarray
+    neutral_ids: np.ndarray
+    instructions: dict[str, PromptedDelta]  # by name, in stored order
+    attrs: dict
+
+
+def read_prompting(store: str, model_key: str, behavior: str, split: SplitName) -> Prompting:
+    """The prompting baseline of ``split`` (`make prompting`), as per-question Δs; a UserError that
+    says what to run when the store has none."""
+    where = prompting_path(model_key, behavior, split)
+    with open_for_reading(store) as h5:
+        if where not in h5:
+            raise UserError(f"no {behavior} prompting baseline of split {split!r} for {model_key} in {store}: "
+                            f"run `make prompting BEHAVIOR={behavior} SPLITS={split}`")
+        node = h5[where]
+        data = {name: node[name][()] for name in node}
+        attrs = {key: node.attrs[key] for key in node.attrs}
+    f64 = {name: values.astype(np.float64) for name, values in data.items() if values.dtype.kind == "f"}
+    polarity = data["polarity"].astype(str)
+    found = {}
+    for f, (name, text) in enumerate(zip(data["instruction_names"].astype(str), data["instructions"].astype(str))):
+        by_order = f64["logit_diff_by_order"][f] - f64["baseline_logit_diff_by_order"]
+        found[name] = PromptedDelta(name, text, by_order.mean(0), by_order, f64["cloze"][f] - f64["baseline_cloze"],
+                                    polarity, f64["kl"][f], f64["top1"][f])
+    return Prompting(split, data["question_ids"].astype(str), data["neutral_ids"].astype(str), found, attrs)

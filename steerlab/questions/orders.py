@@ -150,10 +150,11 @@ def n_orders(order: str) -> int:
     return 2 if order == "both" else 1
 
 
-def answers_in_order(tokenizer, items: list[Item], order: str
+def answers_in_order(tokenizer, items: list[Item], order: str, system: str | None = None
                      ) -> tuple[list[AnswerTokens], list[str]]:
     """Answer tokens of ``items`` asked in ``order``, order-major: for ``both``, every original
-    and then every mirror, in the same item order, so row i and row i + n are one question.
+    and then every mirror, in the same item order, so row i and row i + n are one question
+    (``system``: an instruction for the prompt's system turn, ``steerlab.questions.prompts.format_prompt``).
 
     An item is kept only if it mirrors and its answer tokens are found in both orders (also for
     a single-order ablation, which therefore asks exactly the counterbalanced run's questions);
@@ -161,7 +162,7 @@ def answers_in_order(tokenizer, items: list[Item], order: str
     """
     chosen, dropped = in_order(items, "both")
     half = len(chosen) // 2
-    found, skipped = answer_tokens_for(tokenizer, chosen)
+    found, skipped = answer_tokens_for(tokenizer, chosen, system)
     by_id = {answer.item_id: answer for answer in found}
     pairs = [(by_id.get(o.id), by_id.get(m.id)) for o, m in zip(chosen[:half], chosen[half:])]
     kept = [(o, m) for o, m in pairs if o is not None and m is not None]

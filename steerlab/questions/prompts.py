@@ -14,19 +14,37 @@ import torch
 from steerlab.questions.data import Item
 
 PLAIN_FORMAT = "Question: {question}\nAnswer: "
+# Where an instruction goes that the prompt format has no system turn for: before the question.
+SYSTEM_BEFORE = "{system}\n\n{text}"
 
 
 def format_prompt(tokenizer, question: str, system: str | None = None) -> str:
-    """The chat template with the question as the user turn and the generation prompt added."""
+    """The chat template with the question as the user turn and the generation prompt added;
+    ``system`` (an instruction) as its system turn, in place of any default one the template
+    inserts. A template without a system turn (it refuses a system message, or drops it) gets
+    the instruction at the start of the user turn, and the plain format of a model without a
+    template before its question (``SYSTEM_BEFORE``)."""
     if not getattr(tokenizer, "chat_template", None):
-        return PLAIN_FORMAT.format(question=question)
-    messages = [{"role": "user", "content": question}]
+        plain = PLAIN_FORMAT.format(question=question)
+        return SYSTEM_BEFORE.format(system=system, text=plain) if system else plain
+    user = {"role": "user", "content": question}
     if system:
-        messages.insert(0, {"role": "system", "content": system})
+        from jinja2 import TemplateError  # what a template's raise_exception raises
+
+        try:
+            prompt = _chat(tokenizer, [{"role": "system", "content": system}, user])
+        except TemplateError:
+            prompt = ""
+        if system in prompt:
+            return prompt
+        user = {"role": "user", "content": SYSTEM_BEFORE.format(system=system, text=question)}
+    return _chat(tokenizer, [user])
+
+
+def _chat(tokenizer, messages: list[dict]) -> str:
     # enable_thinking=False is read by templates that know it (Qwen3) and ignored by the rest.
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
-    )
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         enable_thinking=False)
 
 
 @dataclass(frozen=True)

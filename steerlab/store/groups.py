@@ -19,6 +19,7 @@ from steerlab.store.layout import (
     neutral_path,
     norms_path,
     transfer_path,
+    prompting_path,
     vectors_path,
 )
 from steerlab.store.provenance import settings_json
@@ -190,6 +191,14 @@ def write_generations(h5: h5py.File, lm, behavior: str, name: str, datasets: dic
     """/<model>/<behavior>/generations/<name>: prompts, settings (row 0 unsteered) and texts."""
     return replace_group(behavior_group(h5, lm, behavior).require_group("generations"), name,
                          datasets, attrs)
+
+
+def write_prompting(h5: h5py.File, lm, behavior: str, split: str, datasets: dict, attrs: dict) -> h5py.Group:
+    """/<model>/<behavior>/prompting/<split>: the prompting baseline's scores and KL, replacing the
+    split's old ones."""
+    behavior_group(h5, lm, behavior)
+    parent, _, name = prompting_path(lm.key, behavior, split).rpartition("/")
+    return replace_group(h5.require_group(parent), name, datasets, attrs)
 
 
 def write_matrix(h5: h5py.File, lm, method: str, datasets: dict, attrs: dict) -> h5py.Group:

@@ -14,7 +14,7 @@ import h5py
 SCHEMA_VERSION = 3
 
 
-PER_BEHAVIOR = ("vectors", "evals", "generations")
+PER_BEHAVIOR = ("vectors", "evals", "generations", "prompting")
 
 
 def store_key(source: str) -> str:
@@ -104,6 +104,12 @@ def generations_name(vector: tuple[str, str, int] | None, sample: bool, seed: in
     ``-sample-s<seed>`` if sampled."""
     name = "val" if vector is None else "-".join(map(str, vector))
     return name + (f"-sample-s{seed}" if sample else "")
+
+
+def prompting_path(key: str, behavior: str, split: str | None = None) -> str:
+    """/<model>/<behavior>/prompting/<split>: the prompting baseline (the unsteered model asked
+    for the behaviour, and for its opposite, in its system turn) on the split's questions."""
+    return _join(key, behavior, "prompting", split)
 
 
 def norms_path(key: str, behavior: str, layer: int | None = None) -> str:
