@@ -18,8 +18,8 @@ from steerlab.store.layout import (
     gradients_path,
     neutral_path,
     norms_path,
-    transfer_path,
     prompting_path,
+    transfer_path,
     vectors_path,
 )
 from steerlab.store.provenance import settings_json
