@@ -72,3 +72,8 @@ def test_read_positions_outside_a_sequence_are_refused(tiny_llama):
         next(steered_logits(tiny_llama.model, [(1, 2, 3)], [[3]], 1, thetas=torch.zeros(1, tiny_llama.d_model,
                                                                                          dtype=torch.float64),
                             pad_id=0))
+
+
+def test_a_mirrored_only_eval_keeps_every_question_in_the_cloze_score(smol_tokenizer, ab_items):
+    answers, cloze, skipped = usable_questions(smol_tokenizer, ab_items, "mirrored", "both")
+    assert not skipped and len(answers) == len(cloze) == len(ab_items)

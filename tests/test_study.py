@@ -100,7 +100,8 @@ def test_the_study_page_ranks_val_choices_between_the_first_order_null_and_the_c
     for module, *args in [("steerlab.cli.dose", "--costs", "0.001 0.004", "--n-eval", 4, "--n-random", 1,
                            "--sample-tokens", 3, "--kl-max", "1", *SMALL_KL),
                           ("steerlab.cli.transfer", "--behaviors", "survival-instinct myopic-reward", "--n-eval", 4,
-                           "--kl-max", "1")]:
+                           "--kl-max", "1"),
+                          ("steerlab.cli.prompting", "--splits", "test", "--n-eval", 6, *SMALL_KL)]:
         done = run(module, *model, *args)
         assert done.returncode == 0, (module, done.stderr[-2000:])
     (tmp_path / "store.h5.stages").write_text("vectors 60.0 1048576\nval 30.0 2097152\nval 12.0 1048576\n")
@@ -117,6 +118,7 @@ def test_the_study_page_ranks_val_choices_between_the_first_order_null_and_the_c
     assert "CAA's mean cosine between each training pair's difference" in text
     assert "## At what cost: the ladder to breakdown (test)" in text and "-dose.png" in text
     assert "## Behaviour or form?" in text and "myopic-reward" in text
+    assert "## Just ask: the prompting baseline (test)" in text and "You are an AI system that wants to keep" in text
     assert "| Qwen3-14B | CAA | +20 | 44.0 | -1.78 | +1.55 |" in text  # the seed's figures beside ours
     assert (out / written.name.replace(".md", ".png")).is_file()
     assert (out / written.name.replace(".md", "-dose.png")).is_file()

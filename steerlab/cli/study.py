@@ -12,7 +12,7 @@ from pathlib import Path
 
 from steerlab.base.errors import UserError
 from steerlab.cli.options import choice_parser, main_guard, parse_choice
-from steerlab.measure.analysis import read_splits
+from steerlab.measure.analysis import read_prompting, read_splits
 from steerlab.measure.study import test_scales
 from steerlab.render.study import study_page
 from steerlab.store import store_key
@@ -36,8 +36,13 @@ def run() -> None:
         return
     if "test" not in splits:
         raise UserError(f"no test eval of {args.behavior} for {key} in {args.store}")
+    try:
+        prompting = read_prompting(args.store, key, args.behavior, "test")
+    except UserError:
+        prompting = None  # the page says nothing of asking
     path, figure = study_page(args.store, splits["val"], splits["test"], model_key=key, kl_max=args.kl_max,
-                              by=args.select_by, out=Path(args.out), command=args.command, seconds=args.seconds)
+                              by=args.select_by, out=Path(args.out), command=args.command, seconds=args.seconds,
+                              prompting=prompting)
     print(f"wrote {path} and {figure}")
 
 

@@ -18,7 +18,7 @@ from steerlab.measure.letter import LetterScores, letter_reads
 from steerlab.measure.side_effects import ScoredText, side_effects
 from steerlab.questions.cloze_form import ClozeItem, cloze_items
 from steerlab.questions.data import Item
-from steerlab.questions.orders import answers_in_order
+from steerlab.questions.orders import MIRROR_SUFFIX, answers_in_order
 from steerlab.questions.prompts import AnswerTokens
 
 # What eval scores: the A/B letter logit difference, the cloze log-probabilities, or both.
@@ -56,8 +56,8 @@ def usable_questions(tokenizer, items: list[Item], order: str, scores: ScoreSet
     if "letter" in SCORES_IN[scores]:
         answers, letter_skipped = answers_in_order(tokenizer, items, order)
         skipped += letter_skipped
-        if cloze is not None:
-            kept = {a.item_id for a in answers}
+        if cloze is not None:  # a mirrored answer's id carries the mirror's suffix; its question's does not
+            kept = {a.item_id.removesuffix(MIRROR_SUFFIX) for a in answers}
             cloze = [c for c in cloze if c.item_id in kept]
     return answers, cloze, skipped
 

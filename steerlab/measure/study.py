@@ -378,3 +378,32 @@ def transfers(store: str, key: str, behavior: str) -> dict[str, dict[str, tuple[
             out.setdefault(str(label), {})[other] = (balanced_stat(cloze[s] - cloze[0], data["polarity"]),
                                                      stat(letter[s] - letter[0]))
     return out
+
+
+@dataclass
+class PromptRow:
+    """The prompting baseline's row: one instruction's Δ in each score against the plain prompts,
+    their confounds, and its KL on the neutral texts (with the instruction in front of them)."""
+    name: str
+    instruction: str
+    cloze: Stat
+    polarity_shift: Stat | None
+    letter: Stat
+    letter_shift: Stat  # ½(Δ as written − Δ mirrored): how much of the letter Δ is a letter
+    kl: Stat | None
+    per_question: dict[str, np.ndarray]
+
+
+def prompting_rows(prompting) -> list[PromptRow]:
+    """One row per instruction of a stored prompting split (``analysis.read_prompting``)."""
+    from steerlab.measure.statistics import polarity_shift_stat
+
+    rows = []
+    for found in prompting.instructions.values():
+        by_order = found.letter_by_order
+        shift = stat((by_order[0] - by_order[1]) / 2) if len(by_order) == 2 else stat(np.zeros_like(found.letter))
+        rows.append(PromptRow(found.name, found.instruction, found.cloze_stat(),
+                              polarity_shift_stat(found.cloze, found.polarity), found.letter_stat(), shift,
+                              stat(found.kl) if found.kl.size else None,
+                              {"cloze": found.cloze, "letter": found.letter}))
+    return rows

@@ -88,7 +88,7 @@ def dose_figure(curves, bands: dict, prompting, out: Path, name: str, title: str
             if np.isfinite(predicted).any():
                 ax.plot(x, predicted, "--", color=color(method), lw=1, alpha=0.8)
         if prompting is not None:
-            for row in prompting.rows():
+            for row in prompting:
                 stat_ = row.cloze if score == "cloze" else row.letter
                 if stat_ is not None and row.kl is not None:
                     ax.errorbar(row.kl.value, stat_.value, yerr=[[stat_.value - stat_.low], [stat_.high - stat_.value]],

@@ -38,6 +38,7 @@ from steerlab.measure.statistics import Stat
 from steerlab.measure.study import (
     Convergence,
     Entry,
+    PromptRow,
     Rank,
     SeedCell,
     Spread,
@@ -50,6 +51,7 @@ from steerlab.measure.study import (
     entries,
     first_order_inputs,
     nulls,
+    prompting_rows,
     ranking,
     seed_table,
     spreads,
@@ -76,7 +78,9 @@ def study_page(store: str, val: Split, test: Split, *, model_key: str, kl_max: f
                command: str, seconds: float | None = None, prompting=None) -> tuple[Path, Path]:
     """Write the page and its figures into ``out``, named for the model and today's date; returns
     the page's and the main figure's paths. ``command`` and ``seconds`` (the study's wall time) are
-    what the page says ran; ``prompting`` is the stored prompting baseline on test, if any."""
+    what the page says ran; ``prompting`` is the stored prompting baseline on test
+    (``steerlab.measure.analysis.read_prompting``), if any."""
+    prompting = prompting_rows(prompting) if prompting is not None else None
     found = entries(val, test, kl_max, by)
     date = datetime.date.today().isoformat()
     name = f"study-{model_key.replace('/', '_')}-{date}"
@@ -111,7 +115,12 @@ def study_page(store: str, val: Split, test: Split, *, model_key: str, kl_max: f
         if ranks[score]:
             lines += [f"## Ranking by the {score} score (test)", ""] + ranking_table(ranks[score], score) + [""]
     if prompting is not None:
-        lines += ["## Just ask: the prompting baseline (test)", ""] + prompting_section(prompting) + [""]
+        lines += ["## Just ask: the prompting baseline (test)", "",
+                  "The unsteered model with an instruction in its system turn (it replaces the template's default "
+                  "one), against the plain prompts, on the same test questions; its cost is the KL of the plain "
+                  "model's next-token distributions against the instructed one's over the test neutral texts' "
+                  "continuations. It sits at its own cost: compare it with the methods on the dose ladder below.",
+                  ""] + prompting_section(prompting) + [""]
     lines += ["## The random distribution at each chosen cost (test)", ""] + spread_table(spreads(test, found))
     if inputs is not None:
         lines += ["", "### The first-order null against measured draws", ""]
@@ -177,11 +186,11 @@ def ranking_table(ranks: list[Rank], score: Score) -> list[str]:
     return lines
 
 
-def prompting_section(prompting) -> list[str]:
+def prompting_section(prompting: list[PromptRow]) -> list[str]:
     """The instruction, both scores' Δ against the unprompted model, and the instruction's KL."""
     lines = ["| instruction | Δ cloze (polarity-paired) | polarity shift | Δ letter | letter shift | KL (test) |",
              "|---|---|---|---|---|---|"]
-    for row in prompting.rows():
+    for row in prompting:
         lines.append(f"| {row.name}: “{row.instruction}” | {_fmt(row.cloze)} | {_fmt(row.polarity_shift)} "
                      f"| {_fmt(row.letter)} | {_fmt(row.letter_shift)} | {_fmt(row.kl, 3, False)} |")
     return lines
