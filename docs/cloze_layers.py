@@ -11,7 +11,7 @@ Run from the repository root: PYTHONPATH=. .venv/bin/python docs/cloze_layers.py
 reads the activations at layers[S].mlp.down_proj's output or at the block's output (the residual
 stream); MODEL (a folder, default the default model), N_VAL (default 64) and SCALES (|θ|, default
 "16 32") size the run for larger models. COSTS (KL in nats per token, e.g. "0.01 0.04") replaces
-SCALES: every direction, each sign apart, is then sized by eval's cost search (steerlab/measure/scales.py)
+SCALES: every direction, each sign apart, is then sized by eval's cost search (steerlab/measure/kl_search.py)
 on the same 8 neutral prompts to cost that KL, so CAA and the random directions are compared at
 equal cost (on Gemma-3-270M a CAA direction takes ~60 times a random one's |θ| for one cost); the
 s column is then the signed cost and a |θ| column says what each cost took.
@@ -26,7 +26,8 @@ from steerlab.lm.generate import generate_ids, prompt_ids
 from steerlab.lm.model import DEFAULT_MODEL_DIR, load_model
 from steerlab.measure.cloze import cloze_preference
 from steerlab.measure.grid import random_directions
-from steerlab.measure.scales import MAX_UNITS, NORM_PROMPTS, UNIT_START, kl_norms, residual_norm
+from steerlab.measure.kl_search import MAX_UNITS, UNIT_START, kl_norms
+from steerlab.measure.scales import NORM_PROMPTS, residual_norm
 from steerlab.measure.scores import score
 from steerlab.measure.side_effects import ScoredText
 from steerlab.measure.statistics import balanced_stat, polarity_shift_stat, stat, stratified

@@ -9,7 +9,7 @@ Every module below is importable too; docs/DESIGN.md says which holds what.
 from steerlab.lm.generate import generate
 from steerlab.lm.model import DEFAULT_MODEL_DIR, LoadedModel, as_loaded, load_model
 from steerlab.lm.vector import SteeringVector
-from steerlab.measure.scales import at_cost, neutral_texts_for, size_at_cost
+from steerlab.measure.cost import at_cost, neutral_texts_for, size_at_cost
 from steerlab.questions.data import Item, load_items
 from steerlab.steering import (
     ItemScores,

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from steerlab.measure.kl_search import kl_norms
 from steerlab.measure.reference import side_effects_plain
-from steerlab.measure.scales import kl_norms
 from tests.test_side_effects import texts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,6 +71,6 @@ def test_a_search_that_stops_on_a_reached_target_keeps_that_probe(monkeypatch):
     def fake_kl(model, texts, layer, thetas, **rest):
         return np.array([1.101 if abs(float(t.norm()) - 1.0) < 1e-12 else 0.905 for t in thetas])
 
-    monkeypatch.setattr("steerlab.measure.scales.mean_kl", fake_kl)
+    monkeypatch.setattr("steerlab.measure.kl_search.mean_kl", fake_kl)
     cal = kl_norms(None, ["a neutral text"], LAYER, torch.ones(1, 4), targets=[1.0], pad_id=0, start=1.0, max_norm=10.0)
     assert cal.probes == 2 and cal.reached[0, 0] and cal.kl[0, 0] == 0.905 and cal.norms[0, 0] < 1.0

@@ -106,7 +106,7 @@ def test_the_first_order_null_predicts_measured_random_draws_at_a_small_cost(tin
     import numpy as np
 
     from steerlab.measure.floor import first_order_null, random_units, validation
-    from steerlab.measure.scales import kl_norms
+    from steerlab.measure.kl_search import kl_norms
 
     lm, layer, cost = tiny_llama, 1, 1e-6  # |θ| about 2% of ‖h_S‖: the tiny model's stream is small
     texts, pad = _texts(lm), lm.tokenizer.pad_token_id

@@ -6,8 +6,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from steerlab import as_loaded, at_cost, caa_from_pairs, load_model, neutral_texts_for, score_items
+from steerlab.measure.kl_search import mean_kl
 from steerlab.measure.reference import side_effects_plain
-from steerlab.measure.scales import mean_kl
 
 LAYER = 1
 # As the lab's loader does: transformers 5.25 turns an unset use_kernels into True, and make

@@ -18,7 +18,7 @@ computed once per model and stored under /<model>/neutral/<split>. Vectors are u
 before scaling unless --raw (then the random directions have the mean norm of the layer's stored
 vectors); sign-free vectors (PI, PI@CAA, random) also get the negative scales. With --scale-unit kl
 (the default) the scales are KL targets: each vector and sign is added at the |θ| that costs the
-target on the val neutral texts (steerlab/measure/scales.py), the same |θ| on every split. Writes
+target on the val neutral texts (steerlab/measure/calibration.py), the same |θ| on every split. Writes
 /<model>/<behavior>/evals/<split>/ (question ids, baselines, cloze token and character counts,
 polarity) and /<model>/<behavior>/evals/<split>/<method>/<run>/ (logit_diff and answer_mass
 [k, n_scales, n_q], their *_by_order [k, n_scales, n_orders, n_q], cloze_logprob
@@ -47,6 +47,7 @@ from steerlab.cli.options import (
 from steerlab.jobs import resolve_sites
 from steerlab.lm.model import load_model
 from steerlab.lm.steered import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
+from steerlab.measure.calibration import Calibrator
 from steerlab.measure.eval_split import (
     evaluate_split,
     mean_norms,
@@ -55,7 +56,6 @@ from steerlab.measure.eval_split import (
     val_calibrations,
 )
 from steerlab.measure.neutral import neutral_texts
-from steerlab.measure.scales import Calibrator
 from steerlab.measure.scores import SCORE_SETS
 from steerlab.questions.data import load_prompts
 from steerlab.questions.orders import ORDERS

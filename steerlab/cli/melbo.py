@@ -27,7 +27,8 @@ from steerlab.cli.options import (
 )
 from steerlab.jobs import Job, compute_groups
 from steerlab.lm.segment import batched_prefixes
-from steerlab.measure.scales import absolute, random_radius
+from steerlab.measure.cost import random_radius
+from steerlab.measure.scales import absolute
 from steerlab.methods.melbo import AMSGRAD, BETAS, MODES, WEIGHT_DECAY, melbo
 from steerlab.store import VectorGroup, segment_run
 

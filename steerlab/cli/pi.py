@@ -35,7 +35,7 @@ from steerlab.cli.options import (
 )
 from steerlab.jobs import Job, compute_groups
 from steerlab.lm.jacobian import parse_tokens
-from steerlab.measure.scales import theta_at_scale
+from steerlab.measure.cost import theta_at_scale
 from steerlab.methods.pi import Sweep
 from steerlab.store import (
     VectorGroup,

@@ -18,7 +18,7 @@ import torch
 
 from steerlab.lm.generate import generate_ids
 from steerlab.lm.vector import SteeringVector
-from steerlab.measure.scales import MAX_UNITS, UNIT_START, kl_norms
+from steerlab.measure.kl_search import MAX_UNITS, UNIT_START, kl_norms
 from steerlab.measure.scores import score
 from steerlab.measure.side_effects import ScoredText
 from steerlab.questions.cloze_form import ClozeItem

@@ -14,17 +14,16 @@ import numpy as np
 from steerlab.base.parallel import ranks
 from steerlab.base.progress import progress_bar, say, say_skipped
 from steerlab.lm.model import LoadedModel
-from steerlab.measure.cloze import cloze_preference
-from steerlab.measure.grid import build_grid, random_directions, signed_scales
-from steerlab.measure.scales import (
+from steerlab.measure.calibration import (
     Calibrator,
     GroupCalibration,
-    ScaleUnit,
-    absolute,
     calibration_arrays,
     calibration_key,
     saved_calibrations,
 )
+from steerlab.measure.cloze import cloze_preference
+from steerlab.measure.grid import build_grid, random_directions, signed_scales
+from steerlab.measure.scales import ScaleUnit, absolute
 from steerlab.measure.scores import ScoreSet, question_ids, rank_work, score, usable_questions
 from steerlab.measure.side_effects import ScoredText
 from steerlab.questions.cloze_form import ClozeItem, cloze_token_counts
@@ -55,7 +54,7 @@ def vectors_id(group: VectorGroup) -> str:
 def val_calibrations(store: str | Path, key: str, behavior: str, groups: list[VectorGroup],
                      targets: list[float]) -> dict[str, GroupCalibration]:
     """What an earlier SCALE_UNIT=kl val eval found for ``groups`` at ``targets``, keyed as
-    ``steerlab.measure.scales.Calibrator`` keys them: a split scored in a later run is scored at val's
+    ``steerlab.measure.calibration.Calibrator`` keys them: a split scored in a later run is scored at val's
     |θ|, where val's choice was made, not at a new search's. A group counts only if val scored
     the same vectors (as many of them) in kl at every one of ``targets`` (val may have had more:
     test then takes val's columns of the targets it is scored at, as `make study` does)."""

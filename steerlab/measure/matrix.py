@@ -15,10 +15,11 @@ from steerlab.lm.model import LoadedModel
 from steerlab.lm.steered import SETTINGS_PER_PASS
 from steerlab.measure.analysis import EvalGroup, Split, best_of_method, cloze_row_at, row_at
 from steerlab.measure.analysis import select_by as available_score
+from steerlab.measure.calibration import Calibrator
 from steerlab.measure.choice import VectorChoice, theta_of
 from steerlab.measure.cloze import cloze_preference
 from steerlab.measure.grid import build_grid, random_directions
-from steerlab.measure.scales import Calibrator, ScaleUnit, absolute
+from steerlab.measure.scales import ScaleUnit, absolute
 from steerlab.measure.scores import SCORES_IN, Score, ScoreSet, question_ids, score, usable_questions
 from steerlab.measure.side_effects import ScoredText
 from steerlab.measure.statistics import (
