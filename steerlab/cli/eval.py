@@ -49,6 +49,9 @@ from steerlab.lm.model import load_model
 from steerlab.lm.steered import QUESTIONS_PER_PASS, SETTINGS_PER_PASS
 from steerlab.measure.calibration import Calibrator
 from steerlab.measure.eval_split import (
+    Batching,
+    EvalSettings,
+    ScaleGrid,
     evaluate_split,
     mean_norms,
     plan_split,
@@ -133,24 +136,22 @@ def run() -> None:
     # what a split records: every argument but those that only say which groups or how fast
     recorded = settings_of(args, drop=("scales", "raw", "n_random", "max_vectors", "splits", "layer", "seed",
                                        "settings_per_pass", "batch_size", "checkpoint_every"))
-    version = code_version(__spec__.name)
+    settings = EvalSettings(args.orders, args.score, ScaleGrid(args.scales, args.scale_unit, args.raw, units),
+                            args.max_vectors, recorded, code_version(__spec__.name))
+    batching = Batching(args.batch_size, args.settings_per_pass, args.checkpoint_every)
     for split in sorted(args.splits, key=lambda name: name != "val"):  # val first: the others take its |θ|
         if calibrator is not None and split != "val":  # val scored in an earlier run: its |θ|, not a new search's
             calibrator.adopt(val_calibrations(args.store, lm.key, args.behavior, groups, args.scales))
         prompts = neutral_by_split.get(split)
         if prompts is None:
             say(f"[{split}] no neutral prompts in this split: no KL side effect measured")
-        plan = plan_split(args.store, lm, args.behavior, split, items_by_split[split], groups, units,
-                          orders=args.orders, scores=args.score, scales=args.scales, raw=args.raw,
-                          scale_unit=args.scale_unit, max_vectors=args.max_vectors, recorded=recorded,
-                          version=version, force=args.force)
+        plan = plan_split(args.store, lm, args.behavior, split, items_by_split[split], groups, settings,
+                          force=args.force)
         if plan.current:
-            say(f"{plan.path}: every group is up to date (FORCE=1 recomputes)")
+            say(f"{plan.split.path}: every group is up to date (FORCE=1 recomputes)")
             continue
         texts = [] if prompts is None else neutral_texts(args.store, lm, split, prompts, **neutral_options(args))
-        evaluate_split(args.store, lm, plan, groups, texts, sites, batch_size=args.batch_size,
-                       settings_per_pass=args.settings_per_pass, checkpoint_work=args.checkpoint_every,
-                       calibrator=calibrator)
+        evaluate_split(args.store, lm, plan, groups, texts, sites, batching, calibrator=calibrator)
 
 
 if __name__ == "__main__":
