@@ -7,8 +7,11 @@ L<S>-T<T>); --at caa: at θ₀ = the stored raw CAA vector of the layer (method 
 far J moved from the stored `pi` group's J(0): principal angles and ‖J(θ₀)v − J(0)v‖/‖J(0)v‖).
 Written: unit vectors (sign-free), σ = ‖J v‖, the residual trace.
 """
+from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -35,8 +38,10 @@ from steerlab.cli.options import (
 )
 from steerlab.jobs import Job, compute_groups
 from steerlab.lm.jacobian import parse_tokens
+from steerlab.lm.model import LoadedModel
 from steerlab.measure.cost import theta_at_scale
-from steerlab.methods.pi import Sweep
+from steerlab.measure.side_effects import ScoredText
+from steerlab.methods.pi import Linearised, Sweep
 from steerlab.store import (
     VectorGroup,
     caa_run,
@@ -67,6 +72,101 @@ def stored_caa(args: argparse.Namespace, key: str) -> tuple[VectorGroup, str]:
     caa = read_vector_group(args.store, key, args.behavior, "caa", run_name, make=f"make caa LAYERS={args.layer}")
     return caa, (f"/{vectors_path(key, args.behavior, 'caa', run_name)} ({caa.attrs.get('code_version')} "
                  f"started {caa.attrs.get('started')})")
+
+
+def theta0_words(source: str, scale: float | None, scale_unit: str) -> str:
+    """θ₀ in words: ``source`` (zero, or the stored CAA vector), or ``scale`` (in ``scale_unit``)
+    times its direction."""
+    unit_name = {"resid": "‖h_S‖", "kl": " KL"}.get(scale_unit, "")
+    return source if scale is None else f"{scale:+g}{unit_name} · unit({source})"
+
+
+def pi_jobs(args: argparse.Namespace, method: str, caa_source: str) -> list[Job]:
+    """One job per θ₀: at the point --at names, or at each of --at-scales along the CAA vector."""
+    scales = args.at_scales if args.at_scales is not None else [None]
+    at_letter = args.at == "caa" and args.caa_position == "letter"
+    drop = ("at_scales",) if args.at == "caa" else ("at_scales", "caa_position")
+    if args.at_scales is None:  # no scale to measure in a unit
+        drop += ("scale_unit",)
+    return [Job(linearised_run(args.layer, args.target, scale, args.scale_unit, letter=at_letter),
+                args.layer, settings_of(args, drop=drop, method=method, at_scale=scale,
+                                        theta0_source=theta0_words(caa_source, scale, args.scale_unit)))
+            for scale in scales]
+
+
+@dataclass
+class SweepState:
+    """What the points of one run share, made once, at its first point (the model loaded): the
+    sweep (the prompts' forward up to layer S, J(0), the last point's vectors), the median ‖h_S‖
+    at S (None where none is stored) and the val neutral texts a θ₀ in KL is sized on (none
+    unless AT_SCALES is in kl)."""
+    sweep: Sweep
+    unit: float | None
+    texts: list[ScoredText]
+
+    @classmethod
+    def start(cls, args: argparse.Namespace, lm: LoadedModel, answers: list) -> SweepState:
+        sweep = Sweep(lm.model, [a.prefix_ids for a in answers], args.layer, args.target,
+                      pad_id=lm.tokenizer.pad_token_id, batch_size=args.batch_size, tokens=args.tokens,
+                      chunk=args.jvp_chunk, ranks=ranks())
+        found = unit_norms(args, lm, [args.layer]).get(args.layer)
+        unit = None if found is None else found.median
+        texts = val_neutral_texts(args, lm) if args.scale_unit == "kl" and args.at_scales else []
+        return cls(sweep, unit, texts)
+
+    def theta0(self, args: argparse.Namespace, lm: LoadedModel, caa: VectorGroup | None,
+               scale: float | None) -> torch.Tensor | None:
+        """θ₀ of one point: 0 (no ``caa``), the stored CAA vector, or its direction at ``scale``."""
+        theta0 = None if caa is None else torch.from_numpy(caa.vectors[0].astype(np.float64))
+        if theta0 is not None and scale is not None:  # the CAA direction at that scale
+            theta0 = theta_at_scale(lm.model, theta0, scale, args.scale_unit, layer=args.layer,
+                                    pad_id=lm.tokenizer.pad_token_id, texts=self.texts, unit_norm=self.unit)
+        return theta0
+
+
+def show_step(bar, index: int, residuals: torch.Tensor, change: float) -> None:
+    """One power-iteration step on the progress bar."""
+    bar.update(1)
+    bar.set_postfix(change=f"{change:.1e}", residual=f"{float(residuals.max()):.1e}")
+
+
+def iterate(args: argparse.Namespace, state: SweepState, answers: list, job: Job, theta0: torch.Tensor | None,
+            words: str) -> Linearised:
+    """PI at ``theta0`` (``words``) on the sweep, from where a killed run of ``job`` stopped."""
+    with step(f"J = ∂h_{args.target}/∂θ_{args.layer} over {len(answers)} prompts "
+              f"({sum(len(a.prefix_ids) for a in answers)} tokens, positions {args.tokens}) at θ₀ = "
+              f"{words}; power iteration: k={args.k}, oversample={args.oversample}, tol={args.tol}"), \
+            progress_bar(args.iters, "power iteration", "step") as bar:
+        saved = job.saved()
+        bar.update(len(saved.get("changes", ())))
+        return state.sweep.at(theta0, args.k, iters=args.iters, oversample=args.oversample, tol=args.tol,
+                              seed=args.seed, progress=partial(show_step, bar), saved=saved, save=job.save)
+
+
+def linearised_group(args: argparse.Namespace, lm: LoadedModel, answers: list, job: Job, state: SweepState, *,
+                     method: str, previous: str | None, caa: VectorGroup | None, caa_source: str,
+                     reference: VectorGroup | None) -> VectorGroup:
+    """One job's group: PI at its θ₀, starting from the ``previous`` point's vectors (read from
+    the store when an earlier run computed it), and with a ``reference`` (the stored J(0)'s
+    group) how far J moved from J(0)."""
+    scale, sweep = job.settings["at_scale"], state.sweep
+    if sweep.last is None and previous is not None:  # the point before was stored by an earlier run: start from it
+        stored = read_vector_group(args.store, lm.key, args.behavior, method, previous)
+        sweep.last = torch.from_numpy(stored.vectors.astype(np.float64))
+    words = theta0_words(caa_source, scale, args.scale_unit)
+    found = iterate(args, state, answers, job, state.theta0(args, lm, caa, scale), words)
+    say(f"  {found.summary()}")
+    arrays = found.arrays() | {"prompt_ids": np.array([a.item_id for a in answers])}
+    attrs = found.attrs() | {"theta0_source": words}
+    if reference is not None:
+        drift = sweep.drift(found, torch.from_numpy(reference.vectors.astype(np.float64)))
+        say(f"  against J(0): {drift.summary()}")
+        arrays |= drift.arrays()
+        attrs |= {"at_scale": attrs["theta0_norm"] * (1.0 if scale >= 0 else -1.0),
+                  "at_scale_in_unit": scale, "scale_unit": args.scale_unit,
+                  "unit_norm": np.nan if state.unit is None else state.unit}
+    return VectorGroup(method, job.run, found.result.vectors.numpy().astype(np.float32), args.layer,
+                       sign_free=True, target_layer=args.target, arrays=arrays, attrs=attrs)
 
 
 def run() -> None:
@@ -103,64 +203,16 @@ def run() -> None:
     reference = None if args.at_scales is None else read_vector_group(  # the J(0) found as ours
         args.store, key, args.behavior, "pi", segment_run(args.layer, args.target), make="make pi",
         same_as={name: settings_of(args).get(name) for name in SAME_OPERATOR})
-    unit_name = {"resid": "‖h_S‖", "kl": " KL"}.get(args.scale_unit, "")
+    jobs = pi_jobs(args, method, caa_source)
+    state: SweepState | None = None  # made at the first point computed: every later one shares it
 
-    def described(scale: float | None) -> str:
-        """θ₀ in words."""
-        return caa_source if scale is None else f"{scale:+g}{unit_name} · unit({caa_source})"
-
-    scales = args.at_scales if args.at_scales is not None else [None]
-    at_letter = args.at == "caa" and args.caa_position == "letter"
-    drop = ("at_scales",) if args.at == "caa" else ("at_scales", "caa_position")
-    if args.at_scales is None:  # no scale to measure in a unit
-        drop += ("scale_unit",)
-    jobs = [Job(linearised_run(args.layer, args.target, scale, args.scale_unit, letter=at_letter),
-                args.layer, settings_of(args, drop=drop, method=method, at_scale=scale,
-                                        theta0_source=described(scale)))
-            for scale in scales]
-    shared: dict = {}  # what the scales of one run share: the sweep (prompts' prefixes, J(0), last vectors), the unit, the texts
-
-    def compute(lm, answers, job: Job) -> VectorGroup:
-        if "sweep" not in shared:
-            shared["sweep"] = Sweep(lm.model, [a.prefix_ids for a in answers], args.layer, args.target,
-                                    pad_id=lm.tokenizer.pad_token_id, batch_size=args.batch_size, tokens=args.tokens,
-                                    chunk=args.jvp_chunk, ranks=ranks())
-            found = unit_norms(args, lm, [args.layer]).get(args.layer)
-            shared["unit"] = None if found is None else found.median
-            shared["texts"] = val_neutral_texts(args, lm) if args.scale_unit == "kl" and args.at_scales else []
-        scale, sweep = job.settings["at_scale"], shared["sweep"]
-        before = jobs.index(job) - 1
-        if sweep.last is None and before >= 0:  # the point before was stored by an earlier run: start from it
-            stored = read_vector_group(args.store, lm.key, args.behavior, method, jobs[before].run)
-            sweep.last = torch.from_numpy(stored.vectors.astype(np.float64))
-        theta0 = None if caa is None else torch.from_numpy(caa.vectors[0].astype(np.float64))
-        if theta0 is not None and scale is not None:  # the CAA direction at that scale
-            theta0 = theta_at_scale(lm.model, theta0, scale, args.scale_unit, layer=args.layer,
-                                    pad_id=lm.tokenizer.pad_token_id, texts=shared["texts"], unit_norm=shared["unit"])
-        with step(f"J = ∂h_{args.target}/∂θ_{args.layer} over {len(answers)} prompts "
-                  f"({sum(len(a.prefix_ids) for a in answers)} tokens, positions {args.tokens}) at θ₀ = "
-                  f"{described(scale)}; power iteration: k={args.k}, oversample={args.oversample}, tol={args.tol}"), \
-                progress_bar(args.iters, "power iteration", "step") as bar:
-            def progress(index: int, residuals: torch.Tensor, change: float) -> None:
-                bar.update(1)
-                bar.set_postfix(change=f"{change:.1e}", residual=f"{float(residuals.max()):.1e}")
-
-            saved = job.saved()
-            bar.update(len(saved.get("changes", ())))
-            found = sweep.at(theta0, args.k, iters=args.iters, oversample=args.oversample, tol=args.tol,
-                             seed=args.seed, progress=progress, saved=saved, save=job.save)
-        say(f"  {found.summary()}")
-        arrays = found.arrays() | {"prompt_ids": np.array([a.item_id for a in answers])}
-        attrs = found.attrs() | {"theta0_source": described(scale)}
-        if reference is not None:
-            drift = sweep.drift(found, torch.from_numpy(reference.vectors.astype(np.float64)))
-            say(f"  against J(0): {drift.summary()}")
-            arrays |= drift.arrays()
-            attrs |= {"at_scale": attrs["theta0_norm"] * (1.0 if scale >= 0 else -1.0),
-                      "at_scale_in_unit": scale, "scale_unit": args.scale_unit,
-                      "unit_norm": np.nan if shared["unit"] is None else shared["unit"]}
-        return VectorGroup(method, job.run, found.result.vectors.numpy().astype(np.float32), args.layer,
-                           sign_free=True, target_layer=args.target, arrays=arrays, attrs=attrs)
+    def compute(lm: LoadedModel, answers: list, job: Job) -> VectorGroup:
+        nonlocal state
+        if state is None:
+            state = SweepState.start(args, lm, answers)
+        at = jobs.index(job)
+        return linearised_group(args, lm, answers, job, state, method=method, previous=jobs[at - 1].run if at else None,
+                                caa=caa, caa_source=caa_source, reference=reference)
 
     compute_groups(context(args), __spec__.name, method, jobs, items, compute, args.target)
 
