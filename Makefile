@@ -45,7 +45,7 @@ STUDY_N_RANDOM ?= 4## study: measured random directions at each cost val chose (
 STUDY_ITERS    ?= 60## study: PI's step budget; it stops earlier once converged (TOL)
 STUDY_TOL      ?= 1e-3## study: PI's convergence: the top-k subspace moves less than this between steps
 STUDY_N_DOSE   ?= 48## study: test questions on the dose ladder (the first by id)
-STUDY_SCALES   ?= 0.01 0.04## study: val's grid in SCALE_UNIT (KL_MAX 0.05 leaves these two eligible)
+STUDY_SCALES   ?= 0.04## study: the cost val chooses vectors and signs at, in SCALE_UNIT (the dose ladder measures the others; 0.04 stays under KL_MAX 0.05 with room for the search's 10%)
 STUDY_AT_SCALES ?=## study: points along the CAA path (in SCALE_UNIT) where PI@CAA is also linearised, e.g. "0.04 0.16" (off: docs/study-qwen2.5-0.5b-2026-12-03.md settled it)
 STUDY_STORE    ?= results/study/store.h5## study: its own store, apart from the main job's
 

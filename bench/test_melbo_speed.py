@@ -39,7 +39,7 @@ def setup():
 def _step(setup, start, earlier):
     lm, prefix, base, _ = setup
     return _ascend(lm.model, [prefix], [base], TARGET, start, earlier, radius=RADIUS, p=2.0, q=1.0,
-                   steps=1, lr=1e-3, progress=None, first=0, ranks=SINGLE)
+                   steps=1, lr=1e-3, progress=None, first=0, ranks=SINGLE, saved={}, save=None)
 
 
 def test_melbo_step_8_vectors_batched(benchmark, setup):

@@ -1,4 +1,5 @@
-"""Dose–response to breakdown (`make dose`): each method's vector as chosen on val (with its sign),
+"""Dose–response to breakdown (`make dose`): each vector group's setting as chosen on val (its vector
+and sign: both CAA positions, both ceilings, each PI group),
 and --n-random random directions in both signs, at the KL costs --costs, on the first --n-eval
 test questions by id (steerlab/measure/dose.py).
 
@@ -36,7 +37,7 @@ from steerlab.cli.options import (
 from steerlab.jobs import resolve_sites
 from steerlab.lm.generate import prompt_ids
 from steerlab.lm.model import load_model
-from steerlab.measure.choice import stored_val_choices
+from steerlab.measure.choice import group_val_choices
 from steerlab.measure.dose import check_costs, dose_response
 from steerlab.measure.grid import random_directions
 from steerlab.measure.neutral import neutral_texts
@@ -89,9 +90,7 @@ def run() -> None:
     p.set_defaults(batch_size=4)
     p.set_defaults(scale_unit="kl")  # the ladder is in KL; its search's bounds are in units of ‖h_S‖
     args = parse(p, lambda a: check_kl_max(a.kl_max))
-    found, notes = stored_val_choices(args.store, store_key(args.model), args.behavior, args.kl_max, by=args.select_by)
-    for note in notes:
-        say(note)
+    found = group_val_choices(args.store, store_key(args.model), args.behavior, args.kl_max, by=args.select_by)
     if not found:
         raise UserError(f"no val choice in {args.store}: run `make eval SPLITS=val` first")
     groups = {(c.method, c.run): read_vector_group(args.store, store_key(args.model), args.behavior, c.method, c.run)

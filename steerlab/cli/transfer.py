@@ -1,6 +1,7 @@
-"""Does a vector move the behaviour, or the score's form? (`make transfer`): --behavior's val
-choices of --methods (default the ceiling and CAA), each at the θ val chose, on the first --n-eval
-test questions of every behaviour in --behaviors, in both scores beside the unsteered model.
+"""Does a vector move the behaviour, or the score's form? (`make transfer`): the val choice of every
+group of --behavior's --methods (default the ceiling's and CAA's), each at the θ val chose, on the
+first --n-eval test questions of every behaviour in --behaviors, in both scores beside the
+unsteered model.
 
 A direction fitted to a score can learn that score's form (answer length, punctuation, a polarity
 the paired mean only partly cancels) rather than the behaviour. Such a direction moves every
@@ -28,7 +29,7 @@ from steerlab.cli.options import (
 )
 from steerlab.jobs import resolve_sites
 from steerlab.lm.model import load_model
-from steerlab.measure.choice import stored_val_choices, theta_of
+from steerlab.measure.choice import group_val_choices, theta_of
 from steerlab.measure.scores import question_ids, score, usable_questions
 from steerlab.questions.behaviors import check_name, data_file, items_of
 from steerlab.store import (
@@ -58,8 +59,7 @@ def run() -> None:
         check_name(name)
     key = store_key(args.model)
     methods = args.methods.split()
-    choices = [c for method in methods
-               for c in stored_val_choices(args.store, key, args.behavior, args.kl_max, only=method, by=args.select_by)[0]]
+    choices = group_val_choices(args.store, key, args.behavior, args.kl_max, by=args.select_by, methods=methods)
     if not choices:
         raise UserError(f"no val choice of {', '.join(methods)} for {args.behavior} in {args.store}: run `make eval "
                         "SPLITS=val` (and `make ceiling`) first")

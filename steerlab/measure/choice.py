@@ -18,7 +18,14 @@ from steerlab.base.errors import StoreError, UserError
 from steerlab.lm.generate import Setting
 from steerlab.lm.site import Site
 from steerlab.lm.vector import SteeringVector
-from steerlab.measure.analysis import best_of_method, methods, read_split, select_by, splits_in_store
+from steerlab.measure.analysis import (
+    best_of_method,
+    best_setting,
+    methods,
+    read_split,
+    select_by,
+    splits_in_store,
+)
 from steerlab.measure.scales import ScaleUnit, absolute
 from steerlab.measure.scores import Score
 from steerlab.store import VectorGroup, open_for_reading, read_norm, read_vector_group
@@ -71,6 +78,29 @@ def stored_val_choices(store: str | Path, key: str, behavior: str, kl_max: float
         picked.append(VectorChoice(method, group.run, vector, group.norm(vector, s),
                                    bool(group.attrs.get("raw", 0))))
     return picked, notes
+
+
+def group_val_choices(store: str | Path, key: str, behavior: str, kl_max: float | None, by: Score = "cloze",
+                      methods: list[str] | None = None) -> list[VectorChoice]:
+    """Every vector group's own setting chosen on val by ``by`` (the study's entries: both CAA
+    positions, both ceilings, each PI group), for ``methods`` only if given; never the random
+    control's; groups with no eligible setting are left out."""
+    with open_for_reading(store) as h5:
+        if "val" not in splits_in_store(h5, key, behavior):
+            raise StoreError(f"no validation eval of {behavior} for {key} in {store}: run "
+                             f"`make eval BEHAVIOR={behavior}` first")
+        val = read_split(h5, key, behavior, "val")
+    by = select_by(val, by)
+    picked = []
+    for group in val.groups.values():
+        if group.method == "random" or (methods is not None and group.method not in methods):
+            continue
+        chosen = best_setting(group, val, kl_max, by)
+        if chosen is not None:
+            vector, s = chosen
+            picked.append(VectorChoice(group.method, group.run, vector, group.norm(vector, s),
+                                       bool(group.attrs.get("raw", 0))))
+    return picked
 
 
 def named_choices(store: str | Path, key: str, behavior: str, vector: str, scales: list[float | None],

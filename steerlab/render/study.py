@@ -292,13 +292,13 @@ def dose_section(dose: tuple[dict, dict], found: list[Entry], inputs, test: Spli
                          f"| {'not within the ladder' if broken is None else f'{broken:g} KL'} "
                          f"| {'–' if fails is None else f'{fails:g} KL'} |")
     lines += ["", "Steered greedy samples (first test neutral prompt; first open-ended prompt), unsteered first:", "",
-              f"- unsteered: {' / '.join(repr(s) for s in data['baseline_samples'])}"]
+              f"- unsteered: {' / '.join(repr(str(s)) for s in data['baseline_samples'])}"]
     for label, curve in labelled:
         if curve.random:
             continue
         for cost, samples in zip(curve.costs, curve.samples):
             if any(samples):
-                lines.append(f"- {label} at {cost:g} KL: {' / '.join(repr(s) for s in samples)}")
+                lines.append(f"- {label} at {cost:g} KL: {' / '.join(repr(str(s)) for s in samples)}")
     return lines
 
 
