@@ -77,3 +77,13 @@ def test_read_positions_outside_a_sequence_are_refused(tiny_llama):
 def test_a_mirrored_only_eval_keeps_every_question_in_the_cloze_score(smol_tokenizer, ab_items):
     answers, cloze, skipped = usable_questions(smol_tokenizer, ab_items, "mirrored", "both")
     assert not skipped and len(answers) == len(cloze) == len(ab_items)
+
+
+def test_continuations_are_bucketed_by_length_so_short_ones_are_not_padded_to_long_ones():
+    from steerlab.lm.steered import tail_buckets
+
+    lengths = [24, 7, 33, 9, 46, 12, 6, 14]
+    buckets = tail_buckets(lengths)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+    assert all(max(lengths[i] for i in b) <= 1.5 * min(lengths[i] for i in b) for b in buckets)
+    assert [[lengths[i] for i in b] for b in buckets] == [[6, 7, 9], [12, 14], [24, 33], [46]]

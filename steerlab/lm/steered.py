@@ -130,7 +130,9 @@ def steered_logits(model: torch.nn.Module, sequences: Sequence[tuple[int, ...]],
         ids = torch.tensor([layout.needed[0][: layout.opening]], device=device)
         opening_cache = record_opening(model, run_prefix(model, ids, torch.ones_like(ids), source_layer),
                                        thetas, last_layer)
-    sizes = [layout.stem[g] + max(len(layout.needed[i]) - layout.stem[g] for i in indices)
+    # stems batched by their length (the stem pass pads to the longest), then by their longest
+    # continuation; continuations are bucketed by length inside each batch (tail_buckets)
+    sizes = [(layout.stem[g], max(len(layout.needed[i]) - layout.stem[g] for i in indices))
              for g, indices in enumerate(layout.groups)]
     for batch in length_batches(sizes, batch_size):
         rows = [i for g in batch for i in layout.groups[g]]
@@ -178,9 +180,7 @@ def _stem_passes(model, prefix, layout: SharedLayout, batch: list[int], read_at,
             starts.append(layout.stem[g])
             tails.append(len(layout.needed[i]) - layout.stem[g])
             row += 1
-    n_t = row
     group_of_t = torch.tensor(group_of, device=device)
-    starts_t = torch.tensor(starts, device=device)
     stem_len = [layout.stem[g] for g in batch]
     width_s = max(stem_len)
     has_stems = width_s > opening
@@ -192,16 +192,12 @@ def _stem_passes(model, prefix, layout: SharedLayout, batch: list[int], read_at,
         for g_index, length in enumerate(stem_len):
             hidden_s[g_index, : length - opening] = hidden[first_row[g_index], opening:length]
         kwargs_s = suffix_layer_kwargs(truncated(prefix.layer_kwargs, width_s), mask_s, opening)
-    width_t = max(tails)
-    hidden_t = hidden.new_zeros(n_t, width_t, d)
-    mask_t = torch.zeros(n_t, width_t, dtype=torch.long, device=device)
-    for r in range(n_t):
-        hidden_t[r, : tails[r]] = hidden[r, starts[r]:starts[r] + tails[r]]
-        mask_t[r, : tails[r]] = 1
-    kwargs_t = continuation_layer_kwargs(prefix.layer_kwargs, mask_s[group_of_t], starts_t, mask_t)
     reads = [at for g in batch for at in (read_at[i] for i in layout.groups[g])]
-    row_of = torch.tensor([r for r, at in enumerate(reads) for _ in at], device=device)
-    col_of = torch.tensor([c - starts[r] for r, at in enumerate(reads) for c in at], device=device)
+    offsets = [0]
+    for at in reads:
+        offsets.append(offsets[-1] + len(at))
+    parts = [_tail_part(hidden, prefix.layer_kwargs, rows, tails, starts, reads, offsets, mask_s, group_of_t)
+             for rows in tail_buckets(tails)]
     for first in range(0, thetas.shape[0], settings_per_pass):
         chunk = thetas[first:first + settings_per_pass]
         m = len(chunk)
@@ -212,14 +208,63 @@ def _stem_passes(model, prefix, layout: SharedLayout, batch: list[int], read_at,
             steered = hidden_s.repeat(m, 1, 1) + chunk.repeat_interleave(n_g, 0)[:, None].to(hidden.dtype)
             run_layers(model, steered, with_cache(repeat_rows(kwargs_s, n_g, m), stem_cache),
                        prefix.source_layer + 1, last_layer)
-            tail_cache = stem_cache.attending((each[:, None] * n_g + group_of_t[None]).flatten())
+        logits = None
+        for part in parts:
+            n_b = len(part.hidden)
+            cache = (stem_cache.attending((each[:, None] * n_g + part.groups[None]).flatten()) if has_stems
+                     else opening_cache.attending(setting_rows(settings, n_b, device)))
+            steered = part.hidden.repeat(m, 1, 1) + chunk.repeat_interleave(n_b, 0)[:, None].to(hidden.dtype)
+            steered = run_layers(model, steered, with_cache(repeat_rows(part.kwargs, n_b, m), cache),
+                                 prefix.source_layer + 1, last_layer)
+            read_rows = each[:, None] * n_b + part.read_rows[None]
+            found = head(model, steered[read_rows, part.read_cols[None].expand_as(read_rows)])
+            if logits is None:
+                logits = found.new_empty(m, offsets[-1], found.shape[-1])
+            logits[:, part.read_index] = found
+        yield settings, logits
+
+
+@dataclass
+class _TailPart:
+    """The continuations of a batch run together: rows of similar length, so little is padding."""
+    hidden: torch.Tensor  # [n, width, d] their residuals after S
+    kwargs: dict[str, dict]  # their decoder-layer arguments (attending to their stems)
+    groups: torch.Tensor  # [n] each row's stem, within the batch
+    read_rows: torch.Tensor  # per read position of these rows: its row here
+    read_cols: torch.Tensor  # ... and its column here
+    read_index: torch.Tensor  # ... and its place in the batch's reads (sequence order)
+
+
+def tail_buckets(lengths: list[int], spread: float = 1.5) -> list[list[int]]:
+    """Indices of ``lengths`` grouped so that within a group the longest is at most ``spread``
+    times the shortest (ascending): one pass each, so short continuations (a cloze answer) are not
+    padded to the length of long ones (a letter prompt's choice block)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets and lengths[i] <= spread * max(lengths[buckets[-1][0]], 1):
+            buckets[-1].append(i)
         else:
-            tail_cache = opening_cache.attending(setting_rows(settings, n_t, device))
-        steered = hidden_t.repeat(m, 1, 1) + chunk.repeat_interleave(n_t, 0)[:, None].to(hidden.dtype)
-        steered = run_layers(model, steered, with_cache(repeat_rows(kwargs_t, n_t, m), tail_cache),
-                             prefix.source_layer + 1, last_layer)
-        read_rows = each[:, None] * n_t + row_of[None]
-        yield settings, head(model, steered[read_rows, col_of[None].expand_as(read_rows)])
+            buckets.append([i])
+    return buckets
+
+
+def _tail_part(hidden: torch.Tensor, layer_kwargs: dict, rows: list[int], tails: list[int], starts: list[int],
+               reads: list[list[int]], offsets: list[int], mask_s: torch.Tensor, group_of: torch.Tensor) -> _TailPart:
+    device, d = hidden.device, hidden.shape[-1]
+    width = max(tails[r] for r in rows)
+    part_hidden = hidden.new_zeros(len(rows), width, d)
+    mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    for j, r in enumerate(rows):
+        part_hidden[j, : tails[r]] = hidden[r, starts[r]:starts[r] + tails[r]]
+        mask[j, : tails[r]] = 1
+    index = torch.tensor(rows, device=device)
+    groups = group_of[index]
+    kwargs = continuation_layer_kwargs(layer_kwargs, mask_s[groups], torch.tensor(starts, device=device)[index], mask)
+    read_rows = torch.tensor([j for j, r in enumerate(rows) for _ in reads[r]], device=device)
+    read_cols = torch.tensor([c - starts[r] for r in rows for c in reads[r]], device=device)
+    read_index = torch.tensor([offsets[r] + k for r in rows for k in range(len(reads[r]))], device=device)
+    return _TailPart(part_hidden, kwargs, groups, read_rows, read_cols, read_index)
 
 
 # What a gradient request scores: the logits at a batch's read positions [n_read, vocab] (sequence
