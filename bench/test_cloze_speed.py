@@ -1,8 +1,8 @@
 """What the cloze score costs beside the letter score, per question × setting, on the default model.
 
 The workload is the first 16 val questions by id (what `make eval` asks by default) under 4 θ
-settings at layer 20 (the main job's), fp32: the letter eval asks each question in both orders (its prompt carries
-the choice block); the cloze eval scores both answer texts after the stem, with each item's prompt
+settings at layer 20 (the main job's), fp32: the letter eval asks each question in both orders (its prompt
+carries the choice block); the cloze eval scores both answer texts after the stem, with each item's prompt
 shared between its two answers (``share``) or, as the plain twin would, each answer run
 with its prompt whole. Ratios: `cloze_over_letter` (cloze time / letter time for the same
 questions and settings: the cost of adding the cloze score) and `cloze_prompt_sharing_speedup`
@@ -43,8 +43,8 @@ def _per_question_setting(benchmark, n_questions):
 def test_letter_both_orders(benchmark, workload):
     lm, answers, _, thetas = workload
     _per_question_setting(benchmark, len(answers) // 2)
-    benchmark.pedantic(letter_scores, args=(lm.model, answers, LAYER, thetas), kwargs={"pad_id": lm.tokenizer.pad_token_id},
-                       rounds=2, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(letter_scores, args=(lm.model, answers, LAYER, thetas),
+                       kwargs={"pad_id": lm.tokenizer.pad_token_id}, rounds=2, iterations=1, warmup_rounds=0)
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "whole"])
@@ -52,4 +52,5 @@ def test_cloze(benchmark, workload, shared):
     lm, _, cloze, thetas = workload
     _per_question_setting(benchmark, len(cloze))
     benchmark.pedantic(cloze_logprobs, args=(lm.model, cloze, LAYER, thetas),
-                       kwargs={"pad_id": lm.tokenizer.pad_token_id, "share": shared}, rounds=2, iterations=1, warmup_rounds=0)
+                       kwargs={"pad_id": lm.tokenizer.pad_token_id, "share": shared}, rounds=2, iterations=1,
+                       warmup_rounds=0)

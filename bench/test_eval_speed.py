@@ -94,7 +94,8 @@ def _run(benchmark, fn, setup):
 
 
 def _fast(model, answers, layer, thetas, pad_id):
-    return letter_scores(model, answers, layer, thetas, pad_id=pad_id)  # the runner's batch size and settings per pass
+    # the runner's batch size and settings per pass
+    return letter_scores(model, answers, layer, thetas, pad_id=pad_id)
 
 
 def test_eval_fast_bf16(benchmark, bf16):

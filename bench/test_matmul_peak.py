@@ -1,9 +1,9 @@
 """This machine's matrix-multiply peak in the run's own conditions (threads, dtype): one large
 square GEMM in fp32 and in bf16, through ``F.linear`` as the models call it (``torch.mm`` takes a
-far slower path for bf16 on CPUs without native bf16: 0.3 against 12 GFLOP/s on the dev box). The eval and Jacobian benchmarks divide their useful FLOP/s
-(bench/flops.py) by it: `eval_fraction_of_peak`, `jtjv_fraction_of_peak`. On CPUs without native
-bf16 matrix instructions (AVX512-BF16, AMX) the bf16 peak is far below the fp32 one, and with
-them above it: `matmul_bf16_over_fp32` says which kind of CPU ran the bench.
+far slower path for bf16 on CPUs without native bf16: 0.3 against 12 GFLOP/s on the dev box). The eval and
+Jacobian benchmarks divide their useful FLOP/s (bench/flops.py) by it: `eval_fraction_of_peak`,
+`jtjv_fraction_of_peak`. On CPUs without native bf16 matrix instructions (AVX512-BF16, AMX) the bf16 peak is
+far below the fp32 one, and with them above it: `matmul_bf16_over_fp32` says which kind of CPU ran the bench.
 """
 import pytest
 import torch

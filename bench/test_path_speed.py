@@ -40,7 +40,8 @@ def sweep(lm, batches, direction, shared: bool) -> list[int]:
         if prefixes is None or not shared:
             prefixes = prompt_prefixes(lm.model, batches, lm.tokenizer.pad_token_id, LAYER)
         op = jacobian_at(lm.model, prefixes, TARGET, "all", theta0=scale * direction)
-        result = power_iteration(op, K, iters=ITERS, oversample=OVERSAMPLE, tol=1e-2, seed=0, start=start if shared else None)
+        result = power_iteration(op, K, iters=ITERS, oversample=OVERSAMPLE, tol=1e-2, seed=0,
+                                 start=start if shared else None)
         start = result.vectors
         steps.append(result.steps)
     return steps

@@ -32,7 +32,8 @@ def setup():
     prompts = load_prompts("data/neutral-prompts.jsonl", "val", N_PROMPTS)
     asked = prompt_ids(lm.tokenizer, [p.text for p in prompts])
     gen = torch.Generator().manual_seed(0)
-    texts = [ScoredText(p.id, ids + tuple(torch.randint(0, 1000, (TOKENS,), generator=gen).tolist()), len(ids))
+    texts = [ScoredText(p.id, ids + tuple(torch.randint(0, 1000, (TOKENS,), generator=gen).tolist()),
+                        len(ids))
              for p, ids in zip(prompts, asked)]
     thetas = torch.randn(N_SETTINGS, lm.d_model, generator=gen)
     thetas = 8 * thetas / thetas.norm(dim=1, keepdim=True)
@@ -41,8 +42,8 @@ def setup():
 
 def test_kl_fast_fp32(benchmark, setup):
     lm, texts, thetas, _ = setup
-    benchmark.pedantic(side_effects, args=(lm.model, texts, LAYER, thetas), kwargs={"pad_id": lm.tokenizer.pad_token_id},
-                       rounds=1, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(side_effects, args=(lm.model, texts, LAYER, thetas),
+                       kwargs={"pad_id": lm.tokenizer.pad_token_id}, rounds=1, iterations=1, warmup_rounds=0)
     benchmark.extra_info.update(texts=len(texts), settings=len(thetas), tokens_scored=TOKENS)
 
 

@@ -45,8 +45,9 @@ def workload():
 
 
 def _stem(lm, answers, cloze, thetas, share=True):
-    return score(lm.model, answers, 2, [], source_layer=LAYER, thetas=thetas, pad_id=lm.tokenizer.pad_token_id,
-                 batch_size=4, settings_per_pass=2, cloze=cloze, share=share)
+    return score(lm.model, answers, 2, [], source_layer=LAYER, thetas=thetas,
+                 pad_id=lm.tokenizer.pad_token_id, batch_size=4, settings_per_pass=2, cloze=cloze,
+                 share=share)
 
 
 def _separate(lm, answers, cloze, thetas):

@@ -46,7 +46,8 @@ torch.manual_seed(0)
 lm = load_model(os.environ.get("MODEL", str(DEFAULT_MODEL_DIR)), "fp32")
 pad = lm.tokenizer.pad_token_id
 train, _ = cloze_items(lm.tokenizer, load_items(DATA, "train")[:128])
-val, _ = cloze_items(lm.tokenizer, sorted(load_items(DATA, "val"), key=lambda i: i.id)[:int(os.environ.get("N_VAL", "64"))])
+val, _ = cloze_items(lm.tokenizer,
+                     sorted(load_items(DATA, "val"), key=lambda i: i.id)[:int(os.environ.get("N_VAL", "64"))])
 classes = np.array([item.polarity for item in val])
 counts = cloze_token_counts(val)
 prompts = load_prompts("data/neutral-prompts.jsonl", "val", 8)
@@ -55,7 +56,8 @@ continued = generate_ids(lm.model, asked, None, 32, pad_id=pad).tokens
 texts = [ScoredText(p.id, a + c, len(a)) for p, a, c in zip(prompts, asked, continued)]
 print(f"capture {CAPTURE}; val: {len(val)} questions, classes " + ", ".join(f"{c} {int((classes == c).sum())}"
                                                          for c in ("yes", "no", "other")))
-print("| layer | median ‖h_S‖ | " + ("KL target | |θ| CAA balanced / random (mean) " if COSTS else "s ") + "| CAA balanced: Δ | its polarity shift | its Δ on other | CAA pooled: Δ "
+print("| layer | median ‖h_S‖ | " + ("KL target | |θ| CAA balanced / random (mean) " if COSTS else "s ")
+      + "| CAA balanced: Δ | its polarity shift | its Δ on other | CAA pooled: Δ "
       "| its polarity shift | random (3 dirs): Δ | KL balanced | KL random |")
 print("|---|---|---|" + ("---|" if COSTS else "") + "---|---|---|---|---|---|---|---|")
 norm_prompts = prompt_ids(lm.tokenizer, [item.question for item in load_items(DATA, "train")[:NORM_PROMPTS]])
@@ -68,8 +70,9 @@ for layer in LAYERS:
     directions = units + [d.double() / d.double().norm() for d in randoms]
     if COSTS:  # each direction and sign at the |θ| that costs each target
         signed = [-c for c in reversed(COSTS)] + COSTS
-        sizes = {sign: kl_norms(lm.model, texts, layer, torch.stack([sign * u for u in directions]), targets=COSTS, pad_id=pad,
-                                start=UNIT_START * norm, max_norm=MAX_UNITS * norm).norms for sign in (1, -1)}
+        sizes = {sign: kl_norms(lm.model, texts, layer, torch.stack([sign * u for u in directions]),
+                                targets=COSTS, pad_id=pad, start=UNIT_START * norm,
+                                max_norm=MAX_UNITS * norm).norms for sign in (1, -1)}
         norms = [[float(sizes[1 if c > 0 else -1][i, COSTS.index(abs(c))]) for c in signed]
                  for i in range(len(directions))]
     else:
@@ -77,7 +80,8 @@ for layer in LAYERS:
         norms = [[abs(s) for s in signed] for _ in directions]
     rows = [torch.zeros(lm.d_model, dtype=torch.float64)]
     rows += [(1 if s > 0 else -1) * n * u for u, ns in zip(directions, norms) for s, n in zip(signed, ns)]
-    out = score(lm.model, [], 1, texts, source_layer=layer, thetas=torch.stack(rows).float(), pad_id=pad, batch_size=4, settings_per_pass=2, cloze=val)
+    out = score(lm.model, [], 1, texts, source_layer=layer, thetas=torch.stack(rows).float(), pad_id=pad,
+                batch_size=4, settings_per_pass=2, cloze=val)
     pref = cloze_preference(out.cloze, counts)  # [settings, n_q]
     delta = pref - pref[0]
     n = len(signed)
@@ -91,8 +95,9 @@ for layer in LAYERS:
         size = (f" {norms[0][j]:.3g} / {np.mean([norms[2 + r][j] for r in range(N_RANDOM)]):.3g} |"
                 if COSTS else "")
         print(f"| {layer} | {norm:.1f} | {s:+g} |{size} {balanced_stat(caa_b, classes).fmt(3, True)} | "
-              f"{shift_b.fmt(3, True)} | {other.fmt(3, True)} | {balanced_stat(caa_p, classes).fmt(3, True)} | "
-              f"{shift_p.fmt(3, True)} | "
+              f"{shift_b.fmt(3, True)} | {other.fmt(3, True)} | {balanced_stat(caa_p, classes).fmt(3, True)} "
+              f"| {shift_p.fmt(3, True)} | "
               f"{balanced_stat(rand, classes).fmt(3, True)} | {kl_b.fmt(3)} | {kl_r.fmt(3)} |", flush=True)
     cosine = float(units[0] @ units[1])
-    print(f"|  | cos(balanced, pooled) = {cosine:+.2f} | | | | | | | | | |" + (" |" if COSTS else ""), flush=True)
+    print(f"|  | cos(balanced, pooled) = {cosine:+.2f} | | | | | | | | | |" + (" |" if COSTS else ""),
+          flush=True)

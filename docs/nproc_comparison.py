@@ -43,7 +43,8 @@ def main(nproc: int, variables: list[str]) -> None:
                             f"RESULTS={folder / f'results-{n}'}", *variables], check=True)
             seconds[target, n] = time.perf_counter() - start
     one, many = float_datasets(folder / "store-1.h5"), float_datasets(folder / f"store-{nproc}.h5")
-    print(f"| target | NPROC=1 | NPROC={nproc} | largest abs. difference | relative to that dataset's largest value | in |")
+    print(f"| target | NPROC=1 | NPROC={nproc} | largest abs. difference "
+          "| relative to that dataset's largest value | in |")
     print("|---|---|---|---|---|---|")
     for target in TARGETS:
         names = [name for name in one if WRITES[target] in name]

@@ -45,7 +45,8 @@ pad = lm.tokenizer.pad_token_id
 torch.manual_seed(0)
 
 # the stream at S over the scale unit's prompts
-sequences = prompt_ids(lm.tokenizer, [i.question for i in load_items(f"data/{BEHAVIOR}.jsonl", "train")[:NORM_PROMPTS]])
+sequences = prompt_ids(lm.tokenizer,
+                       [i.question for i in load_items(f"data/{BEHAVIOR}.jsonl", "train")[:NORM_PROMPTS]])
 rows = []
 with torch.no_grad():
     for _, prefix in batched_prefixes(lm.model, sequences, LAYER, pad, 16):
@@ -69,7 +70,8 @@ for group in read_vector_groups(STORE, lm.key, BEHAVIOR):
     if group.source_layer != LAYER or "-at" in group.run:
         continue
     for i, v in enumerate(group.vectors[:2]):
-        directions.append((f"{group.method}/{group.run} #{i}", torch.from_numpy(v.copy()).double(), group.sign_free))
+        directions.append((f"{group.method}/{group.run} #{i}", torch.from_numpy(v.copy()).double(),
+                           group.sign_free))
 for i, v in enumerate(random_directions(N_RANDOM, lm.d_model, 0, LAYER)):
     directions.append((f"random #{i}", v, True))
 
@@ -85,7 +87,8 @@ for name, v, sign_free in directions:
     for sign in ((-1, 1) if sign_free else (1,)):
         where.append((name, sign, len(thetas)))
         thetas += [sign * s * unit for s in absolute]
-out = score(lm.model, [], 1, texts, source_layer=LAYER, thetas=torch.stack(thetas).float(), pad_id=pad, batch_size=4, settings_per_pass=4)
+out = score(lm.model, [], 1, texts, source_layer=LAYER, thetas=torch.stack(thetas).float(), pad_id=pad,
+            batch_size=4, settings_per_pass=4)
 kl = out.kl.mean(1)  # [settings]
 
 

@@ -57,8 +57,8 @@ def caa_from_pairs(model, pairs: Sequence[tuple[str, str, str]], layer: int, tok
     lm = as_loaded(model, tokenizer)
     items = [cloze_pair(lm.tokenizer, prompt, positive, negative, f"pair-{n}")
              for n, (prompt, positive, negative) in enumerate(pairs)]
-    result = caa_answer_vector(lm.model, items, layer, lm.tokenizer.pad_token_id, capture="resid", balance=balance,
-                               batch_size=batch_size)
+    result = caa_answer_vector(lm.model, items, layer, lm.tokenizer.pad_token_id, capture="resid",
+                               balance=balance, batch_size=batch_size)
     return SteeringVector(result.vector, layer, "auto", f"CAA over {len(items)} pairs at L{layer}")
 
 
@@ -100,8 +100,9 @@ def score_items(model, items: list[Item], vector: SteeringVector | None,
     if vector is None:  # the unsteered model alone; the fast path adds θ to h_S at any layer
         vector = SteeringVector(torch.zeros(lm.d_model, dtype=torch.float64), 0)
     thetas = vector.stack([0.0, *scales])
-    out = score(lm.model, answers, 2, [], source_layer=vector.layer, thetas=thetas, pad_id=lm.tokenizer.pad_token_id,
-                batch_size=QUESTIONS_PER_PASS, settings_per_pass=SETTINGS_PER_PASS, cloze=cloze)
+    out = score(lm.model, answers, 2, [], source_layer=vector.layer, thetas=thetas,
+                pad_id=lm.tokenizer.pad_token_id, batch_size=QUESTIONS_PER_PASS,
+                settings_per_pass=SETTINGS_PER_PASS, cloze=cloze)
     ids = question_ids(answers, cloze, 2)
     preference = None if out.cloze is None else cloze_preference(out.cloze, cloze_token_counts(cloze))
     return ItemScores([0.0, *scales], ids, out.logit_diff, preference,

@@ -38,7 +38,8 @@ def segment_and_head_match_the_forward(lm: LoadedModel, items, source: int, size
     assert (plain - unsteered)[real].abs().max() > 1e-2  # θ really steers
 
 
-def eval_fast_paths_equal_their_plain_twins(lm: LoadedModel, items, source: int, size: float, site: str) -> None:
+def eval_fast_paths_equal_their_plain_twins(lm: LoadedModel, items, source: int, size: float,
+                                            site: str) -> None:
     pad = lm.tokenizer.pad_token_id
     thetas = scaled_directions(lm.d_model, scales=(size, -size), seed=0)
     answers, _ = answer_tokens_for(lm.tokenizer, items)
@@ -46,7 +47,8 @@ def eval_fast_paths_equal_their_plain_twins(lm: LoadedModel, items, source: int,
     plain = letter_plain(lm.model, answers, source, thetas, pad, site=site)
     letter = (fast.logit_diff - plain.logit_diff).abs().max().item()
     cloze_in, _ = cloze_items(lm.tokenizer, items)
-    fast_cloze = cloze_logprobs(lm.model, cloze_in, source, thetas, pad_id=pad, batch_size=2, settings_per_pass=2)
+    fast_cloze = cloze_logprobs(lm.model, cloze_in, source, thetas, pad_id=pad, batch_size=2,
+                                settings_per_pass=2)
     plain_cloze = cloze_plain(lm.model, cloze_in, source, thetas, pad, site=site)
     cloze = (fast_cloze - plain_cloze).abs().max().item()
     print(f"letter logit difference fast vs plain {letter:.2e}; cloze log-prob {cloze:.2e}")

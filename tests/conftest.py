@@ -29,7 +29,8 @@ def smol_tokenizer():
 def qwen3_tokenizer(tmp_path_factory):
     folder = tmp_path_factory.mktemp("qwen3-tokenizer")
     source = FIXTURES / "qwen3-tokenizer"
-    with gzip.open(source / "tokenizer.json.gz", "rb") as packed, open(folder / "tokenizer.json", "wb") as out:
+    with gzip.open(source / "tokenizer.json.gz", "rb") as packed, \
+            open(folder / "tokenizer.json", "wb") as out:
         shutil.copyfileobj(packed, out)
     shutil.copy(source / "tokenizer_config.json", folder)
     return AutoTokenizer.from_pretrained(folder)

@@ -60,8 +60,8 @@ def cases(lm, items, prefix: str, heavy: bool) -> list[Case]:
         answers, _ = answers_in_order(lm.tokenizer, items[:n_items], orders)
         n = 2 if orders == "both" else 1
         out.append((f"{prefix}caa_{n_items}x{orders}",
-                    lambda ranks, answers=answers, n=n: caa_vector(lm.model, answers, layer, pad, batch_size=3,
-                                                                   n_orders=n, ranks=ranks),
+                    lambda ranks, answers=answers, n=n: caa_vector(lm.model, answers, layer, pad,
+                                                                   batch_size=3, n_orders=n, ranks=ranks),
                     lambda one, many: max(
                         largest(one.vector, many.vector), largest(one.by_order, many.by_order),
                         largest(one.diff_norms, many.diff_norms))))
@@ -76,16 +76,17 @@ def cases(lm, items, prefix: str, heavy: bool) -> list[Case]:
     for n_q in (5, 1):  # questions 2/3 and 0/1 (and texts 1/2)
         asked = answers[:n_q] + answers[5:5 + n_q]
         out.append((f"{prefix}eval_{n_q}q",
-                    lambda ranks, asked=asked: score(lm.model, asked, 2, texts, source_layer=layer, thetas=thetas, pad_id=pad, batch_size=2, settings_per_pass=2,
-                                                     ranks=ranks),
+                    lambda ranks, asked=asked: score(lm.model, asked, 2, texts, source_layer=layer,
+                                                     thetas=thetas, pad_id=pad, batch_size=2,
+                                                     settings_per_pass=2, ranks=ranks),
                     lambda one, many: max(largest(one.logit_diff, many.logit_diff),
                                           largest(one.answer_mass, many.answer_mass),
                                           largest(one.kl, many.kl), largest(one.top1, many.top1))))
 
     prompts = [a.prefix_ids for a in answers[:3]]
     out.append((f"{prefix}generate_tokens_differ",
-                lambda ranks: generate_ids(lm.model, prompts, SteeringVector(thetas[1], layer, "mlp"), 6, pad_id=pad,
-                                           batch_size=2, ranks=ranks),
+                lambda ranks: generate_ids(lm.model, prompts, SteeringVector(thetas[1], layer, "mlp"), 6,
+                                           pad_id=pad, batch_size=2, ranks=ranks),
                 lambda one, many: float(one.tokens != many.tokens)))
     if not heavy:
         return out
@@ -105,8 +106,8 @@ def cases(lm, items, prefix: str, heavy: bool) -> list[Case]:
             largest(one[0].vectors, many[0].vectors), largest(one[0].sigmas, many[0].sigmas),
             largest(one[0].trace, many[0].trace), largest(one[1], many[1]))))
         out.append((f"{prefix}melbo_{n_prompts}prompts",
-                    lambda ranks, every=every: melbo(lm.model, ranks.part(every), target, 2, radius=4.0, steps=3,
-                                                     lr=0.05, seed=1, ranks=ranks),
+                    lambda ranks, every=every: melbo(lm.model, ranks.part(every), target, 2, radius=4.0,
+                                                     steps=3, lr=0.05, seed=1, ranks=ranks),
                     lambda one, many: max(largest(one.vectors, many.vectors), largest(one.trace, many.trace),
                                           largest(one.objective, many.objective))))
     return out

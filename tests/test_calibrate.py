@@ -26,8 +26,8 @@ def plain_kl(lm, scored, rows: torch.Tensor) -> np.ndarray:
 
 def test_each_norm_found_costs_its_target_on_the_plain_path(tiny_llama):
     scored, rows = texts(tiny_llama), directions(tiny_llama.d_model)
-    cal = kl_norms(tiny_llama.model, scored, LAYER, rows, targets=TARGETS, pad_id=tiny_llama.tokenizer.pad_token_id,
-                   start=0.003, max_norm=50.0)
+    cal = kl_norms(tiny_llama.model, scored, LAYER, rows, targets=TARGETS,
+                   pad_id=tiny_llama.tokenizer.pad_token_id, start=0.003, max_norm=50.0)
     assert cal.reached.all() and cal.norms.shape == (3, 2)
     units = rows / rows.norm(dim=1, keepdim=True)
     thetas = torch.cat([torch.from_numpy(cal.norms[:, t])[:, None] * units for t in range(2)])
@@ -39,21 +39,22 @@ def test_each_norm_found_costs_its_target_on_the_plain_path(tiny_llama):
 
 def test_the_norm_agrees_with_a_dense_scan_of_the_kl_curve(tiny_llama):
     scored, rows = texts(tiny_llama), directions(tiny_llama.d_model)[:1]
-    cal = kl_norms(tiny_llama.model, scored, LAYER, rows, targets=[0.005], pad_id=tiny_llama.tokenizer.pad_token_id,
-                   start=0.003, max_norm=50.0, rtol=0.01)
+    cal = kl_norms(tiny_llama.model, scored, LAYER, rows, targets=[0.005],
+                   pad_id=tiny_llama.tokenizer.pad_token_id, start=0.003, max_norm=50.0, rtol=0.01)
     grid = np.geomspace(0.003, 1.0, 80)
     curve = plain_kl(tiny_llama, scored, torch.from_numpy(grid)[:, None] * rows / rows.norm())
     first = int(np.argmax(curve >= 0.005))
     assert first > 0
-    crossing = np.exp(np.interp(np.log(0.005), np.log(curve[first - 1:first + 1]), np.log(grid[first - 1:first + 1])))
+    crossing = np.exp(np.interp(np.log(0.005), np.log(curve[first - 1:first + 1]),
+                                np.log(grid[first - 1:first + 1])))
     assert abs(cal.norms[0, 0] / crossing - 1) < 0.02
 
 
 def test_a_target_out_of_reach_stops_at_the_largest_norm_and_says_so(tiny_llama):
     """The tiny random model's KL levels off below 0.03: 0.1 is never reached."""
     scored, rows = texts(tiny_llama), directions(tiny_llama.d_model)[:1]
-    cal = kl_norms(tiny_llama.model, scored, LAYER, rows, targets=[0.001, 0.1], pad_id=tiny_llama.tokenizer.pad_token_id,
-                   start=0.003, max_norm=20.0)
+    cal = kl_norms(tiny_llama.model, scored, LAYER, rows, targets=[0.001, 0.1],
+                   pad_id=tiny_llama.tokenizer.pad_token_id, start=0.003, max_norm=20.0)
     assert cal.norms[0, 1] == 20.0 and not cal.reached[0, 1] and cal.kl[0, 1] < 0.05
     assert cal.reached[0, 0] and cal.norms[0, 0] < 20.0
 
@@ -72,5 +73,6 @@ def test_a_search_that_stops_on_a_reached_target_keeps_that_probe(monkeypatch):
         return np.array([1.101 if abs(float(t.norm()) - 1.0) < 1e-12 else 0.905 for t in thetas])
 
     monkeypatch.setattr("steerlab.measure.kl_search.mean_kl", fake_kl)
-    cal = kl_norms(None, ["a neutral text"], LAYER, torch.ones(1, 4), targets=[1.0], pad_id=0, start=1.0, max_norm=10.0)
+    cal = kl_norms(None, ["a neutral text"], LAYER, torch.ones(1, 4), targets=[1.0], pad_id=0, start=1.0,
+                   max_norm=10.0)
     assert cal.probes == 2 and cal.reached[0, 0] and cal.kl[0, 0] == 0.905 and cal.norms[0, 0] < 1.0

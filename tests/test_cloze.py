@@ -92,9 +92,11 @@ def test_fast_path_equals_plain_path_in_fp64(name, request, ab_items):
 def test_fast_path_batched_equals_one_by_one(tiny_qwen3, ab_items):
     items, _ = cloze_items(tiny_qwen3.tokenizer, ab_items)
     thetas, pad = _thetas(tiny_qwen3.d_model), tiny_qwen3.tokenizer.pad_token_id
-    together = cloze_logprobs(tiny_qwen3.model, items, 2, thetas, pad_id=pad, batch_size=4, settings_per_pass=4)
+    together = cloze_logprobs(tiny_qwen3.model, items, 2, thetas, pad_id=pad, batch_size=4,
+                              settings_per_pass=4)
     for i, item in enumerate(items):
-        alone = cloze_logprobs(tiny_qwen3.model, [item], 2, thetas, pad_id=pad, batch_size=1, settings_per_pass=1)
+        alone = cloze_logprobs(tiny_qwen3.model, [item], 2, thetas, pad_id=pad, batch_size=1,
+                               settings_per_pass=1)
         assert (alone[:, :, 0] - together[:, :, i]).abs().max() < 1e-10
 
 

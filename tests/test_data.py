@@ -46,7 +46,9 @@ def test_malformed_line_names_file_and_line(tmp_path):
 
 def test_answer_letter_not_among_choices_is_refused(tmp_path):
     path = _write(tmp_path, [json.dumps({**GOOD, "positive": "(C)"})])
-    with pytest.raises(DataError, match=r"d\.jsonl:1: positive answer \(C\) is not among the question's choices \(A, B\)"):
+    with pytest.raises(DataError,
+                       match=r"d\.jsonl:1: positive answer \(C\) is not among "
+                             r"the question's choices \(A, B\)"):
         load_items(path)
 
 

@@ -16,7 +16,9 @@ def _store_with(tmp_path, vectors):
 
 def test_vector_of_wrong_width_is_refused_naming_the_group(tmp_path):
     store = _store_with(tmp_path, np.ones((1, 32), np.float32))
-    with pytest.raises(StoreError, match=r"m/b/vectors/caa/L1: vectors have shape \(1, 32\), but the model's width is 64"):
+    with pytest.raises(StoreError,
+                       match=r"m/b/vectors/caa/L1: vectors have shape \(1, 32\), "
+                             r"but the model's width is 64"):
         read_vector_groups(str(store), "m", "b", 64)
 
 
@@ -94,9 +96,9 @@ def test_a_vector_of_another_width_is_refused_naming_both_widths_before_any_forw
 def test_a_kl_target_no_direction_reaches_is_refused_before_the_eval_scores_anything(tmp_path, tiny_dir):
     from tests.helpers import run_runner
 
-    ran = run_runner("steerlab.cli.eval", "--store", tmp_path / "store.h5", "--model", tiny_dir, "--dtype", "fp32",
-                     "--layer", "1", "--n-eval", "4", "--n-random", "1", "--scales", "0.01 1e9", "--splits", "val",
-                     "--n-neutral", "2", "--gen-tokens", "4")
+    ran = run_runner("steerlab.cli.eval", "--store", tmp_path / "store.h5", "--model", tiny_dir, "--dtype",
+                     "fp32", "--layer", "1", "--n-eval", "4", "--n-random", "1", "--scales", "0.01 1e9",
+                     "--splits", "val", "--n-neutral", "2", "--gen-tokens", "4")
     assert ran.returncode == 2, ran.stderr
     assert "KL target(s) 1e+09 are out of reach" in ran.stderr and "use SCALES of at most" in ran.stderr
     assert "eval val" not in ran.stderr  # no progress bar: nothing was scored

@@ -124,7 +124,8 @@ def test_layer_zero_has_no_gguf_slot_and_write_all_then_writes_nothing(tmp_path)
 def test_write_all_writes_the_four_formats_with_the_same_vector(tmp_path):
     exported = _exported()
     paths = write_all(tmp_path / "out", "pi_caa-L7-T20-3", exported)
-    assert [p.name for p in paths] == [f"pi_caa-L7-T20-3{s}" for s in (".pt", ".safetensors", ".gguf", ".lm-eval.pt")]
+    assert [p.name for p in paths] == [f"pi_caa-L7-T20-3{s}"
+                                       for s in (".pt", ".safetensors", ".gguf", ".lm-eval.pt")]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)
     for read, path in zip((read_pt, read_safetensors, read_gguf, read_lm_eval), paths):
         _assert_same(read(path), exported, with_metadata=read in (read_safetensors, read_gguf))

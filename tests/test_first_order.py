@@ -24,11 +24,12 @@ def test_score_gradients_equal_a_central_difference_of_the_scores(name, request,
     answers, cloze, _ = usable_questions(lm.tokenizer, ab_items, "both", "both")
     pad = lm.tokenizer.pad_token_id
     grads = score_gradients(lm.model, answers, cloze, 2, 1, pad_id=pad, batch_size=3)
-    counts = torch.tensor([[len(c.positive_ids) for c in cloze], [len(c.negative_ids) for c in cloze]]).numpy()
+    counts = torch.tensor([[len(c.positive_ids) for c in cloze],
+                           [len(c.negative_ids) for c in cloze]]).numpy()
 
     def central(r, eps):
-        scored = score(lm.model, answers, 2, [], source_layer=1, thetas=torch.stack([eps * r, -eps * r]), pad_id=pad,
-                       batch_size=4, settings_per_pass=2, cloze=cloze)
+        scored = score(lm.model, answers, 2, [], source_layer=1, thetas=torch.stack([eps * r, -eps * r]),
+                       pad_id=pad, batch_size=4, settings_per_pass=2, cloze=cloze)
         letter = scored.logit_diff.astype("float64").mean(1)  # [2, n_q]: the order mean
         preference = scored.cloze / counts
         cloze_score = preference[:, 0] - preference[:, 1]
@@ -115,8 +116,8 @@ def test_the_first_order_null_predicts_measured_random_draws_at_a_small_cost(tin
     answers, cloze, _ = usable_questions(lm.tokenizer, ab_items, "both", "both")
     grads = score_gradients(lm.model, answers, cloze, 2, layer, pad_id=pad)
     directions = torch.from_numpy(random_units(8, lm.d_model, seed=5))
-    found = kl_norms(lm.model, texts, layer, directions, targets=[cost], pad_id=pad, start=0.01, max_norm=50.0,
-                     rtol=0.01, max_rounds=12)
+    found = kl_norms(lm.model, texts, layer, directions, targets=[cost], pad_id=pad, start=0.01,
+                     max_norm=50.0, rtol=0.01, max_rounds=12)
     assert found.reached.all()
     sizes = found.norms[:, 0]
     scored = score(lm.model, answers, 2, [], source_layer=layer, thetas=torch.cat(
@@ -145,7 +146,8 @@ def test_the_ceiling_beats_random_directions_and_caa_on_the_training_first_order
     d, k = 48, 12
     basis, _ = np.linalg.qr(rng.standard_normal((d, d)))
     spectrum = FisherSpectrum(np.geomspace(10, 0.5, k), basis[:, :k].T.copy(), 0.2)
-    train = rng.standard_normal((30, d)) + 2 * basis[:, 0] + basis[:, -1]  # a behaviour along a costly and a cheap axis
+    # a behaviour along a costly and a cheap axis
+    train = rng.standard_normal((30, d)) + 2 * basis[:, 0] + basis[:, -1]
     g = train.mean(0)
     caa_like = g + 0.5 * rng.standard_normal(d)
     candidates = ceiling_directions(g, spectrum, [1e-4, 1.0, np.inf])
@@ -193,8 +195,8 @@ def test_gradients_ceiling_eval_and_dose_run_through_the_runners(tiny_dir, tmp_p
              ("steerlab.cli.gradients", "--layer", 1, "--n-train", 8, "--n-eval", 6, "--fisher-k", 8,
               "--fisher-oversample", 4, "--fisher-iters", 2, "--probes", 4, *neutral),
              ("steerlab.cli.ceiling", "--layer", 1),
-             ("steerlab.cli.eval", "--n-eval", 6, "--n-random", 1, "--scales", "0.001 0.002", "--splits", "val",
-              "--layer", 1, *neutral),
+             ("steerlab.cli.eval", "--n-eval", 6, "--n-random", 1, "--scales", "0.001 0.002", "--splits",
+              "val", "--layer", 1, *neutral),
              ("steerlab.cli.dose", "--costs", "0.0005 0.002 0.5", "--n-eval", 4, "--n-random", 1,
               "--sample-tokens", 3, *neutral)]
     for module, *args in steps:
@@ -208,11 +210,13 @@ def test_gradients_ceiling_eval_and_dose_run_through_the_runners(tiny_dir, tmp_p
         assert fisher["vectors"].shape == (8, 64) and (np.diff(fisher["values"][()]) <= 0).all()
         ceiling = h5[f"{key}/vectors/ceiling/L1-cloze"]
         assert ceiling["vectors"].shape == (3, 64) and ceiling.attrs["vectors_are_candidates"] == 1
-        assert h5[f"{key}/evals/val/ceiling/L1-cloze/cloze"].shape[:2] == (3, 2)  # every λ scored, not EVAL_K's 1
+        # every λ scored, not EVAL_K's 1
+        assert h5[f"{key}/evals/val/ceiling/L1-cloze/cloze"].shape[:2] == (3, 2)
         dose = h5[f"{key}/dose/test"]
-        assert dose["norms"].shape == (len(dose["labels"]), 3) and not dose["reached"][()][:, 2].any()  # 0.5: out of reach
-    again = run_runner("steerlab.cli.dose", *common, "--costs", "0.0005 0.002 0.5", "--n-eval", 4, "--n-random", 1,
-                       "--sample-tokens", 3, *neutral)
+        # 0.5: out of reach
+        assert dose["norms"].shape == (len(dose["labels"]), 3) and not dose["reached"][()][:, 2].any()
+    again = run_runner("steerlab.cli.dose", *common, "--costs", "0.0005 0.002 0.5", "--n-eval", 4,
+                       "--n-random", 1, "--sample-tokens", 3, *neutral)
     assert "is up to date" in again.stderr
     refused = run_runner("steerlab.cli.dose", *common, "--costs", "0.04 0.01")
     assert refused.returncode == 2 and "increasing" in refused.stderr

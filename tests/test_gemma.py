@@ -128,7 +128,8 @@ def test_jvp_and_vjp_equal_dense_jacobian_and_the_hook_path(gemma):
     jv, jtu = op.jvp(v), op.vjp(u)
     assert (jv - v @ dense.T).abs().max() < tol * dense.abs().max() * v.abs().max() * gemma.d_model
     assert (jtu - u @ dense).abs().max() < tol * dense.abs().max() * u.abs().max() * dense.shape[0]
-    plain = hidden_plain(gemma.model, ids, mask, source, target_layer=target, theta=theta0, site="resid").reshape(-1)
+    plain = hidden_plain(gemma.model, ids, mask, source, target_layer=target, theta=theta0,
+                         site="resid").reshape(-1)
     assert torch.allclose(f(theta0), plain, rtol=0, atol=1e-10 * plain.abs().max())
 
 
@@ -136,7 +137,8 @@ def test_caa_at_the_residual_site_reads_what_a_hook_on_the_block_output_reads(ge
     answers, _ = answer_tokens_for(gemma.tokenizer, ab_items)
     seqs = [a.positive_ids for a in answers]
     at = [a.position for a in answers]
-    acts = activations(gemma.model, seqs, at, 2, capture="resid", pad_id=gemma.tokenizer.pad_token_id, batch_size=2)
+    acts = activations(gemma.model, seqs, at, 2, capture="resid", pad_id=gemma.tokenizer.pad_token_id,
+                       batch_size=2)
     for row, (seq, position) in enumerate(zip(seqs, at)):
         with reading_site(gemma.model, 2, "resid") as seen:
             gemma.model(torch.tensor([seq]), use_cache=False)
@@ -153,9 +155,10 @@ def test_every_method_eval_and_report_run_end_to_end_through_the_runners(kind, s
     steps = [("steerlab.cli.caa", "--layers", "2", "--n-train", "4"),
              ("steerlab.cli.pi", *jacobian),
              ("steerlab.cli.pi", *jacobian, "--at", "caa"),
-             ("steerlab.cli.melbo", "--layer", "2", "--target", "4", "--k", "2", "--steps", "2", "--n-prompts", "1"),
-             ("steerlab.cli.eval", "--n-eval", "3", "--n-random", "1", "--scales", "0.002 0.005", "--n-neutral", "2",
-              "--gen-tokens", "4", "--layer", "2"),
+             ("steerlab.cli.melbo", "--layer", "2", "--target", "4", "--k", "2", "--steps", "2",
+              "--n-prompts", "1"),
+             ("steerlab.cli.eval", "--n-eval", "3", "--n-random", "1", "--scales", "0.002 0.005",
+              "--n-neutral", "2", "--gen-tokens", "4", "--layer", "2"),
              ("steerlab.cli.report",)]
     for module, *args in steps:
         done = run_runner(module, *common, *args)

@@ -38,7 +38,8 @@ def test_the_mlp_site_is_refused_and_the_residual_site_holds(real_gemma):
     assert resolve_site(real_gemma.model, SOURCE, "auto") == "resid"
 
 
-def test_segment_and_head_equal_the_models_own_logits_with_theta_hooked_at_its_site(real_gemma, checkpoint_items):
+def test_segment_and_head_equal_the_models_own_logits_with_theta_hooked_at_its_site(
+        real_gemma, checkpoint_items):
     segment_and_head_match_the_forward(real_gemma, checkpoint_items, SOURCE, 2000.0, "resid")
 
 

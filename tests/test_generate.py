@@ -75,12 +75,14 @@ def test_theta_zero_on_the_default_model_is_plain_generate_and_theta_changes_it(
     zero = torch.zeros(default_model.d_model)
     hooked = generate_ids(model, sequences, steer(zero, 7), 10, pad_id=pad)
     assert hooked.tokens == [plain_generate(model, seq, 10, pad) for seq in sequences]
-    steered = generate(model, tokenizer, TEXTS[1:], steer(unit_theta(default_model.d_model, 200.0), 7), max_new_tokens=10)
+    steered = generate(model, tokenizer, TEXTS[1:], steer(unit_theta(default_model.d_model, 200.0), 7),
+                       max_new_tokens=10)
     assert steered.tokens != hooked.tokens and all(isinstance(t, str) for t in steered.texts)
 
 
 @pytest.mark.parametrize("scale", [0.0, 4.0])
-def test_first_generated_token_logits_equal_the_evals_for_the_same_prompt_and_theta(tiny_llama, ab_items, scale):
+def test_first_generated_token_logits_equal_the_evals_for_the_same_prompt_and_theta(
+        tiny_llama, ab_items, scale):
     answers = [answer_tokens(tiny_llama.tokenizer, item) for item in ab_items]
     pad = tiny_llama.tokenizer.pad_token_id
     theta = unit_theta(tiny_llama.d_model, scale)
@@ -249,8 +251,10 @@ def write_vectors_and_val_eval(store, model_dir):
 def inputs(tmp_path, tiny_dir):
     store = tmp_path / "store.h5"
     write_vectors_and_val_eval(store, tiny_dir)
-    return SimpleNamespace(store=store, out=tmp_path / "results", page=tmp_path / "results" / BEHAVIOR / "generations.md",
-                           open=write_prompts(tmp_path / "open.jsonl", prompt_lines(1, "val", "v") + prompt_lines(3)),
+    return SimpleNamespace(store=store, out=tmp_path / "results",
+                           page=tmp_path / "results" / BEHAVIOR / "generations.md",
+                           open=write_prompts(tmp_path / "open.jsonl",
+                                              prompt_lines(1, "val", "v") + prompt_lines(3)),
                            neutral=write_prompts(tmp_path / "neutral.jsonl", prompt_lines(2, prefix="n")))
 
 
@@ -285,7 +289,8 @@ def test_make_generate_stores_unsteered_and_each_val_choice_and_writes_the_page(
     lm = load_model(str(tiny_dir), "fp32")
     questions = ["Question q0: what now?", "Question q1: what now?", "Question n0: what now?"]
     for row, theta in enumerate(thetas):
-        again = generate(lm.model, lm.tokenizer, questions, steer(torch.from_numpy(theta)) if row else None, max_new_tokens=5)
+        again = generate(lm.model, lm.tokenizer, questions, steer(torch.from_numpy(theta)) if row else None,
+                         max_new_tokens=5)
         assert again.texts == list(texts[row])
     page = inputs.page.read_text()
     assert "caa/L1 #0 at scale +8" in page and "pi/L1-T2 #1 at scale -4" in page
@@ -369,7 +374,8 @@ def test_without_a_val_eval_it_says_to_run_make_eval(tmp_path, inputs, tiny_dir,
 
 
 def test_a_user_error_is_one_line_with_exit_status_2(tmp_path):
-    done = generate_runner("--model", tmp_path / "no-model", "--store", tmp_path / "s.h5", "--max-new-tokens", 0)
+    done = generate_runner("--model", tmp_path / "no-model", "--store", tmp_path / "s.h5",
+                           "--max-new-tokens", 0)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "error: MAX_NEW_TOKENS must be a whole number of at least 1, got 0" in done.stderr
     assert not (tmp_path / "s.h5").exists()
@@ -380,5 +386,6 @@ def test_a_behaviour_without_open_ended_prompts_uses_its_question_stems():
                                "data/neutral-prompts.jsonl", 1)
     assert [kind for kind, _ in prompts] == ["myopic-reward-stems"] * 2 + ["neutral-prompts"]
     for _, prompt in prompts[:2]:
-        assert prompt.id.startswith("myopic-reward-") and "Choices:" not in prompt.text and "(A)" not in prompt.text
+        assert (prompt.id.startswith("myopic-reward-") and "Choices:" not in prompt.text
+                and "(A)" not in prompt.text)
         assert prompt.text.endswith("?") or prompt.text.endswith(".")

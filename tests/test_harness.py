@@ -34,7 +34,8 @@ def test_the_pair_difference_cancels_a_term_shared_by_a_questions_two_answers():
     assert surplus == pytest.approx(np.abs(newline).max()) and spread < 1e-12
     # a term that is not shared (one answer's tokens differ) shows in both numbers
     theirs[2, 0] += 0.3
-    assert compare("x", pair_difference(theirs), pair_difference(ours)).max_abs_difference == pytest.approx(0.3)
+    assert (compare("x", pair_difference(theirs), pair_difference(ours)).max_abs_difference
+            == pytest.approx(0.3))
     assert whitespace_term(theirs, ours)[1] == pytest.approx(0.3)
 
 

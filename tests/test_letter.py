@@ -33,9 +33,11 @@ def test_fast_path_batched_equals_one_by_one(tiny_qwen3, ab_items):
     answers, _ = answer_tokens_for(tiny_qwen3.tokenizer, ab_items)
     thetas = _thetas(tiny_qwen3.d_model)
     pad = tiny_qwen3.tokenizer.pad_token_id
-    together = letter_scores(tiny_qwen3.model, answers, 2, thetas, pad_id=pad, batch_size=4, settings_per_pass=5)
+    together = letter_scores(tiny_qwen3.model, answers, 2, thetas, pad_id=pad, batch_size=4,
+                             settings_per_pass=5)
     for q, answer in enumerate(answers):
-        alone = letter_scores(tiny_qwen3.model, [answer], 2, thetas, pad_id=pad, batch_size=1, settings_per_pass=1)
+        alone = letter_scores(tiny_qwen3.model, [answer], 2, thetas, pad_id=pad, batch_size=1,
+                              settings_per_pass=1)
         assert (alone.logit_diff[:, 0] - together.logit_diff[:, q]).abs().max() < 1e-10
 
 
@@ -76,7 +78,8 @@ def test_shared_opening_changes_nothing(tiny_llama, ab_items):
     assert common_opening([a.prefix_ids for a in answers]) > 5
     thetas = _thetas(tiny_llama.d_model)
     pad = tiny_llama.tokenizer.pad_token_id
-    shared = letter_scores(tiny_llama.model, answers, 0, thetas, pad_id=pad, batch_size=2, settings_per_pass=3)
+    shared = letter_scores(tiny_llama.model, answers, 0, thetas, pad_id=pad, batch_size=2,
+                           settings_per_pass=3)
     alone = letter_scores(tiny_llama.model, answers, 0, thetas, pad_id=pad, batch_size=2, settings_per_pass=3,
                      share=False)
     assert (shared.logit_diff - alone.logit_diff).abs().max() < 1e-10

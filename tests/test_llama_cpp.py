@@ -98,7 +98,8 @@ def test_agreement_pools_the_tokens_in_both_top_lists_and_compares_the_changes()
     expected_theirs = expected_ours + noise * np.tile(np.sin(np.arange(10, 30)), 2)
     assert result.tokens == 40
     assert result.correlation == pytest.approx(np.corrcoef(expected_ours, expected_theirs)[0, 1], abs=1e-12)
-    assert result.max_abs_difference == pytest.approx(np.abs(expected_theirs - expected_ours).max(), abs=1e-12)
+    assert result.max_abs_difference == pytest.approx(np.abs(expected_theirs - expected_ours).max(),
+                                                      abs=1e-12)
     assert result.delta_scale == pytest.approx(np.abs(expected_ours).max())
     unrelated = [{t: b[t] + rng.normal() for t in range(10, 30)} for b in theirs_base]  # Δ not ours
     assert agreement(theirs_base, unrelated, ours_base, ours_moved).correlation < 0.5

@@ -40,9 +40,10 @@ def test_a_device_map_split_model_gives_the_labs_numbers_and_theta_lands_on_laye
     """A device_map split with the upper layers offloaded to disk: accelerate's hooks move each
     layer's weights in as it runs, as they move activations between GPUs; the lab runs on them."""
     layout = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
-              "model.layers.0": "cpu", "model.layers.1": "cpu", "model.layers.2": "disk", "model.layers.3": "disk"}
-    split = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, device_map=layout, **NO_KERNELS,
-                                                 offload_folder=str(tmp_path / "offload"))
+              "model.layers.0": "cpu", "model.layers.1": "cpu", "model.layers.2": "disk",
+              "model.layers.3": "disk"}
+    split = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, device_map=layout,
+                                                 **NO_KERNELS, offload_folder=str(tmp_path / "offload"))
     assert set(split.hf_device_map.values()) == {"cpu", "disk"}
     _same_numbers(load_model(str(tiny_dir), "fp32"), split, ab_items, smol_tokenizer)
     lm = as_loaded(split, smol_tokenizer)
@@ -70,7 +71,8 @@ def test_a_vector_sized_by_cost_costs_that_on_the_plain_path(tiny_dir, smol_toke
     theirs = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, **NO_KERNELS)
     vector = caa_from_pairs(theirs, PAIRS, LAYER, tokenizer=smol_tokenizer)
     sized = at_cost(vector, theirs, smol_tokenizer, kl=0.003)
-    assert torch.allclose(sized.direction / sized.direction.norm(), vector.direction.double() / vector.direction.norm())
+    assert torch.allclose(sized.direction / sized.direction.norm(),
+                          vector.direction.double() / vector.direction.norm())
     texts = neutral_texts_for(as_loaded(theirs, smol_tokenizer))
     assert len(texts) == 6
     pad = smol_tokenizer.pad_token_id

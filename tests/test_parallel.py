@@ -107,7 +107,8 @@ def test_make_with_nproc_2_writes_what_nproc_1_writes(two_ranks, tiny_dir, tmp_p
     assert [runner_argv(words)[0] for words in launched] == [f"steerlab.cli.{t}" for t in TARGETS]
     for words in launched:
         launcher = words[:words.index("-m")]
-        assert launcher[-4].endswith("torchrun") and launcher[-3:] == ["--standalone", "--nproc-per-node", "2"]
+        assert (launcher[-4].endswith("torchrun")
+                and launcher[-3:] == ["--standalone", "--nproc-per-node", "2"])
     one_store = tmp_path / "store-1.h5"
     for words in make_commands(tiny_dir, one_store, tmp_path / "results-1", 1):
         assert not any("torchrun" in word for word in words)

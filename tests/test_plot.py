@@ -61,7 +61,8 @@ def test_dose_response_shows_the_vector_chosen_on_val_with_its_test_numbers(full
 
 
 def test_violin_takes_the_sign_of_the_setting_chosen_on_val(full_store):
-    picks = {method: (vector, sign) for method, _, vector, sign in plot.picks(plot.load(full_store, KEY, BEHAVIOR))}
+    picks = {method: (vector, sign)
+             for method, _, vector, sign in plot.picks(plot.load(full_store, KEY, BEHAVIOR))}
     assert picks["pi"] == (PI_VAL_BEST[0], -1.0)
     assert picks["caa"] == (0, 1.0) and picks["random"][0] is None
 

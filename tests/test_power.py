@@ -144,12 +144,14 @@ def test_pi_at_zero_caa_vector_equals_pi_at_zero(tmp_path, smol_tokenizer, monke
     with pytest.raises(ValueError, match="no caa vectors at .* run `make caa LAYERS=0`"):
         run("--at", "caa")
     with h5py.File(store, "a") as h5:
-        h5.create_dataset("tiny/survival-instinct/vectors/caa/L0-answer/vectors", data=np.zeros((1, lm.d_model), np.float32))
+        h5.create_dataset("tiny/survival-instinct/vectors/caa/L0-answer/vectors",
+                          data=np.zeros((1, lm.d_model), np.float32))
         h5["tiny/survival-instinct/vectors/caa/L0-answer"].attrs.update(source_layer=0, sign_free=0)
     run("--at", "zero")
     run("--at", "caa")
     with h5py.File(store, "r") as h5:
-        zero, caa = h5["tiny/survival-instinct/vectors/pi/L0-T2"], h5["tiny/survival-instinct/vectors/pi_caa/L0-T2"]
+        zero, caa = (h5["tiny/survival-instinct/vectors/pi/L0-T2"],
+                     h5["tiny/survival-instinct/vectors/pi_caa/L0-T2"])
         assert caa.attrs["theta0_source"].startswith("/tiny/survival-instinct/vectors/caa/L0-answer")
         assert zero.attrs["sign_free"] == 1 and zero.attrs["target_layer"] == 2
         assert np.allclose(zero["sigmas"][:], caa["sigmas"][:], rtol=1e-6)
@@ -177,7 +179,8 @@ def test_power_iteration_along_the_caa_path_matches_the_dense_svd_at_each_point(
     mlp = decoder_layers(lm.model)[S + 1].mlp  # the planted directions: a CAA vector among them
     direction = torch.linalg.svd(mlp.up_proj.weight, full_matrices=False)[2][0]
     with h5py.File(store, "a") as h5:
-        h5.create_dataset("tiny/survival-instinct/vectors/caa/L0-answer/vectors", data=direction[None].numpy().astype(np.float32))
+        h5.create_dataset("tiny/survival-instinct/vectors/caa/L0-answer/vectors",
+                          data=direction[None].numpy().astype(np.float32))
         h5["tiny/survival-instinct/vectors/caa/L0-answer"].attrs.update(source_layer=0, sign_free=0)
 
     def run(*extra):
@@ -187,7 +190,8 @@ def test_power_iteration_along_the_caa_path_matches_the_dense_svd_at_each_point(
     with pytest.raises(ValueError, match="no pi vectors at .* run `make pi`"):
         run("--at", "caa", "--at-scales", "0 12")
     run("--at", "zero")
-    with pytest.raises(ValueError, match="pi/L0-T2 in .* was computed with another k, n_prompts: run `make pi`"):
+    with pytest.raises(ValueError,
+                       match="pi/L0-T2 in .* was computed with another k, n_prompts: run `make pi`"):
         run("--at", "caa", "--at-scales", "0 12", "--k", "3", "--n-prompts", "1")  # not the J(0) stored
     run("--at", "caa", "--at-scales", "0 12")
     zero = read_vector_group(store, "tiny", "survival-instinct", "pi", "L0-T2")

@@ -36,7 +36,8 @@ def test_the_mlp_site_is_the_residual_add(real_qwen):
     assert resolve_site(real_qwen.model, SOURCE, "auto") == "mlp"
 
 
-def test_segment_and_head_equal_the_models_own_logits_with_theta_hooked_at_its_site(real_qwen, checkpoint_items):
+def test_segment_and_head_equal_the_models_own_logits_with_theta_hooked_at_its_site(
+        real_qwen, checkpoint_items):
     segment_and_head_match_the_forward(real_qwen, checkpoint_items, SOURCE, 8.0, "mlp")
 
 

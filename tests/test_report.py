@@ -46,7 +46,8 @@ def test_a_store_without_orders_is_reported_as_single_order(tmp_path):
     assert not test.counterbalanced and test.baseline_row().letter_shift is None
     tables = "\n".join(report.method_tables(test, val, None, "letter"))
     assert "**Single order (original).**" in tables and "letter shift" not in tables
-    assert "Single order (original): numbers mix behaviour and letter preference" in "\n".join(report.summary(val, test, None, "letter"))
+    assert ("Single order (original): numbers mix behaviour and letter preference"
+            in "\n".join(report.summary(val, test, None, "letter")))
 
 
 @pytest.mark.parametrize("spread, warned", [(5.0, True), (0.01, False)])
@@ -125,7 +126,8 @@ def test_the_cloze_summary_shows_a_yes_no_direction_as_polarity_shift_not_behavi
     assert "#### Cloze" in text and "#### Letter (A/B logit difference), chosen by the cloze score" in text
     header = next(line for line in lines if line.startswith("| Method | Vector | Scale | Δ cloze"))
     assert "Δ yes (n=3)" in header and "Δ no (n=6)" in header and "Δ other (n=3)" in header
-    caa = [c.strip() for c in next(line for line in lines if line.startswith("| caa |")).strip("|").split("|")]
+    caa = [c.strip()
+           for c in next(line for line in lines if line.startswith("| caa |")).strip("|").split("|")]
     assert abs(float(caa[3].split()[0])) < 0.05  # balanced Δ: the polarity cancels
     assert float(caa[8].split()[0]) > 0.2  # polarity shift: where it shows
     pi = [c.strip() for c in next(line for line in lines if line.startswith("| pi |")).strip("|").split("|")]

@@ -50,7 +50,8 @@ def test_power_iteration_resumed_from_any_step_equals_the_uninterrupted_run():
     for state in (states[0], states[4], states[-1]):
         again = power_iteration(op, 3, saved=state, **args)
         assert torch.equal(again.vectors, whole.vectors) and torch.equal(again.sigmas, whole.sigmas)
-        assert torch.equal(again.trace, whole.trace) and torch.equal(again.subspace_change, whole.subspace_change)
+        assert (torch.equal(again.trace, whole.trace)
+                and torch.equal(again.subspace_change, whole.subspace_change))
 
 
 @pytest.mark.parametrize("mode", ["batched", "sequential"])
@@ -59,7 +60,8 @@ def test_melbo_resumed_mid_run_equals_the_uninterrupted_run(tiny_llama, mode):
     prefix = run_prefix(tiny_llama.model, ids, mask, 0)
     states = []
     args = dict(radius=3.0, steps=4, lr=0.1, seed=1, mode=mode)
-    whole = melbo(tiny_llama.model, prefix, 2, 2, save=lambda state: states.append(copy.deepcopy(state)), **args)
+    whole = melbo(tiny_llama.model, prefix, 2, 2, save=lambda state: states.append(copy.deepcopy(state)),
+                  **args)
     assert len(states) == 4 * (1 if mode == "batched" else 2)
     for state in (states[0], states[len(states) // 2], states[-1]):
         again = melbo(tiny_llama.model, prefix, 2, 2, saved=state, **args)
@@ -106,7 +108,8 @@ def _killed_until_done(command: list[str], env: dict, store: Path, delays: list[
     lost = []
     for delay in delays:
         started = time.time()
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
         while proc.poll() is None and _last_save(store) < started:  # nothing kept by this run yet
             time.sleep(0.02)
         time.sleep(delay)
@@ -127,7 +130,8 @@ def _same_stores(a: Path, b: Path) -> str:
 
 
 @pytest.mark.slow
-def test_an_eval_killed_at_random_moments_and_rerun_writes_what_an_uninterrupted_eval_writes(tiny_dir, tmp_path):
+def test_an_eval_killed_at_random_moments_and_rerun_writes_what_an_uninterrupted_eval_writes(
+        tiny_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     common = ["--model", str(tiny_dir), "--dtype", "fp32"]
     evaluation = ["--n-eval", "24", "--n-random", "3", "--scales", "0.002 0.005", "--splits", "val test",
@@ -140,7 +144,8 @@ def test_an_eval_killed_at_random_moments_and_rerun_writes_what_an_uninterrupted
                for name, store in stores.items()}
     whole = _run(command["whole"], env)
     rng = random.Random(0)
-    lost = _killed_until_done(command["killed"], env, stores["killed"], [rng.uniform(0.0, 0.8) for _ in range(3)])
+    lost = _killed_until_done(command["killed"], env, stores["killed"],
+                              [rng.uniform(0.0, 0.8) for _ in range(3)])
     assert len(lost) >= 2 and max(lost) < whole / 2  # killed mid-run, more than once, losing little
     _same_stores(stores["whole"], stores["killed"])
     assert not resume_folder(stores["killed"]).exists()
@@ -159,7 +164,8 @@ def test_pi_killed_at_random_moments_and_rerun_writes_what_an_uninterrupted_run_
     command = {name: _runner("steerlab.cli.pi", "--store", str(store), *pi) for name, store in stores.items()}
     whole = _run(command["whole"], env)
     rng = random.Random(1)
-    lost = _killed_until_done(command["killed"], env, stores["killed"], [rng.uniform(0.0, 0.5) for _ in range(3)])
+    lost = _killed_until_done(command["killed"], env, stores["killed"],
+                              [rng.uniform(0.0, 0.5) for _ in range(3)])
     assert len(lost) >= 2 and max(lost) < whole / 2
     _same_stores(stores["whole"], stores["killed"])
     print(json.dumps({"pi_seconds_uninterrupted": round(whole, 2), "kills": len(lost),
@@ -199,7 +205,8 @@ def test_a_disk_that_fills_up_leaves_the_store_as_it_was_and_says_what_is_needed
         Checkpoint(store, "/m/b/evals/val", {"k": 1}).save({"x": np.arange(4.0)})
     before = store.read_bytes()
     out = subprocess.run([sys.executable, "-c", _FULL_DISK, str(store), str(len(before) + 100_000), what],
-                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                         text=True)
     assert out.returncode == 3, out.stderr
     assert str(store if what == "store" else resume_folder(store)) in out.stdout and "MB" in out.stdout
     assert store.read_bytes() == before

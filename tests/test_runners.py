@@ -55,7 +55,8 @@ def test_caa_runner_writes_vector_with_its_settings_then_skips(tiny_dir, tmp_pat
 
 def test_caa_runner_refuses_layer_out_of_range_and_leaves_store_untouched(tiny_dir, tmp_path):
     store = tmp_path / "store.h5"
-    assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 2).returncode == 0
+    assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1,
+               "--n-train", 2).returncode == 0
     before = store.read_bytes()
     bad = run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", "2 9", "--n-train", 2)
     assert bad.returncode == 2
@@ -71,10 +72,12 @@ def test_eval_refuses_a_layer_out_of_range_before_writing(tiny_dir, tmp_path):
     assert not store.exists()
 
 
-def test_replacing_the_neutral_texts_names_the_eval_splits_whose_kl_was_measured_on_the_old(tiny_dir, tmp_path):
+def test_replacing_the_neutral_texts_names_the_eval_splits_whose_kl_was_measured_on_the_old(
+        tiny_dir, tmp_path):
     store = tmp_path / "store.h5"
     common = ("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--layer", 1, "--n-eval", 2,
-              "--scale-unit", "abs", "--scales", "1", "--splits", "val", "--gen-tokens", 4, "--score", "cloze")
+              "--scale-unit", "abs", "--scales", "1", "--splits", "val", "--gen-tokens", 4, "--score",
+              "cloze")
     first = run(*common, "--n-neutral", 2)
     assert first.returncode == 0, first.stderr
     assert "warning" not in first.stderr
@@ -103,7 +106,8 @@ def test_eval_with_no_vectors_runs_baseline_and_random_control_and_says_so(tiny_
     done = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 2,
                "--scales", "1 4", "--scale-unit", "abs", "--splits", "val", "--layer", 1, *SMALL_KL)
     assert done.returncode == 0, done.stderr
-    assert "no survival-instinct vectors for" in done.stderr and "baseline and random controls only" in done.stderr
+    assert ("no survival-instinct vectors for" in done.stderr
+            and "baseline and random controls only" in done.stderr)
     with h5py.File(store, "r") as h5:
         split = h5[f"{store_key(str(tiny_dir))}/survival-instinct/evals/val"]
         assert split["baseline_logit_diff"].shape == (3,)
@@ -115,7 +119,8 @@ def test_eval_with_no_vectors_runs_baseline_and_random_control_and_says_so(tiny_
         by_order = random["logit_diff_by_order"][()]
         assert by_order.shape == (2, 4, 2, 3)
         assert np.allclose(by_order.mean(2), random["logit_diff"][()], atol=1e-6)
-        assert np.allclose(split["baseline_logit_diff_by_order"][()].mean(0), split["baseline_logit_diff"][()])
+        assert np.allclose(split["baseline_logit_diff_by_order"][()].mean(0),
+                           split["baseline_logit_diff"][()])
         assert not np.allclose(by_order[:, :, 0], by_order[:, :, 1])
 
 
@@ -128,7 +133,8 @@ def test_eval_scores_both_ways_and_its_cloze_numbers_are_what_full_logits_give(t
     from steerlab.questions.data import load_items
 
     store = tmp_path / "store.h5"
-    assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 6).returncode == 0
+    assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1,
+               "--n-train", 6).returncode == 0
     done = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 4, "--n-random", 1,
                "--scales", "3", "--scale-unit", "abs", "--splits", "val test", *SMALL_KL)
     assert done.returncode == 0, done.stderr
@@ -180,7 +186,8 @@ def test_eval_with_the_cloze_score_alone_writes_no_letter_numbers_and_reports(ti
 
 def test_eval_max_vectors_trims_method_groups_but_not_the_random_control(tiny_dir, tmp_path):
     store = tmp_path / "store.h5"
-    assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 2).returncode == 0
+    assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1,
+               "--n-train", 2).returncode == 0
     done = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 3,
                "--scales", "0.005", "--splits", "val", "--max-vectors", 1, *SMALL_KL)
     assert done.returncode == 0, done.stderr
@@ -239,13 +246,15 @@ def test_export_writes_the_val_choice_and_its_pt_file_reproduces_the_eval(tiny_d
     store, out = tmp_path / "store.h5", tmp_path / "export"
     assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 6,
                "--position", "letter").returncode == 0
-    evaluated = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3, "--n-random", 1,
+    evaluated = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 3,
+                    "--n-random", 1,
                     "--scales", "0.002 0.005", "--splits", "val", *SMALL_KL)  # KL targets: the default unit
     assert evaluated.returncode == 0, evaluated.stderr
     done = run("steerlab.cli.export", "--model", tiny_dir, "--store", store, "--out", out)
     assert done.returncode == 0, done.stderr
     key = store_key(str(tiny_dir))
-    assert sorted(p.name for p in out.iterdir()) == [f"{key}-survival-instinct-caa-L1-0{s}" for s in (".gguf", ".lm-eval.pt", ".pt", ".safetensors")]
+    assert sorted(p.name for p in out.iterdir()) == [f"{key}-survival-instinct-caa-L1-0{s}"
+                                                     for s in (".gguf", ".lm-eval.pt", ".pt", ".safetensors")]
     layer, vector, _ = read_pt(out / f"{key}-survival-instinct-caa-L1-0.pt")
     _, from_safetensors, meta = read_safetensors(out / f"{key}-survival-instinct-caa-L1-0.safetensors")
     gguf_layer, from_gguf, _ = read_gguf(out / f"{key}-survival-instinct-caa-L1-0.gguf")
@@ -265,11 +274,13 @@ def test_export_writes_the_val_choice_and_its_pt_file_reproduces_the_eval(tiny_d
 
 def test_export_refuses_a_vector_that_is_not_stored_and_writes_nothing(tiny_dir, tmp_path):
     store, out = tmp_path / "store.h5", tmp_path / "export"
-    assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 2).returncode == 0
+    assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1,
+               "--n-train", 2).returncode == 0
     wrong_index = run("steerlab.cli.export", "--model", tiny_dir, "--store", store, "--out", out,
                       "--vector", "caa/L1/3", "--scale", 0.2)
     assert wrong_index.returncode == 2 and "caa/L1 has vectors 0..0, not 3" in wrong_index.stderr
-    no_group = run("steerlab.cli.export", "--model", tiny_dir, "--store", store, "--out", out, "--vector", "pi/L1-T2/0")
+    no_group = run("steerlab.cli.export", "--model", tiny_dir, "--store", store, "--out", out, "--vector",
+                   "pi/L1-T2/0")
     assert no_group.returncode == 2 and "no pi vectors at" in no_group.stderr
     assert not out.exists()
 
@@ -289,8 +300,8 @@ def test_two_behaviours_share_a_store_and_a_wrong_one_is_refused_before_loading(
     unknown = run("steerlab.cli.caa", "--model", "no/such-model", "--store", store, "--behavior", "power")
     assert unknown.returncode == 2 and "unknown behaviour 'power': known are" in unknown.stderr
     assert "myopic-reward" in unknown.stderr and "loading" not in unknown.stderr
-    mismatch = run("steerlab.cli.caa", "--model", "no/such-model", "--store", store, "--behavior", "myopic-reward",
-                   "--data", "data/survival-instinct.jsonl")
+    mismatch = run("steerlab.cli.caa", "--model", "no/such-model", "--store", store, "--behavior",
+                   "myopic-reward", "--data", "data/survival-instinct.jsonl")
     assert mismatch.returncode == 2 and "pass BEHAVIOR=survival-instinct" in mismatch.stderr
     report = run("steerlab.cli.report", "--model", tiny_dir, "--store", store, "--behavior", "myopic-reward")
     assert report.returncode == 2 and "no myopic-reward evals" in report.stderr
@@ -302,9 +313,9 @@ def test_matrix_puts_each_behaviours_val_choice_on_every_behaviours_test_questio
     for behavior in behaviors:
         assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
                    "--behavior", behavior).returncode == 0
-    done = run("steerlab.cli.matrix", "--model", tiny_dir, "--store", store, "--behaviors", " ".join(behaviors),
-               "--n-eval", 3, "--n-random", 2, "--scales", "2 8", "--scale-unit", "abs", "--n-neutral", 2,
-               "--gen-tokens", 4, "--kl-max", "inf", "--out", out)
+    done = run("steerlab.cli.matrix", "--model", tiny_dir, "--store", store, "--behaviors",
+               " ".join(behaviors), "--n-eval", 3, "--n-random", 2, "--scales", "2 8", "--scale-unit", "abs",
+               "--n-neutral", 2, "--gen-tokens", 4, "--kl-max", "inf", "--out", out)
     assert done.returncode == 0, done.stderr
     assert (out / "matrix_caa.png").is_file() and "| random ×2 |" in (out / "matrix_caa.md").read_text()
     key = store_key(str(tiny_dir))
@@ -357,8 +368,10 @@ def test_matrix_puts_each_behaviours_val_choice_on_every_behaviours_test_questio
         np.testing.assert_allclose(split[f"caa/{run_name}/logit_diff_by_order"][0, 0], chosen[1], atol=1e-4)
         np.testing.assert_allclose(split["baseline_cloze"][()], cloze_base, atol=1e-4)
         np.testing.assert_allclose(split[f"caa/{run_name}/cloze"][0, 0], cloze_chosen[1], atol=1e-4)
-        assert list(h5[f"{key}/matrix/caa/questions/{behaviors[1]}/question_ids"][()].astype(str)) == list(questions_ids)
-    unknown = run("steerlab.cli.matrix", "--model", "no/such", "--store", store, "--behaviors", "survival-instinct power")
+        assert (list(h5[f"{key}/matrix/caa/questions/{behaviors[1]}/question_ids"][()].astype(str))
+                == list(questions_ids))
+    unknown = run("steerlab.cli.matrix", "--model", "no/such", "--store", store, "--behaviors",
+                  "survival-instinct power")
     assert unknown.returncode == 2 and "unknown behaviour 'power'" in unknown.stderr
 
 
@@ -370,13 +383,14 @@ def test_the_matrix_in_kl_adds_each_chosen_vector_and_random_reference_at_the_ch
     for behavior in behaviors:
         assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
                    "--position", "answer", "--behavior", behavior).returncode == 0
-    done = run("steerlab.cli.matrix", "--model", tiny_dir, "--store", store, "--behaviors", " ".join(behaviors),
-               "--n-eval", 3, "--n-random", 2, "--scales", "0.002 0.005", "--scale-unit", "kl",
-               "--score", "cloze", "--kl-max", "inf", "--out", out, *SMALL_KL)
+    done = run("steerlab.cli.matrix", "--model", tiny_dir, "--store", store, "--behaviors",
+               " ".join(behaviors), "--n-eval", 3, "--n-random", 2, "--scales", "0.002 0.005", "--scale-unit",
+               "kl", "--score", "cloze", "--kl-max", "inf", "--out", out, *SMALL_KL)
     assert done.returncode == 0, done.stderr
     page = (out / "matrix_caa.md").read_text()
     assert "every row, random ones included, costs its target" in page
-    assert re.search(r"\| \+0\.00[25] KL \(= [0-9.]+\) \|", page) and re.search(r"\| random ×2 \| ±0\.00[25] KL \|", page)
+    assert (re.search(r"\| \+0\.00[25] KL \(= [0-9.]+\) \|", page)
+            and re.search(r"\| random ×2 \| ±0\.00[25] KL \|", page))
     key = store_key(str(tiny_dir))
     with h5py.File(store, "r") as h5:
         matrix = h5[f"{key}/matrix/caa"]
@@ -456,7 +470,8 @@ def test_a_scale_in_kl_is_the_norm_at_which_each_direction_costs_it(tiny_dir, tm
     with pytest.raises(UserError, match="calibrated on val at KL targets"):
         named_choices(store, key, "survival-instinct", "caa/L1-answer/0", [0.003], "kl")
     random_group = SimpleNamespace(label="random/L1")  # a vector past those eval calibrated
-    assert np.isclose(calibrated_norms(store, key, "survival-instinct", random_group, 1, [0.005])[0], norms[1, 3])
+    assert np.isclose(calibrated_norms(store, key, "survival-instinct", random_group, 1, [0.005])[0],
+                      norms[1, 3])
     with pytest.raises(UserError, match=r"calibrated vectors 0\.\.1, not 2: `make eval EVAL_K=3`"):
         calibrated_norms(store, key, "survival-instinct", random_group, 2, [0.005])
 
@@ -468,7 +483,8 @@ def test_a_test_split_scored_in_a_later_run_takes_vals_stored_norms_in_kl(tiny_d
     assert run("steerlab.cli.caa", "--model", tiny_dir, "--store", store, "--layers", 1, "--n-train", 4,
                "--position", "answer").returncode == 0
     common = ("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 1,
-              "--scales", "0.002 0.005", "--scale-unit", "kl", "--layer", 1, "--score", "cloze", "--gen-tokens", 4)
+              "--scales", "0.002 0.005", "--scale-unit", "kl", "--layer", 1, "--score", "cloze",
+              "--gen-tokens", 4)
     assert run(*common, "--splits", "val", "--n-neutral", 2).returncode == 0
     later = run(*common, "--splits", "test", "--n-neutral", 3)
     assert later.returncode == 0, later.stderr
@@ -504,11 +520,13 @@ def test_melbo_radius_and_the_pi_caa_point_in_kl_cost_what_they_say(tiny_dir, tm
     assert caa.returncode == 0, caa.stderr
     pi = run("steerlab.cli.pi", *common, "--iters", 1, "--oversample", 0)
     assert pi.returncode == 0, pi.stderr
-    along = run("steerlab.cli.pi", *common, "--iters", 1, "--oversample", 0, "--at", "caa", "--at-scales", "-0.003")
+    along = run("steerlab.cli.pi", *common, "--iters", 1, "--oversample", 0, "--at", "caa", "--at-scales",
+                "-0.003")
     assert along.returncode == 0, along.stderr
     with h5py.File(store, "r") as h5:
         at = [g for name, g in h5[f"{key}/survival-instinct/vectors/pi_caa"].items() if "-at" in name]
-        assert len(at) == 1 and at[0].name.endswith("L1-T2-at-0.003kl") and at[0].attrs["at_scale_in_unit"] == -0.003
+        assert (len(at) == 1 and at[0].name.endswith("L1-T2-at-0.003kl")
+                and at[0].attrs["at_scale_in_unit"] == -0.003)
         size = float(at[0].attrs["at_scale"])
         direction = h5[f"{key}/survival-instinct/vectors/caa/L1-answer/vectors"][0].astype(np.float64)
     assert size < 0
@@ -529,29 +547,32 @@ def test_a_scale_in_units_of_the_residual_norm_is_that_fraction_of_the_median_no
 
     lm = load_model(str(tiny_dir), "fp32")
     norms = []
-    for sequence in prompt_ids(lm.tokenizer, [i.question for i in load_items("data/survival-instinct.jsonl", "train")[:128]]):
+    for sequence in prompt_ids(lm.tokenizer,
+                               [i.question
+                                for i in load_items("data/survival-instinct.jsonl", "train")[:128]]):
         with reading_site(lm.model, 1, "resid") as seen:
             lm.model(torch.tensor([sequence]), use_cache=False)
         norms.append(seen[-1][0].double().norm(dim=-1))
     median = float(torch.cat(norms).median())
     store, abs_store = tmp_path / "store.h5", tmp_path / "abs.h5"
     done = run("steerlab.cli.eval", "--model", tiny_dir, "--store", store, "--n-eval", 2, "--n-random", 1,
-               "--scales", "0.5 2", "--scale-unit", "resid", "--splits", "val", "--layer", 1, "--score", "cloze",
-               *SMALL_KL)
+               "--scales", "0.5 2", "--scale-unit", "resid", "--splits", "val", "--layer", 1, "--score",
+               "cloze", *SMALL_KL)
     assert done.returncode == 0, done.stderr
     key = store_key(str(tiny_dir))
     with h5py.File(store, "r") as h5:
         group = h5[f"{key}/survival-instinct/evals/val/random/L1"]
-        np.testing.assert_allclose(group["scales"][()], [-2 * median, -0.5 * median, 0.5 * median, 2 * median],
-                                   rtol=1e-4)
+        np.testing.assert_allclose(group["scales"][()],
+                                   [-2 * median, -0.5 * median, 0.5 * median, 2 * median], rtol=1e-4)
         assert list(group["scale_fractions"][()]) == [-2, -0.5, 0.5, 2]
-        assert group.attrs["scale_unit"] == "resid" and np.isclose(group.attrs["unit_norm"], median, rtol=1e-4)
+        assert (group.attrs["scale_unit"] == "resid"
+                and np.isclose(group.attrs["unit_norm"], median, rtol=1e-4))
         stored = h5[f"{key}/survival-instinct/norms/L1"]
         assert np.isclose(stored.attrs["median"], median, rtol=1e-6) and stored.attrs["n_prompts"] == 128
         resid_cloze, absolute = group["cloze"][()], group["scales"][()]
     done = run("steerlab.cli.eval", "--model", tiny_dir, "--store", abs_store, "--n-eval", 2, "--n-random", 1,
-               "--scales", " ".join(f"{s:.9g}" for s in absolute[2:]), "--scale-unit", "abs", "--splits", "val",
-               "--layer", 1, "--score", "cloze", *SMALL_KL)
+               "--scales", " ".join(f"{s:.9g}" for s in absolute[2:]), "--scale-unit", "abs", "--splits",
+               "val", "--layer", 1, "--score", "cloze", *SMALL_KL)
     assert done.returncode == 0, done.stderr
     with h5py.File(abs_store, "r") as h5:
         group = h5[f"{key}/survival-instinct/evals/val/random/L1"]
@@ -591,7 +612,8 @@ def _functions_run(module: str, *args) -> set[tuple[str, str]]:
         body = ast.parse(Path(filename).read_text(encoding="utf-8")).body
         for _, line in (c for c in called if c[0] == filename):
             for node in body:
-                if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.lineno <= line <= node.end_lineno:
+                if (isinstance(node, (ast.FunctionDef, ast.ClassDef))
+                        and node.lineno <= line <= node.end_lineno):
                     found.add((filename, node.name))
     return found
 
@@ -608,7 +630,8 @@ def test_the_code_hash_reaches_every_function_a_runner_runs(tiny_dir, tmp_path):
     pi = ("--layer", 1, "--target", 2, "--k", 2, "--n-prompts", 2, "--iters", 1, "--oversample", 0)
     runs = [("steerlab.cli.caa", ("--layers", 1, "--n-train", 4, "--position", "answer")),
             ("steerlab.cli.pi", pi),
-            ("steerlab.cli.pi", (*pi, *kl, "--at", "caa", "--at-scales", "0.003", "--caa-position", "answer")),
+            ("steerlab.cli.pi", (*pi, *kl, "--at", "caa", "--at-scales", "0.003", "--caa-position",
+                                 "answer")),
             ("steerlab.cli.eval", (*kl, "--layer", 1, "--n-eval", 2, "--n-random", 1, "--scales", "0.003"))]
     for module, args in runs:
         reached = {entry.split("\0")[0] for entry in _reached(module, None, PACKAGE_PARENT)}

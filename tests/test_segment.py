@@ -16,7 +16,8 @@ from steerlab.questions.prompts import answer_tokens, pad_right
 
 
 def _batch(lm, items):
-    return pad_right([answer_tokens(lm.tokenizer, item).prefix_ids for item in items], lm.tokenizer.pad_token_id)
+    return pad_right([answer_tokens(lm.tokenizer, item).prefix_ids for item in items],
+                     lm.tokenizer.pad_token_id)
 
 
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_qwen3"])

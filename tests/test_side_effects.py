@@ -48,7 +48,8 @@ def test_theta_zero_costs_nothing(tiny_llama):
                           batch_size=2, settings_per_pass=3)
     assert (result.kl[0] == 0).all() and (result.top1[0] == 1).all()
     assert (result.kl[1:] > 0).all()
-    nothing = side_effects(tiny_llama.model, scored, 2, torch.zeros(2, tiny_llama.d_model, dtype=torch.float64),
+    nothing = side_effects(tiny_llama.model, scored, 2,
+                           torch.zeros(2, tiny_llama.d_model, dtype=torch.float64),
                            pad_id=tiny_llama.tokenizer.pad_token_id)
     assert (nothing.kl == 0).all() and (nothing.top1 == 1).all()
 
@@ -56,7 +57,9 @@ def test_theta_zero_costs_nothing(tiny_llama):
 def test_batched_equals_one_by_one(tiny_qwen3):
     scored, settings = texts(tiny_qwen3), thetas(tiny_qwen3.d_model)
     pad = tiny_qwen3.tokenizer.pad_token_id
-    together = side_effects(tiny_qwen3.model, scored, 1, settings, pad_id=pad, batch_size=4, settings_per_pass=4)
+    together = side_effects(tiny_qwen3.model, scored, 1, settings, pad_id=pad, batch_size=4,
+                            settings_per_pass=4)
     for n, text in enumerate(scored):
-        alone = side_effects(tiny_qwen3.model, [text], 1, settings, pad_id=pad, batch_size=1, settings_per_pass=1)
+        alone = side_effects(tiny_qwen3.model, [text], 1, settings, pad_id=pad, batch_size=1,
+                             settings_per_pass=1)
         assert (alone.kl[:, 0] - together.kl[:, n]).abs().max() < 1e-10

@@ -115,7 +115,8 @@ def test_a_truncated_store_is_named_damaged_with_what_to_do_and_left_alone(tmp_p
     store.write_bytes(data[: len(data) // 2])
     for attempt in (lambda: open_for_reading(store), lambda: _write_vectors(store),
                     lambda: is_current(store, "m/vectors/caa/L1", {"layer": 7}, "src-test")):
-        with pytest.raises(StoreError, match=r"store\.h5 is damaged: HDF5 cannot read it .*last good copy.*\.damaged"):
+        with pytest.raises(StoreError,
+                           match=r"store\.h5 is damaged: HDF5 cannot read it .*last good copy.*\.damaged"):
             attempt()
     assert store.read_bytes() == data[: len(data) // 2]
 
@@ -133,7 +134,8 @@ def test_code_version_covers_what_computes_a_group_and_not_the_report():
     reached = {entry.split("\0")[0] for entry in _reached("steerlab.cli.caa", None, PACKAGE_PARENT)}
     assert {"run", "caa_vector", "compute_groups", "answer_tokens", "injection_site", "write_vector_group",
             "code_version"} <= reached
-    assert not reached & {"melbo", "displacement_objective", "write_matrix_page", "random_distribution_figure",
+    assert not reached & {"melbo", "displacement_objective", "write_matrix_page",
+                          "random_distribution_figure",
                           "generations_page", "load"}  # another method, the pages, the figures
     assert code_version("steerlab.cli.caa") != code_version("steerlab.cli.melbo")
     assert code_version("steerlab.cli.caa") == code_version("steerlab.cli.caa")
@@ -183,7 +185,8 @@ def test_code_version_follows_names_not_files(tmp_path):
     assert code_version("steerlab.run", parent=tmp_path) != first  # the code it runs changed
     assert code_version("steerlab.run:main", parent=tmp_path) == code_version("steerlab.run", parent=tmp_path)
     changed = code_version("steerlab.run", parent=tmp_path)
-    (tmp_path / "steerlab" / "shelf" / "twice" / "__pycache__").mkdir(parents=True)  # left by a package made a module
+    # left by a package made a module
+    (tmp_path / "steerlab" / "shelf" / "twice" / "__pycache__").mkdir(parents=True)
     assert code_version("steerlab.run", parent=tmp_path) == changed
 
 
@@ -198,8 +201,10 @@ def test_code_version_reaches_what_runs_on_import_and_every_import_of_a_name(tmp
         "fast.py": "def helper():\n    return 1\n", "a.py": "def step():\n    return 1\n",
         "b.py": "def step(x=None):\n    return 2\n"})
     first = code_version("steerlab.run", parent=tmp_path)
-    for name, text in {"__init__.py": "SETUP = []\nSETUP.append(2)\n", "fast.py": "def helper():\n    return 3\n",
-                       "a.py": "def step():\n    return 4\n", "b.py": "def step(x=None):\n    return 5\n"}.items():
+    for name, text in {"__init__.py": "SETUP = []\nSETUP.append(2)\n",
+                       "fast.py": "def helper():\n    return 3\n",
+                       "a.py": "def step():\n    return 4\n",
+                       "b.py": "def step(x=None):\n    return 5\n"}.items():
         before = (tmp_path / "steerlab" / name).read_text(encoding="utf-8")
         _package(tmp_path, **{name: text})
         assert code_version("steerlab.run", parent=tmp_path) != first, name
@@ -228,7 +233,8 @@ def test_vector_group_reads_back_as_written(tmp_path):
     assert (got.arrays["sigmas"] == [2.0, 1.0]).all() and got.attrs["steps"] == 3
     assert got.fingerprint == written.fingerprint
     assert [g.label for g in read_vector_groups(store, "m", "b")] == ["pi/L1-T2"]
-    assert read_vector_groups(store, "other", "b") == [] and read_vector_groups(tmp_path / "no.h5", "m", "b") == []
+    assert (read_vector_groups(store, "other", "b") == []
+            and read_vector_groups(tmp_path / "no.h5", "m", "b") == [])
     with pytest.raises(StoreError, match="no caa vectors at m/b/vectors/caa/L1 .* run `make caa`"):
         read_vector_group(store, "m", "b", "caa", "L1")
 

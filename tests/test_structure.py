@@ -29,7 +29,8 @@ def module_name(path: Path) -> str:
 
 def room(module: str) -> str:
     parts = module.split(".")
-    return parts[1] if len(parts) > 2 or (len(parts) == 2 and (ROOT / "steerlab" / parts[1]).is_dir()) else "top"
+    return (parts[1] if len(parts) > 2 or (len(parts) == 2 and (ROOT / "steerlab" / parts[1]).is_dir())
+            else "top")
 
 
 def steerlab_imports() -> dict[str, set[str]]:
@@ -52,7 +53,8 @@ def steerlab_imports() -> dict[str, set[str]]:
 
 def test_steerlab_has_no_import_cycle():
     graph = steerlab_imports()
-    assert graph["steerlab.lm.site"] == {"steerlab.base.errors"} and "steerlab.lm.site" in graph["steerlab.lm.model"]
+    assert (graph["steerlab.lm.site"] == {"steerlab.base.errors"}
+            and "steerlab.lm.site" in graph["steerlab.lm.model"])
     done: set[str] = set()
 
     def visit(module: str, path: tuple[str, ...]) -> None:
@@ -78,13 +80,15 @@ def test_each_room_imports_only_the_rooms_below_it():
 
 def test_nothing_below_the_cli_imports_it():
     graph = steerlab_imports()
-    assert [m for m, imports in graph.items() if room(m) != "cli" and any(room(i) == "cli" for i in imports)] == []
+    assert [m for m, imports in graph.items()
+            if room(m) != "cli" and any(room(i) == "cli" for i in imports)] == []
 
 
 def test_no_store_path_is_built_outside_the_store_module():
     built = re.compile(r"""f["'][^"'\n]*/(vectors|evals|generations|neutral)[/"'{]""")
     offenders = [f"{path.relative_to(ROOT)}:{n}"
-                 for path in sorted((ROOT / "steerlab").rglob("*.py")) if "store" not in path.relative_to(ROOT).parts
+                 for path in sorted((ROOT / "steerlab").rglob("*.py"))
+                 if "store" not in path.relative_to(ROOT).parts
                  for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
                  if built.search(line)]
     assert offenders == []
@@ -103,7 +107,8 @@ def test_pip_install_ships_every_package_of_the_tree():
     line there breaks `pip install .` (make check-install) or leaves a room out of it."""
     import tomllib
 
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+                 ["tool"]["setuptools"]["packages"])
     in_tree = {module_name(path) for path in (ROOT / "steerlab").rglob("__init__.py")}
     assert listed == in_tree
 
@@ -117,5 +122,6 @@ def test_measurement_reaches_the_model_through_the_steered_forward_not_the_segme
     for path in sorted((ROOT / "steerlab" / "measure").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module == "steerlab.lm.segment":
-                offending += [f"{path.name}: {alias.name}" for alias in node.names if alias.name != "residual_norms"]
+                offending += [f"{path.name}: {alias.name}" for alias in node.names
+                              if alias.name != "residual_norms"]
     assert offending == []

@@ -77,11 +77,13 @@ def test_test_takes_vals_norms_at_a_subset_of_its_targets(tiny_dir, tmp_path):
 
 
 def test_the_study_page_ranks_val_choices_between_the_first_order_null_and_the_ceiling(tiny_dir, tmp_path):
-    """Every stage of `make study` on a tiny model (PI, MELBO, prompting and generations aside), then the page."""
+    """Every stage of `make study` on a tiny model (PI, MELBO, prompting and generations aside), then the
+    page."""
     store, out = tmp_path / "store.h5", tmp_path / "docs"
     model = ("--model", tiny_dir, "--store", store)
     for position in ("letter", "answer"):
-        assert run("steerlab.cli.caa", *model, "--layers", 1, "--n-train", 4, "--position", position).returncode == 0
+        assert run("steerlab.cli.caa", *model, "--layers", 1, "--n-train", 4,
+                   "--position", position).returncode == 0
     steps = [("steerlab.cli.gradients", "--layer", 1, "--n-train", 6, "--n-eval", 6, "--fisher-k", 8,
               "--fisher-oversample", 4, "--fisher-iters", 2, "--probes", 4, *SMALL_KL),
              ("steerlab.cli.ceiling", "--layer", 1)]
@@ -99,8 +101,8 @@ def test_the_study_page_ranks_val_choices_between_the_first_order_null_and_the_c
                "--n-random", 3).returncode == 0
     for module, *args in [("steerlab.cli.dose", "--costs", "0.001 0.004", "--n-eval", 4, "--n-random", 1,
                            "--sample-tokens", 3, "--kl-max", "1", *SMALL_KL),
-                          ("steerlab.cli.transfer", "--behaviors", "survival-instinct myopic-reward", "--n-eval", 4,
-                           "--kl-max", "1"),
+                          ("steerlab.cli.transfer", "--behaviors", "survival-instinct myopic-reward",
+                           "--n-eval", 4, "--kl-max", "1"),
                           ("steerlab.cli.prompting", "--splits", "test", "--n-eval", 6, *SMALL_KL)]:
         done = run(module, *model, *args)
         assert done.returncode == 0, (module, done.stderr[-2000:])
@@ -118,7 +120,8 @@ def test_the_study_page_ranks_val_choices_between_the_first_order_null_and_the_c
     assert "CAA's mean cosine between each training pair's difference" in text
     assert "## At what cost: the ladder to breakdown (test)" in text and "-dose.png" in text
     assert "## Behaviour or form?" in text and "myopic-reward" in text
-    assert "## Just ask: the prompting baseline (test)" in text and "You are an AI system that wants to keep" in text
+    assert ("## Just ask: the prompting baseline (test)" in text
+            and "You are an AI system that wants to keep" in text)
     assert "| Qwen3-14B | CAA | +20 | 44.0 | -1.78 | +1.55 |" in text  # the seed's figures beside ours
     assert (out / written.name.replace(".md", ".png")).is_file()
     assert (out / written.name.replace(".md", "-dose.png")).is_file()

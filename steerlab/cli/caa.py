@@ -71,8 +71,8 @@ def run() -> None:
         jobs = [Job(caa_run(layer, args.capture, position, args.orders, args.site, args.balance), layer,
                     settings_of(args, drop=drop, method="caa", source_layer=layer, position=position))
                 for layer in args.layers]
-        compute_groups(context(args), __spec__.name, "caa", jobs, items, answer_group if on_texts else letter_group,
-                       order=args.orders, cloze=on_texts)
+        compute_groups(context(args), __spec__.name, "caa", jobs, items,
+                       answer_group if on_texts else letter_group, order=args.orders, cloze=on_texts)
 
 
 def position_list(text: str) -> list[str]:
@@ -103,7 +103,8 @@ def letter_group(lm, answers, job: Job) -> VectorGroup:
     with step(f"CAA at layer {job.source_layer} over {len(answers) // orders} train pairs "
               f"× {orders} order(s), read at {capture}"):
         result = caa_vector(lm.model, answers, job.source_layer, lm.tokenizer.pad_token_id,
-                            capture=capture, position=settings["position"], batch_size=settings["batch_size"], n_orders=orders, ranks=ranks())
+                            capture=capture, position=settings["position"], batch_size=settings["batch_size"],
+                            n_orders=orders, ranks=ranks())
     say(f"  ‖v‖ = {result.norm:.3f}, per-pair ‖diff‖ = {result.diff_norms.mean():.3f} ± "
         f"{result.diff_norms.std():.3f}")
     return caa_group(job, result, {"by_order": result.by_order.numpy()},
@@ -117,7 +118,8 @@ def answer_group(lm, items, job: Job) -> VectorGroup:
     with step(f"CAA at layer {job.source_layer} over {len(items)} train pairs' answer texts, "
               f"read at {capture}" + (", balanced over polarity classes" if balanced else "")):
         result = caa_answer_vector(lm.model, items, job.source_layer, lm.tokenizer.pad_token_id,
-                                   capture=capture, balance=balanced, batch_size=settings["batch_size"], ranks=ranks())
+                                   capture=capture, balance=balanced, batch_size=settings["batch_size"],
+                                   ranks=ranks())
     counts = ", ".join(f"{name} {n}" for name, n in result.class_counts.items())
     say(f"  ‖v‖ = {result.norm:.3f} (classes: {counts}), per-pair ‖diff‖ = "
         f"{result.diff_norms.mean():.3f} ± {result.diff_norms.std():.3f}")

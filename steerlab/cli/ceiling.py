@@ -48,8 +48,8 @@ def lambdas_of(text: str) -> list[float]:
         values = [float(token) for token in text.replace(",", " ").split()]
         check_lambdas(values)
     except (ValueError, UserError):
-        raise argparse.ArgumentTypeError(f"LAMBDAS must be positive numbers (in units of F's mean eigenvalue; "
-                                         f"inf: the plain gradient), got {text!r}") from None
+        raise argparse.ArgumentTypeError("LAMBDAS must be positive numbers (in units of F's mean "
+                                         f"eigenvalue; inf: the plain gradient), got {text!r}") from None
     return values
 
 
@@ -67,7 +67,8 @@ class _Model:
         self.key, self.source = store_key(source), source
         with open_for_reading(store) as h5:
             attrs = h5[self.key].attrs
-            self.n_layers, self.d_model, self.dtype = int(attrs["n_layers"]), int(attrs["d_model"]), str(attrs["dtype"])
+            self.n_layers, self.d_model, self.dtype = (int(attrs["n_layers"]), int(attrs["d_model"]),
+                                                       str(attrs["dtype"]))
 
 
 def run() -> None:
@@ -103,17 +104,20 @@ def run() -> None:
         mean_gradient = weights @ per_question
         directions = ceiling_directions(mean_gradient, spectrum, args.lambdas)
         gain = first_order_gain(directions, mean_gradient, spectrum, 0.04)
-        say(f"  ceiling on {score}: λ = {', '.join(f'{lam:g}' for lam in args.lambdas)} (× F̃'s mean eigenvalue "
-            f"{spectrum.mean_eigenvalue():.3g}); first-order train gain at 0.04 KL "
+        say(f"  ceiling on {score}: λ = {', '.join(f'{lam:g}' for lam in args.lambdas)} (× F̃'s mean "
+            f"eigenvalue {spectrum.mean_eigenvalue():.3g}); first-order train gain at 0.04 KL "
             + ", ".join(f"{g:+.3f}" for g in gain))
         group = VectorGroup("ceiling", run_name, directions.astype(np.float32), args.layer, sign_free=False,
                             settings=settings,
-                            arrays={"lambdas": np.array([lam if math.isfinite(lam) else np.inf for lam in args.lambdas]),
-                                    "train_gain_at_0.04": gain, "mean_gradient": mean_gradient.astype(np.float32),
+                            arrays={"lambdas": np.array([lam if math.isfinite(lam) else np.inf
+                                                         for lam in args.lambdas]),
+                                    "train_gain_at_0.04": gain,
+                                    "mean_gradient": mean_gradient.astype(np.float32),
                                     "prompt_ids": np.asarray(train["question_ids"])},
                             attrs={"fit_on": score, "vectors_are_candidates": 1,
                                    "mean_eigenvalue": spectrum.mean_eigenvalue()})
-        group.attrs.update({k: v for k, v in run_attrs(settings, version, started, time.perf_counter() - t0).items()
+        group.attrs.update({k: v for k, v in run_attrs(settings, version, started,
+                                                       time.perf_counter() - t0).items()
                             if k != "settings"})
         with writing(args.store) as h5:
             write_vector_group(h5, lm, args.behavior, group)

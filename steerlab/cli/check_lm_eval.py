@@ -45,7 +45,8 @@ from steerlab.lm.model import load_model
 from steerlab.measure.cloze import cloze_logprobs
 from steerlab.questions.cloze_form import cloze_items, stem_and_answers
 
-HARNESS_DTYPES = {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16"}  # this project's name -> lm-eval's
+# this project's name -> lm-eval's
+HARNESS_DTYPES = {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16"}
 
 
 def run() -> None:
@@ -79,7 +80,8 @@ def run() -> None:
     cloze, _ = cloze_items(lm.tokenizer, items)
     cloze = cloze[:args.questions]
     if len(cloze) < 2:
-        raise UserError(f"{args.behavior} has {len(cloze)} test questions with a cloze form; the check needs 2")
+        raise UserError(f"{args.behavior} has {len(cloze)} test questions with a cloze form; "
+                        "the check needs 2")
     by_id = {item.id: item for item in items}
     questions = [stem_and_answers(by_id[c.item_id]) for c in cloze]
 
@@ -130,14 +132,16 @@ def run() -> None:
     best_wrong = max(change[-1].correlation, change[+1].correlation)
     failures = [f"{a.label} differs by {a.max_abs_difference:.2e} > {args.tolerance}"
                 for a in (unsteered, steered, change[0]) if not a.max_abs_difference <= args.tolerance]
-    if not (change[0].correlation >= args.min_correlation and change[0].correlation >= best_wrong + args.margin):
+    if not (change[0].correlation >= args.min_correlation
+            and change[0].correlation >= best_wrong + args.margin):
         failures.append(f"the right file's change correlates at {change[0].correlation:.6f} (needs ≥ "
                         f"{args.min_correlation} and ≥ {best_wrong:.3f} + {args.margin})")
     if failures:
         say("FAILED: " + "; ".join(failures))
         raise SystemExit(1)
     say(f"passed: lm-eval's steered model adds {lm_eval_hook_point(args.layer)} where this project adds θ; "
-        f"the shifted files' changes correlate at {change[-1].correlation:.3f} and {change[+1].correlation:.3f}")
+        f"the shifted files' changes correlate at {change[-1].correlation:.3f} and "
+        f"{change[+1].correlation:.3f}")
 
 
 if __name__ == "__main__":

@@ -86,14 +86,17 @@ def run() -> None:
     add_select_by(p)
     p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the random directions")
     add_neutral(p)
-    p.add_argument("--settings-per-pass", type=positive_int, default=2, help="θ settings stacked in one batch")
+    p.add_argument("--settings-per-pass", type=positive_int, default=2,
+                   help="θ settings stacked in one batch")
     p.set_defaults(batch_size=4)
     p.set_defaults(scale_unit="kl")  # the ladder is in KL; its search's bounds are in units of ‖h_S‖
     args = parse(p, lambda a: check_kl_max(a.kl_max))
-    found = group_val_choices(args.store, store_key(args.model), args.behavior, args.kl_max, by=args.select_by)
+    found = group_val_choices(args.store, store_key(args.model), args.behavior, args.kl_max,
+                              by=args.select_by)
     if not found:
         raise UserError(f"no val choice in {args.store}: run `make eval SPLITS=val` first")
-    groups = {(c.method, c.run): read_vector_group(args.store, store_key(args.model), args.behavior, c.method, c.run)
+    groups = {(c.method, c.run): read_vector_group(args.store, store_key(args.model), args.behavior,
+                                                   c.method, c.run)
               for c in found}
     layer = groups[(found[0].method, found[0].run)].source_layer
     choices = [c for c in found if groups[(c.method, c.run)].source_layer == layer]
@@ -105,7 +108,8 @@ def run() -> None:
         sign = 1.0 if (c.scale or 1.0) > 0 else -1.0
         labels.append(f"{c.method}/{c.run}/{c.index}")
         directions.append(sign * vector / np.linalg.norm(vector))
-    for i, r in enumerate(random_directions(args.n_random, lm.d_model, args.seed + RANDOM_SEED_OFFSET, layer).numpy()):
+    for i, r in enumerate(random_directions(args.n_random, lm.d_model, args.seed + RANDOM_SEED_OFFSET,
+                                            layer).numpy()):
         labels += [f"random/{i}/+", f"random/{i}/-"]
         directions += [r, -r]
     items = sorted(behavior_items(args, "test"), key=lambda i: i.id)[: args.n_eval]
@@ -114,8 +118,10 @@ def run() -> None:
     open_file = open_ended_file(args.behavior)
     opening = (load_prompts(open_file, "test", 1)[0].text if open_file else question_stem(items[0].question))
     sample_texts = [load_prompts(args.neutral, "test", 1)[0].text, opening]
-    settings = settings_of(args, drop=("settings_per_pass", "batch_size"), directions=labels, question_ids=ids,
-                           direction_sha=hashlib.sha256(np.stack(directions).astype(np.float32).tobytes()).hexdigest()[:16],
+    settings = settings_of(args, drop=("settings_per_pass", "batch_size"), directions=labels,
+                           question_ids=ids,
+                           direction_sha=hashlib.sha256(
+                               np.stack(directions).astype(np.float32).tobytes()).hexdigest()[:16],
                            layer=layer)
     version = code_version(__spec__.name)
     path = dose_path(lm.key, args.behavior, "test")
@@ -127,29 +133,33 @@ def run() -> None:
     texts = neutral_texts(args.store, lm, "test", load_prompts(args.neutral, "test", args.n_neutral),
                           **neutral_options(args))
     checkpoint = Checkpoint(args.store, path, {"settings": settings, "version": version})
-    say(f"… dose ladder {' '.join(f'{c:g}' for c in args.costs)} KL for {len(labels)} directions at layer {layer} "
-        f"on {len(ids)} test questions")
+    say(f"… dose ladder {' '.join(f'{c:g}' for c in args.costs)} KL for {len(labels)} directions at layer "
+        f"{layer} on {len(ids)} test questions")
     with progress_bar(len(labels) * len(args.costs) * (len(answers) + len(cloze) + len(texts)), "dose",
                       "question×setting") as bar:
-        result = dose_response(lm.model, lm.tokenizer, np.stack(directions), args.costs, layer=layer, unit=unit,
-                               answers=answers, cloze=cloze, calibration_texts=val_neutral_texts(args, lm), texts=texts,
-                               sample_prompts=prompt_ids(lm.tokenizer, sample_texts), sample_tokens=args.sample_tokens,
-                               batch_size=args.batch_size, settings_per_pass=args.settings_per_pass,
-                               saved=checkpoint.load(), save=checkpoint.save, progress=bar.update)
+        result = dose_response(lm.model, lm.tokenizer, np.stack(directions), args.costs, layer=layer,
+                               unit=unit, answers=answers, cloze=cloze,
+                               calibration_texts=val_neutral_texts(args, lm), texts=texts,
+                               sample_prompts=prompt_ids(lm.tokenizer, sample_texts),
+                               sample_tokens=args.sample_tokens, batch_size=args.batch_size,
+                               settings_per_pass=args.settings_per_pass, saved=checkpoint.load(),
+                               save=checkpoint.save, progress=bar.update)
     samples = np.array([[(cost_samples + ["", ""])[:2] for cost_samples in rows] for rows in result.samples])
     with writing(args.store) as h5:
         write_dose(h5, lm, args.behavior, "test", {
             "labels": np.array(labels), "directions": np.stack(directions).astype(np.float32),
             "costs": np.array(args.costs), "norms": result.norms, "reached": result.reached.astype(np.int8),
-            "logit_diff_by_order": result.letter.astype(np.float32), "cloze_logprob": result.cloze.astype(np.float32),
+            "logit_diff_by_order": result.letter.astype(np.float32),
+            "cloze_logprob": result.cloze.astype(np.float32),
             "kl": result.kl.astype(np.float32), "top1": result.top1.astype(np.float32), "samples": samples,
             "sample_prompts": np.array(sample_texts), "baseline_samples": np.array(result.baseline_samples),
             "baseline_logit_diff_by_order": result.baseline_letter.astype(np.float32),
             "baseline_cloze_logprob": result.baseline_cloze.astype(np.float32),
             "question_ids": np.array(ids), "polarity": np.array([c.polarity for c in cloze]),
-            "cloze_n_tokens": np.array([[len(c.positive_ids) for c in cloze], [len(c.negative_ids) for c in cloze]])},
-            run_attrs(settings, version, started, time.perf_counter() - t0, skipped=skipped, source_layer=layer,
-                      unit_norm=unit))
+            "cloze_n_tokens": np.array([[len(c.positive_ids) for c in cloze],
+                                        [len(c.negative_ids) for c in cloze]])},
+            run_attrs(settings, version, started, time.perf_counter() - t0, skipped=skipped,
+                      source_layer=layer, unit_norm=unit))
     checkpoint.discard()
     say(f"wrote /{path} ({time.perf_counter() - t0:.0f}s)")
 

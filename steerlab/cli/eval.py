@@ -103,7 +103,8 @@ def run() -> None:
                    help="θ settings stacked in one batch (memory vs speed)")
     p.add_argument("--checkpoint-every", type=positive_int, default=defaults.CHECKPOINT_EVERY, metavar="N",
                    help="question×settings between two saves of the eval's partial work (STORE.resume/): a "
-                        "killed eval rerun with the same settings resumes there, so a kill loses at most this much")
+                        "killed eval rerun with the same settings resumes there, so a kill loses at most "
+                        "this much")
     p.set_defaults(batch_size=QUESTIONS_PER_PASS)
     args = parse(p, validate)
     items_by_split = {split: sorted(behavior_items(args, split), key=lambda i: i.id)[: args.n_eval]
@@ -116,7 +117,8 @@ def run() -> None:
     if not groups:  # the random control's layer: the only use of LAYER
         lm.check_layer(args.layer, "LAYER")
     if not groups:
-        say(f"no {args.behavior} vectors for {lm.key} in {args.store}: evaluating the baseline and random controls only")
+        say(f"no {args.behavior} vectors for {lm.key} in {args.store}: evaluating the baseline and random "
+            "controls only")
     for group in groups:  # --max-vectors trims the methods' groups (not the ceiling's λ candidates)
         if not group.attrs.get("vectors_are_candidates"):
             group.vectors = group.vectors[: args.max_vectors]
@@ -140,7 +142,8 @@ def run() -> None:
                             args.max_vectors, recorded, code_version(__spec__.name))
     batching = Batching(args.batch_size, args.settings_per_pass, args.checkpoint_every)
     for split in sorted(args.splits, key=lambda name: name != "val"):  # val first: the others take its |θ|
-        if calibrator is not None and split != "val":  # val scored in an earlier run: its |θ|, not a new search's
+        # val scored in an earlier run: its |θ|, not a new search's
+        if calibrator is not None and split != "val":
             calibrator.adopt(val_calibrations(args.store, lm.key, args.behavior, groups, args.scales))
         prompts = neutral_by_split.get(split)
         if prompts is None:
@@ -150,7 +153,8 @@ def run() -> None:
         if plan.current:
             say(f"{plan.split.path}: every group is up to date (FORCE=1 recomputes)")
             continue
-        texts = [] if prompts is None else neutral_texts(args.store, lm, split, prompts, **neutral_options(args))
+        texts = [] if prompts is None else neutral_texts(args.store, lm, split, prompts,
+                                                         **neutral_options(args))
         evaluate_split(args.store, lm, plan, groups, texts, sites, batching, calibrator=calibrator)
 
 

@@ -13,7 +13,8 @@ from steerlab.lm.model import EMBEDDED, MODELS_DIR, convert_gguf, embedded_gguf
 
 
 def run(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", default="SmolLM2-135M-Instruct", choices=sorted(EMBEDDED),
                         help="which embedded model (default: %(default)s)")
     embedded = EMBEDDED[parser.parse_args(argv).name]

@@ -1,13 +1,13 @@
 """Completions of the unsteered model and of steered ones, side by side.
 
 Without --vector: every method's vector and scale chosen on validation (as `make report` and
-`make export` choose them, KL on neutral text at most --kl-max; the random control is left out). With --vector METHOD/RUN/INDEX: that
-stored vector at each of --scales (signed L2 norms of what is added). The unsteered model always
-comes first. θ = scale × unit vector is added at the vector's source layer, at every position,
+`make export` choose them, KL on neutral text at most --kl-max; the random control is left out). With --vector
+METHOD/RUN/INDEX: that stored vector at each of --scales (signed L2 norms of what is added). The unsteered
+model always comes first. θ = scale × unit vector is added at the vector's source layer, at every position,
 generated tokens included. Prompts: the first --n-open open-ended questions of the behaviour
 (data/<behavior>-open-ended.jsonl; for a behaviour without such a file, the stems of its A/B
-questions, choices removed) and the first --n-neutral neutral prompts of --split. Greedy unless --sample (then seeded by
---seed). Texts and settings go to the store (/<model>/<behavior>/generations/<name>), and
+questions, choices removed) and the first --n-neutral neutral prompts of --split. Greedy unless --sample (then
+seeded by --seed). Texts and settings go to the store (/<model>/<behavior>/generations/<name>), and
 <out>/<behavior>/generations.md gets a markdown page with every setting's completion of each prompt.
 """
 from __future__ import annotations
@@ -75,9 +75,12 @@ def run() -> None:
     p.add_argument("--open-ended", default=defaults.OPEN_ENDED or None,
                    help="open-ended prompts (JSONL: id, text, split, ...); default "
                         "data/<behavior>-open-ended.jsonl, or the behaviour's question stems")
-    p.add_argument("--neutral", default=str(REPO_ROOT / defaults.NEUTRAL), help="neutral prompts (same format)")
-    p.add_argument("--n-open", type=int, default=defaults.OPEN_PROMPTS, help="first N open-ended prompts of the split")
-    p.add_argument("--n-neutral", type=int, default=defaults.NEUTRAL_PROMPTS, help="first N neutral prompts of the split")
+    p.add_argument("--neutral", default=str(REPO_ROOT / defaults.NEUTRAL),
+                   help="neutral prompts (same format)")
+    p.add_argument("--n-open", type=int, default=defaults.OPEN_PROMPTS,
+                   help="first N open-ended prompts of the split")
+    p.add_argument("--n-neutral", type=int, default=defaults.NEUTRAL_PROMPTS,
+                   help="first N neutral prompts of the split")
     p.add_argument("--split", default="test", choices=SPLITS, help="split the prompts are taken from")
     p.add_argument("--vector", default=None, metavar="METHOD/RUN/INDEX",
                    help="this stored vector instead of each method's choice on val")
@@ -88,7 +91,8 @@ def run() -> None:
                    help=f"with --vector: signed scales in --scale-unit (fractions of ‖h_S‖, or L2 norms of "
                         f"θ); default {defaults.SCALES!r}")
     add_scale_unit(p)
-    p.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS, help="length of each completion")
+    p.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS,
+                   help="length of each completion")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--seed", type=int, default=defaults.SEED, help="with --sample: the RNG seed")
     p.set_defaults(batch_size=8)  # prompts per generate call
@@ -101,8 +105,9 @@ def run() -> None:
         raise UserError("no prompts: N_OPEN and N_NEUTRAL are both 0")
     key = store_key(args.model)
     steered, notes = generation_settings(args.store, key, args.behavior, vector=args.vector,
-                                         scales=args.scales or scale_list(defaults.SCALES), scale_unit=args.scale_unit,
-                                         kl_max=args.kl_max, select_by=args.select_by, site=args.site)
+                                         scales=args.scales or scale_list(defaults.SCALES),
+                                         scale_unit=args.scale_unit, kl_max=args.kl_max,
+                                         select_by=args.select_by, site=args.site)
     for note in notes:
         say(note)
     rows = [Setting("unsteered"), *steered]
@@ -120,7 +125,8 @@ def run() -> None:
         with step(f"loading {args.model} ({args.dtype})"):
             lm = load_model(args.model, args.dtype, args.device)
         sites = resolve_sites(lm, [row.source_layer for row in rows[1:]], args.site)
-        rows = [row if row.vector is None else replace(row, vector=replace(row.vector, site=sites[row.source_layer]))
+        rows = [row if row.vector is None
+                else replace(row, vector=replace(row.vector, site=sites[row.source_layer]))
                 for row in rows]
         started, t0 = now(), time.perf_counter()
         n_batches = -(-len(ranks().span(len(prompts))) // args.batch_size)  # this rank's
@@ -132,7 +138,8 @@ def run() -> None:
 
             outs = generate_settings(lm.model, lm.tokenizer, [prompt.text for _, prompt in prompts], rows,
                                      max_new_tokens=args.max_new_tokens, sample=args.sample, seed=args.seed,
-                                     batch_size=args.batch_size, progress=bar.update, finished=finished, ranks=ranks())
+                                     batch_size=args.batch_size, progress=bar.update, finished=finished,
+                                     ranks=ranks())
         if ranks().writer:
             datasets = generations_datasets([(kind, p.id, p.text) for kind, p in prompts],
                                             [row.record() for row in rows],

@@ -71,14 +71,14 @@ def fisher(args, lm, version: str) -> None:
     checkpoint = Checkpoint(args.store, path, {"settings": settings, "version": version})
     operator = KLFisher(lm.model, [t.token_ids for t in texts], [t.read_at for t in texts], args.layer,
                         pad_id=lm.tokenizer.pad_token_id)
-    with step(f"F at θ = 0 over {len(texts)} val neutral texts ({sum(len(t.read_at) for t in texts)} positions): "
-              f"top {args.fisher_k} eigenpairs, {args.fisher_iters} power steps"), \
+    with step(f"F at θ = 0 over {len(texts)} val neutral texts ({sum(len(t.read_at) for t in texts)} "
+              f"positions): top {args.fisher_k} eigenpairs, {args.fisher_iters} power steps"), \
             progress_bar(args.fisher_iters, "Fisher", "step") as bar:
         saved = checkpoint.load()
         bar.update(len(saved.get("changes", ())))
-        result = power_iteration(operator, args.fisher_k, iters=args.fisher_iters, oversample=args.fisher_oversample,
-                                 tol=0.0, seed=args.seed, progress=lambda *_: bar.update(1), saved=saved,
-                                 save=checkpoint.save)
+        result = power_iteration(operator, args.fisher_k, iters=args.fisher_iters,
+                                 oversample=args.fisher_oversample, tol=0.0, seed=args.seed,
+                                 progress=lambda *_: bar.update(1), saved=saved, save=checkpoint.save)
         residual = residual_level(operator, result.vectors, n_probes=args.probes, seed=args.seed + 1)
     values = (result.sigmas ** 2).numpy()
     say(f"  eigenvalues {values[0]:.3g} … {values[-1]:.3g}; the rest {residual:.3g} on average "
@@ -97,8 +97,9 @@ def gradients(args, lm, split: str, version: str) -> None:
     items = items[: args.n_train] if split == "train" else sorted(items, key=lambda i: i.id)[: args.n_eval]
     answers, cloze, skipped = usable_questions(lm.tokenizer, items, "both", "both")
     ids = question_ids(answers, cloze, 2)
-    settings = settings_of(args, drop=("splits", "n_train", "n_eval", "fisher_k", "fisher_oversample", "fisher_iters",
-                                       "probes", "seed", "neutral", "n_neutral", "gen_tokens", "batch_size"),
+    settings = settings_of(args, drop=("splits", "n_train", "n_eval", "fisher_k", "fisher_oversample",
+                                       "fisher_iters", "probes", "seed", "neutral", "n_neutral", "gen_tokens",
+                                       "batch_size"),
                            split=split, question_ids=ids, data_checksum=file_checksum(args.data))
     path = gradients_path(lm.key, args.behavior, split, args.layer)
     if not args.force and is_current(args.store, path, settings, version):
@@ -125,7 +126,8 @@ def gradients(args, lm, split: str, version: str) -> None:
     with writing(args.store) as h5:
         write_gradients(h5, lm, args.behavior, split, args.layer,
                         {"question_ids": np.array(ids), "letter": letter.astype(np.float32),
-                         "cloze": cloze_grads.astype(np.float32), "polarity": np.array([c.polarity for c in cloze])},
+                         "cloze": cloze_grads.astype(np.float32),
+                         "polarity": np.array([c.polarity for c in cloze])},
                         run_attrs(settings, version, started, time.perf_counter() - t0, skipped=skipped))
     checkpoint.discard()
     say(f"wrote /{path}: {n_q} questions ({time.perf_counter() - t0:.0f}s)")

@@ -46,7 +46,8 @@ def run() -> None:
     p.add_argument("--behaviors", default=defaults.BEHAVIORS,
                    help="behaviours, each a task (default: the seven that ship)")
     p.add_argument("--split", choices=SPLITS, default="test", help="which split's questions")
-    p.add_argument("--out", default=str(Path(defaults.RESULTS) / "lm-eval-tasks"), help="folder for the tasks")
+    p.add_argument("--out", default=str(Path(defaults.RESULTS) / "lm-eval-tasks"),
+                   help="folder for the tasks")
     args = p.parse_args()
     behaviors = args.behaviors.replace(",", " ").split()
     if not behaviors:
@@ -57,7 +58,8 @@ def run() -> None:
     for name in behaviors:
         questions, skipped = cloze_questions(name, args.split)
         tasks.append(write_task(args.out, name, questions))
-        say(f"{tasks[-1]}: {len(questions)} {args.split} questions" + (f" ({skipped} without a cloze form)" if skipped else ""))
+        say(f"{tasks[-1]}: {len(questions)} {args.split} questions"
+            + (f" ({skipped} without a cloze form)" if skipped else ""))
     group = write_group(args.out, tasks)
     print(f"lm_eval --model hf --model_args pretrained=<model> --include_path {Path(args.out).resolve()} "
           f"--tasks {group} --apply_chat_template")

@@ -78,8 +78,10 @@ def validate(args) -> None:
 
 def run() -> None:
     p = parser(__doc__, behavior=False)
-    p.add_argument("--behaviors", default=defaults.BEHAVIORS, help="behaviours, e.g. 'survival-instinct myopic-reward'")
-    p.add_argument("--method", choices=METHODS, default=defaults.METHOD, help="whose vectors each behaviour contributes")
+    p.add_argument("--behaviors", default=defaults.BEHAVIORS,
+                   help="behaviours, e.g. 'survival-instinct myopic-reward'")
+    p.add_argument("--method", choices=METHODS, default=defaults.METHOD,
+                   help="whose vectors each behaviour contributes")
     p.add_argument("--scales", default=defaults.SCALES,
                    help="scales the val choice is made among, in --scale-unit")
     add_scale_unit(p)
@@ -127,9 +129,9 @@ def run() -> None:
         unit = unit_norms(args, lm, [val_layer(groups[name])], behavior=name, data=args.data_files[name])
         units[name] = unit[val_layer(groups[name])].median if unit else None
     sources, measured = cross_behaviour(
-        lm, groups, questions, texts, method=args.method, scales=args.scales, scale_unit=args.scale_unit, units=units,
-        select_by=args.select_by, kl_max=args.kl_max, scores=args.score, n_random=args.n_random, seed=args.seed,
-        batch_size=args.batch_size, store=args.store)
+        lm, groups, questions, texts, method=args.method, scales=args.scales, scale_unit=args.scale_unit,
+        units=units, select_by=args.select_by, kl_max=args.kl_max, scores=args.score, n_random=args.n_random,
+        seed=args.seed, batch_size=args.batch_size, store=args.store)
     tables = measured.tables
     seconds = time.perf_counter() - t0
     settings = settings_of(args, drop=("out", "data_files"), data_checksums={

@@ -69,7 +69,8 @@ def validate(args) -> None:
 def stored_caa(args: argparse.Namespace, key: str) -> tuple[VectorGroup, str]:
     """The CAA group θ₀ is taken from, and where it came from, in words."""
     run_name = caa_run(args.layer, position=args.caa_position, site=args.site)
-    caa = read_vector_group(args.store, key, args.behavior, "caa", run_name, make=f"make caa LAYERS={args.layer}")
+    caa = read_vector_group(args.store, key, args.behavior, "caa", run_name,
+                            make=f"make caa LAYERS={args.layer}")
     return caa, (f"/{vectors_path(key, args.behavior, 'caa', run_name)} ({caa.attrs.get('code_version')} "
                  f"started {caa.attrs.get('started')})")
 
@@ -150,7 +151,8 @@ def linearised_group(args: argparse.Namespace, lm: LoadedModel, answers: list, j
     the store when an earlier run computed it), and with a ``reference`` (the stored J(0)'s
     group) how far J moved from J(0)."""
     scale, sweep = job.settings["at_scale"], state.sweep
-    if sweep.last is None and previous is not None:  # the point before was stored by an earlier run: start from it
+    # the point before was stored by an earlier run: start from it
+    if sweep.last is None and previous is not None:
         stored = read_vector_group(args.store, lm.key, args.behavior, method, previous)
         sweep.last = torch.from_numpy(stored.vectors.astype(np.float64))
     words = theta0_words(caa_source, scale, args.scale_unit)
@@ -181,7 +183,8 @@ def run() -> None:
     p.add_argument("--tokens", default=defaults.TOKENS, help="positions: all, or last:N per prompt")
     p.add_argument("--jvp-chunk", type=count_or_all, default=defaults.JVP_CHUNK, metavar="N|all",
                    help="vectors pushed through the vmapped JVP/VJP together: the step's memory grows "
-                        "with this, not with K + OVERSAMPLE (docs/usage.md: memory); all: every vector at once")
+                        "with this, not with K + OVERSAMPLE (docs/usage.md: memory); "
+                        "all: every vector at once")
     p.add_argument("--at", choices=["zero", "caa"], default="zero",
                    help="linearisation point θ₀: 0, or the stored CAA vector of --layer")
     p.add_argument("--caa-position", choices=("answer", "letter"), default=defaults.AT_POSITION,
@@ -189,8 +192,8 @@ def run() -> None:
                         "at the answer letter (letter; run names gain -letter)")
     p.add_argument("--at-scales", type=scale_list, default=None, metavar="'S1 S2 ...'",
                    help="with --at caa: linearise at θ₀ = s · unit(CAA) for each s (signed, in "
-                        "--scale-unit: a KL cost, a fraction of ‖h_S‖ or an L2 norm) instead of at the raw CAA "
-                        "vector; one group per scale")
+                        "--scale-unit: a KL cost, a fraction of ‖h_S‖ or an L2 norm) instead of at the raw "
+                        "CAA vector; one group per scale")
     # Small batches: the vmapped JVP/VJP of a big batch thrash the cache (docs/development.md,
     # "Performance": small batches, same σ, a fraction of the time).
     p.set_defaults(batch_size=2)
@@ -211,8 +214,9 @@ def run() -> None:
         if state is None:
             state = SweepState.start(args, lm, answers)
         at = jobs.index(job)
-        return linearised_group(args, lm, answers, job, state, method=method, previous=jobs[at - 1].run if at else None,
-                                caa=caa, caa_source=caa_source, reference=reference)
+        return linearised_group(args, lm, answers, job, state, method=method,
+                                previous=jobs[at - 1].run if at else None, caa=caa, caa_source=caa_source,
+                                reference=reference)
 
     compute_groups(context(args), __spec__.name, method, jobs, items, compute, args.target)
 

@@ -82,8 +82,10 @@ def datasets(scores: PromptedScores, texts: dict[str, str]) -> dict:
     f32 = np.float32
     return {
         "question_ids": np.array(scores.question_ids), "neutral_ids": np.array(scores.neutral_ids, dtype=str),
-        "instruction_names": np.array(scores.names), "instructions": np.array([texts[n] for n in scores.names]),
-        "logit_diff_by_order": scores.logit_diff.astype(f32), "answer_mass_by_order": scores.answer_mass.astype(f32),
+        "instruction_names": np.array(scores.names),
+        "instructions": np.array([texts[n] for n in scores.names]),
+        "logit_diff_by_order": scores.logit_diff.astype(f32),
+        "answer_mass_by_order": scores.answer_mass.astype(f32),
         "logit_diff": scores.logit_diff.mean(1).astype(f32),
         "cloze_logprob": scores.cloze_logprob.astype(f32),
         "cloze": cloze_preference(scores.cloze_logprob, n_tokens).astype(f32),
@@ -101,7 +103,8 @@ def report(store: str, key: str, behavior: str, split: str) -> None:
     """One line per instruction of the stored split, on stdout."""
     stored = read_prompting(store, key, behavior, split)
     for name, delta in stored.instructions.items():
-        kl = (f"KL {delta.mean_kl:.4f} nats/token, top-1 {delta.mean_top1:.2f} ({len(delta.kl)} neutral texts)"
+        kl = (f"KL {delta.mean_kl:.4f} nats/token, top-1 {delta.mean_top1:.2f} "
+              f"({len(delta.kl)} neutral texts)"
               if delta.kl.size else "no KL (no neutral prompts in this split)")
         print(f"[{split}] {name}: Δ letter {delta.letter_stat().fmt(2, signed=True)}, "
               f"Δ cloze {delta.cloze_stat().fmt(3, signed=True)} nats/token (polarity-paired), {kl}; "
@@ -148,21 +151,24 @@ def run() -> None:
         prompts = neutral_by_split.get(split)
         if prompts is None:
             say(f"[{split}] no neutral prompts in this split: no KL measured")
-        neutral = [] if prompts is None else neutral_texts(args.store, lm, split, prompts, **neutral_options(args))
+        neutral = [] if prompts is None else neutral_texts(args.store, lm, split, prompts,
+                                                           **neutral_options(args))
         started, t0 = now(), time.perf_counter()
         say(f"… [{split}] {questions.n_questions} questions plain and under {len(texts)} instructions "
             f"({n_orders(args.orders)} letter order(s), cloze), and KL on {len(neutral)} neutral texts")
-        with progress_bar(prompting_work(questions, n_orders(args.orders), len(neutral)), f"prompting {split}",
-                          "item") as bar:
-            scores = prompting(lm.model, lm.tokenizer, questions, neutral, {t.id: t.text for t in prompts or []},
-                               order=args.orders, pad_id=lm.tokenizer.pad_token_id, batch_size=args.batch_size,
+        with progress_bar(prompting_work(questions, n_orders(args.orders), len(neutral)),
+                          f"prompting {split}", "item") as bar:
+            scores = prompting(lm.model, lm.tokenizer, questions, neutral,
+                               {t.id: t.text for t in prompts or []}, order=args.orders,
+                               pad_id=lm.tokenizer.pad_token_id, batch_size=args.batch_size,
                                progress=bar.update)
         seconds = time.perf_counter() - t0
         with writing(args.store) as h5:
             write_prompting(h5, lm, args.behavior, split, datasets(scores, texts),
                             run_attrs(settings, version, started, seconds, skipped=questions.skipped,
                                       orders=args.orders, behavior=args.behavior))
-        say(f"{path}: wrote {questions.n_questions} questions and {len(neutral)} neutral texts in {seconds:.0f}s")
+        say(f"{path}: wrote {questions.n_questions} questions and {len(neutral)} neutral texts in "
+            f"{seconds:.0f}s")
         report(args.store, lm.key, args.behavior, split)
 
 

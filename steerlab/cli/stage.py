@@ -26,7 +26,8 @@ def run(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     status = subprocess.run(command).returncode
     if status == 0:
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # kB on Linux: the largest process below
+        # kB on Linux: the largest process below
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         Path(args.record).parent.mkdir(parents=True, exist_ok=True)
         with open(args.record, "a") as record:
             record.write(f"{args.name} {time.perf_counter() - started:.1f} {peak}\n")

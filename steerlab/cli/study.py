@@ -41,8 +41,8 @@ def run() -> None:
     except UserError:
         prompting = None  # the page says nothing of asking
     path, figure = study_page(args.store, splits["val"], splits["test"], model_key=key, kl_max=args.kl_max,
-                              by=args.select_by, out=Path(args.out), command=args.command, seconds=args.seconds,
-                              prompting=prompting)
+                              by=args.select_by, out=Path(args.out), command=args.command,
+                              seconds=args.seconds, prompting=prompting)
     print(f"wrote {path} and {figure}")
 
 

@@ -46,7 +46,8 @@ from steerlab.store import (
 
 def run() -> None:
     p = parser(__doc__)
-    p.add_argument("--behaviors", default=defaults.BEHAVIORS, help="the behaviours whose test questions are asked")
+    p.add_argument("--behaviors", default=defaults.BEHAVIORS,
+                   help="the behaviours whose test questions are asked")
     p.add_argument("--methods", default=defaults.TRANSFER_METHODS, help="whose val choices are carried over")
     p.add_argument("--n-eval", type=count_or_all, default=defaults.TRANSFER_N_EVAL, metavar="N|all",
                    help="first test questions by id of each behaviour")
@@ -59,10 +60,11 @@ def run() -> None:
         check_name(name)
     key = store_key(args.model)
     methods = args.methods.split()
-    choices = group_val_choices(args.store, key, args.behavior, args.kl_max, by=args.select_by, methods=methods)
+    choices = group_val_choices(args.store, key, args.behavior, args.kl_max, by=args.select_by,
+                                methods=methods)
     if not choices:
-        raise UserError(f"no val choice of {', '.join(methods)} for {args.behavior} in {args.store}: run `make eval "
-                        "SPLITS=val` (and `make ceiling`) first")
+        raise UserError(f"no val choice of {', '.join(methods)} for {args.behavior} in {args.store}: "
+                        "run `make eval SPLITS=val` (and `make ceiling`) first")
     thetas, layers = [], set()
     for c in choices:
         theta, group = theta_of(args.store, key, args.behavior, c)
@@ -80,23 +82,29 @@ def run() -> None:
         items = sorted(items_of(data_file(other), other, "test"), key=lambda i: i.id)[: args.n_eval]
         answers, cloze, skipped = usable_questions(lm.tokenizer, items, "both", "both")
         ids = question_ids(answers, cloze, 2)
-        settings = settings_of(args, drop=("behaviors", "batch_size"), other=other, labels=labels, question_ids=ids,
-                               theta_norms=[round(float(t.norm()), 6) for t in thetas], layer=layer)
+        settings = settings_of(args, drop=("behaviors", "batch_size"), other=other, labels=labels,
+                               question_ids=ids, theta_norms=[round(float(t.norm()), 6) for t in thetas],
+                               layer=layer)
         path = transfer_path(lm.key, args.behavior, other)
         if not args.force and is_current(args.store, path, settings, version):
             say(f"/{path} is up to date (FORCE=1 recomputes it)")
             continue
         started, t0 = now(), time.perf_counter()
-        with progress_bar(len(stack) * (len(answers) + len(cloze)), f"transfer to {other}", "question×setting") as bar:
-            scored = score(lm.model, answers, 2, [], source_layer=layer, thetas=stack, pad_id=lm.tokenizer.pad_token_id,
-                           batch_size=args.batch_size, settings_per_pass=2, progress=bar.update, cloze=cloze)
+        with progress_bar(len(stack) * (len(answers) + len(cloze)), f"transfer to {other}",
+                          "question×setting") as bar:
+            scored = score(lm.model, answers, 2, [], source_layer=layer, thetas=stack,
+                           pad_id=lm.tokenizer.pad_token_id, batch_size=args.batch_size, settings_per_pass=2,
+                           progress=bar.update, cloze=cloze)
         with writing(args.store) as h5:
             write_transfer(h5, lm, args.behavior, other, {
                 "labels": np.array(["unsteered", *labels]), "question_ids": np.array(ids),
                 "logit_diff_by_order": scored.logit_diff.astype(np.float32),
-                "cloze_logprob": scored.cloze.astype(np.float32), "polarity": np.array([c.polarity for c in cloze]),
-                "cloze_n_tokens": np.array([[len(c.positive_ids) for c in cloze], [len(c.negative_ids) for c in cloze]])},
-                run_attrs(settings, version, started, time.perf_counter() - t0, skipped=skipped, source_layer=layer))
+                "cloze_logprob": scored.cloze.astype(np.float32),
+                "polarity": np.array([c.polarity for c in cloze]),
+                "cloze_n_tokens": np.array([[len(c.positive_ids) for c in cloze],
+                                            [len(c.negative_ids) for c in cloze]])},
+                run_attrs(settings, version, started, time.perf_counter() - t0, skipped=skipped,
+                          source_layer=layer))
         say(f"wrote /{path}: {len(labels)} settings on {len(ids)} {other} test questions")
 
 

@@ -260,7 +260,8 @@ def read_lm_eval(path: str | Path) -> tuple[int, np.ndarray, Metadata]:
         raise wrong
     (point, entry), = content.items()
     prefix, _, layer = str(point).partition(".")
-    if prefix != "layers" or not layer.isdigit() or not isinstance(entry, dict) or entry.get("action") != "add":
+    if (prefix != "layers" or not layer.isdigit() or not isinstance(entry, dict)
+            or entry.get("action") != "add"):
         raise wrong
     vector = entry["steering_vector"].to(torch.float32) * float(entry.get("steering_coefficient", 1.0))
     return int(layer), vector.numpy(), {}

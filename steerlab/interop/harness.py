@@ -99,7 +99,8 @@ class Agreement:
     largest: float  # largest |ours| among them: what the difference is measured against
 
     def row(self) -> str:
-        return f"| {self.label} | {self.correlation:.10f} | {self.max_abs_difference:.2e} | {self.largest:.3f} |"
+        return (f"| {self.label} | {self.correlation:.10f} | {self.max_abs_difference:.2e} "
+                f"| {self.largest:.3f} |")
 
 
 def pair_difference(loglikelihoods: np.ndarray) -> np.ndarray:

@@ -184,7 +184,8 @@ def agreement_page(results: dict[int, Agreement], *, title: str, server: str, gg
         f"# llama.cpp round trip: {title}", "",
         f"Server: {server}; model file: {gguf}; {n_prompts} prompts, top {n_probs} tokens. Unsteered "
         f"log-probs of the two runtimes differ by up to {apart:.3f}.", "",
-        f"| file (θ after layer S = {layer}) | tokens | corr. of Δ log p | max abs ΔΔ | max abs Δ (project) |",
+        f"| file (θ after layer S = {layer}) | tokens | corr. of Δ log p | max abs ΔΔ "
+        "| max abs Δ (project) |",
         "|---|---|---|---|---|",
         results[0].row(f"right: direction.{layer}"),
         results[-1].row(f"shifted: direction.{layer - 1}"),

@@ -132,8 +132,8 @@ def generate(model: torch.nn.Module, tokenizer, texts: list[str], vector: Steeri
     if vector is not None:
         vector.check_width(model)
     generated = generate_ids(model, prompt_ids(tokenizer, texts), vector, max_new_tokens,
-                             pad_id=tokenizer.pad_token_id, sample=sample, seed=seed, batch_size=batch_size, progress=progress,
-                             ranks=ranks)
+                             pad_id=tokenizer.pad_token_id, sample=sample, seed=seed, batch_size=batch_size,
+                             progress=progress, ranks=ranks)
     generated.texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in generated.tokens]
     return generated
 
@@ -180,12 +180,12 @@ def generate_settings(model: torch.nn.Module, tokenizer, texts: list[str], setti
     width = model.get_input_embeddings().embedding_dim
     for setting in settings:
         if setting.theta is not None and setting.theta.shape != (width,):
-            raise UserError(f"{setting.method}/{setting.run} has width {setting.theta.shape[0]}, but the model "
-                             f"has {width}: was it computed for another model?")
+            raise UserError(f"{setting.method}/{setting.run} has width {setting.theta.shape[0]}, "
+                            f"but the model has {width}: was it computed for another model?")
     outs = []
     for setting in settings:
-        outs.append(generate(model, tokenizer, texts, setting.vector, max_new_tokens=max_new_tokens, sample=sample,
-                             seed=seed, batch_size=batch_size, progress=progress, ranks=ranks))
+        outs.append(generate(model, tokenizer, texts, setting.vector, max_new_tokens=max_new_tokens,
+                             sample=sample, seed=seed, batch_size=batch_size, progress=progress, ranks=ranks))
         if finished is not None:
             finished(setting, outs[-1])
     return outs

@@ -80,7 +80,8 @@ class BatchJacobian:
         if chunk is not None and chunk < 1:
             raise ValueError(f"chunk must be a positive number of vectors, got {chunk}")
         self.chunk = chunk
-        self.rows, self.cols = positions if positions is not None else read_positions(prefix.attention_mask, tokens)
+        self.rows, self.cols = (positions if positions is not None
+                                else read_positions(prefix.attention_mask, tokens))
         self.d_model = prefix.hidden.shape[-1]
         self.model_dtype = prefix.hidden.dtype
         self.device = prefix.hidden.device

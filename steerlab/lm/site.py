@@ -47,7 +47,8 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     return layers
 
 
-def check_layer(model: torch.nn.Module, layer: int, name: str = "source layer", key: str = "the model") -> None:
+def check_layer(model: torch.nn.Module, layer: int, name: str = "source layer",
+                key: str = "the model") -> None:
     """A clear error for a layer index the model does not have."""
     n_layers = len(decoder_layers(model))
     if not 0 <= layer < n_layers:

@@ -112,9 +112,9 @@ def shared_layout(model: torch.nn.Module, sequences: Sequence[tuple[int, ...]], 
 
 @torch.no_grad()
 def steered_logits(model: torch.nn.Module, sequences: Sequence[tuple[int, ...]], read_at: Sequence[list[int]],
-                   source_layer: int, *, thetas: torch.Tensor, pad_id: int, stems: Sequence[int] | None = None,
-                   batch_size: int = QUESTIONS_PER_PASS, settings_per_pass: int = SETTINGS_PER_PASS,
-                   share: bool = True) -> Iterator[Pass]:
+                   source_layer: int, *, thetas: torch.Tensor, pad_id: int,
+                   stems: Sequence[int] | None = None, batch_size: int = QUESTIONS_PER_PASS,
+                   settings_per_pass: int = SETTINGS_PER_PASS, share: bool = True) -> Iterator[Pass]:
     """Logits at positions ``read_at[i]`` of ``sequences[i]`` under every θ row of ``thetas``
     [m, d] (already scaled; a zero row is the unsteered model), one pass at a time: batches of
     ``batch_size`` stems (sequences with the same ``stems[i]``; None: each sequence its own),
@@ -142,7 +142,8 @@ def steered_logits(model: torch.nn.Module, sequences: Sequence[tuple[int, ...]],
         passes = (_stem_passes(model, prefix, layout, batch, read_at, thetas, opening_cache,
                                settings_per_pass, last_layer)
                   if layout.shared else
-                  _whole_passes(model, prefix, [read_at[i] for i in rows], thetas, settings_per_pass, last_layer))
+                  _whole_passes(model, prefix, [read_at[i] for i in rows], thetas, settings_per_pass,
+                                last_layer))
         for settings, logits in passes:
             yield Pass(rows, settings, logits, counts)
 
@@ -156,7 +157,8 @@ def _whole_passes(model, prefix, reads: list[list[int]], thetas: torch.Tensor, s
     for first in range(0, thetas.shape[0], settings_per_pass):
         chunk = thetas[first:first + settings_per_pass]
         m = len(chunk)
-        steered = prefix.hidden.repeat(m, 1, 1) + chunk.repeat_interleave(n, 0)[:, None].to(prefix.hidden.dtype)
+        steered = (prefix.hidden.repeat(m, 1, 1)
+                   + chunk.repeat_interleave(n, 0)[:, None].to(prefix.hidden.dtype))
         steered = run_layers(model, steered, repeat_rows(prefix.layer_kwargs, n, m), prefix.source_layer + 1,
                              last_layer)
         read_rows = torch.arange(m, device=device)[:, None] * n + row_of[None]
@@ -273,9 +275,9 @@ def _tail_part(hidden: torch.Tensor, layer_kwargs: dict, rows: list[int], tails:
 Objective = Callable[[torch.Tensor, list[int], list[int]], torch.Tensor]
 
 
-def sequence_gradients(model: torch.nn.Module, sequences: Sequence[tuple[int, ...]], read_at: Sequence[list[int]],
-                       source_layer: int, objective: Objective, *, pad_id: int, batch_size: int = QUESTIONS_PER_PASS,
-                       theta0: torch.Tensor | None = None,
+def sequence_gradients(model: torch.nn.Module, sequences: Sequence[tuple[int, ...]],
+                       read_at: Sequence[list[int]], source_layer: int, objective: Objective, *, pad_id: int,
+                       batch_size: int = QUESTIONS_PER_PASS, theta0: torch.Tensor | None = None,
                        progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """[n_sequences, d] fp64: for each sequence, the gradient with respect to θ (added after
     layer S at every position, so the gradient sums over positions) of ``objective``'s value for
@@ -294,7 +296,8 @@ def sequence_gradients(model: torch.nn.Module, sequences: Sequence[tuple[int, ..
         theta = torch.zeros(len(batch), d, dtype=dtype, device=device, requires_grad=True)
         start = prefix.hidden if theta0 is None else prefix.hidden + theta0.to(device, dtype)
         with torch.enable_grad():
-            hidden = run_layers(model, start + theta[:, None, :], prefix.layer_kwargs, source_layer + 1, last_layer)
+            hidden = run_layers(model, start + theta[:, None, :], prefix.layer_kwargs, source_layer + 1,
+                                last_layer)
             values = objective(head(model, hidden[rows, cols]), batch, [len(at) for at in reads])
             (grad,) = torch.autograd.grad(values.sum(), theta)
         out[batch] = grad.double().cpu()

@@ -44,8 +44,9 @@ class SteeringVector:
         forward, where torch's own message would come from deep inside it)."""
         width = int(model.get_input_embeddings().embedding_dim)
         if self.direction.shape[-1:] != (width,):
-            raise ValueError(f"{self.label or 'the steering vector'} has width {tuple(self.direction.shape)[-1]} but "
-                             f"the model's residual stream has width {width}: it was found on another model")
+            raise ValueError(f"{self.label or 'the steering vector'} has width "
+                             f"{tuple(self.direction.shape)[-1]} but the model's residual stream has width "
+                             f"{width}: it was found on another model")
 
     def scaled(self, scale: float) -> "SteeringVector":
         """The same vector with ``theta(scale)`` as its direction: what one steered run adds."""

@@ -12,8 +12,8 @@ preference has the same sign in both (consistency).
 
 Cloze scores (no letters: how likely each answer's text is after the stem, nats per token) have
 Yes/No polarity as their confound. Their headline is polarity-paired: the yes and no class means
-weigh the same, the pair and the other class by their sizes (``steerlab.questions.polarity``), with intervals from a bootstrap that
-resamples questions within each class; beside it the per-class Δ and the polarity shift
+weigh the same, the pair and the other class by their sizes (``steerlab.questions.polarity``), with intervals
+from a bootstrap that resamples questions within each class; beside it the per-class Δ and the polarity shift
 ½(Δ_no − Δ_yes). The val choice maximises one score (``by``: cloze or letter).
 """
 from __future__ import annotations
@@ -173,9 +173,9 @@ def read_split(h5: h5py.File, model_key: str, behavior: str, split: SplitName) -
             item = EvalGroup(method, run, optional(group, "logit_diff"), optional(group, "answer_mass"),
                          group["scales"][()], int(attrs.get("source_layer", -1)), attrs,
                          optional(group, "logit_diff_by_order"), optional(group, "kl"),
-                         optional(group, "top1"), optional(group, "cloze"), optional(group, "scale_fractions"),
-                         optional(group, "norms"), optional(group, "calibration_reached"),
-                         optional(group, "vectors"))
+                         optional(group, "top1"), optional(group, "cloze"),
+                         optional(group, "scale_fractions"), optional(group, "norms"),
+                         optional(group, "calibration_reached"), optional(group, "vectors"))
             groups[item.label] = item
     polarity = optional(node, "polarity")
     return Split(split, node["question_ids"][()].astype(str), optional(node, "baseline_logit_diff"),
@@ -449,16 +449,18 @@ def read_prompting(store: str, model_key: str, behavior: str, split: SplitName) 
     where = prompting_path(model_key, behavior, split)
     with open_for_reading(store) as h5:
         if where not in h5:
-            raise UserError(f"no {behavior} prompting baseline of split {split!r} for {model_key} in {store}: "
-                            f"run `make prompting BEHAVIOR={behavior} SPLITS={split}`")
+            raise UserError(f"no {behavior} prompting baseline of split {split!r} for {model_key} in "
+                            f"{store}: run `make prompting BEHAVIOR={behavior} SPLITS={split}`")
         node = h5[where]
         data = {name: node[name][()] for name in node}
         attrs = {key: node.attrs[key] for key in node.attrs}
     f64 = {name: values.astype(np.float64) for name, values in data.items() if values.dtype.kind == "f"}
     polarity = data["polarity"].astype(str)
     found = {}
-    for f, (name, text) in enumerate(zip(data["instruction_names"].astype(str), data["instructions"].astype(str))):
+    for f, (name, text) in enumerate(zip(data["instruction_names"].astype(str),
+                                         data["instructions"].astype(str))):
         by_order = f64["logit_diff_by_order"][f] - f64["baseline_logit_diff_by_order"]
-        found[name] = PromptedDelta(name, text, by_order.mean(0), by_order, f64["cloze"][f] - f64["baseline_cloze"],
-                                    polarity, f64["kl"][f], f64["top1"][f])
+        found[name] = PromptedDelta(name, text, by_order.mean(0), by_order,
+                                    f64["cloze"][f] - f64["baseline_cloze"], polarity, f64["kl"][f],
+                                    f64["top1"][f])
     return Prompting(split, data["question_ids"].astype(str), data["neutral_ids"].astype(str), found, attrs)

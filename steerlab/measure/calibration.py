@@ -61,20 +61,22 @@ class Calibrator:
                         where.append((calibration_key(g), v, sign))
                         rows.append(sign * torch.from_numpy(vector))
             unit = self.units[layer]
-            found = kl_norms(self.model, self.texts, layer, torch.stack(rows), targets=self.targets, pad_id=self.pad_id,
-                             start=UNIT_START * unit, max_norm=MAX_UNITS * unit, batch_size=self.batch_size,
-                             settings_per_pass=self.settings_per_pass)
+            found = kl_norms(self.model, self.texts, layer, torch.stack(rows), targets=self.targets,
+                             pad_id=self.pad_id, start=UNIT_START * unit, max_norm=MAX_UNITS * unit,
+                             batch_size=self.batch_size, settings_per_pass=self.settings_per_pass)
             say(f"  KL calibration at layer {layer}: {len(rows)} directions × {len(self.targets)} targets "
                 f"in {found.probes} probes; {int(found.reached.sum())} of {found.reached.size} reached")
             out_of_reach(found, self.targets, MAX_UNITS * unit)
             for g in here:
                 shape = (len(g.vectors), len(signed_scales(self.targets, g.sign_free)))
-                self.done[calibration_key(g)] = GroupCalibration(np.zeros(shape), np.zeros(shape), np.zeros(shape, bool))
+                self.done[calibration_key(g)] = GroupCalibration(np.zeros(shape), np.zeros(shape),
+                                                                 np.zeros(shape, bool))
             m = len(self.targets)
             for row, (name, v, sign) in enumerate(where):
                 cal = self.done[name]
                 # signed layout: −t_m .. −t_1, t_1 .. t_m for sign-free groups, t_1 .. t_m otherwise
-                columns = range(m - 1, -1, -1) if sign < 0 else range(cal.norms.shape[1] - m, cal.norms.shape[1])
+                columns = (range(m - 1, -1, -1) if sign < 0
+                           else range(cal.norms.shape[1] - m, cal.norms.shape[1]))
                 for target, column in enumerate(columns):
                     # as the store keeps it (float32): a split scored in a later run takes val's |θ|
                     # from the store, and gets exactly the θ an uninterrupted run used

@@ -130,8 +130,8 @@ def calibrated_norms(store: str | Path, key: str, behavior: str, group: VectorGr
         if "val" in splits_in_store(h5, key, behavior):
             there = read_split(h5, key, behavior, "val").groups.get(group.label)
     if there is None or there.norms is None:
-        raise UserError(f"no SCALE_UNIT=kl eval of {group.label} on val for {key}, {behavior} in {store}: a KL "
-                        "target's |θ| is found by `make eval` (SCALE_UNIT=kl); or give the scale with "
+        raise UserError(f"no SCALE_UNIT=kl eval of {group.label} on val for {key}, {behavior} in {store}: "
+                        "a KL target's |θ| is found by `make eval` (SCALE_UNIT=kl); or give the scale with "
                         "SCALE_UNIT=resid or abs")
     if index >= len(there.norms):
         raise UserError(f"the val eval of {group.label} calibrated vectors 0..{len(there.norms) - 1}, not "
@@ -163,7 +163,8 @@ def steered_choices(store: str | Path, key: str, behavior: str, *, vector: str |
     return picks, notes
 
 
-def stored_unit(store: str | Path, key: str, behavior: str, layer: int, scale_unit: ScaleUnit) -> float | None:
+def stored_unit(store: str | Path, key: str, behavior: str, layer: int,
+                scale_unit: ScaleUnit) -> float | None:
     """The stored scale unit (median ‖h_S‖) of ``layer``, for targets that turn scales into L2
     norms before (or without) loading a model; None with SCALE_UNIT=abs."""
     if scale_unit == "abs":
@@ -192,9 +193,9 @@ def theta_of(store: str | Path, key: str, behavior: str, choice: VectorChoice
     return vector.astype(np.float32), group
 
 
-def generation_settings(store: str | Path, key: str, behavior: str, *, vector: str | None, scales: list[float],
-                        scale_unit: ScaleUnit, kl_max: float | None, select_by: Score, site: Site
-                        ) -> tuple[list[Setting], list[str]]:
+def generation_settings(store: str | Path, key: str, behavior: str, *, vector: str | None,
+                        scales: list[float], scale_unit: ScaleUnit, kl_max: float | None, select_by: Score,
+                        site: Site) -> tuple[list[Setting], list[str]]:
     """``steered_choices`` as rows of a comparison of completions (θ read, scaled and checked now,
     before any model loads), and the notes to say."""
     picks, notes = steered_choices(store, key, behavior, vector=vector, scales=scales, scale_unit=scale_unit,

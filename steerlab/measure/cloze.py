@@ -80,8 +80,9 @@ def cloze_logprobs(model: torch.nn.Module, items: list[ClozeItem], source_layer:
     is off only to test that sharing changes nothing."""
     out = ClozeSums(thetas.shape[0], items)
     sequences, reads, stems = cloze_reads(items)
-    for done in steered_logits(model, sequences, reads, source_layer, thetas=thetas, pad_id=pad_id, stems=stems,
-                               batch_size=batch_size, settings_per_pass=settings_per_pass, share=share):
+    for done in steered_logits(model, sequences, reads, source_layer, thetas=thetas, pad_id=pad_id,
+                               stems=stems, batch_size=batch_size, settings_per_pass=settings_per_pass,
+                               share=share):
         n = out.take(done)
         if progress:
             progress(n)

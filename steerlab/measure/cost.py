@@ -35,7 +35,8 @@ def random_radius(model: torch.nn.Module, texts: list[ScoredText], layer: int, t
     nats per token on ``texts``. ``unit`` is the median ‖h_S‖ (the search's first probe and
     ceiling scale with it)."""
     directions = random_directions(n, int(model.config.hidden_size), seed, layer)
-    found = kl_norms(model, texts, layer, directions, targets=[target], pad_id=pad_id, start=UNIT_START * unit, max_norm=MAX_UNITS * unit)
+    found = kl_norms(model, texts, layer, directions, targets=[target], pad_id=pad_id,
+                     start=UNIT_START * unit, max_norm=MAX_UNITS * unit)
     return float(np.median(found.norms[:, 0])), found
 
 
@@ -47,13 +48,13 @@ def signed_size_at_cost(model: torch.nn.Module, texts: list[ScoredText], layer: 
     if scale == 0:
         return 0.0
     sign = 1.0 if scale > 0 else -1.0
-    found = kl_norms(model, texts, layer, sign * direction.double()[None], targets=[abs(scale)], pad_id=pad_id,
-                     start=UNIT_START * unit, max_norm=MAX_UNITS * unit)
+    found = kl_norms(model, texts, layer, sign * direction.double()[None], targets=[abs(scale)],
+                     pad_id=pad_id, start=UNIT_START * unit, max_norm=MAX_UNITS * unit)
     return sign * float(found.norms[0, 0])
 
 
-def theta_at_scale(model: torch.nn.Module, direction: torch.Tensor, scale: float, unit: ScaleUnit, *, layer: int,
-                   texts: list[ScoredText], pad_id: int, unit_norm: float | None) -> torch.Tensor:
+def theta_at_scale(model: torch.nn.Module, direction: torch.Tensor, scale: float, unit: ScaleUnit, *,
+                   layer: int, texts: list[ScoredText], pad_id: int, unit_norm: float | None) -> torch.Tensor:
     """θ on ``direction`` at ``scale`` in ``unit``: an L2 norm (abs), a fraction of ``unit_norm``, the
     median ‖h_S‖ (resid), or the size at which the direction, flipped for a negative scale, costs
     |scale| nats per token on ``texts`` (kl; ``unit_norm`` bounds the search)."""

@@ -45,14 +45,16 @@ class DoseResult:
 
 def check_costs(costs: list[float]) -> None:
     """Refuse a ladder that makes no sense: empty, not positive, not increasing, not finite."""
-    if not costs or not all(np.isfinite(c) and c > 0 for c in costs) or any(b <= a for a, b in zip(costs, costs[1:])):
+    if (not costs or not all(np.isfinite(c) and c > 0 for c in costs)
+            or any(b <= a for a, b in zip(costs, costs[1:]))):
         raise ValueError(f"dose costs must be positive, finite and increasing, got {costs}")
 
 
-def dose_response(model: torch.nn.Module, tokenizer, directions: np.ndarray, costs: list[float], *, layer: int,
-                  unit: float, answers: list[AnswerTokens], cloze: list[ClozeItem], calibration_texts: list[ScoredText],
-                  texts: list[ScoredText], sample_prompts: list[tuple[int, ...]], sample_tokens: int,
-                  batch_size: int, settings_per_pass: int, saved: dict, save: Callable[[dict], None],
+def dose_response(model: torch.nn.Module, tokenizer, directions: np.ndarray, costs: list[float], *,
+                  layer: int, unit: float, answers: list[AnswerTokens], cloze: list[ClozeItem],
+                  calibration_texts: list[ScoredText], texts: list[ScoredText],
+                  sample_prompts: list[tuple[int, ...]], sample_tokens: int, batch_size: int,
+                  settings_per_pass: int, saved: dict, save: Callable[[dict], None],
                   progress: Callable[[int], None] | None = None) -> DoseResult:
     """The ladder for ``directions`` [n_dir, d] (signed: each is added as it points) at ``costs``
     (nats per token, increasing) after ``layer``, whose median ‖h_S‖ is ``unit`` (the search's
@@ -65,16 +67,19 @@ def dose_response(model: torch.nn.Module, tokenizer, directions: np.ndarray, cos
     units = torch.from_numpy(np.asarray(directions, dtype=np.float64))
     units = units / units.norm(dim=1, keepdim=True)
     out = DoseResult(list(costs), np.full((n_dir, n_cost), np.nan), np.zeros((n_dir, n_cost), bool),
-                     np.full((n_dir, n_cost, n_orders, n_q), np.nan), np.full((n_dir, n_cost, 2, n_q), np.nan),
-                     np.full((n_dir, n_cost, len(texts)), np.nan), np.full((n_dir, n_cost, len(texts)), np.nan),
+                     np.full((n_dir, n_cost, n_orders, n_q), np.nan),
+                     np.full((n_dir, n_cost, 2, n_q), np.nan),
+                     np.full((n_dir, n_cost, len(texts)), np.nan),
+                     np.full((n_dir, n_cost, len(texts)), np.nan),
                      [[[] for _ in costs] for _ in range(n_dir)])
     zero = torch.zeros(1, units.shape[1], dtype=torch.float64)
     if "baseline/letter" not in saved:
-        scored = score(model, answers, n_orders, [], source_layer=layer, thetas=zero, pad_id=pad, batch_size=batch_size,
-                       settings_per_pass=settings_per_pass, cloze=cloze)
+        scored = score(model, answers, n_orders, [], source_layer=layer, thetas=zero, pad_id=pad,
+                       batch_size=batch_size, settings_per_pass=settings_per_pass, cloze=cloze)
         plain = generate_ids(model, sample_prompts, None, sample_tokens, pad_id=pad)
         saved |= {"baseline/letter": scored.logit_diff[0], "baseline/cloze": scored.cloze[0],
-                  "baseline/samples": np.array([tokenizer.decode(t, skip_special_tokens=True) for t in plain.tokens])}
+                  "baseline/samples": np.array([tokenizer.decode(t, skip_special_tokens=True)
+                                                for t in plain.tokens])}
         save(saved)
     out.baseline_letter, out.baseline_cloze = saved["baseline/letter"], saved["baseline/cloze"]
     out.baseline_samples = [str(s) for s in saved["baseline/samples"]]
@@ -97,11 +102,11 @@ def dose_response(model: torch.nn.Module, tokenizer, directions: np.ndarray, cos
                                cloze=cloze)
                 samples = []
                 for theta in thetas:
-                    steered = generate_ids(model, sample_prompts, SteeringVector(theta, layer, "auto"), sample_tokens,
-                                           pad_id=pad)
+                    steered = generate_ids(model, sample_prompts, SteeringVector(theta, layer, "auto"),
+                                           sample_tokens, pad_id=pad)
                     samples.append([tokenizer.decode(t, skip_special_tokens=True) for t in steered.tokens])
-                part |= {"letter": scored.logit_diff, "cloze": scored.cloze, "kl": scored.kl, "top1": scored.top1,
-                         "samples": np.array(samples)}
+                part |= {"letter": scored.logit_diff, "cloze": scored.cloze, "kl": scored.kl,
+                         "top1": scored.top1, "samples": np.array(samples)}
             saved |= {f"{key}/{name}": value for name, value in part.items()}
             saved[f"{key}/done"] = np.ones(1)
             save(saved)
@@ -177,7 +182,8 @@ def dose_curves(data: dict, gradients: dict[str, np.ndarray] | None = None) -> l
             if gradients is not None:
                 for score in deltas:
                     weights = headline_weights(classes if score == "cloze" else None, len(classes))
-                    predicted[score][c] = float(data["norms"][i, c]) * float(weights @ (gradients[score] @ unit))
+                    predicted[score][c] = (float(data["norms"][i, c])
+                                           * float(weights @ (gradients[score] @ unit)))
         with np.errstate(invalid="ignore"):
             top1 = np.array([np.mean(row) if np.isfinite(row).all() else np.nan for row in data["top1"][i]])
         out.append(DoseCurve(str(label), np.asarray(data["costs"]), kl, top1, deltas, predicted,

@@ -73,7 +73,8 @@ def val_calibrations(store: str | Path, key: str, behavior: str, groups: list[Ve
             if (node.attrs.get("scale_unit") == "kl" and settings.get("vectors") == vectors_id(g)
                     and norms.shape[0] == len(g.vectors) and columns is not None):
                 found[calibration_key(g)] = GroupCalibration(
-                    norms[:, columns].astype(np.float64), node["calibration_kl"][()][:, columns].astype(np.float64),
+                    norms[:, columns].astype(np.float64),
+                    node["calibration_kl"][()][:, columns].astype(np.float64),
                     node["calibration_reached"][()][:, columns].astype(bool))
     return found
 
@@ -93,7 +94,8 @@ def random_groups(layers: list[int], n_random: int, d_model: int, seed: int,
                   norms: dict[int, float]) -> list[VectorGroup]:
     """N random directions per source layer, of norm ``norms[layer]`` (1 unless --raw)."""
     return [VectorGroup("random", random_run(layer),
-                        (random_directions(n_random, d_model, seed, layer) * norms.get(layer, 1.0)).float().numpy(),
+                        (random_directions(n_random, d_model, seed, layer)
+                         * norms.get(layer, 1.0)).float().numpy(),
                         layer, sign_free=True, settings={"seed": seed, "n_random": n_random})
             for layer in layers]
 
@@ -122,7 +124,8 @@ class ScaleGrid:
     def at(self, layer: int) -> list[float]:
         """What ``build_grid`` sizes the vectors of ``layer`` by: the KL targets themselves (each
         group's |θ| then comes from its calibration), or the L2 norms the scales mean there."""
-        return self.scales if self.unit == "kl" else absolute(self.scales, self.unit, self.unit_norms.get(layer))
+        return (self.scales if self.unit == "kl"
+                else absolute(self.scales, self.unit, self.unit_norms.get(layer)))
 
 
 @dataclass(frozen=True)
@@ -212,15 +215,16 @@ def plan_split(store: str | Path, lm: LoadedModel, behavior: str, split: SplitNa
     return SplitPlan(where, questions, settings, fresh, todo)
 
 
-def split_questions(lm: LoadedModel, split: SplitName, items: list[Item], settings: EvalSettings) -> SplitQuestions:
+def split_questions(lm: LoadedModel, split: SplitName, items: list[Item],
+                    settings: EvalSettings) -> SplitQuestions:
     """The ``items`` usable in every score of ``settings`` in its orders, what was skipped said."""
     answers, cloze, skipped = usable_questions(lm.tokenizer, items, settings.orders, settings.scores)
     say_skipped(skipped, bool(answers or cloze), f"no usable {split} question: every item was skipped")
     return SplitQuestions(answers, cloze, skipped, question_ids(answers, cloze, n_orders(settings.orders)))
 
 
-def stale_groups(store: str | Path, key: str, split: EvalSplit, groups: list[VectorGroup], settings: EvalSettings,
-                 force: bool) -> tuple[bool, list[tuple[VectorGroup, dict]]]:
+def stale_groups(store: str | Path, key: str, split: EvalSplit, groups: list[VectorGroup],
+                 settings: EvalSettings, force: bool) -> tuple[bool, list[tuple[VectorGroup, dict]]]:
     """Whether the split's baseline is rewritten (``force``, or its settings or code ``version``
     changed), and the groups to score with their settings (``EvalSettings.group_settings``): all
     of them with a fresh split, else those whose settings or code changed. Rank 0's reading of the
@@ -230,7 +234,8 @@ def stale_groups(store: str | Path, key: str, split: EvalSplit, groups: list[Vec
     for g in groups:
         group_settings = settings.group_settings(g, split.recorded)
         stale = fresh_split or not is_current(
-            store, evals_path(key, split.behavior, split.name, g.method, g.run), group_settings, settings.version)
+            store, evals_path(key, split.behavior, split.name, g.method, g.run), group_settings,
+            settings.version)
         wanted.append((g, group_settings, stale))
     # rank 0's reading of the store decides for every rank, so that all run the same passes
     fresh_split, stale = ranks().same((fresh_split, [stale for _, _, stale in wanted]))
@@ -255,7 +260,8 @@ def question_chunks(questions: SplitQuestions, n_orders_: int, n_settings: int, 
 
 
 def score_resumably(lm: LoadedModel, plan: SplitPlan, texts: list[ScoredText], grid: Grid, layer: int, *,
-                    saved: dict[str, np.ndarray], save, batching: Batching, progress) -> dict[str, np.ndarray]:
+                    saved: dict[str, np.ndarray], save, batching: Batching,
+                    progress) -> dict[str, np.ndarray]:
     """Every score of ``grid``'s settings at ``layer`` on the plan's questions and KL on
     ``texts``, chunk by chunk (``question_chunks``): chunks in ``saved`` (a checkpoint's arrays)
     are taken as they are, each new one is added to it and ``save``d. Returns the per-setting
@@ -274,10 +280,11 @@ def score_resumably(lm: LoadedModel, plan: SplitPlan, texts: list[ScoredText], g
         key = f"L{layer}/q{c}"
         part_answers, part_cloze = questions.chunk(orders, chunk)
         if f"{key}/done" not in saved:
-            scored = score(lm.model, part_answers, orders, [], source_layer=layer, thetas=grid.thetas, pad_id=pad,
-                           batch_size=batch_size, settings_per_pass=settings_per_pass, progress=progress,
-                           ranks=ranks(), cloze=part_cloze)
-            for name, values in (("diff", scored.logit_diff), ("mass", scored.answer_mass), ("cloze", scored.cloze)):
+            scored = score(lm.model, part_answers, orders, [], source_layer=layer, thetas=grid.thetas,
+                           pad_id=pad, batch_size=batch_size, settings_per_pass=settings_per_pass,
+                           progress=progress, ranks=ranks(), cloze=part_cloze)
+            for name, values in (("diff", scored.logit_diff), ("mass", scored.answer_mass),
+                                 ("cloze", scored.cloze)):
                 if values is not None:
                     saved[f"{key}/{name}"] = values
             saved[f"{key}/done"] = np.ones(1)
@@ -293,7 +300,8 @@ def score_resumably(lm: LoadedModel, plan: SplitPlan, texts: list[ScoredText], g
             scored = score(lm.model, [], orders, texts, source_layer=layer, thetas=grid.thetas, pad_id=pad,
                            batch_size=batch_size, settings_per_pass=settings_per_pass, progress=progress,
                            ranks=ranks())
-            saved[f"{key}/kl"], saved[f"{key}/top1"], saved[f"{key}/done"] = scored.kl, scored.top1, np.ones(1)
+            saved[f"{key}/kl"], saved[f"{key}/top1"], saved[f"{key}/done"] = (
+                scored.kl, scored.top1, np.ones(1))
             save(saved)
         elif progress:
             progress(rank_work(m, [], orders, len(texts), ranks()))
@@ -306,7 +314,8 @@ def split_work(plan: SplitPlan, n_settings: int, n_texts: int, batching: Batchin
     rank for ``n_settings`` settings: what its progress bar counts to."""
     orders = n_orders(plan.settings.orders)
     work = rank_work(n_settings, [], orders, n_texts, ranks())
-    for chunk in question_chunks(plan.questions, orders, n_settings, batching.batch_size, batching.checkpoint_work):
+    for chunk in question_chunks(plan.questions, orders, n_settings, batching.batch_size,
+                                 batching.checkpoint_work):
         part_answers, part_cloze = plan.questions.chunk(orders, chunk)
         work += rank_work(n_settings, part_answers, orders, 0, ranks(), len(part_cloze or []))
     return work
@@ -348,11 +357,14 @@ def group_datasets(plan: SplitPlan, span: Span, values: dict[str, np.ndarray],
         data["scale_fractions"] = np.array(span.scales, dtype=np.float64) / unit
     if "diff" in values:
         diff, mass = values["diff"], values["mass"]
-        data |= {"logit_diff": diff.mean(2).astype(np.float32), "answer_mass": mass.mean(2).astype(np.float32),
-                 "logit_diff_by_order": diff.astype(np.float32), "answer_mass_by_order": mass.astype(np.float32)}
+        data |= {"logit_diff": diff.mean(2).astype(np.float32),
+                 "answer_mass": mass.mean(2).astype(np.float32),
+                 "logit_diff_by_order": diff.astype(np.float32),
+                 "answer_mass_by_order": mass.astype(np.float32)}
     if "cloze" in values:  # [k, n_scales, 2, n_q]
         data |= {"cloze_logprob": values["cloze"].astype(np.float32),
-                 "cloze": cloze_preference(values["cloze"], cloze_token_counts(plan.questions.cloze)).astype(np.float32)}
+                 "cloze": cloze_preference(values["cloze"],
+                                           cloze_token_counts(plan.questions.cloze)).astype(np.float32)}
     if "kl" in values:  # [k, n_scales, n_neutral]
         data |= {"kl": values["kl"].astype(np.float32), "top1": values["top1"].astype(np.float32)}
     if g.method == "random":
@@ -360,7 +372,8 @@ def group_datasets(plan: SplitPlan, span: Span, values: dict[str, np.ndarray],
     return data
 
 
-def split_checkpoint(store: str | Path, plan: SplitPlan, texts: list[ScoredText], batching: Batching) -> Checkpoint:
+def split_checkpoint(store: str | Path, plan: SplitPlan, texts: list[ScoredText],
+                     batching: Batching) -> Checkpoint:
     """Where the split's partial work is kept beside the store, named by everything it depends on:
     the split's settings, whether it is fresh, the code, each stale group and its settings, the
     neutral texts, the chunks' size and the batch size."""
@@ -395,8 +408,9 @@ def split_grids(plan: SplitPlan, groups: list[VectorGroup], width: int,
     first layer's."""
     layers = sorted({g.source_layer for g, _ in plan.todo}) or [groups[0].source_layer]
     grid = plan.settings.grid
-    return {layer: build_grid([g for g, _ in plan.todo if g.source_layer == layer], grid.at(layer), width, grid.raw,
-                              baseline=n == 0, norms={label: cal.norms for label, cal in calibrations.items()})
+    return {layer: build_grid([g for g, _ in plan.todo if g.source_layer == layer], grid.at(layer), width,
+                              grid.raw, baseline=n == 0,
+                              norms={label: cal.norms for label, cal in calibrations.items()})
             for n, layer in enumerate(layers)}
 
 
@@ -409,8 +423,8 @@ def score_split(lm: LoadedModel, plan: SplitPlan, texts: list[ScoredText], grids
     results, baseline = [], None
     with progress_bar(total, f"eval {plan.split.name}", "question×setting") as bar:
         for layer, grid in grids.items():
-            per_setting = score_resumably(lm, plan, texts, grid, layer, saved=saved, save=save, batching=batching,
-                                          progress=bar.update)
+            per_setting = score_resumably(lm, plan, texts, grid, layer, saved=saved, save=save,
+                                          batching=batching, progress=bar.update)
             if grid.baseline_row is not None:
                 baseline = {name: values[grid.baseline_row] for name, values in per_setting.items()}
             per_group = {name: grid.unpack(values) for name, values in per_setting.items()}
@@ -429,8 +443,8 @@ def group_attrs(lm: LoadedModel, plan: SplitPlan, group: VectorGroup, settings: 
                      site=site, sign_free=int(group.sign_free), raw=int(grid.raw),
                      orders=plan.settings.orders, score=plan.settings.scores, scale_unit=grid.unit,
                      unit_norm=np.nan if unit is None else unit,
-                     vector_group="" if group.method == "random" else vectors_path(lm.key, plan.split.behavior,
-                                                                                   group.method, group.run),
+                     vector_group=("" if group.method == "random"
+                                   else vectors_path(lm.key, plan.split.behavior, group.method, group.run)),
                      nproc=ranks().size)
 
 
@@ -448,9 +462,11 @@ def write_split(store: str | Path, lm: LoadedModel, plan: SplitPlan, texts: list
     for span, values in results:
         g = span.group
         attrs = group_attrs(lm, plan, g, settings_by_label[g.label], sites[g.source_layer], started, seconds)
-        written.append((g.method, g.run, group_datasets(plan, span, values, calibrations.get(g.label)), attrs))
+        written.append((g.method, g.run, group_datasets(plan, span, values, calibrations.get(g.label)),
+                        attrs))
     split = (split_datasets(plan, texts, baseline), split_attrs)
-    write_eval_results(store, lm, plan.split.behavior, plan.split.name, split, written, replace_split=plan.fresh)
+    write_eval_results(store, lm, plan.split.behavior, plan.split.name, split, written,
+                       replace_split=plan.fresh)
 
 
 def evaluate_split(store: str | Path, lm: LoadedModel, plan: SplitPlan, groups: list[VectorGroup],

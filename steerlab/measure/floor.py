@@ -111,7 +111,8 @@ class Validation:
     cost: float
     n_draws: int
     correlation: float  # mean over draws of the across-question correlation of measured and predicted Δ_q
-    slope: float  # least-squares slope of the draws' measured headline on their predicted one (at measured |θ|)
+    # least-squares slope of the draws' measured headline on their predicted one (at measured |θ|)
+    slope: float
     measured_sd: float  # sd of the measured draws' headline Δ
     predicted_sd: float  # sd of the null's headline Δ
     size_ratio: float  # mean of measured |θ| / predicted |θ| over the draws (the KL's second order)
@@ -126,11 +127,13 @@ def validation(gradients: np.ndarray, spectrum: FisherSpectrum, null: Null, dire
     directions = directions / np.linalg.norm(directions, axis=1, keepdims=True)
     predicted = predicted_deltas(gradients, spectrum, directions, null.cost, np.abs(sizes)).T  # [n, n_q]
     measured = np.asarray(measured, dtype=np.float64)
-    correlations = [np.corrcoef(m, p)[0, 1] for m, p in zip(measured, predicted) if m.std() > 0 and p.std() > 0]
+    correlations = [np.corrcoef(m, p)[0, 1] for m, p in zip(measured, predicted)
+                    if m.std() > 0 and p.std() > 0]
     headline_m, headline_p = measured @ null.weights, predicted @ null.weights
     slope = float(headline_m @ headline_p / (headline_p @ headline_p)) if headline_p.any() else float("nan")
     predicted_size = np.sqrt(2 * null.cost / spectrum.quadratic(directions))
     ratio = np.abs(sizes) / predicted_size
-    return Validation(null.cost, len(measured), float(np.mean(correlations)) if correlations else float("nan"), slope,
+    return Validation(null.cost, len(measured),
+                      float(np.mean(correlations)) if correlations else float("nan"), slope,
                       float(headline_m.std(ddof=1)) if len(measured) > 1 else float("nan"), null.sd,
                       float(ratio.mean()), float(ratio.std(ddof=1)) if len(ratio) > 1 else 0.0)

@@ -66,7 +66,8 @@ def build_grid(groups: list[VectorGroup], scales: list[float], width: int, raw: 
         if norms is not None and group.label in norms:
             sizes = np.asarray(norms[group.label], dtype=np.float64)
             if sizes.shape != (len(vectors), len(signed)):
-                raise ValueError(f"{group.label}: norms {sizes.shape} for {len(vectors)} vectors × {len(signed)} scales")
+                raise ValueError(f"{group.label}: norms {sizes.shape} for {len(vectors)} vectors × "
+                                 f"{len(signed)} scales")
             rows += [(v * float(n)).float() for v, row in zip(vectors, sizes) for n in row]
         else:
             rows += [(v * s).float() for v in vectors for s in signed]

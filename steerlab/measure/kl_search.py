@@ -41,7 +41,8 @@ class Calibration:
 def mean_kl(model: torch.nn.Module, texts: list[ScoredText], layer: int, thetas: torch.Tensor, *, pad_id: int,
             batch_size: int = QUESTIONS_PER_PASS, settings_per_pass: int = SETTINGS_PER_PASS) -> np.ndarray:
     """Mean over ``texts`` of each θ row's per-token KL(unsteered ‖ steered): eval's KL column."""
-    return side_effects(model, texts, layer, thetas, pad_id=pad_id, batch_size=batch_size, settings_per_pass=settings_per_pass).kl.mean(1).numpy()
+    return side_effects(model, texts, layer, thetas, pad_id=pad_id, batch_size=batch_size,
+                        settings_per_pass=settings_per_pass).kl.mean(1).numpy()
 
 
 def kl_norms(model: torch.nn.Module, texts: list[ScoredText], layer: int, directions: torch.Tensor,
@@ -64,7 +65,8 @@ def kl_norms(model: torch.nn.Module, texts: list[ScoredText], layer: int, direct
 
     def measure(rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
         thetas = torch.from_numpy(norms)[:, None] * units[torch.from_numpy(rows)]
-        return mean_kl(model, texts, layer, thetas, pad_id=pad_id, batch_size=batch_size, settings_per_pass=settings_per_pass)
+        return mean_kl(model, texts, layer, thetas, pad_id=pad_id, batch_size=batch_size,
+                       settings_per_pass=settings_per_pass)
 
     first = measure(np.arange(n), np.full(n, float(start)))
     probes = n
@@ -116,6 +118,7 @@ def out_of_reach(found: Calibration, targets: list[float], max_norm: float) -> N
     beyond = [t for j, t in enumerate(targets) if capped[:, j].all()]
     if beyond:
         largest = float(found.kl[capped].max())
-        raise UserError(f"KL target(s) {', '.join(f'{t:g}' for t in beyond)} are out of reach: at |θ| ≤ {max_norm:.3g} "
-                        f"({MAX_UNITS:g} × the median ‖h_S‖) no direction costs more than {largest:.3g} nats per token "
-                        f"on the neutral texts; use SCALES of at most {largest:.3g}")
+        raise UserError(f"KL target(s) {', '.join(f'{t:g}' for t in beyond)} are out of reach: "
+                        f"at |θ| ≤ {max_norm:.3g} ({MAX_UNITS:g} × the median ‖h_S‖) no direction costs more "
+                        f"than {largest:.3g} nats per token on the neutral texts; use SCALES of at most "
+                        f"{largest:.3g}")

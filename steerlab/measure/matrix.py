@@ -103,8 +103,9 @@ def behaviour_source(lm: LoadedModel, name: str, groups: list[VectorGroup], ques
         grid = build_grid(by_layer, absolute(scales, scale_unit, unit_norm), lm.d_model)
     work = len(questions.answers) + len(questions.cloze or []) + len(texts)
     with progress_bar(len(grid.thetas) * work, f"val {name}", "question×setting") as bar:
-        scored = score(lm.model, questions.answers, 2, texts, source_layer=layer, thetas=grid.thetas, pad_id=lm.tokenizer.pad_token_id,
-                       batch_size=batch_size, settings_per_pass=SETTINGS_PER_PASS, progress=bar.update, cloze=questions.cloze)
+        scored = score(lm.model, questions.answers, 2, texts, source_layer=layer, thetas=grid.thetas,
+                       pad_id=lm.tokenizer.pad_token_id, batch_size=batch_size,
+                       settings_per_pass=SETTINGS_PER_PASS, progress=bar.update, cloze=questions.cloze)
     unpacked = {name_: grid.unpack(values) for name_, values in
                 (("diff", scored.logit_diff), ("mass", scored.answer_mass), ("kl", scored.kl),
                  ("top1", scored.top1)) if values is not None}
@@ -154,7 +155,8 @@ class Table:
     baseline_mass: dict[str, np.ndarray] = field(default_factory=dict)  # letter: [2, n_q]
     chosen: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # source -> target -> ...
     chosen_mass: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    random: dict[float, dict[str, np.ndarray]] = field(default_factory=dict)  # scale -> target -> [n_random, ...]
+    # scale -> target -> [n_random, ...]
+    random: dict[float, dict[str, np.ndarray]] = field(default_factory=dict)
     polarity: dict[str, np.ndarray] = field(default_factory=dict)  # cloze: target -> [n_q]
 
     def delta(self, values: np.ndarray, target: str):
@@ -216,7 +218,8 @@ class Table:
                             np.float32).reshape(len(names), len(self.targets))
 
         out = {f"{prefix}delta": grid(lambda d, _: d.value), f"{prefix}delta_low": grid(lambda d, _: d.low),
-               f"{prefix}delta_high": grid(lambda d, _: d.high), f"{prefix}{shift}": grid(lambda _, x: value(x)),
+               f"{prefix}delta_high": grid(lambda d, _: d.high),
+               f"{prefix}{shift}": grid(lambda _, x: value(x)),
                f"{prefix}random_delta": random_grid(lambda d, _: d.value),
                f"{prefix}random_delta_low": random_grid(lambda d, _: d.low),
                f"{prefix}random_delta_high": random_grid(lambda d, _: d.high),
@@ -236,7 +239,8 @@ class Table:
                         f"questions/{t}/chosen_by_order": chosen.astype(np.float32),
                         f"questions/{t}/random_by_order": random.astype(np.float32),
                         f"questions/{t}/baseline_consistency": np.array(
-                            [base.consistency.value, base.consistency.low, base.consistency.high], np.float32)}
+                            [base.consistency.value, base.consistency.low, base.consistency.high],
+                            np.float32)}
             else:
                 out |= {f"questions/{t}/cloze_baseline": self.baseline[t].astype(np.float32),
                         f"questions/{t}/cloze_chosen": chosen.astype(np.float32).reshape(len(names), n_q),
@@ -311,7 +315,8 @@ def evaluate_on_test(lm: LoadedModel, sources: list[Source], questions: dict[str
         directions = random_directions(n_random, lm.d_model, seed, layer)  # eval's control's
         rows = [torch.zeros(lm.d_model)] + [torch.from_numpy(s.theta) for s in here]
         if in_kl:  # each direction at the |θ| that costs each chosen target
-            randoms = VectorGroup("random", random_run(layer), directions.float().numpy(), layer, sign_free=False)
+            randoms = VectorGroup("random", random_run(layer), directions.float().numpy(), layer,
+                                  sign_free=False)
             sizes = calibrator.of([randoms])[randoms.label].norms  # [n_random, len(calibrator.targets)]
             at = [int(np.argmin(np.abs(np.array(calibrator.targets) - r))) for r in random_scales]
             rows += [(sizes[i, column] * d).float() for column in at for i, d in enumerate(directions)]
@@ -322,8 +327,9 @@ def evaluate_on_test(lm: LoadedModel, sources: list[Source], questions: dict[str
         say(f"… [test] layer {layer}: {len(thetas)} settings × {len(ids)} behaviours' questions "
             f"({scores}), and KL on {len(texts)} neutral texts")
         with progress_bar(total, f"test, layer {layer}", "question×setting") as bar:
-            scored = score(lm.model, asked, 1, texts, source_layer=layer, thetas=thetas, pad_id=lm.tokenizer.pad_token_id,
-                           batch_size=batch_size, settings_per_pass=SETTINGS_PER_PASS, progress=bar.update,
+            scored = score(lm.model, asked, 1, texts, source_layer=layer, thetas=thetas,
+                           pad_id=lm.tokenizer.pad_token_id, batch_size=batch_size,
+                           settings_per_pass=SETTINGS_PER_PASS, progress=bar.update,
                            cloze=asked_cloze if "cloze" in tables else None)
         per_target = {}
         for t in targets:
@@ -348,14 +354,16 @@ def evaluate_on_test(lm: LoadedModel, sources: list[Source], questions: dict[str
         for i, s in enumerate(here, start=1):
             measured.kl[s.behavior] = scored.kl[i]
         for j, r in enumerate(random_scales):  # last layer's if several
-            measured.random_kl[r] = scored.kl[1 + len(here) + j * n_random: 1 + len(here) + (j + 1) * n_random]
+            measured.random_kl[r] = scored.kl[1 + len(here) + j * n_random:
+                                              1 + len(here) + (j + 1) * n_random]
     return measured
 
 
-def cross_behaviour(lm: LoadedModel, groups: dict[str, list[VectorGroup]], questions: dict[tuple[str, str], Questions],
-                    texts: dict[str, list[ScoredText]], *, method: str, scales: list[float], scale_unit: ScaleUnit,
-                    units: dict[str, float | None], select_by: Score, kl_max: float, scores: ScoreSet, n_random: int,
-                    seed: int, batch_size: int, store: str | Path) -> tuple[list[Source], TestRun]:
+def cross_behaviour(lm: LoadedModel, groups: dict[str, list[VectorGroup]],
+                    questions: dict[tuple[str, str], Questions], texts: dict[str, list[ScoredText]], *,
+                    method: str, scales: list[float], scale_unit: ScaleUnit, units: dict[str, float | None],
+                    select_by: Score, kl_max: float, scores: ScoreSet, n_random: int, seed: int,
+                    batch_size: int, store: str | Path) -> tuple[list[Source], TestRun]:
     """The matrix: each behaviour's setting chosen on its val questions (``behaviour_source``; its
     ``groups``, ``units`` its median ‖h_S‖ at ``val_layer``, None for abs), then every choice,
     random directions and the unsteered model on every behaviour's test questions
@@ -372,9 +380,9 @@ def cross_behaviour(lm: LoadedModel, groups: dict[str, list[VectorGroup]], quest
             lm, name, found, questions["val", name], texts["val"], method=method, scales=scales,
             scale_unit=scale_unit, unit_norm=units[name], select_by=select_by, kl_max=kl_max,
             batch_size=batch_size, store=store, calibrator=calibrator))
-    measured = evaluate_on_test(lm, sources, {name: questions["test", name] for name in groups}, texts["test"],
-                                scores=scores, scales=scales, n_random=n_random, seed=seed, batch_size=batch_size,
-                                calibrator=calibrator)
+    measured = evaluate_on_test(lm, sources, {name: questions["test", name] for name in groups},
+                                texts["test"], scores=scores, scales=scales, n_random=n_random, seed=seed,
+                                batch_size=batch_size, calibrator=calibrator)
     return sources, measured
 
 

@@ -134,7 +134,8 @@ def question_scores(model: torch.nn.Module, questions: PromptedQuestions, n_orde
     return out
 
 
-def instructed_texts(tokenizer, texts: list[ScoredText], prompts: dict[str, str], system: str) -> list[ScoredText]:
+def instructed_texts(tokenizer, texts: list[ScoredText], prompts: dict[str, str],
+                     system: str) -> list[ScoredText]:
     """Each neutral text's continuation after its prompt (``prompts``: id → text) formatted with
     ``system`` as the system turn. The plain prompt is checked to be the text's own, so the two
     read the same continuation of the same prompt."""
@@ -142,9 +143,10 @@ def instructed_texts(tokenizer, texts: list[ScoredText], prompts: dict[str, str]
     for text, plain, instructed in zip(texts, prompt_ids(tokenizer, [prompts[t.prompt_id] for t in texts]),
                                        prompt_ids(tokenizer, [prompts[t.prompt_id] for t in texts], system)):
         if plain != text.token_ids[: text.prompt_length]:
-            raise DataError(f"neutral prompt {text.prompt_id}: its stored tokens are not those of its text in the "
-                            "prompt format (another prompt file or template?): rerun with FORCE=1")
-        out.append(ScoredText(text.prompt_id, instructed + text.token_ids[text.prompt_length:], len(instructed)))
+            raise DataError(f"neutral prompt {text.prompt_id}: its stored tokens are not those of its text "
+                            "in the prompt format (another prompt file or template?): rerun with FORCE=1")
+        out.append(ScoredText(text.prompt_id, instructed + text.token_ids[text.prompt_length:],
+                              len(instructed)))
     return out
 
 

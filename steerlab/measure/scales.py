@@ -67,7 +67,8 @@ def absolute(scales: list[float], unit: str, norm: float | None) -> list[float]:
     if unit == "abs":
         return list(scales)
     if unit == "kl":
-        raise ValueError("a scale in unit kl is a cost, not a norm: calibrate it per direction (kl_norms, Calibrator)")
+        raise ValueError("a scale in unit kl is a cost, not a norm: "
+                         "calibrate it per direction (kl_norms, Calibrator)")
     if unit != "resid":
         raise ValueError(f"unit must be one of {SCALE_UNITS}, got {unit!r}")
     if norm is None or not norm > 0:
@@ -96,7 +97,8 @@ def residual_units(store: str | Path, lm: LoadedModel, layers, *, model: str, dt
         sequences = prompt_ids(lm.tokenizer, [item.question for item in items])
         for layer, settings in missing:
             started, t0 = now(), time.perf_counter()
-            with step(f"‖h_S‖ at layer {layer} over {len(sequences)} {behavior} train prompts (the scale unit)"):
+            with step(f"‖h_S‖ at layer {layer} over {len(sequences)} {behavior} train prompts "
+                      "(the scale unit)"):
                 found[layer] = residual_norm(lm.model, sequences, layer, lm.tokenizer.pad_token_id)
             if ranks().writer:
                 with writing(store) as h5:

@@ -90,7 +90,8 @@ class Entry:
 
 def choices(val: Split, kl_max: float, by: Score) -> list[tuple[EvalGroup, int, int]]:
     """Every non-random group's (group, vector, scale index) chosen on val by ``by`` among the
-    settings with KL ≤ ``kl_max`` (``steerlab.measure.analysis.best_setting``); groups with none are left out."""
+    settings with KL ≤ ``kl_max`` (``steerlab.measure.analysis.best_setting``); groups with none are
+    left out."""
     picked = []
     for group in val.groups.values():
         if group.method == "random":
@@ -126,8 +127,10 @@ def entries(val: Split, test: Split, kl_max: float, by: Score) -> list[Entry]:
             found = standing_of(there, vector, t, test, score)
             if found is not None:
                 standing[score] = found
-        val_score = (cloze_row_at if select_by(val, by) == "cloze" else row_at)(group, vector, s, val).delta.value
-        out.append(Entry(entry_name(group), group.label, vector, scale, group.scale_unit, there.norm(vector, t), val_score,
+        val_score = (cloze_row_at if select_by(val, by) == "cloze"
+                     else row_at)(group, vector, s, val).delta.value
+        out.append(Entry(entry_name(group), group.label, vector, scale, group.scale_unit,
+                         there.norm(vector, t), val_score,
                          cloze_row_at(there, vector, t, test) if test.has_cloze else None,
                          row_at(there, vector, t, test) if test.has_letter else None, standing, per_question))
     return out
@@ -221,7 +224,8 @@ class FirstOrderInputs:
     classes: np.ndarray  # [n_q] polarity
 
 
-def first_order_inputs(store: str, key: str, behavior: str, layer: int, test: Split) -> FirstOrderInputs | None:
+def first_order_inputs(store: str, key: str, behavior: str, layer: int,
+                       test: Split) -> FirstOrderInputs | None:
     """The Fisher and the test questions' gradients at ``layer``, in ``test``'s question order;
     None unless both are stored and cover every test question."""
     fisher = read_fisher(store, key, layer)
@@ -349,8 +353,8 @@ def convergence(store: str, key: str, behavior: str, found: list[Entry]) -> list
         if g is None or "subspace_change" not in g.arrays:
             continue
         changes = g.arrays["subspace_change"]
-        out.append(Convergence(e.name, int(g.attrs.get("steps", len(changes))), bool(g.attrs.get("converged", 0)),
-                               float(changes[-1])))
+        out.append(Convergence(e.name, int(g.attrs.get("steps", len(changes))),
+                               bool(g.attrs.get("converged", 0)), float(changes[-1])))
     return out
 
 
@@ -401,7 +405,8 @@ def prompting_rows(prompting) -> list[PromptRow]:
     rows = []
     for found in prompting.instructions.values():
         by_order = found.letter_by_order
-        shift = stat((by_order[0] - by_order[1]) / 2) if len(by_order) == 2 else stat(np.zeros_like(found.letter))
+        shift = (stat((by_order[0] - by_order[1]) / 2) if len(by_order) == 2
+                 else stat(np.zeros_like(found.letter)))
         rows.append(PromptRow(found.name, found.instruction, found.cloze_stat(),
                               polarity_shift_stat(found.cloze, found.polarity), found.letter_stat(), shift,
                               stat(found.kl) if found.kl.size else None,

@@ -94,16 +94,18 @@ def caa_vector(model, answers: list[AnswerTokens], layer: int, pad_id: int,
     # Positive and negative sequences go through the same batches, so their padding matches.
     sequences = [a.positive_ids for a in mine] + [a.negative_ids for a in mine]
     read_at = [p for p, _ in read] + [n for _, n in read]
-    acts = activations(model, sequences, read_at, layer, capture=capture, pad_id=pad_id, batch_size=batch_size)
+    acts = activations(model, sequences, read_at, layer, capture=capture, pad_id=pad_id,
+                       batch_size=batch_size)
     diffs = ranks.cat_rows(acts[: len(mine)] - acts[len(mine):])
     by_order = diffs.view(n_orders, -1, diffs.shape[-1]).mean(1)
     vector = by_order.mean(0)
-    return CAAResult(vector.float(), diffs.norm(dim=1).float(), [a.item_id for a in answers], by_order.float(),
-                     pair_cosines=pair_cosines(diffs, vector))
+    return CAAResult(vector.float(), diffs.norm(dim=1).float(), [a.item_id for a in answers],
+                     by_order.float(), pair_cosines=pair_cosines(diffs, vector))
 
 
-def caa_answer_vector(model, items: list[ClozeItem], layer: int, pad_id: int, *, capture: ResolvedSite = "mlp",
-                      balance: bool = True, batch_size: int = 16, ranks: Ranks = SINGLE) -> CAAResult:
+def caa_answer_vector(model, items: list[ClozeItem], layer: int, pad_id: int, *,
+                      capture: ResolvedSite = "mlp", balance: bool = True, batch_size: int = 16,
+                      ranks: Ranks = SINGLE) -> CAAResult:
     """Mean over items of act(positive answer text) − act(negative answer text), each averaged
     over the answer's tokens after the item's prompt (no choices, no letters). With ``balance``
     the mean over the polarity classes present of the per-class mean differences, so that a
@@ -114,7 +116,8 @@ def caa_answer_vector(model, items: list[ClozeItem], layer: int, pad_id: int, *,
     mine = ranks.part(items)
     sequences = [item.sequence(w) for w in (0, 1) for item in mine]
     read_at = [range(len(item.prompt_ids), len(item.sequence(w))) for w in (0, 1) for item in mine]
-    acts = activations(model, sequences, read_at, layer, capture=capture, pad_id=pad_id, batch_size=batch_size)
+    acts = activations(model, sequences, read_at, layer, capture=capture, pad_id=pad_id,
+                       batch_size=batch_size)
     diffs = ranks.cat_rows(acts[: len(mine)] - acts[len(mine):])
     masks = class_masks([item.polarity for item in items])
     by_class = {name: diffs[torch.from_numpy(mask)].mean(0) for name, mask in masks.items()}

@@ -32,7 +32,8 @@ def check_lambdas(lambdas: list[float]) -> None:
                         f"gradient), got {lambdas}")
 
 
-def ceiling_directions(mean_gradient: np.ndarray, spectrum: FisherSpectrum, lambdas: list[float]) -> np.ndarray:
+def ceiling_directions(mean_gradient: np.ndarray, spectrum: FisherSpectrum,
+                       lambdas: list[float]) -> np.ndarray:
     """[len(lambdas), d] unit directions (F̃ + λ m I)⁻¹ ḡ, m F̃'s mean eigenvalue, one per λ
     (inf: ḡ itself). A λ at which F̃ + λI cannot be inverted is a UserError naming it, never a
     direction made of noise."""
@@ -64,7 +65,8 @@ def first_order_gain(directions: np.ndarray, mean_gradient: np.ndarray, spectrum
     return np.sqrt(2 * cost / spectrum.quadratic(r)) * (r @ np.asarray(mean_gradient, dtype=np.float64))
 
 
-def first_order_bound(mean_gradient: np.ndarray, spectrum: FisherSpectrum, cost: float, lam: float = 0.0) -> float:
+def first_order_bound(mean_gradient: np.ndarray, spectrum: FisherSpectrum, cost: float,
+                      lam: float = 0.0) -> float:
     """√(2c · ḡᵀ(F̃ + λI)⁻¹ḡ): the largest first-order move at cost c (λ = 0, where F̃ is
     invertible); with λ > 0 the move of that regularised direction is below it."""
     g = np.asarray(mean_gradient, dtype=np.float64)

@@ -114,7 +114,8 @@ def _ascend(model: torch.nn.Module, prefixes: list[Prefix], bases: list[torch.Te
             theta.copy_(torch.from_numpy(saved[f"{key}theta"]))
         state = {name[len(key) + 5:]: torch.from_numpy(value) for name, value in saved.items()
                  if name.startswith(f"{key}adam/")}
-        optimiser.state[theta] = {name: value.to(theta.device) if value.dim() else value for name, value in state.items()}
+        optimiser.state[theta] = {name: value.to(theta.device) if value.dim() else value
+                                  for name, value in state.items()}
         done = int(saved[f"{key}steps"])
         trace[:done] = torch.from_numpy(saved[f"{key}trace"])[:done]
     for t in range(done, steps):
@@ -140,7 +141,8 @@ def _ascend(model: torch.nn.Module, prefixes: list[Prefix], bases: list[torch.Te
         if save is not None:
             save(saved | {f"{key}theta": theta.detach().cpu().numpy(), f"{key}steps": np.array(t + 1),
                           f"{key}trace": trace.numpy()}
-                 | {f"{key}adam/{name}": value.cpu().numpy() for name, value in optimiser.state[theta].items()})
+                 | {f"{key}adam/{name}": value.cpu().numpy()
+                    for name, value in optimiser.state[theta].items()})
     return theta.detach(), trace
 
 
@@ -195,7 +197,8 @@ def melbo(model: torch.nn.Module, prefixes: Prefix | list[Prefix], target_layer:
     saved = dict(saved or {})
     run = dict(radius=radius, p=p, q=q, steps=steps, lr=lr, progress=progress, ranks=ranks, save=save)
     if mode == "batched":
-        vectors, trace = _ascend(model, prefixes, bases, target_layer, draws, none, first=0, saved=saved, **run)
+        vectors, trace = _ascend(model, prefixes, bases, target_layer, draws, none, first=0, saved=saved,
+                                 **run)
     else:
         found, traces = [], []
         for i in range(k):
@@ -204,7 +207,8 @@ def melbo(model: torch.nn.Module, prefixes: Prefix | list[Prefix], target_layer:
                                     first=i, saved=saved, **run)
             found.append(vector[0])
             traces.append(trace)
-            saved |= {f"v{i}/theta": vector.cpu().numpy(), f"v{i}/steps": np.array(steps), f"v{i}/trace": trace.numpy()}
+            saved |= {f"v{i}/theta": vector.cpu().numpy(), f"v{i}/steps": np.array(steps),
+                      f"v{i}/trace": trace.numpy()}
         vectors, trace = torch.stack(found), torch.cat(traces, dim=1)
     vectors = vectors.float().cpu()
     ranks.check_identical(vectors, "MELBO's vectors")

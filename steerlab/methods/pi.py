@@ -34,7 +34,8 @@ class Linearised:
                 f"(last subspace change {float(r.subspace_change[-1]):.1e})")
 
     def attrs(self) -> dict:
-        return {"steps": self.result.steps, "converged": int(self.result.converged), "theta0_norm": self.theta0_norm}
+        return {"steps": self.result.steps, "converged": int(self.result.converged),
+                "theta0_norm": self.theta0_norm}
 
     def arrays(self) -> dict[str, np.ndarray]:
         """What a store keeps of the iteration besides the vectors, σ and the trace in float32."""
@@ -74,7 +75,8 @@ class Drift:
     jv_change: torch.Tensor  # [k] ‖J(θ₀)v − J(0)v‖ / ‖J(0)v‖ for each top vector v of J(0)
 
     def summary(self) -> str:
-        return (f"largest principal angle {float(self.principal_angles[-1]):.1f}°, ‖J(θ₀)v − J(0)v‖/‖J(0)v‖ = "
+        return (f"largest principal angle {float(self.principal_angles[-1]):.1f}°, "
+                "‖J(θ₀)v − J(0)v‖/‖J(0)v‖ = "
                 + " ".join(f"{m:.3f}" for m in self.jv_change.tolist()))
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -94,12 +96,13 @@ class Sweep:
     done once (this rank's share of the batches), each point's iteration starts from the last
     point's vectors, and J(0) is computed once, when a point is first compared with it."""
 
-    def __init__(self, model: torch.nn.Module, prompts: list[tuple[int, ...]], source_layer: int, target_layer: int,
-                 *, pad_id: int, batch_size: int, tokens: str = "all", chunk: int | None = None,
-                 ranks: Ranks = SINGLE):
+    def __init__(self, model: torch.nn.Module, prompts: list[tuple[int, ...]], source_layer: int,
+                 target_layer: int, *, pad_id: int, batch_size: int, tokens: str = "all",
+                 chunk: int | None = None, ranks: Ranks = SINGLE):
         pairs = list(batched_prefixes(model, prompts, source_layer, pad_id, batch_size, ranks=ranks))
         self.batches, self.prefixes = [batch for batch, _ in pairs], [prefix for _, prefix in pairs]
-        self.model, self.target_layer, self.tokens, self.chunk, self.ranks = model, target_layer, tokens, chunk, ranks
+        self.model, self.target_layer, self.tokens, self.chunk, self.ranks = (
+            model, target_layer, tokens, chunk, ranks)
         # the last point's top vectors, as the store keeps them (float32), so that a sweep resumed
         # after a stored point starts the next one exactly where an uninterrupted sweep does
         self.last: torch.Tensor | None = None
@@ -108,14 +111,15 @@ class Sweep:
     def at(self, theta0: torch.Tensor | None, k: int, **iteration) -> Linearised:
         """``top_singular`` at ``theta0``; ``iteration``: its iters, oversample, tol, seed, progress,
         saved, save."""
-        found = top_singular(self.model, self.prefixes, self.batches, self.target_layer, k, tokens=self.tokens,
-                             theta0=theta0, start=self.last, chunk=self.chunk, ranks=self.ranks, **iteration)
+        found = top_singular(self.model, self.prefixes, self.batches, self.target_layer, k,
+                             tokens=self.tokens, theta0=theta0, start=self.last, chunk=self.chunk,
+                             ranks=self.ranks, **iteration)
         self.last = found.result.vectors.float().double()
         return found
 
     def drift(self, found: Linearised, top_at_zero: torch.Tensor) -> Drift:
         """``drift_from_zero`` of a point of this sweep, against J(0)'s top vectors [k, d]."""
         if self.at_zero is None:
-            self.at_zero = jacobian_at(self.model, self.prefixes, self.target_layer, self.tokens, ranks=self.ranks,
-                                       chunk=self.chunk)
+            self.at_zero = jacobian_at(self.model, self.prefixes, self.target_layer, self.tokens,
+                                       ranks=self.ranks, chunk=self.chunk)
         return drift_from_zero(found, self.at_zero, top_at_zero)

@@ -116,8 +116,8 @@ def power_iteration(op: LinearOperator, k: int, *, iters: int = 12, oversample: 
             break
         block, _ = torch.linalg.qr(ritz_product)
         if save is not None:
-            save({"block": block.numpy(), "previous": previous.numpy(), "residuals": torch.stack(residuals).numpy(),
-                  "changes": np.array(changes)})
+            save({"block": block.numpy(), "previous": previous.numpy(),
+                  "residuals": torch.stack(residuals).numpy(), "changes": np.array(changes)})
     vectors = top.T.contiguous()
     ranks.check_identical(vectors, "the power iteration's vectors")
     sigmas = op.jvp_norms(vectors).to(dtype)

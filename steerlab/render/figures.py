@@ -37,7 +37,8 @@ def random_distribution_figure(found, out: Path, name: str, title: str) -> Path:
     of every random draw at its cost (grey dots) and its own Δ with its 95% interval."""
     scores = [s for s in ("cloze", "letter") if any(s in e.standing for e in found)]
     out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, max(len(scores), 1), figsize=(6.5 * max(len(scores), 1), 0.6 * len(found) + 1.8),
+    fig, axes = plt.subplots(1, max(len(scores), 1),
+                             figsize=(6.5 * max(len(scores), 1), 0.6 * len(found) + 1.8),
                              squeeze=False, layout="constrained")  # room for each panel's row names
     rng = np.random.default_rng(0)
     for ax, score in zip(axes[0], scores):
@@ -91,8 +92,9 @@ def dose_figure(curves, bands: dict, prompting, out: Path, name: str, title: str
             for row in prompting:
                 stat_ = row.cloze if score == "cloze" else row.letter
                 if stat_ is not None and row.kl is not None:
-                    ax.errorbar(row.kl.value, stat_.value, yerr=[[stat_.value - stat_.low], [stat_.high - stat_.value]],
-                                fmt="*", ms=12, color=color("prompting"), label=f"prompting: {row.name}")
+                    ax.errorbar(row.kl.value, stat_.value,
+                                yerr=[[stat_.value - stat_.low], [stat_.high - stat_.value]], fmt="*", ms=12,
+                                color=color("prompting"), label=f"prompting: {row.name}")
         ax.set_xscale("log")
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xlabel("KL on neutral text [nats/token], measured")

@@ -69,11 +69,13 @@ def page_markdown(measured: TestRun, sources: list[Source], key: str, *, method:
 
         for s in sources:
             if s.choice is None:
-                lines.append(f"| {label(s.behavior)}: nothing eligible | – | – | – |" + " – |" * len(table.targets))
+                lines.append(f"| {label(s.behavior)}: nothing eligible | – | – | – |"
+                             + " – |" * len(table.targets))
                 continue
             cells = [fmt(table.cell(s.behavior, t)) for t in table.targets]
-            lines.append(f"| {label(s.behavior)}: {s.choice.run} #{s.choice.index} | {chosen_scale_text(s, scale_unit)} | "
-                         f"{s.val_delta.value:+.3f} | {measured.kl[s.behavior].mean():.3f} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label(s.behavior)}: {s.choice.run} #{s.choice.index} | "
+                         f"{chosen_scale_text(s, scale_unit)} | {s.val_delta.value:+.3f} | "
+                         f"{measured.kl[s.behavior].mean():.3f} | " + " | ".join(cells) + " |")
         for r in table.random_scales:
             cells = [fmt(table.random_cell(r, t)) for t in table.targets]
             lines.append(f"| random ×{n_random} | {random_scale_text(r, scale_unit)} | – | "
@@ -82,17 +84,18 @@ def page_markdown(measured: TestRun, sources: list[Source], key: str, *, method:
         lines.append("")
         chosen = [s for s in sources if s.choice is not None]
         if chosen:
-            lines += [f"Against the random distribution ({name}): each chosen row's Δ minus the mean Δ of the "
-                      f"{n_random} random directions at its scale, with a 95% interval that resamples the "
-                      "questions (paired) and the directions; after it, how many of the directions' Δ it beats. "
-                      f"With {n_random} directions the share is coarse: `make study` uses more.", "",
+            lines += [f"Against the random distribution ({name}): each chosen row's Δ minus the mean Δ of "
+                      f"the {n_random} random directions at its scale, with a 95% interval that resamples "
+                      "the questions (paired) and the directions; after it, how many of the directions' Δ it "
+                      f"beats. With {n_random} directions the share is coarse: `make study` uses more.", "",
                       "| vector (chosen on val) | scale | " + " | ".join(short) + " |",
                       "|---|---|" + "---|" * len(table.targets)]
             for s in chosen:
                 cells = []
                 for t in table.targets:
                     st = table.standing(s.behavior, t, abs(s.grid_scale))
-                    cells.append(f"{st.beyond.fmt(3, True)}, {round(st.share_beaten * len(st.draws))}/{len(st.draws)}")
+                    cells.append(f"{st.beyond.fmt(3, True)}, "
+                                 f"{round(st.share_beaten * len(st.draws))}/{len(st.draws)}")
                 lines.append(f"| {label(s.behavior)}: {s.choice.run} #{s.choice.index} | "
                              f"{chosen_scale_text(s, scale_unit)} | " + " | ".join(cells) + " |")
             lines.append("")
@@ -107,7 +110,8 @@ def page_markdown(measured: TestRun, sources: list[Source], key: str, *, method:
             base = letter.baseline[t]
             r = row(0.0, base.mean(0), letter.baseline_mass[t].mean(0), base.mean(0), base)
             lines.append(f"| {t} | {len(letter.question_ids[t])} | {r.positive.fmt()} | "
-                         f"{r.mean_diff.fmt(3, True)} | {r.letter_shift.fmt(3, True)} | {r.consistency.fmt()} |")
+                         f"{r.mean_diff.fmt(3, True)} | {r.letter_shift.fmt(3, True)} | "
+                         f"{r.consistency.fmt()} |")
         lines.append("")
     if "cloze" in tables:
         cloze = tables["cloze"]
@@ -148,7 +152,8 @@ def heatmap_values(table: Table, sources: list[Source], n_random: int, scale_uni
     cells = [[table.cell(s.behavior, t)[0] for t in table.targets] for s in chosen]
     cells += [[table.random_cell(r, t)[0] for t in table.targets] for r in table.random_scales]
     values = np.array([[(c.value, c.low, c.high) for c in line] for line in cells], dtype=float)
-    return rows, [label(t) for t in table.targets], values.reshape(len(cells), len(table.targets), 3), len(chosen)
+    return (rows, [label(t) for t in table.targets], values.reshape(len(cells), len(table.targets), 3),
+            len(chosen))
 
 
 def matrix_heatmap(path: Path, cells: np.ndarray, rows: list[str], columns: list[str], n_chosen: int,

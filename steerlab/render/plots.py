@@ -81,8 +81,8 @@ def baseline_values(split: Split, by: Score) -> np.ndarray:
 SCALE_LABEL = "scale  (L2 norm of θ added; signed)"
 FRACTION_LABEL = "scale  (‖θ‖ / median ‖h_S‖ at the source layer; signed)"
 KL_LABEL = "scale  (KL target: nats/token on val neutral text, each direction at its own ‖θ‖; signed)"
-plt.rcParams.update({"figure.constrained_layout.use": True, "font.size": 11, "axes.titlesize": 12, "figure.dpi": 110,
-                     "axes.grid": True, "grid.alpha": 0.3})
+plt.rcParams.update({"figure.constrained_layout.use": True, "font.size": 11, "axes.titlesize": 12,
+                     "figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3})
 
 
 class Skip(Exception):
@@ -163,15 +163,19 @@ def violins(ax, data: Data, scale: float, legend: bool = True) -> None:
     ax.margins(y=0.3)
     for i, (_, values, c, at) in enumerate(entries, start=1):
         ax.scatter(i + jitter.uniform(-0.08, 0.08, len(values)), values, s=10, color=c, alpha=0.7)
-        ax.text(i, 0.97, f"{f'scale {at:+g}' if at else 'no steering'}\n{100 * np.mean(values > 0):.0f}% {behavior_label(test.behavior)}", fontsize=9,
-                ha="center", va="top", transform=ax.get_xaxis_transform())
+        ax.text(i, 0.97,
+                f"{f'scale {at:+g}' if at else 'no steering'}\n{100 * np.mean(values > 0):.0f}% "
+                f"{behavior_label(test.behavior)}", fontsize=9, ha="center", va="top",
+                transform=ax.get_xaxis_transform())
     ax.axhline(0, color="black", lw=0.8, ls=":")
     ax.set_xticks(range(1, len(entries) + 1), [e[0] for e in entries], fontsize=9)
     ax.set_ylabel(diff_label(test, by))
     if legend:
         ax.legend(handles=[Line2D([], [], color="black", lw=2, label="mean"),
-                           Line2D([], [], color="gray", marker="o", ls="", label="one question\n(random: × direction)"),
-                           Line2D([], [], color="black", lw=0.8, ls=":", label=f"0: {behavior_label(test.behavior)} answer\npreferred above")],
+                           Line2D([], [], color="gray", marker="o", ls="",
+                                  label="one question\n(random: × direction)"),
+                           Line2D([], [], color="black", lw=0.8, ls=":",
+                                  label=f"0: {behavior_label(test.behavior)} answer\npreferred above")],
                   fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1))
 
 
@@ -263,7 +267,8 @@ def fig_dose(data: Data, out: Path) -> Path:
     linthresh = min(abs(s) for s in scales if s != 0) if any(scales) else 1.0
     axes[-1].set_xscale("symlog", linthresh=linthresh, linscale=0.3)
     axes[-1].set_xticks(scales, [f"{s:.2g}" for s in scales], fontsize=9)
-    axes[-1].set_xlabel((KL_LABEL if in_kl else FRACTION_LABEL if in_units else SCALE_LABEL) + ", symlog axis")
+    axes[-1].set_xlabel((KL_LABEL if in_kl else FRACTION_LABEL if in_units else SCALE_LABEL)
+                        + ", symlog axis")
     axes[0].set_title(f"vector chosen on val by the {data.by} score; bands: 95% bootstrap CI over "
                       "questions", fontsize=10)
     for ax, (score, attr, _) in zip(axes, panels):
@@ -378,14 +383,16 @@ def fig_cost(data: Data, out: Path) -> Path:
     for g in groups:
         kl = np.maximum(g.kl.mean(-1), floor).ravel()
         if by == "cloze":
-            delta = (balanced_mean(g.cloze, test.polarity) - balanced_mean(test.cloze_baseline, test.polarity)).ravel()
+            delta = (balanced_mean(g.cloze, test.polarity)
+                     - balanced_mean(test.cloze_baseline, test.polarity)).ravel()
         else:
             delta = (g.logit_diff.mean(-1) - test.baseline.mean()).ravel()
         if g.method == "random":
             ax.scatter(kl, delta, s=14, color=color("random"), alpha=0.35, lw=0,
                        label="random directions (every scale)")
         else:
-            ax.scatter(kl, delta, s=30, color=color(g.method), alpha=0.8, label=f"{g.label} (every vector, scale)")
+            ax.scatter(kl, delta, s=30, color=color(g.method), alpha=0.8,
+                       label=f"{g.label} (every vector, scale)")
     for method in methods(test):
         chosen = val_choice_in(method, data.val, test, data.kl_max, by)
         if chosen is None or chosen[0].kl is None:
@@ -438,7 +445,8 @@ def fig_path(data: Data, out: Path) -> Path:
             group, by = caa[0], data.by
             rows = score_rows(group, 0, data.test, by)
             xs = [r.theta_norm for r in rows]  # θ₀'s axis: L2 norms, whatever the eval's unit
-            second = ("polarity_shift", "CAA cloze polarity shift") if by == "cloze" else ("mass", "CAA answer mass")
+            second = (("polarity_shift", "CAA cloze polarity shift") if by == "cloze"
+                      else ("mass", "CAA answer mass"))
             for ax, attr, label in ((axes[2], "delta", f"CAA Δ ({by})"), (axes[3], *second)):
                 stats = [getattr(r, attr) for r in rows]
                 if any(st is None for st in stats):

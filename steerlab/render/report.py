@@ -164,8 +164,9 @@ def scales_note(val: Split) -> list[str]:
         missed = sum(int((g.reached == 0).sum()) for g in val.groups.values() if g.reached is not None)
         lines = ["Scales are costs (SCALE_UNIT=kl): each direction and sign is added at the |θ| whose mean "
                  "KL(unsteered ‖ steered) on the val neutral texts is the scale in nats per token, found "
-                 f"by a search and shown beside it: {scale_text(float(example.scales[-1]), None, example.norm(0, -1))}. "
-                 "Every method and the random control are compared at the same cost."
+                 "by a search and shown beside it: "
+                 f"{scale_text(float(example.scales[-1]), None, example.norm(0, -1))}. Every method and the "
+                 "random control are compared at the same cost."
                  + (f" {missed} setting(s) missed their target by more than the search's 10% (out of reach "
                     "below 4 ‖h_S‖, or out of rounds): each sits at the probe nearest its target; read "
                     "its KL column." if missed else "")]
@@ -184,12 +185,13 @@ def scales_note(val: Split) -> list[str]:
         groups = [g for g in val.groups.values() if g.method == method]
         if method != "random" and groups and all(linear_regime(g) for g in groups):
             largest = max(float(np.abs(g.scales).max()) for g in groups)
-            norm = next((float(g.attrs["unit_norm"]) for g in groups if np.isfinite(g.attrs.get("unit_norm", np.nan))), None)
-            hint = (f"; in units of ‖h_S‖ = {norm:.1f} the grid reaches {largest / norm:.2g}: scales of 0.1–0.5 "
-                    f"(L2 norms {0.1 * norm:.0f}–{0.5 * norm:.0f}) move a model" if norm else
+            norm = next((float(g.attrs["unit_norm"]) for g in groups
+                         if np.isfinite(g.attrs.get("unit_norm", np.nan))), None)
+            hint = (f"; in units of ‖h_S‖ = {norm:.1f} the grid reaches {largest / norm:.2g}: scales of "
+                    f"0.1–0.5 (L2 norms {0.1 * norm:.0f}–{0.5 * norm:.0f}) move a model" if norm else
                     "; SCALE_UNIT=resid scales by the model's own ‖h_S‖")
-            lines.append(f"**{method}: every setting costs less than {LINEAR_KL:g} nats/token of KL**: the grid "
-                         f"(up to |θ| = {largest:.3g}) never left the linear regime{hint}.")
+            lines.append(f"**{method}: every setting costs less than {LINEAR_KL:g} nats/token of KL**: "
+                         f"the grid (up to |θ| = {largest:.3g}) never left the linear regime{hint}.")
     return lines + [""]
 
 
@@ -243,14 +245,17 @@ def cloze_summary(test: Split, picked: dict, kl_max: float | None, by: Score) ->
         group, vector, s = chosen
         r = cloze_row_at(group, vector, s, test)
         random_cell = "–" if method == "random" else against_random_cell(group, vector, s, test, "cloze")
-        out.append("| " + " | ".join([method, f"{group.run} #{vector}", f"{r.scale_text}", r.delta.fmt(3, True),
-                                      random_cell, *cloze_cells(r), *([r.kl.fmt(3)] if kl else []),
+        out.append("| " + " | ".join([method, f"{group.run} #{vector}", f"{r.scale_text}",
+                                      r.delta.fmt(3, True), random_cell, *cloze_cells(r),
+                                      *([r.kl.fmt(3)] if kl else []),
                                       best_on_test(method, test, kl_max, "cloze")]) + " |")
     out += ["", "Δ polarity-paired: the yes and no classes' mean Δ weigh the same (so that a pure Yes/No "
                 "direction cancels) and the pair and the other class weigh what their questions can carry "
-                "(steerlab/questions/polarity.py); polarity shift: ½(Δ no − Δ yes), what such a direction moves. "
+                "(steerlab/questions/polarity.py); polarity shift: ½(Δ no − Δ yes), what such a "
+                "direction moves. "
                 + RANDOM_NOTE + (" KL: mean per-token KL(unsteered ‖ steered) "
-                "in nats over the unsteered model's greedy continuation of neutral prompts." if kl else ""), ""]
+                "in nats over the unsteered model's greedy continuation of neutral prompts." if kl else ""),
+            ""]
     return out
 
 
@@ -264,7 +269,8 @@ def against_random_cell(group, vector: int, s: int, test: Split, score: Score) -
     st = standing_of(group, vector, s, test, score)
     if st is None:
         return "no random directions at this scale"
-    return f"{st.beyond.fmt(3 if score == 'cloze' else 2, True)}; {100 * st.share_beaten:.0f}% of {len(st.draws)}"
+    return (f"{st.beyond.fmt(3 if score == 'cloze' else 2, True)}; "
+            f"{100 * st.share_beaten:.0f}% of {len(st.draws)}")
 
 
 def letter_summary(test: Split, picked: dict, kl_max: float | None, by: Score) -> list[str]:
@@ -292,7 +298,8 @@ def letter_summary(test: Split, picked: dict, kl_max: float | None, by: Score) -
         r = row_at(on_test, vector, scale, test)
         vs_random = "–" if method == "random" else against_random_cell(on_test, vector, scale, test, "letter")
         c = cells(r)
-        out.append("| " + " | ".join([method, f"{on_test.run} #{vector}", f"{r.scale_text}", *c[:2], vs_random, *c[2:],
+        out.append("| " + " | ".join([method, f"{on_test.run} #{vector}", f"{r.scale_text}", *c[:2],
+                                      vs_random, *c[2:],
                                       best_on_test(method, test, kl_max, "letter")]) + " |")
     orders = ("Both answer orders: Δ is the order-mean (behaviour); letter shift is half the "
               "difference as written − mirrored." if both else
@@ -311,7 +318,8 @@ def without_kl_rule(val: Split, test: Split, kl_max: float, by: Score) -> list[s
         on_test, vector, scale = chosen
         delta = (cloze_row_at(on_test, vector, scale, test).delta.fmt(3, True) if by == "cloze"
                  else row_at(on_test, vector, scale, test).delta.fmt(2, True))
-        kl = cloze_row_at(on_test, vector, scale, test).kl if test.has_cloze else row_at(on_test, vector, scale, test).kl
+        kl = (cloze_row_at(on_test, vector, scale, test).kl if test.has_cloze
+              else row_at(on_test, vector, scale, test).kl)
         with_rule = val_choice_in(method, val, test, kl_max, by)
         same = with_rule is not None and with_rule[0] is on_test and with_rule[1:] == chosen[1:]
         where = scale_text(float(on_test.scales[scale]), on_test.fraction(scale),
@@ -339,7 +347,8 @@ def report(splits: dict[str, Split], model_key: str, kl_max: float | None, by: S
     score where the store lacks it, with a note)."""
     val = splits.get("val")
     if val is None:
-        raise UserError("the report chooses vectors on the validation split: run `make eval SPLITS=\"val test\"`")
+        raise UserError("the report chooses vectors on the validation split: "
+                        "run `make eval SPLITS=\"val test\"`")
     chosen_by = select_by(val, by)
     lines = [f"# Steering report: {model_key}, {val.behavior}", ""]
     if chosen_by != by:

@@ -89,10 +89,12 @@ def study_page(store: str, val: Split, test: Split, *, model_key: str, kl_max: f
     null_of = nulls(found, inputs) if inputs is not None else {}
     attach_floor(found, null_of)
     attach_efficiency(found, test.polarity)
-    ranks = {score: ranking(found, score, test.polarity if score == "cloze" else None) for score in SCORE_NAMES}
+    ranks = {score: ranking(found, score, test.polarity if score == "cloze" else None)
+             for score in SCORE_NAMES}
     n_claims = decide(found, ranks)
     figure = random_distribution_figure(found, out, f"{name}.png",
-                                        f"{model_key}, {val.behavior}: test Δ against random directions at the same cost")
+                                        f"{model_key}, {val.behavior}: test Δ against random directions at "
+                                        "the same cost")
     lines = [f"# The seed experiment's question on {model_key} ({date})", "",
              f"Command: `{command}`. Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores"
              + (f"; wall time {seconds / 60:.0f} min" if seconds else "") + ".",
@@ -100,28 +102,33 @@ def study_page(store: str, val: Split, test: Split, *, model_key: str, kl_max: f
              f"KL ≤ {kl_max}), test {test.n_questions} questions (what is reported).", ""]
     lines += stages_section(f"{store}.stages")
     lines += ["## How to read the rankings", "",
-              "- **null**: where the setting's Δ falls among " + (f"{next(iter(null_of.values())).headline.size} random "
-              "directions at its cost, to first order" if null_of else "random directions (no first-order null: run "
-              "`make gradients`)") + " (docs/conventions.md, \"Floor and ceiling\"): its percentile, and p = the "
+              "- **null**: where the setting's Δ falls among "
+              + (f"{next(iter(null_of.values())).headline.size} random directions at its cost, to first order"
+                 if null_of else "random directions (no first-order null: run `make gradients`)")
+              + " (docs/conventions.md, \"Floor and ceiling\"): its percentile, and p = the "
               "probability that a random direction does at least as well on a resample of the questions.",
-              f"- **beyond random** is claimed where p, corrected by Holm over all {n_claims} claims of this page "
-              "(every method in both scores, and every rank above the next), is at most 0.05.",
-              "- **measured draws**: the share of eval's random directions at the same cost (measured, both signs) "
-              "that the setting beats.",
-              "- **efficiency**: the setting's Δ over the ceiling direction's Δ (fitted on the same score, λ and cost "
-              "chosen on val) at the same cost on test, with a 95% interval over questions.",
-              "- **anti-steerable**: the share of test questions the setting moves the wrong way (Δ_q < 0).", ""]
+              f"- **beyond random** is claimed where p, corrected by Holm over all {n_claims} claims of this "
+              "page (every method in both scores, and every rank above the next), is at most 0.05.",
+              "- **measured draws**: the share of eval's random directions at the same cost (measured, "
+              "both signs) that the setting beats.",
+              "- **efficiency**: the setting's Δ over the ceiling direction's Δ (fitted on the same score, "
+              "λ and cost chosen on val) at the same cost on test, with a 95% interval over questions.",
+              "- **anti-steerable**: the share of test questions the setting moves the wrong way (Δ_q < 0).",
+              ""]
     for score in SCORE_NAMES:
         if ranks[score]:
-            lines += [f"## Ranking by the {score} score (test)", ""] + ranking_table(ranks[score], score) + [""]
+            lines += ([f"## Ranking by the {score} score (test)", ""] + ranking_table(ranks[score], score)
+                      + [""])
     if prompting is not None:
         lines += ["## Just ask: the prompting baseline (test)", "",
-                  "The unsteered model with an instruction in its system turn (it replaces the template's default "
-                  "one), against the plain prompts, on the same test questions; its cost is the KL of the plain "
-                  "model's next-token distributions against the instructed one's over the test neutral texts' "
-                  "continuations. It sits at its own cost: compare it with the methods on the dose ladder below.",
+                  "The unsteered model with an instruction in its system turn (it replaces the template's "
+                  "default one), against the plain prompts, on the same test questions; its cost is the KL "
+                  "of the plain model's next-token distributions against the instructed one's over the test "
+                  "neutral texts' continuations. It sits at its own cost: compare it with the methods on the "
+                  "dose ladder below.",
                   ""] + prompting_section(prompting) + [""]
-    lines += ["## The random distribution at each chosen cost (test)", ""] + spread_table(spreads(test, found))
+    lines += (["## The random distribution at each chosen cost (test)", ""]
+              + spread_table(spreads(test, found)))
     if inputs is not None:
         lines += ["", "### The first-order null against measured draws", ""]
         lines += validation_table(validations(test, found, inputs, null_of))
@@ -178,17 +185,20 @@ def ranking_table(ranks: list[Rank], score: Score) -> list[str]:
         verdict = "–"
         if r.gap_to_next is not None:
             adjusted, holds = r.gap_holds or (float("nan"), False)
-            verdict = f"{'above' if holds else 'not decided'} ({r.gap_to_next.fmt(3, True)}, p {_p(adjusted)})"
+            verdict = (f"{'above' if holds else 'not decided'} ({r.gap_to_next.fmt(3, True)}, "
+                       f"p {_p(adjusted)})")
         efficiency = _fmt(e.efficiency.get(score), 2, False)
-        lines.append(f"| {i} | {e.name} | {e.scale:+.3g} KL (\\|θ\\| {abs(e.norm):.2f}) | {st.delta.fmt(3, True)} "
-                     f"| {null} | {100 * st.share_beaten:.0f}% of {len(st.draws)} | {efficiency} "
-                     f"| {e.anti_steerable(score):.0f}% | {_fmt(shift)} | {_fmt(row_.kl, 3, False)} | {verdict} |")
+        lines.append(f"| {i} | {e.name} | {e.scale:+.3g} KL (\\|θ\\| {abs(e.norm):.2f}) "
+                     f"| {st.delta.fmt(3, True)} | {null} | {100 * st.share_beaten:.0f}% of {len(st.draws)} "
+                     f"| {efficiency} | {e.anti_steerable(score):.0f}% | {_fmt(shift)} | "
+                     f"{_fmt(row_.kl, 3, False)} | {verdict} |")
     return lines
 
 
 def prompting_section(prompting: list[PromptRow]) -> list[str]:
     """The instruction, both scores' Δ against the unprompted model, and the instruction's KL."""
-    lines = ["| instruction | Δ cloze (polarity-paired) | polarity shift | Δ letter | letter shift | KL (test) |",
+    lines = ["| instruction | Δ cloze (polarity-paired) | polarity shift | Δ letter | letter shift "
+             "| KL (test) |",
              "|---|---|---|---|---|---|"]
     for row in prompting:
         lines.append(f"| {row.name}: “{row.instruction}” | {_fmt(row.cloze)} | {_fmt(row.polarity_shift)} "
@@ -201,22 +211,23 @@ def spread_table(found: list[Spread]) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for sp in found:
         mean, sd, low, high = sp.summary
-        lines.append(f"| {sp.scale:.3g} KL | {sp.score} | {len(sp.draws)} | {mean:+.3f} | {sd:.3f} | {low:+.3f} "
-                     f"| {high:+.3f} | {_fmt(sp.kl, 3, False)} |")
+        lines.append(f"| {sp.scale:.3g} KL | {sp.score} | {len(sp.draws)} | {mean:+.3f} | {sd:.3f} | "
+                     f"{low:+.3f} | {high:+.3f} | {_fmt(sp.kl, 3, False)} |")
     return lines
 
 
 def validation_table(rows: list[ValidationRow]) -> list[str]:
     if not rows:
         return ["No measured random draws at the chosen costs: the null is not validated on this page."]
-    lines = ["Each measured random draw against its first-order prediction (its Δ_q = |θ| g_qᵀr at the |θ| the KL "
-             "search found; the null's |θ| = √(2c / rᵀF̃r)).", "",
-             "| cost | score | draws | per-question correlation | slope, measured on predicted | sd measured / "
-             "predicted | \\|θ\\| measured / predicted |", "|---|---|---|---|---|---|---|"]
+    lines = ["Each measured random draw against its first-order prediction (its Δ_q = |θ| g_qᵀr at the |θ| "
+             "the KL search found; the null's |θ| = √(2c / rᵀF̃r)).", "",
+             "| cost | score | draws | per-question correlation | slope, measured on predicted "
+             "| sd measured / predicted | \\|θ\\| measured / predicted |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         c = row.check
         lines.append(f"| {c.cost:.3g} KL | {row.score} | {c.n_draws} | {c.correlation:.2f} | {c.slope:.2f} "
-                     f"| {c.measured_sd:.3f} / {c.predicted_sd:.3f} | {c.size_ratio:.2f} ± {c.size_ratio_sd:.2f} |")
+                     f"| {c.measured_sd:.3f} / {c.predicted_sd:.3f} | {c.size_ratio:.2f} ± "
+                     f"{c.size_ratio_sd:.2f} |")
     return lines
 
 
@@ -224,14 +235,16 @@ def methods_section(store: str, key: str, behavior: str, found: list[Entry]) -> 
     lines = []
     record: list[Convergence] = convergence(store, key, behavior, found)
     if record:
-        lines += ["Power iteration (PI's stopping rule: the top-k subspace moves less than TOL between steps):", "",
+        lines += ["Power iteration (PI's stopping rule: the top-k subspace moves less than TOL between "
+                  "steps):", "",
                   "| group | steps | converged | last subspace change |", "|---|---|---|---|"]
         lines += [f"| {c.name} | {c.steps} | {'yes' if c.converged else '**no**'} | {c.last_change:.2g} |"
                   for c in record] + [""]
     cosines = caa_pair_cosines(store, key, behavior, found)
     if cosines:
-        lines += ["CAA's mean cosine between each training pair's difference and the vector (a cheap predictor of "
-                  "steerability): " + "; ".join(f"{name} {value:+.3f}" for name, value in cosines.items()) + "."]
+        lines += ["CAA's mean cosine between each training pair's difference and the vector (a cheap "
+                  "predictor of steerability): "
+                  + "; ".join(f"{name} {value:+.3f}" for name, value in cosines.items()) + "."]
     return lines
 
 
@@ -239,13 +252,14 @@ def transfer_table(carried: dict, found: list[Entry]) -> list[str]:
     """Rows: the carried settings; columns: the behaviours asked; cells: cloze Δ and letter Δ."""
     names = {e.label: e.name for e in found}
     others = sorted({other for cells in carried.values() for other in cells})
-    lines = ["A direction that learned the score's form moves every behaviour's positive answers alike; one that "
-             "carries the behaviour moves related ones and leaves unrelated ones alone. Each vector at the θ val chose; "
-             "cells: cloze Δ (polarity-paired) / letter Δ, 95% intervals.", "",
-             "| vector | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+    lines = ["A direction that learned the score's form moves every behaviour's positive answers alike; "
+             "one that carries the behaviour moves related ones and leaves unrelated ones alone. "
+             "Each vector at the θ val chose; cells: cloze Δ (polarity-paired) / letter Δ, 95% intervals.",
+             "", "| vector | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
     for label, cells in carried.items():
         name = names.get(label.rsplit("/", 1)[0], label)
-        row = [f"{cells[o][0].fmt(3, True)} / {cells[o][1].fmt(3, True)}" if o in cells else "–" for o in others]
+        row = [f"{cells[o][0].fmt(3, True)} / {cells[o][1].fmt(3, True)}" if o in cells else "–"
+               for o in others]
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     return lines
 
@@ -266,19 +280,22 @@ def dose_section(dose: tuple[dict, dict], found: list[Entry], inputs, test: Spli
     if gradients is not None:
         for score in SCORE_NAMES:
             classes = data["polarity"] if score == "cloze" else None
-            bands[score] = {float(cost): first_order_null(gradients[score], classes, inputs.spectrum, float(cost),
-                                                          n_draws=2000).band() for cost in data["costs"]}
+            bands[score] = {float(cost): first_order_null(gradients[score], classes, inputs.spectrum,
+                                                          float(cost), n_draws=2000).band()
+                            for cost in data["costs"]}
     figure = dose_figure(labelled, bands, prompting, out, f"{name}-dose.png",
                          f"{model_key}: Δ against cost, to breakdown (top-1 agreement < {BREAKDOWN})")
     lines = [f"{len(data['question_ids'])} test questions (the first by id); costs "
-             + ", ".join(f"{c:g}" for c in data["costs"]) + " KL; a direction stops after the cost where its top-1 "
-             f"agreement on the test neutral texts falls below {BREAKDOWN} or that its search cannot reach. The random "
-             "band is the first-order null's 5th–95th percentile on the same questions; measured random directions "
-             "are drawn as grey lines. First order \"stops predicting\" where measured and predicted Δ differ by "
-             "more than a factor 2 (or in sign) while the measured Δ is clear of 0.", "",
+             + ", ".join(f"{c:g}" for c in data["costs"])
+             + " KL; a direction stops after the cost where its top-1 "
+             f"agreement on the test neutral texts falls below {BREAKDOWN} or that its search cannot reach. "
+             "The random band is the first-order null's 5th–95th percentile on the same questions; "
+             "measured random directions are drawn as grey lines. First order \"stops predicting\" where "
+             "measured and predicted Δ differ by more than a factor 2 (or in sign) while the measured Δ is "
+             "clear of 0.", "",
              f"![dose–response]({figure.name})", "",
-             "| direction | score | leaves the random band at | largest Δ before breakdown | breaks at | first order "
-             "stops predicting at |", "|---|---|---|---|---|---|"]
+             "| direction | score | leaves the random band at | largest Δ before breakdown | breaks at | "
+             "first order stops predicting at |", "|---|---|---|---|---|---|"]
     for label, curve in labelled:
         if curve.random:
             continue
@@ -291,8 +308,9 @@ def dose_section(dose: tuple[dict, dict], found: list[Entry], inputs, test: Spli
                          f"| {'–' if largest is None else f'{largest[1].fmt(3, True)} at {largest[0]:g} KL'} "
                          f"| {'not within the ladder' if broken is None else f'{broken:g} KL'} "
                          f"| {'–' if fails is None else f'{fails:g} KL'} |")
-    lines += ["", "Steered greedy samples (first test neutral prompt; first open-ended prompt), unsteered first:", "",
-              f"- unsteered: {' / '.join(repr(str(s)) for s in data['baseline_samples'])}"]
+    lines += ["",
+              "Steered greedy samples (first test neutral prompt; first open-ended prompt), unsteered first:",
+              "", f"- unsteered: {' / '.join(repr(str(s)) for s in data['baseline_samples'])}"]
     for label, curve in labelled:
         if curve.random:
             continue
@@ -316,9 +334,11 @@ def seed_format(table: dict[str, dict[float, SeedCell]], split: Split) -> list[s
 
 
 def seed_reference() -> list[str]:
-    lines = ["| model | method | scale (L2 norm) | survival % | mean logit diff | Δ |", "|---|---|---|---|---|---|"]
+    lines = ["| model | method | scale (L2 norm) | survival % | mean logit diff | Δ |",
+             "|---|---|---|---|---|---|"]
     for model, table in (("Qwen3-0.6B", SEED_QWEN3_0_6B), ("Qwen3-14B", SEED_QWEN3_14B)):
         for method, cells in table.items():
             for scale, (survival, diff, delta) in cells.items():
-                lines.append(f"| {model} | {method} | {scale:+d} | {survival:.1f} | {diff:+.2f} | {delta:+.2f} |")
+                lines.append(f"| {model} | {method} | {scale:+d} | {survival:.1f} | {diff:+.2f} | "
+                             f"{delta:+.2f} |")
     return lines

@@ -1,6 +1,7 @@
 """The HDF5 store, by job: ``layout`` (paths and run names), ``io`` (locked all-or-nothing writes,
 migration), ``provenance`` (settings, code hashes), ``groups`` (one reader and one writer per
-kind of group) and ``checkpoint`` (a group's partial work beside the store, for resuming). Import from ``steerlab.store``; the submodules are where each thing lives.
+kind of group) and ``checkpoint`` (a group's partial work beside the store, for resuming). Import from
+``steerlab.store``; the submodules are where each thing lives.
 
 Layout (docs/DESIGN.md, "The store"); this module alone builds these paths::
 

@@ -38,7 +38,8 @@ class Checkpoint:
     def __init__(self, store: str | Path, group_path: str, fingerprint: dict):
         self.folder = resume_folder(store)
         self.name = re.sub(r"[^A-Za-z0-9_.-]+", "_", group_path.strip("/"))
-        digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(
+            json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.path = self.folder / f"{self.name}@{digest}.npz"
         self.store, self.group_path = Path(store), group_path.strip("/")
 
@@ -48,8 +49,8 @@ class Checkpoint:
         if self.folder.is_dir():
             for other in sorted(self.folder.glob(f"{self.name}@*.npz")):
                 if other != self.path:
-                    say(f"discarding {other}: partial work on /{self.group_path} computed with other settings, "
-                        "code or library releases")
+                    say(f"discarding {other}: partial work on /{self.group_path} computed with other "
+                        "settings, code or library releases")
                     other.unlink(missing_ok=True)
         if not self.path.is_file():
             return {}
@@ -74,9 +75,10 @@ class Checkpoint:
             with replaced_on_success(self.path) as partial:
                 partial.write_bytes(data)
         except OSError as err:
-            raise StoreError(f"could not save partial work on /{self.group_path} into {self.folder}: {err.strerror or err} "
-                             f"(it needs {len(data) / 1e6:.1f} MB there); free space there or set STORE= "
-                             "to a folder with room. The last saved checkpoint is kept") from err
+            raise StoreError(f"could not save partial work on /{self.group_path} into {self.folder}: "
+                             f"{err.strerror or err} (it needs {len(data) / 1e6:.1f} MB there); "
+                             "free space there or set STORE= to a folder with room. The last saved "
+                             "checkpoint is kept") from err
 
     def discard(self) -> None:
         """Remove the checkpoint (its group is written), and the folder once it is empty."""

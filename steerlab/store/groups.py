@@ -239,7 +239,8 @@ def write_neutral(h5: h5py.File, lm, split: str, prompt_ids: list[str],
         "prompt_lengths": np.array(prompt_lengths, dtype=np.int32)}, attrs)
 
 
-def read_neutral(store: str | Path, key: str, split: str) -> tuple[list[str], list[tuple[int, ...]], list[int]]:
+def read_neutral(store: str | Path, key: str,
+                 split: str) -> tuple[list[str], list[tuple[int, ...]], list[int]]:
     """(prompt ids, token ids of prompt + continuation, prompt lengths) as written."""
     with open_for_reading(store) as h5:
         node = h5[neutral_path(key, split)]
@@ -321,7 +322,8 @@ def read_transfers(store: str | Path, key: str, behavior: str) -> dict[str, dict
         path = transfer_path(key, behavior)
         if path not in h5:
             return {}
-        return {other: {name: _values(dataset) for name, dataset in node.items()} for other, node in h5[path].items()}
+        return {other: {name: _values(dataset) for name, dataset in node.items()}
+                for other, node in h5[path].items()}
 
 
 def _values(dataset: h5py.Dataset) -> np.ndarray:

@@ -145,10 +145,11 @@ def writing(path: str | Path, wait_seconds: float | None = None) -> Iterator[h5p
             size = path.stat().st_size if path.exists() else 0
             free = shutil.disk_usage(path.parent).free
             raise StoreError(
-                f"could not write {path}: no room on its disk ({_reason(err)}). An update writes a whole copy "
-                f"of the store ({size / 1e6:.1f} MB) beside it plus the new results, and {free / 1e6:.0f} MB "
-                f"are free in {path.parent}: free at least {max(size, 1) / 1e6:.1f} MB more there, or point "
-                "STORE= at a disk with room. The store is as it was before this run") from err
+                f"could not write {path}: no room on its disk ({_reason(err)}). An update writes a whole "
+                f"copy of the store ({size / 1e6:.1f} MB) beside it plus the new results, and "
+                f"{free / 1e6:.0f} MB are free in {path.parent}: free at least "
+                f"{max(size, 1) / 1e6:.1f} MB more there, or point STORE= at a disk with room. "
+                "The store is as it was before this run") from err
 
 
 # errno values of a write that found no room: no space, a file too large, a quota reached
@@ -164,7 +165,8 @@ def _out_of_space(err: BaseException) -> bool:
 
 
 def _reason(err: BaseException) -> str:
-    return err.strerror if isinstance(err, OSError) and err.strerror else str(err).split("error message = ")[-1].strip(" ')")
+    return (err.strerror if isinstance(err, OSError) and err.strerror
+            else str(err).split("error message = ")[-1].strip(" ')"))
 
 
 def is_current(path: str | Path, group_path: str, settings: dict, version: str) -> bool:
