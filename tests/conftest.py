@@ -86,16 +86,12 @@ def ab_items() -> list[Item]:
     ]
 
 
-# The real checkpoints (tests/test_gemma_checkpoint.py, tests/test_qwen_checkpoint.py), in fp64,
-# per module: skipped where not converted, failed where their make target requires them.
+# The real checkpoints (tests/test_gemma_checkpoint.py; tests/test_qwen_checkpoint.py has the two
+# Qwen ones), in fp64, per module: skipped where not converted, failed where their make target
+# requires them.
 @pytest.fixture(scope="module")
 def real_gemma():
     return load_checkpoint("gemma-3-270m", "GEMMA_CHECKPOINT_REQUIRED")
-
-
-@pytest.fixture(scope="module")
-def real_qwen():
-    return load_checkpoint("qwen2.5-0.5b", "QWEN_CHECKPOINT_REQUIRED")
 
 
 @pytest.fixture(scope="module")

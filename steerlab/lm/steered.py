@@ -252,7 +252,8 @@ def tail_buckets(lengths: list[int], spread: float = 1.5) -> list[list[int]]:
 
 
 def _tail_part(hidden: torch.Tensor, layer_kwargs: dict, rows: list[int], tails: list[int], starts: list[int],
-               reads: list[list[int]], offsets: list[int], mask_s: torch.Tensor, group_of: torch.Tensor) -> _TailPart:
+               reads: list[list[int]], offsets: list[int], mask_s: torch.Tensor, group_of: torch.Tensor
+               ) -> _TailPart:
     device, d = hidden.device, hidden.shape[-1]
     width = max(tails[r] for r in rows)
     part_hidden = hidden.new_zeros(len(rows), width, d)
@@ -262,7 +263,8 @@ def _tail_part(hidden: torch.Tensor, layer_kwargs: dict, rows: list[int], tails:
         mask[j, : tails[r]] = 1
     index = torch.tensor(rows, device=device)
     groups = group_of[index]
-    kwargs = continuation_layer_kwargs(layer_kwargs, mask_s[groups], torch.tensor(starts, device=device)[index], mask)
+    kwargs = continuation_layer_kwargs(layer_kwargs, mask_s[groups], torch.tensor(starts, device=device)[index],
+                                       mask)
     read_rows = torch.tensor([j for j, r in enumerate(rows) for _ in reads[r]], device=device)
     read_cols = torch.tensor([c - starts[r] for r in rows for c in reads[r]], device=device)
     read_index = torch.tensor([offsets[r] + k for r in rows for k in range(len(reads[r]))], device=device)
