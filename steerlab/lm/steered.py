@@ -263,8 +263,8 @@ def _tail_part(hidden: torch.Tensor, layer_kwargs: dict, rows: list[int], tails:
         mask[j, : tails[r]] = 1
     index = torch.tensor(rows, device=device)
     groups = group_of[index]
-    kwargs = continuation_layer_kwargs(layer_kwargs, mask_s[groups], torch.tensor(starts, device=device)[index],
-                                       mask)
+    part_starts = torch.tensor(starts, device=device)[index]
+    kwargs = continuation_layer_kwargs(layer_kwargs, mask_s[groups], part_starts, mask)
     read_rows = torch.tensor([j for j, r in enumerate(rows) for _ in reads[r]], device=device)
     read_cols = torch.tensor([c - starts[r] for r in rows for c in reads[r]], device=device)
     read_index = torch.tensor([offsets[r] + k for r in rows for k in range(len(reads[r]))], device=device)
