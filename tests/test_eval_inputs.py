@@ -102,3 +102,22 @@ def test_a_kl_target_no_direction_reaches_is_refused_before_the_eval_scores_anyt
     assert ran.returncode == 2, ran.stderr
     assert "KL target(s) 1e+09 are out of reach" in ran.stderr and "use SCALES of at most" in ran.stderr
     assert "eval val" not in ran.stderr  # no progress bar: nothing was scored
+
+
+def test_a_plan_that_would_not_fit_in_memory_is_refused_or_made_smaller(tmp_path, tiny_dir, monkeypatch):
+    import steerlab.base.memory as memory
+    from steerlab.base.memory import available_bytes, check_fits, largest_chunk
+    from tests.helpers import run_runner
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   2000000 kB\n")
+    assert available_bytes(meminfo) == 2_048_000_000
+    with pytest.raises(UserError, match=r"3\.7 GiB of memory and 1\.9 GiB is available: lower it"):
+        check_fits(4e9, "the plan", "lower it", available=2_048_000_000)
+    assert largest_chunk(1e8, 5e8, 64, available=2_048_000_000) == 12
+    assert largest_chunk(1e10, 0, 8, 10**9) == 1
+    monkeypatch.setattr(memory, "available_bytes", lambda *_: 10_000)
+    ran = run_runner("steerlab.cli.pi", "--store", tmp_path / "store.h5", "--model", tiny_dir, "--dtype",
+                     "fp32", "--layer", 0, "--target", 3, "--k", 2, "--iters", 2, "--n-prompts", 2,
+                     "--scale-unit", "abs")
+    assert ran.returncode == 2 and "lower N_PROMPTS or JVP_CHUNK" in ran.stderr

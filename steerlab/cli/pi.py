@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from steerlab.base.errors import UserError
+from steerlab.base.memory import check_fits
 from steerlab.base.parallel import ranks
 from steerlab.base.progress import progress_bar, say, step
 from steerlab.cli import defaults
@@ -37,7 +38,7 @@ from steerlab.cli.options import (
     val_neutral_texts,
 )
 from steerlab.jobs import Job, compute_groups
-from steerlab.lm.jacobian import parse_tokens
+from steerlab.lm.jacobian import parse_tokens, power_step_memory
 from steerlab.lm.model import LoadedModel
 from steerlab.measure.cost import theta_at_scale
 from steerlab.measure.side_effects import ScoredText
@@ -107,6 +108,12 @@ class SweepState:
 
     @classmethod
     def start(cls, args: argparse.Namespace, lm: LoadedModel, answers: list) -> SweepState:
+        vectors = min(args.k + args.oversample, args.jvp_chunk or args.k + args.oversample)
+        need = power_step_memory(lm.model, [len(a.prefix_ids) for a in answers], args.batch_size,
+                                 args.target - args.layer, vectors)
+        check_fits(need, f"J over {len(answers)} prompts from layer {args.layer} to {args.target} with "
+                   f"{vectors} vectors at a time",
+                   "lower N_PROMPTS or JVP_CHUNK, or read fewer positions (TOKENS=last:N)")
         sweep = Sweep(lm.model, [a.prefix_ids for a in answers], args.layer, args.target,
                       pad_id=lm.tokenizer.pad_token_id, batch_size=args.batch_size, tokens=args.tokens,
                       chunk=args.jvp_chunk, ranks=ranks())

@@ -21,6 +21,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from steerlab.base.memory import largest_chunk
+from steerlab.base.progress import say
 from steerlab.lm.jacobian import BatchJacobian
 from steerlab.lm.segment import batched_prefixes
 from steerlab.lm.site import decoder_layers, head
@@ -35,6 +37,13 @@ class KLFisher:
                  source_layer: int, *, pad_id: int, batch_size: int = 2, chunk: int = 4):
         needed = [tuple(text[: max(at) + 1]) for text, at in zip(texts, read_at)]
         last = len(decoder_layers(model)) - 1
+        vocab = model.get_output_embeddings().weight.shape[0]
+        # a vector's logit tangents and their products, fp64, over one batch's read positions
+        per_vector = 4 * 8 * vocab * batch_size * max(len(at) for at in read_at)
+        fitting = largest_chunk(per_vector, 0.0, chunk)
+        if fitting < chunk:
+            say(f"  F's products: {fitting} vectors at a time, not {chunk}, to fit the memory available")
+            chunk = fitting
         self.d_model = model.get_input_embeddings().embedding_dim
         self.parts: list[tuple[BatchJacobian, torch.Tensor, torch.Tensor]] = []
         for batch, prefix in batched_prefixes(model, needed, source_layer, pad_id, batch_size):

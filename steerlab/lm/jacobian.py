@@ -186,3 +186,21 @@ def relative_change(moved: Jacobian, reference: Jacobian, vectors: torch.Tensor)
     along those directions (both operators over the same prompts and positions)."""
     before = reference.jvp(vectors)
     return moved.norms(moved.jvp(vectors) - before) / reference.norms(before)
+
+
+def power_step_memory(model: torch.nn.Module, lengths: list[int], batch_size: int, layers: int,
+                      vectors: int) -> float:
+    """Bytes a power iteration over prompts of ``lengths`` tokens holds, from the fitted formula of
+    docs/usage.md ("Memory of the Jacobian engine"): the linearisation of every prompt batch
+    (≈ 10 · L · tokens · (d + d_ff) · bytes, kept for the whole run) and one step's tangents
+    (≈ 2.25 · k_c · L · tokens · (d + d_ff) · bytes for the largest batch), k_c = ``vectors``
+    pushed through together, L = ``layers`` (T − S), with a third added for the allocator's slack."""
+    config = model.config
+    width = config.hidden_size + config.intermediate_size
+    size = next(model.parameters()).element_size()
+    ordered = sorted(lengths)
+    batches = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    tokens = [len(batch) * max(batch) for batch in batches]
+    linearisation = 10 * layers * sum(tokens) * width * size
+    step = 2.25 * vectors * layers * max(tokens, default=0) * width * size
+    return 4 / 3 * (linearisation + step)
