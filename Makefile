@@ -81,7 +81,7 @@ RUN_DP  = $(if $(filter 1,$(NPROC)),$(RUN),PYTHONUNBUFFERED=1 $(VENV)/bin/torchr
 
 .DEFAULT_GOAL := all
 .PHONY: all help help-all venv model lint test test-fast test-gemma test-qwen test-qwen15 test-compat \
-	study study-test study-page check-gguf check-lm-eval check-install lm-eval-tasks \
+	study study-test study-page sizes check-gguf check-lm-eval check-install lm-eval-tasks \
 	caa pi pi_caa melbo gradients ceiling dose transfer eval prompting report plot export generate bench \
 	bench-smoke ingest migrate matrix clean
 
@@ -342,6 +342,11 @@ study-test: $(VENV)/.installed
 study-page: $(VENV)/.installed
 	$(strip $(RUN) steerlab.cli.study $(STORE_ARGS) $(CHOICE_ARGS) --out docs \
 	    --command "make study STUDY_MODEL=$(STUDY_MODEL) STUDY_N_VAL=$(STUDY_N_VAL) STUDY_N_TEST=$(STUDY_N_TEST) STUDY_N_RANDOM=$(STUDY_N_RANDOM) STUDY_N_DOSE=$(STUDY_N_DOSE) STUDY_AT_SCALES='$(STUDY_AT_SCALES)'")
+
+# the studies of several models side by side (each run by `make study STUDY_MODEL=...` into STUDY_STORE)
+SIZE_MODELS ?= models/SmolLM2-135M-Instruct models/gemma-3-270m models/qwen2.5-0.5b models/qwen2.5-1.5b
+sizes: $(VENV)/.installed ## one table across model sizes from the studies in STUDY_STORE: docs/sizes.md
+	$(RUN) steerlab.cli.sizes --store "$(STUDY_STORE)" --models "$(SIZE_MODELS)" $(CHOICE_ARGS) --out docs/sizes.md
 
 migrate: $(VENV)/.installed ## move an older STORE's groups to the current layout (under their behaviour)
 	$(RUN) steerlab.cli.migrate --store "$(STORE)"

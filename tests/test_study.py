@@ -106,7 +106,8 @@ def test_the_study_page_ranks_val_choices_between_the_first_order_null_and_the_c
                           ("steerlab.cli.prompting", "--splits", "test", "--n-eval", 6, *SMALL_KL)]:
         done = run(module, *model, *args)
         assert done.returncode == 0, (module, done.stderr[-2000:])
-    (tmp_path / "store.h5.stages").write_text("vectors 60.0 1048576\nval 30.0 2097152\nval 12.0 1048576\n")
+    (tmp_path / "store.h5.stages").write_text(
+        "vectors 60.0 1048576 a\nval 30.0 2097152 b\nval 12.0 1048576 c\n")
     page = run("steerlab.cli.study", *model, "--out", out, "--kl-max", "1")
     assert page.returncode == 0, page.stderr
     written, = out.glob("study-*.md")
@@ -114,7 +115,7 @@ def test_the_study_page_ranks_val_choices_between_the_first_order_null_and_the_c
     assert "## Ranking by the cloze score (test)" in text and "## Ranking by the letter score (test)" in text
     assert "CAA (letter)" in text and "CAA (answer texts)" in text and "Ceiling (fit on cloze)" in text
     assert "% of 6 |" in text  # 3 random directions in both signs
-    assert "| val | 0.7 min | 2.0 GiB |" in text  # a stage run twice: its times summed, its peak the larger
+    assert "| val | 0.2 min | 1.0 GiB |" in text  # a stage run twice with two commands: its latest run
     assert "4000 random directions at its cost, to first order" in text and "Holm" in text
     assert "### The first-order null against measured draws" in text and "| 6 |" in text
     assert "CAA's mean cosine between each training pair's difference" in text
@@ -136,3 +137,24 @@ def test_pi_caa_along_the_path_is_named_by_its_point_in_its_unit():
     assert named("pi_caa", "L12-T20-at-0.2h") == "PI@CAA (at CAA -0.2 ‖h_S‖)"
     assert named("pi_caa", "L12-T20-at+24") == "PI@CAA (at CAA, |θ₀| +24)"
     assert named("caa", "L12-answer") == "CAA (answer texts)"
+
+
+def test_the_size_table_puts_each_models_study_side_by_side(tiny_dir, tmp_path):
+    """Two 'models' (the same tiny folder under two names) studied into one store, then one table."""
+    import shutil
+
+    store, out = tmp_path / "store.h5", tmp_path / "sizes.md"
+    other = tmp_path / "tiny-b"
+    shutil.copytree(tiny_dir, other)
+    for folder in (tiny_dir, other):
+        model = ("--model", folder, "--store", store)
+        caa = run("steerlab.cli.caa", *model, "--layers", 1, "--n-train", 4, "--position", "answer")
+        assert caa.returncode == 0
+        common = ("steerlab.cli.eval", *model, "--layer", 1, "--n-random", 2, "--scales", "0.005", *SMALL_KL)
+        assert run(*common, "--splits", "val test", "--n-eval", 4).returncode == 0
+    done = run("steerlab.cli.sizes", "--store", store, "--models", f"{tiny_dir} {other} models/absent",
+               "--kl-max", "1", "--out", out)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "**tiny-llama0**" in text and "**tiny-b**" in text and "absent: no study" in done.stderr
+    assert "CAA (answer texts)" in text and "Qwen3-14B (the seed" in text

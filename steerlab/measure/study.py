@@ -318,18 +318,17 @@ def validations(test: Split, found: list[Entry], inputs: FirstOrderInputs,
 
 def stage_times(path: str) -> list[tuple[str, float, float]]:
     """(stage, seconds, peak resident MB) from the study's stage record (``steerlab.cli.stage``
-    appends one line per finished stage: name, seconds, peak kB); a stage run again after a kill
-    sums its runs' seconds and keeps the largest peak."""
+    appends one line per finished stage: name, seconds, peak kB, command digest); a stage that
+    finished more than once (with another command) counts its latest run, which wrote what the
+    store holds."""
     from pathlib import Path
 
     found: dict[str, list[float]] = {}
     if not Path(path).is_file():
         return []
     for line in Path(path).read_text().splitlines():
-        name, seconds, peak = line.split()
-        total = found.setdefault(name, [0.0, 0.0])
-        total[0] += float(seconds)
-        total[1] = max(total[1], float(peak) / 1024)
+        name, seconds, peak = line.split()[:3]
+        found[name] = [float(seconds), float(peak) / 1024]
     return [(name, seconds, peak) for name, (seconds, peak) in found.items()]
 
 
@@ -412,3 +411,33 @@ def prompting_rows(prompting) -> list[PromptRow]:
                               stat(found.kl) if found.kl.size else None,
                               {"cloze": found.cloze, "letter": found.letter}))
     return rows
+
+
+@dataclass
+class Study:
+    """Everything a study's page and the size table say of one model: the entries (each method's
+    val choice on test, placed in the first-order null and against the ceiling, its claims
+    corrected), their rankings, the first-order inputs and nulls, and the prompting baseline."""
+    entries: list[Entry]
+    ranks: dict[str, list[Rank]]
+    n_claims: int
+    inputs: FirstOrderInputs | None
+    nulls: dict[tuple[str, float], Null]
+    prompting: list[PromptRow] | None
+
+
+def study(store: str, key: str, val: Split, test: Split, kl_max: float, by: Score, prompting=None) -> Study:
+    """The study of model ``key`` from its stored val and test splits (and first-order inputs,
+    where stored); ``prompting`` is the stored test prompting baseline
+    (``steerlab.measure.analysis.read_prompting``), if any."""
+    found = entries(val, test, kl_max, by)
+    layer = test.groups[found[0].label].source_layer if found else None
+    inputs = first_order_inputs(store, key, val.behavior, layer, test) if layer is not None else None
+    null_of = nulls(found, inputs) if inputs is not None else {}
+    attach_floor(found, null_of)
+    attach_efficiency(found, test.polarity)
+    ranks = {score: ranking(found, score, test.polarity if score == "cloze" else None)
+             for score in SCORE_NAMES}
+    n_claims = decide(found, ranks)
+    return Study(found, ranks, n_claims, inputs, null_of,
+                 prompting_rows(prompting) if prompting is not None else None)

@@ -43,19 +43,12 @@ from steerlab.measure.study import (
     SeedCell,
     Spread,
     ValidationRow,
-    attach_efficiency,
-    attach_floor,
     caa_pair_cosines,
     convergence,
-    decide,
-    entries,
-    first_order_inputs,
-    nulls,
-    prompting_rows,
-    ranking,
     seed_table,
     spreads,
     stage_times,
+    study,
     transfers,
     validations,
 )
@@ -80,18 +73,11 @@ def study_page(store: str, val: Split, test: Split, *, model_key: str, kl_max: f
     the page's and the main figure's paths. ``command`` and ``seconds`` (the study's wall time) are
     what the page says ran; ``prompting`` is the stored prompting baseline on test
     (``steerlab.measure.analysis.read_prompting``), if any."""
-    prompting = prompting_rows(prompting) if prompting is not None else None
-    found = entries(val, test, kl_max, by)
+    done = study(store, model_key, val, test, kl_max, by, prompting)
+    found, ranks, n_claims = done.entries, done.ranks, done.n_claims
+    inputs, null_of, prompting = done.inputs, done.nulls, done.prompting
     date = datetime.date.today().isoformat()
     name = f"study-{model_key.replace('/', '_')}-{date}"
-    layer = test.groups[found[0].label].source_layer if found else None
-    inputs = first_order_inputs(store, model_key, val.behavior, layer, test) if layer is not None else None
-    null_of = nulls(found, inputs) if inputs is not None else {}
-    attach_floor(found, null_of)
-    attach_efficiency(found, test.polarity)
-    ranks = {score: ranking(found, score, test.polarity if score == "cloze" else None)
-             for score in SCORE_NAMES}
-    n_claims = decide(found, ranks)
     figure = random_distribution_figure(found, out, f"{name}.png",
                                         f"{model_key}, {val.behavior}: test Δ against random directions at "
                                         "the same cost")
