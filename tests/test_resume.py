@@ -213,3 +213,18 @@ def test_a_disk_that_fills_up_leaves_the_store_as_it_was_and_says_what_is_needed
     assert not list(tmp_path.glob("*.partial")) and not list(resume_folder(store).glob("*.partial"))
     if what == "checkpoint":
         assert (Checkpoint(store, "/m/b/evals/val", {"k": 1}).load()["x"] == np.arange(4.0)).all()
+
+
+def test_a_finished_stage_is_skipped_on_rerun_and_a_changed_command_runs_again(tmp_path):
+    from steerlab.cli import stage
+
+    record, marker = tmp_path / "store.h5.stages", tmp_path / "ran"
+    touch = [sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x')"]
+    assert stage.run(["--record", str(record), "--name", "vectors", "--", *touch]) == 0
+    assert stage.run(["--record", str(record), "--name", "vectors", "--", *touch]) == 0
+    assert marker.read_text() == "x"  # the second run was skipped
+    assert stage.run(["--record", str(record), "--name", "vectors", "--", *touch, "other"]) == 0
+    assert marker.read_text() == "xx"  # another command ran
+    failing = [sys.executable, "-c", "raise SystemExit(3)"]
+    assert stage.run(["--record", str(record), "--name", "val", "--", *failing]) == 3
+    assert [line.split()[0] for line in record.read_text().splitlines()] == ["vectors", "vectors"]
