@@ -308,7 +308,7 @@ matrix: $(VENV)/.installed $(MODEL_DEP) ## each behaviour's METHOD vector, chose
 	$(MATRIX)
 
 # ---- the study: the seed experiment's comparison, decided on one model (steerlab/cli/study.py) ----------
-# Stages, each timed with its peak memory into $(STUDY_STORE).stages (steerlab/cli/stage.py):
+# Stages, each timed with its peak memory into $(STUDY_STORE).<model>.stages (steerlab/cli/stage.py):
 # every method's vectors (PI run to convergence: STUDY_ITERS steps at most, TOL); the first-order
 # inputs (the KL's Fisher, the train and test questions' score gradients) and the ceiling fitted
 # on them; val scored at STUDY_SCALES (the choice: KL ≤ KL_MAX, by SELECT_BY); test scored only at
@@ -318,7 +318,7 @@ matrix: $(VENV)/.installed $(MODEL_DEP) ## each behaviour's METHOD vector, chose
 # generations; then docs/study-<model>-<date>.md. Every stage resumes where a kill left it: rerun
 # the same command. Sized for about 4 h on 2 cores with Qwen2.5-0.5B (its page says what it took).
 STUDY = $(MAKE) --no-print-directory MODEL=$(STUDY_MODEL) STORE=$(STUDY_STORE)
-STAGE = $(PY) -m steerlab.cli.stage --record $(STUDY_STORE).stages --name
+STAGE = $(PY) -m steerlab.cli.stage --record $(STUDY_STORE).$(notdir $(STUDY_MODEL)).stages --name
 
 study: $(VENV)/.installed ## the seed's comparison on STUDY_MODEL: each method chosen on val, ranked on test between the first-order random null and the ceiling at the same cost, corrected for multiplicity, with the prompting baseline and the dose ladder (writes docs/study-*.md)
 	@mkdir -p $(dir $(STUDY_STORE))
@@ -352,4 +352,4 @@ migrate: $(VENV)/.installed ## move an older STORE's groups to the current layou
 	$(RUN) steerlab.cli.migrate --store "$(STORE)"
 
 clean: ## remove the store and figures (keeps .venv and models/)
-	rm -rf $(STORE) $(STORE).lock $(STORE).partial $(STORE).resume $(STORE).stages $(RESULTS)
+	rm -rf $(STORE) $(STORE).lock $(STORE).partial $(STORE).resume $(STORE).*.stages $(RESULTS)

@@ -106,7 +106,7 @@ def test_the_study_page_ranks_val_choices_between_the_first_order_null_and_the_c
                           ("steerlab.cli.prompting", "--splits", "test", "--n-eval", 6, *SMALL_KL)]:
         done = run(module, *model, *args)
         assert done.returncode == 0, (module, done.stderr[-2000:])
-    (tmp_path / "store.h5.stages").write_text(
+    (tmp_path / f"store.h5.{tiny_dir.name}.stages").write_text(
         "vectors 60.0 1048576 a\nval 30.0 2097152 b\nval 12.0 1048576 c\n")
     page = run("steerlab.cli.study", *model, "--out", out, "--kl-max", "1")
     assert page.returncode == 0, page.stderr

@@ -2,7 +2,10 @@
 peak resident memory of its whole process tree and a digest of the command, appended to --record as
 ``name seconds peak_kB digest``.
 
-    python -m steerlab.cli.stage --record results/study/store.h5.stages --name val -- make eval ...
+    python -m steerlab.cli.stage --record results/study/store.h5.qwen2.5-0.5b.stages --name val -- make ...
+
+`make study` keeps one record per model beside its store (the page of model M reads
+``<store>.M.stages``), so the studies of several models can share one store.
 
 A stage already recorded with the same command is skipped, so rerunning a killed study goes straight
 to the stage the kill interrupted (that stage resumes from its own checkpoints). A changed command

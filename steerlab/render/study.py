@@ -86,7 +86,7 @@ def study_page(store: str, val: Split, test: Split, *, model_key: str, kl_max: f
              + (f"; wall time {seconds / 60:.0f} min" if seconds else "") + ".",
              f"Behaviour {val.behavior}; val {val.n_questions} questions (the choice, by {by}, "
              f"KL ≤ {kl_max}), test {test.n_questions} questions (what is reported).", ""]
-    lines += stages_section(f"{store}.stages")
+    lines += stages_section(f"{store}.{model_key}.stages")
     lines += ["## How to read the rankings", "",
               "- **null**: where the setting's Δ falls among "
               + (f"{next(iter(null_of.values())).headline.size} random directions at its cost, to first order"
