@@ -19,6 +19,7 @@ from steerlab.lm.generate import Setting
 from steerlab.lm.site import Site
 from steerlab.lm.vector import SteeringVector
 from steerlab.measure.analysis import (
+    Split,
     best_of_method,
     best_setting,
     methods,
@@ -54,16 +55,22 @@ def parse_vector(text: str) -> tuple[str, str, int]:
     return method, run, int(index)
 
 
+def stored_val(store: str | Path, key: str, behavior: str) -> Split:
+    """The stored validation eval of ``behavior`` for model ``key``; a StoreError naming the command
+    that makes it when the store has none."""
+    with open_for_reading(store) as h5:
+        if "val" not in splits_in_store(h5, key, behavior):
+            raise StoreError(f"no validation eval of {behavior} for {key} in {store}: run "
+                             f"`make eval BEHAVIOR={behavior}` first")
+        return read_split(h5, key, behavior, "val")
+
+
 def stored_val_choices(store: str | Path, key: str, behavior: str, kl_max: float | None,
                   only: str | None = None, by: Score = "cloze") -> tuple[list[VectorChoice], list[str]]:
     """Every method's (or only ``only``'s) setting chosen on the validation split by score
     ``by`` (``steerlab.measure.analysis.select_by``: the other where the store lacks it), and one note
     per method that has none; the random control is never chosen."""
-    with open_for_reading(store) as h5:
-        if "val" not in splits_in_store(h5, key, behavior):
-            raise StoreError(f"no validation eval of {behavior} for {key} in {store}: run "
-                             f"`make eval BEHAVIOR={behavior}` first")
-        val = read_split(h5, key, behavior, "val")
+    val = stored_val(store, key, behavior)
     by = select_by(val, by)
     picked, notes = [], []
     for method in methods(val) if only is None else [only]:
@@ -85,11 +92,7 @@ def group_val_choices(store: str | Path, key: str, behavior: str, kl_max: float 
     """Every vector group's own setting chosen on val by ``by`` (the study's entries: both CAA
     positions, both ceilings, each PI group), for ``methods`` only if given; never the random
     control's; groups with no eligible setting are left out."""
-    with open_for_reading(store) as h5:
-        if "val" not in splits_in_store(h5, key, behavior):
-            raise StoreError(f"no validation eval of {behavior} for {key} in {store}: run "
-                             f"`make eval BEHAVIOR={behavior}` first")
-        val = read_split(h5, key, behavior, "val")
+    val = stored_val(store, key, behavior)
     by = select_by(val, by)
     picked = []
     for group in val.groups.values():
