@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -121,3 +123,19 @@ def test_a_plan_that_would_not_fit_in_memory_is_refused_or_made_smaller(tmp_path
                      "fp32", "--layer", 0, "--target", 3, "--k", 2, "--iters", 2, "--n-prompts", 2,
                      "--scale-unit", "abs")
     assert ran.returncode == 2 and "lower N_PROMPTS or JVP_CHUNK" in ran.stderr
+
+
+def test_a_cpu_job_started_on_busy_cores_is_told_of_one_thread_per_job(monkeypatch, capsys):
+    import torch
+
+    from steerlab.cli import options
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(cores), 0.0, 0.0))
+    options.threads_hint("cpu")
+    assert "OMP_NUM_THREADS=1 each" in capsys.readouterr().err
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.5, 0.0, 0.0))
+    options.threads_hint("cpu")
+    options.threads_hint("cuda")
+    assert capsys.readouterr().err == ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Callable
 
@@ -73,6 +74,7 @@ def parse(p: argparse.ArgumentParser, validate: Callable[[argparse.Namespace], N
     rank on its own GPU, ``steerlab.base.parallel.start``)."""
     args = p.parse_args()
     dtype_hint(args.dtype, args.device)
+    threads_hint(args.device)
     args.dtype = resolve_dtype(args.dtype, args.device)
     resolve_behavior(args)
     if validate is not None:
@@ -94,6 +96,21 @@ def dtype_hint(requested: str, device: str) -> None:
         say("note: this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 "
             "evals can run faster than fp32 (docs/conventions.md, \"Dtypes\"): DTYPE=bf16 trades "
             "fp32's exactness for that")
+
+
+def threads_hint(device: str) -> None:
+    """Tell a user who starts a CPU job beside others that already keep every core busy that one
+    thread per job runs them faster: torch's threads of two jobs on the same cores wait on each
+    other (docs/development.md, "Two jobs at once")."""
+    import torch
+
+    if not str(device).startswith("cpu") or torch.get_num_threads() < 2:
+        return
+    cores, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    if load >= cores:
+        say(f"note: other work keeps this machine's {cores} cores busy (load {load:.1f}); with torch's "
+            f"{torch.get_num_threads()} threads per job, jobs side by side run about 2x slower than with "
+            "OMP_NUM_THREADS=1 each (docs/development.md, \"Two jobs at once\")")
 
 
 def settings_of(args: argparse.Namespace, drop: tuple[str, ...] = (), **extra) -> dict:
