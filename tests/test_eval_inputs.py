@@ -139,3 +139,18 @@ def test_a_cpu_job_started_on_busy_cores_is_told_of_one_thread_per_job(monkeypat
     options.threads_hint("cpu")
     options.threads_hint("cuda")
     assert capsys.readouterr().err == ""
+
+
+def test_a_long_run_in_a_log_says_its_progress_every_few_minutes(monkeypatch, capsys):
+    from steerlab.base import progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    with progress.progress_bar(10, "eval test", "question×setting") as bar:  # pytest's stderr: no terminal
+        bar.update(2)
+        assert capsys.readouterr().err == ""  # not yet LOG_EVERY seconds
+        clock[0] = progress.LOG_EVERY + 1
+        bar.set_postfix(change="1e-3")
+        bar.update(3)
+    line = capsys.readouterr().err
+    assert "eval test: 5/10 question×setting (50%)" in line and "about 2 min left; change 1e-3" in line

@@ -27,10 +27,47 @@ def step(message: str):
     say(f"  done in {time.perf_counter() - start:.1f}s")
 
 
-def progress_bar(total: int, description: str, unit: str = "it") -> tqdm:
-    """A progress bar with rate and time left on stderr; silent when stderr is not a terminal
-    (logs and CI get the start and end lines from ``say`` instead) and on ranks other than 0
-    (rank 0's bar counts rank 0's share of the work)."""
+LOG_EVERY = 120.0  # seconds between two progress lines in a log
+
+
+class LogProgress:
+    """A progress bar for a log (stderr not a terminal): a plain line every ``LOG_EVERY`` seconds
+    with the count, the share done, the time so far and the time left at the rate so far."""
+
+    def __init__(self, total: int, description: str, unit: str):
+        self.total, self.description, self.unit = total, description, unit
+        self.n, self.postfix = 0, ""
+        self.started = self.said = time.perf_counter()
+
+    def __enter__(self) -> LogProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.perf_counter()
+        if now - self.said >= LOG_EVERY and self.total:
+            self.said = now
+            elapsed = now - self.started
+            left = elapsed * (self.total - self.n) / max(self.n, 1)
+            say(f"  {self.description}: {self.n}/{self.total} {self.unit} ({self.n / self.total:.0%}), "
+                f"{elapsed / 60:.1f} min, about {left / 60:.0f} min left{self.postfix}")
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = "; " + ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def write(self, message: str) -> None:
+        say(message)
+
+
+def progress_bar(total: int, description: str, unit: str = "it") -> tqdm | LogProgress:
+    """A progress bar with rate and time left on stderr; where stderr is not a terminal (logs, CI),
+    a line every ``LOG_EVERY`` seconds instead; silent on ranks other than 0 (rank 0's bar counts
+    rank 0's share of the work)."""
+    if ranks().writer and not sys.stderr.isatty():
+        return LogProgress(total, description, unit)
     return tqdm(total=total, desc=description, unit=unit, disable=None if ranks().writer else True,
                 dynamic_ncols=True, file=sys.stderr)
 
