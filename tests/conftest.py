@@ -16,8 +16,10 @@ from tests.checkpoint_checks import load_checkpoint, val_items
 from tests.helpers import FIXTURES, make_item, save_tiny, tiny_model
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs two workers on two cores: one thread each, or their pools fight
+    # `make test` runs two workers on two cores: one thread each, or their pools fight; the
+    # runners they start as subprocesses too (docs/development.md, "Two jobs at once")
     torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
