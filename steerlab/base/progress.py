@@ -58,7 +58,8 @@ class LogProgress:
     def set_postfix(self, **values) -> None:
         self.postfix = "; " + ", ".join(f"{k} {v}" for k, v in values.items())
 
-    def write(self, message: str) -> None:
+    def write(self, message: str, **_) -> None:
+        """A line of its own (tqdm's ``write``; its ``file`` and other options are not needed)."""
         say(message)
 
 
